@@ -1,0 +1,3 @@
+"""The on-device agent."""
+
+__version__ = "0.1.0"

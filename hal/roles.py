@@ -1,0 +1,75 @@
+"""One abstract base per hardware role. Commands are synchronous and non-blocking: they queue or
+write a frame at once, so the agent can react to a safety event without awaiting anything."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator
+
+from hal.types import CpState, IdToken, MeterSample, Screen
+
+
+class ControlPilot(abc.ABC):
+    @property
+    @abc.abstractmethod
+    def cp_state(self) -> CpState | None:
+        """Last state the board reported; None while unknown or the board is silent."""
+
+    @abc.abstractmethod
+    def set_duty(self, duty_percent: float) -> None:
+        """Start/keep PWM at this duty (0 < duty < 100, resolution 0.01 %)."""
+
+    @abc.abstractmethod
+    def set_x1(self) -> None:
+        """PWM off: steady +12 V (state x1, 100 %)."""
+
+    @abc.abstractmethod
+    def set_f(self) -> None:
+        """Drive -12 V: EVSE not available (state F)."""
+
+    @abc.abstractmethod
+    def keep_alive(self) -> None:
+        """Tell the MCU the host is alive (drivers also send it on their own schedule)."""
+
+
+class PowerSwitch(abc.ABC):
+    @property
+    @abc.abstractmethod
+    def feedback_closed(self) -> bool | None:
+        """Mirror contact: True closed, False open, None unknown."""
+
+    @abc.abstractmethod
+    def close_relay(self) -> None: ...
+
+    @abc.abstractmethod
+    def open_relay(self) -> None: ...
+
+
+class ConnectorLock(abc.ABC):
+    @property
+    @abc.abstractmethod
+    def locked(self) -> bool | None: ...
+
+    @abc.abstractmethod
+    def lock(self) -> None: ...
+
+    @abc.abstractmethod
+    def unlock(self) -> None: ...
+
+
+class Meter(abc.ABC):
+    @property
+    @abc.abstractmethod
+    def latest(self) -> MeterSample | None:
+        """Last fresh sample, or None once the meter has gone silent (never a stale value)."""
+
+
+class TokenReader(abc.ABC):
+    @abc.abstractmethod
+    def tokens(self) -> AsyncIterator[IdToken]:
+        """Tokens as they are presented (a card held still is reported once)."""
+
+
+class Display(abc.ABC):
+    @abc.abstractmethod
+    def show(self, screen: Screen) -> None: ...
