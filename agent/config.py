@@ -1,0 +1,283 @@
+"""The agent's TOML configuration, validated once at start-up.
+
+Every error names the key path (``connectors[0].max_current_a``) and what was expected; the CLI turns
+a ConfigError into exit status 2 before anything starts.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONFIG_PATH = Path("/etc/cpagent/agent.toml")
+DEFAULT_STATE_DIR = Path("/var/lib/cpagent")
+DEFAULT_DIAG_SOCKET = Path("/run/cpagent/diag.sock")
+ROLE_KEYS = ("pilot", "power_switch", "lock", "meter", "display")
+
+
+class ConfigError(Exception):
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"{key}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    name: str
+    driver: str
+    settings: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class ConnectorConfig:
+    id: int
+    max_current_a: float
+    phases: int
+    ventilation_available: bool
+    fixed_cable: bool
+    pilot: str
+    power_switch: str
+    lock: str | None
+    meter: str | None
+    display: str | None
+
+
+@dataclass(frozen=True)
+class OcppConfig:
+    endpoint: str | None
+    password: str | None
+    security_profile: int
+    reconnect_cap_s: float
+    keys: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class StationConfig:
+    charge_point_id: str
+    vendor: str
+    model: str
+    serial_number: str
+    firmware_version: str
+    support_contact: str
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    station: StationConfig
+    state_dir: Path
+    diag_socket: Path
+    devices: Mapping[str, DeviceConfig]
+    connectors: tuple[ConnectorConfig, ...]
+    token_reader: str | None
+    allowed_tokens: frozenset[str]
+    ocpp: OcppConfig
+    log_levels: Mapping[str, str] = field(default_factory=dict)
+    source: Path | None = None
+
+
+class _Reader:
+    """Typed access to one TOML table with the key path kept for error messages."""
+
+    def __init__(self, table: Mapping[str, Any], path: str) -> None:
+        self.table = table
+        self.path = path
+        self.used: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def _get(self, name: str, kinds: tuple[type, ...], expected: str, default: Any, required: bool) -> Any:
+        self.used.add(name)
+        if name not in self.table:
+            if required:
+                raise ConfigError(self.key(name), f"missing; expected {expected}")
+            return default
+        value = self.table[name]
+        if isinstance(value, bool) and bool not in kinds:
+            raise ConfigError(self.key(name), f"expected {expected}, got {value!r}")
+        if not isinstance(value, kinds):
+            raise ConfigError(self.key(name), f"expected {expected}, got {type(value).__name__} {value!r}")
+        return value
+
+    def string(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
+        value = self._get(name, (str,), "a string", default, required)
+        if isinstance(value, str) and not value.strip():
+            raise ConfigError(self.key(name), "expected a non-empty string")
+        return value  # type: ignore[no-any-return]
+
+    def req_string(self, name: str) -> str:
+        value = self.string(name, required=True)
+        assert value is not None
+        return value
+
+    def number(
+        self, name: str, default: float, *, low: float | None = None, high: float | None = None
+    ) -> float:
+        value = float(self._get(name, (int, float), "a number", default, False))
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ConfigError(self.key(name), f"expected a number in [{low}, {high}], got {value:g}")
+        return value
+
+    def integer(self, name: str, default: int, *, low: int | None = None, high: int | None = None) -> int:
+        value = int(self._get(name, (int,), "an integer", default, False))
+        if (low is not None and value < low) or (high is not None and value > high):
+            raise ConfigError(self.key(name), f"expected an integer in [{low}, {high}], got {value}")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        return bool(self._get(name, (bool,), "true or false", default, False))
+
+    def table_(self, name: str) -> _Reader:
+        value = self._get(name, (dict,), "a table", {}, False)
+        return _Reader(value, self.key(name))
+
+    def reject_unknown(self, allowed: set[str] | None = None) -> None:
+        allowed = self.used if allowed is None else allowed
+        for name in self.table:
+            if name not in allowed:
+                raise ConfigError(self.key(name), "unknown key")
+
+
+def load(path: Path) -> AgentConfig:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(str(path), f"cannot read configuration file: {exc.strerror}") from exc
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(str(path), f"not valid TOML: {exc}") from exc
+    config = parse(data)
+    return AgentConfig(**{**config.__dict__, "source": path})
+
+
+def parse(data: Mapping[str, Any]) -> AgentConfig:
+    root = _Reader(data, "")
+    station_t = root.table_("station")
+    cp_id = station_t.req_string("id")
+    if len(cp_id) > 48 or any(c.isspace() for c in cp_id):
+        raise ConfigError("station.id", "expected at most 48 characters without spaces")
+    serial = station_t.string("serial_number", "0000") or "0000"
+    if len(serial) > 25:
+        raise ConfigError("station.serial_number", "expected at most 25 characters (OCPP 1.6 limit)")
+    vendor = station_t.string("vendor", "chargepoint-agent") or ""
+    model = station_t.string("model", "cpagent") or ""
+    if len(vendor) > 20:
+        raise ConfigError("station.vendor", "expected at most 20 characters (OCPP 1.6 limit)")
+    if len(model) > 20:
+        raise ConfigError("station.model", "expected at most 20 characters (OCPP 1.6 limit)")
+    from agent import __version__
+
+    station = StationConfig(
+        charge_point_id=cp_id,
+        vendor=vendor,
+        model=model,
+        serial_number=serial,
+        firmware_version=station_t.string("firmware_version", __version__) or __version__,
+        support_contact=station_t.string("support_contact", "") or "",
+    )
+    state_dir = Path(station_t.string("state_dir", str(DEFAULT_STATE_DIR)) or DEFAULT_STATE_DIR)
+    diag_socket = Path(station_t.string("diag_socket", str(DEFAULT_DIAG_SOCKET)) or DEFAULT_DIAG_SOCKET)
+    token_reader = station_t.string("token_reader")
+    station_t.reject_unknown()
+
+    devices_t = root.table_("devices")
+    devices: dict[str, DeviceConfig] = {}
+    for name in devices_t.table:
+        dev = devices_t.table_(name)
+        driver = dev.req_string("driver")
+        settings = {k: v for k, v in dev.table.items() if k != "driver"}
+        devices[name] = DeviceConfig(name=name, driver=driver, settings=settings)
+
+    def device_ref(reader: _Reader, key: str, *, required: bool) -> str | None:
+        ref = reader.string(key, required=required)
+        if ref is not None and ref not in devices:
+            known = ", ".join(sorted(devices)) or "none"
+            raise ConfigError(reader.key(key), f"names device {ref!r}, which is not in [devices] ({known})")
+        return ref
+
+    raw_connectors = root._get("connectors", (list,), "an array of tables [[connectors]]", None, True)
+    if not raw_connectors:
+        raise ConfigError("connectors", "expected at least one [[connectors]] table")
+    connectors: list[ConnectorConfig] = []
+    for index, item in enumerate(raw_connectors):
+        if not isinstance(item, dict):
+            raise ConfigError(f"connectors[{index}]", "expected a table")
+        c = _Reader(item, f"connectors[{index}]")
+        connector_id = c.integer("id", index + 1, low=1, high=64)
+        if connector_id != index + 1:
+            raise ConfigError(c.key("id"), f"expected {index + 1}: connector ids are 1..N in order")
+        pilot = device_ref(c, "pilot", required=True)
+        assert pilot is not None
+        connectors.append(
+            ConnectorConfig(
+                id=connector_id,
+                max_current_a=c.number("max_current_a", 16.0, low=6.0, high=80.0),
+                phases=c.integer("phases", 3, low=1, high=3),
+                ventilation_available=c.boolean("ventilation_available", False),
+                fixed_cable=c.boolean("fixed_cable", False),
+                pilot=pilot,
+                power_switch=device_ref(c, "power_switch", required=False) or pilot,
+                lock=device_ref(c, "lock", required=False),
+                meter=device_ref(c, "meter", required=False),
+                display=device_ref(c, "display", required=False),
+            )
+        )
+        c.reject_unknown()
+    if token_reader is not None and token_reader not in devices:
+        raise ConfigError("station.token_reader", f"names device {token_reader!r}, which is not in [devices]")
+
+    auth_t = root.table_("authorization")
+    allow = auth_t._get("allow", (list,), "a list of idTag strings", [], False)
+    for i, tag in enumerate(allow):
+        if not isinstance(tag, str) or not 1 <= len(tag) <= 20:
+            raise ConfigError(f"authorization.allow[{i}]", "expected an idTag string of 1..20 characters")
+    auth_t.reject_unknown()
+
+    ocpp_t = root.table_("ocpp")
+    endpoint = ocpp_t.string("endpoint")
+    if endpoint is not None and not endpoint.startswith(("ws://", "wss://")):
+        raise ConfigError("ocpp.endpoint", f"expected a ws:// or wss:// URL, got {endpoint!r}")
+    keys_t = ocpp_t.table_("keys")
+    keys: dict[str, str] = {}
+    for key, value in keys_t.table.items():
+        if isinstance(value, bool):
+            keys[key] = "true" if value else "false"
+        elif isinstance(value, int | float | str):
+            keys[key] = str(value)
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            keys[key] = ",".join(value)
+        else:
+            raise ConfigError(f"ocpp.keys.{key}", "expected a string, number, boolean or list of strings")
+    ocpp = OcppConfig(
+        endpoint=endpoint,
+        password=ocpp_t.string("password"),
+        security_profile=ocpp_t.integer("security_profile", 0, low=0, high=3),
+        reconnect_cap_s=ocpp_t.number("reconnect_cap_s", 300.0, low=1.0, high=86400.0),
+        keys=keys,
+    )
+    ocpp_t.reject_unknown({"endpoint", "password", "security_profile", "reconnect_cap_s", "keys"})
+
+    logging_t = root.table_("logging")
+    levels: dict[str, str] = {}
+    for component, level in logging_t.table.items():
+        if not isinstance(level, str) or level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
+            raise ConfigError(f"logging.{component}", "expected one of debug, info, warning, error")
+        levels[component] = level.upper()
+    root.reject_unknown({"station", "devices", "connectors", "authorization", "ocpp", "logging"})
+
+    return AgentConfig(
+        station=station,
+        state_dir=state_dir,
+        diag_socket=diag_socket,
+        devices=devices,
+        connectors=tuple(connectors),
+        token_reader=token_reader,
+        allowed_tokens=frozenset(allow),
+        ocpp=ocpp,
+        log_levels=levels,
+    )
