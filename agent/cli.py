@@ -1,0 +1,91 @@
+"""`cpagent`: run the agent on a device, or play the built-in demo against the simulator."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from agent import __version__
+from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load
+from hal import DeviceError
+
+log = logging.getLogger("cpagent")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cpagent", description="EV chargepoint agent")
+    p.add_argument("--version", action="version", version=f"cpagent {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the agent")
+    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    run.add_argument("-v", "--verbose", action="store_true")
+    check = sub.add_parser("check-config", help="validate a configuration file and exit")
+    check.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    sim = sub.add_parser("sim", help="start the simulator and the agent and play a charging session")
+    sim.add_argument("--connectors", type=int, default=1)
+    sim.add_argument("--charge-seconds", type=float, default=20.0)
+    sim.add_argument("--dir", type=Path, help="keep the rig in this directory (default: a temp dir)")
+    sim.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def load_or_exit(path: Path) -> AgentConfig:
+    try:
+        return load(path)
+    except ConfigError as exc:
+        print(f"cpagent: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from exc
+
+
+async def run_agent(config: AgentConfig) -> int:
+    from agent.station import Station
+
+    try:
+        station = Station(config)
+    except DeviceError as exc:
+        print(f"cpagent: configuration error: {exc}", file=sys.stderr)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(station.run())
+    await stop.wait()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    station.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(args, "verbose", False) else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command == "check-config":
+        config = load_or_exit(args.config)
+        try:
+            from agent.station import build_devices
+
+            build_devices(config)
+        except DeviceError as exc:
+            print(f"cpagent: configuration error: {exc}", file=sys.stderr)
+            return 2
+        print(f"{args.config}: ok ({len(config.connectors)} connector(s), {len(config.devices)} device(s))")
+        return 0
+    if args.command == "run":
+        config = load_or_exit(args.config)
+        return asyncio.run(run_agent(config))
+    from agent.demo import run_demo
+
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    return asyncio.run(run_demo(args.connectors, args.charge_seconds, args.dir))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,399 @@
+"""One connector: wires its hardware roles to the IEC 61851 controller and runs the session logic
+(plug-first and authorize-first), persisting every session.
+
+The safety path never passes through here asynchronously: board events are handed to the
+controller synchronously inside the device's listener call, and the controller commands the board
+at once. Session bookkeeping (SQLite, display, station events) happens after that.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from agent.authorize import AuthDecision, Authorizer
+from agent.charge_control import ChargeController, ChargeState, ControlLimits
+from agent.clock import Clock, TimerHandle
+from agent.config import ConnectorConfig
+from agent.db import StorageError
+from agent.events import (
+    ConnectorStatus,
+    MeterUpdate,
+    SessionStarted,
+    SessionStopped,
+    StationEvent,
+    StatusChanged,
+    StopReason,
+)
+from agent.faults import info as fault_info
+from agent.sessions import Session, SessionStore
+from hal import (
+    ConnectorLock,
+    ControlPilot,
+    Device,
+    DeviceFaultChanged,
+    Display,
+    FaultFlagsChanged,
+    HalEvent,
+    LockFeedback,
+    Meter,
+    MeterSample,
+    PilotStateChanged,
+    PowerSwitch,
+    ProximityChanged,
+    RelayFeedback,
+    Role,
+    Screen,
+    ScreenState,
+)
+from hal.types import Fault
+
+log = logging.getLogger("cpagent.connector")
+
+PROGRESS_PERSIST_S = 5.0  # how often the last meter value of an open session is written down
+RESUME_GRACE_S = 3.0  # after a restart, how long to wait for the board to say whether the EV is still there
+
+
+class Connector:
+    def __init__(
+        self,
+        config: ConnectorConfig,
+        clock: Clock,
+        devices: dict[str, Device],
+        sessions: SessionStore,
+        authorizer: Authorizer,
+        emit: Callable[[StationEvent], None],
+        *,
+        support_contact: str = "",
+    ) -> None:
+        self.id = config.id
+        self.config = config
+        self._clock = clock
+        self._sessions = sessions
+        self.authorizer = authorizer
+        self._emit = emit
+        self._support_contact = support_contact
+        pilot_dev = devices[config.pilot]
+        switch_dev = devices[config.power_switch]
+        self.pilot: ControlPilot = pilot_dev.role(Role.PILOT)
+        self.switch: PowerSwitch = switch_dev.role(Role.POWER_SWITCH)
+        self.lock: ConnectorLock | None = devices[config.lock].role(Role.LOCK) if config.lock else None
+        self.meter: Meter | None = devices[config.meter].role(Role.METER) if config.meter else None
+        self.display: Display | None = devices[config.display].role(Role.DISPLAY) if config.display else None
+        self.controller = ChargeController(
+            clock,
+            self.pilot,
+            self.switch,
+            ControlLimits(
+                max_current_a=config.max_current_a,
+                phases=config.phases,
+                ventilation_available=config.ventilation_available,
+                fixed_cable=config.fixed_cable,
+            ),
+            on_change=self._on_controller_change,
+        )
+        self.session: Session | None = None
+        self.last_sample: MeterSample | None = None
+        self.device_faults: set[Fault] = set()
+        self.available = True
+        self._pending: tuple[str, float] | None = None  # (id_tag, monotonic expiry) authorized before plug-in
+        self._finished_plugged = False  # a session ended while the EV is still plugged in -> Finishing
+        self._last_persist = 0.0
+        self._status: ConnectorStatus | None = None
+        self._status_faults: frozenset[Fault] = frozenset()
+        self._resume_timer: TimerHandle | None = None
+        self.connection_timeout_s = 60.0
+
+        seen: set[int] = set()
+        for dev in (pilot_dev, switch_dev, *(devices[n] for n in (config.lock, config.meter) if n)):
+            if id(dev) not in seen:
+                seen.add(id(dev))
+                dev.subscribe(self._on_hal_event)
+
+        # A session left open by a crash or power loss: resume if the EV is still there, else close it.
+        open_session = sessions.open_session(self.id)
+        if open_session is not None:
+            self.session = open_session
+            self._resume_timer = clock.call_later(RESUME_GRACE_S, self._resolve_resume)
+
+    # ----------------------------------------------------------------- HAL input (safety path first)
+    def _on_hal_event(self, event: HalEvent) -> None:
+        c = self.controller
+        if isinstance(event, PilotStateChanged):
+            c.on_cp_state(event.state)
+            self._after_cp_state()
+        elif isinstance(event, RelayFeedback):
+            c.on_relay_feedback(event.closed)
+        elif isinstance(event, FaultFlagsChanged):
+            c.on_fault_flags(event.active)
+        elif isinstance(event, DeviceFaultChanged):
+            c.on_device_fault(event.fault, event.active)
+            if event.active:
+                self.device_faults.add(event.fault)
+                log.warning("connector %d: %s (%s)", self.id, fault_info(event.fault).explanation, event.detail)
+            else:
+                self.device_faults.discard(event.fault)
+                log.info("connector %d: %s recovered", self.id, event.fault.value)
+            if event.fault is Fault.BOARD_SILENT and event.active:
+                self._after_cp_state()
+        elif isinstance(event, ProximityChanged):
+            c.on_proximity(event.ampacity_a)
+        elif isinstance(event, MeterSample):
+            c.on_measured_current(event.current_a)
+            self._on_sample(event)
+        elif isinstance(event, LockFeedback):
+            pass
+        self._publish_status()
+
+    def _after_cp_state(self) -> None:
+        state = self.controller.cp_state
+        if self._resume_timer is not None and state is not None:
+            self._resolve_resume()
+        if state is None:
+            return
+        if not state.ev_connected:
+            self._finished_plugged = False
+            if self.session is not None and self._resume_timer is None and state.letter == "A":
+                self.stop_session(StopReason.EV_DISCONNECTED)
+            return
+        if self.session is None and self._pending is not None:
+            tag, expiry = self._pending
+            self._pending = None
+            if self._clock.monotonic() <= expiry:
+                self._start_session(tag)
+
+    def _resolve_resume(self) -> None:
+        if self._resume_timer is None:
+            return
+        self._resume_timer.cancel()
+        self._resume_timer = None
+        session = self.session
+        if session is None:
+            return
+        state = self.controller.cp_state
+        if state is not None and state.ev_connected and self.available:
+            log.info("connector %d: resuming session %s after restart (EV still connected)", self.id, session.ref)
+            self.controller.set_energy_allowed(True)
+            if self.lock is not None:
+                self.lock.lock()
+        else:
+            log.warning("connector %d: closing session %s after power loss", self.id, session.ref)
+            self.stop_session(StopReason.POWER_LOSS, energy_wh=session.last_energy_wh)
+
+    def _on_sample(self, sample: MeterSample) -> None:
+        self.last_sample = sample
+        session = self.session
+        if session is not None and self._resume_timer is None:
+            now = self._clock.monotonic()
+            if now - self._last_persist >= PROGRESS_PERSIST_S:
+                self._last_persist = now
+                try:
+                    self._sessions.progress(session.ref, self._clock.wall(), sample.energy_import_wh)
+                except StorageError as exc:
+                    log.error("connector %d: %s", self.id, exc)
+        self._emit(MeterUpdate(self.id, sample, session.ref if session else None))
+        self._refresh_display()
+
+    def _on_controller_change(self) -> None:
+        if (
+            self.session is None
+            and self.lock is not None
+            and self.controller.relay_feedback_closed is False
+            and not self.config.fixed_cable
+        ):
+            self.lock.unlock()
+        self._publish_status()
+
+    # ----------------------------------------------------------------- session logic
+    async def present_token(self, id_tag: str) -> AuthDecision:
+        """A card at the reader (or an app start) for this connector."""
+        if self.session is not None:
+            if self.session.id_tag.upper() == id_tag.upper():
+                self.stop_session(StopReason.LOCAL)
+                return AuthDecision(True)
+            return AuthDecision(False, "Invalid")
+        decision = await self.authorizer.authorize(id_tag)
+        if decision.accepted:
+            self.begin_authorized(id_tag)
+        self._publish_status()
+        return decision
+
+    def begin_authorized(self, id_tag: str) -> None:
+        """Start now if the EV is plugged in, else hold the authorization for ConnectionTimeOut."""
+        state = self.controller.cp_state
+        if state is not None and state.ev_connected:
+            self._start_session(id_tag)
+        else:
+            self._pending = (id_tag, self._clock.monotonic() + self.connection_timeout_s)
+            self._clock.call_later(self.connection_timeout_s + 0.01, self._expire_pending)
+            self._publish_status()
+
+    def _expire_pending(self) -> None:
+        if self._pending is not None and self._clock.monotonic() > self._pending[1]:
+            log.info("connector %d: authorization for %s expired before plug-in", self.id, self._pending[0])
+            self._pending = None
+            self._publish_status()
+
+    @property
+    def pending_id_tag(self) -> str | None:
+        return self._pending[0] if self._pending else None
+
+    def _energy_now(self) -> float:
+        if self.last_sample is not None:
+            return self.last_sample.energy_import_wh
+        if self.meter is not None and self.meter.latest is not None:
+            return self.meter.latest.energy_import_wh
+        return 0.0
+
+    def _start_session(self, id_tag: str) -> None:
+        if not self.available or self.session is not None:
+            return
+        try:
+            session = self._sessions.begin(self.id, id_tag, self._clock.wall(), self._energy_now())
+        except StorageError as exc:
+            # No record, no charge: we could not account for the energy.
+            log.error("connector %d: refusing to start: %s", self.id, exc)
+            return
+        self.session = session
+        self._finished_plugged = False
+        self._last_persist = self._clock.monotonic()
+        if self.lock is not None and not self.config.fixed_cable:
+            self.lock.lock()
+        self.controller.set_energy_allowed(True)
+        log.info("connector %d: session %s started for %s", self.id, session.ref, id_tag)
+        self._emit(SessionStarted(self.id, session))
+        self._publish_status()
+
+    def stop_session(self, reason: StopReason, *, energy_wh: float | None = None) -> Session | None:
+        session = self.session
+        if session is None:
+            return None
+        self.controller.set_energy_allowed(False)
+        self.session = None
+        if self._resume_timer is not None:
+            self._resume_timer.cancel()
+            self._resume_timer = None
+        energy = self._energy_now() if energy_wh is None else energy_wh
+        try:
+            finished = self._sessions.finish(session.ref, self._clock.wall(), energy, reason.value)
+        except StorageError as exc:
+            log.error("connector %d: %s", self.id, exc)
+            finished = None
+        state = self.controller.cp_state
+        self._finished_plugged = state is not None and state.ev_connected
+        if finished is not None:
+            log.info(
+                "connector %d: session %s stopped (%s), %.0f Wh", self.id, session.ref, reason.value, finished.energy_wh
+            )
+            self._emit(SessionStopped(self.id, finished, reason))
+        self._on_controller_change()
+        return finished
+
+    def set_available(self, available: bool) -> None:
+        self.available = available
+        self.controller.set_available(available)
+        self._publish_status()
+
+    # ----------------------------------------------------------------- status
+    @property
+    def faults(self) -> frozenset[Fault]:
+        return frozenset(self.controller.active_faults | self.device_faults)
+
+    def status(self) -> ConnectorStatus:
+        ctrl_state = self.controller.state
+        if self.faults & _FAULTING or ctrl_state is ChargeState.FAULT:
+            return ConnectorStatus.FAULTED
+        if self.session is not None:
+            return {
+                ChargeState.CHARGING: ConnectorStatus.CHARGING,
+                ChargeState.PAUSED_EVSE: ConnectorStatus.SUSPENDED_EVSE,
+                ChargeState.UNAVAILABLE: ConnectorStatus.SUSPENDED_EVSE,
+            }.get(ctrl_state, ConnectorStatus.SUSPENDED_EV)
+        if not self.available:
+            return ConnectorStatus.UNAVAILABLE
+        state = self.controller.cp_state
+        if state is not None and state.ev_connected:
+            return ConnectorStatus.FINISHING if self._finished_plugged else ConnectorStatus.PREPARING
+        if self._pending is not None:
+            return ConnectorStatus.PREPARING
+        return ConnectorStatus.AVAILABLE
+
+    def _publish_status(self) -> None:
+        status = self.status()
+        faults = self.faults
+        if status != self._status or faults != self._status_faults:
+            self._status = status
+            self._status_faults = faults
+            self._emit(StatusChanged(self.id, status, faults))
+            self._refresh_display()
+
+    def _refresh_display(self) -> None:
+        if self.display is None:
+            return
+        status = self._status or self.status()
+        sample = self.last_sample
+        power = sample.power_w if sample else 0.0
+        energy = self.session_energy_wh()
+        duration = self._clock.wall() - self.session.start_wall if self.session else 0.0
+        if status is ConnectorStatus.FAULTED:
+            fault = sorted(self.faults)[0] if self.faults else Fault.INTERNAL
+            fi = fault_info(fault)
+            screen = Screen(self.id, ScreenState.FAULT, message=fi.driver_text, fault_code=fi.vendor_error_code,
+                            support_contact=self._support_contact)
+        elif status is ConnectorStatus.CHARGING:
+            screen = Screen(self.id, ScreenState.CHARGING, power, energy, duration, "Charging")
+        elif status in (ConnectorStatus.SUSPENDED_EV, ConnectorStatus.SUSPENDED_EVSE):
+            screen = Screen(self.id, ScreenState.PAUSED, 0.0, energy, duration, "Charging paused")
+        elif status is ConnectorStatus.FINISHING:
+            screen = Screen(self.id, ScreenState.FINISHED, 0.0, self._last_energy, 0.0,
+                            "Charging finished. Unplug your car.")
+        elif status is ConnectorStatus.PREPARING:
+            msg = "Plug in your car" if self._pending else "Tap your card to start"
+            screen = Screen(self.id, ScreenState.AUTHORIZING, message=msg)
+        elif status is ConnectorStatus.UNAVAILABLE:
+            screen = Screen(self.id, ScreenState.UNAVAILABLE, message="Out of service. Please use another charger.",
+                            support_contact=self._support_contact)
+        else:
+            screen = Screen(self.id, ScreenState.IDLE, message="Tap card or plug in")
+        try:
+            self.display.show(screen)
+        except Exception:  # a display must never take the connector down
+            log.exception("connector %d: display failed", self.id)
+
+    _last_energy = 0.0
+
+    def session_energy_wh(self) -> float:
+        if self.session is None:
+            return 0.0
+        energy = max(0.0, self._energy_now() - self.session.start_energy_wh)
+        self._last_energy = energy
+        return energy
+
+    def snapshot(self) -> dict[str, object]:
+        c = self.controller
+        sample = self.last_sample
+        return {
+            "connector": self.id,
+            "status": self.status().value,
+            "cp_state": c.cp_state.value if c.cp_state else None,
+            "charge_state": c.state.value,
+            "offered_a": c.offered_current_a,
+            "duty": c.duty_percent,
+            "relay_commanded": c.relay_commanded_closed,
+            "relay_feedback": c.relay_feedback_closed,
+            "power_w": sample.power_w if sample else None,
+            "energy_wh": sample.energy_import_wh if sample else None,
+            "session": self.session.ref if self.session else None,
+            "id_tag": self.session.id_tag if self.session else None,
+            "faults": sorted(f.value for f in self.faults),
+        }
+
+
+_FAULTING = frozenset(
+    {
+        Fault.RCD, Fault.GROUND, Fault.DIODE, Fault.OVERTEMP, Fault.OVERCURRENT, Fault.UNDERVOLTAGE,
+        Fault.OVERVOLTAGE, Fault.WELD, Fault.LOCK, Fault.BOARD_SILENT, Fault.METER_SILENT,
+        Fault.METER_IMPLAUSIBLE, Fault.VENTILATION,
+    }
+)
+

@@ -1,0 +1,97 @@
+"""`cpsim`: the bus-level simulator of a whole chargepoint, its control client and a small CSMS."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from pathlib import Path
+
+from simulator.faults import FAULTS
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cpsim", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="start simulated hardware and write DIR/agent.toml")
+    up.add_argument("--dir", required=True, type=Path)
+    up.add_argument("--connectors", type=int, default=1)
+    up.add_argument("--csms", help="CSMS endpoint URL for the agent (default: start the bundled CSMS)")
+    up.add_argument("--no-csms", action="store_true", help="no OCPP at all")
+    up.add_argument("--id", default="CP001", help="charge point id")
+    up.add_argument("--meter", choices=["tcp", "rtu"], default="tcp")
+    up.add_argument("--fixed-cable", action="store_true")
+    up.add_argument("--max-current", type=float, default=32.0)
+    up.add_argument("-v", "--verbose", action="store_true")
+
+    ctl = sub.add_parser("ctl", help="drive a running simulator")
+    ctl.add_argument("--dir", required=True, type=Path)
+    csub = ctl.add_subparsers(dest="action", required=True)
+    for name in ("plug", "unplug", "clear"):
+        csub.add_parser(name).add_argument("connector", type=int)
+    csub.add_parser("tap").add_argument("id_tag")
+    ev = csub.add_parser("ev")
+    ev.add_argument("connector", type=int)
+    ev.add_argument("mode", choices=["charge", "pause", "ventilation", "soc"])
+    ev.add_argument("value", nargs="?", type=float)
+    fault = csub.add_parser("fault")
+    fault.add_argument("connector", type=int)
+    fault.add_argument("name", choices=sorted(FAULTS))
+    csub.add_parser("state")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "csms":
+        from simulator.csms import main as csms_main
+
+        return csms_main(argv[1:])
+    args = _parser().parse_args(argv)
+    if args.command == "up":
+        from simulator.rig import RigOptions, run_rig
+
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                            format="%(asctime)s cpsim %(levelname)s %(name)s: %(message)s")
+        if args.connectors < 1 or args.connectors > 16:
+            print("cpsim up: --connectors must be 1..16", file=sys.stderr)
+            return 2
+        options = RigOptions(
+            directory=args.dir.resolve(),
+            connectors=args.connectors,
+            csms_url=None if args.no_csms else args.csms,
+            charge_point_id=args.id,
+            meter_transport=args.meter,
+            fixed_cable=args.fixed_cable,
+            max_current_a=args.max_current,
+        )
+        return asyncio.run(run_rig(options))
+    from simulator.control import RigUnreachable, send
+
+    request: dict[str, object] = {"cmd": args.action}
+    if args.action in ("plug", "unplug", "clear"):
+        request["connector"] = args.connector
+    elif args.action == "tap":
+        request["id_tag"] = args.id_tag
+    elif args.action == "ev":
+        request.update(connector=args.connector, action=args.mode)
+        if args.mode == "soc":
+            if args.value is None:
+                print("cpsim ctl ev N soc PCT: missing PCT", file=sys.stderr)
+                return 2
+            request["value"] = args.value
+    elif args.action == "fault":
+        request.update(connector=args.connector, name=args.name)
+    try:
+        reply = send(args.dir, request)
+    except RigUnreachable as exc:
+        print(f"cpsim ctl: {exc}", file=sys.stderr)
+        return 3
+    print(json.dumps(reply, indent=2))
+    return 0 if reply.get("ok") else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

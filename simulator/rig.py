@@ -1,0 +1,280 @@
+"""`cpsim up`: a whole simulated chargepoint at the bus level.
+
+Per connector a pilot-board emulator on a pty, an EV (the Plant) and an SDM630 meter (Modbus TCP on
+127.0.0.1 or RTU on a pty); one RDM6300 reader on a pty. Writes DIR/agent.toml once everything
+listens, serves a JSON control socket at DIR/ctl.sock, and keeps the meters' registers in
+DIR/sim-state.json so a restart (or a simulated power loss) keeps the energy counters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hal.types import Fault
+from simulator.faults import FAULTS
+from simulator.meter import MeterEmulator
+from simulator.physics import EvMode, Plant
+from simulator.pilot_board import PilotBoardEmulator
+from simulator.rdm6300 import Rdm6300Emulator
+
+log = logging.getLogger("cpsim")
+
+_PLANT_FAULTS = {
+    "rcd": Fault.RCD,
+    "ground": Fault.GROUND,
+    "diode": Fault.DIODE,
+    "overtemp": Fault.OVERTEMP,
+    "undervoltage": Fault.UNDERVOLTAGE,
+    "overvoltage": Fault.OVERVOLTAGE,
+}
+
+
+@dataclass
+class RigOptions:
+    directory: Path
+    connectors: int = 1
+    csms_url: str | None = None
+    charge_point_id: str = "CP001"
+    meter_transport: str = "tcp"
+    fixed_cable: bool = False
+    max_current_a: float = 32.0
+    tokens: list[str] = field(default_factory=lambda: ["DEADBEEF01", "04A1B2C3D4"])
+    extra_toml: str = ""
+
+
+@dataclass
+class SimConnector:
+    plant: Plant
+    board: PilotBoardEmulator
+    meter: MeterEmulator
+
+
+class Rig:
+    def __init__(self, options: RigOptions) -> None:
+        self.options = options
+        self.dir = options.directory
+        self.connectors: dict[int, SimConnector] = {}
+        self.reader = Rdm6300Emulator()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._server: asyncio.AbstractServer | None = None
+
+    # ----------------------------------------------------------------- persistence of meter registers
+    @property
+    def state_file(self) -> Path:
+        return self.dir / "sim-state.json"
+
+    def _load_energy(self) -> dict[str, float]:
+        try:
+            data = json.loads(self.state_file.read_text())
+            return {str(k): float(v) for k, v in data.get("energy_wh", {}).items()}
+        except (OSError, ValueError):
+            return {}
+
+    def save_state(self) -> None:
+        data = {"energy_wh": {str(n): c.plant.energy_wh for n, c in self.connectors.items()}}
+        _atomic_write(self.state_file, json.dumps(data))
+
+    # ----------------------------------------------------------------- lifecycle
+    async def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        energy = self._load_energy()
+        for n in range(1, self.options.connectors + 1):
+            plant = Plant(fixed_cable=self.options.fixed_cable)
+            plant.energy_wh = energy.get(str(n), 0.0)
+            board = PilotBoardEmulator(plant)
+            meter = MeterEmulator(plant, transport=self.options.meter_transport)
+            self.connectors[n] = SimConnector(plant, board, meter)
+        for c in self.connectors.values():
+            self._tasks.append(asyncio.create_task(c.board.run()))
+            await c.meter.start()
+        self._tasks.append(asyncio.create_task(self.reader.run()))
+        self._tasks.append(asyncio.create_task(self._persist_loop()))
+        sock = self.dir / "ctl.sock"
+        with contextlib.suppress(FileNotFoundError):
+            sock.unlink()
+        self._server = await asyncio.start_unix_server(self._serve_control, path=str(sock))
+        await asyncio.sleep(0)
+        _atomic_write(self.dir / "agent.toml", self.agent_toml())
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for c in self.connectors.values():
+            await c.meter.stop()
+        self.save_state()
+
+    async def _persist_loop(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.save_state()
+
+    # ----------------------------------------------------------------- agent configuration
+    def agent_toml(self) -> str:
+        o = self.options
+        lines = [
+            "# Written by cpsim up: points the agent at the simulated hardware of this rig.",
+            "[station]",
+            f'id = "{o.charge_point_id}"',
+            'vendor = "cpsim"',
+            'model = "SimStation"',
+            f'serial_number = "SIM-{o.charge_point_id[:20]}"',
+            f'state_dir = "{self.dir / "state"}"',
+            f'diag_socket = "{self.dir / "diag.sock"}"',
+            'token_reader = "reader"',
+            'support_contact = "Simulator support +00 000 000"',
+            "",
+            "[authorization]",
+            "allow = [" + ", ".join(f'"{t}"' for t in o.tokens) + "]",
+            "",
+        ]
+        if o.csms_url:
+            lines += ["[ocpp]", f'endpoint = "{o.csms_url}"', ""]
+        lines += ["[devices.reader]", 'driver = "rdm6300"', f'port = "{self.reader.port_path}"', ""]
+        lines += ["[devices.display]", 'driver = "console-display"', ""]
+        for n, c in self.connectors.items():
+            lines += [f"[devices.board{n}]", 'driver = "pilot-board-serial"', f'port = "{c.board.port_path}"', ""]
+            lines += [f"[devices.meter{n}]", 'driver = "modbus-meter"', 'model = "sdm630"']
+            if self.options.meter_transport == "tcp":
+                lines += ['transport = "tcp"', 'host = "127.0.0.1"', f"port = {c.meter.port}"]
+            else:
+                lines += ['transport = "rtu"', f'serial_port = "{c.meter.port_path}"', "baudrate = 9600"]
+            lines += ["poll_interval_s = 0.5", ""]
+        for n in self.connectors:
+            lines += [
+                "[[connectors]]",
+                f"id = {n}",
+                f"max_current_a = {o.max_current_a}",
+                "phases = 3",
+                f'pilot = "board{n}"',
+                f'lock = "board{n}"' if not o.fixed_cable else "fixed_cable = true",
+                f'meter = "meter{n}"',
+                'display = "display"',
+                "",
+            ]
+        return "\n".join(lines) + o.extra_toml
+
+    # ----------------------------------------------------------------- control
+    async def _serve_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                try:
+                    request = json.loads(line)
+                    reply = self.control(request)
+                except Exception as exc:
+                    reply = {"ok": False, "error": str(exc)}
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    def _conn(self, request: dict[str, Any]) -> SimConnector:
+        n = int(request.get("connector", 1))
+        if n not in self.connectors:
+            raise ValueError(f"no connector {n} (have 1..{len(self.connectors)})")
+        return self.connectors[n]
+
+    def control(self, request: dict[str, Any]) -> dict[str, Any]:
+        cmd = request.get("cmd")
+        if cmd == "plug":
+            self._conn(request).plant.plugged = True
+        elif cmd == "unplug":
+            self._conn(request).plant.plugged = False
+        elif cmd == "tap":
+            self.reader.tap(str(request["id_tag"]))
+        elif cmd == "ev":
+            plant = self._conn(request).plant
+            action = request["action"]
+            if action == "soc":
+                plant.ev.soc_percent = float(request["value"])
+            else:
+                plant.ev.mode = EvMode(action)
+        elif cmd == "fault":
+            self._set_fault(self._conn(request), str(request["name"]), True)
+        elif cmd == "clear":
+            c = self._conn(request)
+            for name in FAULTS:
+                self._set_fault(c, name, False)
+        elif cmd == "state":
+            pass
+        else:
+            raise ValueError(f"unknown command {cmd!r}")
+        return {"ok": True, "state": self.state()}
+
+    def _set_fault(self, c: SimConnector, name: str, on: bool) -> None:
+        if name not in FAULTS:
+            raise ValueError(f"unknown fault {name!r}; known: {', '.join(FAULTS)}")
+        plant = c.plant
+        if name in _PLANT_FAULTS:
+            (plant.faults.add if on else plant.faults.discard)(_PLANT_FAULTS[name])
+        elif name == "weld":
+            plant.relay_welded = on
+        elif name == "lock":
+            plant.lock_jammed = on
+            (plant.faults.add if on else plant.faults.discard)(Fault.LOCK)
+        elif name == "overcurrent":
+            plant.ev.extra_draw_a = 10.0 if on else 0.0
+        elif name == "meter-silent":
+            c.meter.silent = on
+        elif name == "board-silent":
+            c.board.silent = on
+        elif name == "reader-silent":
+            self.reader.silent = on
+
+    def state(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"connectors": {}}
+        for n, c in self.connectors.items():
+            p = c.plant
+            out["connectors"][str(n)] = {
+                "plugged": p.plugged,
+                "cp_state": p.cp_state().value,
+                "pwm_duty": p.pwm_duty,
+                "relay_closed": p.relay_closed,
+                "locked": p.locked,
+                "current_a": round(p.current_a, 2),
+                "power_w": round(p.power_w(), 1),
+                "energy_wh": round(p.energy_wh, 3),
+                "soc": round(p.ev.soc_percent, 2),
+                "ev_mode": p.ev.mode.value,
+                "faults": sorted(f.value for f in p.faults)
+                + (["weld"] if p.relay_welded else [])
+                + (["meter-silent"] if c.meter.silent else [])
+                + (["board-silent"] if c.board.silent else [])
+                + (["overcurrent"] if p.ev.extra_draw_a else []),
+            }
+        out["reader_silent"] = self.reader.silent
+        return out
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+async def run_rig(options: RigOptions) -> int:
+    rig = Rig(options)
+    await rig.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(json.dumps({"ready": True, "config": str(options.directory / "agent.toml")}), flush=True)
+    await stop.wait()
+    await rig.stop()
+    return 0
