@@ -105,7 +105,7 @@ class _Reader:
 
     def string(self, name: str, default: str | None = None, *, required: bool = False) -> str | None:
         value = self._get(name, (str,), "a string", default, required)
-        if isinstance(value, str) and not value.strip():
+        if name in self.table and not value.strip():
             raise ConfigError(self.key(name), "expected a non-empty string")
         return value  # type: ignore[no-any-return]
 

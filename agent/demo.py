@@ -35,8 +35,8 @@ async def _ctl(directory: Path, **request: Any) -> dict[str, Any]:
     return await send_async(directory, request)
 
 
-async def _wait_for(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
+async def _wait_for(predicate: Any, limit_s: float, what: str) -> None:
+    deadline = time.monotonic() + limit_s
     while not predicate():
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out waiting for {what}")
@@ -48,7 +48,7 @@ async def run_demo(connectors: int, charge_seconds: float, keep_dir: Path | None
         directory = keep_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cpagent-sim-")))
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "agent.toml").unlink(missing_ok=True)
-        sim = subprocess.Popen(
+        sim = subprocess.Popen(  # noqa: ASYNC220 - started once, before the agent runs
             [sys.executable, "-m", "simulator.cli", "up", "--dir", str(directory), "--connectors", str(connectors),
              "--no-csms"],
             stdout=subprocess.DEVNULL,
