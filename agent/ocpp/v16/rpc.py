@@ -1,0 +1,522 @@
+"""OCPP 1.6J RPC over one websocket connection, on top of the mobilityhouse ``ocpp`` library.
+
+The library does the outgoing side (``ChargePoint.call`` with its call lock, schema validation of our
+requests and of the CSMS's responses). We do the incoming side ourselves because the library gets it
+wrong for 1.6: NotImplemented/NotSupported swapped, "FormatViolation" instead of "FormationViolation",
+no CALLERROR for unparseable frames, and a handler crash or a non-dataclass reply can kill its loop.
+Incoming CALLs run in their own tasks, so the CSMS is answered while one of our CALLs is pending.
+
+Handlers come from an explicit registry keyed by OCPP action name. A handler is an async callable
+taking the request payload as snake_case keyword arguments (like the library's ``@on`` handlers) and
+returning either an ``ocpp.v16.call_result`` dataclass or a camelCase ``Mapping`` sent as is. Raising
+an ``ocpp.exceptions.OCPPError`` answers with that error code (mapped to its 1.6 spelling); any other
+exception answers InternalError and is logged, the connection stays up. An optional *after* hook per
+action runs once the CALLRESULT has been sent (TriggerMessage: the .conf goes first).
+
+Example::
+
+    from ocpp.v16 import call, call_result
+    from agent.ocpp.v16.rpc import OcppSession, handlers_from_object
+
+    class ChargePointService:
+        async def on_reset(self, type: str, **_: object) -> call_result.Reset:
+            return call_result.Reset(status="Accepted")
+
+        async def after_reset(self, type: str, **_: object) -> None:
+            ...  # reboot after the .conf is on the wire
+
+    handlers, after = handlers_from_object(ChargePointService())   # on_<action> / after_<action>
+    session = OcppSession(websocket, "CP-1", handlers, after=after, message_timeout=30)
+    serving = asyncio.create_task(session.serve())          # until the connection closes
+    conf = await session.request(call.Heartbeat())          # -> call_result.Heartbeat
+    # CallErrorReceived / CallTimeout / ConnectionLost / InvalidPayload on failure
+
+Normally ``agent.ocpp.v16.link.Link`` creates the session per connection and hands it to the
+service's ``on_connected`` hook.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import decimal
+import json
+import logging
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, is_dataclass
+from enum import StrEnum
+from typing import Any, Protocol, TypeAlias
+
+from jsonschema.exceptions import ValidationError as SchemaError
+from jsonschema.exceptions import best_match
+from ocpp.charge_point import camel_to_snake_case, remove_nones, serialize_as_dict, snake_to_camel_case
+from ocpp.exceptions import OCPPError, UnknownCallErrorCodeError
+from ocpp.messages import Call, CallError, CallResult, MessageType, get_validator
+from ocpp.v16 import ChargePoint as LibraryChargePoint
+from ocpp.v16.enums import Action
+from websockets.exceptions import ConnectionClosed
+
+LOG = logging.getLogger(__name__)
+
+Handler = Callable[..., Awaitable[Any]]
+OCPP_VERSION = "1.6"
+OCPP16_ACTIONS: frozenset[str] = frozenset(action.value for action in Action)
+MAX_UNIQUE_ID_LENGTH = 36
+# The CSMS may only have one CALL outstanding; this bounds a misbehaving one.
+MAX_CONCURRENT_INCOMING = 8
+
+
+class ErrorCode(StrEnum):
+    """OCPP-J 1.6 CALLERROR codes, spelled as the 1.6 spec spells them (errata keep the typos)."""
+
+    NOT_IMPLEMENTED = "NotImplemented"
+    NOT_SUPPORTED = "NotSupported"
+    INTERNAL_ERROR = "InternalError"
+    PROTOCOL_ERROR = "ProtocolError"
+    SECURITY_ERROR = "SecurityError"
+    FORMATION_VIOLATION = "FormationViolation"
+    PROPERTY_CONSTRAINT_VIOLATION = "PropertyConstraintViolation"
+    OCCURENCE_CONSTRAINT_VIOLATION = "OccurenceConstraintViolation"
+    TYPE_CONSTRAINT_VIOLATION = "TypeConstraintViolation"
+    GENERIC_ERROR = "GenericError"
+
+
+# Library / 2.0.1 spellings a handler might raise, translated to 1.6.
+_CODE_ALIASES = {
+    "FormatViolation": ErrorCode.FORMATION_VIOLATION,
+    "OccurrenceConstraintViolation": ErrorCode.OCCURENCE_CONSTRAINT_VIOLATION,
+}
+
+_KNOWN_CODES = frozenset(code.value for code in ErrorCode)
+
+# jsonschema keyword that failed -> 1.6 error code. Everything unlisted is a FormationViolation.
+_SCHEMA_KEYWORD_CODES = {
+    "type": ErrorCode.TYPE_CONSTRAINT_VIOLATION,
+    "maxLength": ErrorCode.TYPE_CONSTRAINT_VIOLATION,  # CiStringNType is a 1.6 data type
+    "minLength": ErrorCode.TYPE_CONSTRAINT_VIOLATION,
+    "format": ErrorCode.TYPE_CONSTRAINT_VIOLATION,
+    "multipleOf": ErrorCode.TYPE_CONSTRAINT_VIOLATION,
+    "enum": ErrorCode.PROPERTY_CONSTRAINT_VIOLATION,
+    "minimum": ErrorCode.PROPERTY_CONSTRAINT_VIOLATION,
+    "maximum": ErrorCode.PROPERTY_CONSTRAINT_VIOLATION,
+    "exclusiveMinimum": ErrorCode.PROPERTY_CONSTRAINT_VIOLATION,
+    "exclusiveMaximum": ErrorCode.PROPERTY_CONSTRAINT_VIOLATION,
+    "pattern": ErrorCode.PROPERTY_CONSTRAINT_VIOLATION,
+    "required": ErrorCode.OCCURENCE_CONSTRAINT_VIOLATION,
+    "minItems": ErrorCode.OCCURENCE_CONSTRAINT_VIOLATION,
+    "maxItems": ErrorCode.OCCURENCE_CONSTRAINT_VIOLATION,
+}
+
+# The library validates these with Decimal floats (multipleOf 0.1 fails on binary floats).
+_DECIMAL_SCHEMAS = {
+    (MessageType.Call, "SetChargingProfile"),
+    (MessageType.Call, "RemoteStartTransaction"),
+    (MessageType.CallResult, "GetCompositeSchedule"),
+}
+
+_CALL_ID_PREFIX = re.compile(r'^\s*\[\s*2\s*,\s*"([^"\\]{1,36})"')
+
+
+class OcppRpcError(Exception):
+    """Base of every failure of ``OcppSession.request``."""
+
+
+class CallErrorReceived(OcppRpcError):
+    """The CSMS answered our CALL with a CALLERROR."""
+
+    def __init__(self, action: str, code: str, description: str, details: Mapping[str, Any]) -> None:
+        super().__init__(f"{action}: CALLERROR {code}: {description}")
+        self.action = action
+        self.code = code
+        self.description = description
+        self.details = dict(details)
+
+
+class CallTimeout(OcppRpcError, TimeoutError):
+    """No answer within MessageTimeout."""
+
+
+class ConnectionLost(OcppRpcError):
+    """The connection closed before the answer arrived (or before the CALL could be sent)."""
+
+
+class InvalidPayload(OcppRpcError):
+    """Our request or the CSMS's response failed the 1.6 JSON schema."""
+
+
+class Connection(Protocol):
+    """What a session needs from a websocket (websockets.asyncio connections fit)."""
+
+    async def recv(self) -> str | bytes: ...
+
+    async def send(self, message: str) -> None: ...
+
+
+@dataclass
+class FrameError(Exception):
+    """An incoming frame we cannot route. ``unique_id`` is set when the sender can be answered."""
+
+    code: ErrorCode
+    description: str
+    unique_id: str | None = None
+
+
+# ocpp.messages.Call | CallResult | CallError; the library is untyped, so mypy sees Any.
+Frame: TypeAlias = Any
+
+
+def decode_frame(raw: str | bytes) -> Frame:
+    """Parse one OCPP-J frame into the library's message objects; raise FrameError if malformed.
+
+    Only a malformed CALL whose unique id is recoverable gets ``FrameError.unique_id``: results,
+    errors and unknown message types are never answered (OCPP-J: ignore them).
+    """
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise FrameError(ErrorCode.FORMATION_VIOLATION, "frame is not UTF-8") from None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        match = _CALL_ID_PREFIX.match(raw)
+        uid = match.group(1) if match else None
+        raise FrameError(ErrorCode.FORMATION_VIOLATION, "frame is not valid JSON", uid) from None
+    if not isinstance(data, list) or not data:
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, "frame is not a non-empty JSON array")
+    message_type, uid = data[0], data[1] if len(data) > 1 else None
+    if not isinstance(uid, str) or not uid:
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, "frame has no unique id")
+    if message_type == MessageType.Call:
+        return _decode_call(data, uid)
+    if message_type == MessageType.CallResult:
+        if len(data) != 3 or not isinstance(data[2], dict):
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, "malformed CALLRESULT")
+        return CallResult(uid, data[2])
+    if message_type == MessageType.CallError:
+        if not 4 <= len(data) <= 5 or not all(isinstance(part, str) for part in data[2:4]):
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, "malformed CALLERROR")
+        details = data[4] if len(data) == 5 and isinstance(data[4], dict) else {}
+        return CallError(uid, data[2], data[3], details)
+    raise FrameError(ErrorCode.PROTOCOL_ERROR, f"unknown message type {message_type!r}")
+
+
+def _decode_call(data: list[Any], uid: str) -> Call:
+    if len(uid) > MAX_UNIQUE_ID_LENGTH:
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, "unique id longer than 36 characters", uid)
+    if len(data) != 4:
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, "CALL must have 4 elements", uid)
+    if not isinstance(data[2], str) or not data[2]:
+        raise FrameError(ErrorCode.PROTOCOL_ERROR, "CALL action must be a string", uid)
+    if not isinstance(data[3], dict):
+        raise FrameError(ErrorCode.FORMATION_VIOLATION, "CALL payload must be a JSON object", uid)
+    return Call(uid, data[2], data[3])
+
+
+def schema_violation(message_type_id: int, action: str, payload: Mapping[str, Any]) -> FrameError | None:
+    """Check a payload against the 1.6 schema; return the 1.6 error for the most relevant failure."""
+    use_decimal = (message_type_id, action) in _DECIMAL_SCHEMAS
+    try:
+        validator = get_validator(
+            message_type_id, action, OCPP_VERSION, parse_float=decimal.Decimal if use_decimal else float
+        )
+    except (OSError, ValueError):
+        return FrameError(ErrorCode.NOT_SUPPORTED, f"no 1.6 schema for {action}")
+    instance: Any = payload
+    if use_decimal:
+        instance = json.loads(json.dumps(payload), parse_float=decimal.Decimal)
+    error: SchemaError | None = best_match(validator.iter_errors(instance))
+    if error is None:
+        return None
+    code = _SCHEMA_KEYWORD_CODES.get(str(error.validator), ErrorCode.FORMATION_VIOLATION)
+    where = "/".join(str(part) for part in error.absolute_path) or "payload"
+    return FrameError(code, f"{where}: {error.message}"[:200])
+
+
+def to_wire_payload(result: Any) -> dict[str, Any]:
+    """A handler's return value as a camelCase JSON object."""
+    if result is None:
+        return {}
+    if is_dataclass(result) and not isinstance(result, type):
+        converted: dict[str, Any] = snake_to_camel_case(remove_nones(serialize_as_dict(result)))
+        return converted
+    if isinstance(result, Mapping):
+        return dict(result)
+    raise TypeError(f"handler returned {type(result).__name__}, expected a call_result dataclass")
+
+
+def to_16_error_code(code: str) -> ErrorCode:
+    """A library / 2.0.1 error code in its 1.6 spelling; codes 1.6 lacks become GenericError."""
+    code = _CODE_ALIASES.get(code, code)
+    return ErrorCode(code) if code in _KNOWN_CODES else ErrorCode.GENERIC_ERROR
+
+
+def _snake_name(action: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", action).lower()
+
+
+def handlers_from_object(service: object) -> tuple[dict[str, Handler], dict[str, Handler]]:
+    """Collect ``on_<snake_action>`` and ``after_<snake_action>`` methods for every 1.6 action."""
+    handlers: dict[str, Handler] = {}
+    after: dict[str, Handler] = {}
+    for action in sorted(OCPP16_ACTIONS):
+        for prefix, registry in (("on_", handlers), ("after_", after)):
+            method = getattr(service, prefix + _snake_name(action), None)
+            if method is not None and callable(method):
+                registry[action] = method
+    return handlers, after
+
+
+class _WireChargePoint(LibraryChargePoint):  # type: ignore[misc]
+    """The library's ChargePoint used for outgoing CALLs; incoming frames are routed by the session."""
+
+    def __init__(self, charge_point_id: str, connection: Connection, session: OcppSession) -> None:
+        super().__init__(charge_point_id, connection, response_timeout=30, logger=LOG)
+        self.route_map: dict[str, Any] = {}
+        self._session = session
+        self.last_call_error: CallError | None = None
+
+    async def route_message(self, raw_msg: str | bytes) -> None:
+        self._session._route(raw_msg)
+
+
+@dataclass
+class SessionStats:
+    calls_answered: int = 0
+    call_errors_sent: int = 0
+    handler_failures: int = 0
+    bad_frames: int = 0
+
+
+class OcppSession:
+    """One OCPP 1.6J RPC endpoint on one connection. See the module docstring."""
+
+    def __init__(
+        self,
+        connection: Connection,
+        charge_point_id: str,
+        handlers: Mapping[str, Handler],
+        *,
+        after: Mapping[str, Handler] | None = None,
+        message_timeout: float = 30.0,
+        on_activity: Callable[[], None] | None = None,
+    ) -> None:
+        unknown = set(handlers) - OCPP16_ACTIONS
+        if unknown:
+            raise ValueError(f"handlers for actions unknown to OCPP 1.6: {sorted(unknown)}")
+        self.charge_point_id = charge_point_id
+        self.message_timeout = message_timeout
+        self.stats = SessionStats()
+        self._connection = connection
+        self._handlers = dict(handlers)
+        self._after = dict(after or {})
+        self._on_activity = on_activity
+        self._wire = _WireChargePoint(charge_point_id, connection, self)
+        self._request_lock = asyncio.Lock()
+        self._closed = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._logged_bad_frame_kinds: set[str] = set()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    async def serve(self) -> None:
+        """Receive and dispatch frames until the connection closes; then fail any pending request."""
+        try:
+            while True:
+                try:
+                    raw = await self._connection.recv()
+                except Exception as exc:  # ConnectionClosed and friends: the connection is gone
+                    LOG.debug("%s: receive loop ends: %r", self.charge_point_id, exc)
+                    return
+                LOG.debug("%s < %s", self.charge_point_id, raw)
+                if self._on_activity is not None:
+                    self._on_activity()
+                await self._wire.route_message(raw)
+        finally:
+            self._closed.set()
+            for task in list(self._tasks):
+                task.cancel()
+
+    async def request(self, payload: Any, *, response_timeout: float | None = None) -> Any:
+        """Send one CALL (an ``ocpp.v16.call`` dataclass) and return its ``call_result`` dataclass.
+
+        One CALL outstanding at a time: concurrent requests queue up here.
+        """
+        action = type(payload).__name__
+        async with self._request_lock:
+            if self.closed:
+                raise ConnectionLost(f"{action}: connection closed")
+            unique_id = str(uuid.uuid4())
+            self._wire._response_timeout = self.message_timeout if response_timeout is None else response_timeout
+            self._wire.last_call_error = None
+            calling = asyncio.ensure_future(self._wire.call(payload, suppress=False, unique_id=unique_id))
+            closing = asyncio.ensure_future(self._closed.wait())
+            try:
+                await asyncio.wait({calling, closing}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closing.cancel()
+                if not calling.done():
+                    calling.cancel()
+            if not calling.done() or calling.cancelled():
+                raise ConnectionLost(f"{action}: connection closed while waiting for the answer")
+            return self._result_of(action, unique_id, calling)
+
+    def _result_of(self, action: str, unique_id: str, calling: asyncio.Future[Any]) -> Any:
+        try:
+            return calling.result()
+        except TimeoutError:
+            raise CallTimeout(f"{action}: no answer within {self._wire._response_timeout}s") from None
+        except (OCPPError, UnknownCallErrorCodeError) as exc:
+            error = self._wire.last_call_error
+            if error is not None and error.unique_id == unique_id:
+                raise CallErrorReceived(
+                    action, error.error_code, error.error_description, error.error_details or {}
+                ) from None
+            raise InvalidPayload(f"{action}: {exc}") from None
+        except (OSError, ConnectionClosed) as exc:
+            raise ConnectionLost(f"{action}: {exc}") from None
+
+    # -- incoming ---------------------------------------------------------------------------------
+
+    def _route(self, raw: str | bytes) -> None:
+        try:
+            frame = decode_frame(raw)
+        except FrameError as error:
+            self._bad_frame(error, raw)
+            return
+        if isinstance(frame, Call):
+            if len(self._tasks) >= MAX_CONCURRENT_INCOMING:
+                self._spawn(self._send_error(frame.unique_id, ErrorCode.GENERIC_ERROR, "too many CALLs"))
+                return
+            self._spawn(self._answer(frame))
+            return
+        if isinstance(frame, CallError):
+            self._wire.last_call_error = frame
+        self._wire._response_queue.put_nowait(frame)
+
+    def _bad_frame(self, error: FrameError, raw: str | bytes) -> None:
+        self.stats.bad_frames += 1
+        level = logging.DEBUG if error.description in self._logged_bad_frame_kinds else logging.WARNING
+        self._logged_bad_frame_kinds.add(error.description)
+        LOG.log(level, "%s: bad frame (%s), %s: %.200r", self.charge_point_id, error.description,
+                "answering" if error.unique_id else "dropped", raw)
+        if error.unique_id is not None:
+            self._spawn(self._send_error(error.unique_id, error.code, error.description))
+
+    def _spawn(self, coroutine: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _answer(self, call: Call) -> None:
+        try:
+            payload = await self._dispatch(call)
+        except FrameError as error:
+            await self._send_error(call.unique_id, error.code, error.description)
+            return
+        self.stats.calls_answered += 1
+        await self._send(CallResult(call.unique_id, payload).to_json())
+        hook = self._after.get(call.action)
+        if hook is not None:
+            try:
+                await hook(**camel_to_snake_case(call.payload))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                LOG.exception("%s: after-hook for %s failed", self.charge_point_id, call.action)
+
+    async def _dispatch(self, call: Call) -> dict[str, Any]:
+        if call.action not in OCPP16_ACTIONS:
+            raise FrameError(ErrorCode.NOT_IMPLEMENTED, f"{call.action} is not an OCPP 1.6 action")
+        handler = self._handlers.get(call.action)
+        if handler is None:
+            raise FrameError(ErrorCode.NOT_SUPPORTED, f"{call.action} is not supported by this charge point")
+        violation = schema_violation(MessageType.Call, call.action, call.payload)
+        if violation is not None:
+            raise violation
+        try:
+            result = await handler(**camel_to_snake_case(call.payload))
+            payload = to_wire_payload(result)
+        except asyncio.CancelledError:
+            raise
+        except OCPPError as refusal:  # a deliberate refusal by the handler
+            raise FrameError(to_16_error_code(refusal.code), str(refusal.description)) from None
+        except Exception:
+            self.stats.handler_failures += 1
+            LOG.exception("%s: handler for %s failed", self.charge_point_id, call.action)
+            raise FrameError(ErrorCode.INTERNAL_ERROR, f"{call.action} handler failed") from None
+        invalid_reply = schema_violation(MessageType.CallResult, call.action, payload)
+        if invalid_reply is not None:
+            self.stats.handler_failures += 1
+            LOG.error("%s: our %s reply breaks the schema: %s", self.charge_point_id, call.action,
+                      invalid_reply.description)
+            raise FrameError(ErrorCode.INTERNAL_ERROR, f"{call.action} produced an invalid reply")
+        return payload
+
+    async def _send_error(self, unique_id: str, code: ErrorCode, description: str) -> None:
+        self.stats.call_errors_sent += 1
+        await self._send(CallError(unique_id, code.value, description, {}).to_json())
+
+    async def _send(self, text: str) -> None:
+        LOG.debug("%s > %s", self.charge_point_id, text)
+        try:
+            await self._connection.send(text)
+        except Exception as exc:  # closed underneath us: the CSMS will never see this answer
+            LOG.debug("%s: send failed: %r", self.charge_point_id, exc)
+
+
+class RedactingFilter(logging.Filter):
+    """Replace secret values in log records with "***".
+
+    Install it on the "ocpp" logger, "websockets.client" and our own loggers (``install_redaction``),
+    or on a handler to cover everything. Logger filters do not apply to child loggers.
+    AuthorizationKey values in ChangeConfiguration frames are redacted even when not yet configured.
+    """
+
+    _AUTHORIZATION_KEY_VALUE = re.compile(
+        r"""(["']key["']\s*:\s*["']AuthorizationKey["']\s*,\s*["']value["']\s*:\s*["'])[^"']*"""
+    )
+
+    def __init__(self, secrets: Callable[[], Iterable[str]], replacement: str = "***") -> None:
+        super().__init__()
+        self._secrets = secrets
+        self._replacement = replacement
+
+    def redact(self, text: str) -> str:
+        for secret in sorted({s for s in self._secrets() if s}, key=len, reverse=True):
+            text = text.replace(secret, self._replacement)
+        return self._AUTHORIZATION_KEY_VALUE.sub(r"\g<1>" + self._replacement, text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken format string is not ours to fix; leave it to the handler
+            return True
+        redacted = self.redact(message)
+        if redacted != message:
+            record.msg, record.args = redacted, None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        return True
+
+
+REDACTED_LOGGERS = ("ocpp", "websockets.client", "websockets.server", __name__, "agent.ocpp.v16.link")
+
+
+def install_redaction(log_filter: logging.Filter, loggers: Iterable[str] = REDACTED_LOGGERS) -> Callable[[], None]:
+    """Add the filter to the named loggers; return a function that removes it again."""
+    targets = [logging.getLogger(name) for name in loggers]
+    for target in targets:
+        target.addFilter(log_filter)
+
+    def uninstall() -> None:
+        for target in targets:
+            target.removeFilter(log_filter)
+
+    return uninstall
+
