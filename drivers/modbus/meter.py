@@ -1,0 +1,261 @@
+"""Energy meter over Modbus (TCP or RTU), driven by a register map file (see ``maps/``).
+
+Freshness rules: ``latest`` is None once the meter has not answered for ``SILENT_AFTER_S``; a stale
+value is never republished with a fresh timestamp; energy going backwards is a fault, not a value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from agent.clock import Clock, SystemClock, TimerHandle
+from drivers.modbus.codec import (
+    IncompleteReading,
+    MapError,
+    ReadRequest,
+    RegisterMap,
+    build_sample,
+    decode_batch,
+    load_map,
+    plan_reads,
+)
+from drivers.modbus.transport import Link, ModbusIOError, PymodbusReader, RegisterReader, RtuLink, TcpLink
+from hal import Device, DeviceError, DeviceFaultChanged, Fault, Meter, MeterSample, Role
+
+log = logging.getLogger("cpagent.drivers.modbus")
+
+SILENT_AFTER_S = 3.0
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 10.0
+
+KNOWN_SETTINGS = frozenset(
+    {
+        "model", "transport", "host", "port", "serial_port", "baudrate", "parity", "stopbits",
+        "bytesize", "device_id", "poll_interval_s", "timeout_s", "driver",
+    }
+)  # fmt: skip
+
+
+class ModbusMeter(Device, Meter):
+    def __init__(
+        self,
+        name: str,
+        register_map: RegisterMap,
+        reader: RegisterReader,
+        *,
+        poll_interval_s: float = 1.0,
+        silent_after_s: float = SILENT_AFTER_S,
+        backoff_max_s: float = BACKOFF_MAX_S,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.register_map = register_map
+        self.reader = reader
+        self.poll_interval_s = poll_interval_s
+        self.silent_after_s = silent_after_s
+        self.backoff_max_s = backoff_max_s
+        self.clock: Clock = clock or SystemClock()
+        self._plan: tuple[ReadRequest, ...] = plan_reads(register_map)
+        self._latest: MeterSample | None = None
+        self._last_answer: float | None = None  # clock.monotonic() of the last valid answer
+        self._accepted_energy_wh: float | None = None
+        self._silent = False
+        self._implausible = False
+        self._silence_timer: TimerHandle | None = None
+        self._failing_since_logged = False
+        self._counters = {"polls_ok": 0, "polls_failed": 0, "frames": 0, "reconnects": 0, "implausible": 0}
+
+    # ------------------------------------------------------------------ roles
+
+    @property
+    def roles(self) -> frozenset[Role]:
+        return frozenset({Role.METER})
+
+    @property
+    def latest(self) -> MeterSample | None:
+        if self._last_answer is None or self.clock.monotonic() - self._last_answer > self.silent_after_s:
+            return None  # also covers a silence timer that has not fired yet
+        return self._latest
+
+    @property
+    def silent(self) -> bool:
+        return self._silent
+
+    def counters(self) -> Mapping[str, int]:
+        return dict(self._counters)
+
+    # ------------------------------------------------------------------ task
+
+    async def run(self) -> None:
+        self._arm_silence_timer()
+        backoff = BACKOFF_START_S
+        try:
+            while True:
+                if not self.reader.connected:
+                    try:
+                        await self.reader.connect()
+                        backoff = BACKOFF_START_S
+                    except ModbusIOError as exc:
+                        self._poll_failed(str(exc))
+                        await asyncio.sleep(backoff)
+                        backoff = min(self.backoff_max_s, backoff * 2)
+                        continue
+                    self._counters["reconnects"] += 1
+                await self.poll_once()
+                await asyncio.sleep(self.poll_interval_s)
+        finally:
+            if self._silence_timer is not None:
+                self._silence_timer.cancel()
+            self.reader.close()
+
+    async def poll_once(self) -> MeterSample | None:
+        """Read every batch of the map once; returns the accepted sample, if any."""
+        values: dict[str, float | None] = {}
+        try:
+            for request in self._plan:
+                self._counters["frames"] += 1
+                words = await self.reader.read(request.function, request.address, request.count)
+                values.update(decode_batch(request, words))
+        except ModbusIOError as exc:
+            self._poll_failed(str(exc))
+            return None
+        except Exception as exc:  # a malformed answer must not kill the task
+            self._poll_failed(f"unusable answer: {exc!r}")
+            return None
+        return self._answered(values)
+
+    # ------------------------------------------------------------------ rules
+
+    def _answered(self, values: dict[str, float | None]) -> MeterSample | None:
+        self._last_answer = self.clock.monotonic()
+        self._arm_silence_timer()
+        if self._silent:
+            self._silent = False
+            log.info("meter %s answers again", self.name)
+            self.emit(DeviceFaultChanged(Fault.METER_SILENT, False))
+        try:
+            sample = build_sample(values, self.clock.wall())
+        except IncompleteReading as exc:
+            self._set_implausible(str(exc))
+            return None
+        previous = self._accepted_energy_wh
+        if previous is not None and sample.energy_import_wh < previous:
+            self._set_implausible(f"energy went backwards: {sample.energy_import_wh:.1f} Wh after {previous:.1f} Wh")
+            return None
+        if self._implausible:
+            self._implausible = False
+            log.info("meter %s readings plausible again", self.name)
+            self.emit(DeviceFaultChanged(Fault.METER_IMPLAUSIBLE, False))
+        self._counters["polls_ok"] += 1
+        self._failing_since_logged = False
+        self._accepted_energy_wh = sample.energy_import_wh
+        self._latest = sample
+        self.emit(sample)
+        return sample
+
+    def _set_implausible(self, detail: str) -> None:
+        self._counters["implausible"] += 1
+        self._latest = None
+        if not self._implausible:
+            self._implausible = True
+            log.warning("meter %s: %s", self.name, detail)
+            self.emit(DeviceFaultChanged(Fault.METER_IMPLAUSIBLE, True, detail))
+
+    def _poll_failed(self, detail: str) -> None:
+        self._counters["polls_failed"] += 1
+        if not self._failing_since_logged:
+            self._failing_since_logged = True
+            log.warning("meter %s: %s (further errors are counted, not logged)", self.name, detail)
+        else:
+            log.debug("meter %s: %s", self.name, detail)
+
+    def _arm_silence_timer(self) -> None:
+        if self._silence_timer is not None:
+            self._silence_timer.cancel()
+        self._silence_timer = self.clock.call_later(self.silent_after_s, self._went_silent)
+
+    def _went_silent(self) -> None:
+        self._silence_timer = None
+        self._latest = None
+        if not self._silent:
+            self._silent = True
+            detail = f"no answer for {self.silent_after_s:.0f} s"
+            log.warning("meter %s: %s", self.name, detail)
+            self.emit(DeviceFaultChanged(Fault.METER_SILENT, True, detail))
+
+
+# ---------------------------------------------------------------------- settings
+
+
+def _where(name: str, key: str) -> str:
+    return f"devices.{name}.{key}"
+
+
+def _get_int(name: str, settings: Mapping[str, Any], key: str, default: int, allowed: range) -> int:
+    value = settings.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value not in allowed:
+        raise DeviceError(
+            f"{_where(name, key)}: expected an integer {allowed.start}..{allowed.stop - 1}, got {value!r}"
+        )
+    return value
+
+
+def _get_float(name: str, settings: Mapping[str, Any], key: str, default: float, low: float, high: float) -> float:
+    value = settings.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low < value <= high:
+        raise DeviceError(f"{_where(name, key)}: expected seconds > {low} and <= {high}, got {value!r}")
+    return float(value)
+
+
+def _get_choice(name: str, settings: Mapping[str, Any], key: str, default: Any, choices: tuple[Any, ...]) -> Any:
+    value = settings.get(key, default)
+    if value not in choices or isinstance(value, bool):
+        options = ", ".join(repr(c) for c in choices)
+        raise DeviceError(f"{_where(name, key)}: expected one of {options}, got {value!r}")
+    return value
+
+
+def _get_str(name: str, settings: Mapping[str, Any], key: str, default: str | None) -> str:
+    value = settings.get(key, default)
+    if not isinstance(value, str) or not value:
+        raise DeviceError(f"{_where(name, key)}: expected a non-empty string, got {value!r}")
+    return value
+
+
+def parse_link(name: str, settings: Mapping[str, Any]) -> Link:
+    transport = _get_choice(name, settings, "transport", None, ("tcp", "rtu"))
+    if transport == "tcp":
+        return TcpLink(
+            host=_get_str(name, settings, "host", "127.0.0.1"),
+            port=_get_int(name, settings, "port", 502, range(1, 65536)),
+        )
+    return RtuLink(
+        serial_port=_get_str(name, settings, "serial_port", None),
+        baudrate=_get_int(name, settings, "baudrate", 9600, range(300, 1_000_001)),
+        parity=_get_choice(name, settings, "parity", "N", ("N", "E", "O")),
+        stopbits=_get_choice(name, settings, "stopbits", 1, (1, 2)),
+        bytesize=_get_choice(name, settings, "bytesize", 8, (7, 8)),
+    )
+
+
+def create(name: str, settings: Mapping[str, Any]) -> ModbusMeter:
+    unknown = sorted(set(settings) - KNOWN_SETTINGS)
+    if unknown:
+        raise DeviceError(
+            f"{_where(name, unknown[0])}: unknown setting (known: {', '.join(sorted(KNOWN_SETTINGS - {'driver'}))})"
+        )
+    model = _get_str(name, settings, "model", "sdm630")
+    try:
+        register_map = load_map(model)
+    except MapError as exc:
+        raise DeviceError(f"{_where(name, 'model')}: {exc}") from exc
+    link = parse_link(name, settings)
+    device_id = _get_int(name, settings, "device_id", 1, range(1, 248))
+    # A healthy meter must answer well inside the silence window, so both are bounded.
+    poll_interval_s = _get_float(name, settings, "poll_interval_s", 1.0, 0.0, 2.0)
+    timeout_s = _get_float(name, settings, "timeout_s", 1.0, 0.0, 2.5)
+    reader = PymodbusReader(link, device_id=device_id, timeout_s=timeout_s)
+    return ModbusMeter(name, register_map, reader, poll_interval_s=poll_interval_s)

@@ -1,0 +1,117 @@
+"""Register reads over Modbus TCP or RTU with pymodbus; knows nothing about meters or maps."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusException
+
+
+class ModbusIOError(Exception):
+    """No valid answer: timeout, exception response, lost connection."""
+
+
+class RegisterReader(Protocol):
+    @property
+    def connected(self) -> bool: ...
+
+    async def connect(self) -> None:
+        """Open the link; raises ModbusIOError."""
+
+    async def read(self, function: int, address: int, count: int) -> list[int]:
+        """Read ``count`` registers with FC03/FC04; raises ModbusIOError."""
+
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TcpLink:
+    host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class RtuLink:
+    serial_port: str
+    baudrate: int = 9600
+    parity: str = "N"
+    stopbits: int = 1
+    bytesize: int = 8
+
+
+Link = TcpLink | RtuLink
+
+
+class PymodbusReader:
+    """One pymodbus client per connection attempt; pymodbus' own reconnect is off because the meter
+    driver owns the back-off."""
+
+    def __init__(self, link: Link, device_id: int, timeout_s: float) -> None:
+        self.link = link
+        self.device_id = device_id
+        self.timeout_s = timeout_s
+        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+
+    def describe(self) -> str:
+        if isinstance(self.link, TcpLink):
+            return f"tcp {self.link.host}:{self.link.port} id {self.device_id}"
+        return f"rtu {self.link.serial_port} id {self.device_id}"
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.connected
+
+    def _new_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+        if isinstance(self.link, TcpLink):
+            return AsyncModbusTcpClient(
+                self.link.host, port=self.link.port, timeout=self.timeout_s, retries=0, reconnect_delay=0
+            )
+        return AsyncModbusSerialClient(
+            self.link.serial_port,
+            baudrate=self.link.baudrate,
+            parity=self.link.parity,
+            stopbits=self.link.stopbits,
+            bytesize=self.link.bytesize,
+            timeout=self.timeout_s,
+            retries=0,
+            reconnect_delay=0,
+        )
+
+    async def connect(self) -> None:
+        self.close()
+        client = self._new_client()
+        try:
+            ok = await client.connect()
+        except (OSError, ModbusException) as exc:
+            client.close()
+            raise ModbusIOError(f"cannot open {self.describe()}: {exc}") from exc
+        if not ok:
+            client.close()
+            raise ModbusIOError(f"cannot open {self.describe()}")
+        self._client = client
+
+    async def read(self, function: int, address: int, count: int) -> list[int]:
+        client = self._client
+        if client is None or not client.connected:
+            raise ModbusIOError(f"{self.describe()} is not connected")
+        try:
+            if function == 3:
+                response = await client.read_holding_registers(address, count=count, device_id=self.device_id)
+            else:
+                response = await client.read_input_registers(address, count=count, device_id=self.device_id)
+        except (OSError, ModbusException) as exc:
+            raise ModbusIOError(f"no answer from {self.describe()}: {exc}") from exc
+        if response.isError():
+            code = getattr(response, "exception_code", "?")
+            raise ModbusIOError(f"{self.describe()} answered FC{function:02d} {address:#06x} with exception {code}")
+        registers = list(response.registers)
+        if len(registers) != count:
+            raise ModbusIOError(f"{self.describe()} returned {len(registers)} registers, expected {count}")
+        return registers
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
