@@ -1,0 +1,262 @@
+"""The pilot/relay board's MCU, emulated at the byte level on a pty and bound to a simulated Plant.
+
+It speaks docs/pilot-board-protocol.md through the same codec as the driver. The agent opens
+``port_path`` exactly as it would open the real board's UART.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import tty
+from collections.abc import Iterable
+
+from drivers.serial.pilot_codec import (
+    DUTY_F,
+    DUTY_X1,
+    BoardMessage,
+    CpStateReport,
+    FaultReport,
+    FrameDecoder,
+    Hello,
+    KeepAlive,
+    LockReport,
+    Message,
+    ProximityReport,
+    RelayReport,
+    Reset,
+    Sender,
+    SetDuty,
+    SetLock,
+    SetRelay,
+    StatusRequest,
+    Telemetry,
+    encode,
+    pp_ampacity,
+)
+from hal.types import CpState, Fault
+from simulator.physics import Plant
+
+log = logging.getLogger(__name__)
+
+# Faults the plant can carry that the board's own sensors would see.
+_SENSED_FAULTS = frozenset({Fault.RCD, Fault.OVERTEMP, Fault.GROUND, Fault.UNDERVOLTAGE, Fault.OVERVOLTAGE, Fault.LOCK})
+_CP_HIGH_MV = {"A": 12_000, "B": 9_000, "C": 6_000, "D": 3_000, "E": 0, "F": -12_000}
+
+
+class PilotBoardEmulator:
+    def __init__(
+        self,
+        plant: Plant,
+        *,
+        tick_s: float = 0.01,
+        status_period_s: float = 0.25,
+        keepalive_timeout_s: float = 2.0,
+        firmware: tuple[int, int, int] = (1, 0, 0),
+    ) -> None:
+        self.plant = plant
+        self.tick_s = tick_s
+        self.status_period_s = status_period_s
+        self.keepalive_timeout_s = keepalive_timeout_s
+        self.firmware = firmware
+        self.silent = False  # fault injection "board-silent": sends nothing, ignores all input
+        self.decoder = FrameDecoder(Sender.HOST)
+        self._master, self._slave = os.openpty()
+        # Raw on both ends, or the line discipline rewrites 0x0A/0x0D and eats control bytes.
+        tty.setraw(self._master)
+        tty.setraw(self._slave)
+        os.set_blocking(self._master, False)
+        # The slave fd stays open here so reads on the master never hit EIO while the agent reconnects.
+        self.port_path = os.ttyname(self._slave)
+        self._tx_seq = 0
+        self.frames_sent = 0
+        self.tx_dropped = 0
+        self._now = 0.0
+        self._last_keepalive: float | None = None
+        self.keepalive_lapsed = True  # until the first KeepAlive: relay close is refused
+        self._last_status: float | None = None
+        self._last_reported: dict[type, BoardMessage] = {}
+        self._closed = False
+
+    # ------------------------------------------------------------------------------------ lifecycle
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_reader(self._master, self._on_readable)
+        self._now = loop.time()
+        self.plant.step(self._now)
+        self._send(self._hello())
+        self._last_keepalive = None
+        try:
+            while True:
+                self.tick(loop.time())
+                await asyncio.sleep(self.tick_s)
+        finally:
+            with contextlib.suppress(ValueError, OSError):
+                loop.remove_reader(self._master)
+
+    def close(self) -> None:
+        """Close the pty: the driver then sees its port fail."""
+        if not self._closed:
+            self._closed = True
+            with contextlib.suppress(OSError):
+                asyncio.get_running_loop().remove_reader(self._master)
+            for fd in (self._master, self._slave):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    @property
+    def counters(self) -> dict[str, int]:
+        return {**self.decoder.counters, "bad_frames": self.decoder.bad_frames, "frames_sent": self.frames_sent}
+
+    # ------------------------------------------------------------------------------------ input
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self._master, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            return  # no slave open right now (cannot happen while we hold ours); nothing to do
+        self.feed(data)
+
+    def feed(self, data: bytes) -> None:
+        """Bytes from the host, as if they arrived on the UART."""
+        if self.silent:
+            return
+        for message in self.decoder.feed(data):
+            self._apply(message)
+
+    def _apply(self, message: Message) -> None:
+        plant = self.plant
+        if isinstance(message, KeepAlive):
+            self._last_keepalive = self._now
+            self.keepalive_lapsed = False
+        elif isinstance(message, SetDuty):
+            if message.duty == DUTY_X1:
+                plant.pwm_duty = None
+            elif message.duty == DUTY_F:
+                plant.pwm_duty = 0.0
+            else:
+                plant.pwm_duty = message.duty / 100.0
+        elif isinstance(message, SetRelay):
+            # While the host is not proven alive the board keeps the relay open.
+            plant.relay_commanded_closed = message.close and not self.keepalive_lapsed
+        elif isinstance(message, SetLock):
+            plant.lock_commanded = message.lock
+        elif isinstance(message, StatusRequest):
+            self._send(self._hello())
+            self._send_status()
+        elif isinstance(message, Reset):
+            self._boot()
+        self._report_changes()
+
+    def _boot(self) -> None:
+        self.plant.relay_commanded_closed = False
+        self.plant.pwm_duty = None
+        self.keepalive_lapsed = True
+        self._last_keepalive = None
+        self._last_reported.clear()
+        self._send(self._hello())
+        self._send_status()
+
+    # ------------------------------------------------------------------------------------ output
+
+    def tick(self, now: float) -> None:
+        """Advance the plant and the board's timers to ``now`` (loop time)."""
+        self._now = now
+        self.plant.step(now)
+        if (
+            not self.keepalive_lapsed
+            and self._last_keepalive is not None
+            and now - self._last_keepalive >= self.keepalive_timeout_s
+        ):
+            log.warning("pilot board emulator: host keep-alive lost, opening relay and driving F")
+            self.keepalive_lapsed = True
+            self.plant.relay_commanded_closed = False
+            self.plant.pwm_duty = 0.0
+        self._report_changes()
+        if self._last_status is None or now - self._last_status >= self.status_period_s:
+            self._send_status()
+
+    def status(self) -> list[BoardMessage]:
+        """The board's complete status as it would report it now."""
+        plant = self.plant
+        pwm_on = bool(plant.pwm_duty)
+        faults = set(plant.faults & _SENSED_FAULTS)
+        if pwm_on and not plant.diode_ok():
+            faults.add(Fault.DIODE)
+        if plant.lock_commanded and plant.lock_jammed:
+            faults.add(Fault.LOCK)
+        ohm = plant.pp_resistance_ohm
+        state = plant.cp_state()
+        return [
+            CpStateReport(state),
+            ProximityReport(None if ohm is None else round(ohm), pp_ampacity(ohm)),
+            RelayReport(closed=plant.relay_closed, commanded=plant.relay_commanded_closed),
+            LockReport(locked=plant.locked, commanded=plant.lock_commanded),
+            FaultReport(frozenset(faults)),
+            self._telemetry(state, pwm_on),
+        ]
+
+    def _telemetry(self, state: CpState, pwm_on: bool) -> Telemetry:
+        high = _CP_HIGH_MV[state.letter]
+        if not pwm_on:
+            low = high
+        elif self.plant.diode_ok():
+            low = -12_000
+        else:
+            low = -high  # no diode: the negative half mirrors the positive one
+        duty = self.plant.pwm_duty
+        return Telemetry(
+            cp_high_mv=high,
+            cp_low_mv=low,
+            temperature_dc=850 if Fault.OVERTEMP in self.plant.faults else 250,
+            supply_dv=round(self.plant.voltage_v * 10),
+            duty=DUTY_X1 if duty is None else round(duty * 100),
+            keepalive_lapsed=self.keepalive_lapsed,
+            rx_bad_frames=self.decoder.bad_frames,
+            rx_unknown_frames=self.decoder.counters["unknown_frames"],
+        )
+
+    def _report_changes(self) -> None:
+        """Send every state message whose content changed since it was last sent (not telemetry)."""
+        changed = [m for m in self.status()[:-1] if self._last_reported.get(type(m)) != m]
+        self._send_all(changed)
+
+    def _send_status(self) -> None:
+        self._last_status = self._now
+        self._send_all(self.status())
+
+    def _send_all(self, messages: Iterable[BoardMessage]) -> None:
+        for message in messages:
+            self._send(message)
+
+    def _hello(self) -> Hello:
+        major, minor, patch = self.firmware
+        return Hello(
+            fw_major=major,
+            fw_minor=minor,
+            fw_patch=patch,
+            hw_revision=1,
+            keepalive_timeout_ms=round(self.keepalive_timeout_s * 1000),
+            status_period_ms=round(self.status_period_s * 1000),
+        )
+
+    def _send(self, message: BoardMessage) -> None:
+        if self.silent or self._closed:
+            return
+        self._last_reported[type(message)] = message
+        self.write_raw(encode(message, seq=self._tx_seq))
+        self._tx_seq = (self._tx_seq + 1) & 0xFF
+        self.frames_sent += 1
+
+    def write_raw(self, data: bytes) -> None:
+        """Put bytes on the wire towards the host (tests use it to inject corruption)."""
+        try:
+            os.write(self._master, data)
+        except (BlockingIOError, OSError):
+            # Nobody is reading (agent not running): the pty buffer is full; a real UART drops too.
+            self.tx_dropped += 1
