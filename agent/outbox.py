@@ -1,0 +1,379 @@
+"""Durable FIFO of transaction-related OCPP messages (the "outbox").
+
+StartTransaction, StopTransaction, periodic/clock-aligned MeterValues and SecurityEventNotification must
+reach the CSMS in order, even across a crash or power loss. Every ``append`` is committed (and fsynced:
+WAL + synchronous=FULL) before it returns. Order is the AUTOINCREMENT row id, never a timestamp, so a
+wall-clock jump cannot block or reorder the queue; retry deadlines live in memory on the monotonic clock.
+
+A local transaction reference (``tx_ref``) ties a Start to its later MeterValues/Stop. The CSMS
+transactionId is unknown until StartTransaction.conf; ``payload_for_send`` fills it in at send time.
+
+Not thread-safe: use it from the event-loop thread that owns the connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from agent.clock import Clock
+from agent.db import Migration, StorageError, migrate
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "outbox"
+
+START = "StartTransaction"
+STOP = "StopTransaction"
+METER_VALUES = "MeterValues"
+
+# Transaction rows kept after their Stop was delivered, so "never send a Stop twice" holds for a while.
+_DELIVERED_TX_KEPT = 1000
+
+MIGRATIONS: list[Migration] = [
+    # v1: the queue and per-transaction bookkeeping.
+    """
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        action TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        tx_ref TEXT,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        created_wall REAL NOT NULL
+    );
+    CREATE TABLE outbox_tx (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        tx_ref TEXT NOT NULL UNIQUE,
+        transaction_id INTEGER,
+        start_dropped INTEGER NOT NULL DEFAULT 0,
+        stop_queued INTEGER NOT NULL DEFAULT 0,
+        stop_delivered INTEGER NOT NULL DEFAULT 0
+    )
+    """,
+    # v2: keep a record of what was given up on (dropped or thinned), for diagnostics; index for thinning.
+    """
+    CREATE TABLE outbox_dropped (
+        id INTEGER PRIMARY KEY,
+        entry_id INTEGER,
+        action TEXT NOT NULL,
+        tx_ref TEXT,
+        attempts INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        dropped_wall REAL NOT NULL
+    );
+    CREATE INDEX outbox_by_tx ON outbox(tx_ref, action)
+    """,
+]
+
+
+class DuplicateStop(ValueError):
+    """A StopTransaction for this transaction was already queued (or delivered)."""
+
+
+class UnboundTransaction(LookupError):
+    """The entry refers to a transaction whose CSMS id is not known yet and whose Start was not dropped."""
+
+
+@dataclass(frozen=True)
+class OutboxEntry:
+    id: int
+    action: str
+    payload: dict[str, Any]
+    tx_ref: str | None
+    attempts: int
+    created_wall: float
+    # In memory only: do not send before this monotonic time (retry back-off). None = send now.
+    not_before_mono: float | None = None
+
+
+def _is_stop_flagged(row: tuple[Any, ...] | None) -> bool:
+    return bool(row and (row[0] or row[1]))
+
+
+class Outbox:
+    def __init__(self, conn: sqlite3.Connection, clock: Clock, *, max_messages: int = 100_000) -> None:
+        if max_messages < 2:
+            raise ValueError("max_messages must be at least 2")
+        self._conn = conn
+        self._clock = clock
+        self.max_messages = max_messages
+        self._not_before: dict[int, float] = {}
+        with self._storage("open the outbox"):
+            synchronous = int(conn.execute("PRAGMA synchronous").fetchone()[0])
+            journal = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
+            if synchronous < 2 or journal != "wal":
+                raise ValueError(
+                    "the outbox needs a durable connection (WAL, synchronous=FULL): "
+                    "use agent.db.connect(path, durable=True)"
+                )
+            migrate(conn, COMPONENT, MIGRATIONS)
+            self._depth = int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+    # -- writing -------------------------------------------------------------------------------------
+
+    def append(self, action: str, payload: dict[str, Any], *, tx_ref: str | None = None) -> int:
+        """Queue a message; durable when this returns. Returns the entry id (its place in the FIFO).
+
+        When the outbox is full, intermediate MeterValues are thinned; if nothing can be thinned, a new
+        MeterValues is dropped (recorded, returns -1) while every other action is still accepted."""
+        if action in (START, STOP) and tx_ref is None:
+            raise ValueError(f"{action} needs a tx_ref")
+        body = json.dumps(payload, separators=(",", ":"), sort_keys=True)
+        with self._storage(f"append {action}"), self._transaction():
+            if action == STOP:
+                row = self._conn.execute(
+                    "SELECT stop_queued, stop_delivered FROM outbox_tx WHERE tx_ref = ?", (tx_ref,)
+                ).fetchone()
+                if _is_stop_flagged(row):
+                    raise DuplicateStop(f"StopTransaction for {tx_ref} was already queued")
+            thinned = 0
+            if self._depth >= self.max_messages:
+                thinned = self._thin()
+                if thinned == 0 and action == METER_VALUES:
+                    # Nothing left to thin: the newest sample is the least valuable one to lose.
+                    self._record_dropped(None, action, tx_ref, 0, "outbox full")
+                    log.warning("outbox full (%d): dropped new MeterValues for %s", self._depth, tx_ref)
+                    return -1
+            entry_id = int(
+                self._conn.execute(
+                    "INSERT INTO outbox(action, payload, tx_ref, created_wall) VALUES (?, ?, ?, ?)",
+                    (action, body, tx_ref, self._clock.wall()),
+                ).lastrowid
+                or 0
+            )
+            if tx_ref is not None:
+                self._conn.execute("INSERT INTO outbox_tx(tx_ref) VALUES (?) ON CONFLICT(tx_ref) DO NOTHING", (tx_ref,))
+                if action == STOP:
+                    self._conn.execute("UPDATE outbox_tx SET stop_queued = 1 WHERE tx_ref = ?", (tx_ref,))
+        self._depth += 1 - thinned
+        return entry_id
+
+    def ack(self, entry_id: int, *, transaction_id: int | None = None) -> None:
+        """The CSMS confirmed the entry: delete it. For a StartTransaction pass the CSMS transactionId so
+        the binding and the delete commit together (a crash in between cannot lose the id)."""
+        with self._storage(f"ack entry {entry_id}"), self._transaction():
+            row = self._conn.execute("SELECT action, tx_ref FROM outbox WHERE id = ?", (entry_id,)).fetchone()
+            if row is None:
+                return  # already acked or thinned: acking twice is harmless
+            action, tx_ref = row
+            if transaction_id is not None:
+                if tx_ref is None:
+                    raise ValueError(f"entry {entry_id} has no tx_ref to bind a transaction id to")
+                self._bind(tx_ref, transaction_id)
+            if action == STOP and tx_ref is not None:
+                self._conn.execute("UPDATE outbox_tx SET stop_delivered = 1 WHERE tx_ref = ?", (tx_ref,))
+                self._prune_delivered()
+            self._conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+        self._depth -= 1
+        self._not_before.pop(entry_id, None)
+
+    def record_attempt(self, entry_id: int) -> int:
+        """Count one more send of the entry (call it before each send). Returns the new count."""
+        with self._storage(f"record attempt for entry {entry_id}"), self._transaction():
+            row = self._conn.execute(
+                "UPDATE outbox SET attempts = attempts + 1 WHERE id = ? RETURNING attempts", (entry_id,)
+            ).fetchone()
+        if row is None:
+            raise KeyError(f"no outbox entry {entry_id}")
+        return int(row[0])
+
+    @staticmethod
+    def retry_delay(attempts: int, retry_interval_s: float) -> float:
+        """OCPP 1.6: wait TransactionMessageRetryInterval * (number of previous sends) before a resend."""
+        return max(0.0, retry_interval_s) * max(0, attempts)
+
+    def defer(self, entry_id: int, delay_s: float) -> None:
+        """Hold the entry back for ``delay_s`` on the monotonic clock (in memory; a reboot sends at once)."""
+        self._not_before[entry_id] = self._clock.monotonic() + max(0.0, delay_s)
+
+    def drop(self, entry_id: int, reason: str) -> None:
+        """Give up on an entry (e.g. after TransactionMessageAttempts). Dropping a StartTransaction
+        marks its transaction so later messages for it carry transactionId -1."""
+        with self._storage(f"drop entry {entry_id}"), self._transaction():
+            row = self._conn.execute("SELECT action, tx_ref, attempts FROM outbox WHERE id = ?", (entry_id,)).fetchone()
+            if row is None:
+                return
+            action, tx_ref, attempts = row
+            if action == START and tx_ref is not None:
+                self._conn.execute("UPDATE outbox_tx SET start_dropped = 1 WHERE tx_ref = ?", (tx_ref,))
+            self._record_dropped(entry_id, action, tx_ref, attempts, reason)
+            self._conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
+        self._depth -= 1
+        self._not_before.pop(entry_id, None)
+        log.warning("outbox: dropped %s #%d (tx %s) after %d attempts: %s", action, entry_id, tx_ref, attempts, reason)
+
+    def bind_transaction(self, tx_ref: str, transaction_id: int) -> None:
+        """StartTransaction.conf arrived: remember the CSMS id for the local reference."""
+        with self._storage(f"bind transaction {tx_ref}"), self._transaction():
+            self._bind(tx_ref, transaction_id)
+
+    def start_dropped(self, tx_ref: str) -> None:
+        """The Start of this transaction can never be delivered: later messages use transactionId -1."""
+        with self._storage(f"mark start dropped for {tx_ref}"), self._transaction():
+            self._conn.execute(
+                "INSERT INTO outbox_tx(tx_ref, start_dropped) VALUES (?, 1) "
+                "ON CONFLICT(tx_ref) DO UPDATE SET start_dropped = 1",
+                (tx_ref,),
+            )
+
+    # -- reading -------------------------------------------------------------------------------------
+
+    def head(self) -> OutboxEntry | None:
+        """The oldest entry not yet delivered (it may still be deferred: see ``not_before_mono``)."""
+        entries = self.entries(1)
+        return entries[0] if entries else None
+
+    def entries(self, limit: int = 100) -> list[OutboxEntry]:
+        with self._storage("read the outbox"):
+            rows = self._conn.execute(
+                "SELECT id, action, payload, tx_ref, attempts, created_wall FROM outbox ORDER BY id LIMIT ?",
+                (limit,),
+            ).fetchall()
+        return [
+            OutboxEntry(
+                id=row[0],
+                action=row[1],
+                payload=json.loads(row[2]),
+                tx_ref=row[3],
+                attempts=row[4],
+                created_wall=row[5],
+                not_before_mono=self._not_before.get(row[0]),
+            )
+            for row in rows
+        ]
+
+    def depth(self) -> int:
+        return self._depth
+
+    def oldest_wall(self) -> float | None:
+        head = self.head()
+        return head.created_wall if head else None
+
+    def transaction_id(self, tx_ref: str) -> int | None:
+        row = self._tx_row(tx_ref, "transaction_id")
+        return None if row is None or row[0] is None else int(row[0])
+
+    def is_start_dropped(self, tx_ref: str) -> bool:
+        row = self._tx_row(tx_ref, "start_dropped")
+        return bool(row and row[0])
+
+    def has_stop(self, tx_ref: str) -> bool:
+        """A StopTransaction for this transaction was queued or delivered: never queue another."""
+        return _is_stop_flagged(self._tx_row(tx_ref, "stop_queued, stop_delivered"))
+
+    def unstopped_transactions(self) -> list[str]:
+        """Transactions with messages queued or bound but no Stop yet (for power-loss recovery)."""
+        with self._storage("list unstopped transactions"):
+            rows = self._conn.execute(
+                "SELECT tx_ref FROM outbox_tx WHERE stop_queued = 0 AND stop_delivered = 0 ORDER BY seq"
+            ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def payload_for_send(self, entry: OutboxEntry) -> dict[str, Any]:
+        """The payload to put on the wire: transactionId filled from the binding (real id, or -1 only if
+        the Start was dropped). FIFO order means a message's Start is always sent before it."""
+        if entry.tx_ref is None or entry.action == START:
+            return dict(entry.payload)
+        transaction_id = self.transaction_id(entry.tx_ref)
+        if transaction_id is None:
+            if self.is_start_dropped(entry.tx_ref):
+                transaction_id = -1
+            elif "transactionId" in entry.payload:
+                return dict(entry.payload)  # the caller knew the id when it queued the message
+            else:
+                raise UnboundTransaction(
+                    f"{entry.action} #{entry.id}: CSMS transactionId for {entry.tx_ref} is not known yet"
+                )
+        return {**entry.payload, "transactionId": transaction_id}
+
+    def dropped(self, limit: int = 100) -> list[tuple[str, str | None, str]]:
+        """Recently given-up entries as (action, tx_ref, reason), newest first."""
+        with self._storage("read dropped entries"):
+            rows = self._conn.execute(
+                "SELECT action, tx_ref, reason FROM outbox_dropped ORDER BY id DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [(str(a), t, str(r)) for a, t, r in rows]
+
+    # -- internals -----------------------------------------------------------------------------------
+
+    def _bind(self, tx_ref: str, transaction_id: int) -> None:
+        self._conn.execute(
+            "INSERT INTO outbox_tx(tx_ref, transaction_id) VALUES (?, ?) "
+            "ON CONFLICT(tx_ref) DO UPDATE SET transaction_id = excluded.transaction_id",
+            (tx_ref, transaction_id),
+        )
+
+    def _tx_row(self, tx_ref: str, columns: str) -> tuple[Any, ...] | None:
+        with self._storage(f"read transaction {tx_ref}"):
+            row: tuple[Any, ...] | None = self._conn.execute(
+                f"SELECT {columns} FROM outbox_tx WHERE tx_ref = ?", (tx_ref,)
+            ).fetchone()
+        return row
+
+    def _thin(self) -> int:
+        """Delete every second intermediate MeterValues of the oldest transaction that has some.
+        Never a Start/Stop/other message, never a transaction's last MeterValues, never the head
+        (it may be in flight). Returns how many were deleted."""
+        head_row = self._conn.execute("SELECT MIN(id) FROM outbox").fetchone()
+        head_id = head_row[0] if head_row else None
+        groups = self._conn.execute(
+            "SELECT tx_ref FROM outbox WHERE action = ? GROUP BY tx_ref ORDER BY MIN(id)", (METER_VALUES,)
+        ).fetchall()
+        for (tx_ref,) in groups:
+            ids = [
+                row[0]
+                for row in self._conn.execute(
+                    "SELECT id FROM outbox WHERE action = ? AND tx_ref IS ? ORDER BY id", (METER_VALUES, tx_ref)
+                )
+            ]
+            candidates = [i for i in ids[:-1] if i != head_id]  # the last MeterValues stays
+            victims = candidates[1::2]
+            if not victims:
+                continue
+            self._conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in victims])
+            self._record_dropped(None, METER_VALUES, tx_ref, 0, f"outbox full: thinned {len(victims)}")
+            for victim in victims:
+                self._not_before.pop(victim, None)
+            log.warning("outbox full (%d): thinned %d MeterValues of %s", self._depth, len(victims), tx_ref)
+            return len(victims)
+        return 0
+
+    def _record_dropped(
+        self, entry_id: int | None, action: str, tx_ref: str | None, attempts: int, reason: str
+    ) -> None:
+        self._conn.execute(
+            "INSERT INTO outbox_dropped(entry_id, action, tx_ref, attempts, reason, dropped_wall) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (entry_id, action, tx_ref, attempts, reason, self._clock.wall()),
+        )
+
+    def _prune_delivered(self) -> None:
+        self._conn.execute(
+            "DELETE FROM outbox_tx WHERE stop_delivered = 1 AND tx_ref NOT IN "
+            "(SELECT tx_ref FROM outbox_tx WHERE stop_delivered = 1 ORDER BY seq DESC LIMIT ?)",
+            (_DELIVERED_TX_KEPT,),
+        )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._conn.execute("COMMIT")
+        except BaseException:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            raise
+
+    @staticmethod
+    @contextmanager
+    def _storage(what: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise StorageError(f"outbox: cannot {what}: {exc}") from exc
