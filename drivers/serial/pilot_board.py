@@ -331,11 +331,13 @@ class PilotBoard(Device, ControlPilot, PowerSwitch, ConnectorLock):
             self._decoder.counters["unknown_frames"] += 1
 
     def _emit(self, event: HalEvent) -> None:
-        try:
-            self.emit(event)
-        except Exception:
-            # A listener's bug must not stop the remaining events of this read or the reader itself.
-            log.exception("%s: listener failed on %r", self.name, event)
+        # Each listener on its own: one listener's bug must not keep the event from the others (the
+        # safety path among them), nor stop the remaining events of this read or the reader itself.
+        for listener in list(self._listeners):
+            try:
+                listener(event)
+            except Exception:
+                log.exception("%s: listener %r failed on %r", self.name, listener, event)
 
     # ------------------------------------------------------------------------------------ silence
 
