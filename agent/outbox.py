@@ -322,7 +322,8 @@ class Outbox:
         head_row = self._conn.execute("SELECT MIN(id) FROM outbox").fetchone()
         head_id = head_row[0] if head_row else None
         groups = self._conn.execute(
-            "SELECT tx_ref FROM outbox WHERE action = ? GROUP BY tx_ref ORDER BY MIN(id)", (METER_VALUES,)
+            "SELECT tx_ref FROM outbox WHERE action = ? GROUP BY tx_ref HAVING COUNT(*) >= 3 ORDER BY MIN(id)",
+            (METER_VALUES,),
         ).fetchall()
         for (tx_ref,) in groups:
             ids = [
