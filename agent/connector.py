@@ -96,6 +96,7 @@ class Connector:
         self.last_sample: MeterSample | None = None
         self.device_faults: set[Fault] = set()
         self.available = True
+        self.maintenance = False
         self._pending: tuple[str, float] | None = None  # (id_tag, monotonic expiry) authorized before plug-in
         self._finished_plugged = False  # a session ended while the EV is still plugged in -> Finishing
         self._last_persist = 0.0
@@ -291,8 +292,26 @@ class Connector:
 
     def set_available(self, available: bool) -> None:
         self.available = available
-        self.controller.set_available(available)
+        self.controller.set_available(available and not self.maintenance)
         self._publish_status()
+
+    def set_maintenance(self, on: bool) -> None:
+        """Maintenance mode: the connector is Unavailable and a technician may drive relay and PWM."""
+        self.maintenance = on
+        self.controller.set_available(self.available and not on)
+        if not on:
+            self.controller.end_manual()
+        self._publish_status()
+
+    def manual_relay(self, closed: bool) -> None:
+        if closed and not self.maintenance:
+            raise RuntimeError("manual relay close outside maintenance mode")
+        self.controller.manual_relay(closed)
+
+    def manual_pwm(self, duty_percent: float) -> None:
+        if not self.maintenance:
+            raise RuntimeError("manual PWM outside maintenance mode")
+        self.controller.manual_pilot(duty_percent)
 
     # ----------------------------------------------------------------- status
     @property
@@ -309,7 +328,7 @@ class Connector:
                 ChargeState.PAUSED_EVSE: ConnectorStatus.SUSPENDED_EVSE,
                 ChargeState.UNAVAILABLE: ConnectorStatus.SUSPENDED_EVSE,
             }.get(ctrl_state, ConnectorStatus.SUSPENDED_EV)
-        if not self.available:
+        if not self.available or self.maintenance:
             return ConnectorStatus.UNAVAILABLE
         state = self.controller.cp_state
         if state is not None and state.ev_connected:

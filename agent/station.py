@@ -8,18 +8,31 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from agent import db
 from agent.authorize import AllowList, AuthDecision, Authorizer
 from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig
 from agent.connector import Connector
-from agent.events import EventListener, StationEvent, TokenPresented
+from agent.eventlog import EventLog
+from agent.events import (
+    EventListener,
+    SessionStarted,
+    SessionStopped,
+    StationEvent,
+    StatusChanged,
+    TokenPresented,
+)
+from agent.faults import FAULTS
 from agent.sessions import SessionStore
 from agent.supervisor import Supervisor
 from hal import Device, DeviceFaultChanged, Role, TokenReader
 from hal.registry import load_driver
 from hal.types import Fault
+
+if TYPE_CHECKING:
+    from agent.diag import OcppDiagnostics
 
 log = logging.getLogger("cpagent.station")
 
@@ -51,6 +64,8 @@ class Station:
         self.db = db.connect(config.state_dir / "state.db")
         os.chmod(config.state_dir / "state.db", 0o640)
         self.sessions = SessionStore(self.db)
+        self.eventlog = EventLog(self.db)
+        self._listeners.append(self._record_event)
         self.authorizer: Authorizer = authorizer or AllowList(config.allowed_tokens)
         self.connectors: dict[int, Connector] = {}
         for cc in config.connectors:
@@ -63,6 +78,7 @@ class Station:
             self.reader = self.devices[config.token_reader].role(Role.TOKEN_READER)
             self.devices[config.token_reader].subscribe(self._on_reader_event)
         self.reader_faults: set[Fault] = set()
+        self.ocpp_diagnostics: OcppDiagnostics | None = None  # set by the OCPP service when configured
         self.supervisor = Supervisor(on_crash=self._on_task_crash, on_give_up=self._on_task_give_up)
 
     # ----------------------------------------------------------------- events
@@ -75,6 +91,32 @@ class Station:
                 listener(event)
             except Exception:
                 log.exception("station event listener failed on %s", type(event).__name__)
+
+    def _record_event(self, event: StationEvent) -> None:
+        """Keep what a technician needs in the persisted event log (idTags masked)."""
+        now = self.clock.wall()
+        if isinstance(event, StatusChanged):
+            faults = sorted(event.faults)
+            text = f"connector {event.connector_id} {event.status.value}"
+            if faults:
+                text += ": " + "; ".join(FAULTS[f].explanation for f in faults)
+            self.eventlog.add(now, "warning" if faults else "info", "connector", text,
+                              {"connector": event.connector_id, "status": event.status.value,
+                               "faults": [f.value for f in faults]})
+        elif isinstance(event, SessionStarted):
+            self.eventlog.add(now, "info", "session",
+                              f"connector {event.connector_id} session started for {mask(event.session.id_tag)}",
+                              {"connector": event.connector_id, "session": event.session.ref})
+        elif isinstance(event, SessionStopped):
+            self.eventlog.add(now, "info", "session",
+                              f"connector {event.connector_id} session stopped ({event.reason.value}), "
+                              f"{event.session.energy_wh:.0f} Wh",
+                              {"connector": event.connector_id, "session": event.session.ref,
+                               "energy_wh": event.session.energy_wh})
+        elif isinstance(event, TokenPresented):
+            verdict = "accepted" if event.accepted else "rejected"
+            self.eventlog.add(now, "info", "token", f"card {mask(event.id_tag)} {verdict}",
+                              {"connector": event.connector_id})
 
     def _on_reader_event(self, event: object) -> None:
         if isinstance(event, DeviceFaultChanged):
@@ -131,6 +173,14 @@ class Station:
 
     # ----------------------------------------------------------------- lifecycle
     async def run(self, ready: Callable[[], None] | None = None) -> None:
+        from agent.diag import DiagServer
+
+        self.diag = DiagServer(self, self.config.diag_socket, self.ocpp_diagnostics)
+        try:
+            await self.diag.start()
+        except OSError as exc:
+            # The charger must charge even if the technician's socket cannot be created.
+            log.error("diagnostic socket %s unavailable: %s", self.config.diag_socket, exc)
         for name, device in self.devices.items():
             self.supervisor.spawn(f"device:{name}", device.run)
         if self.reader is not None:
@@ -141,6 +191,7 @@ class Station:
             await asyncio.Event().wait()
         finally:
             await self.supervisor.stop()
+            await self.diag.stop()
 
     def close(self) -> None:
         # Leave the hardware safe: nothing energised when the agent stops.
