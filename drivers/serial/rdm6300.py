@@ -1,0 +1,154 @@
+"""RDM6300 125 kHz RFID reader on a serial port (9600 8N1). The reader repeats the frame while a card
+is in the field; a card held still is reported once (``repeat_suppress_s``)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import serial
+
+from agent.clock import Clock, SystemClock
+from drivers.serial.rdm6300_codec import Rdm6300Decoder
+from hal import Device, DeviceError, DeviceFaultChanged, Fault, IdToken, Role, TokenReader
+
+log = logging.getLogger("cpagent.drivers.rdm6300")
+
+TOKEN_KIND = "RFID125"
+BACKOFF_START_S = 0.5
+BACKOFF_MAX_S = 10.0
+
+
+class Rdm6300Reader(Device, TokenReader):
+    def __init__(
+        self,
+        name: str,
+        port: str,
+        *,
+        baudrate: int = 9600,
+        repeat_suppress_s: float = 2.0,
+        backoff_max_s: float = BACKOFF_MAX_S,
+        clock: Clock | None = None,
+    ) -> None:
+        super().__init__(name)
+        self.port = port
+        self.baudrate = baudrate
+        self.repeat_suppress_s = repeat_suppress_s
+        self.backoff_max_s = backoff_max_s
+        self.clock: Clock = clock or SystemClock()
+        self.decoder = Rdm6300Decoder()
+        self._queues: list[asyncio.Queue[IdToken]] = []
+        self._last_uid: str | None = None
+        self._last_seen = 0.0
+        self._port_fault = False
+        self._counters = {"tokens": 0, "repeats_suppressed": 0, "port_errors": 0}
+
+    @property
+    def roles(self) -> frozenset[Role]:
+        return frozenset({Role.TOKEN_READER})
+
+    def counters(self) -> Mapping[str, int]:
+        return {**self._counters, "frames": self.decoder.frames, "bad_frames": self.decoder.errors}
+
+    async def tokens(self) -> AsyncIterator[IdToken]:
+        queue: asyncio.Queue[IdToken] = asyncio.Queue()
+        self._queues.append(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._queues.remove(queue)
+
+    # ------------------------------------------------------------------ input
+
+    def feed(self, data: bytes) -> list[IdToken]:
+        """Bytes from the port -> tokens newly presented (also published to tokens() iterators)."""
+        presented = []
+        for read in self.decoder.feed(data):
+            now = self.clock.monotonic()
+            held = read.uid == self._last_uid and now - self._last_seen < self.repeat_suppress_s
+            self._last_uid, self._last_seen = read.uid, now
+            if held:
+                self._counters["repeats_suppressed"] += 1
+                continue
+            token = IdToken(uid=read.uid, kind=TOKEN_KIND)
+            self._counters["tokens"] += 1
+            presented.append(token)
+            for queue in self._queues:
+                queue.put_nowait(token)
+        return presented
+
+    # ------------------------------------------------------------------ task
+
+    async def run(self) -> None:
+        backoff = BACKOFF_START_S
+        while True:
+            try:
+                port = serial.Serial(self.port, self.baudrate, timeout=0)
+            except (serial.SerialException, OSError, ValueError) as exc:
+                self._port_failed(f"cannot open {self.port}: {exc}")
+                await asyncio.sleep(backoff)
+                backoff = min(self.backoff_max_s, backoff * 2)
+                continue
+            backoff = BACKOFF_START_S
+            if self._port_fault:
+                self._port_fault = False
+                log.info("reader %s: %s open again", self.name, self.port)
+                self.emit(DeviceFaultChanged(Fault.READER_SILENT, False))
+            try:
+                await self._read_until_error(port)
+            finally:
+                port.close()
+
+    async def _read_until_error(self, port: serial.Serial) -> None:
+        loop = asyncio.get_running_loop()
+        failed: asyncio.Future[str] = loop.create_future()
+
+        def readable() -> None:
+            try:
+                data = port.read(port.in_waiting or 1)
+            except (serial.SerialException, OSError) as exc:
+                if not failed.done():
+                    failed.set_result(f"read from {self.port} failed: {exc}")
+                return
+            try:
+                self.feed(data)
+            except Exception:  # a listener bug must not stop the reader
+                log.exception("reader %s: error while handling input", self.name)
+
+        fd = port.fileno()
+        loop.add_reader(fd, readable)
+        try:
+            detail = await failed
+        finally:
+            loop.remove_reader(fd)
+        self._port_failed(detail)
+        await asyncio.sleep(BACKOFF_START_S)
+
+    def _port_failed(self, detail: str) -> None:
+        self._counters["port_errors"] += 1
+        if not self._port_fault:
+            self._port_fault = True
+            log.warning("reader %s: %s (retrying with back-off)", self.name, detail)
+            self.emit(DeviceFaultChanged(Fault.READER_SILENT, True, detail))
+        else:
+            log.debug("reader %s: %s", self.name, detail)
+
+
+def create(name: str, settings: Mapping[str, Any]) -> Rdm6300Reader:
+    known = {"port", "baudrate", "repeat_suppress_s", "driver"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise DeviceError(f"devices.{name}.{unknown[0]}: unknown setting (known: port, baudrate, repeat_suppress_s)")
+    port = settings.get("port")
+    if not isinstance(port, str) or not port:
+        raise DeviceError(f"devices.{name}.port: expected a serial port path such as '/dev/ttyS1', got {port!r}")
+    baudrate = settings.get("baudrate", 9600)
+    if isinstance(baudrate, bool) or not isinstance(baudrate, int) or not 300 <= baudrate <= 1_000_000:
+        raise DeviceError(f"devices.{name}.baudrate: expected an integer baud rate (9600), got {baudrate!r}")
+    suppress = settings.get("repeat_suppress_s", 2.0)
+    if isinstance(suppress, bool) or not isinstance(suppress, int | float) or not 0 <= suppress <= 60:
+        raise DeviceError(f"devices.{name}.repeat_suppress_s: expected seconds 0..60, got {suppress!r}")
+    return Rdm6300Reader(name, port, baudrate=baudrate, repeat_suppress_s=float(suppress))

@@ -1,0 +1,130 @@
+"""The meter driver against the meter emulator over real Modbus frames: TCP on 127.0.0.1 and RTU on a pty."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from drivers.modbus.meter import ModbusMeter, create
+from hal import DeviceFaultChanged, Fault, HalEvent, MeterSample
+from simulator.meter import MeterEmulator
+from simulator.physics import Plant
+
+
+@dataclass
+class Recorder:
+    events: list[tuple[float, HalEvent]] = field(default_factory=list)
+
+    def __call__(self, event: HalEvent) -> None:
+        self.events.append((time.monotonic(), event))
+
+    def samples(self) -> list[MeterSample]:
+        return [e for _, e in self.events if isinstance(e, MeterSample)]
+
+    def faults(self) -> list[tuple[Fault, bool]]:
+        return [(e.fault, e.active) for _, e in self.events if isinstance(e, DeviceFaultChanged)]
+
+
+async def wait_for(condition: Callable[[], bool], within_s: float = 3.0) -> None:
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def plant() -> Plant:
+    plant = Plant()
+    plant.plugged = True
+    plant.relay_commanded_closed = True
+    plant.current_a = 16.0
+    plant.energy_wh = 12_345.0
+    return plant
+
+
+@pytest.fixture(params=["tcp", "rtu"])
+async def link(request: pytest.FixtureRequest, plant: Plant) -> AsyncIterator[tuple[MeterEmulator, ModbusMeter]]:
+    async with MeterEmulator(plant) as emulator:
+        settings: dict[str, Any] = {"poll_interval_s": 0.1, "timeout_s": 0.3}
+        if request.param == "tcp":
+            settings.update(transport="tcp", host="127.0.0.1", port=emulator.tcp_port)
+        else:
+            settings.update(transport="rtu", serial_port=emulator.port_path, baudrate=9600)
+        meter = create(f"meter-{request.param}", settings)
+        task = asyncio.create_task(meter.run())
+        try:
+            yield emulator, meter
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+
+async def test_values_follow_the_plant(link: tuple[MeterEmulator, ModbusMeter], plant: Plant) -> None:
+    emulator, meter = link
+    recorder = Recorder()
+    meter.subscribe(recorder)
+    await wait_for(lambda: meter.latest is not None)
+    sample = meter.latest
+    assert sample is not None
+    assert sample.energy_import_wh == pytest.approx(12_345.0, abs=1.0)  # float32 kWh on the wire
+    assert sample.power_w == pytest.approx(16.0 * 230.0 * 3)
+    assert sample.voltage_v == (230.0, 230.0, 230.0)
+    assert sample.current_a == (16.0, 16.0, 16.0)
+    assert abs(sample.timestamp - time.time()) < 2.0
+
+    plant.ev.phases = 1
+    plant.energy_wh += 500.0
+    await wait_for(lambda: (s := meter.latest) is not None and s.energy_import_wh > 12_800.0)
+    sample = meter.latest
+    assert sample is not None
+    assert sample.energy_import_wh == pytest.approx(12_845.0, abs=1.0)
+    assert sample.current_a == (16.0, 0.0, 0.0)
+    assert sample.power_w == pytest.approx(16.0 * 230.0)
+    energies = [s.energy_import_wh for s in recorder.samples()]
+    assert energies == sorted(energies)
+    assert emulator.requests_served >= 4
+    assert meter.counters()["polls_ok"] >= 2 and meter.counters()["polls_failed"] == 0
+
+
+async def test_energy_going_backwards_is_a_fault(link: tuple[MeterEmulator, ModbusMeter], plant: Plant) -> None:
+    _, meter = link
+    recorder = Recorder()
+    meter.subscribe(recorder)
+    await wait_for(lambda: meter.latest is not None)
+    plant.energy_wh = 10_000.0
+    await wait_for(lambda: (Fault.METER_IMPLAUSIBLE, True) in recorder.faults())
+    assert meter.latest is None
+    await asyncio.sleep(0.3)
+    assert all(s.energy_import_wh > 12_000.0 for s in recorder.samples())
+    plant.energy_wh = 12_400.0
+    await wait_for(lambda: (Fault.METER_IMPLAUSIBLE, False) in recorder.faults())
+    assert meter.latest is not None and meter.latest.energy_import_wh == pytest.approx(12_400.0, abs=1.0)
+
+
+async def test_silent_meter_and_recovery(link: tuple[MeterEmulator, ModbusMeter]) -> None:
+    emulator, meter = link
+    recorder = Recorder()
+    meter.subscribe(recorder)
+    await wait_for(lambda: meter.latest is not None)
+    emulator.silent = True
+    await wait_for(lambda: (Fault.METER_SILENT, True) in recorder.faults(), within_s=5.0)
+    last_sample_at = max(t for t, e in recorder.events if isinstance(e, MeterSample))
+    fault_at = next(t for t, e in recorder.events if isinstance(e, DeviceFaultChanged))
+    assert fault_at - last_sample_at <= 3.2
+    assert meter.latest is None
+    samples_while_silent = len(recorder.samples())
+    await asyncio.sleep(0.3)
+    assert len(recorder.samples()) == samples_while_silent, "nothing published while silent"
+    assert meter.counters()["polls_failed"] >= 2
+
+    emulator.silent = False
+    await wait_for(lambda: (Fault.METER_SILENT, False) in recorder.faults(), within_s=5.0)
+    await wait_for(lambda: meter.latest is not None)
+    assert recorder.faults() == [(Fault.METER_SILENT, True), (Fault.METER_SILENT, False)]
