@@ -78,12 +78,14 @@ class PilotBoardEmulator:
         self.keepalive_lapsed = True  # until the first KeepAlive: relay close is refused
         self._last_status: float | None = None
         self._last_reported: dict[type, BoardMessage] = {}
+        self._last_mismatch_hello: float | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
     # ------------------------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         loop.add_reader(self._master, self._on_readable)
         self._now = loop.time()
         self.plant.step(self._now)
@@ -101,8 +103,9 @@ class PilotBoardEmulator:
         """Close the pty: the driver then sees its port fail."""
         if not self._closed:
             self._closed = True
-            with contextlib.suppress(OSError):
-                asyncio.get_running_loop().remove_reader(self._master)
+            if self._loop is not None:
+                with contextlib.suppress(OSError, ValueError, RuntimeError):
+                    self._loop.remove_reader(self._master)
             for fd in (self._master, self._slave):
                 with contextlib.suppress(OSError):
                     os.close(fd)
@@ -126,8 +129,15 @@ class PilotBoardEmulator:
         """Bytes from the host, as if they arrived on the UART."""
         if self.silent:
             return
+        mismatches = self.decoder.counters["version_mismatch"]
         for message in self.decoder.feed(data):
             self._apply(message)
+        if self.decoder.counters["version_mismatch"] > mismatches and (
+            self._last_mismatch_hello is None or self._now - self._last_mismatch_hello >= 1.0
+        ):
+            # Tell a host of another protocol version who we are (Hello's layout never changes).
+            self._last_mismatch_hello = self._now
+            self._send(self._hello())
 
     def _apply(self, message: Message) -> None:
         plant = self.plant

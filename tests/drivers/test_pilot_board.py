@@ -19,9 +19,12 @@ from drivers.serial.pilot_board import PilotBoard, create
 from drivers.serial.pilot_codec import (
     CpStateReport,
     FaultReport,
+    FrameDecoder,
     Hello,
+    KeepAlive,
     LockReport,
     RelayReport,
+    Sender,
     encode,
 )
 from hal.device import DeviceError
@@ -376,3 +379,21 @@ async def test_one_way_latency_emulator_to_event(rig: Rig) -> None:
     print(f"\none-way latency emulator write -> driver event: median {median * 1000:.2f} ms, "
           f"max {max(samples) * 1000:.2f} ms")  # fmt: skip
     assert median < 0.05
+
+
+def test_emulator_answers_a_foreign_protocol_version_with_hello_once_per_second() -> None:
+    emulator = PilotBoardEmulator(Plant())
+    try:
+        emulator.tick(100.0)
+        host_side = FrameDecoder(Sender.BOARD)
+        os.set_blocking(emulator._slave, False)
+        os.read(emulator._slave, 4096)  # drop the status burst
+        emulator.feed(encode(KeepAlive(), version=2) + encode(KeepAlive(), version=2))
+        emulator.tick(100.5)
+        emulator.feed(encode(KeepAlive(), version=2))
+        replies = host_side.feed(os.read(emulator._slave, 4096))
+        assert [m for m in replies if isinstance(m, Hello)] == [Hello(1, 0, 0, 1, 2000, 250)]
+        assert emulator.counters["version_mismatch"] == 3
+        assert emulator.keepalive_lapsed  # a foreign KeepAlive does not feed the watchdog
+    finally:
+        emulator.close()
