@@ -137,6 +137,7 @@ class ChargeController:
         self._relay_closed = False
         self._duty: float | None = None
         self._signalled_a = 0.0
+        self._pwm_seen = False  # the board has reported x2 since our PWM (re)started
         now = clock.monotonic()
         self._relay_opened_at = now
         self._fault_hold_until = -math.inf
@@ -161,6 +162,8 @@ class ChargeController:
             self._cp_seen = True
             if state.letter in "ABCD":
                 self._ev_present = state.ev_connected
+            if state.pwm and self._duty:
+                self._pwm_seen = True
         self._run()
 
     def on_relay_feedback(self, closed: bool) -> None:
@@ -295,12 +298,14 @@ class ChargeController:
         return cp is not None and (cp.letter == "C" or (cp.letter == "D" and self.limits.ventilation_available))
 
     def ev_ready_for_power(self) -> bool:
-        # The board must report our PWM (C2/D2): that is also when it checks the diode.
+        # The board must have reported our PWM (C2/D2) since it started, not a stale x2 from before:
+        # that is also when it checks the diode.
         return (
             self.ev_requests_energy()
             and self._cp is not None
             and self._cp.pwm
-            and (Fault.DIODE not in self.active_faults)
+            and self._pwm_seen
+            and Fault.DIODE not in self.active_faults
         )
 
     def stop_done(self) -> bool:
@@ -406,6 +411,7 @@ class ChargeController:
             self._hal(lambda: self._pilot.set_duty(target))
             return
         self._signalled_a = 0.0
+        self._pwm_seen = False
         self._timers.cancel("duty")
         if was_pwm:
             self._pwm_restart_at = now + X1_HOLD_S

@@ -11,11 +11,14 @@ READY, CHARGING and PAUSED_EV; F in UNAVAILABLE and for the first 300 ms of FAUL
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from enum import StrEnum
 from typing import Any, NamedTuple, Protocol
 
 from transitions import Machine
+
+log = logging.getLogger(__name__)
 
 
 class ChargeState(StrEnum):
@@ -148,7 +151,9 @@ class ChargeMachine:
         for _ in range(_MAX_STEPS):
             if not self.step():
                 return self.state
-        raise RuntimeError(f"charge state machine does not settle (stuck around {self.state})")
+        # A cycle is a bug in the table; stop here so the caller still applies this state's outputs.
+        log.error("charge state machine does not settle (stuck around %s)", self.state)
+        return self.state
 
 
 # ----------------------------------------------------------------------------- duty cycle
