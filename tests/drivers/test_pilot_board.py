@@ -290,8 +290,8 @@ async def test_keepalive_loss_makes_the_board_open_the_relay() -> None:
         await asyncio.sleep(2.3)  # longer than the board's watchdog: keep-alives must be flowing
         assert plant.relay_commanded_closed and not emulator.keepalive_lapsed
         await _stop([board_task])  # the host dies
-        took = await wait_for(lambda: not plant.relay_commanded_closed, limit_s=3.0, what="relay opened")
-        assert 1.3 <= took <= 2.5  # 2 s after the last keep-alive, which was up to 0.5 s before
+        took = await wait_for(lambda: not plant.relay_commanded_closed, limit_s=4.0, what="relay opened")
+        assert 1.3 <= took <= 3.0  # 2 s after the last keep-alive, sent up to 0.5 s before; slack for load
         assert emulator.keepalive_lapsed and plant.cp_state() is CpState.F
     finally:
         await _stop([emulator_task, board_task])
