@@ -60,14 +60,16 @@ class MeterEmulator:
         model: str = "sdm630",
         *,
         device_id: int = 1,
-        serve_tcp: bool = True,
-        serve_rtu: bool = True,
+        transport: str | None = None,
     ) -> None:
+        """``transport``: "tcp", "rtu" or None for both at once."""
+        if transport not in (None, "tcp", "rtu"):
+            raise ValueError(f"transport must be 'tcp', 'rtu' or None, got {transport!r}")
         self.plant = plant
         self.register_map: RegisterMap = load_map(model)
         self.device_id = device_id
-        self.serve_tcp = serve_tcp
-        self.serve_rtu = serve_rtu
+        self.serve_tcp = transport in (None, "tcp")
+        self.serve_rtu = transport in (None, "rtu")
         self.silent = False
         self.overrides: dict[str, float | None] = {}  # quantity -> forced value (fault injection)
         self.requests_served = 0
@@ -79,6 +81,11 @@ class MeterEmulator:
         self._slave: int | None = None
         self._rtu_task: asyncio.Task[None] | None = None
         self._rtu_inbox: asyncio.Queue[bytes] = asyncio.Queue()
+
+    @property
+    def port(self) -> int | None:
+        """The bound Modbus TCP port (same as ``tcp_port``)."""
+        return self.tcp_port
 
     # ------------------------------------------------------------------ datastore
 

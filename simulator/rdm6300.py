@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import tty
@@ -50,6 +51,14 @@ class Rdm6300Emulator:
 
     async def start(self) -> None:
         self.open()
+
+    async def run(self) -> None:
+        """Open the pty at once (``port_path`` is valid after the first await) and hold it until cancelled."""
+        self.open()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.close()
 
     async def stop(self) -> None:
         self.close()

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from drivers.modbus.meter import ModbusMeter, create
+from drivers.modbus.transport import ModbusIOError, PymodbusReader, RtuLink
 from hal import DeviceFaultChanged, Fault, HalEvent, MeterSample
 from simulator.meter import MeterEmulator
 from simulator.physics import Plant
@@ -128,3 +129,30 @@ async def test_silent_meter_and_recovery(link: tuple[MeterEmulator, ModbusMeter]
     await wait_for(lambda: (Fault.METER_SILENT, False) in recorder.faults(), within_s=5.0)
     await wait_for(lambda: meter.latest is not None)
     assert recorder.faults() == [(Fault.METER_SILENT, True), (Fault.METER_SILENT, False)]
+
+
+async def test_rtu_emulator_ignores_other_device_ids_like_an_rs485_slave(plant: Plant) -> None:
+    async with MeterEmulator(plant, transport="rtu") as emulator:
+        assert emulator.tcp_port is None and emulator.port_path is not None
+        link = RtuLink(emulator.port_path)
+        other = PymodbusReader(link, device_id=2, timeout_s=0.2)
+        await other.connect()
+        try:
+            with pytest.raises(ModbusIOError, match="no answer"):
+                await other.read(4, 0x48, 2)
+        finally:
+            other.close()
+        ours = PymodbusReader(link, device_id=1, timeout_s=0.5)
+        await ours.connect()
+        try:
+            assert len(await ours.read(4, 0x48, 2)) == 2
+            with pytest.raises(ModbusIOError, match="exception 2"):
+                await ours.read(4, 0x200, 2)  # outside the map: illegal data address
+        finally:
+            ours.close()
+
+
+async def test_tcp_only_emulator(plant: Plant) -> None:
+    async with MeterEmulator(plant, transport="tcp") as emulator:
+        assert emulator.port_path is None and emulator.port == emulator.tcp_port
+        assert emulator.tcp_port is not None and emulator.tcp_port > 0
