@@ -1,0 +1,169 @@
+"""CS -> CP Core handlers (OCPP 1.6 section 5): on_<action> answers, after_<action> acts once the .conf
+is on the wire (a remote start begins, a reset restarts, availability changes after the answer)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ocpp.exceptions import PropertyConstraintViolationError
+
+from agent.connector import Connector
+from agent.events import ConnectorStatus, StopReason
+from agent.ocpp.v16.configuration import TooManyKeys
+
+if TYPE_CHECKING:
+    from agent.ocpp.v16.service import OcppService
+
+log = logging.getLogger(__name__)
+
+UNLOCK_WAIT_S = 3.0
+RESET_DRAIN_WAIT_S = 10.0
+
+
+class CoreHandlers:
+    def __init__(self, service: OcppService) -> None:
+        self._svc = service
+        self._remote_start: dict[str, int] = {}  # idTag -> connector chosen in on_, used in after_
+
+    @property
+    def _connectors(self) -> dict[int, Connector]:
+        return self._svc.station.connectors
+
+    # -- configuration ------------------------------------------------------------------------------
+
+    async def on_get_configuration(self, key: list[str] | None = None, **_: Any) -> dict[str, Any]:
+        try:
+            known, unknown = self._svc.store.get(key or None)
+        except TooManyKeys as exc:
+            raise PropertyConstraintViolationError(description=str(exc)) from None
+        out: dict[str, Any] = {}
+        if known:
+            out["configurationKey"] = [
+                {"key": k.key, "readonly": k.readonly, **({"value": k.value} if k.value is not None else {})}
+                for k in known
+            ]
+        if unknown:
+            out["unknownKey"] = unknown
+        return out
+
+    async def on_change_configuration(self, key: str, value: str, **_: Any) -> dict[str, Any]:
+        return {"status": self._svc.store.change(key, value, source="ocpp")}
+
+    async def on_clear_cache(self, **_: Any) -> dict[str, Any]:
+        self._svc.cache.clear()
+        return {"status": "Accepted"}
+
+    async def on_data_transfer(self, vendor_id: str, **_: Any) -> dict[str, Any]:
+        return {"status": "UnknownVendorId"}
+
+    # -- remote start / stop ------------------------------------------------------------------------
+
+    def _can_start(self, connector: Connector) -> bool:
+        return (
+            connector.available
+            and connector.session is None
+            and connector.pending_id_tag is None
+            and connector.status() is not ConnectorStatus.FAULTED
+        )
+
+    def _pick(self, connector_id: int | None) -> Connector | None:
+        if connector_id is not None:
+            connector = self._connectors.get(connector_id)
+            return connector if connector is not None and self._can_start(connector) else None
+        free = [c for c in self._connectors.values() if self._can_start(c)]
+        plugged = [c for c in free if c.controller.cp_state is not None and c.controller.cp_state.ev_connected]
+        candidates = plugged or free
+        return candidates[0] if candidates else None
+
+    async def on_remote_start_transaction(
+        self, id_tag: str, connector_id: int | None = None, **_: Any
+    ) -> dict[str, Any]:
+        if not self._svc.accepted or connector_id == 0:
+            return {"status": "Rejected"}
+        connector = self._pick(connector_id)
+        if connector is None:
+            return {"status": "Rejected"}
+        self._remote_start[id_tag.upper()] = connector.id
+        return {"status": "Accepted"}
+
+    async def after_remote_start_transaction(self, id_tag: str, **_: Any) -> None:
+        connector_id = self._remote_start.pop(id_tag.upper(), None)
+        connector = self._connectors.get(connector_id) if connector_id is not None else None
+        if connector is None:
+            return
+        if self._svc.store.get_bool("AuthorizeRemoteTxRequests"):
+            answer = await self._svc.authorizer.authorize(id_tag)
+            if not answer.accepted:
+                log.info("remote start for connector %d refused: idTag %s", connector.id, answer.status)
+                return
+        if self._can_start(connector):
+            connector.begin_authorized(id_tag)
+
+    def _by_transaction(self, transaction_id: int) -> Connector | None:
+        for connector in self._connectors.values():
+            session = connector.session
+            if session is not None and self._svc.outbox.transaction_id(session.ref) == transaction_id:
+                return connector
+        return None
+
+    async def on_remote_stop_transaction(self, transaction_id: int, **_: Any) -> dict[str, Any]:
+        if not self._svc.accepted:
+            return {"status": "Rejected"}
+        return {"status": "Accepted" if self._by_transaction(transaction_id) else "Rejected"}
+
+    async def after_remote_stop_transaction(self, transaction_id: int, **_: Any) -> None:
+        connector = self._by_transaction(transaction_id)
+        if connector is not None:
+            connector.stop_session(StopReason.REMOTE)
+
+    # -- reset --------------------------------------------------------------------------------------
+
+    async def on_reset(self, type: str, **_: Any) -> dict[str, Any]:
+        return {"status": "Accepted"}
+
+    async def after_reset(self, type: str, **_: Any) -> None:
+        reason = StopReason.HARD_RESET if type == "Hard" else StopReason.SOFT_RESET
+        refs = []
+        for connector in self._connectors.values():
+            stopped = connector.stop_session(reason)
+            if stopped is not None:
+                refs.append(stopped.ref)
+        # Give the StopTransactions a chance to leave before we go (they are durable anyway).
+        await self._svc.wait_delivered(RESET_DRAIN_WAIT_S)
+        self._svc.request_restart(type)
+
+    # -- unlock / availability ----------------------------------------------------------------------
+
+    async def on_unlock_connector(self, connector_id: int, **_: Any) -> dict[str, Any]:
+        connector = self._connectors.get(connector_id)
+        if connector is None or connector.lock is None or connector.config.fixed_cable:
+            return {"status": "NotSupported"}
+        if connector.session is not None:
+            connector.stop_session(StopReason.UNLOCK_COMMAND)
+        try:
+            connector.lock.unlock()
+        except Exception:
+            log.exception("connector %d: unlock failed", connector_id)
+            return {"status": "UnlockFailed"}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + UNLOCK_WAIT_S
+        # The lock reports its position through the board's periodic status: poll it, bounded.
+        while connector.lock.locked is not False and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        return {"status": "Unlocked" if connector.lock.locked is False else "UnlockFailed"}
+
+    async def on_change_availability(self, connector_id: int, type: str, **_: Any) -> dict[str, Any]:
+        if connector_id != 0 and connector_id not in self._connectors:
+            return {"status": "Rejected"}
+        operative = type == "Operative"
+        targets = list(self._connectors.values()) if connector_id == 0 else [self._connectors[connector_id]]
+        for target in ([0, *self._connectors] if connector_id == 0 else [connector_id]):
+            self._svc.availability.set(target, operative)
+        if not operative and any(c.session is not None for c in targets):
+            return {"status": "Scheduled"}
+        return {"status": "Accepted"}
+
+    async def after_change_availability(self, connector_id: int, type: str, **_: Any) -> None:
+        self._svc.apply_availability()

@@ -1,0 +1,90 @@
+"""OCPP 1.6 meterValue objects from meter samples: pure functions, no I/O.
+
+Every sampledValue carries context, measurand, unit and location (phase where per phase); values are
+strings. The energy register is the meter's absolute register (monotonic, never reset per transaction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from hal.types import MeterSample
+
+PERIODIC = "Sample.Periodic"
+CLOCK = "Sample.Clock"
+TX_BEGIN = "Transaction.Begin"
+TX_END = "Transaction.End"
+
+ENERGY = "Energy.Active.Import.Register"
+POWER = "Power.Active.Import"
+CURRENT = "Current.Import"
+VOLTAGE = "Voltage"
+SOC = "SoC"
+OFFERED = "Current.Offered"
+
+# What this station can measure; other measurands are skipped (the configuration store rejects them).
+SUPPORTED_MEASURANDS = frozenset({ENERGY, POWER, CURRENT, VOLTAGE, SOC, OFFERED})
+_PHASES = ("L1", "L2", "L3")
+# Voltage is measured phase to neutral.
+_VOLTAGE_PHASES = ("L1-N", "L2-N", "L3-N")
+
+
+def ocpp_time(wall: float) -> str:
+    """UTC epoch seconds -> ISO 8601 with milliseconds and a Z (never without a zone)."""
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def number(value: float) -> str:
+    """A measured value as OCPP wants it: a decimal string, no exponent, at most 3 decimals."""
+    text = f"{value:.3f}".rstrip("0").rstrip(".")
+    return "0" if text in ("", "-0") else text
+
+
+def sampled_values(
+    sample: MeterSample, measurands: Iterable[str], context: str, *, offered_a: float | None = None
+) -> list[dict[str, str]]:
+    out: list[dict[str, str]] = []
+
+    def add(measurand: str, value: float, unit: str, phase: str | None = None, location: str = "Outlet") -> None:
+        item = {"value": number(value), "context": context, "format": "Raw", "measurand": measurand,
+                "location": location, "unit": unit}
+        if phase is not None:
+            item["phase"] = phase
+        out.append(item)
+
+    for measurand in measurands:
+        if measurand == ENERGY:
+            add(ENERGY, sample.energy_import_wh, "Wh")
+        elif measurand == POWER:
+            add(POWER, max(0.0, sample.power_w), "W")
+        elif measurand == CURRENT:
+            for phase, amps in zip(_PHASES, sample.current_a, strict=True):
+                if amps is not None:
+                    add(CURRENT, amps, "A", phase)
+        elif measurand == VOLTAGE:
+            for phase, volts in zip(_VOLTAGE_PHASES, sample.voltage_v, strict=True):
+                if volts is not None:
+                    add(VOLTAGE, volts, "V", phase)
+        elif measurand == SOC:
+            if sample.soc_percent is not None:
+                add(SOC, sample.soc_percent, "Percent", location="EV")
+        elif measurand == OFFERED and offered_a is not None:
+            add(OFFERED, offered_a, "A")
+    return out
+
+
+def meter_value(
+    wall: float, sample: MeterSample, measurands: Iterable[str], context: str, *, offered_a: float | None = None
+) -> dict[str, Any] | None:
+    """One meterValue object, or None if none of the measurands could be measured."""
+    values = sampled_values(sample, measurands, context, offered_a=offered_a)
+    if not values:
+        return None
+    return {"timestamp": ocpp_time(wall), "sampledValue": values}
+
+
+def energy_only(wall: float, energy_wh: float, context: str) -> dict[str, Any]:
+    """A meterValue with only the energy register (e.g. the last persisted value after a power loss)."""
+    return meter_value(wall, MeterSample(energy_import_wh=energy_wh, power_w=0.0), [ENERGY], context) or {}

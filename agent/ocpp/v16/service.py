@@ -1,0 +1,425 @@
+"""The OCPP 1.6J Core charge-point service: turns the station into an OCPP charge point.
+
+Per connection (``Link`` hands us each new ``OcppSession``): the boot state machine, then one sender
+loop (Outbox entries in order, then status notifications; one outstanding CALL) and a heartbeat.
+Station events become Outbox entries (transactions) or queued StatusNotifications. The service also
+installs itself as the station's authorizer and answers the Core CS->CP requests (``handlers``).
+
+    service = OcppService(station, config)
+    task = asyncio.create_task(service.run())
+    await service.restart_requested.wait()     # Reset.req: the caller restarts the agent
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from ocpp.v16 import call
+
+from agent.authcache import AuthorizationCache, LocalAuthList
+from agent.clock import Clock
+from agent.config import AgentConfig
+from agent.events import (
+    ConnectorStatus,
+    SessionStarted,
+    SessionStopped,
+    StationEvent,
+    StatusChanged,
+)
+from agent.faults import info as fault_info
+from agent.ocpp.v16.authorization import OcppAuthorizer
+from agent.ocpp.v16.availability import AvailabilityStore
+from agent.ocpp.v16.configuration import CORE, SECURITY, ConfigurationStore
+from agent.ocpp.v16.handlers import CoreHandlers
+from agent.ocpp.v16.link import Backoff, Link
+from agent.ocpp.v16.meter_values import SUPPORTED_MEASURANDS, ocpp_time
+from agent.ocpp.v16.rpc import (
+    CallErrorReceived,
+    CallTimeout,
+    ConnectionLost,
+    Handler,
+    InvalidPayload,
+    OcppSession,
+    handlers_from_object,
+)
+from agent.ocpp.v16.transactions import TransactionMessages
+from agent.outbox import Outbox
+from agent.station import Station
+from hal.types import Fault
+
+log = logging.getLogger(__name__)
+
+BOOT_RETRY_S = 30.0  # when the CSMS gives no usable interval or does not answer BootNotification
+MAX_HEARTBEAT_S = 86400  # a heartbeat at least daily, for the clock
+RESTART_EXIT_STATUS = 3  # `cpagent run` exits with this after Reset.req so its supervisor restarts it
+
+
+class BootStatus(StrEnum):
+    NONE = "None"  # not (yet) accepted in this process
+    PENDING = "Pending"
+    ACCEPTED = "Accepted"
+    REJECTED = "Rejected"
+
+
+def parse_time(text: str) -> float:
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+class OcppService:
+    def __init__(
+        self,
+        station: Station,
+        config: AgentConfig,
+        clock: Clock | None = None,
+        *,
+        backoff: Backoff | None = None,
+        boot_retry_s: float = BOOT_RETRY_S,
+    ) -> None:
+        if not config.ocpp.endpoint:
+            raise ValueError("OcppService needs ocpp.endpoint in the configuration")
+        self.station = station
+        self.config = config
+        self.clock: Clock = clock or station.clock
+        self.boot_retry_s = boot_retry_s
+        db = station.db
+        self.store = ConfigurationStore(
+            db,
+            config.ocpp.keys,
+            number_of_connectors=len(station.connectors),
+            enabled_profiles=(CORE, SECURITY),
+            clock=self.clock,
+            supported_measurands=SUPPORTED_MEASURANDS,
+        )
+        self.outbox = Outbox(db, self.clock)
+        self.local_list = LocalAuthList(db, self.clock)
+        self.cache = AuthorizationCache(db, self.clock, self.local_list)
+        self.availability = AvailabilityStore(db)
+        self.boot_status = BootStatus.NONE
+        self.clock_offset_s = 0.0  # CSMS time - local wall time; the system clock is never set
+        self.restart_requested = asyncio.Event()
+        self.restart_kind: str | None = None
+        self._booted_fields: dict[str, str] | None = None
+        self._not_rejected = asyncio.Event()
+        self._not_rejected.set()
+        self._wake_event = asyncio.Event()
+        self._heartbeat_changed = asyncio.Event()
+        self._reported: dict[int, tuple[str, str]] = {}
+        self._status_queue: deque[tuple[int, dict[str, Any]]] = deque()
+        self._stopping = False
+
+        self.authorizer = OcppAuthorizer(
+            self.store, self.local_list, self.cache, online=lambda: self.online, request=self._request
+        )
+        self.tx = TransactionMessages(
+            self.outbox,
+            self.store,
+            station.sessions,
+            station.connectors,
+            self.clock,
+            wall=self.wall,
+            wake=self._wake,
+            on_id_tag_info=self.authorizer.learn,
+        )
+        self.handlers = CoreHandlers(self)
+        on, after = handlers_from_object(self.handlers)
+        ping = self.store.get_int("WebSocketPingInterval")
+        self.link = Link(
+            config.ocpp.endpoint,
+            config.station.charge_point_id,
+            on_connected=self._connected,
+            handlers={action: self._gated(h) for action, h in on.items()},
+            after=after,
+            security_profile=config.ocpp.security_profile,
+            password=self._password,
+            ping_interval=float(ping) if ping > 0 else None,
+            message_timeout=float(self.store.get_int("MessageTimeout")),
+            backoff=backoff or Backoff(cap=config.ocpp.reconnect_cap_s),
+            clock=self.clock,
+        )
+        station.authorizer = self.authorizer
+        for connector in station.connectors.values():
+            connector.connection_timeout_s = float(self.store.get_int("ConnectionTimeOut"))
+            connector.stop_check = self.authorizer.may_stop
+        self.store.subscribe(self._on_config_change)
+        station.subscribe(self._on_event)
+
+    # -- state -------------------------------------------------------------------------------------
+
+    @property
+    def accepted(self) -> bool:
+        return self.boot_status is BootStatus.ACCEPTED
+
+    @property
+    def online(self) -> bool:
+        session = self.link.session
+        return self.accepted and session is not None and not session.closed
+
+    def wall(self) -> float:
+        """Wall time as the CSMS sees it (local clock + the offset learnt from its currentTime)."""
+        return self.clock.wall() + self.clock_offset_s
+
+    def _password(self) -> str | None:
+        key = self.store.get_str("AuthorizationKey")
+        return key or self.config.ocpp.password
+
+    def _wake(self) -> None:
+        self._wake_event.set()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.tx.recover()
+        self.apply_availability()
+        tasks = [
+            asyncio.create_task(self.link.run(), name="ocpp-link"),
+            asyncio.create_task(self.tx.aligned_sampler(), name="ocpp-aligned"),
+            *(
+                asyncio.create_task(self.tx.periodic_sampler(c), name=f"ocpp-sampler-{c.id}")
+                for c in self.station.connectors.values()
+            ),
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await self.link.stop()
+
+    def request_restart(self, kind: str) -> None:
+        log.warning("%s reset requested by the CSMS: restarting the agent", kind)
+        self.restart_kind = kind
+        self.restart_requested.set()
+
+    async def wait_delivered(self, timeout_s: float) -> None:
+        """Wait (bounded) until the Outbox is empty, if we are online at all."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.online and self.outbox.depth() > 0 and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    def apply_availability(self) -> None:
+        """Bring each connector to its persisted operative state; Inoperative waits for a running session."""
+        for cid, connector in self.station.connectors.items():
+            want = self.availability.operative(cid)
+            if connector.available != want and (want or connector.session is None):
+                connector.set_available(want)
+        self._queue_status(0)
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def _on_event(self, event: StationEvent) -> None:
+        if isinstance(event, SessionStarted):
+            self.tx.on_session_started(event)
+        elif isinstance(event, SessionStopped):
+            self.tx.on_session_stopped(event)
+            # Scheduled availability changes take effect once the transaction has ended.
+            asyncio.get_running_loop().call_soon(self.apply_availability)
+        elif isinstance(event, StatusChanged):
+            self._queue_status(event.connector_id, event.status, event.faults)
+
+    def _on_config_change(self, key: str, value: str) -> None:
+        if key == "ConnectionTimeOut":
+            for connector in self.station.connectors.values():
+                connector.connection_timeout_s = float(value)
+        elif key == "HeartbeatInterval":
+            self._heartbeat_changed.set()
+        elif key == "WebSocketPingInterval":
+            self.link.ping_interval = float(value) if int(value) > 0 else None  # from the next connection
+        elif key == "MessageTimeout":
+            self.link.message_timeout = float(value)
+
+    def _gated(self, handler: Handler) -> Handler:
+        """After a Rejected boot the charge point answers nothing until the retry interval has passed."""
+
+        async def gated(**kwargs: Any) -> Any:
+            await self._not_rejected.wait()
+            return await handler(**kwargs)
+
+        return gated
+
+    # -- status notifications ----------------------------------------------------------------------
+
+    def _status_payload(
+        self, cid: int, status: ConnectorStatus | None = None, faults: frozenset[Fault] | None = None
+    ) -> dict[str, Any]:
+        if cid == 0:
+            status = ConnectorStatus.AVAILABLE if self.availability.operative(0) else ConnectorStatus.UNAVAILABLE
+            faults = frozenset()
+        else:
+            connector = self.station.connectors[cid]
+            status = connector.status() if status is None else status
+            faults = connector.faults if faults is None else faults
+        payload: dict[str, Any] = {
+            "connectorId": cid,
+            "status": status.value,
+            "errorCode": "NoError",
+            "timestamp": ocpp_time(self.wall()),
+        }
+        if status is ConnectorStatus.FAULTED:
+            fi = fault_info(sorted(faults)[0] if faults else Fault.INTERNAL)
+            payload.update(errorCode=fi.ocpp_error_code, vendorErrorCode=fi.vendor_error_code[:50],
+                           info=fi.explanation[:50])
+        return payload
+
+    def _queue_status(
+        self, cid: int, status: ConnectorStatus | None = None, faults: frozenset[Fault] | None = None
+    ) -> None:
+        self._status_queue.append((cid, self._status_payload(cid, status, faults)))
+        self._wake()
+
+    def _refresh_statuses(self, fresh_boot: bool) -> None:
+        """On a new connection: the current status of every connector that changed (all after a boot);
+        what happened while offline in between is not replayed."""
+        if fresh_boot:
+            self._reported.clear()
+        self._status_queue.clear()
+        for cid in [0, *self.station.connectors]:
+            payload = self._status_payload(cid)
+            if self._reported.get(cid) != (payload["status"], payload["errorCode"]):
+                self._status_queue.append((cid, payload))
+
+    async def _send_status(self, session: OcppSession, cid: int, payload: dict[str, Any]) -> None:
+        if self._reported.get(cid) == (payload["status"], payload["errorCode"]):
+            return
+        request = call.StatusNotification(
+            connector_id=cid,
+            error_code=payload["errorCode"],
+            status=payload["status"],
+            timestamp=payload["timestamp"],
+            info=payload.get("info"),
+            vendor_error_code=payload.get("vendorErrorCode"),
+        )
+        try:
+            await session.request(request)
+        except (CallErrorReceived, CallTimeout, InvalidPayload) as exc:
+            log.warning("StatusNotification for connector %d failed: %s", cid, exc)
+            return
+        self._reported[cid] = (payload["status"], payload["errorCode"])
+
+    # -- per connection ----------------------------------------------------------------------------
+
+    def _boot_fields(self) -> dict[str, str]:
+        s = self.config.station
+        return {
+            "charge_point_vendor": s.vendor,
+            "charge_point_model": s.model,
+            "charge_point_serial_number": s.serial_number,
+            "firmware_version": s.firmware_version,
+        }
+
+    async def _connected(self, session: OcppSession) -> None:
+        try:
+            fresh_boot = await self._boot(session)
+            self._refresh_statuses(fresh_boot)
+            self._wake()
+            heartbeat = asyncio.create_task(self._heartbeat(session))
+            try:
+                await self._sender(session)
+            finally:
+                heartbeat.cancel()
+                await asyncio.gather(heartbeat, return_exceptions=True)
+        except ConnectionLost:
+            log.info("connection lost; the outbox keeps %d message(s)", self.outbox.depth())
+
+    async def _boot(self, session: OcppSession) -> bool:
+        """Run BootNotification until Accepted. Returns True if this was a (new) boot, False if a plain
+        reconnect with the same fields skipped it."""
+        fields = self._boot_fields()
+        if self.accepted and self._booted_fields == fields:
+            return False
+        while True:
+            try:
+                conf = await session.request(call.BootNotification(**fields))
+            except (CallErrorReceived, CallTimeout, InvalidPayload) as exc:
+                log.warning("BootNotification failed (%s); retry in %.0f s", exc, self.boot_retry_s)
+                await asyncio.sleep(self.boot_retry_s)
+                continue
+            self._sync_clock(conf.current_time)
+            interval = int(conf.interval)
+            status = BootStatus(conf.status)
+            log.info("BootNotification: %s (interval %d s)", status.value, interval)
+            if status is BootStatus.ACCEPTED:
+                self.boot_status = status
+                self._booted_fields = fields
+                if interval > 0 and interval != self.store.get_int("HeartbeatInterval"):
+                    self.store.change("HeartbeatInterval", str(interval), source="local")
+                return True
+            self.boot_status = status
+            wait = float(interval) if interval > 0 else self.boot_retry_s
+            if status is BootStatus.REJECTED:
+                self._not_rejected.clear()
+                try:
+                    await asyncio.sleep(wait)
+                finally:
+                    self._not_rejected.set()
+            else:  # Pending: stay connected, answer the CSMS, send nothing but the next BootNotification
+                await asyncio.sleep(wait)
+
+    def _sync_clock(self, current_time: str) -> None:
+        try:
+            offset = parse_time(current_time) - self.clock.wall()
+        except ValueError:
+            log.warning("CSMS sent an unreadable currentTime %r", current_time)
+            return
+        if abs(offset - self.clock_offset_s) > 2.0:
+            log.info("CSMS clock differs from ours by %.1f s; timestamps follow the CSMS", offset)
+        self.clock_offset_s = offset
+
+    async def _sender(self, session: OcppSession) -> None:
+        """One loop, one outstanding CALL: Outbox entries first (in order), then status notifications."""
+        while not session.closed:
+            self._wake_event.clear()
+            entry, wait = self.tx.ready_head()
+            if entry is not None:
+                await self.tx.deliver(session, entry)
+                continue
+            if self._status_queue:
+                cid, payload = self._status_queue.popleft()
+                await self._send_status(session, cid, payload)
+                continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake_event.wait(), wait)
+
+    async def _heartbeat(self, session: OcppSession) -> None:
+        while not session.closed:
+            interval = self.store.get_int("HeartbeatInterval")
+            period = min(interval, MAX_HEARTBEAT_S) if interval > 0 else MAX_HEARTBEAT_S
+            self._heartbeat_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._heartbeat_changed.wait(), period)
+                continue  # interval changed: start the new period now
+            try:
+                conf = await session.request(call.Heartbeat())
+            except (CallErrorReceived, CallTimeout, InvalidPayload) as exc:
+                log.warning("Heartbeat failed: %s", exc)
+                continue
+            self._sync_clock(conf.current_time)
+
+    async def _request(self, payload: Any) -> Any:
+        """One CALL outside the sender loop (Authorize); ConnectionLost when not online."""
+        session = self.link.session
+        if session is None or session.closed or not self.accepted:
+            raise ConnectionLost("not connected to the CSMS")
+        return await session.request(payload)
+
+
+def start_ocpp(station: Station, config: AgentConfig) -> tuple[OcppService, asyncio.Task[None]] | None:
+    """For the CLI: start the OCPP service when ``ocpp.endpoint`` is configured."""
+    if not config.ocpp.endpoint:
+        return None
+    service = OcppService(station, config)
+    return service, asyncio.create_task(service.run(), name="ocpp")
+

@@ -1,0 +1,279 @@
+"""Transaction messages: station session events -> durable Outbox entries, and their delivery.
+
+StartTransaction / MeterValues / StopTransaction are appended to the Outbox (fsynced) the moment the
+session event happens, and delivered strictly in order with one outstanding CALL once the CSMS has
+accepted the boot. The CSMS transactionId is bound on StartTransaction.conf and filled into later
+messages at send time. A CALLERROR (or no answer) is retried TransactionMessageAttempts times, waiting
+TransactionMessageRetryInterval x previous sends; then the entry is dropped and the queue moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ocpp.charge_point import camel_to_snake_case
+from ocpp.v16 import call
+
+from agent.authcache import IdTagInfo
+from agent.clock import Clock
+from agent.connector import Connector
+from agent.events import SessionStarted, SessionStopped, StopReason
+from agent.ocpp.v16 import meter_values as mv
+from agent.ocpp.v16.configuration import ConfigurationStore
+from agent.ocpp.v16.rpc import CallErrorReceived, CallTimeout, ConnectionLost, InvalidPayload, OcppSession
+from agent.outbox import METER_VALUES, START, STOP, DuplicateStop, Outbox, OutboxEntry, UnboundTransaction
+from agent.sessions import Session, SessionStore
+
+log = logging.getLogger(__name__)
+
+_CALLS: dict[str, Callable[..., Any]] = {
+    START: call.StartTransaction,
+    STOP: call.StopTransaction,
+    METER_VALUES: call.MeterValues,
+}
+
+
+@dataclass
+class _TxData:
+    """meterValues collected for StopTransaction.transactionData (in memory: lost on a reboot)."""
+
+    values: list[dict[str, Any]]
+
+
+class TransactionMessages:
+    def __init__(
+        self,
+        outbox: Outbox,
+        store: ConfigurationStore,
+        sessions: SessionStore,
+        connectors: dict[int, Connector],
+        clock: Clock,
+        *,
+        wall: Callable[[], float],
+        wake: Callable[[], None],
+        on_id_tag_info: Callable[[str, IdTagInfo], None],
+    ) -> None:
+        self.outbox = outbox
+        self._store = store
+        self._sessions = sessions
+        self._connectors = connectors
+        self._clock = clock
+        self._wall = wall  # the CSMS-corrected wall clock
+        self._wake = wake
+        self._on_id_tag_info = on_id_tag_info
+        self._tx_data: dict[str, _TxData] = {}
+        self.delivered: list[str] = []  # actions delivered, for diagnostics
+
+    # -- events -> outbox -----------------------------------------------------------------------------
+
+    def offset(self, wall: float) -> float:
+        """A local wall time corrected by the CSMS clock offset."""
+        return wall + (self._wall() - self._clock.wall())
+
+    def _known(self, ref: str) -> bool:
+        ob = self.outbox
+        return (
+            ob.transaction_id(ref) is not None
+            or ob.is_start_dropped(ref)
+            or ob.has_stop(ref)
+            or ref in ob.unstopped_transactions()
+        )
+
+    def queue_start(self, session: Session) -> None:
+        payload = {
+            "connectorId": session.connector_id,
+            "idTag": session.id_tag,
+            "meterStart": round(session.start_energy_wh),
+            "timestamp": mv.ocpp_time(self.offset(session.start_wall)),
+        }
+        self.outbox.append(START, payload, tx_ref=session.ref)
+        if self._store.get_csl("StopTxnSampledData"):
+            connector = self._connectors.get(session.connector_id)
+            sample = connector.last_sample if connector else None
+            begin = (
+                mv.meter_value(self._wall(), sample, self._store.get_csl("StopTxnSampledData"), mv.TX_BEGIN)
+                if sample is not None
+                else mv.energy_only(self.offset(session.start_wall), session.start_energy_wh, mv.TX_BEGIN)
+            )
+            self._tx_data[session.ref] = _TxData([begin] if begin else [])
+        self._wake()
+
+    def queue_stop(self, session: Session, reason: str) -> None:
+        if self.outbox.has_stop(session.ref):
+            log.info("StopTransaction for %s already queued or sent; not sending it twice", session.ref)
+            return
+        if not self._known(session.ref):
+            # The session began but its Start never reached the outbox (crash in between): queue it now.
+            self.queue_start(session)
+        stop_energy = session.stop_energy_wh if session.stop_energy_wh is not None else session.last_energy_wh
+        stop_wall = session.stop_wall if session.stop_wall is not None else session.last_wall
+        payload: dict[str, Any] = {
+            "meterStop": round(stop_energy),
+            "timestamp": mv.ocpp_time(self.offset(stop_wall)),
+            "reason": reason,
+        }
+        if reason in (StopReason.LOCAL, StopReason.DEAUTHORIZED):
+            payload["idTag"] = session.id_tag
+        data = self._tx_data.pop(session.ref, None)
+        values = list(data.values) if data else []
+        if self._store.get_csl("StopTxnSampledData"):
+            values.append(mv.energy_only(self.offset(stop_wall), stop_energy, mv.TX_END))
+        limit = self._store.get_int("StopTransactionMaxMeterValues")
+        if values and limit > 0:
+            payload["transactionData"] = values[:1] + values[1:][-(limit - 1):] if limit > 1 else values[-1:]
+        try:
+            self.outbox.append(STOP, payload, tx_ref=session.ref)
+        except DuplicateStop:
+            log.info("StopTransaction for %s already queued", session.ref)
+        self._wake()
+
+    def on_session_started(self, event: SessionStarted) -> None:
+        self.queue_start(event.session)
+
+    def on_session_stopped(self, event: SessionStopped) -> None:
+        self.queue_stop(event.session, event.reason.value)
+
+    def recover(self) -> None:
+        """After a restart: an open session whose Start never got queued gets one; a closed session whose
+        Start was queued but whose Stop was not gets its Stop (crash between the two writes)."""
+        for connector in self._connectors.values():
+            session = connector.session
+            if session is not None and not self._known(session.ref):
+                log.warning("session %s was never announced to the CSMS; queueing its StartTransaction", session.ref)
+                self.queue_start(session)
+        unstopped = set(self.outbox.unstopped_transactions())
+        for session in self._sessions.recent(50):
+            if not session.open and session.ref in unstopped:
+                log.warning("session %s closed without a queued StopTransaction; queueing it", session.ref)
+                self.queue_stop(session, session.stop_reason or StopReason.OTHER.value)
+
+    # -- meter values ---------------------------------------------------------------------------------
+
+    def sample(self, connector: Connector, context: str) -> None:
+        """One MeterValues for the connector's running session (periodic or clock-aligned)."""
+        session = connector.session
+        sample = connector.last_sample
+        if session is None or sample is None:
+            return
+        key, stop_key = (
+            ("MeterValuesSampledData", "StopTxnSampledData")
+            if context == mv.PERIODIC
+            else ("MeterValuesAlignedData", "StopTxnAlignedData")
+        )
+        now = self._wall()
+        offered = connector.controller.offered_current_a
+        value = mv.meter_value(now, sample, self._store.get_csl(key), context, offered_a=offered)
+        if value is not None:
+            self.outbox.append(
+                METER_VALUES, {"connectorId": connector.id, "meterValue": [value]}, tx_ref=session.ref
+            )
+            self._wake()
+        stop_measurands = self._store.get_csl(stop_key)
+        data = self._tx_data.setdefault(session.ref, _TxData([]))
+        if stop_measurands:
+            extra = mv.meter_value(now, sample, stop_measurands, context, offered_a=offered)
+            if extra is not None:
+                data.values.append(extra)
+
+    async def periodic_sampler(self, connector: Connector) -> None:
+        while True:
+            interval = self._store.get_int("MeterValueSampleInterval")
+            if interval <= 0:
+                await asyncio.sleep(1.0)
+                continue
+            await asyncio.sleep(interval)
+            try:
+                self.sample(connector, mv.PERIODIC)
+            except Exception:
+                log.exception("connector %d: periodic meter values failed", connector.id)
+
+    async def aligned_sampler(self) -> None:
+        while True:
+            interval = self._store.get_int("ClockAlignedDataInterval")
+            if interval <= 0:
+                await asyncio.sleep(1.0)
+                continue
+            now = self._wall()
+            # Aligned to midnight UTC: every multiple of the interval since the epoch day start.
+            await asyncio.sleep(interval - (now % 86400) % interval)
+            for connector in self._connectors.values():
+                try:
+                    self.sample(connector, mv.CLOCK)
+                except Exception:
+                    log.exception("connector %d: clock-aligned meter values failed", connector.id)
+
+    # -- delivery -------------------------------------------------------------------------------------
+
+    def ready_head(self) -> tuple[OutboxEntry | None, float | None]:
+        """The head entry if it may be sent now, else (None, seconds until it may)."""
+        head = self.outbox.head()
+        if head is None:
+            return None, None
+        if head.not_before_mono is not None:
+            wait = head.not_before_mono - self._clock.monotonic()
+            if wait > 0:
+                return None, wait
+        return head, None
+
+    async def deliver(self, session: OcppSession, entry: OutboxEntry) -> None:
+        """Send one entry; ack, defer or drop it. Raises ConnectionLost when the link went away."""
+        try:
+            payload = self.outbox.payload_for_send(entry)
+        except UnboundTransaction:
+            # FIFO order means its Start is gone without being marked: the CSMS id can never be known.
+            assert entry.tx_ref is not None
+            self.outbox.start_dropped(entry.tx_ref)
+            payload = self.outbox.payload_for_send(entry)
+        request = _CALLS[entry.action](**camel_to_snake_case(payload))
+        attempts = self.outbox.record_attempt(entry.id)
+        try:
+            conf = await session.request(request)
+        except ConnectionLost:
+            raise
+        except (CallErrorReceived, CallTimeout, InvalidPayload) as exc:
+            self._failed(entry, attempts, str(exc))
+            return
+        self._delivered(entry, payload, conf)
+
+    def _failed(self, entry: OutboxEntry, attempts: int, why: str) -> None:
+        limit = max(1, self._store.get_int("TransactionMessageAttempts"))
+        if attempts >= limit:
+            self.outbox.drop(entry.id, f"{why} (after {attempts} attempts)")
+            log.error("gave up on %s #%d after %d attempts: %s", entry.action, entry.id, attempts, why)
+            return
+        delay = Outbox.retry_delay(attempts, self._store.get_int("TransactionMessageRetryInterval"))
+        log.warning("%s #%d failed (%s); retry %d/%d in %.0f s", entry.action, entry.id, why, attempts + 1,
+                    limit, delay)
+        self.outbox.defer(entry.id, delay)
+
+    def _delivered(self, entry: OutboxEntry, payload: dict[str, Any], conf: Any) -> None:
+        self.delivered.append(entry.action)
+        if entry.action == START:
+            assert entry.tx_ref is not None
+            transaction_id = int(conf.transaction_id)
+            self.outbox.ack(entry.id, transaction_id=transaction_id)
+            self._sessions.set_transaction_id(entry.tx_ref, transaction_id)
+            info = IdTagInfo.from_ocpp(conf.id_tag_info)
+            self._on_id_tag_info(str(payload["idTag"]), info)
+            if not info.accepted:
+                self._invalid_id(entry.tx_ref, info)
+            return
+        self.outbox.ack(entry.id)
+        if entry.action == STOP and getattr(conf, "id_tag_info", None) and payload.get("idTag"):
+            self._on_id_tag_info(str(payload["idTag"]), IdTagInfo.from_ocpp(conf.id_tag_info))
+
+    def _invalid_id(self, tx_ref: str, info: IdTagInfo) -> None:
+        for connector in self._connectors.values():
+            if connector.session is not None and connector.session.ref == tx_ref:
+                if self._store.get_bool("StopTransactionOnInvalidId"):
+                    log.warning("connector %d: idTag %s by the CSMS: stopping (DeAuthorized)", connector.id,
+                                info.status)
+                    connector.stop_session(StopReason.DEAUTHORIZED)
+                else:
+                    log.warning("connector %d: idTag %s by the CSMS: energy stopped, transaction kept",
+                                connector.id, info.status)
+                    connector.controller.set_energy_allowed(False)
