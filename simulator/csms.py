@@ -369,8 +369,12 @@ class Csms:
     async def _end_outage_after(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
         self._reject_status = None
-        if self._server is None:
-            await self.start()
+        while self._server is None:
+            try:
+                await self.start()  # same port: charge points redial the URL they know
+            except OSError as error:
+                LOG.error("CSMS: cannot listen on port %d again (%s); retrying", self.port, error)
+                await asyncio.sleep(0.5)
         self._outage_task = None
 
     async def drop(self, charge_point_id: str, *, code: int = 1000) -> None:

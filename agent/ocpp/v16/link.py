@@ -126,9 +126,10 @@ class Link:
             raise ValueError(f"security profile {security_profile} needs a password (AuthorizationKey)")
         self.charge_point_id = charge_point_id
         self.security_profile = security_profile
+        # WebSocketPingInterval (<= 0 or None: no pings); changes apply from the next connection.
         self.ping_interval = ping_interval
         self.ping_timeout = ping_timeout
-        self.message_timeout = message_timeout
+        self._message_timeout = message_timeout
         self.open_timeout = open_timeout
         self.close_timeout = close_timeout
         self.backoff = backoff or Backoff()
@@ -155,6 +156,17 @@ class Link:
     @property
     def state(self) -> LinkState:
         return self._state
+
+    @property
+    def message_timeout(self) -> float:
+        return self._message_timeout
+
+    @message_timeout.setter
+    def message_timeout(self, seconds: float) -> None:
+        """MessageTimeout: applies to the current session at once."""
+        self._message_timeout = seconds
+        if self._session is not None:
+            self._session.message_timeout = seconds
 
     @property
     def session(self) -> OcppSession | None:
