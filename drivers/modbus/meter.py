@@ -104,7 +104,10 @@ class ModbusMeter(Device, Meter):
                         backoff = min(self.backoff_max_s, backoff * 2)
                         continue
                     self._counters["reconnects"] += 1
-                await self.poll_once()
+                try:
+                    await self.poll_once()
+                except Exception:  # e.g. a listener bug: log it, keep the meter alive
+                    log.exception("meter %s: error while publishing a reading", self.name)
                 await asyncio.sleep(self.poll_interval_s)
         finally:
             if self._silence_timer is not None:

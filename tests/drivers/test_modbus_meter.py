@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -187,3 +188,29 @@ def test_invalid_settings_name_the_key(settings: dict[str, Any], where: str) -> 
 
 def test_registered_as_driver() -> None:
     assert load_driver("modbus-meter") is create
+
+
+async def test_run_survives_a_failing_listener_and_reconnects() -> None:
+    reader = ScriptedReader(load_map("sdm630"))
+    reader.connected = False
+    meter = ModbusMeter("m", load_map("sdm630"), reader, poll_interval_s=0.01)
+    calls: list[HalEvent] = []
+
+    def broken_listener(event: HalEvent) -> None:
+        calls.append(event)
+        raise RuntimeError("agent bug")
+
+    meter.subscribe(broken_listener)
+    task = asyncio.create_task(meter.run())
+    try:
+        for _ in range(200):
+            if meter.counters()["polls_ok"] >= 3:
+                break
+            await asyncio.sleep(0.01)
+        assert meter.counters()["polls_ok"] >= 3 and not task.done()
+        assert meter.counters()["reconnects"] == 1
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert not reader.connected, "the link is closed when the task ends"
