@@ -99,6 +99,13 @@ class _Timers:
             handle.cancel()
 
 
+class _Unset:
+    pass
+
+
+_UNSET = _Unset()
+
+
 def _sane(amps: float | None) -> float | None:
     if amps is None:
         return None
@@ -133,6 +140,9 @@ class ChargeController:
         self._energy_allowed = False
         self._external_limit: float | None = None
         self._available = True
+        # maintenance mode (UNAVAILABLE, no EV): a technician drives relay and pilot by hand
+        self._manual_relay = False
+        self._manual_pilot: float | _Unset | None = _UNSET
         # outputs and their times
         self._relay_closed = False
         self._duty: float | None = None
@@ -219,6 +229,31 @@ class ChargeController:
         self._latched = {f for f in self._latched if f in live or (f is Fault.WELD and self._feedback is not False)}
         self._run()
         return not self._latched
+
+    # ------------------------------------------------------------------ maintenance
+    def _manual_allowed(self) -> bool:
+        return self.state is ChargeState.UNAVAILABLE and not self._ev_present
+
+    def manual_relay(self, closed: bool) -> None:
+        """Technician's relay command; closing only while UNAVAILABLE with no EV (opening always)."""
+        if closed and not self._manual_allowed():
+            raise RuntimeError("manual relay close needs the connector unavailable and no EV connected")
+        self._manual_relay = closed
+        self._run()
+
+    def manual_pilot(self, duty_percent: float) -> None:
+        """Technician's pilot command: 0 = F, 100 = X1, else PWM duty. UNAVAILABLE with no EV only."""
+        if not self._manual_allowed():
+            raise RuntimeError("manual pilot needs the connector unavailable and no EV connected")
+        if not 0.0 <= duty_percent <= 100.0:
+            raise ValueError("duty must be within 0..100")
+        self._manual_pilot = None if duty_percent >= 100.0 else float(duty_percent)
+        self._run()
+
+    def end_manual(self) -> None:
+        self._manual_relay = False
+        self._manual_pilot = _UNSET
+        self._run()
 
     # ------------------------------------------------------------------ status
     @property
@@ -364,6 +399,8 @@ class ChargeController:
 
     def _desired_pilot(self) -> float | None:
         state = self.state
+        if not isinstance(self._manual_pilot, _Unset) and self._manual_allowed():
+            return self._manual_pilot
         if state is ChargeState.UNAVAILABLE or (
             state is ChargeState.FAULT and (not self._available or not self.fault_hold_over())
         ):
@@ -374,7 +411,9 @@ class ChargeController:
 
     def _apply_outputs(self) -> None:
         now = self._clock.monotonic()
-        close = self.state in _RELAY_CLOSED_IN
+        close = self.state in _RELAY_CLOSED_IN or (self._manual_relay and self._manual_allowed())
+        if self._manual_relay and not close:
+            self._manual_relay = False  # an EV arrived or the fault path took over: manual control ends
         if self._relay_closed and not close:  # de-energise first, then talk to the EV
             self._relay_closed = False
             self._relay_opened_at = now

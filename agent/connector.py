@@ -9,7 +9,7 @@ at once. Session bookkeeping (SQLite, display, station events) happens after tha
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from agent.authorize import AuthDecision, Authorizer
 from agent.charge_control import ChargeController, ChargeState, ControlLimits
@@ -104,6 +104,8 @@ class Connector:
         self._status_faults: frozenset[Fault] = frozenset()
         self._resume_timer: TimerHandle | None = None
         self.connection_timeout_s = 60.0
+        # Set by the OCPP service: may another idTag (same parentIdTag) stop this session?
+        self.stop_check: Callable[[Session, str], Awaitable[bool]] | None = None
 
         seen: set[int] = set()
         for dev in (pilot_dev, switch_dev, *(devices[n] for n in (config.lock, config.meter) if n)):
@@ -119,6 +121,18 @@ class Connector:
 
     # ----------------------------------------------------------------- HAL input (safety path first)
     def _on_hal_event(self, event: HalEvent) -> None:
+        # Status is published once, after the session logic has seen the event too (an unplug is
+        # "session stopped, Available", not a blip of SuspendedEV in between).
+        self._in_event = True
+        try:
+            self._handle_hal_event(event)
+        finally:
+            self._in_event = False
+        self._publish_status()
+
+    _in_event = False
+
+    def _handle_hal_event(self, event: HalEvent) -> None:
         c = self.controller
         if isinstance(event, PilotStateChanged):
             c.on_cp_state(event.state)
@@ -144,7 +158,6 @@ class Connector:
             self._on_sample(event)
         elif isinstance(event, LockFeedback):
             pass
-        self._publish_status()
 
     def _after_cp_state(self) -> None:
         state = self.controller.cp_state
@@ -212,6 +225,9 @@ class Connector:
             if self.session.id_tag.upper() == id_tag.upper():
                 self.stop_session(StopReason.LOCAL)
                 return AuthDecision(True)
+            if self.stop_check is not None and await self.stop_check(self.session, id_tag):
+                self.stop_session(StopReason.LOCAL)
+                return AuthDecision(True)
             return AuthDecision(False, "Invalid")
         decision = await self.authorizer.authorize(id_tag)
         if decision.accepted:
@@ -258,18 +274,22 @@ class Connector:
         self.session = session
         self._finished_plugged = False
         self._last_persist = self._clock.monotonic()
+        log.info("connector %d: session %s started for %s", self.id, session.ref, id_tag)
+        self._emit(SessionStarted(self.id, session))
         if self.lock is not None and not self.config.fixed_cable:
             self.lock.lock()
         self.controller.set_energy_allowed(True)
-        log.info("connector %d: session %s started for %s", self.id, session.ref, id_tag)
-        self._emit(SessionStarted(self.id, session))
         self._publish_status()
 
     def stop_session(self, reason: StopReason, *, energy_wh: float | None = None) -> Session | None:
         session = self.session
         if session is None:
             return None
-        self.controller.set_energy_allowed(False)
+        was_in_event, self._in_event = self._in_event, True
+        try:
+            self.controller.set_energy_allowed(False)
+        finally:
+            self._in_event = was_in_event
         self.session = None
         if self._resume_timer is not None:
             self._resume_timer.cancel()
@@ -338,6 +358,8 @@ class Connector:
         return ConnectorStatus.AVAILABLE
 
     def _publish_status(self) -> None:
+        if self._in_event:
+            return
         status = self.status()
         faults = self.faults
         if status != self._status or faults != self._status_faults:
@@ -408,11 +430,12 @@ class Connector:
         }
 
 
+# Faults that take the connector out of service. A silent meter or reader is reported (errorCode) but
+# charging goes on: the safety path does not depend on them.
 _FAULTING = frozenset(
     {
         Fault.RCD, Fault.GROUND, Fault.DIODE, Fault.OVERTEMP, Fault.OVERCURRENT, Fault.UNDERVOLTAGE,
-        Fault.OVERVOLTAGE, Fault.WELD, Fault.LOCK, Fault.BOARD_SILENT, Fault.METER_SILENT,
-        Fault.METER_IMPLAUSIBLE, Fault.VENTILATION,
+        Fault.OVERVOLTAGE, Fault.WELD, Fault.LOCK, Fault.BOARD_SILENT, Fault.VENTILATION, Fault.INTERNAL,
     }
 )
 

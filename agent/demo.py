@@ -97,14 +97,16 @@ async def _play(directory: Path, charge_seconds: float, sim: subprocess.Popen[by
     async def sampler() -> None:
         nonlocal last_line
         while True:
-            s = connector.snapshot()
-            duty = s["duty"]
+            c = connector.controller
+            duty = c.duty_percent
             pwm = "X1" if duty is None else ("F" if duty == 0 else f"{duty:.1f}%")
-            relay = "closed" if s["relay_feedback"] else "open"
-            power = s["power_w"] if s["power_w"] is not None else 0.0
+            relay = "closed" if c.relay_feedback_closed else "open"
+            sample = connector.last_sample
+            power = sample.power_w if sample else 0.0
             energy = connector.session_energy_wh()
-            text = (f"CP={s['cp_state'] or '?':3} PWM={pwm:>6} ({s['offered_a']:.0f} A) relay={relay:6} "
-                    f"power={float(power) / 1000:6.2f} kW  session energy={energy:7.1f} Wh")
+            cp = c.cp_state.value if c.cp_state else "?"
+            text = (f"CP={cp:3} PWM={pwm:>6} ({c.offered_current_a:.0f} A) relay={relay:6} "
+                    f"power={power / 1000:6.2f} kW  session energy={energy:7.1f} Wh")
             if text != last_line:
                 tl.line(text)
                 last_line = text
