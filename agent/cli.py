@@ -53,8 +53,12 @@ async def run_agent(config: AgentConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    task = asyncio.create_task(station.run())
+    from agent.sdnotify import SystemdIntegration
+
+    systemd = SystemdIntegration(station)  # READY=1, watchdog and STATUS= when run by systemd
+    task = asyncio.create_task(station.run(ready=systemd.ready))
     await stop.wait()
+    await systemd.stop()
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     station.close()
@@ -80,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "run":
         config = load_or_exit(args.config)
+        from agent.logsetup import setup_logging
+
+        setup_logging(config.log_levels, verbose=args.verbose)
         return asyncio.run(run_agent(config))
     from agent.demo import run_demo
 
