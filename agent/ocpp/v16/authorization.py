@@ -102,7 +102,8 @@ class OcppAuthorizer:
         return AuthDecision(False, "Invalid")
 
     def parent_of(self, id_tag: str) -> str | None:
-        return self._parents.get(id_tag.upper())
+        local = self._local(id_tag)  # the local list is the authority for its ids
+        return local.parent_id_tag if local is not None else self._parents.get(id_tag.upper())
 
     async def may_stop(self, session: Session, id_tag: str) -> bool:
         """A different tag may stop a transaction if it shares the session tag's parentIdTag."""
