@@ -86,30 +86,29 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-_default: Notifier | None = None
-
-
-def _notifier() -> Notifier:
-    global _default
-    if _default is None:
-        _default = Notifier.from_env()
-    return _default
+def _send_once(send: Callable[[Notifier], bool]) -> bool:
+    # Read $NOTIFY_SOCKET at each call: one-off messages are rare and a cached socket would go stale.
+    notifier = Notifier.from_env()
+    try:
+        return send(notifier)
+    finally:
+        notifier.close()
 
 
 def notify_ready(status: str | None = None) -> bool:
-    return _notifier().ready(status)
+    return _send_once(lambda n: n.ready(status))
 
 
 def notify_status(text: str) -> bool:
-    return _notifier().status(text)
+    return _send_once(lambda n: n.status(text))
 
 
 def notify_watchdog() -> bool:
-    return _notifier().watchdog()
+    return _send_once(Notifier.watchdog)
 
 
 def notify_stopping() -> bool:
-    return _notifier().stopping()
+    return _send_once(Notifier.stopping)
 
 
 def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
@@ -253,11 +252,13 @@ class SystemdIntegration:
         self.watchdog_s = watchdog_interval() if watchdog_s is None else watchdog_s
         self.status_refresh_s = status_refresh_s
         self.feeder: WatchdogFeeder | None = None
+        self._last_status = ""
         self._tasks: list[asyncio.Task[None]] = []
 
     def ready(self) -> None:
         """Pass as Station.run(ready=...): runs in the event loop once hardware and outbox are up."""
-        self.notifier.ready(self._status())
+        self._last_status = self._status()
+        self.notifier.ready(self._last_status)
         if self.watchdog_s:
             self.feeder = WatchdogFeeder(self.notifier, self.watchdog_s,
                                          lambda: supervisor_problem(self.station.supervisor))
@@ -273,13 +274,12 @@ class SystemdIntegration:
             return "running"
 
     async def _refresh_status(self) -> None:
-        last = ""
         while True:
             await asyncio.sleep(self.status_refresh_s)
             text = self._status()
-            if text != last:
+            if text != self._last_status:
                 self.notifier.status(text)
-                last = text
+                self._last_status = text
 
     async def stop(self) -> None:
         self.notifier.stopping()
