@@ -112,6 +112,14 @@ class Octt:
         await self.agent.start()
         return self.agent
 
+    async def power_loss(self) -> None:
+        """The whole station loses power: the agent dies and the board drops the contactor and PWM."""
+        assert self.agent is not None
+        await self.agent.stop()
+        for sim in self.rig.connectors.values():
+            sim.plant.relay_commanded_closed = False
+            sim.plant.pwm_duty = None
+
     def ctl(self, cmd: str, **args: Any) -> dict[str, Any]:
         return self.rig.control({"cmd": cmd, **args})
 
