@@ -57,12 +57,14 @@ async def run_agent(config: AgentConfig) -> int:
 
     systemd = SystemdIntegration(station)  # READY=1, watchdog and STATUS= when run by systemd
     task = asyncio.create_task(station.run(ready=systemd.ready))
-    await stop.wait()
+    from agent.ocpp.v16.service import run_until_stopped
+
+    status = await run_until_stopped(station, config, stop)  # OCPP 1.6J when ocpp.endpoint is set
     await systemd.stop()
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     station.close()
-    return 0
+    return status  # 3 after an OCPP Reset: the supervisor starts the agent again
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -416,10 +416,22 @@ class OcppService:
         return await session.request(payload)
 
 
-def start_ocpp(station: Station, config: AgentConfig) -> tuple[OcppService, asyncio.Task[None]] | None:
-    """For the CLI: start the OCPP service when ``ocpp.endpoint`` is configured."""
+async def run_until_stopped(station: Station, config: AgentConfig, stop: asyncio.Event) -> int:
+    """For ``cpagent run``: run the OCPP service (when ``ocpp.endpoint`` is set) until ``stop`` is set or
+    the CSMS asks for a Reset. Returns the exit status: RESTART_EXIT_STATUS after a Reset, else 0."""
     if not config.ocpp.endpoint:
-        return None
+        await stop.wait()
+        return 0
     service = OcppService(station, config)
-    return service, asyncio.create_task(service.run(), name="ocpp")
+    running = asyncio.create_task(service.run(), name="ocpp")
+    waits = [asyncio.create_task(stop.wait()), asyncio.create_task(service.restart_requested.wait()), running]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        with contextlib.suppress(Exception):
+            await service.stop()
+        for task in waits:
+            task.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+    return RESTART_EXIT_STATUS if service.restart_kind else 0
 

@@ -149,7 +149,7 @@ async def test_039_offline_transaction_gets_real_id(octt: Octt) -> None:
 
 
 async def test_032_1_power_loss_during_transaction(octt: Octt) -> None:
-    agent = await octt.start_agent()
+    await octt.start_agent()
     await octt.booted()
     await octt.charging()
     await octt.power_loss()

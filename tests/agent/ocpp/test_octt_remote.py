@@ -146,3 +146,19 @@ async def test_061_clear_cache_and_data_transfer(octt: Octt) -> None:
     assert agent.service.cache.lookup(TAG) is None
     answer = await octt.csms.send(CP, "DataTransfer", {"vendorId": "com.example"})
     assert answer == {"status": "UnknownVendorId"}
+
+
+async def test_014_cpagent_run_exits_for_restart_after_reset(octt: Octt) -> None:
+    """`cpagent run` with ocpp.endpoint set: boots over OCPP, and a Reset ends it with the restart status."""
+    from agent.cli import run_agent
+    from agent.config import load
+    from agent.ocpp.v16.service import RESTART_EXIT_STATUS
+
+    running = asyncio.create_task(run_agent(load(octt.rig.dir / "agent.toml")))
+    try:
+        await octt.booted()
+        assert await octt.csms.send(CP, "Reset", {"type": "Soft"}) == {"status": "Accepted"}
+        assert await asyncio.wait_for(running, 15) == RESTART_EXIT_STATUS
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)

@@ -158,3 +158,14 @@ async def test_071_clock_aligned_meter_values(octt: Octt) -> None:
     assert sv["context"] == "Sample.Clock"
     assert sv["measurand"] == "Energy.Active.Import.Register" and sv["unit"] == "Wh"
     assert mv.payload["transactionId"] == 1
+
+
+async def test_fault_status_carries_error_code(octt: Octt) -> None:
+    await octt.start_agent()
+    await octt.booted()
+    octt.ctl("fault", name="rcd")
+    faulted = await octt.wait_status("Faulted")
+    assert faulted.payload["errorCode"] == "GroundFailure"
+    assert faulted.payload["vendorErrorCode"] == "RCD"
+    assert all(m.payload["status"] in ("Available", "Unavailable", "Faulted")
+               for m in octt.msgs("StatusNotification") if m.payload["connectorId"] == 0)
