@@ -198,3 +198,49 @@ async def test_034_power_loss_ev_still_connected_resumes(octt: Octt) -> None:
     stop = await octt.wait("StopTransaction")
     assert stop.payload["transactionId"] == 1 and stop.payload["reason"] == "Local"
     assert len(octt.msgs("StartTransaction")) == 1
+
+
+def failing_start_ids(octt: Octt, failures: int) -> list[int]:
+    """Make the CSMS answer the first ``failures`` StartTransactions with a CALLERROR (InternalError)."""
+    calls: list[int] = []
+    real = octt.csms._next_transaction_id
+
+    def next_id() -> int:
+        calls.append(1)
+        if len(calls) <= failures:
+            raise RuntimeError("CSMS database down")
+        return real()
+
+    octt.csms._next_transaction_id = next_id  # type: ignore[method-assign]
+    return calls
+
+
+async def test_transaction_message_retried_with_growing_interval(octt: Octt) -> None:
+    calls = failing_start_ids(octt, 2)
+    await octt.start_agent(TransactionMessageAttempts="3", TransactionMessageRetryInterval="1")
+    await octt.booted()
+    await octt.charging()
+    await octt.wait("StartTransaction", count=3, within=6)
+    starts = octt.msgs("StartTransaction")
+    assert len(starts) == 3
+    await eventually(lambda: len(calls) == 3, what="the third StartTransaction answered")
+    assert starts[1].at - starts[0].at >= 0.9  # 1 s x 1 previous send
+    assert starts[2].at - starts[1].at >= 1.9  # 1 s x 2 previous sends
+    octt.ctl("unplug")
+    stop = await octt.wait("StopTransaction")
+    assert stop.payload["transactionId"] == 1
+
+
+async def test_start_dropped_after_attempts_then_stop_carries_minus_one(octt: Octt) -> None:
+    failing_start_ids(octt, 100)
+    agent = await octt.start_agent(TransactionMessageAttempts="2", TransactionMessageRetryInterval="0")
+    await octt.booted()
+    await plug(octt, agent)
+    assert (await agent.tap(TAG)).accepted
+    await octt.wait("StartTransaction", count=2)
+    octt.ctl("unplug")
+    stop = await octt.wait("StopTransaction")
+    assert stop.payload["transactionId"] == -1
+    assert len(octt.msgs("StartTransaction")) == 2
+    assert agent.service is not None
+    assert ("StartTransaction",) == tuple(a for a, _, _ in agent.service.outbox.dropped())
