@@ -205,6 +205,11 @@ class ChargeController:
                 self._latched.add(fault)
         else:
             self._device_faults.discard(fault)
+            if fault is Fault.BOARD_SILENT and not self._relay_closed:
+                # Our open command only reaches the board now (start-up, reconnect): judge the
+                # mirror contact from this moment, not from when the command was queued.
+                self._relay_opened_at = self._clock.monotonic()
+                self._timers.start("weld", WELD_CHECK_S, self._check_weld)
         self._run()
 
     def on_measured_current(self, amps_per_phase: tuple[float | None, float | None, float | None]) -> None:

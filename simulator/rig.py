@@ -71,24 +71,31 @@ class Rig:
     def state_file(self) -> Path:
         return self.dir / "sim-state.json"
 
-    def _load_energy(self) -> dict[str, float]:
+    def _load_state(self) -> dict[str, Any]:
         try:
             data = json.loads(self.state_file.read_text())
-            return {str(k): float(v) for k, v in data.get("energy_wh", {}).items()}
+            return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
             return {}
 
     def save_state(self) -> None:
-        data = {"energy_wh": {str(n): c.plant.energy_wh for n, c in self.connectors.items()}}
+        # The meters' registers and the physical world (a car stays plugged in while the charger reboots).
+        data = {
+            "energy_wh": {str(n): c.plant.energy_wh for n, c in self.connectors.items()},
+            "plugged": {str(n): c.plant.plugged for n, c in self.connectors.items()},
+            "soc": {str(n): c.plant.ev.soc_percent for n, c in self.connectors.items()},
+        }
         _atomic_write(self.state_file, json.dumps(data))
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        energy = self._load_energy()
+        saved = self._load_state()
         for n in range(1, self.options.connectors + 1):
             plant = Plant(fixed_cable=self.options.fixed_cable)
-            plant.energy_wh = energy.get(str(n), 0.0)
+            plant.energy_wh = float(saved.get("energy_wh", {}).get(str(n), 0.0))
+            plant.plugged = bool(saved.get("plugged", {}).get(str(n), False))
+            plant.ev.soc_percent = float(saved.get("soc", {}).get(str(n), plant.ev.soc_percent))
             board = PilotBoardEmulator(plant)
             meter = MeterEmulator(plant, transport=self.options.meter_transport)
             self.connectors[n] = SimConnector(plant, board, meter)

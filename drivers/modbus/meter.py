@@ -27,7 +27,7 @@ from hal import Device, DeviceError, DeviceFaultChanged, Fault, Meter, MeterSamp
 
 log = logging.getLogger("cpagent.drivers.modbus")
 
-SILENT_AFTER_S = 3.0
+SILENT_AFTER_S = 2.5  # the rule is "PowerMeterFailure within 3 s"; leave margin for timer and poll jitter
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 10.0
 
@@ -185,7 +185,7 @@ class ModbusMeter(Device, Meter):
         self._latest = None
         if not self._silent:
             self._silent = True
-            detail = f"no answer for {self.silent_after_s:.0f} s"
+            detail = f"no answer for {self.silent_after_s:g} s"
             log.warning("meter %s: %s", self.name, detail)
             self.emit(DeviceFaultChanged(Fault.METER_SILENT, True, detail))
 

@@ -92,6 +92,7 @@ class PilotBoard(Device, ControlPilot, PowerSwitch, ConnectorLock):
         self._faults: frozenset[Fault] | None = None
         self.telemetry: Telemetry | None = None
         self.board_info: Hello | None = None
+        self._desired: dict[type, HostMessage] = {}
         # Silence watch: None = never reported yet; True/False = last reported BOARD_SILENT state.
         self._silent: bool | None = None
         self._last_rx: float | None = None
@@ -216,6 +217,7 @@ class PilotBoard(Device, ControlPilot, PowerSwitch, ConnectorLock):
     async def _serve(self) -> None:
         assert self._port_lost is not None
         self.keep_alive()
+        self._reassert()
         self.request_status()
         while not self._port_lost.is_set():
             try:
@@ -253,6 +255,17 @@ class PilotBoard(Device, ControlPilot, PowerSwitch, ConnectorLock):
         self._go_silent(why)
 
     def _send(self, message: HostMessage) -> None:
+        if isinstance(message, SetDuty | SetRelay | SetLock):
+            # Remember what the agent wants, to re-assert it when the port (re)opens or the board resets:
+            # a command given while the port was down must not be lost (e.g. relay open at start-up).
+            self._desired[type(message)] = message
+        self._write(message)
+
+    def _reassert(self) -> None:
+        for message in list(self._desired.values()):
+            self._write(message)
+
+    def _write(self, message: HostMessage) -> None:
         frame = encode(message, seq=self._tx_seq)
         self._tx_seq = (self._tx_seq + 1) & 0xFF
         if self._fd is None:
@@ -317,6 +330,8 @@ class PilotBoard(Device, ControlPilot, PowerSwitch, ConnectorLock):
         elif isinstance(message, Telemetry):
             self.telemetry = message
         elif isinstance(message, Hello):
+            if self.board_info is not None:
+                self._reassert()  # the board restarted (it says hello again): it forgot our commands
             if message != self.board_info:
                 log.info(
                     "%s: board firmware %d.%d.%d hw %d",
