@@ -237,7 +237,10 @@ class ChargeController:
 
     # ------------------------------------------------------------------ maintenance
     def _manual_allowed(self) -> bool:
-        return self.state is ChargeState.UNAVAILABLE and not self._ev_present
+        # While unavailable the pilot sits at F, which hides a newly plugged EV from the CP; a cable in a
+        # socket still shows on PP, so either sign of a vehicle ends manual control.
+        cable = not self.limits.fixed_cable and self._ampacity is not None
+        return self.state is ChargeState.UNAVAILABLE and not self._ev_present and not cable
 
     def manual_relay(self, closed: bool) -> None:
         """Technician's relay command; closing only while UNAVAILABLE with no EV (opening always)."""

@@ -266,8 +266,7 @@ class DiagServer:
                 s = c.meter.latest
                 checks.append({"check": f"connector {c.id} meter", "ok": s is not None,
                                "detail": f"{s.energy_import_wh:.0f} Wh" if s else "no fresh value"})
-            ev = c.controller.cp_state is not None and c.controller.cp_state.ev_connected
-            if ev:
+            if c.controller.ev_connected():
                 checks.append({"check": f"connector {c.id} relay weld", "ok": True, "skipped": True,
                                "detail": "EV connected: weld check skipped"})
             else:
@@ -293,8 +292,8 @@ class DiagServer:
     def _actuation_allowed(self, c: Connector) -> None:
         if not c.maintenance:
             raise DiagRefused(f"connector {c.id} is not in maintenance mode (cpctl maintenance on {c.id})")
-        state = c.controller.cp_state
-        if state is None or state.ev_connected:
+        # The controller remembers the EV through state F (where the pilot cannot see it) and uses PP.
+        if c.controller.cp_state is None or c.controller.ev_connected():
             raise DiagRefused(f"connector {c.id}: an EV is connected (or the CP state is unknown); refusing")
 
     async def _relay(self, request: dict[str, Any]) -> dict[str, Any]:
