@@ -120,6 +120,10 @@ class Connector:
             self._resume_timer = clock.call_later(RESUME_GRACE_S, self._resolve_resume)
 
     # ----------------------------------------------------------------- HAL input (safety path first)
+    def hal_event(self, event: HalEvent) -> None:
+        """Feed an event as if a device had sent it (the station uses it for crashed drivers)."""
+        self._on_hal_event(event)
+
     def _on_hal_event(self, event: HalEvent) -> None:
         # Status is published once, after the session logic has seen the event too (an unplug is
         # "session stopped, Available", not a blip of SuspendedEV in between).

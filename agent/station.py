@@ -78,6 +78,9 @@ class Station:
             self.reader = self.devices[config.token_reader].role(Role.TOKEN_READER)
             self.devices[config.token_reader].subscribe(self._on_reader_event)
         self.reader_faults: set[Fault] = set()
+        self._crashed_devices: set[str] = set()
+        for name, device in self.devices.items():
+            device.subscribe(lambda _event, name=name: self._device_spoke(name))  # type: ignore[misc]
         self.ocpp_diagnostics: OcppDiagnostics | None = None  # set by the OCPP service when configured
         self.supervisor = Supervisor(on_crash=self._on_task_crash, on_give_up=self._on_task_give_up)
 
@@ -129,11 +132,28 @@ class Station:
         ]
 
     def _on_task_crash(self, name: str, exc: BaseException) -> None:
-        if name.startswith("device:"):
-            device = name.split(":", 1)[1]
-            for connector in self._connectors_of(device):
-                # A crashed driver is a silent board as far as safety goes: open, fault.
-                connector.controller.on_device_fault(Fault.BOARD_SILENT, True)
+        if not name.startswith("device:"):
+            return
+        device = name.split(":", 1)[1]
+        self._crashed_devices.add(device)
+        detail = f"driver {device} crashed: {type(exc).__name__}: {exc}"
+        self.eventlog.add(self.clock.wall(), "error", "supervisor", detail)
+        if device == self.config.token_reader:
+            self.reader_faults.add(Fault.READER_SILENT)
+        for connector in self._connectors_of(device):
+            # A crashed driver cannot be trusted with the hardware: the connector opens and is Faulted
+            # until the restarted driver speaks again.
+            connector.hal_event(DeviceFaultChanged(Fault.INTERNAL, True, detail))
+
+    def _device_spoke(self, device: str) -> None:
+        if device not in self._crashed_devices:
+            return
+        self._crashed_devices.discard(device)
+        self.eventlog.add(self.clock.wall(), "info", "supervisor", f"driver {device} is running again")
+        if device == self.config.token_reader:
+            self.reader_faults.discard(Fault.READER_SILENT)
+        for connector in self._connectors_of(device):
+            connector.hal_event(DeviceFaultChanged(Fault.INTERNAL, False, f"driver {device} restarted"))
 
     def _on_task_give_up(self, name: str) -> None:
         log.critical("%s is down for good; the affected connector stays Faulted", name)
