@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             directory=args.dir.resolve(),
             connectors=args.connectors,
             csms_url=None if args.no_csms else args.csms,
+            bundled_csms=not args.no_csms and not args.csms,
             charge_point_id=args.id,
             meter_transport=args.meter,
             fixed_cable=args.fixed_cable,

@@ -42,6 +42,7 @@ class RigOptions:
     directory: Path
     connectors: int = 1
     csms_url: str | None = None
+    bundled_csms: bool = False  # start simulator.csms in this process and point the agent at it
     charge_point_id: str = "CP001"
     meter_transport: str = "tcp"
     fixed_cable: bool = False
@@ -102,6 +103,13 @@ class Rig:
         for c in self.connectors.values():
             self._tasks.append(asyncio.create_task(c.board.run()))
             await c.meter.start()
+        self.csms = None
+        if self.options.bundled_csms and not self.options.csms_url:
+            from simulator.csms import Csms
+
+            self.csms = Csms(log_path=self.dir / "csms.jsonl", accept=tuple(self.options.tokens))
+            await self.csms.start()
+            self.options.csms_url = self.csms.url
         self._tasks.append(asyncio.create_task(self.reader.run()))
         self._tasks.append(asyncio.create_task(self._persist_loop()))
         sock = self.dir / "ctl.sock"
@@ -119,6 +127,8 @@ class Rig:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for c in self.connectors.values():
             await c.meter.stop()
+        if self.csms is not None:
+            await self.csms.stop()
         self.save_state()
 
     async def _persist_loop(self) -> None:
