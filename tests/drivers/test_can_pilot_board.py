@@ -27,6 +27,7 @@ from simulator.can_pilot_board import CanPilotBoardEmulator
 from simulator.physics import EvModel, Plant
 
 DB = load_database()
+REPO_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 async def wait_for(predicate: Callable[[], object], limit_s: float = 5.0, what: str = "condition") -> float:
@@ -236,7 +237,7 @@ def remote_server(channel: str) -> Any:
 async def test_emulator_in_another_process_over_python_can_remote() -> None:
     channel = f"remote-{uuid.uuid4().hex}"
     with remote_server(channel) as url:
-        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        env = {**os.environ, "PYTHONPATH": REPO_ROOT}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "simulator.can_pilot_board", "--interface", "remote", "--channel", url,
             "--node", "3", "--plugged", env=env, stdout=asyncio.subprocess.DEVNULL,
