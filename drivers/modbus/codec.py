@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from drivers.modbus.ocmf import OcmfError, SigningLayout, parse_signing
 from hal.types import MeterSample
 
 MODBUS_MAX_REGISTERS = 125  # protocol limit for one FC03/FC04 read
@@ -97,6 +98,7 @@ class RegisterMap:
     registers: tuple[RegisterSpec, ...]
     max_registers_per_read: int = 80
     max_gap: int = 0
+    signing: SigningLayout | None = None  # an OCMF-signing meter's vendor block
 
     def spec(self, quantity: str) -> RegisterSpec | None:
         for register in self.registers:
@@ -155,6 +157,12 @@ def parse_map(data: Mapping[str, Any], source: str = "<map>") -> RegisterMap:
         _parse_register(name, {**defaults, **_entry(entry, f"{source}: registers.{name}")}, source)
         for name, entry in registers.items()
     )
+    signing = None
+    if "signing" in data:
+        try:
+            signing = parse_signing(_table(data, "signing", source), f"{source}: [signing]")
+        except OcmfError as exc:
+            raise MapError(str(exc)) from exc
     present = {spec.quantity for spec in specs}
     missing = [q for q in REQUIRED_QUANTITIES if q not in present]
     if missing:
@@ -165,6 +173,7 @@ def parse_map(data: Mapping[str, Any], source: str = "<map>") -> RegisterMap:
         registers=specs,
         max_registers_per_read=max_read,
         max_gap=max_gap,
+        signing=signing,
     )
 
 

@@ -7,11 +7,13 @@ value is never republished with a fresh timestamp; energy going backwards is a f
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 from agent.clock import Clock, SystemClock, TimerHandle
+from drivers.modbus.bus import BusSettingsMismatch, shared_bus
 from drivers.modbus.codec import (
     IncompleteReading,
     MapError,
@@ -22,7 +24,25 @@ from drivers.modbus.codec import (
     load_map,
     plan_reads,
 )
-from drivers.modbus.transport import Link, ModbusIOError, PymodbusReader, RegisterReader, RtuLink, TcpLink
+from drivers.modbus.ocmf import (
+    COMMAND_BEGIN,
+    COMMAND_END,
+    STATUS_READY,
+    OcmfError,
+    SigningLayout,
+    parse_ocmf,
+    transaction_ref_words,
+    words_to_bytes,
+)
+from drivers.modbus.transport import (
+    Link,
+    ModbusIOError,
+    PymodbusReader,
+    RegisterReader,
+    RegisterWriter,
+    RtuLink,
+    TcpLink,
+)
 from hal import Device, DeviceError, DeviceFaultChanged, Fault, Meter, MeterSample, Role
 
 log = logging.getLogger("cpagent.drivers.modbus")
@@ -30,6 +50,8 @@ log = logging.getLogger("cpagent.drivers.modbus")
 SILENT_AFTER_S = 2.5  # the rule is "PowerMeterFailure within 3 s"; leave margin for timer and poll jitter
 BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 10.0
+SIGNING_POLLS = 40  # status polls, 50 ms apart, before a signing request is given up
+SIGNING_POLL_S = 0.05
 
 KNOWN_SETTINGS = frozenset(
     {
@@ -67,6 +89,7 @@ class ModbusMeter(Device, Meter):
         self._silence_timer: TimerHandle | None = None
         self._failing_since_logged = False
         self._counters = {"polls_ok": 0, "polls_failed": 0, "frames": 0, "reconnects": 0, "implausible": 0}
+        self._io = asyncio.Lock()  # a signing exchange and a poll must not interleave on one link
 
     # ------------------------------------------------------------------ roles
 
@@ -116,12 +139,9 @@ class ModbusMeter(Device, Meter):
 
     async def poll_once(self) -> MeterSample | None:
         """Read every batch of the map once; returns the accepted sample, if any."""
-        values: dict[str, float | None] = {}
         try:
-            for request in self._plan:
-                self._counters["frames"] += 1
-                words = await self.reader.read(request.function, request.address, request.count)
-                values.update(decode_batch(request, words))
+            async with self._io:
+                values = await self._read_values()
         except ModbusIOError as exc:
             self._poll_failed(str(exc))
             return None
@@ -130,9 +150,84 @@ class ModbusMeter(Device, Meter):
             return None
         return self._answered(values)
 
+    async def _read_values(self) -> dict[str, float | None]:
+        values: dict[str, float | None] = {}
+        for request in self._plan:
+            self._counters["frames"] += 1
+            words = await self.reader.read(request.function, request.address, request.count)
+            values.update(decode_batch(request, words))
+        return values
+
+    # ------------------------------------------------------------------ signed meter values (OCMF)
+
+    @property
+    def signs(self) -> bool:
+        return self.register_map.signing is not None
+
+    async def start_signed(self, tx_ref: str) -> str:
+        """Have the meter sign the transaction start; returns the OCMF record, also published as the
+        ``signed_data`` of a fresh MeterSample. Raises DeviceError."""
+        return await self._signed(COMMAND_BEGIN, tx_ref)
+
+    async def stop_signed(self, tx_ref: str) -> str:
+        """Same for the transaction end (the record's reading has TX "E")."""
+        return await self._signed(COMMAND_END, tx_ref)
+
+    async def public_key(self) -> bytes:
+        """The meter's signing key, DER SubjectPublicKeyInfo (secp256r1)."""
+        layout, _ = self._signing()
+        try:
+            async with self._io:
+                _, _, length = await self.reader.read(layout.function, layout.status, 3)
+                if not 0 < length <= 2 * layout.public_key_registers:
+                    raise OcmfError(f"public key length {length} is out of range")
+                words = await self.reader.read(layout.function, layout.public_key, (length + 1) // 2)
+        except (ModbusIOError, OcmfError) as exc:
+            raise DeviceError(f"meter {self.name}: cannot read the public key: {exc}") from exc
+        return words_to_bytes(words, length)
+
+    def _signing(self) -> tuple[SigningLayout, RegisterWriter]:
+        layout = self.register_map.signing
+        if layout is None or not isinstance(self.reader, RegisterWriter):
+            raise DeviceError(f"meter {self.name}: model {self.register_map.model} does not sign meter values")
+        return layout, self.reader
+
+    async def _signed(self, command: int, tx_ref: str) -> str:
+        layout, writer = self._signing()
+        try:
+            tx_words = transaction_ref_words(tx_ref)
+        except ValueError as exc:
+            raise DeviceError(f"meter {self.name}: {exc}") from exc
+        try:
+            async with self._io:
+                await writer.write(layout.command, [command, *tx_words])
+                for _ in range(SIGNING_POLLS):
+                    status, length, _ = await self.reader.read(layout.function, layout.status, 3)
+                    if status == STATUS_READY:
+                        break
+                    if status != 1:  # neither busy nor ready: the meter refused
+                        raise OcmfError(f"meter reports signing status {status}")
+                    await asyncio.sleep(SIGNING_POLL_S)
+                else:
+                    raise OcmfError("meter did not finish signing in time")
+                if not 0 < length <= 2 * layout.record_registers:
+                    raise OcmfError(f"record length {length} is out of range")
+                words: list[int] = []
+                needed = (length + 1) // 2
+                while len(words) < needed:
+                    count = min(self.register_map.max_registers_per_read, needed - len(words))
+                    words += await self.reader.read(layout.function, layout.record + len(words), count)
+                record = words_to_bytes(words, length).decode("ascii")
+                parse_ocmf(record)
+                values = await self._read_values()
+        except (ModbusIOError, OcmfError, UnicodeDecodeError) as exc:
+            raise DeviceError(f"meter {self.name}: signed reading failed: {exc}") from exc
+        self._answered(values, signed_data=record)
+        return record
+
     # ------------------------------------------------------------------ rules
 
-    def _answered(self, values: dict[str, float | None]) -> MeterSample | None:
+    def _answered(self, values: dict[str, float | None], signed_data: str | None = None) -> MeterSample | None:
         self._last_answer = self.clock.monotonic()
         self._arm_silence_timer()
         if self._silent:
@@ -140,7 +235,7 @@ class ModbusMeter(Device, Meter):
             log.info("meter %s answers again", self.name)
             self.emit(DeviceFaultChanged(Fault.METER_SILENT, False))
         try:
-            sample = build_sample(values, self.clock.wall())
+            sample = dataclasses.replace(build_sample(values, self.clock.wall()), signed_data=signed_data)
         except IncompleteReading as exc:
             self._set_implausible(str(exc))
             return None
@@ -260,5 +355,13 @@ def create(name: str, settings: Mapping[str, Any]) -> ModbusMeter:
     # A healthy meter must answer well inside the silence window, so both are bounded.
     poll_interval_s = _get_float(name, settings, "poll_interval_s", 1.0, 0.0, 2.0)
     timeout_s = _get_float(name, settings, "timeout_s", 1.0, 0.0, 2.5)
-    reader = PymodbusReader(link, device_id=device_id, timeout_s=timeout_s)
+    reader: RegisterReader
+    if isinstance(link, RtuLink):  # every RTU meter goes through its port's one bus scheduler
+        try:
+            bus = shared_bus(link)
+        except BusSettingsMismatch as exc:
+            raise DeviceError(f"{_where(name, exc.key)}: {exc}") from exc
+        reader = bus.reader(device_id, timeout_s)
+    else:
+        reader = PymodbusReader(link, device_id=device_id, timeout_s=timeout_s)
     return ModbusMeter(name, register_map, reader, poll_interval_s=poll_interval_s)

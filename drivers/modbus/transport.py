@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
@@ -24,6 +26,15 @@ class RegisterReader(Protocol):
         """Read ``count`` registers with FC03/FC04; raises ModbusIOError."""
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class RegisterWriter(Protocol):
+    async def write(self, address: int, values: list[int]) -> None:
+        """Write holding registers with FC16; raises ModbusIOError."""
+
+
+ROUND_TRIPS_KEPT = 1000  # recent request->response times, for benchmarks and diagnostics
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +64,7 @@ class PymodbusReader:
         self.device_id = device_id
         self.timeout_s = timeout_s
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self.round_trips_s: deque[float] = deque(maxlen=ROUND_TRIPS_KEPT)
 
     def describe(self) -> str:
         if isinstance(self.link, TcpLink):
@@ -96,6 +108,7 @@ class PymodbusReader:
         client = self._client
         if client is None or not client.connected:
             raise ModbusIOError(f"{self.describe()} is not connected")
+        started = time.perf_counter()
         try:
             if function == 3:
                 response = await client.read_holding_registers(address, count=count, device_id=self.device_id)
@@ -103,6 +116,7 @@ class PymodbusReader:
                 response = await client.read_input_registers(address, count=count, device_id=self.device_id)
         except (OSError, ModbusException) as exc:
             raise ModbusIOError(f"no answer from {self.describe()}: {exc}") from exc
+        self.round_trips_s.append(time.perf_counter() - started)
         if response.isError():
             code = getattr(response, "exception_code", "?")
             raise ModbusIOError(f"{self.describe()} answered FC{function:02d} {address:#06x} with exception {code}")
@@ -110,6 +124,18 @@ class PymodbusReader:
         if len(registers) != count:
             raise ModbusIOError(f"{self.describe()} returned {len(registers)} registers, expected {count}")
         return registers
+
+    async def write(self, address: int, values: list[int]) -> None:
+        client = self._client
+        if client is None or not client.connected:
+            raise ModbusIOError(f"{self.describe()} is not connected")
+        try:
+            response = await client.write_registers(address, values, device_id=self.device_id)
+        except (OSError, ModbusException) as exc:
+            raise ModbusIOError(f"no answer from {self.describe()}: {exc}") from exc
+        if response.isError():
+            code = getattr(response, "exception_code", "?")
+            raise ModbusIOError(f"{self.describe()} answered FC16 {address:#06x} with exception {code}")
 
     def close(self) -> None:
         if self._client is not None:

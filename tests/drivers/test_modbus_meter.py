@@ -11,6 +11,7 @@ import pytest
 from agent.clock import FakeClock
 from drivers.modbus.codec import RegisterMap, encode_register, load_map
 from drivers.modbus.meter import ModbusMeter, create
+from drivers.modbus.bus import BusReader
 from drivers.modbus.transport import ModbusIOError, PymodbusReader, RtuLink, TcpLink
 from hal import DeviceError, DeviceFaultChanged, Fault, HalEvent, MeterSample
 from hal.registry import load_driver
@@ -159,9 +160,32 @@ def test_create_tcp_defaults() -> None:
 
 def test_create_rtu() -> None:
     meter = create("m", {"transport": "rtu", "serial_port": "/dev/ttyS1", "parity": "E", "stopbits": 1, "device_id": 7})
-    assert isinstance(meter.reader, PymodbusReader)
+    assert isinstance(meter.reader, BusReader)
     assert meter.reader.link == RtuLink("/dev/ttyS1", 9600, "E", 1, 8)
     assert meter.reader.device_id == 7
+
+
+def test_meters_on_one_serial_port_share_one_bus() -> None:
+    port = "/dev/ttyTEST-shared"
+    first = create("m1", {"transport": "rtu", "serial_port": port, "device_id": 1})
+    second = create("m2", {"transport": "rtu", "serial_port": port, "device_id": 2, "timeout_s": 0.5})
+    other = create("m3", {"transport": "rtu", "serial_port": port + "-other", "device_id": 1})
+    assert isinstance(first.reader, BusReader) and isinstance(second.reader, BusReader)
+    assert isinstance(other.reader, BusReader)
+    assert first.reader.bus is second.reader.bus
+    assert other.reader.bus is not first.reader.bus
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"), [("baudrate", 19200), ("parity", "E"), ("stopbits", 2), ("bytesize", 7)]
+)
+def test_meters_on_one_port_must_agree_on_line_settings(setting: str, value: object) -> None:
+    port = f"/dev/ttyTEST-{setting}"
+    kept = create("m1", {"transport": "rtu", "serial_port": port})
+    with pytest.raises(DeviceError, match=rf"devices\.m2\.{setting}: .*same {setting}"):
+        create("m2", {"transport": "rtu", "serial_port": port, "device_id": 2, setting: value})
+    kept.reader.close()  # a bus nobody uses any more may be set up anew with other settings
+    assert create("m3", {"transport": "rtu", "serial_port": port, setting: value}).reader.link != kept.reader.link
 
 
 @pytest.mark.parametrize(
