@@ -1,0 +1,109 @@
+"""A PN532 on a pty (HSU): answers each command with ACK and its response, like the chip. ``tap(uid)``
+holds a card in the field for a moment; ``silent`` makes it ignore everything."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+import tty
+
+from drivers.serial import pn532_codec as codec
+
+FIRMWARE = b"\x32\x01\x06\x07"  # PN532, firmware 1.6, supports ISO 14443A/B and ISO 18092
+HOLD_S = 0.6  # how long a tapped card stays in the field
+
+
+class Pn532Emulator:
+    def __init__(self) -> None:
+        self.silent = False
+        self.port_path: str | None = None
+        self.decoder = codec.Pn532Decoder()
+        self.commands: list[int] = []  # command codes received, in order (for tests)
+        self.configured = False
+        self._card: tuple[bytes, float] | None = None  # UID and when it leaves the field
+        self._master: int | None = None
+        self._slave: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def open(self) -> None:
+        master, slave = os.openpty()
+        tty.setraw(master)
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        self._master, self._slave = master, slave  # holding the slave keeps the pty alive between opens
+        self.port_path = os.ttyname(slave)
+
+    def close(self) -> None:
+        if self._loop is not None and self._master is not None:
+            with contextlib.suppress(ValueError, OSError, RuntimeError):
+                self._loop.remove_reader(self._master)
+        for fd in (self._master, self._slave):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._master = self._slave = None
+
+    def tap(self, uid_hex: str, hold_s: float = HOLD_S) -> None:
+        """Hold an ISO 14443A card (4, 7 or 10 byte UID, hex) in the field for ``hold_s`` seconds."""
+        uid = bytes.fromhex(uid_hex)
+        if len(uid) not in (4, 7, 10):
+            raise ValueError(f"ISO 14443A UIDs have 4, 7 or 10 bytes, got {len(uid)}")
+        self._card = (uid, time.monotonic() + hold_s)
+
+    async def run(self) -> None:
+        """Open the pty at once (``port_path`` is valid after the first await) and serve until cancelled."""
+        self.open()
+        assert self._master is not None
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._master, self._readable)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.close()
+
+    def _readable(self) -> None:
+        if self._master is None:
+            return
+        try:
+            data = os.read(self._master, 4096)
+        except OSError:
+            return
+        self.feed(data)
+
+    def feed(self, data: bytes) -> None:
+        if self.silent:
+            return
+        for item in self.decoder.feed(data):
+            if isinstance(item, codec.Frame) and item.tfi == codec.TFI_HOST and item.code is not None:
+                self._answer(item.code, item.data[1:])
+
+    def _answer(self, code: int, params: bytes) -> None:
+        self.commands.append(code)
+        if code == codec.CMD_GET_FIRMWARE_VERSION:
+            payload = FIRMWARE
+        elif code == codec.CMD_SAM_CONFIGURATION:
+            self.configured, payload = True, b""
+        elif code == codec.CMD_RF_CONFIGURATION:
+            payload = b""
+        elif code == codec.CMD_IN_LIST_PASSIVE_TARGET and params[1:2] == bytes([codec.BRTY_106_TYPE_A]):
+            payload = codec.encode_targets(self._cards_in_field())
+        else:
+            self.write_raw(codec.ACK + codec.encode_frame(codec.TFI_PN532, b"\x7f"))  # syntax error frame
+            return
+        self.write_raw(codec.ACK + codec.response(code, payload))
+
+    def _cards_in_field(self) -> list[codec.TypeATarget]:
+        if self._card is None or time.monotonic() > self._card[1]:
+            self._card = None
+            return []
+        uid = self._card[0]
+        return [codec.TypeATarget(1, 0x0044 if len(uid) == 7 else 0x0004, 0x00 if len(uid) == 7 else 0x08, uid)]
+
+    def write_raw(self, data: bytes) -> None:
+        """Bytes towards the host (tests inject corruption with it); nothing while silent."""
+        if self.silent or self._master is None:
+            return
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._master, data)
