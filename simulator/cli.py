@@ -21,9 +21,11 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--csms", help="CSMS endpoint URL for the agent (default: start the bundled CSMS)")
     up.add_argument("--no-csms", action="store_true", help="no OCPP at all")
     up.add_argument("--id", default="CP001", help="charge point id")
-    up.add_argument("--meter", choices=["tcp", "rtu"], default="tcp")
+    up.add_argument("--meter", choices=["tcp", "rtu"], default="tcp", help="rtu: every meter on one pty, ids 1..N")
+    up.add_argument("--meter-model", choices=["sdm630", "sdm120", "abb_b23", "em340", "ocmf"], default="sdm630")
     up.add_argument("--fixed-cable", action="store_true")
     up.add_argument("--max-current", type=float, default=32.0)
+    up.add_argument("--board", choices=["pilot", "openevse"], default="pilot", help="pilot/relay board to emulate")
     up.add_argument("-v", "--verbose", action="store_true")
 
     ctl = sub.add_parser("ctl", help="drive a running simulator")
@@ -65,8 +67,10 @@ def main(argv: list[str] | None = None) -> int:
             bundled_csms=not args.no_csms and not args.csms,
             charge_point_id=args.id,
             meter_transport=args.meter,
+            meter_model=args.meter_model,
             fixed_cable=args.fixed_cable,
             max_current_a=args.max_current,
+            board=args.board,
         )
         return asyncio.run(run_rig(options))
     from simulator.control import RigUnreachable, send

@@ -20,7 +20,8 @@ from typing import Any
 
 from hal.types import Fault
 from simulator.faults import FAULTS
-from simulator.meter import MeterEmulator
+from simulator.meter import MeterEmulator, RtuBusEmulator
+from simulator.openevse import OpenEvseEmulator
 from simulator.physics import EvMode, Plant
 from simulator.pilot_board import PilotBoardEmulator
 from simulator.rdm6300 import Rdm6300Emulator
@@ -45,16 +46,18 @@ class RigOptions:
     bundled_csms: bool = False  # start simulator.csms in this process and point the agent at it
     charge_point_id: str = "CP001"
     meter_transport: str = "tcp"
+    meter_model: str = "sdm630"  # a map in drivers/modbus/maps/
     fixed_cable: bool = False
     max_current_a: float = 32.0
     tokens: list[str] = field(default_factory=lambda: ["DEADBEEF01", "04A1B2C3D4"])
     extra_toml: str = ""
+    board: str = "pilot"  # "pilot" (the project's board) or "openevse" (RAPI; also the meter)
 
 
 @dataclass
 class SimConnector:
     plant: Plant
-    board: PilotBoardEmulator
+    board: PilotBoardEmulator | OpenEvseEmulator
     meter: MeterEmulator
 
 
@@ -92,13 +95,19 @@ class Rig:
     async def start(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         saved = self._load_state()
+        bus = RtuBusEmulator() if self.options.meter_transport == "rtu" else None  # one RS-485 line, ids 1..N
         for n in range(1, self.options.connectors + 1):
             plant = Plant(fixed_cable=self.options.fixed_cable)
             plant.energy_wh = float(saved.get("energy_wh", {}).get(str(n), 0.0))
             plant.plugged = bool(saved.get("plugged", {}).get(str(n), False))
             plant.ev.soc_percent = float(saved.get("soc", {}).get(str(n), plant.ev.soc_percent))
-            board = PilotBoardEmulator(plant)
-            meter = MeterEmulator(plant, transport=self.options.meter_transport)
+            board: PilotBoardEmulator | OpenEvseEmulator
+            if self.options.board == "openevse":
+                board = OpenEvseEmulator(plant, max_current_a=round(self.options.max_current_a))
+            else:
+                board = PilotBoardEmulator(plant)
+            o = self.options
+            meter = MeterEmulator(plant, o.meter_model, device_id=n if bus else 1, transport=o.meter_transport, bus=bus)
             self.connectors[n] = SimConnector(plant, board, meter)
         for c in self.connectors.values():
             self._tasks.append(asyncio.create_task(c.board.run()))
@@ -160,14 +169,24 @@ class Rig:
         lines += ["[devices.reader]", 'driver = "rdm6300"', f'port = "{self.reader.port_path}"', ""]
         lines += ["[devices.display]", 'driver = "console-display"', ""]
         for n, c in self.connectors.items():
+            if o.board == "openevse":
+                lines += [f"[devices.board{n}]", 'driver = "openevse"', f'port = "{c.board.port_path}"']
+                lines += ["phases = 3", ""]
+                continue
             lines += [f"[devices.board{n}]", 'driver = "pilot-board-serial"', f'port = "{c.board.port_path}"', ""]
-            lines += [f"[devices.meter{n}]", 'driver = "modbus-meter"', 'model = "sdm630"']
+            lines += [f"[devices.meter{n}]", 'driver = "modbus-meter"', f'model = "{o.meter_model}"']
             if self.options.meter_transport == "tcp":
                 lines += ['transport = "tcp"', 'host = "127.0.0.1"', f"port = {c.meter.port}"]
             else:
                 lines += ['transport = "rtu"', f'serial_port = "{c.meter.port_path}"', "baudrate = 9600"]
+                lines += [f"device_id = {c.meter.device_id}"]
             lines += ["poll_interval_s = 0.5", ""]
         for n in self.connectors:
+            if o.board == "openevse":  # tethered cable; the board is pilot, relay and meter
+                lines += ["[[connectors]]", f"id = {n}", f"max_current_a = {o.max_current_a}", "phases = 3"]
+                lines += [f'{role} = "board{n}"' for role in ("pilot", "power_switch", "meter")]
+                lines += ["fixed_cable = true", 'display = "display"', ""]
+                continue
             lines += [
                 "[[connectors]]",
                 f"id = {n}",
