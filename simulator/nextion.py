@@ -1,0 +1,163 @@
+"""A Nextion HMI on a pty, loaded with the project's HMI design (one page per screen state, text
+components t0..t5). It keeps a model of what the screen shows (``page_name``, ``texts``) and answers
+like the device: status codes per ``bkcmd``, 0x66 for ``sendme``, 0x70 for ``get x.txt``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import tty
+
+from drivers.serial import nextion_codec as codec
+
+PAGE_NAMES = ("idle", "authorizing", "charging", "paused", "finished", "fault", "unavailable")
+COMPONENTS = {"t0": 24, "t1": 40, "t2": 40, "t3": 40, "t4": 40, "t5": 40}  # name -> txt_maxl
+_ASSIGN = re.compile(r"^([A-Za-z_]\w*)\.(\w+)=(.*)$", re.S)
+
+
+class NextionEmulator:
+    def __init__(self) -> None:
+        self.silent = False
+        self.port_path: str | None = None
+        self.decoder = codec.InstructionDecoder()
+        self.bkcmd = 2  # power-on default: report failures only
+        self.page = 0
+        self.texts: dict[str, str] = dict.fromkeys(COMPONENTS, "")
+        self.history: list[tuple[str, dict[str, str]]] = []  # every page as it was when left (for tests)
+        self.instructions: list[str] = []
+        self.errors_sent = 0
+        self._master: int | None = None
+        self._slave: int | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def page_name(self) -> str:
+        return PAGE_NAMES[self.page]
+
+    def shown(self) -> str:
+        """The current page as one line of text."""
+        return " | ".join(t for t in self.texts.values() if t)
+
+    def pages_shown(self) -> list[tuple[str, str]]:
+        """(page name, text) of every page drawn so far, the current one last."""
+        return [(name, " | ".join(t for t in texts.values() if t)) for name, texts in self.history] + [
+            (self.page_name, self.shown())
+        ]
+
+    # ------------------------------------------------------------------ transport
+
+    def open(self) -> None:
+        master, slave = os.openpty()
+        tty.setraw(master)
+        tty.setraw(slave)
+        os.set_blocking(master, False)
+        self._master, self._slave = master, slave
+        self.port_path = os.ttyname(slave)
+
+    def close(self) -> None:
+        if self._loop is not None and self._master is not None:
+            with contextlib.suppress(ValueError, OSError, RuntimeError):
+                self._loop.remove_reader(self._master)
+        for fd in (self._master, self._slave):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._master = self._slave = None
+
+    async def run(self) -> None:
+        self.open()
+        assert self._master is not None
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._master, self._readable)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.close()
+
+    def _readable(self) -> None:
+        if self._master is None:
+            return
+        try:
+            data = os.read(self._master, 4096)
+        except OSError:
+            return
+        self.feed(data)
+
+    def feed(self, data: bytes) -> None:
+        if self.silent:
+            return
+        for instruction in self.decoder.feed(data):
+            if instruction:  # a bare terminator only flushes the line
+                self.instructions.append(instruction)
+                self._status(self.execute(instruction))
+
+    def touch(self, component: int, pressed: bool = True) -> None:
+        self.send(codec.Touch(self.page, component, pressed))
+
+    def send(self, reply: codec.Reply) -> None:
+        self.write_raw(codec.encode_reply(reply))
+
+    def write_raw(self, data: bytes) -> None:
+        """Bytes towards the host (tests inject junk with it); nothing while silent."""
+        if self.silent or self._master is None:
+            return
+        with contextlib.suppress(BlockingIOError, OSError):
+            os.write(self._master, data)
+
+    def _status(self, code: int | None) -> None:
+        if code is None:
+            return
+        if code == codec.OK:
+            if self.bkcmd in (1, 3):
+                self.send(codec.Status(code))
+        else:
+            self.errors_sent += 1
+            if self.bkcmd in (2, 3):
+                self.send(codec.Status(code))
+
+    # ------------------------------------------------------------------ instruction set (the part we use)
+
+    def execute(self, instruction: str) -> int | None:
+        """Run one instruction; the status code to report (None: the instruction answers by itself)."""
+        if instruction.startswith("page "):
+            arg = instruction[5:].strip()
+            number = int(arg) if arg.isdigit() else (PAGE_NAMES.index(arg) if arg in PAGE_NAMES else -1)
+            if not 0 <= number < len(PAGE_NAMES):
+                return codec.INVALID_PAGE
+            self.history.append((self.page_name, dict(self.texts)))
+            self.page, self.texts = number, dict.fromkeys(COMPONENTS, "")  # a page loads its design values
+            return codec.OK
+        if instruction == "sendme":
+            self.send(codec.PageReply(self.page))
+            return None
+        if instruction.startswith("get "):
+            target = instruction[4:].strip()
+            name, _, attribute = target.partition(".")
+            if name not in COMPONENTS:
+                return codec.INVALID_COMPONENT
+            if attribute != "txt":
+                return codec.INVALID_VARIABLE
+            self.send(codec.StringReply(self.texts[name]))
+            return None
+        match = _ASSIGN.match(instruction)
+        if match is not None:
+            name, attribute, value = match.groups()
+            if name not in COMPONENTS:
+                return codec.INVALID_COMPONENT
+            if attribute != "txt":
+                return codec.INVALID_VARIABLE
+            try:
+                text = codec.unquote(value)
+            except ValueError:
+                return codec.INVALID_VARIABLE
+            self.texts[name] = text[: COMPONENTS[name]]  # the device truncates to txt_maxl
+            return codec.OK
+        if instruction.startswith("bkcmd="):
+            level = instruction[6:]
+            if not level.isdigit() or int(level) > 3:
+                return codec.INVALID_VARIABLE
+            self.bkcmd = int(level)
+            return codec.OK
+        return codec.INVALID_INSTRUCTION
