@@ -54,6 +54,8 @@ _CP_HIGH_MV = {"A": 12_000, "B": 9_000, "C": 6_000, "D": 3_000, "E": 0, "F": -12
 
 
 class CanPilotBoardEmulator:
+    port_path: str | None = None  # no pty: the board sits on a CAN bus (same shape as the serial emulators)
+
     def __init__(
         self,
         plant: Plant,

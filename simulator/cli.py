@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import logging
 import sys
@@ -25,7 +26,10 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--meter-model", choices=["sdm630", "sdm120", "abb_b23", "em340", "ocmf"], default="sdm630")
     up.add_argument("--fixed-cable", action="store_true")
     up.add_argument("--max-current", type=float, default=32.0)
-    up.add_argument("--board", choices=["pilot", "openevse"], default="pilot", help="pilot/relay board to emulate")
+    up.add_argument("--board", choices=["pilot", "openevse", "can"], default="pilot",
+                    help="pilot/relay board to emulate (can: needs python-can-remote for the agent to join)")
+    up.add_argument("--reader", choices=["rdm6300", "pn532"], default="rdm6300", help="RFID reader to emulate")
+    up.add_argument("--display", choices=["console", "nextion"], default="console", help="display to emulate")
     up.add_argument("-v", "--verbose", action="store_true")
 
     ctl = sub.add_parser("ctl", help="drive a running simulator")
@@ -71,7 +75,14 @@ def main(argv: list[str] | None = None) -> int:
             fixed_cable=args.fixed_cable,
             max_current_a=args.max_current,
             board=args.board,
+            reader=args.reader,
+            display=args.display,
+            can_bus="remote",  # the agent runs in another process: only a bridged bus reaches it
         )
+        if args.board == "can" and importlib.util.find_spec("can_remote") is None:
+            print("cpsim up: --board can needs python-can-remote (the agent joins the bus over a websocket on "
+                  "127.0.0.1); pip install python-can-remote", file=sys.stderr)
+            return 2
         return asyncio.run(run_rig(options))
     from simulator.control import RigUnreachable, send
 

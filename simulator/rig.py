@@ -1,7 +1,8 @@
 """`cpsim up`: a whole simulated chargepoint at the bus level.
 
-Per connector a pilot-board emulator on a pty, an EV (the Plant) and an SDM630 meter (Modbus TCP on
-127.0.0.1 or RTU on a pty); one RDM6300 reader on a pty. Writes DIR/agent.toml once everything
+Per connector a pilot-board emulator (on a pty, or on a CAN bus with --board can), an EV (the Plant)
+and an SDM630 meter (Modbus TCP on 127.0.0.1 or RTU on a pty); one RDM6300 or PN532 reader on a pty,
+and optionally a Nextion display on a pty. Writes DIR/agent.toml once everything
 listens, serves a JSON control socket at DIR/ctl.sock, and keeps the meters' registers in
 DIR/sim-state.json so a restart (or a simulated power loss) keeps the energy counters.
 """
@@ -19,11 +20,14 @@ from pathlib import Path
 from typing import Any
 
 from hal.types import Fault
+from simulator.can_pilot_board import CanPilotBoardEmulator
 from simulator.faults import FAULTS
 from simulator.meter import MeterEmulator, RtuBusEmulator
+from simulator.nextion import NextionEmulator
 from simulator.openevse import OpenEvseEmulator
 from simulator.physics import EvMode, Plant
 from simulator.pilot_board import PilotBoardEmulator
+from simulator.pn532 import Pn532Emulator
 from simulator.rdm6300 import Rdm6300Emulator
 
 log = logging.getLogger("cpsim")
@@ -51,13 +55,21 @@ class RigOptions:
     max_current_a: float = 32.0
     tokens: list[str] = field(default_factory=lambda: ["DEADBEEF01", "04A1B2C3D4"])
     extra_toml: str = ""
-    board: str = "pilot"  # "pilot" (the project's board) or "openevse" (RAPI; also the meter)
+    board: str = "pilot"  # "pilot" (the project's board), "openevse" (RAPI; also the meter) or "can" (pilot over CAN)
+    reader: str = "rdm6300"  # "rdm6300" (125 kHz) or "pn532" (ISO 14443A, HSU)
+    display: str = "console"  # "console" (log lines) or "nextion" (HMI on a pty)
+    # --board can: "virtual" = python-can virtual bus (agent in this process only); "remote" = also serve it
+    # over python-can-remote on 127.0.0.1 so an agent in another process can join.
+    can_bus: str = "virtual"
+
+
+PN532_TOKENS = ("04A1B2C3D4E5F6", "DEADBEEF")  # ISO 14443A UIDs (7 and 4 bytes) the pn532 rig accepts
 
 
 @dataclass
 class SimConnector:
     plant: Plant
-    board: PilotBoardEmulator | OpenEvseEmulator
+    board: PilotBoardEmulator | OpenEvseEmulator | CanPilotBoardEmulator
     meter: MeterEmulator
 
 
@@ -66,7 +78,14 @@ class Rig:
         self.options = options
         self.dir = options.directory
         self.connectors: dict[int, SimConnector] = {}
-        self.reader = Rdm6300Emulator()
+        self.reader: Rdm6300Emulator | Pn532Emulator
+        self.reader = Pn532Emulator() if options.reader == "pn532" else Rdm6300Emulator()
+        if options.reader == "pn532":
+            options.tokens += [t for t in PN532_TOKENS if t not in options.tokens]
+        self.display = NextionEmulator() if options.display == "nextion" else None
+        self.can_channel = f"cpsim-{os.getpid()}-{id(self):x}"  # a virtual bus of its own per rig
+        self.can_url: str | None = None
+        self._can_server: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: asyncio.AbstractServer | None = None
 
@@ -101,9 +120,11 @@ class Rig:
             plant.energy_wh = float(saved.get("energy_wh", {}).get(str(n), 0.0))
             plant.plugged = bool(saved.get("plugged", {}).get(str(n), False))
             plant.ev.soc_percent = float(saved.get("soc", {}).get(str(n), plant.ev.soc_percent))
-            board: PilotBoardEmulator | OpenEvseEmulator
+            board: PilotBoardEmulator | OpenEvseEmulator | CanPilotBoardEmulator
             if self.options.board == "openevse":
                 board = OpenEvseEmulator(plant, max_current_a=round(self.options.max_current_a))
+            elif self.options.board == "can":
+                board = CanPilotBoardEmulator(plant, interface="virtual", channel=self.can_channel, node_id=n)
             else:
                 board = PilotBoardEmulator(plant)
             o = self.options
@@ -119,8 +140,13 @@ class Rig:
             self.csms = Csms(log_path=self.dir / "csms.jsonl", accept=tuple(self.options.tokens))
             await self.csms.start()
             self.options.csms_url = self.csms.url
+        if self.options.board == "can" and self.options.can_bus == "remote":
+            self._start_can_server()
         self._tasks.append(asyncio.create_task(self.reader.run()))
+        if self.display is not None:
+            self._tasks.append(asyncio.create_task(self.display.run()))
         self._tasks.append(asyncio.create_task(self._persist_loop()))
+        await asyncio.sleep(0)  # the reader and display emulators open their ptys on their first step
         sock = self.dir / "ctl.sock"
         with contextlib.suppress(FileNotFoundError):
             sock.unlink()
@@ -128,7 +154,21 @@ class Rig:
         await asyncio.sleep(0)
         _atomic_write(self.dir / "agent.toml", self.agent_toml())
 
+    def _start_can_server(self) -> None:
+        """Serve the rig's virtual CAN bus over python-can-remote on 127.0.0.1 (each client joins it)."""
+        import threading
+
+        from can_remote.server import RemoteServer
+
+        server = RemoteServer("127.0.0.1", 0, interface="virtual", channel=self.can_channel)
+        threading.Thread(target=server.serve_forever, name="cpsim-can-remote", daemon=True).start()
+        self._can_server = server
+        self.can_url = f"ws://127.0.0.1:{server.server_port}/"
+
     async def stop(self) -> None:
+        if self._can_server is not None:
+            self._can_server.shutdown()
+            self._can_server.server_close()
         if self._server is not None:
             self._server.close()
         for t in self._tasks:
@@ -166,14 +206,22 @@ class Rig:
         ]
         if o.csms_url:
             lines += ["[ocpp]", f'endpoint = "{o.csms_url}"', ""]
-        lines += ["[devices.reader]", 'driver = "rdm6300"', f'port = "{self.reader.port_path}"', ""]
-        lines += ["[devices.display]", 'driver = "console-display"', ""]
+        lines += ["[devices.reader]", f'driver = "{o.reader}"', f'port = "{self.reader.port_path}"', ""]
+        if self.display is not None:
+            lines += ["[devices.display]", 'driver = "nextion"', f'port = "{self.display.port_path}"', ""]
+        else:
+            lines += ["[devices.display]", 'driver = "console-display"', ""]
         for n, c in self.connectors.items():
             if o.board == "openevse":
                 lines += [f"[devices.board{n}]", 'driver = "openevse"', f'port = "{c.board.port_path}"']
                 lines += ["phases = 3", ""]
                 continue
-            lines += [f"[devices.board{n}]", 'driver = "pilot-board-serial"', f'port = "{c.board.port_path}"', ""]
+            if o.board == "can":
+                interface, channel = ("remote", self.can_url) if self.can_url else ("virtual", self.can_channel)
+                lines += [f"[devices.board{n}]", 'driver = "pilot-board-can"', f'interface = "{interface}"']
+                lines += [f'channel = "{channel}"', f"node_id = {n}", ""]
+            else:
+                lines += [f"[devices.board{n}]", 'driver = "pilot-board-serial"', f'port = "{c.board.port_path}"', ""]
             lines += [f"[devices.meter{n}]", 'driver = "modbus-meter"', f'model = "{o.meter_model}"']
             if self.options.meter_transport == "tcp":
                 lines += ['transport = "tcp"', 'host = "127.0.0.1"', f"port = {c.meter.port}"]
