@@ -64,7 +64,7 @@ async def line() -> AsyncIterator[tuple[RtuBusEmulator, dict[int, MeterEmulator]
 
 
 async def test_meters_share_one_bus_and_each_reads_its_own_plant(line: Any) -> None:
-    bus, emulators, meters = line
+    bus, _, meters = line
     readers = [m.reader for m in meters.values()]
     assert all(isinstance(r, BusReader) for r in readers) and len({id(r.bus) for r in readers}) == 1
     await wait_for(lambda: all(m.counters()["polls_ok"] >= 3 for m in meters.values()))

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from agent.clock import FakeClock
+from drivers.modbus.bus import BusReader
 from drivers.modbus.codec import RegisterMap, encode_register, load_map
 from drivers.modbus.meter import ModbusMeter, create
-from drivers.modbus.bus import BusReader
 from drivers.modbus.transport import ModbusIOError, PymodbusReader, RtuLink, TcpLink
 from hal import DeviceError, DeviceFaultChanged, Fault, HalEvent, MeterSample
 from hal.registry import load_driver
