@@ -62,7 +62,7 @@ MESSAGES = [
 ]
 
 
-@pytest.mark.parametrize("message", MESSAGES, ids=repr)
+@pytest.mark.parametrize("message", MESSAGES, ids=lambda m: type(m).__name__)
 @pytest.mark.parametrize("node", [0, 5, 15])
 def test_round_trip(message: object, node: int) -> None:
     arbitration_id, data = encode_frame(DB, message, node)  # type: ignore[arg-type]
