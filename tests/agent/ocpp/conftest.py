@@ -71,11 +71,12 @@ class Agent:
         """Stop the process abruptly (as a power loss would): no goodbye, state stays on disk."""
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Bounded: a hung shutdown must fail this test, not stall the suite.
+        await asyncio.wait(self._tasks, timeout=10)
         self._tasks = []
         if self.service is not None:
             with contextlib.suppress(Exception):
-                await self.service.stop()
+                await asyncio.wait_for(self.service.stop(), 10)
         if self.station is not None:
             self.station.close()
         self.station = None
