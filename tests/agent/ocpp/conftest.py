@@ -72,7 +72,8 @@ class Agent:
         for task in self._tasks:
             task.cancel()
         # Bounded: a hung shutdown must fail this test, not stall the suite.
-        await asyncio.wait(self._tasks, timeout=10)
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
         self._tasks = []
         if self.service is not None:
             with contextlib.suppress(Exception):
