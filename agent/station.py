@@ -162,6 +162,12 @@ class Station:
     async def present_token(self, id_tag: str, connector_id: int | None = None) -> AuthDecision:
         connector = self.connectors.get(connector_id) if connector_id else self._route(id_tag)
         if connector is None:
+            # Perhaps a card of the same group (parentIdTag) stopping a running session.
+            for c in self.connectors.values():
+                if c.session is not None and c.stop_check is not None and await c.stop_check(c.session, id_tag):
+                    connector = c
+                    break
+        if connector is None:
             log.info("token %s presented but no connector can take it", mask(id_tag))
             self._emit(TokenPresented(None, id_tag, False))
             return AuthDecision(False, "Invalid")

@@ -50,6 +50,7 @@ from agent.ocpp.v16.rpc import (
 )
 from agent.ocpp.v16.transactions import TransactionMessages
 from agent.outbox import Outbox
+from agent.sdnotify import EXIT_RESTART_REQUESTED
 from agent.station import Station
 from hal.types import Fault
 
@@ -57,7 +58,7 @@ log = logging.getLogger(__name__)
 
 BOOT_RETRY_S = 30.0  # when the CSMS gives no usable interval or does not answer BootNotification
 MAX_HEARTBEAT_S = 86400  # a heartbeat at least daily, for the clock
-RESTART_EXIT_STATUS = 3  # `cpagent run` exits with this after Reset.req so its supervisor restarts it
+RESTART_EXIT_STATUS = EXIT_RESTART_REQUESTED  # `cpagent run` exits with this after Reset.req; systemd restarts it
 
 
 class BootStatus(StrEnum):
