@@ -53,18 +53,19 @@ async def run_agent(config: AgentConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    from agent.ocpp.v16.service import OcppService, run_until_stopped
     from agent.sdnotify import SystemdIntegration
 
+    # The outbox opens (in the service) before READY=1 is sent.
+    service = OcppService(station, config) if config.ocpp.endpoint else None
     systemd = SystemdIntegration(station)  # READY=1, watchdog and STATUS= when run by systemd
     task = asyncio.create_task(station.run(ready=systemd.ready))
-    from agent.ocpp.v16.service import run_until_stopped
-
-    status = await run_until_stopped(station, config, stop)  # OCPP 1.6J when ocpp.endpoint is set
+    status = await run_until_stopped(station, config, stop, service)  # OCPP 1.6J when ocpp.endpoint is set
     await systemd.stop()
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
     station.close()
-    return status  # 3 after an OCPP Reset: the supervisor starts the agent again
+    return status  # 75 after an OCPP Reset: systemd starts the agent again
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -21,12 +22,65 @@ from agent.station import Station, mask
 DEMO_TAG = "DEADBEEF01"
 
 
+async def _show_wire(log_path: Path, tl: Timeline) -> None:
+    """Print the OCPP exchange as the bundled CSMS saw it on the wire (its JSON-lines frame log)."""
+    pending: dict[str, str] = {}
+    offset = 0
+    while True:
+        await asyncio.sleep(0.05)
+        try:
+            lines, offset = _read_from(log_path, offset)
+        except OSError:
+            continue
+        for line in lines:
+            try:
+                record = json.loads(line)
+                frame = record["frame"]
+                at = dt.datetime.fromisoformat(record["t"].replace("Z", "+00:00")).timestamp()
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue
+            if not isinstance(frame, list) or len(frame) < 3:
+                continue
+            if frame[0] == 2:
+                pending[frame[1]] = frame[2]
+                who = "agent -> CSMS" if record["dir"] == "in" else "CSMS -> agent"
+                tl.line(f"OCPP {who}: {frame[2]} {_brief(frame[3])}", at)
+            elif frame[0] in (3, 4):
+                action = pending.pop(frame[1], "?")
+                tl.line(f"OCPP      reply: {action}.conf {_brief(frame[2]) if frame[0] == 3 else frame[2]}", at)
+
+
+def _read_from(path: Path, offset: int) -> tuple[list[str], int]:
+    with open(path, encoding="utf-8") as f:
+        f.seek(offset)
+        return f.readlines(), f.tell()
+
+
+def _brief(payload: Any) -> str:
+    if not isinstance(payload, dict):
+        return ""
+    keep = ("status", "connectorId", "idTag", "transactionId", "meterStart", "meterStop", "reason", "errorCode",
+            "interval", "idTagInfo")
+    parts = []
+    for k in keep:
+        if k in payload:
+            v = payload[k]
+            if k == "idTag":
+                v = mask(str(v))
+            elif k == "idTagInfo" and isinstance(v, dict):
+                v = v.get("status")
+            parts.append(f"{k}={v}")
+    return " ".join(parts)
+
+
 class Timeline:
     def __init__(self) -> None:
         self.t0 = time.monotonic()
+        self.t0_wall = time.time()
 
-    def line(self, text: str) -> None:
-        print(f"{time.monotonic() - self.t0:7.2f}s  {text}", flush=True)
+    def line(self, text: str, at_wall: float | None = None) -> None:
+        t = time.monotonic() - self.t0 if at_wall is None else at_wall - self.t0_wall
+        print(f"{t:7.2f}s  {text}", flush=True)
 
 
 async def _ctl(directory: Path, **request: Any) -> dict[str, Any]:
@@ -49,8 +103,7 @@ async def run_demo(connectors: int, charge_seconds: float, keep_dir: Path | None
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "agent.toml").unlink(missing_ok=True)
         sim = subprocess.Popen(  # noqa: ASYNC220 - started once, before the agent runs
-            [sys.executable, "-m", "simulator.cli", "up", "--dir", str(directory), "--connectors", str(connectors),
-             "--no-csms"],
+            [sys.executable, "-m", "simulator.cli", "up", "--dir", str(directory), "--connectors", str(connectors)],
             stdout=subprocess.DEVNULL,
         )
         try:
@@ -71,6 +124,9 @@ async def _play(directory: Path, charge_seconds: float, sim: subprocess.Popen[by
         return 1
     config = load(directory / "agent.toml")
     station = Station(config)
+    from agent.ocpp.v16.service import OcppService
+
+    service = OcppService(station, config) if config.ocpp.endpoint else None
     stopped: list[SessionStopped] = []
     started: list[SessionStarted] = []
 
@@ -91,6 +147,8 @@ async def _play(directory: Path, charge_seconds: float, sim: subprocess.Popen[by
 
     station.subscribe(on_event)
     task = asyncio.create_task(station.run())
+    ocpp_task = asyncio.create_task(service.run()) if service else None
+    wire_task = asyncio.create_task(_show_wire(directory / "csms.jsonl", tl))
     connector = station.connectors[1]
     last_line = ""
 
@@ -115,6 +173,8 @@ async def _play(directory: Path, charge_seconds: float, sim: subprocess.Popen[by
     sample_task = asyncio.create_task(sampler())
     try:
         await _wait_for(lambda: connector.controller.cp_state is not None, 10, "the pilot board")
+        if service is not None:
+            await _wait_for(lambda: service.accepted, 15, "the CSMS to accept the BootNotification")
         tl.line("scenario: plug in the EV")
         await _ctl(directory, cmd="plug", connector=1)
         await _wait_for(lambda: connector.controller.cp_state is not None
@@ -127,20 +187,27 @@ async def _play(directory: Path, charge_seconds: float, sim: subprocess.Popen[by
         tl.line("scenario: unplug the EV")
         await _ctl(directory, cmd="unplug", connector=1)
         await _wait_for(lambda: bool(stopped), 10, "the session to stop")
+        if service is not None:
+            await _wait_for(lambda: service.outbox.depth() == 0, 15, "the StopTransaction to be delivered")
         await asyncio.sleep(0.5)
     except TimeoutError as exc:
         tl.line(f"FAILED: {exc}")
     finally:
-        sample_task.cancel()
-        task.cancel()
-        await asyncio.gather(task, sample_task, return_exceptions=True)
+        if service is not None:
+            await service.stop()
+        tasks = [t for t in (sample_task, task, ocpp_task, wire_task) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        final = station.sessions.get(stopped[-1].session.ref) if stopped else None
         station.close()
     if not stopped:
         print("no session completed", file=sys.stderr)
         return 1
-    s = stopped[-1].session
+    s = final or stopped[-1].session
     summary = {
         "session": s.ref,
+        "transaction_id": s.transaction_id,
         "id_tag": mask(s.id_tag),
         "duration_s": round((s.stop_wall or s.start_wall) - s.start_wall, 1),
         "energy_wh": round(s.energy_wh, 1),

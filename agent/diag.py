@@ -61,7 +61,7 @@ class DiagServer:
     def __init__(self, station: Station, path: Path, ocpp: OcppDiagnostics | None = None) -> None:
         self.station = station
         self.path = path
-        self.ocpp = ocpp
+        self._ocpp = ocpp
         self._server: asyncio.AbstractServer | None = None
         self._handlers: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
             "status": self._status,
@@ -78,6 +78,11 @@ class DiagServer:
             "pwm": self._pwm,
             "trigger": self._trigger,
         }
+
+    @property
+    def ocpp(self) -> OcppDiagnostics | None:
+        # The OCPP service may come up after the diagnostic server: look it up on every request.
+        return self._ocpp or self.station.ocpp_diagnostics
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -64,7 +64,10 @@ class Station:
         self.db = db.connect(config.state_dir / "state.db")
         os.chmod(config.state_dir / "state.db", 0o640)
         self.sessions = SessionStore(self.db)
-        self.eventlog = EventLog(self.db)
+        # The event log is a convenience: its own connection without fsync per row, so logging a status
+        # change never costs the loop a disk flush (transaction data keeps synchronous=FULL).
+        self._eventlog_db = db.connect(config.state_dir / "state.db", durable=False)
+        self.eventlog = EventLog(self._eventlog_db)
         self._listeners.append(self._record_event)
         self.authorizer: Authorizer = authorizer or AllowList(config.allowed_tokens)
         self.connectors: dict[int, Connector] = {}
@@ -227,6 +230,7 @@ class Station:
             except Exception:
                 log.exception("connector %d: could not open the relay on shutdown", connector.id)
         self.db.close()
+        self._eventlog_db.close()
 
 
 class _Delegate:

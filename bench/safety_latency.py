@@ -99,6 +99,8 @@ class BoardPlayer:
             elif isinstance(m, SetDuty):
                 self.duty = m.duty
                 self.duty_changed.set()
+                if self.cp.letter in "BCD":  # like a real board: the digit follows our own PWM
+                    self.set_cp(self.cp.letter)
             elif isinstance(m, StatusRequest):
                 self.send(Hello(1, 0, 0, 1, 2000, 250))
                 self.status()

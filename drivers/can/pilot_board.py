@@ -205,8 +205,9 @@ class CanPilotBoard(Device, ControlPilot, PowerSwitch, ConnectorLock):
             self._write(message)
         self.request_status()
         while not self._bus_lost.is_set():
-            try:
-                await asyncio.wait_for(self._bus_lost.wait(), self.keepalive_interval_s)
+            try:  # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+                async with asyncio.timeout(self.keepalive_interval_s):
+                    await self._bus_lost.wait()
             except TimeoutError:
                 self.keep_alive()
 

@@ -376,8 +376,9 @@ class OpenEvse(Device, ControlPilot, PowerSwitch, Meter):
                 last_pulse = now
                 self._command("SY")
             rounds += 1
-            try:
-                await asyncio.wait_for(self._port_lost.wait(), self.poll_interval_s)
+            try:  # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
+                async with asyncio.timeout(self.poll_interval_s):
+                    await self._port_lost.wait()
             except TimeoutError:
                 pass
 

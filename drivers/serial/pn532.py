@@ -152,7 +152,8 @@ class Pn532Reader(Device, TokenReader):
         self._pending = asyncio.get_running_loop().create_future()
         self._write(frame)
         try:
-            answer = await asyncio.wait_for(asyncio.shield(self._pending), self.answer_timeout_s)
+            async with asyncio.timeout(self.answer_timeout_s):  # not wait_for: 3.11 can lose a cancel
+                answer = await asyncio.shield(self._pending)
         except TimeoutError:
             self._counters["timeouts"] += 1
             self._write(codec.ACK)  # a late response is aborted by an ACK from the host (PN532 manual 6.2.1.3)

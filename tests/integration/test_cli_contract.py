@@ -76,3 +76,6 @@ def test_cpagent_sim_demo_completes_a_session() -> None:
     assert "session summary" in result.stdout and "relay=closed" in result.stdout
     summary = json.loads(result.stdout.split("session summary:", 1)[1])
     assert summary["energy_wh"] > 0 and summary["stop_reason"] == "EVDisconnected"
+    # The OCPP exchange is in the timeline and the CSMS's transaction id in the summary.
+    assert "OCPP agent -> CSMS: StartTransaction" in result.stdout and "StopTransaction" in result.stdout
+    assert isinstance(summary["transaction_id"], int) and summary["transaction_id"] > 0

@@ -36,6 +36,7 @@ from agent.faults import info as fault_info
 from agent.ocpp.v16.authorization import OcppAuthorizer
 from agent.ocpp.v16.availability import AvailabilityStore
 from agent.ocpp.v16.configuration import CORE, SECURITY, ConfigurationStore
+from agent.ocpp.v16.diagnostics import OcppDiagnosticsAdapter
 from agent.ocpp.v16.handlers import CoreHandlers
 from agent.ocpp.v16.link import Backoff, Link
 from agent.ocpp.v16.meter_values import SUPPORTED_MEASURANDS, ocpp_time
@@ -131,6 +132,7 @@ class OcppService:
             on_id_tag_info=self.authorizer.learn,
         )
         self.handlers = CoreHandlers(self)
+        station.ocpp_diagnostics = OcppDiagnosticsAdapter(self)
         on, after = handlers_from_object(self.handlers)
         ping = self.store.get_int("WebSocketPingInterval")
         self.link = Link(
@@ -391,8 +393,10 @@ class OcppService:
                 cid, payload = self._status_queue.popleft()
                 await self._send_status(session, cid, payload)
                 continue
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_event.wait(), wait)
+                async with asyncio.timeout(wait):
+                    await self._wake_event.wait()
 
     async def _heartbeat(self, session: OcppSession) -> None:
         while not session.closed:
@@ -400,7 +404,8 @@ class OcppService:
             period = min(interval, MAX_HEARTBEAT_S) if interval > 0 else MAX_HEARTBEAT_S
             self._heartbeat_changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._heartbeat_changed.wait(), period)
+                async with asyncio.timeout(period):
+                    await self._heartbeat_changed.wait()
                 continue  # interval changed: start the new period now
             try:
                 conf = await session.request(call.Heartbeat())
@@ -408,6 +413,25 @@ class OcppService:
                 log.warning("Heartbeat failed: %s", exc)
                 continue
             self._sync_clock(conf.current_time)
+
+    # -- on demand (cpctl trigger; TriggerMessage) -------------------------------------------------
+
+    async def trigger_heartbeat(self) -> str:
+        conf = await self._request(call.Heartbeat())
+        self._sync_clock(conf.current_time)
+        return "Accepted"
+
+    async def trigger_boot(self) -> str:
+        conf = await self._request(call.BootNotification(**self._boot_fields()))
+        self._sync_clock(conf.current_time)
+        return str(conf.status)
+
+    def trigger_statuses(self, connector_id: int | None = None) -> str:
+        """Queue the current StatusNotification of one connector (or all, connector 0 included)."""
+        for cid in [0, *self.station.connectors] if connector_id is None else [connector_id]:
+            self._reported.pop(cid, None)
+            self._queue_status(cid)
+        return "Accepted"
 
     async def _request(self, payload: Any) -> Any:
         """One CALL outside the sender loop (Authorize); ConnectionLost when not online."""
@@ -417,13 +441,15 @@ class OcppService:
         return await session.request(payload)
 
 
-async def run_until_stopped(station: Station, config: AgentConfig, stop: asyncio.Event) -> int:
+async def run_until_stopped(
+    station: Station, config: AgentConfig, stop: asyncio.Event, service: OcppService | None = None
+) -> int:
     """For ``cpagent run``: run the OCPP service (when ``ocpp.endpoint`` is set) until ``stop`` is set or
     the CSMS asks for a Reset. Returns the exit status: RESTART_EXIT_STATUS after a Reset, else 0."""
     if not config.ocpp.endpoint:
         await stop.wait()
         return 0
-    service = OcppService(station, config)
+    service = service or OcppService(station, config)
     running = asyncio.create_task(service.run(), name="ocpp")
     waits = [asyncio.create_task(stop.wait()), asyncio.create_task(service.restart_requested.wait()), running]
     try:
