@@ -25,6 +25,7 @@ from ocpp.v16 import call
 from agent.authcache import AuthorizationCache, LocalAuthList
 from agent.clock import Clock
 from agent.config import AgentConfig
+from agent.db import StorageError
 from agent.events import (
     ConnectorStatus,
     SessionStarted,
@@ -37,6 +38,7 @@ from agent.ocpp.v16.authorization import OcppAuthorizer
 from agent.ocpp.v16.availability import AvailabilityStore
 from agent.ocpp.v16.configuration import CORE, SECURITY, ConfigurationStore
 from agent.ocpp.v16.diagnostics import OcppDiagnosticsAdapter
+from agent.ocpp.v16.features import load_feature_classes
 from agent.ocpp.v16.handlers import CoreHandlers
 from agent.ocpp.v16.link import Backoff, Link
 from agent.ocpp.v16.meter_values import SUPPORTED_MEASURANDS, ocpp_time
@@ -93,11 +95,12 @@ class OcppService:
         self.clock: Clock = clock or station.clock
         self.boot_retry_s = boot_retry_s
         db = station.db
+        feature_classes = load_feature_classes()
         self.store = ConfigurationStore(
             db,
             config.ocpp.keys,
             number_of_connectors=len(station.connectors),
-            enabled_profiles=(CORE, SECURITY),
+            enabled_profiles=(CORE, SECURITY, *(cls.profile for cls in feature_classes)),
             clock=self.clock,
             supported_measurands=SUPPORTED_MEASURANDS,
         )
@@ -132,8 +135,16 @@ class OcppService:
             on_id_tag_info=self.authorizer.learn,
         )
         self.handlers = CoreHandlers(self)
+        self.features: dict[str, Any] = {cls.__name__: cls(self) for cls in feature_classes}
         station.ocpp_diagnostics = OcppDiagnosticsAdapter(self)
         on, after = handlers_from_object(self.handlers)
+        for feature in self.features.values():
+            more_on, more_after = handlers_from_object(feature)
+            clash = set(on) & set(more_on)
+            if clash:
+                raise RuntimeError(f"{type(feature).__name__} redefines handlers for {sorted(clash)}")
+            on.update(more_on)
+            after.update(more_after)
         ping = self.store.get_int("WebSocketPingInterval")
         self.link = Link(
             config.ocpp.endpoint,
@@ -188,6 +199,11 @@ class OcppService:
             *(
                 asyncio.create_task(self.tx.periodic_sampler(c), name=f"ocpp-sampler-{c.id}")
                 for c in self.station.connectors.values()
+            ),
+            *(
+                asyncio.create_task(feature.run(), name=f"ocpp-{name}")
+                for name, feature in self.features.items()
+                if hasattr(feature, "run")
             ),
         ]
         try:
@@ -413,6 +429,21 @@ class OcppService:
                 log.warning("Heartbeat failed: %s", exc)
                 continue
             self._sync_clock(conf.current_time)
+
+    # -- security events -------------------------------------------------------------------------
+
+    def security_event(self, kind: str, tech_info: str | None = None) -> None:
+        """Queue a SecurityEventNotification (whitepaper type name, e.g. "StartupOfTheDevice") through the
+        durable outbox: it is delivered once the CSMS has accepted us, in order, surviving restarts."""
+        payload: dict[str, Any] = {"type": kind, "timestamp": ocpp_time(self.wall())}
+        if tech_info:
+            payload["techInfo"] = tech_info[:255]
+        try:
+            self.outbox.append("SecurityEventNotification", payload)
+        except StorageError as exc:
+            log.error("security event %s could not be queued: %s", kind, exc)
+        log.info("security event %s%s", kind, f": {tech_info}" if tech_info else "")
+        self._wake()
 
     # -- on demand (cpctl trigger; TriggerMessage) -------------------------------------------------
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ _CALLS: dict[str, Callable[..., Any]] = {
     START: call.StartTransaction,
     STOP: call.StopTransaction,
     METER_VALUES: call.MeterValues,
+    "SecurityEventNotification": call.SecurityEventNotification,  # guaranteed delivery (whitepaper A04.FR.02)
 }
 
 
@@ -66,7 +68,7 @@ class TransactionMessages:
         self._wake = wake
         self._on_id_tag_info = on_id_tag_info
         self._tx_data: dict[str, _TxData] = {}
-        self.delivered: list[str] = []  # actions delivered, for diagnostics
+        self.delivered: deque[str] = deque(maxlen=1000)  # recent actions delivered, for diagnostics
 
     # -- events -> outbox -----------------------------------------------------------------------------
 

@@ -1,0 +1,28 @@
+"""Feature profiles beyond Core. Each is one module with one class, listed here as "module:Class" and
+imported when the service starts. A feature class:
+
+    class Reservation:
+        profile = "Reservation"             # enables its configuration keys and SupportedFeatureProfiles
+        def __init__(self, service: OcppService) -> None: ...
+        async def on_reserve_now(self, ...) -> dict: ...        # CS -> CP handlers, as in CoreHandlers
+        async def after_reserve_now(self, ...) -> None: ...     # optional: runs once the .conf is sent
+        async def run(self) -> None: ...                        # optional: a background task while online or not
+
+Handlers of two features must not share an action name.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+FEATURES: tuple[str, ...] = (
+)
+
+
+def load_feature_classes() -> list[type[Any]]:
+    classes: list[type[Any]] = []
+    for path in FEATURES:
+        module, _, name = path.partition(":")
+        classes.append(getattr(importlib.import_module(module), name))
+    return classes
