@@ -56,6 +56,14 @@ class OcppConfig:
 
 
 @dataclass(frozen=True)
+class FirmwareConfig:
+    # argv run to install a downloaded firmware file; "{file}" is replaced by its path. None: no installer.
+    installer: tuple[str, ...] | None = None
+    # the agent's own log file, added (filtered by time) to diagnostics archives
+    log_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class StationConfig:
     charge_point_id: str
     vendor: str
@@ -77,6 +85,7 @@ class AgentConfig:
     ocpp: OcppConfig
     log_levels: Mapping[str, str] = field(default_factory=dict)
     source: Path | None = None
+    firmware: FirmwareConfig = field(default_factory=FirmwareConfig)
 
 
 class _Reader:
@@ -262,13 +271,15 @@ def parse(data: Mapping[str, Any]) -> AgentConfig:
     )
     ocpp_t.reject_unknown({"endpoint", "password", "security_profile", "reconnect_cap_s", "keys"})
 
+    firmware = _firmware(root.table_("firmware"))
+
     logging_t = root.table_("logging")
     levels: dict[str, str] = {}
     for component, level in logging_t.table.items():
         if not isinstance(level, str) or level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"logging.{component}", "expected one of debug, info, warning, error")
         levels[component] = level.upper()
-    root.reject_unknown({"station", "devices", "connectors", "authorization", "ocpp", "logging"})
+    root.reject_unknown({"station", "devices", "connectors", "authorization", "ocpp", "logging", "firmware"})
 
     return AgentConfig(
         station=station,
@@ -280,4 +291,20 @@ def parse(data: Mapping[str, Any]) -> AgentConfig:
         allowed_tokens=frozenset(allow),
         ocpp=ocpp,
         log_levels=levels,
+        firmware=firmware,
+    )
+
+
+def _firmware(table: _Reader) -> FirmwareConfig:
+    installer = table._get("installer", (list,), 'a list of strings like ["rauc", "install", "{file}"]', None, False)
+    if installer is not None:
+        if not installer or not all(isinstance(arg, str) and arg for arg in installer):
+            raise ConfigError(table.key("installer"), "expected a non-empty list of non-empty strings")
+        if not any("{file}" in arg for arg in installer):
+            raise ConfigError(table.key("installer"), 'expected a "{file}" placeholder for the firmware file')
+    log_file = table.string("log_file")
+    table.reject_unknown()
+    return FirmwareConfig(
+        installer=tuple(installer) if installer is not None else None,
+        log_file=Path(log_file) if log_file is not None else None,
     )
