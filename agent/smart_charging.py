@@ -269,8 +269,10 @@ def limit_at(profiles: Sequence[Profile], situation: Situation, t: float) -> Com
         share = max(1, situation.cp_share) if cid != 0 else 1
         amps = min(amps, el.amps(period.limit, profile.schedule.unit, period.phases) / share)
         phases = period.phases or phases
+    if cid == 0:  # the grid connection: only the ChargePointMaxProfile speaks for it
+        return CompositePeriod(t, max(0.0, amps), phases)
     tx = None
-    if situation.tx_start is not None and cid != 0:
+    if situation.tx_start is not None:
         tx = _winner(
             (p for p in profiles if p.purpose is Purpose.TX and p.connector_id == cid
              and (p.transaction_id is None or p.transaction_id == situation.transaction_id)),
