@@ -1,0 +1,332 @@
+"""OCPP 1.6 FirmwareManagement: UpdateFirmware (download at retrieveDate, install when no transaction runs,
+restart, report Installed after the restart) and GetDiagnostics (archive, upload, report).
+
+The installer is the argv list of ``[firmware] installer`` with "{file}" replaced, run without a shell.
+Before it runs, "InstallationFailed" is persisted as the pending outcome; a successful installer turns it
+into "Installed" and the agent restarts. After any boot the pending outcome is reported once online, so an
+agent that died while installing reports InstallationFailed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import sqlite3
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ocpp.v16 import call
+
+from agent.db import Migration, migrate
+from agent.ocpp.v16 import diag_archive
+from agent.ocpp.v16.configuration import FIRMWARE
+from agent.ocpp.v16.rpc import OcppRpcError
+from agent.ocpp.v16.transfer import TransferError, check_url, download, redact, upload
+
+if TYPE_CHECKING:
+    from agent.ocpp.v16.service import OcppService
+    from agent.station import Station
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "ocpp16_firmware"
+MIGRATIONS: list[Migration] = [
+    "CREATE TABLE ocpp16_firmware_pending (kind TEXT PRIMARY KEY, request_id INTEGER, outcome TEXT NOT NULL,"
+    " detail TEXT NOT NULL DEFAULT '')",
+]
+
+INSTALL_TIMEOUT_S = 1800.0
+IDLE_POLL_S = 1.0
+ONLINE_POLL_S = 0.2
+DEFAULT_RETRY_INTERVAL_S = 30.0
+PLAIN = "FirmwareManagement"  # kind of pending install: plain UpdateFirmware; signed uses "Signed"
+
+StatusSink = Callable[[str], Awaitable[None]]
+
+
+def parse_ocpp_time(text: str | None) -> float | None:
+    if not text:
+        return None
+    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp()
+
+
+class PendingInstall:
+    """The outcome of an install that ends with a restart, kept in state.db to report after it."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+        migrate(conn, COMPONENT, MIGRATIONS)
+
+    def set(self, kind: str, outcome: str, request_id: int | None = None, detail: str = "") -> None:
+        self._conn.execute(
+            "INSERT INTO ocpp16_firmware_pending(kind, request_id, outcome, detail) VALUES (?,?,?,?) "
+            "ON CONFLICT(kind) DO UPDATE SET request_id = excluded.request_id, outcome = excluded.outcome, "
+            "detail = excluded.detail",
+            (kind, request_id, outcome, detail),
+        )
+
+    def get(self, kind: str) -> tuple[str, int | None, str] | None:
+        row = self._conn.execute(
+            "SELECT outcome, request_id, detail FROM ocpp16_firmware_pending WHERE kind = ?", (kind,)
+        ).fetchone()
+        return (str(row[0]), row[1], str(row[2])) if row else None
+
+    def clear(self, kind: str) -> None:
+        self._conn.execute("DELETE FROM ocpp16_firmware_pending WHERE kind = ?", (kind,))
+
+
+# -- helpers shared with signed firmware ------------------------------------------------------------------
+
+
+async def notify(service: OcppService, payload: Any) -> bool:
+    """Send a status notification now; offline it is dropped (status notifications are not queued)."""
+    try:
+        await service._request(payload)
+        return True
+    except OcppRpcError as exc:
+        log.warning("%s not delivered: %s", type(payload).__name__, exc)
+        return False
+
+
+async def notify_when_online(service: OcppService, payload: Any) -> None:
+    """For the report after a restart: wait until the CSMS accepted us, retry until it is delivered."""
+    while not await _try_when_online(service, payload):  # noqa: ASYNC110 - bounded by each attempt
+        await asyncio.sleep(1.0)
+
+
+async def _try_when_online(service: OcppService, payload: Any) -> bool:
+    while not service.online:  # noqa: ASYNC110 - the service offers no event for "online"
+        await asyncio.sleep(ONLINE_POLL_S)
+    return await notify(service, payload)
+
+
+async def wait_until_wall(service: OcppService, wall: float | None) -> None:
+    if wall is not None:
+        await asyncio.sleep(max(0.0, wall - service.wall()))
+
+
+async def wait_until_no_transaction(station: Station) -> None:
+    """Installing restarts the agent: let running sessions finish first (they keep charging)."""
+    logged = False
+    while any(c.session is not None for c in station.connectors.values()):
+        if not logged:
+            log.info("firmware install waits for the running transaction(s) to end")
+            logged = True
+        await asyncio.sleep(IDLE_POLL_S)
+
+
+def retry_s(retry_interval: int | None) -> float:
+    return DEFAULT_RETRY_INTERVAL_S if retry_interval is None else float(max(0, retry_interval))
+
+
+def installer_argv(template: tuple[str, ...], file: Path) -> list[str]:
+    return [arg.replace("{file}", str(file)) for arg in template]
+
+
+async def run_installer(template: tuple[str, ...] | None, file: Path,
+                        timeout_s: float = INSTALL_TIMEOUT_S) -> tuple[bool, str]:
+    """(success, why) of running the configured installer on ``file``: argv list, never a shell."""
+    if template is None:
+        log.error("firmware downloaded but no installer is configured ([firmware] installer = [...]); "
+                  "installation failed")
+        return False, "no installer configured"
+    argv = installer_argv(template, file)
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+        )
+    except OSError as exc:
+        log.error("firmware installer %r cannot start: %s", argv[0], exc)
+        return False, f"installer cannot start: {exc.strerror or exc}"
+    try:
+        async with asyncio.timeout(timeout_s):
+            output, _ = await process.communicate()
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        log.error("firmware installer timed out after %.0f s", timeout_s)
+        return False, "installer timed out"
+    tail = output.decode("utf-8", errors="replace")[-2000:].strip()
+    if process.returncode != 0:
+        log.error("firmware installer failed (exit %s): %s", process.returncode, tail)
+        return False, f"installer exit status {process.returncode}"
+    log.info("firmware installer succeeded: %s", tail)
+    return True, "installed"
+
+
+async def install_and_restart(
+    service: OcppService, file: Path, kind: str, status: StatusSink, request_id: int | None = None
+) -> bool:
+    """Wait for idle, Installing, run the installer; on success persist Installed and restart the agent."""
+    await wait_until_no_transaction(service.station)
+    await status("Installing")
+    pending = PendingInstall(service.station.db)
+    pending.set(kind, "InstallationFailed", request_id, "interrupted during installation")
+    ok, why = await run_installer(service.config.firmware.installer, file)
+    if not ok:
+        pending.clear(kind)
+        await status("InstallationFailed")
+        return False
+    pending.set(kind, "Installed", request_id, why)
+    with contextlib.suppress(OSError):
+        await asyncio.to_thread(file.unlink)
+    service.request_restart("Firmware")
+    return True
+
+
+def archive_name(charge_point_id: str, wall: float, kind: str = "diagnostics") -> str:
+    safe = re.sub(r"[^A-Za-z0-9_-]", "_", charge_point_id)[:40]
+    stamp = datetime.fromtimestamp(wall, UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{safe}-{kind}-{stamp}.tar.gz"
+
+
+async def build_archive(service: OcppService, name: str, start_wall: float | None, stop_wall: float | None,
+                        *, diagnostics: bool = True, security_log: bool = True) -> Path:
+    snapshot = diag_archive.collect(service, start_wall, stop_wall)
+    directory = service.config.state_dir / "diagnostics"
+    return await asyncio.to_thread(diag_archive.write_archive, snapshot, directory, name,
+                                   include_diagnostics=diagnostics, include_security_log=security_log)
+
+
+def spawn(tasks: set[asyncio.Task[None]], coroutine: Awaitable[None], name: str) -> asyncio.Task[None]:
+    """Jobs outlive the CALL that started them (and the connection): keep a reference, log crashes."""
+
+    async def guarded() -> None:
+        try:
+            await coroutine
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s failed", name)
+
+    task = asyncio.create_task(guarded(), name=name)
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)
+    return task
+
+
+# -- the feature --------------------------------------------------------------------------------------------
+
+
+class FirmwareManagement:
+    profile = FIRMWARE
+
+    def __init__(self, service: OcppService) -> None:
+        self._svc = service
+        self.pending = PendingInstall(service.station.db)
+        self.firmware_status = "Idle"  # what a triggered FirmwareStatusNotification reports
+        self.diagnostics_status = "Idle"
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._update: asyncio.Task[None] | None = None
+        self._diagnostics: asyncio.Task[None] | None = None
+        self._diagnostics_names: dict[str, str] = {}  # location -> archive name promised in the .conf
+
+    @property
+    def download_dir(self) -> Path:
+        return self._svc.config.state_dir / "firmware"
+
+    # -- after a restart --------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        pending = self.pending.get(PLAIN)
+        if pending is None:
+            return
+        outcome, _, detail = pending
+        log.info("reporting the firmware installation outcome after the restart: %s (%s)", outcome, detail)
+        await notify_when_online(self._svc, call.FirmwareStatusNotification(status=outcome))
+        if outcome == "Installed":
+            self._svc.security_event("FirmwareUpdated", f"firmware {self._svc.config.station.firmware_version}")
+        self.pending.clear(PLAIN)
+
+    # -- UpdateFirmware ---------------------------------------------------------------------------
+
+    async def on_update_firmware(self, location: str, retrieve_date: str, **_: Any) -> dict[str, Any]:
+        return {}  # UpdateFirmware.conf has no fields; problems are reported as DownloadFailed
+
+    async def after_update_firmware(
+        self, location: str, retrieve_date: str, retries: int | None = None, retry_interval: int | None = None,
+        **_: Any,
+    ) -> None:
+        if self._update is not None and not self._update.done():
+            log.info("a new UpdateFirmware replaces the one in progress")
+            self._update.cancel()
+        self._update = spawn(self._tasks, self._update_firmware(location, retrieve_date, retries, retry_interval),
+                             "firmware-update")
+
+    async def _status(self, status: str) -> None:
+        self.firmware_status = status if status in ("Downloading", "Downloaded", "Installing") else "Idle"
+        await notify(self._svc, call.FirmwareStatusNotification(status=status))
+
+    async def _update_firmware(self, location: str, retrieve_date: str, retries: int | None,
+                               retry_interval: int | None) -> None:
+        try:
+            check_url(location)
+            retrieve_wall = parse_ocpp_time(retrieve_date)
+        except (TransferError, ValueError) as exc:
+            log.warning("UpdateFirmware location/date refused: %s", exc)
+            await self._status("DownloadFailed")
+            return
+        await wait_until_wall(self._svc, retrieve_wall)
+        await self._status("Downloading")
+        try:
+            file = await download(location, self.download_dir, retries=retries,
+                                  retry_interval_s=retry_s(retry_interval))
+        except TransferError as exc:
+            log.warning("firmware download from %s failed: %s", redact(location), exc)
+            await self._status("DownloadFailed")
+            return
+        await self._status("Downloaded")
+        await install_and_restart(self._svc, file, PLAIN, self._status)
+
+    # -- GetDiagnostics ---------------------------------------------------------------------------
+
+    async def on_get_diagnostics(self, location: str, **_: Any) -> dict[str, Any]:
+        try:
+            check_url(location)
+        except TransferError as exc:
+            log.warning("GetDiagnostics location refused: %s", exc)
+            return {}  # no fileName: no diagnostics will be uploaded
+        name = archive_name(self._svc.config.station.charge_point_id, self._svc.wall())
+        self._diagnostics_names[location] = name
+        return {"fileName": name}
+
+    async def after_get_diagnostics(
+        self, location: str, retries: int | None = None, retry_interval: int | None = None,
+        start_time: str | None = None, stop_time: str | None = None, **_: Any,
+    ) -> None:
+        name = self._diagnostics_names.pop(location, None)
+        if name is None:
+            return
+        if self._diagnostics is not None and not self._diagnostics.done():
+            self._diagnostics.cancel()
+        job = self._upload_diagnostics(location, name, retries, retry_interval, start_time, stop_time)
+        self._diagnostics = spawn(self._tasks, job, "diagnostics-upload")
+
+    async def _diagnostics_status(self, status: str) -> None:
+        self.diagnostics_status = "Uploading" if status == "Uploading" else "Idle"
+        await notify(self._svc, call.DiagnosticsStatusNotification(status=status))
+
+    async def _upload_diagnostics(self, location: str, name: str, retries: int | None, retry_interval: int | None,
+                                  start_time: str | None, stop_time: str | None) -> None:
+        try:
+            start, stop = parse_ocpp_time(start_time), parse_ocpp_time(stop_time)
+        except ValueError:
+            start = stop = None
+        path = await build_archive(self._svc, name, start, stop, security_log=False)
+        await self._diagnostics_status("Uploading")
+        try:
+            target = await upload(location, path, retries=retries,
+                                  retry_interval_s=retry_s(retry_interval))
+        except TransferError as exc:
+            log.warning("diagnostics upload to %s failed: %s", redact(location), exc)
+            await self._diagnostics_status("UploadFailed")
+            return
+        finally:
+            await asyncio.to_thread(path.unlink, True)
+        log.info("diagnostics uploaded to %s", target)
+        await self._diagnostics_status("Uploaded")
