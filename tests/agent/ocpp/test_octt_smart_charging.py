@@ -1,0 +1,247 @@
+"""OCTT 1.6 SmartCharging (056-060, 066, 067, 072, 082 as far as they map), end to end: the bundled CSMS
+sends the profiles over real websockets, the agent sets the controller's limit, the simulated EV follows
+the PWM, and the lower power shows up in the meter and in MeterValues at the CSMS."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from simulator.csms import Received
+from tests.agent.ocpp.conftest import CP, TAG, Octt, eventually
+
+METERING = {
+    "MeterValueSampleInterval": "1",
+    "MeterValuesSampledData": "Energy.Active.Import.Register,Power.Active.Import",
+}
+
+
+def iso(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def profile(
+    pid: int,
+    purpose: str,
+    periods: list[tuple[int, float]],
+    *,
+    stack: int = 0,
+    unit: str = "A",
+    kind: str = "Absolute",
+    start: float | None = None,
+    duration: int | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    schedule: dict[str, Any] = {
+        "chargingRateUnit": unit,
+        "chargingSchedulePeriod": [{"startPeriod": s, "limit": limit} for s, limit in periods],
+    }
+    if kind != "Relative":
+        schedule["startSchedule"] = iso(time.time() - 1 if start is None else start)
+    if duration is not None:
+        schedule["duration"] = duration
+    return {"chargingProfileId": pid, "stackLevel": stack, "chargingProfilePurpose": purpose,
+            "chargingProfileKind": kind, "chargingSchedule": schedule, **extra}
+
+
+async def set_profile(octt: Octt, connector_id: int, body: dict[str, Any]) -> str:
+    answer = await octt.csms.send(CP, "SetChargingProfile", {"connectorId": connector_id, "csChargingProfiles": body})
+    return str(answer["status"])
+
+
+async def composite(octt: Octt, connector_id: int = 1, duration: int = 600, unit: str = "A") -> list[tuple[int, float]]:
+    answer = await octt.csms.send(
+        CP, "GetCompositeSchedule", {"connectorId": connector_id, "duration": duration, "chargingRateUnit": unit}
+    )
+    assert answer["status"] == "Accepted"
+    schedule = answer["chargingSchedule"]
+    assert schedule["chargingRateUnit"] == unit and schedule["duration"] == duration
+    return [(p["startPeriod"], p["limit"]) for p in schedule["chargingSchedulePeriod"]]
+
+
+def powers(msgs: list[Received]) -> list[float]:
+    out = []
+    for m in msgs:
+        for mv in m.payload["meterValue"]:
+            out += [float(v["value"]) for v in mv["sampledValue"] if v.get("measurand") == "Power.Active.Import"]
+    return out
+
+
+def rig_power(octt: Octt) -> float:
+    return float(octt.ctl("state")["state"]["connectors"]["1"]["power_w"])
+
+
+async def test_057_tx_profile_lowers_measured_power_then_clear_restores(octt: Octt) -> None:
+    """057 Central Smart Charging - TxProfile: accepted for the running transaction; the EV follows the
+    PWM, so the meter and MeterValues show the drop; clearing the profile brings full power back."""
+    agent = await octt.start_agent(**METERING)
+    await octt.booted()
+    await octt.charging()
+    await eventually(lambda: rig_power(octt) > 20000, 10, "full power (32 A x 3 phases)")
+    body = profile(7, "TxProfile", [(0, 10.0)], transactionId=octt.transaction_id())
+    assert await set_profile(octt, 1, body) == "Accepted"
+    await eventually(lambda: agent.connector.controller.offered_current_a == 10.0, 8, "10 A offered")
+    await eventually(lambda: 6000 < rig_power(octt) < 7500, 8, "the EV at 10 A (6.9 kW)")
+    seen = len(octt.msgs("MeterValues"))
+    await eventually(lambda: any(p < 7500 for p in powers(octt.msgs("MeterValues")[seen:])), 5,
+                     "a MeterValues with the lower power at the CSMS")
+    assert await octt.csms.send(CP, "ClearChargingProfile", {"id": 7}) == {"status": "Accepted"}
+    await eventually(lambda: rig_power(octt) > 20000, 12, "full power again")
+    assert agent.connector.session is not None  # limited, never stopped
+
+
+async def test_056_tx_default_profile_applies_to_new_transaction(octt: Octt) -> None:
+    """056 Central Smart Charging - TxDefaultProfile: set on connector 0 before the transaction, it limits
+    the next transaction from its first PWM on."""
+    agent = await octt.start_agent()
+    await octt.booted()
+    assert await set_profile(octt, 0, profile(1, "TxDefaultProfile", [(0, 16.0)])) == "Accepted"
+    await octt.charging()
+    await eventually(lambda: agent.connector.controller.offered_current_a == 16.0, 8, "16 A offered")
+    await eventually(lambda: 10000 < rig_power(octt) < 11500, 10, "the EV at 16 A")
+
+
+async def test_058_tx_profile_without_or_with_wrong_transaction_rejected(octt: Octt) -> None:
+    """058_1 No ongoing transaction; 058_2 (as mapped) a transactionId that is not the running one."""
+    await octt.start_agent()
+    await octt.booted()
+    body = profile(2, "TxProfile", [(0, 10.0)], transactionId=1)
+    assert await set_profile(octt, 1, body) == "Rejected"
+    await octt.charging()
+    assert await set_profile(octt, 1, profile(2, "TxProfile", [(0, 10.0)], transactionId=99)) == "Rejected"
+    assert await set_profile(octt, 0, profile(2, "TxProfile", [(0, 10.0)])) == "Rejected"
+    assert await set_profile(octt, 1, profile(2, "TxProfile", [(0, 10.0)])) == "Accepted"
+
+
+async def test_tx_profile_removed_when_transaction_ends(octt: Octt) -> None:
+    """TxProfiles live as long as their transaction; TxDefaultProfiles stay."""
+    agent = await octt.start_agent()
+    await octt.booted()
+    await octt.charging()
+    assert await set_profile(octt, 1, profile(3, "TxProfile", [(0, 8.0)])) == "Accepted"
+    assert await set_profile(octt, 1, profile(4, "TxDefaultProfile", [(0, 20.0)])) == "Accepted"
+    assert (await composite(octt))[0] == (0, 8.0)
+    assert (await agent.tap(TAG)).accepted
+    await octt.wait("StopTransaction")
+    assert await octt.csms.send(CP, "ClearChargingProfile", {"id": 3}) == {"status": "Unknown"}
+    assert (await composite(octt))[0] == (0, 20.0)
+
+
+async def test_066_get_composite_schedule(octt: Octt) -> None:
+    """066 Get Composite Schedule: the periods of the profile in force; unknown connector Rejected."""
+    await octt.start_agent()
+    await octt.booted()
+    body = profile(1, "TxDefaultProfile", [(0, 6.0), (60, 8.0), (200, 10.0)], stack=1, duration=400,
+                   start=time.time())
+    assert await set_profile(octt, 1, body) == "Accepted"
+    periods = await composite(octt, duration=300)
+    assert [limit for _, limit in periods] == [6.0, 8.0, 10.0]
+    assert abs(periods[1][0] - 60) <= 2 and abs(periods[2][0] - 200) <= 2
+    watts = await composite(octt, duration=30, unit="W")
+    assert watts == [(0, 6 * 230 * 3)]
+    rejected = await octt.csms.send(CP, "GetCompositeSchedule", {"connectorId": 7, "duration": 60})
+    assert rejected == {"status": "Rejected"}
+
+
+async def test_067_clear_charging_profile(octt: Octt) -> None:
+    """067 Clear Charging Profile: by id, by criteria, everything; Unknown when nothing matches."""
+    await octt.start_agent()
+    await octt.booted()
+    assert await set_profile(octt, 0, profile(1, "ChargePointMaxProfile", [(0, 30.0)])) == "Accepted"
+    assert await set_profile(octt, 1, profile(2, "TxDefaultProfile", [(0, 20.0)], stack=1)) == "Accepted"
+    assert await set_profile(octt, 1, profile(3, "TxDefaultProfile", [(0, 12.0)], stack=2)) == "Accepted"
+    assert (await composite(octt))[0] == (0, 12.0)
+    assert await octt.csms.send(CP, "ClearChargingProfile", {"id": 3}) == {"status": "Accepted"}
+    assert (await composite(octt))[0] == (0, 20.0)
+    criteria = {"connectorId": 1, "chargingProfilePurpose": "TxDefaultProfile", "stackLevel": 1}
+    assert await octt.csms.send(CP, "ClearChargingProfile", criteria) == {"status": "Accepted"}
+    assert (await composite(octt))[0] == (0, 30.0)
+    assert await octt.csms.send(CP, "ClearChargingProfile", criteria) == {"status": "Unknown"}
+    assert await octt.csms.send(CP, "ClearChargingProfile", {}) == {"status": "Accepted"}
+    assert (await composite(octt))[0] == (0, 32.0)  # the connector's own maximum
+    assert await octt.csms.send(CP, "ClearChargingProfile", {}) == {"status": "Unknown"}
+
+
+async def test_072_stacking_charging_profiles(octt: Octt) -> None:
+    """072 Stacking Charging Profiles: the higher stack level wins while its schedule lasts, then the
+    lower one shows through; same purpose + stack level replaces."""
+    await octt.start_agent()
+    await octt.booted()
+    now = time.time()
+    low = profile(1, "TxDefaultProfile", [(0, 6.0), (100, 8.0), (200, 10.0)], stack=0, duration=400, start=now,
+                  validFrom=iso(now - 5), validTo=iso(now + 401))
+    high = profile(2, "TxDefaultProfile", [(0, 7.0)], stack=1, duration=150, start=now)
+    assert await set_profile(octt, 1, low) == "Accepted"
+    assert await set_profile(octt, 1, high) == "Accepted"
+    periods = await composite(octt, duration=500)
+    assert [limit for _, limit in periods] == [7.0, 8.0, 10.0, 32.0]
+    assert all(abs(s - want) <= 2 for (s, _), want in zip(periods, [0, 150, 200, 400], strict=True))
+    replacement = profile(9, "TxDefaultProfile", [(0, 9.0)], stack=1, start=now)
+    assert await set_profile(octt, 1, replacement) == "Accepted"
+    assert (await composite(octt))[0] == (0, 9.0)
+    assert await octt.csms.send(CP, "ClearChargingProfile", {"id": 2}) == {"status": "Unknown"}  # replaced
+
+
+async def test_082_charge_point_max_profile_caps_everything(octt: Octt) -> None:
+    """082 (as mapped: ChargePointMaxProfile): connector 0 only; the composite is the minimum of it and
+    the TxDefaultProfile; it also limits the running transaction."""
+    agent = await octt.start_agent()
+    await octt.booted()
+    assert await set_profile(octt, 1, profile(1, "ChargePointMaxProfile", [(0, 10.0)])) == "Rejected"
+    assert await set_profile(octt, 0, profile(1, "ChargePointMaxProfile", [(0, 13.0)])) == "Accepted"
+    assert await set_profile(octt, 0, profile(2, "TxDefaultProfile", [(0, 20.0)])) == "Accepted"
+    assert (await composite(octt))[0] == (0, 13.0)
+    assert (await composite(octt, connector_id=0))[0] == (0, 13.0)
+    await octt.charging()
+    await eventually(lambda: agent.connector.controller.offered_current_a == 13.0, 8, "13 A offered")
+
+
+async def test_power_profile_converted_with_measured_voltage(octt: Octt) -> None:
+    """A W profile becomes amps through the phases (period's numberPhases, else the connector's 3) and
+    the measured voltage (230 V in the simulator)."""
+    agent = await octt.start_agent()
+    await octt.booted()
+    await octt.charging()
+    body = profile(5, "TxProfile", [(0, 6900.0)], unit="W")
+    assert await set_profile(octt, 1, body) == "Accepted"
+    await eventually(lambda: agent.connector.controller.offered_current_a == 10.0, 8, "6900 W -> 10 A")
+    one_phase = profile(5, "TxProfile", [(0, 2300.0)], unit="W")
+    one_phase["chargingSchedule"]["chargingSchedulePeriod"][0]["numberPhases"] = 1
+    assert await set_profile(octt, 1, one_phase) == "Accepted"
+    await eventually(lambda: agent.service is not None
+                     and agent.service.features["SmartCharging"].applied.get(1) == 10.0, 5, "2300 W on 1 phase")
+
+
+async def test_limit_below_6a_pauses_without_stopping(octt: Octt) -> None:
+    """A limit below 6 A pauses the charge (SuspendedEVSE); the transaction goes on and resumes."""
+    agent = await octt.start_agent()
+    await octt.booted()
+    await octt.charging()
+    assert await set_profile(octt, 1, profile(6, "TxProfile", [(0, 0.0)])) == "Accepted"
+    await octt.wait_status("SuspendedEVSE")
+    await eventually(lambda: rig_power(octt) == 0.0, 8, "no power")
+    assert octt.msgs("StopTransaction") == [] and agent.connector.session is not None
+    assert await octt.csms.send(CP, "ClearChargingProfile", {"id": 6}) == {"status": "Accepted"}
+    await eventually(lambda: rig_power(octt) > 20000, 15, "charging again")
+
+
+async def test_configuration_limits_and_persistence(octt: Octt) -> None:
+    """ChargeProfileMaxStackLevel, ChargingScheduleMaxPeriods, ChargingScheduleAllowedChargingRateUnit and
+    MaxChargingProfilesInstalled answer Rejected beyond them; installed profiles survive a restart."""
+    await octt.start_agent(ChargeProfileMaxStackLevel="3", ChargingScheduleMaxPeriods="2",
+                           ChargingScheduleAllowedChargingRateUnit="Current", MaxChargingProfilesInstalled="2")
+    await octt.booted()
+    assert await set_profile(octt, 1, profile(1, "TxDefaultProfile", [(0, 16.0)], stack=4)) == "Rejected"
+    three = profile(1, "TxDefaultProfile", [(0, 16.0), (10, 12.0), (20, 8.0)])
+    assert await set_profile(octt, 1, three) == "Rejected"
+    assert await set_profile(octt, 1, profile(1, "TxDefaultProfile", [(0, 5000.0)], unit="W")) == "Rejected"
+    assert await set_profile(octt, 1, profile(1, "TxDefaultProfile", [(0, 16.0)], stack=3)) == "Accepted"
+    assert await set_profile(octt, 0, profile(2, "ChargePointMaxProfile", [(0, 14.0)])) == "Accepted"
+    assert await set_profile(octt, 1, profile(3, "TxDefaultProfile", [(0, 10.0)], stack=2)) == "Rejected"
+    assert await set_profile(octt, 1, profile(1, "TxDefaultProfile", [(0, 12.0)], stack=3)) == "Accepted"
+    await octt.restart_agent()
+    await octt.wait("BootNotification", count=2)
+    await octt.csms.wait_connected(CP)
+    assert (await composite(octt))[0] == (0, 12.0)
+    assert await octt.csms.send(CP, "ClearChargingProfile", {"chargingProfilePurpose": "ChargePointMaxProfile"}) == {
+        "status": "Accepted"}
