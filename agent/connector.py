@@ -8,6 +8,8 @@ at once. Session bookkeeping (SQLite, display, station events) happens after tha
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -46,12 +48,32 @@ from hal import (
     Screen,
     ScreenState,
 )
+from hal.roles import SignedMeter
 from hal.types import Fault
 
 log = logging.getLogger("cpagent.connector")
 
 PROGRESS_PERSIST_S = 5.0  # how often the last meter value of an open session is written down
 RESUME_GRACE_S = 3.0  # after a restart, how long to wait for the board to say whether the EV is still there
+SIGNING_TIMEOUT_S = 10.0  # a signed reading that takes longer is given up (the session goes on regardless)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConnectorReservation:
+    """The connector is held for one idTag (or any idTag with the same parentIdTag) until it is used."""
+
+    ref: int  # the reservation's identifier where it came from (e.g. OCPP reservationId)
+    id_tag: str
+    parent_id_tag: str | None = None
+
+    def admits(self, id_tag: str, parent_id_tag: str | None) -> bool:
+        if id_tag.upper() == self.id_tag.upper():
+            return True
+        return (
+            self.parent_id_tag is not None
+            and parent_id_tag is not None
+            and parent_id_tag.upper() == self.parent_id_tag.upper()
+        )
 
 
 class Connector:
@@ -106,6 +128,13 @@ class Connector:
         self.connection_timeout_s = 60.0
         # Set by the OCPP service: may another idTag (same parentIdTag) stop this session?
         self.stop_check: Callable[[Session, str], Awaitable[bool]] | None = None
+        # Set by a reservation feature (set_reservation): while held and idle the connector is Reserved.
+        self.reservation: ConnectorReservation | None = None
+        self.used_reservation: tuple[str, ConnectorReservation] | None = None  # (session ref, what it used)
+        # Extra (key, text) lines for the display, e.g. ("price", ...), ("cost", ...), set by a pricing feature.
+        self.display_extra: tuple[tuple[str, str], ...] = ()
+        # Signed meter readings in progress: (session ref, "start"|"stop") -> task returning the record or None.
+        self._signing: dict[tuple[str, str], asyncio.Task[str | None]] = {}
 
         seen: set[int] = set()
         for dev in (pilot_dev, switch_dev, *(devices[n] for n in (config.lock, config.meter) if n)):
@@ -234,13 +263,30 @@ class Connector:
                 return AuthDecision(True)
             return AuthDecision(False, "Invalid")
         decision = await self.authorizer.authorize(id_tag)
-        if decision.accepted:
-            self.begin_authorized(id_tag)
+        if decision.accepted and not self.begin_authorized(id_tag, decision.parent_id_tag):
+            decision = AuthDecision(False, "Invalid")
         self._publish_status()
         return decision
 
-    def begin_authorized(self, id_tag: str) -> None:
-        """Start now if the EV is plugged in, else hold the authorization for ConnectionTimeOut."""
+    def admits(self, id_tag: str, parent_id_tag: str | None = None) -> bool:
+        """May this idTag start here (no reservation, or one that admits it)?"""
+        return self.reservation is None or self.reservation.admits(id_tag, parent_id_tag)
+
+    def set_display_extra(self, extra: tuple[tuple[str, str], ...]) -> None:
+        """Extra lines for the display (e.g. price and cost); shown at once and with every later screen."""
+        self.display_extra = extra
+        self._refresh_display()
+
+    def set_reservation(self, reservation: ConnectorReservation | None) -> None:
+        self.reservation = reservation
+        self._publish_status()
+
+    def begin_authorized(self, id_tag: str, parent_id_tag: str | None = None) -> bool:
+        """Start now if the EV is plugged in, else hold the authorization for ConnectionTimeOut.
+        False if a reservation holds the connector for someone else."""
+        if not self.admits(id_tag, parent_id_tag):
+            log.info("connector %d: reserved for another idTag", self.id)
+            return False
         state = self.controller.cp_state
         if state is not None and state.ev_connected:
             self._start_session(id_tag)
@@ -248,6 +294,7 @@ class Connector:
             self._pending = (id_tag, self._clock.monotonic() + self.connection_timeout_s)
             self._clock.call_later(self.connection_timeout_s + 0.01, self._expire_pending)
             self._publish_status()
+        return True
 
     def _expire_pending(self) -> None:
         if self._pending is not None and self._clock.monotonic() > self._pending[1]:
@@ -278,7 +325,11 @@ class Connector:
         self.session = session
         self._finished_plugged = False
         self._last_persist = self._clock.monotonic()
+        if self.reservation is not None:  # admitted in begin_authorized: this session uses it up
+            self.used_reservation = (session.ref, self.reservation)
+            self.reservation = None
         log.info("connector %d: session %s started for %s", self.id, session.ref, id_tag)
+        self._sign(session.ref, "start")  # only queued here; listeners of SessionStarted can find it
         self._emit(SessionStarted(self.id, session))
         if self.lock is not None and not self.config.fixed_cable:
             self.lock.lock()
@@ -306,6 +357,7 @@ class Connector:
             finished = None
         state = self.controller.cp_state
         self._finished_plugged = state is not None and state.ev_connected
+        self._sign(session.ref, "stop")  # only queued here; listeners of SessionStopped can find it
         if finished is not None:
             log.info(
                 "connector %d: session %s stopped (%s), %.0f Wh", self.id, session.ref, reason.value, finished.energy_wh
@@ -313,6 +365,48 @@ class Connector:
             self._emit(SessionStopped(self.id, finished, reason))
         self._on_controller_change()
         return finished
+
+    # ----------------------------------------------------------------- signed meter readings
+    def _sign(self, ref: str, which: str) -> None:
+        """Ask a signing meter for a signed reading, in the background: never on the safety path."""
+        meter = self.meter
+        if not isinstance(meter, SignedMeter) or not meter.signs:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(self._signed_reading(meter, ref, which), name=f"sign-{which}-{self.id}")
+        self._signing[(ref, which)] = task
+        task.add_done_callback(lambda _t: self._forget_signing((ref, which), task))
+
+    def _forget_signing(self, key: tuple[str, str], task: asyncio.Task[str | None]) -> None:
+        # Keep the finished task briefly so a consumer that asks late still gets its result.
+        def forget() -> None:
+            if self._signing.get(key) is task:
+                del self._signing[key]
+
+        self._clock.call_later(60.0, forget)
+
+    async def _signed_reading(self, meter: SignedMeter, ref: str, which: str) -> str | None:
+        try:
+            async with asyncio.timeout(SIGNING_TIMEOUT_S):
+                record = await (meter.start_signed(ref) if which == "start" else meter.stop_signed(ref))
+        except Exception as exc:  # a meter that cannot sign must not disturb the session
+            log.warning("connector %d: signed %s reading failed: %s", self.id, which, exc)
+            return None
+        try:
+            if which == "start":
+                self._sessions.set_signed(ref, start=record)
+            else:
+                self._sessions.set_signed(ref, stop=record)
+        except StorageError as exc:
+            log.error("connector %d: %s", self.id, exc)
+        return record
+
+    def signed_reading(self, ref: str, which: str) -> asyncio.Task[str | None] | None:
+        """The signed "start"/"stop" reading of session ``ref`` in progress (or just done), if any."""
+        return self._signing.get((ref, which))
 
     def set_available(self, available: bool) -> None:
         self.available = available
@@ -355,6 +449,8 @@ class Connector:
         if not self.available or self.maintenance:
             return ConnectorStatus.UNAVAILABLE
         state = self.controller.cp_state
+        if self.reservation is not None and self._pending is None and not self._finished_plugged:
+            return ConnectorStatus.RESERVED
         if state is not None and state.ev_connected:
             return ConnectorStatus.FINISHING if self._finished_plugged else ConnectorStatus.PREPARING
         if self._pending is not None:
@@ -400,6 +496,8 @@ class Connector:
                             support_contact=self._support_contact)
         else:
             screen = Screen(self.id, ScreenState.IDLE, message="Tap card or plug in")
+        if self.display_extra:
+            screen = dataclasses.replace(screen, extra=self.display_extra)
         try:
             self.display.show(screen)
         except Exception:  # a display must never take the connector down

@@ -162,6 +162,7 @@ class DiagServer:
         snap["maintenance"] = c.maintenance
         snap["transaction_id"] = c.session.transaction_id if c.session else None
         snap["session_energy_wh"] = round(c.session_energy_wh(), 1)
+        snap["display_extra"] = dict(c.display_extra)  # e.g. price / running or final cost from the CSMS
         return snap
 
     def _fault_list(self) -> list[dict[str, Any]]:

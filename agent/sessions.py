@@ -26,6 +26,11 @@ MIGRATIONS: list[db.Migration] = [
     );
     CREATE INDEX sessions_open ON sessions(connector_id) WHERE stop_wall IS NULL
     """,
+    # Signed meter readings (OCMF records from a signing meter), kept verbatim for the CSMS.
+    """
+    ALTER TABLE sessions ADD COLUMN start_signed TEXT;
+    ALTER TABLE sessions ADD COLUMN stop_signed TEXT
+    """,
 ]
 
 
@@ -42,6 +47,8 @@ class Session:
     stop_energy_wh: float | None = None
     stop_reason: str | None = None
     transaction_id: int | None = None
+    start_signed: str | None = None
+    stop_signed: str | None = None
 
     @property
     def energy_wh(self) -> float:
@@ -55,7 +62,7 @@ class Session:
 
 _COLUMNS = (
     "ref, connector_id, id_tag, start_wall, start_energy_wh, last_wall, last_energy_wh, "
-    "stop_wall, stop_energy_wh, stop_reason, transaction_id"
+    "stop_wall, stop_energy_wh, stop_reason, transaction_id, start_signed, stop_signed"
 )
 
 
@@ -72,7 +79,7 @@ class SessionStore:
         ref = uuid.uuid4().hex
         try:
             self._conn.execute(
-                f"INSERT INTO sessions ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,NULL,NULL,NULL,NULL)",
+                f"INSERT INTO sessions ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,NULL,NULL,NULL,NULL,NULL,NULL)",
                 (ref, connector_id, id_tag, wall, energy_wh, wall, energy_wh),
             )
         except sqlite3.Error as exc:
@@ -106,6 +113,16 @@ class SessionStore:
 
     def set_transaction_id(self, ref: str, transaction_id: int) -> None:
         self._conn.execute("UPDATE sessions SET transaction_id = ? WHERE ref = ?", (transaction_id, ref))
+
+    def set_signed(self, ref: str, *, start: str | None = None, stop: str | None = None) -> None:
+        """Store a signed reading of the session (start and/or end), verbatim."""
+        try:
+            if start is not None:
+                self._conn.execute("UPDATE sessions SET start_signed = ? WHERE ref = ?", (start, ref))
+            if stop is not None:
+                self._conn.execute("UPDATE sessions SET stop_signed = ? WHERE ref = ?", (stop, ref))
+        except sqlite3.Error as exc:
+            raise db.StorageError(f"cannot record a signed meter reading: {exc}") from exc
 
     def get(self, ref: str) -> Session | None:
         return self._one("WHERE ref = ?", (ref,))

@@ -64,6 +64,23 @@ class Meter(abc.ABC):
         """Last fresh sample, or None once the meter has gone silent (never a stale value)."""
 
 
+class SignedMeter(abc.ABC):
+    """Optional, next to Meter: a meter that signs transaction readings (OCMF records, stored verbatim)."""
+
+    @property
+    @abc.abstractmethod
+    def signs(self) -> bool:
+        """Whether this meter (model) can sign at all."""
+
+    @abc.abstractmethod
+    async def start_signed(self, tx_ref: str) -> str:
+        """A signed reading for the start of transaction ``tx_ref``; raises DeviceError."""
+
+    @abc.abstractmethod
+    async def stop_signed(self, tx_ref: str) -> str:
+        """A signed reading for its end; raises DeviceError."""
+
+
 class TokenReader(abc.ABC):
     @abc.abstractmethod
     def tokens(self) -> AsyncIterator[IdToken]:

@@ -44,6 +44,7 @@ from drivers.modbus.transport import (
     TcpLink,
 )
 from hal import Device, DeviceError, DeviceFaultChanged, Fault, Meter, MeterSample, Role
+from hal.roles import SignedMeter
 
 log = logging.getLogger("cpagent.drivers.modbus")
 
@@ -61,7 +62,7 @@ KNOWN_SETTINGS = frozenset(
 )  # fmt: skip
 
 
-class ModbusMeter(Device, Meter):
+class ModbusMeter(Device, Meter, SignedMeter):
     def __init__(
         self,
         name: str,

@@ -35,6 +35,7 @@ RESERVATION = "Reservation"
 SMART_CHARGING = "SmartCharging"
 REMOTE_TRIGGER = "RemoteTrigger"
 SECURITY = "Security"  # security whitepaper keys; not a name SupportedFeatureProfiles lists
+CALIFORNIA_PRICING = "CaliforniaPricing"  # OCA California pricing whitepaper keys; not listed either
 FEATURE_PROFILES = (CORE, FIRMWARE, LOCAL_AUTH, RESERVATION, SMART_CHARGING, REMOTE_TRIGGER)
 
 MEASURANDS = frozenset(
@@ -187,6 +188,20 @@ KEYS: tuple[KeySpec, ...] = (
     _int("CertificateSignedMaxChainSize", 10000, SECURITY, readonly=True),
     _int("CertificateStoreMaxLength", 50, SECURITY, readonly=True),
     _bool("AdditionalRootCertificateCheck", False, SECURITY, readonly=True),
+    # California pricing whitepaper (DataTransfer org.openchargealliance.costmsg)
+    _bool("CustomDisplayCostAndPrice", True, CALIFORNIA_PRICING, readonly=True),
+    _bool("CustomIdleFeeAfterStop", False, CALIFORNIA_PRICING, readonly=True),
+    _bool("CustomMultiLanguageMessages", False, CALIFORNIA_PRICING, readonly=True),
+    _int("NumberOfDecimalsForCostValues", 2, CALIFORNIA_PRICING, readonly=True, high=6),
+    KeySpec("DefaultPrice", KeyType.STRING, "", CALIFORNIA_PRICING),  # JSON: priceText, priceTextOffline, ...
+    KeySpec("DefaultPriceText", KeyType.STRING, "", CALIFORNIA_PRICING),
+    KeySpec("Language", KeyType.STRING, "en", CALIFORNIA_PRICING),
+    KeySpec(
+        "SupportedLanguages", KeyType.CSL, "en", CALIFORNIA_PRICING, readonly=True, item_pattern=r"[A-Za-z-]{2,35}"
+    ),
+    KeySpec("TimeOffset", KeyType.STRING, "+00:00", CALIFORNIA_PRICING),
+    KeySpec("NextTimeOffsetTransitionDateTime", KeyType.STRING, "", CALIFORNIA_PRICING),
+    KeySpec("TimeOffsetNextTransition", KeyType.STRING, "", CALIFORNIA_PRICING),
 )
 
 
@@ -224,7 +239,7 @@ class ConfigurationStore:
         self._clock = clock
         self._connectors = number_of_connectors
         self._profiles = frozenset(enabled_profiles) | {CORE}
-        unknown_profiles = self._profiles - set(FEATURE_PROFILES) - {SECURITY}
+        unknown_profiles = self._profiles - set(FEATURE_PROFILES) - {SECURITY, CALIFORNIA_PRICING}
         if unknown_profiles:
             raise ValueError(f"unknown OCPP profiles: {sorted(unknown_profiles)}")
         self._measurands = frozenset(supported_measurands) if supported_measurands is not None else MEASURANDS

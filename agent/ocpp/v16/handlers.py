@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ocpp.exceptions import PropertyConstraintViolationError
@@ -21,11 +22,17 @@ log = logging.getLogger(__name__)
 UNLOCK_WAIT_S = 3.0
 RESET_DRAIN_WAIT_S = 10.0
 
+# A feature's DataTransfer handler for its vendorId: (messageId, data) -> the .conf payload.
+DataTransferHandler = Callable[[str | None, str | None], Awaitable[dict[str, Any]]]
+
 
 class CoreHandlers:
     def __init__(self, service: OcppService) -> None:
         self._svc = service
         self._remote_start: dict[str, int] = {}  # idTag -> connector chosen in on_, used in after_
+        self.data_transfer: dict[str, DataTransferHandler] = {}  # vendorId -> handler, filled by features
+        # Features veto ChangeConfiguration values the store alone cannot judge: (key, value) -> reason or None.
+        self.change_guards: list[Callable[[str, str], str | None]] = []
 
     @property
     def _connectors(self) -> dict[int, Connector]:
@@ -49,14 +56,24 @@ class CoreHandlers:
         return out
 
     async def on_change_configuration(self, key: str, value: str, **_: Any) -> dict[str, Any]:
+        for guard in self.change_guards:
+            reason = guard(key, value)
+            if reason is not None:
+                log.info("ChangeConfiguration %s rejected: %s", key, reason)
+                return {"status": "Rejected"}
         return {"status": self._svc.store.change(key, value, source="ocpp")}
 
     async def on_clear_cache(self, **_: Any) -> dict[str, Any]:
         self._svc.cache.clear()
         return {"status": "Accepted"}
 
-    async def on_data_transfer(self, vendor_id: str, **_: Any) -> dict[str, Any]:
-        return {"status": "UnknownVendorId"}
+    async def on_data_transfer(
+        self, vendor_id: str, message_id: str | None = None, data: str | None = None, **_: Any
+    ) -> dict[str, Any]:
+        handler = self.data_transfer.get(vendor_id)
+        if handler is None:
+            return {"status": "UnknownVendorId"}
+        return await handler(message_id, data)
 
     # -- remote start / stop ------------------------------------------------------------------------
 
@@ -68,11 +85,13 @@ class CoreHandlers:
             and connector.status() is not ConnectorStatus.FAULTED
         )
 
-    def _pick(self, connector_id: int | None) -> Connector | None:
+    def _pick(self, connector_id: int | None, id_tag: str) -> Connector | None:
+        parent = self._svc.authorizer.parent_of(id_tag)
         if connector_id is not None:
             connector = self._connectors.get(connector_id)
-            return connector if connector is not None and self._can_start(connector) else None
-        free = [c for c in self._connectors.values() if self._can_start(c)]
+            ok = connector is not None and self._can_start(connector) and connector.admits(id_tag, parent)
+            return connector if ok else None
+        free = [c for c in self._connectors.values() if self._can_start(c) and c.admits(id_tag, parent)]
         plugged = [c for c in free if c.controller.cp_state is not None and c.controller.cp_state.ev_connected]
         candidates = plugged or free
         return candidates[0] if candidates else None
@@ -82,7 +101,7 @@ class CoreHandlers:
     ) -> dict[str, Any]:
         if not self._svc.accepted or connector_id == 0:
             return {"status": "Rejected"}
-        connector = self._pick(connector_id)
+        connector = self._pick(connector_id, id_tag)
         if connector is None:
             return {"status": "Rejected"}
         self._remote_start[id_tag.upper()] = connector.id
@@ -99,7 +118,7 @@ class CoreHandlers:
                 log.info("remote start for connector %d refused: idTag %s", connector.id, answer.status)
                 return
         if self._can_start(connector):
-            connector.begin_authorized(id_tag)
+            connector.begin_authorized(id_tag, self._svc.authorizer.parent_of(id_tag))
 
     def _by_transaction(self, transaction_id: int) -> Connector | None:
         for connector in self._connectors.values():

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +30,8 @@ from agent.outbox import METER_VALUES, START, STOP, DuplicateStop, Outbox, Outbo
 from agent.sessions import Session, SessionStore
 
 log = logging.getLogger(__name__)
+
+SIGNED_WAIT_S = 15.0  # how long a StopTransaction waits for the meter's signed end reading
 
 _CALLS: dict[str, Callable[..., Any]] = {
     START: call.StartTransaction,
@@ -69,6 +71,9 @@ class TransactionMessages:
         self._on_id_tag_info = on_id_tag_info
         self._tx_data: dict[str, _TxData] = {}
         self.delivered: deque[str] = deque(maxlen=1000)  # recent actions delivered, for diagnostics
+        # Features add StartTransaction fields here (e.g. reservationId for a session that used a reservation).
+        self.start_extras: list[Callable[[Session], Mapping[str, Any]]] = []
+        self._signing_tasks: dict[str, asyncio.Task[None]] = {}  # session ref -> its signed Begin MeterValues
 
     # -- events -> outbox -----------------------------------------------------------------------------
 
@@ -92,6 +97,11 @@ class TransactionMessages:
             "meterStart": round(session.start_energy_wh),
             "timestamp": mv.ocpp_time(self.offset(session.start_wall)),
         }
+        for extra in self.start_extras:
+            try:
+                payload.update(extra(session))
+            except Exception:
+                log.exception("a StartTransaction extension failed; sending the Start without it")
         self.outbox.append(START, payload, tx_ref=session.ref)
         if self._store.get_csl("StopTxnSampledData"):
             connector = self._connectors.get(session.connector_id)
@@ -127,6 +137,9 @@ class TransactionMessages:
         limit = self._store.get_int("StopTransactionMaxMeterValues")
         if values and limit > 0:
             payload["transactionData"] = values[:1] + values[1:][-(limit - 1):] if limit > 1 else values[-1:]
+        signed = self._signed_values(session.ref)
+        if signed:  # the meter's own signed readings always go along, verbatim
+            payload["transactionData"] = [*payload.get("transactionData", []), *signed]
         try:
             self.outbox.append(STOP, payload, tx_ref=session.ref)
         except DuplicateStop:
@@ -135,9 +148,67 @@ class TransactionMessages:
 
     def on_session_started(self, event: SessionStarted) -> None:
         self.queue_start(event.session)
+        connector = self._connectors.get(event.session.connector_id)
+        signing = connector.signed_reading(event.session.ref, "start") if connector else None
+        if signing is not None:
+            ref = event.session.ref
+            self._signing_tasks[ref] = asyncio.create_task(self._queue_signed_begin(ref, signing))
 
     def on_session_stopped(self, event: SessionStopped) -> None:
-        self.queue_stop(event.session, event.reason.value)
+        connector = self._connectors.get(event.session.connector_id)
+        signing = connector.signed_reading(event.session.ref, "stop") if connector else None
+        if signing is None:
+            self.queue_stop(event.session, event.reason.value)
+            return
+        # The StopTransaction waits (bounded) for the signed end reading; a crash meanwhile is covered by
+        # recover(), which queues the Stop of a closed session that has none.
+        task = asyncio.create_task(self._queue_signed_stop(event.session, event.reason.value, signing))
+        self._signing_tasks[event.session.ref + ":stop"] = task
+        task.add_done_callback(lambda _t: self._signing_tasks.pop(event.session.ref + ":stop", None))
+
+    async def _queue_signed_begin(self, ref: str, signing: asyncio.Task[str | None]) -> None:
+        try:
+            record = await signing
+            session = self._sessions.get(ref)
+            if record is None or session is None:
+                return
+            value = {"timestamp": mv.ocpp_time(self.offset(session.start_wall)),
+                     "sampledValue": [signed_value(record, mv.TX_BEGIN)]}
+            self.outbox.append(METER_VALUES, {"connectorId": session.connector_id, "meterValue": [value]},
+                               tx_ref=ref)
+            self._wake()
+        except Exception:
+            log.exception("session %s: the signed start reading could not be queued", ref)
+
+    async def _queue_signed_stop(self, session: Session, reason: str, signing: asyncio.Task[str | None]) -> None:
+        try:
+            begin = self._signing_tasks.pop(session.ref, None)
+            async with asyncio.timeout(SIGNED_WAIT_S):
+                if begin is not None:
+                    await asyncio.shield(begin)  # its MeterValues goes before the Stop
+                await asyncio.shield(signing)
+        except TimeoutError:
+            log.warning("session %s: no signed end reading in time; StopTransaction goes without it", session.ref)
+        except Exception:
+            log.exception("session %s: waiting for the signed readings failed", session.ref)
+        try:
+            self.queue_stop(self._sessions.get(session.ref) or session, reason)
+        except Exception:
+            log.exception("session %s: StopTransaction could not be queued", session.ref)
+
+    def _signed_values(self, ref: str) -> list[dict[str, Any]]:
+        session = self._sessions.get(ref)
+        if session is None:
+            return []
+        out = []
+        for record, context, wall in (
+            (session.start_signed, mv.TX_BEGIN, session.start_wall),
+            (session.stop_signed, mv.TX_END, session.stop_wall),
+        ):
+            if record:
+                stamp = mv.ocpp_time(self.offset(wall if wall is not None else session.last_wall))
+                out.append({"timestamp": stamp, "sampledValue": [signed_value(record, context)]})
+        return out
 
     def recover(self) -> None:
         """After a restart: an open session whose Start never got queued gets one; a closed session whose
@@ -279,3 +350,9 @@ class TransactionMessages:
                     log.warning("connector %d: idTag %s by the CSMS: energy stopped, transaction kept",
                                 connector.id, info.status)
                     connector.controller.set_energy_allowed(False)
+
+
+def signed_value(record: str, context: str) -> dict[str, str]:
+    """A sampledValue carrying a meter's signed record (OCMF) verbatim."""
+    return {"value": record, "context": context, "format": "SignedData",
+            "measurand": mv.ENERGY, "location": "Outlet", "unit": "Wh"}
