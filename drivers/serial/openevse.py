@@ -33,14 +33,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-import serial
-
-from agent.clock import Clock, SystemClock, TimerHandle
+from agent.clock import Clock
+from drivers.board_base import BoardDevice
 from drivers.serial.openevse_codec import (
     FAULT_STATES,
     EnergyUsage,
@@ -59,11 +57,11 @@ from drivers.serial.openevse_codec import (
     parse_state,
     parse_version,
 )
-from hal.device import Device, DeviceError
+from drivers.serial.port import NonBlockingPort
+from hal.device import DeviceError
 from hal.roles import ControlPilot, Meter, PowerSwitch
 from hal.types import (
     CpState,
-    DeviceFaultChanged,
     Fault,
     FaultFlagsChanged,
     HalEvent,
@@ -75,7 +73,6 @@ from hal.types import (
 
 log = logging.getLogger(__name__)
 
-REOPEN_BACKOFF_S = (0.1, 5.0)
 MIN_AMPS, MAX_AMPS = 6, 80
 HEARTBEAT_ACK_COOKIE = 165  # firmware HS_ACK_COOKIE 0xA5
 PENDING_LIMIT = 32  # replies we wait for at most; older ones are given up
@@ -128,7 +125,10 @@ def relay_from_report(report: StateReport) -> bool:
     return report.relay_closed or report.evse_state == EvseState.STUCK_RELAY
 
 
-class OpenEvse(Device, ControlPilot, PowerSwitch, Meter):
+class OpenEvse(BoardDevice, ControlPilot, PowerSwitch, Meter):
+    log = log
+    silence_subject = "line"
+
     def __init__(
         self,
         name: str,
@@ -141,18 +141,13 @@ class OpenEvse(Device, ControlPilot, PowerSwitch, Meter):
         heartbeat_interval_s: int = 0,
         clock: Clock | None = None,
     ) -> None:
-        super().__init__(name)
+        super().__init__(name, silence_timeout_s=silence_timeout_s, clock=clock)
         self.port = port
         self.baudrate = baudrate
         self.poll_interval_s = poll_interval_s
-        self.silence_timeout_s = silence_timeout_s
         self.phases = phases
         self.heartbeat_interval_s = heartbeat_interval_s
-        self._clock = clock
         self._decoder = LineDecoder()
-        self._serial: Any = None
-        self._fd: int | None = None
-        self._port_lost: asyncio.Event | None = None
         self._seq = 0
         self._pending: OrderedDict[int, str] = OrderedDict()
         self._counters = {
@@ -165,6 +160,9 @@ class OpenEvse(Device, ControlPilot, PowerSwitch, Meter):
             "replies_lost": 0,
             "unknown_lines": 0,
         }
+        self._port = NonBlockingPort(
+            port, baudrate, owner=name, on_data=self.receive, on_lost=self._port_down, counters=self._counters, log=log
+        )
         # What the agent wants; re-asserted on (re)open, board reboot and when a fault state ends.
         self._want: str | None = None
         self._want_amps: int | None = None
@@ -182,11 +180,6 @@ class OpenEvse(Device, ControlPilot, PowerSwitch, Meter):
         self._session_folded = True
         self._last_ws = 0
         self._energy_wh: int | None = None
-        # Silence watch: None = never reported yet; True/False = last reported BOARD_SILENT state.
-        self._silent: bool | None = None
-        self._last_rx: float | None = None
-        self._silence_timer: TimerHandle | None = None
-        self._watching = False
 
     # ------------------------------------------------------------------------------------ role API
 
@@ -260,16 +253,8 @@ class OpenEvse(Device, ControlPilot, PowerSwitch, Meter):
         self._write(encode(token, *args, seq=self._seq))
 
     def _write(self, frame: bytes) -> None:
-        if self._fd is None:
-            self._counters["tx_dropped"] += 1
-            return
-        try:
-            written = os.write(self._fd, frame)
-        except BlockingIOError:
-            written = 0
-        except OSError as exc:
-            self._counters["tx_dropped"] += 1
-            self._lose_port(f"write to {self.port} failed: {exc}")
+        written = self._port.write(frame)
+        if written is None:
             return
         if written == len(frame):
             self._counters["lines_sent"] += 1
@@ -310,55 +295,19 @@ class OpenEvse(Device, ControlPilot, PowerSwitch, Meter):
 
     # ------------------------------------------------------------------------------------ transport
 
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._clock is None:
-            self._clock = SystemClock(loop)
-        self._start_silence_watch()
-        backoff = REOPEN_BACKOFF_S[0]
-        try:
-            while True:
-                try:
-                    self._open(loop)
-                except (serial.SerialException, OSError, ValueError) as exc:
-                    self._port_down(f"cannot open {self.port}: {exc}")
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, REOPEN_BACKOFF_S[1])
-                    continue
-                backoff = REOPEN_BACKOFF_S[0]
-                try:
-                    await self._serve()
-                finally:
-                    self._close(loop)
-        finally:
-            self._stop_silence_watch()
-
-    def _open(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._counters["port_opens"] += 1
-        port = serial.serial_for_url(self.port, baudrate=self.baudrate, timeout=0, write_timeout=0)
-        try:
-            fd = port.fileno()
-        except (AttributeError, NotImplementedError, serial.SerialException) as exc:
-            port.close()
-            raise ValueError(f"port {self.port!r} has no file descriptor to wait on") from exc
-        self._serial, self._fd = port, fd
-        self._port_lost = asyncio.Event()
+    def _open_transport(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._port.open(loop)
         self._pending.clear()
-        loop.add_reader(fd, self._on_readable)
-        log.info("%s: opened %s", self.name, self.port)
 
-    def _close(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._fd is not None:
-            loop.remove_reader(self._fd)
-        if self._serial is not None:
-            try:
-                self._serial.close()
-            except (serial.SerialException, OSError):
-                pass
-        self._serial = self._fd = None
+    def _close_transport(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._port.close(loop)
+
+    def _lose_port(self, why: str) -> None:
+        self._port.lose(why)
 
     async def _serve(self) -> None:
-        assert self._port_lost is not None
+        lost = self._port.lost
+        assert lost is not None
         self._write(b"\r")  # end whatever half line the board holds
         self._command("GV")
         if self.heartbeat_interval_s > 0:
@@ -366,7 +315,7 @@ class OpenEvse(Device, ControlPilot, PowerSwitch, Meter):
         self._reassert()
         rounds = 0
         last_pulse = -math.inf
-        while not self._port_lost.is_set():
+        while not lost.is_set():
             self._command("GS")
             if rounds % 2 == 0:  # the meter at half the state rate
                 self._command("GG")
@@ -378,37 +327,9 @@ class OpenEvse(Device, ControlPilot, PowerSwitch, Meter):
             rounds += 1
             try:  # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation
                 async with asyncio.timeout(self.poll_interval_s):
-                    await self._port_lost.wait()
+                    await lost.wait()
             except TimeoutError:
                 pass
-
-    def _on_readable(self) -> None:
-        if self._fd is None:
-            return
-        try:
-            data = os.read(self._fd, 4096)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self._lose_port(f"read from {self.port} failed: {exc}")
-            return
-        if not data:
-            self._lose_port(f"{self.port} reached end of file")
-            return
-        self.receive(data)
-
-    def _lose_port(self, why: str) -> None:
-        if self._fd is not None:
-            asyncio.get_running_loop().remove_reader(self._fd)
-            self._fd = None
-        if self._port_lost is not None:
-            self._port_lost.set()
-        self._port_down(why)
-
-    def _port_down(self, why: str) -> None:
-        if self._silent is not True:
-            log.warning("%s: %s", self.name, why)
-        self._go_silent(why)
 
     # ------------------------------------------------------------------------------------ protocol
 
@@ -417,11 +338,7 @@ class OpenEvse(Device, ControlPilot, PowerSwitch, Meter):
         lines = self._decoder.feed(data)
         if not lines:
             return
-        assert self._clock is not None, "receive() before run() needs a clock"
-        self._last_rx = self._clock.monotonic()
-        if self._silent is not False:
-            self._silent = False
-            self._emit(DeviceFaultChanged(Fault.BOARD_SILENT, active=False, detail="board answering"))
+        self._heard()
         for line in lines:
             try:
                 self._apply(line)
@@ -531,53 +448,14 @@ class OpenEvse(Device, ControlPilot, PowerSwitch, Meter):
         self._latest = sample
         self._emit(sample)
 
-    def _emit(self, event: HalEvent) -> None:
-        # Each listener on its own: one listener's bug must not keep the event from the others.
-        for listener in list(self._listeners):
-            try:
-                listener(event)
-            except Exception:
-                log.exception("%s: listener %r failed on %r", self.name, listener, event)
-
-    # ------------------------------------------------------------------------------------ silence
-
-    def _start_silence_watch(self) -> None:
-        self._watching = True
-        self._schedule_silence_check(self.silence_timeout_s)
-
-    def _stop_silence_watch(self) -> None:
-        self._watching = False
-        if self._silence_timer is not None:
-            self._silence_timer.cancel()
-            self._silence_timer = None
-
-    def _schedule_silence_check(self, delay: float) -> None:
-        assert self._clock is not None
-        self._silence_timer = self._clock.call_later(delay, self._check_silence)
-
-    def _check_silence(self) -> None:
-        if not self._watching or self._clock is None:
-            return
-        now = self._clock.monotonic()
-        quiet_for = self.silence_timeout_s if self._last_rx is None else now - self._last_rx
-        if quiet_for >= self.silence_timeout_s:
-            self._go_silent(f"no valid line from the board for {quiet_for:.2f} s")
-            self._schedule_silence_check(self.silence_timeout_s / 4)
-        else:
-            self._schedule_silence_check(self.silence_timeout_s - quiet_for)
-
-    def _go_silent(self, detail: str) -> None:
-        self._last_rx = None
-        if self._silent is True:
-            return
-        self._silent = True
+    def _on_silent(self, detail: str) -> str:
         self.report = None
         self._cp_state = None
         self._relay_closed = None
         self._faults = None
         self._latest = None
         self._measurement = None
-        self._emit(DeviceFaultChanged(Fault.BOARD_SILENT, active=True, detail=detail))
+        return detail
 
 
 # ---------------------------------------------------------------------------------------- factory
