@@ -53,6 +53,11 @@ class OcppConfig:
     security_profile: int
     reconnect_cap_s: float
     keys: Mapping[str, str]
+    # TLS (security profiles 2 and 3): extra trust anchors for the CSMS certificate, and a preinstalled
+    # client certificate/key used until the CSMS has signed one of ours.
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -262,14 +267,31 @@ def parse(data: Mapping[str, Any]) -> AgentConfig:
             keys[key] = ",".join(value)
         else:
             raise ConfigError(f"ocpp.keys.{key}", "expected a string, number, boolean or list of strings")
+    def existing_file(name: str) -> Path | None:
+        value = ocpp_t.string(name)
+        if value is None:
+            return None
+        path = Path(value)
+        if not path.is_file():
+            raise ConfigError(f"ocpp.{name}", f"no such file: {value}")
+        return path
+
+    tls_files = {name: existing_file(name) for name in ("ca_file", "client_cert", "client_key")}
+    if (tls_files["client_cert"] is None) != (tls_files["client_key"] is None):
+        raise ConfigError("ocpp.client_key" if tls_files["client_cert"] else "ocpp.client_cert",
+                          "client_cert and client_key go together")
+    security_profile = ocpp_t.integer("security_profile", 0, low=0, high=3)
+    if security_profile >= 2 and endpoint is not None and not endpoint.startswith("wss://"):
+        raise ConfigError("ocpp.security_profile", f"profile {security_profile} needs a wss:// endpoint")
     ocpp = OcppConfig(
         endpoint=endpoint,
         password=ocpp_t.string("password"),
-        security_profile=ocpp_t.integer("security_profile", 0, low=0, high=3),
+        security_profile=security_profile,
         reconnect_cap_s=ocpp_t.number("reconnect_cap_s", 300.0, low=1.0, high=86400.0),
         keys=keys,
+        **tls_files,
     )
-    ocpp_t.reject_unknown({"endpoint", "password", "security_profile", "reconnect_cap_s", "keys"})
+    ocpp_t.reject_unknown({"endpoint", "password", "security_profile", "reconnect_cap_s", "keys", *tls_files})
 
     firmware = _firmware(root.table_("firmware"))
 

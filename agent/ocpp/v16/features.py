@@ -17,6 +17,7 @@ import importlib
 from typing import Any
 
 FEATURES: tuple[str, ...] = (
+    "agent.ocpp.v16.security:Security",
     "agent.ocpp.v16.smart_charging:SmartCharging",
 )
 

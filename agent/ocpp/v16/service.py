@@ -15,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -61,6 +63,7 @@ log = logging.getLogger(__name__)
 
 BOOT_RETRY_S = 30.0  # when the CSMS gives no usable interval or does not answer BootNotification
 MAX_HEARTBEAT_S = 86400  # a heartbeat at least daily, for the clock
+SETTING_SYSTEM_TIME_S = 60.0  # a CSMS clock jump beyond this is a SettingSystemTime security event
 RESTART_EXIT_STATUS = EXIT_RESTART_REQUESTED  # `cpagent run` exits with this after Reset.req; systemd restarts it
 
 
@@ -135,6 +138,15 @@ class OcppService:
             on_id_tag_info=self.authorizer.learn,
         )
         self.handlers = CoreHandlers(self)
+        # Transport security; the Security feature raises the profile, gives TLS and the live password.
+        self.security_profile = config.ocpp.security_profile
+        self.ssl_context: ssl.SSLContext | None = None
+        self.password_source: Callable[[], str | None] = self._configured_password
+        self.security_sinks: list[Callable[[str, str | None, str], None]] = []  # (kind, techInfo, timestamp)
+        self._relink = False
+        self._backoff = backoff or Backoff(cap=config.ocpp.reconnect_cap_s)
+        self._link_handlers: dict[str, Handler] = {}
+        self._link_after: dict[str, Handler] = {}
         self.features: dict[str, Any] = {cls.__name__: cls(self) for cls in feature_classes}
         station.ocpp_diagnostics = OcppDiagnosticsAdapter(self)
         on, after = handlers_from_object(self.handlers)
@@ -145,20 +157,9 @@ class OcppService:
                 raise RuntimeError(f"{type(feature).__name__} redefines handlers for {sorted(clash)}")
             on.update(more_on)
             after.update(more_after)
-        ping = self.store.get_int("WebSocketPingInterval")
-        self.link = Link(
-            config.ocpp.endpoint,
-            config.station.charge_point_id,
-            on_connected=self._connected,
-            handlers={action: self._gated(h) for action, h in on.items()},
-            after=after,
-            security_profile=config.ocpp.security_profile,
-            password=self._password,
-            ping_interval=float(ping) if ping > 0 else None,
-            message_timeout=float(self.store.get_int("MessageTimeout")),
-            backoff=backoff or Backoff(cap=config.ocpp.reconnect_cap_s),
-            clock=self.clock,
-        )
+        self._link_handlers = {action: self._gated(h) for action, h in on.items()}
+        self._link_after = after
+        self.link = self._make_link()
         station.authorizer = self.authorizer
         for connector in station.connectors.values():
             connector.connection_timeout_s = float(self.store.get_int("ConnectionTimeOut"))
@@ -182,8 +183,43 @@ class OcppService:
         return self.clock.wall() + self.clock_offset_s
 
     def _password(self) -> str | None:
+        return self.password_source()
+
+    def _configured_password(self) -> str | None:
         key = self.store.get_str("AuthorizationKey")
         return key or self.config.ocpp.password
+
+    def _make_link(self) -> Link:
+        assert self.config.ocpp.endpoint is not None
+        ping = self.store.get_int("WebSocketPingInterval")
+        return Link(
+            self.config.ocpp.endpoint,
+            self.config.station.charge_point_id,
+            on_connected=self._connected,
+            handlers=self._link_handlers,
+            after=self._link_after,
+            security_profile=self.security_profile,
+            password=self._password,
+            ssl_context=self.ssl_context,
+            ping_interval=float(ping) if ping > 0 else None,
+            message_timeout=float(self.store.get_int("MessageTimeout")),
+            backoff=self._backoff,
+            clock=self.clock,
+        )
+
+    async def relink(self) -> None:
+        """Close the connection and dial again with the current security_profile / ssl_context /
+        password (SecurityProfile or AuthorizationKey changed). The outbox and boot state stay."""
+        self._relink = True
+        await self.link.stop()
+
+    async def _run_link(self) -> None:
+        while True:
+            await self.link.run()
+            if self._stopping or not self._relink:
+                return
+            self._relink = False
+            self.link = self._make_link()
 
     def _wake(self) -> None:
         self._wake_event.set()
@@ -194,7 +230,7 @@ class OcppService:
         self.tx.recover()
         self.apply_availability()
         tasks = [
-            asyncio.create_task(self.link.run(), name="ocpp-link"),
+            asyncio.create_task(self._run_link(), name="ocpp-link"),
             asyncio.create_task(self.tx.aligned_sampler(), name="ocpp-aligned"),
             *(
                 asyncio.create_task(self.tx.periodic_sampler(c), name=f"ocpp-sampler-{c.id}")
@@ -393,9 +429,12 @@ class OcppService:
         except ValueError:
             log.warning("CSMS sent an unreadable currentTime %r", current_time)
             return
-        if abs(offset - self.clock_offset_s) > 2.0:
+        jump = offset - self.clock_offset_s
+        if abs(jump) > 2.0:
             log.info("CSMS clock differs from ours by %.1f s; timestamps follow the CSMS", offset)
         self.clock_offset_s = offset
+        if abs(jump) > SETTING_SYSTEM_TIME_S:
+            self.security_event("SettingSystemTime", f"time set from the CSMS clock: moved by {jump:+.0f} s")
 
     async def _sender(self, session: OcppSession) -> None:
         """One loop, one outstanding CALL: Outbox entries first (in order), then status notifications."""
@@ -438,6 +477,11 @@ class OcppService:
         payload: dict[str, Any] = {"type": kind, "timestamp": ocpp_time(self.wall())}
         if tech_info:
             payload["techInfo"] = tech_info[:255]
+        for sink in self.security_sinks:  # the persistent security log
+            try:
+                sink(kind, tech_info, payload["timestamp"])
+            except Exception:
+                log.exception("security log sink failed for %s", kind)
         try:
             self.outbox.append("SecurityEventNotification", payload)
         except StorageError as exc:
