@@ -29,6 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--connectors", type=int, default=1)
     sim.add_argument("--charge-seconds", type=float, default=20.0)
     sim.add_argument("--dir", type=Path, help="keep the rig in this directory (default: a temp dir)")
+    sim.add_argument("--scenario", choices=("session", "smart-charging"), default="session",
+                     help="smart-charging: a CSMS TxProfile limits the running session, then is cleared")
     sim.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from agent.demo import run_demo
 
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    return asyncio.run(run_demo(args.connectors, args.charge_seconds, args.dir))
+    return asyncio.run(run_demo(args.connectors, args.charge_seconds, args.dir, args.scenario))
 
 
 if __name__ == "__main__":

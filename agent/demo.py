@@ -1,6 +1,10 @@
 """`cpagent sim` / `make demo`: start the simulator as its own process (real ptys and Modbus between
 the two), run the agent against it, play plug -> tap card -> charge -> unplug, and print a timeline
-a person can read. Exit 0 only if the session completed with energy > 0."""
+a person can read. Exit 0 only if the session completed with energy > 0.
+
+``--scenario smart-charging``: the demo runs the CSMS itself, charges a few seconds at full power, has the
+CSMS send a 10 A TxProfile, shows the power dropping, clears it and shows it coming back; exit 0 only if
+the measured power really dropped (meter and MeterValues at the CSMS)."""
 
 from __future__ import annotations
 
@@ -97,7 +101,11 @@ async def _wait_for(predicate: Any, limit_s: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def run_demo(connectors: int, charge_seconds: float, keep_dir: Path | None) -> int:
+async def run_demo(connectors: int, charge_seconds: float, keep_dir: Path | None, scenario: str = "session") -> int:
+    if scenario == "smart-charging":
+        from agent.demo_smart_charging import run_smart_charging_demo
+
+        return await run_smart_charging_demo(connectors, keep_dir)
     with contextlib.ExitStack() as stack:
         directory = keep_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cpagent-sim-")))
         directory.mkdir(parents=True, exist_ok=True)

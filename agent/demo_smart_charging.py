@@ -1,0 +1,147 @@
+"""`cpagent sim --scenario smart-charging`: the simulator as its own process, the bundled CSMS and the
+agent in this one (so the scenario can make the CSMS send). Plug, tap, charge at full power, the CSMS
+sends a 10 A TxProfile, the power drops; the CSMS clears it, the power comes back. Exit 0 only if the
+meter and the MeterValues the CSMS received both show the drop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from agent.config import load
+from agent.demo import DEMO_TAG, Timeline, _ctl, _show_wire, _wait_for
+from agent.station import Station, mask
+
+LIMIT_A = 10.0
+FULL_POWER_S = 6.0
+LIMITED_S = 12.0
+DEMO_KEYS = {"MeterValueSampleInterval": "2",
+             "MeterValuesSampledData": "Energy.Active.Import.Register,Power.Active.Import"}
+
+
+async def run_smart_charging_demo(connectors: int, keep_dir: Path | None) -> int:
+    from simulator.csms import Csms
+
+    with contextlib.ExitStack() as stack:
+        directory = keep_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cpagent-sim-")))
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "agent.toml").unlink(missing_ok=True)
+        csms = Csms(log_path=directory / "csms.jsonl", accept=[DEMO_TAG])
+        await csms.start()
+        sim = subprocess.Popen(  # noqa: ASYNC220 - started once, before the agent runs
+            [sys.executable, "-m", "simulator.cli", "up", "--dir", str(directory), "--connectors", str(connectors),
+             "--csms", csms.url],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            return await _play(directory, csms, sim)
+        finally:
+            sim.terminate()
+            try:
+                sim.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                sim.kill()
+            await csms.stop()
+
+
+def _csms_powers(csms: Any, charge_point_id: str) -> list[float]:
+    out = []
+    for m in csms.messages(charge_point_id, "MeterValues"):
+        for mv in m.payload.get("meterValue", []):
+            out += [float(v["value"]) for v in mv["sampledValue"] if v.get("measurand") == "Power.Active.Import"]
+    return out
+
+
+async def _play(directory: Path, csms: Any, sim: subprocess.Popen[bytes]) -> int:
+    from agent.ocpp.v16.service import OcppService
+
+    tl = Timeline()
+    await _wait_for(lambda: (directory / "agent.toml").exists() or sim.poll() is not None, 20, "the simulator")
+    if sim.poll() is not None:
+        print("simulator failed to start", file=sys.stderr)
+        return 1
+    config = load(directory / "agent.toml")
+    config = dataclasses.replace(config, ocpp=dataclasses.replace(config.ocpp, keys={**config.ocpp.keys, **DEMO_KEYS}))
+    cp_id = config.station.charge_point_id
+    station = Station(config)
+    service = OcppService(station, config)
+    tasks = [asyncio.create_task(station.run()), asyncio.create_task(service.run()),
+             asyncio.create_task(_show_wire(directory / "csms.jsonl", tl))]
+    connector = station.connectors[1]
+
+    def power() -> float:
+        return connector.last_sample.power_w if connector.last_sample else 0.0
+
+    async def watch() -> None:
+        last = ""
+        while True:
+            c = connector.controller
+            text = f"offered={c.offered_current_a:4.1f} A  measured power={power() / 1000:6.2f} kW"
+            if text != last:
+                tl.line(text)
+                last = text
+            await asyncio.sleep(0.5)
+
+    tasks.append(asyncio.create_task(watch()))
+    result = {"full_w": 0.0, "limited_w": 0.0, "restored_w": 0.0, "csms_saw_drop": False}
+    ok = False
+    try:
+        await _wait_for(lambda: service.accepted, 15, "the CSMS to accept the BootNotification")
+        tl.line("scenario: plug in the EV and tap the card")
+        await _ctl(directory, cmd="plug", connector=1)
+        await _wait_for(lambda: connector.controller.cp_state is not None
+                        and connector.controller.cp_state.ev_connected, 5, "EV connected")
+        await _ctl(directory, cmd="tap", id_tag=DEMO_TAG)
+        await _wait_for(lambda: connector.session is not None
+                        and service.outbox.transaction_id(connector.session.ref) is not None, 15, "the transaction")
+        await _wait_for(lambda: power() > 20000, 15, "full power")
+        tl.line(f"scenario: charging at full power for {FULL_POWER_S:.0f} s")
+        await asyncio.sleep(FULL_POWER_S)
+        result["full_w"] = power()
+        assert connector.session is not None
+        tx_id = service.outbox.transaction_id(connector.session.ref)
+        tl.line(f"scenario: the CSMS limits transaction {tx_id} to {LIMIT_A:.0f} A (TxProfile)")
+        answer = await csms.send(cp_id, "SetChargingProfile", {"connectorId": 1, "csChargingProfiles": {
+            "chargingProfileId": 1, "transactionId": tx_id, "stackLevel": 0, "chargingProfilePurpose": "TxProfile",
+            "chargingProfileKind": "Relative", "chargingSchedule": {
+                "chargingRateUnit": "A", "chargingSchedulePeriod": [{"startPeriod": 0, "limit": LIMIT_A}]}}})
+        tl.line(f"scenario: SetChargingProfile -> {answer['status']}")
+        seen = len(_csms_powers(csms, cp_id))
+        await _wait_for(lambda: power() < result["full_w"] * 0.5, 15, "the power to drop")
+        await asyncio.sleep(LIMITED_S)
+        result["limited_w"] = power()
+        result["csms_saw_drop"] = any(p < result["full_w"] * 0.5 for p in _csms_powers(csms, cp_id)[seen:])
+        tl.line("scenario: the CSMS clears the profile")
+        answer = await csms.send(cp_id, "ClearChargingProfile", {"id": 1})
+        tl.line(f"scenario: ClearChargingProfile -> {answer['status']}")
+        await _wait_for(lambda: power() > result["full_w"] * 0.9, 20, "full power again")
+        result["restored_w"] = power()
+        tl.line("scenario: unplug the EV")
+        await _ctl(directory, cmd="unplug", connector=1)
+        await _wait_for(lambda: connector.session is None, 10, "the session to stop")
+        await _wait_for(lambda: service.outbox.depth() == 0, 15, "the StopTransaction to be delivered")
+        ok = result["limited_w"] < result["full_w"] * 0.5 and bool(result["csms_saw_drop"])
+    except (TimeoutError, LookupError) as exc:
+        tl.line(f"FAILED: {exc}")
+    finally:
+        await service.stop()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        station.close()
+    print("\nsmart charging summary: " + json.dumps({
+        "id_tag": mask(DEMO_TAG),
+        "full_power_kw": round(result["full_w"] / 1000, 2),
+        "limited_power_kw": round(result["limited_w"] / 1000, 2),
+        "restored_power_kw": round(result["restored_w"] / 1000, 2),
+        "csms_meter_values_show_drop": result["csms_saw_drop"],
+        "passed": ok,
+    }, indent=2))
+    return 0 if ok else 1
