@@ -56,10 +56,13 @@ async def test_047_reservation_expires(octt: Octt) -> None:
 async def test_048_other_tag_refused_same_parent_accepted(octt: Octt) -> None:
     agent = await octt.start_agent(LocalPreAuthorize="true")
     await octt.booted()
-    answer = await octt.csms.send(CP, "SendLocalList", {"listVersion": 1, "updateType": "Full", "localAuthorizationList": [
+    members = [
         {"idTag": "MEMBER0001", "idTagInfo": {"status": "Accepted", "parentIdTag": "FLEET"}},
         {"idTag": "OUTSIDER01", "idTagInfo": {"status": "Accepted", "parentIdTag": "OTHER"}},
-    ]})
+    ]
+    answer = await octt.csms.send(
+        CP, "SendLocalList", {"listVersion": 1, "updateType": "Full", "localAuthorizationList": members}
+    )
     assert answer == {"status": "Accepted"}
     assert await reserve(octt, id_tag=TAG, parent="FLEET", reservation_id=7) == "Accepted"
     await octt.wait_status("Reserved")
