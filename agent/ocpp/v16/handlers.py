@@ -97,13 +97,17 @@ class CoreHandlers:
         return candidates[0] if candidates else None
 
     async def on_remote_start_transaction(
-        self, id_tag: str, connector_id: int | None = None, **_: Any
+        self, id_tag: str, connector_id: int | None = None, charging_profile: dict[str, Any] | None = None, **_: Any
     ) -> dict[str, Any]:
         if not self._svc.accepted or connector_id == 0:
             return {"status": "Rejected"}
         connector = self._pick(connector_id, id_tag)
         if connector is None:
             return {"status": "Rejected"}
+        if charging_profile is not None:  # a TxProfile for the transaction about to start (SmartCharging)
+            smart = self._svc.features.get("SmartCharging")
+            if smart is None or not smart.hold_for_remote_start(connector.id, id_tag, charging_profile):
+                return {"status": "Rejected"}
         self._remote_start[id_tag.upper()] = connector.id
         return {"status": "Accepted"}
 

@@ -115,7 +115,7 @@ class SmartCharging:
         migrate(self._db, COMPONENT, MIGRATIONS)
         self.profiles: list[sc.Profile] = self._load()
         self.applied: dict[int, float | None] = {}  # connector -> limit last given to its controller
-        self._remote_start: dict[int, sc.Profile] = {}  # TxProfile sent with RemoteStartTransaction
+        self._remote_start: dict[int, tuple[str, sc.Profile]] = {}  # RemoteStartTransaction's TxProfile
         self._changed = asyncio.Event()
         service.station.subscribe(self._on_event)
 
@@ -278,13 +278,13 @@ class SmartCharging:
             },
         }
 
-    def hold_for_remote_start(self, connector_id: int, data: Mapping[str, Any]) -> bool:
-        """RemoteStartTransaction with a chargingProfile: a TxProfile installed once the transaction
-        starts. False (answer Rejected) if it is not a valid TxProfile."""
+    def hold_for_remote_start(self, connector_id: int, id_tag: str, data: Mapping[str, Any]) -> bool:
+        """RemoteStartTransaction with a chargingProfile: a TxProfile installed once that idTag's
+        transaction starts on the connector. False (answer Rejected) if it is not a valid TxProfile."""
         profile = self._check(connector_id, data)
         if profile is None or profile.purpose is not sc.Purpose.TX or profile.transaction_id is not None:
             return False
-        self._remote_start[connector_id] = profile
+        self._remote_start[connector_id] = (id_tag.upper(), profile)
         return True
 
     # -- events and the limit loop -----------------------------------------------------------------
@@ -292,8 +292,8 @@ class SmartCharging:
     def _on_event(self, event: StationEvent) -> None:
         if isinstance(event, SessionStarted):
             held = self._remote_start.pop(event.connector_id, None)
-            if held is not None:
-                installed = sc.install(self.profiles, held, self.limits())
+            if held is not None and held[0] == event.session.id_tag.upper():
+                installed = sc.install(self.profiles, held[1], self.limits())
                 if installed is not None:
                     self._store(installed)
             self._changed.set()

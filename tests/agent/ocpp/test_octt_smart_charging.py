@@ -245,3 +245,30 @@ async def test_configuration_limits_and_persistence(octt: Octt) -> None:
     assert (await composite(octt))[0] == (0, 12.0)
     assert await octt.csms.send(CP, "ClearChargingProfile", {"chargingProfilePurpose": "ChargePointMaxProfile"}) == {
         "status": "Accepted"}
+
+
+async def test_059_remote_start_with_charging_profile(octt: Octt) -> None:
+    """059 Remote Start Transaction with Charging Profile: the TxProfile is followed from the start of the
+    transaction and reported by GetCompositeSchedule."""
+    agent = await octt.start_agent(AuthorizeRemoteTxRequests="false")
+    await octt.booted()
+    octt.ctl("plug")
+    await octt.wait_status("Preparing")
+    body = profile(11, "TxProfile", [(0, 12.0)], kind="Relative")
+    answer = await octt.csms.send(CP, "RemoteStartTransaction", {"idTag": TAG, "connectorId": 1,
+                                                                 "chargingProfile": body})
+    assert answer == {"status": "Accepted"}
+    await octt.wait("StartTransaction")
+    await eventually(lambda: agent.connector.controller.offered_current_a == 12.0, 8, "12 A offered")
+    assert (await composite(octt, duration=60))[0] == (0, 12.0)
+
+
+async def test_060_remote_start_with_wrong_profile_purpose_rejected(octt: Octt) -> None:
+    """060 Remote Start Transaction with Charging Profile - Rejected: the purpose is not TxProfile."""
+    await octt.start_agent()
+    await octt.booted()
+    body = profile(12, "TxDefaultProfile", [(0, 12.0)])
+    answer = await octt.csms.send(CP, "RemoteStartTransaction", {"idTag": TAG, "connectorId": 1,
+                                                                 "chargingProfile": body})
+    assert answer == {"status": "Rejected"}
+    assert octt.msgs("StartTransaction") == []
