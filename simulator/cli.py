@@ -30,6 +30,12 @@ def _parser() -> argparse.ArgumentParser:
                     help="pilot/relay board to emulate (can: needs python-can-remote for the agent to join)")
     up.add_argument("--reader", choices=["rdm6300", "pn532"], default="rdm6300", help="RFID reader to emulate")
     up.add_argument("--display", choices=["console", "nextion"], default="console", help="display to emulate")
+    up.add_argument("--security-profile", type=int, choices=[0, 1, 2, 3], default=0,
+                    help="OCPP security profile for the agent (2/3 need --csms wss://...)")
+    up.add_argument("--password", help="Basic-auth password (profiles 1/2); the bundled CSMS then requires it")
+    up.add_argument("--ca", type=Path, help="CA certificate (PEM) that signed the CSMS's TLS certificate")
+    up.add_argument("--client-cert", type=Path, help="client certificate (PEM) for profile 3")
+    up.add_argument("--client-key", type=Path, help="its private key (PEM) for profile 3")
     up.add_argument("-v", "--verbose", action="store_true")
 
     ctl = sub.add_parser("ctl", help="drive a running simulator")
@@ -78,7 +84,16 @@ def main(argv: list[str] | None = None) -> int:
             reader=args.reader,
             display=args.display,
             can_bus="remote",  # the agent runs in another process: only a bridged bus reaches it
+            security_profile=args.security_profile,
+            password=args.password,
+            ca_file=args.ca.resolve() if args.ca else None,
+            client_cert=args.client_cert.resolve() if args.client_cert else None,
+            client_key=args.client_key.resolve() if args.client_key else None,
         )
+        problem = options.security_problem()
+        if problem:
+            print(f"cpsim up: {problem}", file=sys.stderr)
+            return 2
         if args.board == "can" and importlib.util.find_spec("can_remote") is None:
             print("cpsim up: --board can needs python-can-remote (the agent joins the bus over a websocket on "
                   "127.0.0.1); pip install python-can-remote", file=sys.stderr)

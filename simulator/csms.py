@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import signal
+import ssl
 import sys
 import time
 from collections import defaultdict
@@ -241,6 +242,7 @@ class Csms:
         password: str | None = None,
         response_timeout: float = 30.0,
         ping_interval: float | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         if boot_status not in BOOT_STATUSES:
             raise ValueError(f"boot status must be one of {BOOT_STATUSES}")
@@ -253,6 +255,8 @@ class Csms:
         self.password = password
         self.response_timeout = response_timeout
         self.ping_interval = ping_interval
+        # TLS (wss://); a context with verify_mode CERT_REQUIRED also demands a client certificate.
+        self.ssl_context = ssl_context
         self.data_transfer_status = "Accepted"
         self.frame_log = FrameLog(Path(log_path) if log_path else None)
         self._records = _Records()
@@ -267,7 +271,7 @@ class Csms:
 
     @property
     def url(self) -> str:
-        return f"ws://{self.host}:{self.port}"
+        return f"{'wss' if self.ssl_context else 'ws'}://{self.host}:{self.port}"
 
     async def start(self) -> None:
         self._server = await serve(
@@ -278,6 +282,7 @@ class Csms:
             process_request=self._check_upgrade,
             ping_interval=self.ping_interval,
             compression=None,
+            ssl=self.ssl_context,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         LOG.info("CSMS listening on %s", self.url)

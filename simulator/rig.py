@@ -61,6 +61,26 @@ class RigOptions:
     # --board can: "virtual" = python-can virtual bus (agent in this process only); "remote" = also serve it
     # over python-can-remote on 127.0.0.1 so an agent in another process can join.
     can_bus: str = "virtual"
+    # OCPP transport security written into agent.toml [ocpp] (the bundled CSMS then requires the password).
+    security_profile: int = 0
+    password: str | None = None
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def security_problem(self) -> str | None:
+        """Why these security options cannot work (names the option), or None."""
+        for name in ("ca_file", "client_cert", "client_key"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                return f"--{name.replace('_file', '').replace('_', '-')}: no such file: {path}"
+        if self.security_profile >= 2 and not (self.csms_url or "").startswith("wss://"):
+            return f"--security-profile {self.security_profile} needs --csms wss://..."
+        if self.security_profile in (1, 2) and not self.password:
+            return f"--security-profile {self.security_profile} needs --password"
+        if self.security_profile == 3 and (self.client_cert is None or self.client_key is None):
+            return "--security-profile 3 needs --client-cert and --client-key"
+        return None
 
 
 PN532_TOKENS = ("04A1B2C3D4E5F6", "DEADBEEF")  # ISO 14443A UIDs (7 and 4 bytes) the pn532 rig accepts
@@ -137,7 +157,8 @@ class Rig:
         if self.options.bundled_csms and not self.options.csms_url:
             from simulator.csms import Csms
 
-            self.csms = Csms(log_path=self.dir / "csms.jsonl", accept=tuple(self.options.tokens))
+            self.csms = Csms(log_path=self.dir / "csms.jsonl", accept=tuple(self.options.tokens),
+                             password=self.options.password)
             await self.csms.start()
             self.options.csms_url = self.csms.url
         if self.options.board == "can" and self.options.can_bus == "remote":
@@ -153,6 +174,8 @@ class Rig:
         self._server = await asyncio.start_unix_server(self._serve_control, path=str(sock))
         await asyncio.sleep(0)
         _atomic_write(self.dir / "agent.toml", self.agent_toml())
+        if self.options.password:
+            os.chmod(self.dir / "agent.toml", 0o600)  # it holds the Basic-auth password
 
     def _start_can_server(self) -> None:
         """Serve the rig's virtual CAN bus over python-can-remote on 127.0.0.1 (each client joins it)."""
@@ -205,7 +228,15 @@ class Rig:
             "",
         ]
         if o.csms_url:
-            lines += ["[ocpp]", f'endpoint = "{o.csms_url}"', ""]
+            lines += ["[ocpp]", f'endpoint = "{o.csms_url}"']
+            if o.security_profile:
+                lines += [f"security_profile = {o.security_profile}"]
+            if o.password:
+                lines += [f"password = {json.dumps(o.password)}"]  # a JSON string is a valid TOML basic string
+            for name in ("ca_file", "client_cert", "client_key"):
+                if getattr(o, name) is not None:
+                    lines += [f"{name} = {json.dumps(str(getattr(o, name)))}"]
+            lines += [""]
         lines += ["[devices.reader]", f'driver = "{o.reader}"', f'port = "{self.reader.port_path}"', ""]
         if self.display is not None:
             lines += ["[devices.display]", 'driver = "nextion"', f'port = "{self.display.port_path}"', ""]

@@ -162,7 +162,9 @@ class Security(CertificateHandlers):
                 raise TlsSetupError(f"profile {profile} needs a wss:// endpoint")
             return None
         if profile < 2 and not self._ca_available():
-            return None  # plain wss:// under profile 0/1: the system trust store
+            context = ssl.create_default_context()  # wss:// under profile 0/1: the system trust store
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            return context
         client = self._client_files() if profile == 3 else None
         if profile == 3 and client is None:
             raise TlsSetupError("profile 3 needs a ChargePointCertificate (or ocpp.client_cert)")
