@@ -17,6 +17,9 @@ import importlib
 from typing import Any
 
 FEATURES: tuple[str, ...] = (
+    "agent.ocpp.v16.firmware:FirmwareManagement",
+    "agent.ocpp.v16.trigger:RemoteTrigger",
+    "agent.ocpp.v16.signed_firmware:SignedFirmware",
     "agent.ocpp.v16.security:Security",
     "agent.ocpp.v16.smart_charging:SmartCharging",
 )
