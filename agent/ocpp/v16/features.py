@@ -17,6 +17,9 @@ import importlib
 from typing import Any
 
 FEATURES: tuple[str, ...] = (
+    "agent.ocpp.v16.local_list:LocalAuthListManagement",
+    "agent.ocpp.v16.reservation:Reservation",
+    "agent.ocpp.v16.pricing:CaliforniaPricing",
     "agent.ocpp.v16.firmware:FirmwareManagement",
     "agent.ocpp.v16.trigger:RemoteTrigger",
     "agent.ocpp.v16.signed_firmware:SignedFirmware",
