@@ -272,3 +272,24 @@ async def test_060_remote_start_with_wrong_profile_purpose_rejected(octt: Octt) 
                                                                  "chargingProfile": body})
     assert answer == {"status": "Rejected"}
     assert octt.msgs("StartTransaction") == []
+
+
+async def test_limit_follows_period_boundaries_and_valid_to(octt: Octt) -> None:
+    """The background task re-evaluates at each period start and at validTo without any new message."""
+    agent = await octt.start_agent()
+    await octt.booted()
+    await octt.charging()
+    now = float(int(time.time()))
+    body = profile(13, "TxProfile", [(0, 16.0), (3, 8.0)], start=now, validTo=iso(now + 6))
+    assert await set_profile(octt, 1, body) == "Accepted"
+    assert agent.service is not None
+    applied = agent.service.features["SmartCharging"].applied
+    seen: list[float | None] = []
+
+    def track() -> bool:
+        if not seen or seen[-1] != applied.get(1):
+            seen.append(applied.get(1))
+        return len(seen) >= 3 and seen[-1] is None
+
+    await eventually(track, 10, "16 A, then 8 A, then no limit")
+    assert seen[-3:] == [16.0, 8.0, None]
