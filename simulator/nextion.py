@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import tty
 
 from drivers.serial import nextion_codec as codec
+from simulator.pty import RawPty
 
 PAGE_NAMES = ("idle", "authorizing", "charging", "paused", "finished", "fault", "unavailable")
 COMPONENTS = {"t0": 24, "t1": 40, "t2": 40, "t3": 40, "t4": 40, "t5": 40}  # name -> txt_maxl
@@ -28,9 +27,7 @@ class NextionEmulator:
         self.history: list[tuple[str, dict[str, str]]] = []  # every page as it was when left (for tests)
         self.instructions: list[str] = []
         self.errors_sent = 0
-        self._master: int | None = None
-        self._slave: int | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pty: RawPty | None = None
 
     @property
     def page_name(self) -> str:
@@ -49,41 +46,27 @@ class NextionEmulator:
     # ------------------------------------------------------------------ transport
 
     def open(self) -> None:
-        master, slave = os.openpty()
-        tty.setraw(master)
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        self._master, self._slave = master, slave
-        self.port_path = os.ttyname(slave)
+        self._pty = RawPty()  # holding the slave keeps the pty alive between opens
+        self.port_path = self._pty.path
 
     def close(self) -> None:
-        if self._loop is not None and self._master is not None:
-            with contextlib.suppress(ValueError, OSError, RuntimeError):
-                self._loop.remove_reader(self._master)
-        for fd in (self._master, self._slave):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._master = self._slave = None
+        if self._pty is not None:
+            self._pty.close()
+        self._pty = None
 
     async def run(self) -> None:
         self.open()
-        assert self._master is not None
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._master, self._readable)
+        assert self._pty is not None
+        self._pty.watch(asyncio.get_running_loop(), self._readable)
         try:
             await asyncio.Event().wait()
         finally:
             self.close()
 
     def _readable(self) -> None:
-        if self._master is None:
-            return
-        try:
-            data = os.read(self._master, 4096)
-        except OSError:
-            return
-        self.feed(data)
+        data = None if self._pty is None else self._pty.read()
+        if data is not None:
+            self.feed(data)
 
     def feed(self, data: bytes) -> None:
         if self.silent:
@@ -101,10 +84,10 @@ class NextionEmulator:
 
     def write_raw(self, data: bytes) -> None:
         """Bytes towards the host (tests inject junk with it); nothing while silent."""
-        if self.silent or self._master is None:
+        if self.silent or self._pty is None:
             return
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._master, data)
+        with contextlib.suppress(OSError):
+            self._pty.write(data)
 
     def _status(self, code: int | None) -> None:
         if code is None:

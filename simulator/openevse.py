@@ -17,11 +17,8 @@ after minutes; the emulator does it at once).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import math
-import os
-import tty
 from enum import Enum
 
 from drivers.serial.openevse_codec import (
@@ -39,6 +36,7 @@ from drivers.serial.openevse_codec import (
 )
 from hal.types import Fault
 from simulator.physics import EvMode, Plant
+from simulator.pty import RawPty
 
 log = logging.getLogger(__name__)
 
@@ -90,23 +88,17 @@ class OpenEvseEmulator:
         self.total_wh = math.floor(plant.energy_wh)
         self._last_session_ws = 0
         self._sent: tuple[int, int, int, int] | None = None
-        self._master, self._slave = os.openpty()
-        # Raw on both ends, or the line discipline rewrites CR and eats control bytes.
-        tty.setraw(self._master)
-        tty.setraw(self._slave)
-        os.set_blocking(self._master, False)
-        self.port_path = os.ttyname(self._slave)
+        self._pty = RawPty()
+        self.port_path = self._pty.path
         self.lines_sent = 0
         self.tx_dropped = 0
         self._now = 0.0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
 
     # ------------------------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        loop = self._loop = asyncio.get_running_loop()
-        loop.add_reader(self._master, self._on_readable)
+        loop = asyncio.get_running_loop()
+        self._pty.watch(loop, self._on_readable)
         self._now = loop.time()
         self.plant.step(self._now)
         self._send("AB", "00", self.firmware)  # boot notification: POST ok
@@ -115,18 +107,10 @@ class OpenEvseEmulator:
                 self.tick(loop.time())
                 await asyncio.sleep(self.tick_s)
         finally:
-            with contextlib.suppress(ValueError, OSError):
-                loop.remove_reader(self._master)
+            self._pty.unwatch()
 
     def close(self) -> None:
-        if not self._closed:
-            self._closed = True
-            if self._loop is not None:
-                with contextlib.suppress(OSError, ValueError, RuntimeError):
-                    self._loop.remove_reader(self._master)
-            for fd in (self._master, self._slave):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        self._pty.close()
 
     # ------------------------------------------------------------------------------------ J1772 logic
 
@@ -239,11 +223,9 @@ class OpenEvseEmulator:
     # ------------------------------------------------------------------------------------ input
 
     def _on_readable(self) -> None:
-        try:
-            data = os.read(self._master, 4096)
-        except OSError:
-            return
-        self.feed(data)
+        data = self._pty.read()
+        if data is not None:
+            self.feed(data)
 
     def feed(self, data: bytes) -> None:
         """Bytes from the host, as if they arrived on the UART."""
@@ -301,7 +283,7 @@ class OpenEvseEmulator:
     # ------------------------------------------------------------------------------------ output
 
     def _send(self, token: str, *args: str, seq: int | None = None) -> None:
-        if self.silent or self._closed:
+        if self.silent or self._pty.closed:
             return
         self.write_raw(encode(token, *args, seq=seq))
         self.lines_sent += 1
@@ -309,6 +291,6 @@ class OpenEvseEmulator:
     def write_raw(self, data: bytes) -> None:
         """Put bytes on the wire towards the host (tests use it to inject corruption)."""
         try:
-            os.write(self._master, data)
+            self._pty.write(data)
         except OSError:
             self.tx_dropped += 1

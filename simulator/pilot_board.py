@@ -7,10 +7,7 @@ It speaks docs/pilot-board-protocol.md through the same codec as the driver. The
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import os
-import tty
 from collections.abc import Iterable
 
 from drivers.serial.pilot_codec import (
@@ -38,6 +35,7 @@ from drivers.serial.pilot_codec import (
 )
 from hal.types import CpState, Fault
 from simulator.physics import Plant
+from simulator.pty import RawPty
 
 log = logging.getLogger(__name__)
 
@@ -63,13 +61,9 @@ class PilotBoardEmulator:
         self.firmware = firmware
         self.silent = False  # fault injection "board-silent": sends nothing, ignores all input
         self.decoder = FrameDecoder(Sender.HOST)
-        self._master, self._slave = os.openpty()
-        # Raw on both ends, or the line discipline rewrites 0x0A/0x0D and eats control bytes.
-        tty.setraw(self._master)
-        tty.setraw(self._slave)
-        os.set_blocking(self._master, False)
-        # The slave fd stays open here so reads on the master never hit EIO while the agent reconnects.
-        self.port_path = os.ttyname(self._slave)
+        self._pty = RawPty()
+        self._slave = self._pty.slave  # the host end, for tests that talk to the emulator directly
+        self.port_path = self._pty.path
         self._tx_seq = 0
         self.frames_sent = 0
         self.tx_dropped = 0
@@ -79,14 +73,12 @@ class PilotBoardEmulator:
         self._last_status: float | None = None
         self._last_reported: dict[type, BoardMessage] = {}
         self._last_mismatch_hello: float | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._closed = False
 
     # ------------------------------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        loop = self._loop = asyncio.get_running_loop()
-        loop.add_reader(self._master, self._on_readable)
+        loop = asyncio.get_running_loop()
+        self._pty.watch(loop, self._on_readable)
         self._now = loop.time()
         self.plant.step(self._now)
         self._send(self._hello())
@@ -96,19 +88,11 @@ class PilotBoardEmulator:
                 self.tick(loop.time())
                 await asyncio.sleep(self.tick_s)
         finally:
-            with contextlib.suppress(ValueError, OSError):
-                loop.remove_reader(self._master)
+            self._pty.unwatch()
 
     def close(self) -> None:
         """Close the pty: the driver then sees its port fail."""
-        if not self._closed:
-            self._closed = True
-            if self._loop is not None:
-                with contextlib.suppress(OSError, ValueError, RuntimeError):
-                    self._loop.remove_reader(self._master)
-            for fd in (self._master, self._slave):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
+        self._pty.close()
 
     @property
     def counters(self) -> dict[str, int]:
@@ -117,13 +101,9 @@ class PilotBoardEmulator:
     # ------------------------------------------------------------------------------------ input
 
     def _on_readable(self) -> None:
-        try:
-            data = os.read(self._master, 4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            return  # no slave open right now (cannot happen while we hold ours); nothing to do
-        self.feed(data)
+        data = self._pty.read()
+        if data is not None:
+            self.feed(data)
 
     def feed(self, data: bytes) -> None:
         """Bytes from the host, as if they arrived on the UART."""
@@ -256,7 +236,7 @@ class PilotBoardEmulator:
         )
 
     def _send(self, message: BoardMessage) -> None:
-        if self.silent or self._closed:
+        if self.silent or self._pty.closed:
             return
         self._last_reported[type(message)] = message
         self.write_raw(encode(message, seq=self._tx_seq))
@@ -266,7 +246,7 @@ class PilotBoardEmulator:
     def write_raw(self, data: bytes) -> None:
         """Put bytes on the wire towards the host (tests use it to inject corruption)."""
         try:
-            os.write(self._master, data)
-        except (BlockingIOError, OSError):
+            self._pty.write(data)
+        except OSError:
             # Nobody is reading (agent not running): the pty buffer is full; a real UART drops too.
             self.tx_dropped += 1

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import time
-import tty
 
 from drivers.serial import pn532_codec as codec
+from simulator.pty import RawPty
 
 FIRMWARE = b"\x32\x01\x06\x07"  # PN532, firmware 1.6, supports ISO 14443A/B and ISO 18092
 HOLD_S = 0.6  # how long a tapped card stays in the field
@@ -23,27 +22,16 @@ class Pn532Emulator:
         self.commands: list[int] = []  # command codes received, in order (for tests)
         self.configured = False
         self._card: tuple[bytes, float] | None = None  # UID and when it leaves the field
-        self._master: int | None = None
-        self._slave: int | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pty: RawPty | None = None
 
     def open(self) -> None:
-        master, slave = os.openpty()
-        tty.setraw(master)
-        tty.setraw(slave)
-        os.set_blocking(master, False)
-        self._master, self._slave = master, slave  # holding the slave keeps the pty alive between opens
-        self.port_path = os.ttyname(slave)
+        self._pty = RawPty()  # holding the slave keeps the pty alive between opens
+        self.port_path = self._pty.path
 
     def close(self) -> None:
-        if self._loop is not None and self._master is not None:
-            with contextlib.suppress(ValueError, OSError, RuntimeError):
-                self._loop.remove_reader(self._master)
-        for fd in (self._master, self._slave):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._master = self._slave = None
+        if self._pty is not None:
+            self._pty.close()
+        self._pty = None
 
     def tap(self, uid_hex: str, hold_s: float = HOLD_S) -> None:
         """Hold an ISO 14443A card (4, 7 or 10 byte UID, hex) in the field for ``hold_s`` seconds."""
@@ -55,22 +43,17 @@ class Pn532Emulator:
     async def run(self) -> None:
         """Open the pty at once (``port_path`` is valid after the first await) and serve until cancelled."""
         self.open()
-        assert self._master is not None
-        self._loop = asyncio.get_running_loop()
-        self._loop.add_reader(self._master, self._readable)
+        assert self._pty is not None
+        self._pty.watch(asyncio.get_running_loop(), self._readable)
         try:
             await asyncio.Event().wait()
         finally:
             self.close()
 
     def _readable(self) -> None:
-        if self._master is None:
-            return
-        try:
-            data = os.read(self._master, 4096)
-        except OSError:
-            return
-        self.feed(data)
+        data = None if self._pty is None else self._pty.read()
+        if data is not None:
+            self.feed(data)
 
     def feed(self, data: bytes) -> None:
         if self.silent:
@@ -103,7 +86,7 @@ class Pn532Emulator:
 
     def write_raw(self, data: bytes) -> None:
         """Bytes towards the host (tests inject corruption with it); nothing while silent."""
-        if self.silent or self._master is None:
+        if self.silent or self._pty is None:
             return
-        with contextlib.suppress(BlockingIOError, OSError):
-            os.write(self._master, data)
+        with contextlib.suppress(OSError):
+            self._pty.write(data)

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import tty
 from types import TracebackType
 
 from drivers.serial.rdm6300_codec import encode_frame
+from simulator.pty import RawPty
 
 REPEATS = 3  # a real reader keeps sending the frame while the card stays in the field
 
@@ -18,22 +16,16 @@ class Rdm6300Emulator:
         self.silent = False
         self.port_path: str | None = None
         self.frames_sent = 0
-        self._master: int | None = None
-        self._slave: int | None = None
+        self._pty: RawPty | None = None
 
     def open(self) -> None:
-        master, slave = os.openpty()
-        tty.setraw(master)
-        tty.setraw(slave)
-        self._master, self._slave = master, slave  # holding the slave keeps the pty alive between opens
-        self.port_path = os.ttyname(slave)
+        self._pty = RawPty(nonblocking=False)  # holding the slave keeps the pty alive between opens
+        self.port_path = self._pty.path
 
     def close(self) -> None:
-        for fd in (self._master, self._slave):
-            if fd is not None:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._master = self._slave = None
+        if self._pty is not None:
+            self._pty.close()
+        self._pty = None
 
     def tap(self, uid: str, repeats: int = REPEATS) -> None:
         """Present a card: the frame is sent ``repeats`` times back to back."""
@@ -45,9 +37,9 @@ class Rdm6300Emulator:
 
     def send_raw(self, data: bytes) -> None:
         """Put bytes on the line (also for corrupt-input tests); nothing while silent."""
-        if self.silent or self._master is None:
+        if self.silent or self._pty is None:
             return
-        os.write(self._master, data)
+        self._pty.write(data)
 
     async def start(self) -> None:
         self.open()
