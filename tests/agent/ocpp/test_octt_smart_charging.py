@@ -204,7 +204,9 @@ async def test_power_profile_converted_with_measured_voltage(octt: Octt) -> None
     await octt.charging()
     body = profile(5, "TxProfile", [(0, 6900.0)], unit="W")
     assert await set_profile(octt, 1, body) == "Accepted"
-    await eventually(lambda: agent.connector.controller.offered_current_a == 10.0, 8, "6900 W -> 10 A")
+    assert agent.service is not None
+    await eventually(lambda: agent.service is not None
+                     and agent.service.features["SmartCharging"].applied.get(1) == 10.0, 5, "6900 W -> 10 A")
     one_phase = profile(5, "TxProfile", [(0, 2300.0)], unit="W")
     one_phase["chargingSchedule"]["chargingSchedulePeriod"][0]["numberPhases"] = 1
     assert await set_profile(octt, 1, one_phase) == "Accepted"
