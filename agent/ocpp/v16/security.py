@@ -45,6 +45,9 @@ log = logging.getLogger(__name__)
 FALLBACK_AFTER_FAILURES = 3
 WATCH_PERIOD_S = 0.1
 APPLY_LOCAL_CHANGE_AFTER_S = 1.0  # cpctl changes have no .conf to wait for
+# After the .conf, before closing: a CSMS busy with a crossing CALL may not have read the .conf yet, and
+# a close right behind it can make it drop the answer.
+REDIAL_GRACE_S = 0.5
 LOG_MAX_BYTES = 1_000_000  # then security.log becomes security.log.1
 INVALID_MESSAGES_EVERY_S = 60.0
 SECRET_KEYS = ("securityprofile", "authorizationkey")
@@ -84,8 +87,12 @@ class SecretsFilter(RedactingFilter):
     """RedactingFilter that also hides ``AuthorizationKey=<value>`` as the configuration store logs it."""
 
     _KEY_ASSIGNMENT = re.compile(r"""(AuthorizationKey\s*=\s*)(['"]).*?\2""", re.IGNORECASE)
+    # websockets' DEBUG frame lines ("< TEXT '[2,...' [140 bytes]") are cut in the middle, so the
+    # key name may be gone while its value is not: hide their content (rpc logs frames, redacted).
+    _WEBSOCKETS_FRAME = re.compile(r"^([<>] (?:TEXT|BINARY) ).*( \[\d+ bytes\])$", re.DOTALL)
 
     def redact(self, text: str) -> str:
+        text = self._WEBSOCKETS_FRAME.sub(r"\g<1>'...'\g<2>", text)
         return self._KEY_ASSIGNMENT.sub(r"\g<1>***", super().redact(text))
 
 
@@ -116,6 +123,7 @@ class Security(CertificateHandlers):
             self.active = self.confirmed
             context = self._context_for(self.active.profile)
         self._trial_failures = 0
+        self._stale_link: object | None = None  # the link being replaced: its connection proves nothing
         self._pending_change = False
         self._reverting = False
         self._tasks: set[asyncio.Task[None]] = set()
@@ -227,11 +235,13 @@ class Security(CertificateHandlers):
             self._revert_store(self.active)
             return
         self._save_confirmed(self.confirmed)
+        self._stale_link = self._svc.link
         self.active = wanted
         self._trial_failures = 0
         self._svc.security_profile = wanted.profile
         self._svc.ssl_context = context
         log.warning("reconnecting with security profile %d (new settings)", wanted.profile)
+        await asyncio.sleep(REDIAL_GRACE_S)
         await self._svc.relink()
 
     async def _fall_back(self) -> None:
@@ -242,6 +252,7 @@ class Security(CertificateHandlers):
         )
         self.event(RECONFIGURED, f"new settings could not connect; fell back to profile {old.profile}")
         self._revert_store(old)
+        self._stale_link = self._svc.link
         self.active = old
         self._svc.security_profile = old.profile
         self._svc.ssl_context = self._context_for(old.profile)
@@ -366,6 +377,8 @@ class Security(CertificateHandlers):
             await asyncio.sleep(WATCH_PERIOD_S)
             if self._svc.link is not link:  # a redial made a new Link: its counters start at 0
                 link, failures = self._svc.link, 0
+            if link is self._stale_link:
+                continue
             if link.state is LinkState.CONNECTED and link.session is not None:
                 self._connected()
                 if link.session is not session:
