@@ -22,6 +22,9 @@ test: lint
 demo: $(STAMP)
 	$(BIN)/cpagent sim
 
+soak: $(STAMP)
+	CPAGENT_SOAK=1 $(BIN)/pytest -q -s -p no:cacheprovider tests/reliability
+
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
 

@@ -179,7 +179,7 @@ def decode_frame(raw: str | bytes) -> Frame:
             raise FrameError(ErrorCode.FORMATION_VIOLATION, "frame is not UTF-8") from None
     try:
         data = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
         match = _CALL_ID_PREFIX.match(raw)
         uid = match.group(1) if match else None
         raise FrameError(ErrorCode.FORMATION_VIOLATION, "frame is not valid JSON", uid) from None

@@ -1,0 +1,45 @@
+"""Boot time: `python -m agent.cli run` process start -> BootNotification on the wire at the CSMS, against
+the simulator rig (real ptys, Modbus TCP) and the bundled CSMS on 127.0.0.1. Median and max of N boots.
+
+Prints JSON: {"boot_p50_s", "boot_max_s", "n", "goals"}. Goal: p50 <= 1.0 s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tests.reliability.harness import CP, close_world, open_world
+
+N = 7
+
+
+async def main() -> None:
+    samples: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        world = await open_world(Path(tmp) / "rig")
+        try:
+            for i in range(N):
+                world.agent.start()
+                boot = await world.csms.wait_for(CP, "BootNotification", count=i + 1, within=30)
+                samples.append(boot.at - world.agent.started_at)
+                world.agent.kill()
+                await asyncio.sleep(0.3)
+        finally:
+            await close_world(world)
+    print(json.dumps({
+        "boot_p50_s": round(statistics.median(samples), 3),
+        "boot_max_s": round(max(samples), 3),
+        "n": N,
+        "goals": {"boot_p50_s": "<= 1.0"},
+    }))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
