@@ -87,7 +87,8 @@ async def main() -> None:
     with tempfile.TemporaryDirectory(dir=ROOT / "bench") as tmp:  # the agent's state on a real disk
         directory = Path(tmp)
         ctl = directory / "csms.sock"
-        csms = subprocess.Popen(  # noqa: ASYNC220 - started once, before any timing[sys.executable, "-m", "simulator.cli", "csms", "--control", str(ctl)], cwd=ROOT,
+        csms = subprocess.Popen(  # noqa: ASYNC220 - started once, before any timing
+            [sys.executable, "-m", "simulator.cli", "csms", "--control", str(ctl)], cwd=ROOT,
                                 stdout=subprocess.PIPE, text=True)
         try:
             assert csms.stdout is not None
