@@ -29,6 +29,7 @@ from drivers.can.pilot_codec import (
     load_database,
 )
 from drivers.pilot_board_base import PilotBoardBase
+from drivers.settings import DeviceSettings
 from hal.device import DeviceError
 
 log = logging.getLogger(__name__)
@@ -170,39 +171,15 @@ _KNOWN_SETTINGS = ("interface", "channel", "node_id", "bitrate", "keepalive_inte
 
 
 def create(name: str, settings: Mapping[str, Any]) -> CanPilotBoard:
-    def key(k: str) -> str:
-        return f"devices.{name}.{k}"
-
-    for k in settings:
-        if k not in _KNOWN_SETTINGS:
-            raise DeviceError(f"{key(k)}: unknown setting (known: {', '.join(_KNOWN_SETTINGS)})")
-
-    def text(k: str, default: str) -> str:
-        value = settings.get(k, default)
-        if not isinstance(value, str) or not value.strip():
-            raise DeviceError(f"{key(k)}: expected a non-empty string, got {value!r}")
-        return value
-
-    def integer(k: str, default: int, low: int, high: int) -> int:
-        value = settings.get(k, default)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise DeviceError(f"{key(k)}: expected an integer from {low} to {high}, got {value!r}")
-        return value
-
-    def seconds(k: str, default: float, low: float, high: float) -> float:
-        value = settings.get(k, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-            raise DeviceError(f"{key(k)}: expected a number of seconds from {low} to {high}, got {value!r}")
-        return float(value)
-
+    s = DeviceSettings(name, settings, _KNOWN_SETTINGS)
     return CanPilotBoard(
         name,
-        interface=text("interface", "socketcan"),
-        channel=text("channel", "can0"),
-        node_id=integer("node_id", 0, 0, MAX_NODE_ID),
-        bitrate=integer("bitrate", 250_000, 10_000, 1_000_000),
+        interface=s.text("interface", "socketcan"),
+        channel=s.text("channel", "can0"),
+        node_id=s.integer("node_id", 0, 0, MAX_NODE_ID),
+        bitrate=s.integer("bitrate", 250_000, 10_000, 1_000_000),
         # Well inside the board's 2 s watchdog even if one keep-alive is lost.
-        keepalive_interval_s=seconds("keepalive_interval_s", 0.5, 0.05, 0.9),
+        keepalive_interval_s=s.seconds("keepalive_interval_s", 0.5, 0.05, 0.9),
         # Above the board's 250 ms status period, low enough to flag silence within 2 s.
-        silence_timeout_s=seconds("silence_timeout_s", 1.0, 0.3, 1.5),
+        silence_timeout_s=s.seconds("silence_timeout_s", 1.0, 0.3, 1.5),
     )

@@ -58,6 +58,7 @@ from drivers.serial.openevse_codec import (
     parse_version,
 )
 from drivers.serial.port import NonBlockingPort
+from drivers.settings import DeviceSettings
 from hal.device import DeviceError
 from hal.roles import ControlPilot, Meter, PowerSwitch
 from hal.types import (
@@ -464,36 +465,16 @@ _KNOWN_SETTINGS = ("port", "baudrate", "poll_interval_s", "silence_timeout_s", "
 
 
 def create(name: str, settings: Mapping[str, Any]) -> OpenEvse:
-    def key(k: str) -> str:
-        return f"devices.{name}.{k}"
-
-    for k in settings:
-        if k not in _KNOWN_SETTINGS:
-            raise DeviceError(f"{key(k)}: unknown setting (known: {', '.join(_KNOWN_SETTINGS)})")
-    port = settings.get("port")
-    if not isinstance(port, str) or not port.strip():
-        raise DeviceError(f"{key('port')}: expected a serial device path or pyserial URL (required)")
-
-    def integer(k: str, default: int, low: int, high: int) -> int:
-        value = settings.get(k, default)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise DeviceError(f"{key(k)}: expected a whole number from {low} to {high}, got {value!r}")
-        return value
-
-    def seconds(k: str, default: float, low: float, high: float) -> float:
-        value = settings.get(k, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-            raise DeviceError(f"{key(k)}: expected a number of seconds from {low} to {high}, got {value!r}")
-        return float(value)
-
-    baudrate = integer("baudrate", 115200, 1, 4_000_000)
+    s = DeviceSettings(name, settings, _KNOWN_SETTINGS)
+    port = s.serial_port()
+    baudrate = s.integer("baudrate", 115200, 1, 4_000_000, noun="a whole number")
     # 2-10 polls a second: silence must be flagged within 2 s even if a reply or two is lost.
-    poll = seconds("poll_interval_s", 0.25, 0.1, 0.5)
-    silence = seconds("silence_timeout_s", 1.0, 0.3, 1.5)
+    poll = s.seconds("poll_interval_s", 0.25, 0.1, 0.5)
+    silence = s.seconds("silence_timeout_s", 1.0, 0.3, 1.5)
     if silence < 2 * poll:
-        raise DeviceError(f"{key('silence_timeout_s')}: must be at least twice poll_interval_s ({poll} s)")
-    phases = integer("phases", 1, 1, 3)
-    heartbeat = integer("heartbeat_interval_s", 0, 0, 3600)
+        raise DeviceError(f"{s.key('silence_timeout_s')}: must be at least twice poll_interval_s ({poll} s)")
+    phases = s.integer("phases", 1, 1, 3, noun="a whole number")
+    heartbeat = s.integer("heartbeat_interval_s", 0, 0, 3600, noun="a whole number")
     return OpenEvse(
         name,
         port,

@@ -24,6 +24,7 @@ from drivers.serial.pilot_codec import (
     encode,
 )
 from drivers.serial.port import NonBlockingPort
+from drivers.settings import DeviceSettings
 from hal.device import DeviceError
 
 log = logging.getLogger(__name__)
@@ -143,27 +144,13 @@ _KNOWN_SETTINGS = ("port", "baudrate", "keepalive_interval_s", "silence_timeout_
 
 
 def create(name: str, settings: Mapping[str, Any]) -> PilotBoard:
-    def key(k: str) -> str:
-        return f"devices.{name}.{k}"
-
-    for k in settings:
-        if k not in _KNOWN_SETTINGS:
-            raise DeviceError(f"{key(k)}: unknown setting (known: {', '.join(_KNOWN_SETTINGS)})")
-    port = settings.get("port")
-    if not isinstance(port, str) or not port.strip():
-        raise DeviceError(f"{key('port')}: expected a serial device path or pyserial URL (required)")
+    s = DeviceSettings(name, settings, _KNOWN_SETTINGS)
+    port = s.serial_port()
     baudrate = settings.get("baudrate", 115200)
     if isinstance(baudrate, bool) or not isinstance(baudrate, int) or baudrate <= 0:
-        raise DeviceError(f"{key('baudrate')}: expected a positive integer, got {baudrate!r}")
-
-    def seconds(k: str, default: float, low: float, high: float) -> float:
-        value = settings.get(k, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-            raise DeviceError(f"{key(k)}: expected a number of seconds from {low} to {high}, got {value!r}")
-        return float(value)
-
+        raise DeviceError(f"{s.key('baudrate')}: expected a positive integer, got {baudrate!r}")
     # Keep-alives must arrive well inside the board's 2 s watchdog, even if one is lost.
-    keepalive = seconds("keepalive_interval_s", 0.5, 0.05, 0.9)
+    keepalive = s.seconds("keepalive_interval_s", 0.5, 0.05, 0.9)
     # Above the board's 250 ms status period, and low enough to flag silence within 2 s.
-    silence = seconds("silence_timeout_s", 1.0, 0.3, 1.5)
+    silence = s.seconds("silence_timeout_s", 1.0, 0.3, 1.5)
     return PilotBoard(name, port, baudrate=baudrate, keepalive_interval_s=keepalive, silence_timeout_s=silence)
