@@ -156,7 +156,8 @@ class OcppService:
             if clash:
                 raise RuntimeError(f"{type(feature).__name__} redefines handlers for {sorted(clash)}")
             on.update(more_on)
-            after.update(more_after)
+            for action, hook in more_after.items():
+                after[action] = _chain(after[action], hook) if action in after else hook
         self._link_handlers = {action: self._gated(h) for action, h in on.items()}
         self._link_after = after
         self.link = self._make_link()
@@ -514,6 +515,16 @@ class OcppService:
         if session is None or session.closed or not self.accepted:
             raise ConnectionLost("not connected to the CSMS")
         return await session.request(payload)
+
+
+def _chain(first: Handler, second: Handler) -> Handler:
+    """Two features acting after the same .conf (e.g. Core and Security after ChangeConfiguration)."""
+
+    async def both(**kwargs: Any) -> Any:
+        await first(**kwargs)
+        return await second(**kwargs)
+
+    return both
 
 
 async def run_until_stopped(
