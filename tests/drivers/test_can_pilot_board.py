@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +25,10 @@ from hal.registry import load_driver
 from hal.types import CpState, DeviceFaultChanged, Fault, HalEvent, PilotStateChanged, RelayFeedback
 from simulator.can_pilot_board import CanPilotBoardEmulator
 from simulator.physics import EvModel, Plant
+from tests.drivers.helpers import wait_for
 
 DB = load_database()
 REPO_ROOT = str(Path(__file__).resolve().parents[2])
-
-
-async def wait_for(predicate: Callable[[], object], limit_s: float = 5.0, what: str = "condition") -> float:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > limit_s:
-            raise AssertionError(f"timed out after {limit_s} s waiting for {what}")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - start
 
 
 # ---------------------------------------------------------------------------------------- settings

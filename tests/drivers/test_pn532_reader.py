@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -14,15 +13,7 @@ from drivers.serial.pn532 import Pn532Reader, create
 from hal import DeviceError, DeviceFaultChanged, Fault, HalEvent, IdToken
 from hal.registry import load_driver
 from simulator.pn532 import Pn532Emulator
-
-
-async def wait_for(predicate: Callable[[], object], limit_s: float = 5.0, what: str = "condition") -> float:
-    start = time.monotonic()
-    while not predicate():
-        if time.monotonic() - start > limit_s:
-            raise AssertionError(f"timed out after {limit_s} s waiting for {what}")
-        await asyncio.sleep(0.01)
-    return time.monotonic() - start
+from tests.drivers.helpers import wait_for
 
 
 def test_entry_point_and_settings() -> None:
