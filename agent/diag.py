@@ -160,7 +160,9 @@ class DiagServer:
         snap = c.snapshot()
         snap["id_tag"] = mask(c.session.id_tag if c.session else None)
         snap["maintenance"] = c.maintenance
-        snap["transaction_id"] = c.session.transaction_id if c.session else None
+        # The CSMS's id arrives after the session began: read it from the store, not the in-memory copy.
+        stored = self.station.sessions.get(c.session.ref) if c.session else None
+        snap["transaction_id"] = stored.transaction_id if stored else None
         snap["session_energy_wh"] = round(c.session_energy_wh(), 1)
         snap["display_extra"] = dict(c.display_extra)  # e.g. price / running or final cost from the CSMS
         return snap
