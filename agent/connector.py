@@ -126,6 +126,7 @@ class Connector:
         self._status_faults: frozenset[Fault] = frozenset()
         self._resume_timer: TimerHandle | None = None
         self.connection_timeout_s = 60.0
+        self.stop_on_ev_disconnect = True  # unplugging the EV ends the session (OCPP may say otherwise)
         # Set by the OCPP service: may another idTag (same parentIdTag) stop this session?
         self.stop_check: Callable[[Session, str], Awaitable[bool]] | None = None
         # Set by a reservation feature (set_reservation): while held and idle the connector is Reserved.
@@ -201,8 +202,13 @@ class Connector:
         if not state.ev_connected:
             self._finished_plugged = False
             if self.session is not None and self._resume_timer is None and state.letter == "A":
-                self.stop_session(StopReason.EV_DISCONNECTED)
+                if self.stop_on_ev_disconnect:
+                    self.stop_session(StopReason.EV_DISCONNECTED)
+                # else the transaction stays open (OCPP StopTransactionOnEVSideDisconnect = false) and
+                # energy flows again when an EV is plugged back in.
             return
+        if self.session is not None and self._resume_timer is None and not self.controller.energy_allowed():
+            self.controller.set_energy_allowed(True)  # re-plugged into a transaction kept open
         if self.session is None and self._pending is not None:
             tag, expiry = self._pending
             self._pending = None

@@ -25,6 +25,7 @@ from typing import Any
 from ocpp.v16 import call
 
 from agent.authcache import AuthorizationCache, LocalAuthList
+from agent.charge_control import NON_BLOCKING
 from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.db import StorageError
@@ -164,6 +165,7 @@ class OcppService:
         station.authorizer = self.authorizer
         for connector in station.connectors.values():
             connector.connection_timeout_s = float(self.store.get_int("ConnectionTimeOut"))
+            connector.stop_on_ev_disconnect = self.store.get_bool("StopTransactionOnEVSideDisconnect")
             connector.stop_check = self.authorizer.may_stop
         self.store.subscribe(self._on_config_change)
         station.subscribe(self._on_event)
@@ -290,6 +292,9 @@ class OcppService:
         if key == "ConnectionTimeOut":
             for connector in self.station.connectors.values():
                 connector.connection_timeout_s = float(value)
+        elif key == "StopTransactionOnEVSideDisconnect":
+            for connector in self.station.connectors.values():
+                connector.stop_on_ev_disconnect = value.lower() == "true"
         elif key == "HeartbeatInterval":
             self._heartbeat_changed.set()
         elif key == "WebSocketPingInterval":
@@ -313,7 +318,7 @@ class OcppService:
     ) -> dict[str, Any]:
         if cid == 0:
             status = ConnectorStatus.AVAILABLE if self.availability.operative(0) else ConnectorStatus.UNAVAILABLE
-            faults = frozenset()
+            faults = frozenset(self.station.reader_faults)  # the reader serves the whole charge point
         else:
             connector = self.station.connectors[cid]
             status = connector.status() if status is None else status
@@ -324,8 +329,10 @@ class OcppService:
             "errorCode": "NoError",
             "timestamp": ocpp_time(self.wall()),
         }
-        if status is ConnectorStatus.FAULTED:
-            fi = fault_info(sorted(faults)[0] if faults else Fault.INTERNAL)
+        # A fault that does not stop charging (silent meter or reader) is still reported, with the status.
+        if status is ConnectorStatus.FAULTED or faults:
+            # The fault that stops charging names the error, not a silent meter that happens to sort first.
+            fi = fault_info(min(faults, key=lambda f: (f in NON_BLOCKING, f)) if faults else Fault.INTERNAL)
             payload.update(errorCode=fi.ocpp_error_code, vendorErrorCode=fi.vendor_error_code[:50],
                            info=fi.explanation[:50])
         return payload

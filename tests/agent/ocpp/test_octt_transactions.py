@@ -75,6 +75,24 @@ async def test_005_1_ev_side_disconnect_stops(octt: Octt) -> None:
     await octt.wait_status("Available")
 
 
+async def test_005_2_ev_side_disconnect_keeps_transaction_when_configured(octt: Octt) -> None:
+    """StopTransactionOnEVSideDisconnect = false: unplugging suspends; re-plugging charges in the same
+    transaction; the card then stops it."""
+    agent = await octt.start_agent(StopTransactionOnEVSideDisconnect="false")
+    await octt.booted()
+    await octt.charging()
+    octt.ctl("unplug")
+    await octt.wait_status("SuspendedEV")
+    await asyncio.sleep(0.5)
+    assert octt.msgs("StopTransaction") == []
+    octt.ctl("plug")
+    await octt.wait_status("Charging", within=10)
+    assert len(octt.msgs("StartTransaction")) == 1
+    await agent.tap(TAG)
+    stop = await octt.wait("StopTransaction")
+    assert stop.payload["reason"] == "Local"
+
+
 async def test_023_invalid_card_is_refused(octt: Octt) -> None:
     octt.csms.auth_list["BLOCKED1"] = "Blocked"
     agent = await octt.start_agent()
