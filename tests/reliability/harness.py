@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ SOAK = os.environ.get("CPAGENT_SOAK", "") not in ("", "0")
 CP = "CPREL1"
 TAG = "DEADBEEF01"
 TX_ACTIONS = ("StartTransaction", "MeterValues", "StopTransaction")
+FRAME_LOG = "csms-frames.jsonl"
 
 
 def trials(reduced: int, full: int) -> int:
@@ -34,14 +37,16 @@ def trials(reduced: int, full: int) -> int:
 
 
 # Fast settings so that a trial takes seconds: 1 s meter values, quick retries, pings to catch half-open
-# sockets, and a 1 s redial cap.
+# sockets, and a 1 s redial cap. MessageTimeout stays at the production default (30 s): a dead connection
+# is found by the 1 s pings (the pending CALL then fails as ConnectionLost), so a short MessageTimeout only
+# turns a slow answer on a loaded machine into a resend of a message the CSMS already processed.
 KEYS = {
     "MeterValueSampleInterval": "1",
     "HeartbeatInterval": "300",
     "TransactionMessageRetryInterval": "1",
     "TransactionMessageAttempts": "5",
     "ConnectionTimeOut": "60",
-    "MessageTimeout": "3",
+    "MessageTimeout": "30",
     "WebSocketPingInterval": "1",
 }
 
@@ -74,6 +79,7 @@ class AgentProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
         self.starts = 0
+        self.kills: list[Cut] = []  # every kill -9, stamped here so that no kill goes unrecorded
 
     def start(self) -> None:
         assert self.proc is None
@@ -89,8 +95,10 @@ class AgentProcess:
     def kill(self) -> None:
         """SIGKILL: no cleanup, no goodbye, exactly like pulling the plug."""
         if self.proc is not None:
+            begin = time.time()
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+            self.kills.append(Cut("kill", begin, time.time()))
             self.proc = None
 
     def terminate(self) -> None:
@@ -118,6 +126,7 @@ class FaultProxy:
         self.port = 0
         self.cut_next = False
         self.cuts = 0
+        self.cut_events: list[tuple[Cut, bytes]] = []  # each mid-frame cut with the chunk it destroyed
         self._server: asyncio.Server | None = None
         self._pairs: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
         self._silent: set[tuple[asyncio.StreamWriter, asyncio.StreamWriter]] = set()
@@ -188,10 +197,12 @@ class FaultProxy:
                 if downstream and self.cut_next and len(chunk) > 2:
                     self.cut_next = False
                     self.cuts += 1
+                    begin = time.time()
                     writer.write(chunk[: len(chunk) // 2])
                     await writer.drain()
                     for w in pair:
                         w.transport.abort()
+                    self.cut_events.append((Cut("mid-frame", begin, time.time()), chunk))
                     return
                 writer.write(chunk)
                 await writer.drain()
@@ -200,6 +211,16 @@ class FaultProxy:
         finally:
             for w in pair:
                 w.transport.abort()
+
+
+@dataclass(frozen=True)
+class Cut:
+    """A moment the test took the agent's connection away: a kill -9 or a dropped/cut/silenced connection.
+    ``begin`` is stamped just before the act, ``end`` just after (wall clock, like the CSMS records)."""
+
+    kind: str
+    begin: float
+    end: float
 
 
 @dataclass
@@ -211,6 +232,22 @@ class World:
     csms: Csms
     agent: AgentProcess
     proxy: FaultProxy | None = None
+    drops: list[Cut] = field(default_factory=list)  # connection faults the trial played (not kills)
+
+    def cuts(self) -> list[Cut]:
+        """Every kill and connection fault so far, in time order."""
+        mid_frame = [cut for cut, _ in self.proxy.cut_events] if self.proxy else []
+        return sorted([*self.agent.kills, *self.drops, *mid_frame], key=lambda c: c.begin)
+
+    @property
+    def frame_log(self) -> Path:
+        return self.directory / FRAME_LOG
+
+    def resends(self) -> Resends:
+        return explain_resends(self.msgs(), self.frame_log, self.cuts(), self.destroyed_chunks())
+
+    def destroyed_chunks(self) -> list[bytes]:
+        return [chunk for _, chunk in self.proxy.cut_events] if self.proxy else []
 
     def ctl(self, cmd: str, **args: Any) -> dict[str, Any]:
         return self.rig.control({"cmd": cmd, **args})
@@ -231,7 +268,10 @@ class World:
 
 async def open_world(directory: Path, *, connectors: int = 1, proxy: bool = False,
                      keys: dict[str, str] | None = None) -> World:
-    csms = Csms(accept=[TAG], heartbeat_interval=300)
+    os.makedirs(directory, exist_ok=True)
+    # The frame log (one JSON line per frame, both ways, with time and message id) is the evidence the
+    # duplicate checks read: it shows whether a CALLRESULT was sent before a kill or a drop.
+    csms = Csms(accept=[TAG], heartbeat_interval=300, log_path=directory / FRAME_LOG)
     await csms.start()
     fault_proxy: FaultProxy | None = None
     url = csms.url
@@ -338,3 +378,73 @@ def check(messages: list[Received], *, expect_sessions: int | None = None) -> Ve
     if expect_sessions is not None and verdict.sessions != expect_sessions:
         verdict.problems.append(f"{verdict.sessions} sessions at the CSMS, expected {expect_sessions}")
     return verdict
+
+
+# -- at-least-once, precisely ----------------------------------------------------------------------
+
+# An answer the CSMS wrote this shortly before a cut may still have been in flight (loopback, proxy) or
+# read but not yet committed by the agent (parse + one fsync of the ack). Everything answered earlier
+# reached the agent before the cut: a resend of it is a real duplicate.
+IN_FLIGHT_S = 0.05
+
+
+def answer_times(frame_log: Path) -> dict[str, float]:
+    """unique id -> wall time the CSMS wrote its CALLRESULT/CALLERROR, from the CSMS frame log."""
+    answers: dict[str, float] = {}
+    for line in frame_log.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        frame = record["frame"]
+        if record["dir"] == "out" and isinstance(frame, list) and len(frame) >= 2 and frame[0] in (3, 4):
+            stamp = datetime.fromisoformat(record["t"].replace("Z", "+00:00")).timestamp()
+            answers.setdefault(str(frame[1]), stamp)
+    return answers
+
+
+@dataclass
+class Resends:
+    """Identical resends of transaction messages, each explained by a cut or reported as a problem."""
+
+    allowed: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def explain_resends(messages: list[Received], frame_log: Path, cuts: list[Cut],
+                    destroyed: Sequence[bytes] = ()) -> Resends:
+    """A resend is allowed only when the first copy's CALLRESULT could not have reached the agent before
+    the cut that ended the connection the first copy came on: the CSMS log shows it was never written,
+    written after the cut began (or within IN_FLIGHT_S before it), or it was in the chunk a mid-frame cut
+    destroyed. The cut that ended a connection: for a kill, the first one after which the CSMS had not yet
+    heard the new process's BootNotification (a killed process's last frames may be read just after the
+    kill); for a drop, the first one that ended after the copy arrived."""
+    answers = answer_times(frame_log)
+    boots = [m.at for m in messages if m.action == "BootNotification"]
+    horizons: list[tuple[float, Cut]] = []
+    for cut in cuts:
+        if cut.kind == "kill":
+            horizons.append((next((t for t in boots if t > cut.end), float("inf")), cut))
+        else:
+            horizons.append((cut.end, cut))
+    result = Resends()
+    first: dict[tuple[str, str], Received] = {}
+    for m in messages:
+        if m.action not in TX_ACTIONS:
+            continue
+        key = (m.action, repr(_key(m.payload)))
+        original = first.setdefault(key, m)
+        if original is m:
+            continue
+        answered = answers.get(original.unique_id)
+        what = f"{m.action} {m.payload.get('transactionId', m.payload.get('timestamp'))}"
+        cut = next((c for horizon, c in horizons if original.at <= horizon and c.begin <= m.at), None)
+        if cut is None:
+            result.problems.append(f"{what}: resent at {m.at:.3f} without a cut after the first copy")
+            continue
+        lost = any(original.unique_id.encode() in chunk for chunk in destroyed)
+        if answered is None or answered >= cut.begin - IN_FLIGHT_S or lost:
+            margin = "never answered" if answered is None else f"answered {answered - cut.begin:+.3f} s from it"
+            result.allowed.append(f"{what}: {cut.kind} at {cut.begin:.3f}, first copy {margin}"
+                                  f"{' (answer in the destroyed chunk)' if lost else ''}")
+        else:
+            result.problems.append(f"{what}: first copy answered {cut.begin - answered:.3f} s before the "
+                                   f"{cut.kind} at {cut.begin:.3f}, yet resent at {m.at:.3f}")
+    return result

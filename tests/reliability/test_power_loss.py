@@ -1,8 +1,10 @@
 """Power loss: kill -9 the real agent process at random moments of charging sessions (boot, authorize,
 start, meter values, stop, replay of a queue after an outage), restart it, and check at the CSMS that every
 session has exactly one StartTransaction and one StopTransaction (byte-identical resends allowed only when
-the kill fell between the CSMS receiving a message and the agent committing its ack: delivery is
-at-least-once), energy is monotonic, no transactionId is -1 or unknown, nothing is lost."""
+the CSMS frame log shows the first copy's CALLRESULT could not have reached the agent before a kill or a
+drop: delivery is at-least-once; see harness.explain_resends), energy is monotonic, no transactionId is -1
+or unknown, nothing is lost. Every kill is recorded by AgentProcess.kill, including the one that ends each
+trial right after the CSMS saw the session's Stop (which often lands in that ack window on purpose)."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import random
 import time
 from collections import Counter
 
-from tests.reliability.harness import CP, TAG, World, check, eventually, trials
+from tests.reliability.harness import CP, TAG, Cut, World, check, eventually, trials
 
 TRIALS = trials(5, 200)
 SESSION_S = 4.0  # plug .. unplug of one undisturbed session
@@ -52,8 +54,6 @@ def power_off_plant(world: World) -> None:
 
 async def test_kill_9_at_random_moments_loses_nothing(world: World) -> None:
     rng = random.Random(1961)
-    kills: list[float] = []
-    outages: list[float] = []
     phases: Counter[str] = Counter()
     t0 = time.monotonic()
     for trial in range(TRIALS):
@@ -64,7 +64,6 @@ async def test_kill_9_at_random_moments_loses_nothing(world: World) -> None:
         if rng.random() < 0.15:  # during boot
             await asyncio.sleep(rng.uniform(0.2, 0.9))
             booted_at = next((m.at for m in world.msgs("BootNotification")[boots:]), None)
-            kills.append(time.time())
             phases[phase(world, run_started, booted_at)] += 1
             world.agent.kill()
             power_off_plant(world)
@@ -75,8 +74,9 @@ async def test_kill_9_at_random_moments_loses_nothing(world: World) -> None:
         flow = asyncio.create_task(session(world, starts))
         if replay:
             await asyncio.sleep(1.2)
-            outages.append(time.time())  # the drop, like a kill, can eat a CALLRESULT: resend allowed
+            begin = time.time()  # the drop, like a kill, can eat a CALLRESULT: a resend may follow
             await world.csms.outage(1.5)
+            world.drops.append(Cut("drop", begin, time.time()))
             await asyncio.sleep(1.5)
             await world.csms.wait_connected(CP, within=10)
             await asyncio.sleep(rng.uniform(0.0, 0.6))
@@ -84,7 +84,6 @@ async def test_kill_9_at_random_moments_loses_nothing(world: World) -> None:
         else:
             await asyncio.wait({flow}, timeout=rng.uniform(0.0, SESSION_S))
             phases[phase(world, run_started, run_started)] += 1
-        kills.append(time.time())
         world.agent.kill()
         flow.cancel()
         await asyncio.gather(flow, return_exceptions=True)
@@ -99,21 +98,13 @@ async def test_kill_9_at_random_moments_loses_nothing(world: World) -> None:
             raise AssertionError(f"trial {trial}: {check(world.msgs()).problems}\n{world.log_tail()}") from None
         world.agent.kill()
     verdict = check(world.msgs())
-    print(f"\npower loss: {TRIALS} trials, {len(kills)} kills in {time.monotonic() - t0:.0f} s, phases {dict(phases)}, "
-          f"{verdict.sessions} sessions, duplicates: start {verdict.duplicate_starts}, stop "
-          f"{verdict.duplicate_stops}, meter values {verdict.duplicate_meter_values}")
+    resends = world.resends()
+    print(f"\npower loss: {TRIALS} trials, {len(world.agent.kills)} kills, {len(world.drops)} drops in "
+          f"{time.monotonic() - t0:.0f} s, phases {dict(phases)}, {verdict.sessions} sessions, duplicates: start "
+          f"{verdict.duplicate_starts}, stop {verdict.duplicate_stops}, meter values "
+          f"{verdict.duplicate_meter_values}; allowed resends:", *resends.allowed, sep="\n  ")
     assert verdict.problems == []
     assert verdict.sessions >= 1
-    # At-least-once, honestly: a resend is only acceptable when a kill fell right after the CSMS received
-    # the first copy (before the agent could commit the ack); every duplicate must be such a copy.
-    seen: dict[tuple[str, str], float] = {}
-    for m in world.msgs():
-        if m.action not in ("StartTransaction", "StopTransaction", "MeterValues"):
-            continue
-        key = (m.action, repr(sorted(m.payload.items())))
-        if key in seen:
-            first = seen[key]
-            assert any(first - 0.5 <= k <= first + 1.0 for k in kills + outages), \
-                f"{m.action} resent without a kill or drop in its window"
-        else:
-            seen[key] = m.at
+    assert resends.problems == []
+    assert len(resends.allowed) == (verdict.duplicate_starts + verdict.duplicate_stops
+                                    + verdict.duplicate_meter_values)
