@@ -465,7 +465,8 @@ class ChargeController:
             self._timers.start("x1_hold", X1_HOLD_S, self._run)
 
     def _check_weld(self) -> None:
-        if not self._relay_closed and self._feedback is True:
+        # A silent board's last feedback is stale (its own keep-alive opens the relay): judge it once it speaks.
+        if not self._relay_closed and self._feedback is True and Fault.BOARD_SILENT not in self._device_faults:
             self._latch_weld()
             self._run()
 

@@ -144,6 +144,8 @@ def _parser() -> argparse.ArgumentParser:
     pw = add("pwm", "drive the pilot (maintenance mode only): 0 = F, 100 = X1")
     pw.add_argument("connector", type=int)
     pw.add_argument("duty", type=float)
+    cl = add("clear", "clear latched faults (RCD, ground, weld, over-current) once the cause is fixed")
+    cl.add_argument("connector", type=int)
     t = add("trigger", "ask the agent to send an OCPP message now")
     t.add_argument("what", choices=["boot", "status", "heartbeat"])
     return p
@@ -266,6 +268,8 @@ def _run(args: argparse.Namespace, client: Client, as_json: bool) -> int:
         request = {"cmd": "relay", "connector": args.connector, "action": args.action}
     elif cmd == "pwm":
         request = {"cmd": "pwm", "connector": args.connector, "duty": args.duty}
+    elif cmd == "clear":
+        request = {"cmd": "clear", "connector": args.connector}
     else:
         request = {"cmd": "trigger", "what": args.what}
     name = request.pop("cmd")
@@ -284,6 +288,8 @@ def _run(args: argparse.Namespace, client: Client, as_json: bool) -> int:
         return EXIT_OK if data["ok"] else EXIT_PROBLEM
     if cmd == "meter":
         return EXIT_OK if data.get("fresh") else EXIT_PROBLEM
+    if cmd == "clear":
+        return EXIT_OK if not data["faults"] else EXIT_PROBLEM
     return EXIT_OK
 
 
@@ -310,6 +316,9 @@ def _human(cmd: str, data: Any) -> str:
         amps = " ".join("-" if a is None else f"{a:.1f}" for a in data["current_a"])
         return (f"connector {data['connector']}: {data['energy_import_wh'] / 1000:.3f} kWh  "
                 f"{data['power_w']:.0f} W  V {volts}  A {amps}  at {_when(data['timestamp'])}")
+    if cmd == "clear":
+        left = ", ".join(data["faults"]) or "none"
+        return f"connector {data['connector']}: {data['status']}, faults still active: {left}"
     if cmd == "config" and isinstance(data, dict) and "configurationKey" in data:
         rows = [f"{k['key']} = {k.get('value', '')}{' (read-only)' if k.get('readonly') else ''}"
                 for k in data["configurationKey"]]

@@ -77,6 +77,7 @@ class DiagServer:
             "relay": self._relay,
             "pwm": self._pwm,
             "trigger": self._trigger,
+            "clear": self._clear,
         }
 
     @property
@@ -328,6 +329,15 @@ class DiagServer:
         c.manual_pwm(duty)
         self.station.eventlog.add(time.time(), "warning", "diag", f"connector {c.id} PWM {duty:g} % (manual)")
         return {"connector": c.id, "duty": duty}
+
+    async def _clear(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Operator clear of latched faults (RCD, ground, weld, over-current) once the cause is checked."""
+        c = self._connector(request)
+        cleared = c.controller.clear_faults()  # those whose cause persists stay latched
+        left = sorted(f.value for f in c.faults)
+        self.station.eventlog.add(time.time(), "warning", "diag",
+                                  f"connector {c.id} faults cleared by operator; still active: {left or 'none'}")
+        return {"connector": c.id, "cleared": cleared, "faults": left, "status": c.status().value}
 
     async def _trigger(self, request: dict[str, Any]) -> dict[str, Any]:
         what = request.get("what")

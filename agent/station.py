@@ -17,6 +17,7 @@ from agent.config import AgentConfig
 from agent.connector import Connector
 from agent.eventlog import EventLog
 from agent.events import (
+    ConnectorStatus,
     EventListener,
     SessionStarted,
     SessionStopped,
@@ -126,7 +127,10 @@ class Station:
 
     def _on_reader_event(self, event: object) -> None:
         if isinstance(event, DeviceFaultChanged):
+            before = set(self.reader_faults)
             (self.reader_faults.add if event.active else self.reader_faults.discard)(event.fault)
+            if self.reader_faults != before:  # connector 0 (the whole charge point) reports the reader
+                self._emit(StatusChanged(0, ConnectorStatus.AVAILABLE, frozenset(self.reader_faults)))
 
     def _connectors_of(self, device_name: str) -> list[Connector]:
         return [
