@@ -13,6 +13,7 @@ Not thread-safe: use it from the event-loop thread that owns the connection.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -161,13 +162,16 @@ class Outbox:
         # attempt counts may be lost by an OS crash (not by a process crash): the worst case is a resend,
         # which at-least-once delivery allows anyway. Saves two fsyncs per replayed MeterValues.
         with self._storage(f"ack entry {entry_id}"):
-            kind = self._conn.execute("SELECT action FROM outbox WHERE id = ?", (entry_id,)).fetchone()
-        durable = transaction_id is not None or (kind is not None and kind[0] in (START, STOP))
-        with self._storage(f"ack entry {entry_id}"), self._transaction(durable=durable):
             row = self._conn.execute("SELECT action, tx_ref FROM outbox WHERE id = ?", (entry_id,)).fetchone()
-            if row is None:
-                return  # already acked or thinned: acking twice is harmless
-            action, tx_ref = row
+        if row is None:
+            return  # already acked or thinned: acking twice is harmless
+        action, tx_ref = row
+        durable = transaction_id is not None or action in (START, STOP)
+        # The read above and this transaction run with no await in between, on the one connection that
+        # writes the outbox: the row cannot change in between; the DELETE's rowcount still checks it.
+        with self._storage(f"ack entry {entry_id}"), self._transaction(durable=durable):
+            if self._conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,)).rowcount == 0:
+                return
             if transaction_id is not None:
                 if tx_ref is None:
                     raise ValueError(f"entry {entry_id} has no tx_ref to bind a transaction id to")
@@ -175,13 +179,13 @@ class Outbox:
             if action == STOP and tx_ref is not None:
                 self._conn.execute("UPDATE outbox_tx SET stop_delivered = 1 WHERE tx_ref = ?", (tx_ref,))
                 self._prune_delivered()
-            self._conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
         self._depth -= 1
         self._not_before.pop(entry_id, None)
 
     def record_attempt(self, entry_id: int) -> int:
         """Count one more send of the entry (call it before each send). Returns the new count."""
-        with self._storage(f"record attempt for entry {entry_id}"), self._transaction(durable=False):
+        # One statement is its own transaction (autocommit): no BEGIN/COMMIT round trip needed.
+        with self._storage(f"record attempt for entry {entry_id}"), self._unsynced():
             row = self._conn.execute(
                 "UPDATE outbox SET attempts = attempts + 1 WHERE id = ? RETURNING attempts", (entry_id,)
             ).fetchone()
@@ -371,9 +375,7 @@ class Outbox:
     def _transaction(self, *, durable: bool = True) -> Iterator[None]:
         """BEGIN IMMEDIATE .. COMMIT; ``durable=False`` commits without fsync (WAL, synchronous=NORMAL):
         safe against a process crash, may be rolled back by an OS crash or power cut."""
-        if not durable:
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-        try:
+        with contextlib.nullcontext() if durable else self._unsynced():
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield
@@ -382,9 +384,15 @@ class Outbox:
                 if self._conn.in_transaction:
                     self._conn.execute("ROLLBACK")
                 raise
+
+    @contextmanager
+    def _unsynced(self) -> Iterator[None]:
+        """Commits inside go without fsync (synchronous=NORMAL); the durable setting comes back after."""
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
         finally:
-            if not durable:
-                self._conn.execute(f"PRAGMA synchronous={self._synchronous}")
+            self._conn.execute(f"PRAGMA synchronous={self._synchronous}")
 
     @staticmethod
     @contextmanager

@@ -280,6 +280,12 @@ class _WireChargePoint(LibraryChargePoint):  # type: ignore[misc]
     async def route_message(self, raw_msg: str | bytes) -> None:
         self._session._route(raw_msg)
 
+    async def _send(self, message: str) -> None:
+        # The library logs every outgoing frame at INFO; a replay of thousands of queued messages would
+        # format, redact and write each one. Frames are DEBUG here, like the incoming ones in serve().
+        LOG.debug("%s > %s", self.id, message)
+        await self._connection.send(message)
+
 
 @dataclass
 class SessionStats:
@@ -315,6 +321,8 @@ class OcppSession:
         self._wire = _WireChargePoint(charge_point_id, connection, self)
         self._request_lock = asyncio.Lock()
         self._closed = asyncio.Event()
+        # Resolved when serve() ends; each request waits on it next to its CALL (no extra task per CALL).
+        self._closed_future: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._logged_bad_frame_kinds: set[str] = set()
 
@@ -337,6 +345,8 @@ class OcppSession:
                 await self._wire.route_message(raw)
         finally:
             self._closed.set()
+            if self._closed_future is not None and not self._closed_future.done():
+                self._closed_future.set_result(None)
             for task in list(self._tasks):
                 task.cancel()
 
@@ -353,16 +363,21 @@ class OcppSession:
             self._wire._response_timeout = self.message_timeout if response_timeout is None else response_timeout
             self._wire.last_call_error = None
             calling = asyncio.ensure_future(self._wire.call(payload, suppress=False, unique_id=unique_id))
-            closing = asyncio.ensure_future(self._closed.wait())
             try:
-                await asyncio.wait({calling, closing}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({calling, self._closing()}, return_when=asyncio.FIRST_COMPLETED)
             finally:
-                closing.cancel()
                 if not calling.done():
                     calling.cancel()
             if not calling.done() or calling.cancelled():
                 raise ConnectionLost(f"{action}: connection closed while waiting for the answer")
             return self._result_of(action, unique_id, calling)
+
+    def _closing(self) -> asyncio.Future[None]:
+        if self._closed_future is None:
+            self._closed_future = asyncio.get_running_loop().create_future()
+            if self.closed:
+                self._closed_future.set_result(None)
+        return self._closed_future
 
     def _result_of(self, action: str, unique_id: str, calling: asyncio.Future[Any]) -> Any:
         try:

@@ -10,6 +10,7 @@ TransactionMessageRetryInterval x previous sends; then the entry is dropped and 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -39,6 +40,13 @@ _CALLS: dict[str, Callable[..., Any]] = {
     METER_VALUES: call.MeterValues,
     "SecurityEventNotification": call.SecurityEventNotification,  # guaranteed delivery (whitepaper A04.FR.02)
 }
+
+
+@functools.cache
+def _snake(key: str) -> str:
+    """A top-level payload key as the call dataclass's field name. Nested keys stay camelCase: the library
+    turns the dataclass back into camelCase, and converting them both ways is work without effect."""
+    return str(next(iter(camel_to_snake_case({key: None}))))
 
 
 @dataclass
@@ -301,7 +309,7 @@ class TransactionMessages:
             assert entry.tx_ref is not None
             self.outbox.start_dropped(entry.tx_ref)
             payload = self.outbox.payload_for_send(entry)
-        request = _CALLS[entry.action](**camel_to_snake_case(payload))
+        request = _CALLS[entry.action](**{_snake(key): value for key, value in payload.items()})
         attempts = self.outbox.record_attempt(entry.id)
         try:
             conf = await session.request(request)
