@@ -44,9 +44,14 @@ _CALLS: dict[str, Callable[..., Any]] = {
 
 @functools.cache
 def _snake(key: str) -> str:
-    """A top-level payload key as the call dataclass's field name. Nested keys stay camelCase: the library
-    turns the dataclass back into camelCase, and converting them both ways is work without effect."""
     return str(next(iter(camel_to_snake_case({key: None}))))
+
+
+def outbox_call(action: str, payload: Mapping[str, Any]) -> Any:
+    """The ``ocpp.v16.call`` dataclass for a queued payload. Only top-level keys become field names; nested
+    keys stay camelCase: the library turns the dataclass back into camelCase, so converting them both
+    ways would be work without effect (a replay sends thousands)."""
+    return _CALLS[action](**{_snake(key): value for key, value in payload.items()})
 
 
 @dataclass
@@ -309,7 +314,7 @@ class TransactionMessages:
             assert entry.tx_ref is not None
             self.outbox.start_dropped(entry.tx_ref)
             payload = self.outbox.payload_for_send(entry)
-        request = _CALLS[entry.action](**{_snake(key): value for key, value in payload.items()})
+        request = outbox_call(entry.action, payload)
         attempts = self.outbox.record_attempt(entry.id)
         try:
             conf = await session.request(request)
