@@ -29,6 +29,10 @@ SOAK = os.environ.get("CPAGENT_SOAK", "") not in ("", "0")
 CP = "CPREL1"
 TAG = "DEADBEEF01"
 TX_ACTIONS = ("StartTransaction", "MeterValues", "StopTransaction")
+# The reader driver reports a card that is still in the field once: the same UID again within
+# repeat_suppress_s (2 s) of its last frame counts as held, not as a new tap (it also keeps a double tap
+# from stopping the session it just started). A trial that taps the same card twice must wait longer.
+TAP_SPACING_S = 2.5
 FRAME_LOG = "csms-frames.jsonl"
 
 
@@ -233,6 +237,13 @@ class World:
     agent: AgentProcess
     proxy: FaultProxy | None = None
     drops: list[Cut] = field(default_factory=list)  # connection faults the trial played (not kills)
+    last_tap: float = float("-inf")  # monotonic
+
+    async def tap(self, id_tag: str) -> None:
+        """Present the card, as a new tap: no sooner than TAP_SPACING_S after the previous one."""
+        await asyncio.sleep(max(0.0, self.last_tap + TAP_SPACING_S - time.monotonic()))
+        self.ctl("tap", id_tag=id_tag)
+        self.last_tap = time.monotonic()
 
     def cuts(self) -> list[Cut]:
         """Every kill and connection fault so far, in time order."""
@@ -419,11 +430,11 @@ def explain_resends(messages: list[Received], frame_log: Path, cuts: list[Cut],
     answers = answer_times(frame_log)
     boots = [m.at for m in messages if m.action == "BootNotification"]
     horizons: list[tuple[float, Cut]] = []
-    for cut in cuts:
-        if cut.kind == "kill":
-            horizons.append((next((t for t in boots if t > cut.end), float("inf")), cut))
+    for c in cuts:
+        if c.kind == "kill":
+            horizons.append((next((t for t in boots if t > c.end), float("inf")), c))
         else:
-            horizons.append((cut.end, cut))
+            horizons.append((c.end, c))
     result = Resends()
     first: dict[tuple[str, str], Received] = {}
     for m in messages:

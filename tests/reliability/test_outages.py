@@ -63,8 +63,11 @@ async def test_outages_at_random_points_deliver_everything_in_order(proxied_worl
         await world.csms.wait_connected(CP, within=20)
         world.ctl("plug")
         await asyncio.sleep(0.3)
-        world.ctl("tap", id_tag=TAG)
-        await world.csms.wait_for(CP, "StartTransaction", count=starts + 1, within=15)
+        await world.tap(TAG)  # a short trial may end < 2 s after its tap: a new tap waits (TAP_SPACING_S)
+        try:
+            await world.csms.wait_for(CP, "StartTransaction", count=starts + 1, within=15)
+        except TimeoutError:
+            raise AssertionError(f"trial {trial}: no Start 15 s after plug+tap\n{world.log_tail()}") from None
         await asyncio.sleep(rng.uniform(0.0, 1.5))
         outage = asyncio.create_task(fault(world, kind, rng.uniform(*DURATION)))
         await asyncio.sleep(rng.uniform(0.2, 2.5))  # the session ends during or after the outage
