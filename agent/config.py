@@ -186,12 +186,16 @@ def parse(data: Mapping[str, Any]) -> AgentConfig:
         raise ConfigError("station.model", "expected at most 20 characters (OCPP 1.6 limit)")
     from agent import __version__
 
+    firmware_version = station_t.string("firmware_version", __version__) or __version__
+    if len(firmware_version) > 50:
+        raise ConfigError("station.firmware_version", "expected at most 50 characters (OCPP 1.6 limit)")
+
     station = StationConfig(
         charge_point_id=cp_id,
         vendor=vendor,
         model=model,
         serial_number=serial,
-        firmware_version=station_t.string("firmware_version", __version__) or __version__,
+        firmware_version=firmware_version,
         support_contact=station_t.string("support_contact", "") or "",
     )
     state_dir = Path(station_t.string("state_dir", str(DEFAULT_STATE_DIR)) or DEFAULT_STATE_DIR)
