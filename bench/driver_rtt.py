@@ -40,7 +40,9 @@ async def _until(predicate: Callable[[], bool], limit_s: float = 5.0) -> None:
         await asyncio.sleep(0)
 
 
-async def _round_trips(device: Any, command: Callable[[int], None], matches: Callable[[HalEvent, int], bool]) -> list[float]:
+async def _round_trips(
+    device: Any, command: Callable[[int], None], matches: Callable[[HalEvent, int], bool]
+) -> list[float]:
     seen: list[tuple[float, HalEvent]] = []
     device.subscribe(lambda e: seen.append((time.perf_counter(), e)))
     out: list[float] = []
