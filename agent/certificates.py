@@ -266,12 +266,22 @@ class CertificateStore:
         return bool(self.client_chain()) and self.key_path.exists()
 
     def private_key_pems(self) -> list[str]:
-        """Key material that must never be logged (for the redaction filter)."""
+        """Key material that must never be logged (for the redaction filter, which asks on every log
+        record): files are re-read only when their modification time or size changed."""
+        signature: list[tuple[str, int, int]] = []
+        for path in (self.key_path, self.pending_key_path):
+            with contextlib.suppress(OSError):
+                st = path.stat()
+                signature.append((str(path), st.st_mtime_ns, st.st_size))
+        cached = getattr(self, "_pem_cache", None)
+        if cached is not None and cached[0] == signature:
+            return list(cached[1])
         pems: list[str] = []
         for path in (self.key_path, self.pending_key_path):
             with contextlib.suppress(OSError, UnicodeDecodeError):
                 pems.append(path.read_text("ascii"))
-        return pems
+        self._pem_cache = (signature, pems)
+        return list(pems)
 
     def create_csr(self, *, cpo_name: str, serial_number: str) -> str:
         """A new P-256 key (kept 0600 as the pending key) and its CSR: O = CpoName, CN = serial number."""
