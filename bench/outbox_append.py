@@ -63,6 +63,7 @@ def main() -> None:
                 "append_max_ms": round(samples[-1], 3),
                 "n": n,
                 "durable": "WAL+synchronous=FULL",
+                "goals": {"append_p99_ms": "<= 2"},
             }
         )
     )
