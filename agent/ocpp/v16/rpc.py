@@ -368,6 +368,9 @@ class OcppSession:
             finally:
                 if not calling.done():
                     calling.cancel()
+                    # Whatever it ends with now (often the closed socket) is nobody's business any more:
+                    # retrieve it so asyncio does not log "Task exception was never retrieved".
+                    calling.add_done_callback(lambda f: f.cancelled() or f.exception())
             if not calling.done() or calling.cancelled():
                 raise ConnectionLost(f"{action}: connection closed while waiting for the answer")
             return self._result_of(action, unique_id, calling)
