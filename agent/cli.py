@@ -11,6 +11,7 @@ from pathlib import Path
 
 from agent import __version__
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load
+from agent.tasks import cancel_and_wait
 from hal import DeviceError
 
 log = logging.getLogger("cpagent")
@@ -64,8 +65,7 @@ async def run_agent(config: AgentConfig) -> int:
     task = asyncio.create_task(station.run(ready=systemd.ready))
     status = await run_until_stopped(station, config, stop, service)  # OCPP 1.6J when ocpp.endpoint is set
     await systemd.stop()
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    await cancel_and_wait(task)
     station.close()
     return status  # 75 after an OCPP Reset: systemd starts the agent again
 

@@ -9,6 +9,8 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from agent.tasks import cancel_and_wait
+
 log = logging.getLogger("cpagent.supervisor")
 
 
@@ -89,7 +91,5 @@ class Supervisor:
         return all(s.alive for s in self.tasks.values() if s.critical)
 
     async def stop(self) -> None:
-        for handle in self._handles.values():
-            handle.cancel()
-        await asyncio.gather(*self._handles.values(), return_exceptions=True)
+        await cancel_and_wait(*self._handles.values())
         self._handles.clear()

@@ -22,6 +22,7 @@ from typing import Any
 from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ModbusException
 
+from agent.tasks import raise_if_cancelling
 from drivers.modbus.transport import ROUND_TRIPS_KEPT, ModbusIOError, RtuLink
 
 LINE_SETTINGS = ("baudrate", "parity", "stopbits", "bytesize")
@@ -96,6 +97,7 @@ class SharedRtuBus:
     async def _serve(self, queue: asyncio.Queue[tuple[Job, asyncio.Future[Any]]]) -> None:
         try:
             while True:
+                raise_if_cancelling()  # a cancel pymodbus's wait_for swallowed (Python 3.11)
                 job, future = await queue.get()
                 if future.done():  # the meter gave up waiting (cancelled): skip, nothing was sent
                     continue

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from agent.clock import Clock, SystemClock, TimerHandle
+from agent.tasks import raise_if_cancelling
 from drivers.modbus.bus import BusSettingsMismatch, shared_bus
 from drivers.modbus.codec import (
     IncompleteReading,
@@ -118,6 +119,7 @@ class ModbusMeter(Device, Meter, SignedMeter):
         backoff = BACKOFF_START_S
         try:
             while True:
+                raise_if_cancelling()  # pymodbus awaits with wait_for, which can lose a cancel on 3.11
                 if not self.reader.connected:
                     try:
                         await self.reader.connect()

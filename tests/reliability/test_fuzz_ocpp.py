@@ -20,6 +20,7 @@ from agent.config import AgentConfig, load
 from agent.ocpp.v16.rpc import OcppSession, decode_frame
 from agent.ocpp.v16.service import OcppService
 from agent.station import Station
+from agent.tasks import cancel_and_wait
 from simulator.rig import Rig, RigOptions
 from tests.reliability.harness import SOAK
 
@@ -142,9 +143,7 @@ class Target:
         self.serving = asyncio.create_task(self.session.serve())
 
     def close(self) -> None:
-        self.serving.cancel()
-        self.station_task.cancel()
-        self.loop.run_until_complete(asyncio.gather(self.serving, self.station_task, return_exceptions=True))
+        self.loop.run_until_complete(cancel_and_wait(self.serving, self.station_task))
         self.station.close()
         self.loop.run_until_complete(self.rig.stop())
         self.loop.close()

@@ -58,6 +58,7 @@ from agent.ocpp.v16.transactions import TransactionMessages
 from agent.outbox import Outbox
 from agent.sdnotify import EXIT_RESTART_REQUESTED
 from agent.station import Station
+from agent.tasks import cancel_and_wait
 from hal.types import Fault
 
 log = logging.getLogger(__name__)
@@ -248,9 +249,7 @@ class OcppService:
         try:
             await asyncio.gather(*tasks)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_and_wait(*tasks)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -550,8 +549,6 @@ async def run_until_stopped(
     finally:
         with contextlib.suppress(Exception):
             await service.stop()
-        for task in waits:
-            task.cancel()
-        await asyncio.gather(*waits, return_exceptions=True)
+        await cancel_and_wait(*waits)
     return RESTART_EXIT_STATUS if service.restart_kind else 0
 
