@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Any
 
+from agent.tasks import cancel_and_wait
 from drivers.modbus.bus import BusReader
 from drivers.modbus.meter import ModbusMeter, create
 from drivers.modbus.transport import PymodbusReader
@@ -45,9 +46,7 @@ async def run_meters(meters: list[ModbusMeter], seconds: float) -> float:
     started = time.monotonic()
     await asyncio.sleep(seconds)
     wall = time.monotonic() - started
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await cancel_and_wait(*tasks)
     return wall
 
 
