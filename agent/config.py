@@ -44,6 +44,10 @@ class ConnectorConfig:
     lock: str | None
     meter: str | None
     display: str | None
+    # over-current trip: measured > (offered + margin) * factor for time_s (EVerest defaults)
+    overcurrent_margin_a: float = 0.5
+    overcurrent_factor: float = 1.10
+    overcurrent_time_s: float = 7.0
 
 
 @dataclass(frozen=True)
@@ -243,6 +247,9 @@ def parse(data: Mapping[str, Any]) -> AgentConfig:
                 lock=device_ref(c, "lock", required=False),
                 meter=device_ref(c, "meter", required=False),
                 display=device_ref(c, "display", required=False),
+                overcurrent_margin_a=c.number("overcurrent_margin_a", 0.5, low=0.0, high=10.0),
+                overcurrent_factor=c.number("overcurrent_factor", 1.10, low=1.0, high=2.0),
+                overcurrent_time_s=c.number("overcurrent_time_s", 7.0, low=1.0, high=60.0),
             )
         )
         c.reject_unknown()

@@ -111,6 +111,9 @@ class Connector:
                 phases=config.phases,
                 ventilation_available=config.ventilation_available,
                 fixed_cable=config.fixed_cable,
+                overcurrent_margin_a=config.overcurrent_margin_a,
+                overcurrent_factor=config.overcurrent_factor,
+                overcurrent_time_s=config.overcurrent_time_s,
             ),
             on_change=self._on_controller_change,
         )

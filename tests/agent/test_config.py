@@ -93,3 +93,76 @@ def test_not_toml(tmp_path: Path) -> None:
     bad.write_text("[station\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load(bad)
+
+
+def test_overcurrent_rule_is_configurable_per_connector() -> None:
+    connector = {"id": 1, "pilot": "b", "overcurrent_margin_a": 1, "overcurrent_factor": 1.2, "overcurrent_time_s": 3}
+    c = parse(_with(connectors=[connector])).connectors[0]
+    assert (c.overcurrent_margin_a, c.overcurrent_factor, c.overcurrent_time_s) == (1.0, 1.2, 3.0)
+    default = parse(MINIMAL).connectors[0]
+    assert (default.overcurrent_margin_a, default.overcurrent_factor, default.overcurrent_time_s) == (0.5, 1.1, 7.0)
+    for key, bad in (("overcurrent_factor", 0.9), ("overcurrent_time_s", 0), ("overcurrent_margin_a", -1)):
+        with pytest.raises(ConfigError) as err:
+            parse(_with(connectors=[{"id": 1, "pilot": "b", key: bad}]))
+        assert err.value.key == f"connectors[0].{key}"
+
+
+def test_connector_trips_on_its_configured_overcurrent_rule(tmp_path: Path) -> None:
+    """The configured rule reaches the charge controller: 3 s at > (16 + 1) * 1.2 A trips, not 7 s."""
+    from agent import db
+    from agent.authorize import AllowList
+    from agent.clock import FakeClock
+    from agent.connector import Connector
+    from agent.sessions import SessionStore
+    from hal import Device, MeterSample, PilotStateChanged, RelayFeedback, Role
+    from hal.types import CpState, Fault
+
+    class Board(Device):
+        cp_state = None
+        feedback_closed = None
+
+        @property
+        def roles(self) -> frozenset[Role]:
+            return frozenset({Role.PILOT, Role.POWER_SWITCH})
+
+        async def run(self) -> None:
+            pass
+
+        def set_duty(self, duty_percent: float) -> None:
+            pass
+
+        def set_x1(self) -> None:
+            pass
+
+        def set_f(self) -> None:
+            pass
+
+        def keep_alive(self) -> None:
+            pass
+
+        def close_relay(self) -> None:
+            self.emit(RelayFeedback(True))
+
+        def open_relay(self) -> None:
+            self.emit(RelayFeedback(False))
+
+    connector = {
+        "id": 1, "pilot": "b", "max_current_a": 16, "fixed_cable": True,
+        "overcurrent_margin_a": 1, "overcurrent_factor": 1.2, "overcurrent_time_s": 3,
+    }  # fmt: skip
+    config = parse(_with(connectors=[connector]))
+    clock, board = FakeClock(), Board("b")
+    conn = db.connect(tmp_path / "state.db")
+    c = Connector(config.connectors[0], clock, {"b": board}, SessionStore(conn), AllowList([]), lambda e: None)
+    ctl = c.controller
+    board.emit(PilotStateChanged(CpState.B1))
+    ctl.set_energy_allowed(True)
+    board.emit(PilotStateChanged(CpState.C2))
+    assert ctl.relay_commanded_closed and ctl.offered_current_a == 16.0
+    sample = MeterSample(energy_import_wh=0.0, power_w=0.0, voltage_v=(230.0, None, None),
+                         current_a=(20.5, None, None), timestamp=clock.wall())  # > 20.4 A
+    board.emit(sample)
+    clock.advance(2.9)
+    assert Fault.OVERCURRENT not in ctl.active_faults
+    clock.advance(0.2)
+    assert Fault.OVERCURRENT in ctl.active_faults and not ctl.relay_commanded_closed
