@@ -31,6 +31,7 @@ from agent.config import AgentConfig
 from agent.db import StorageError
 from agent.events import (
     ConnectorStatus,
+    MeterUpdate,
     SessionStarted,
     SessionStopped,
     StationEvent,
@@ -286,6 +287,8 @@ class OcppService:
             asyncio.get_running_loop().call_soon(self.apply_availability)
         elif isinstance(event, StatusChanged):
             self._queue_status(event.connector_id, event.status, event.faults)
+        elif isinstance(event, MeterUpdate):
+            self.tx.on_meter_update(event)
 
     def _on_config_change(self, key: str, value: str) -> None:
         if key == "ConnectionTimeOut":

@@ -23,7 +23,7 @@ from ocpp.v16 import call
 from agent.authcache import IdTagInfo
 from agent.clock import Clock
 from agent.connector import Connector
-from agent.events import SessionStarted, SessionStopped, StopReason
+from agent.events import MeterUpdate, SessionStarted, SessionStopped, StopReason
 from agent.ocpp.v16 import meter_values as mv
 from agent.ocpp.v16.configuration import ConfigurationStore
 from agent.ocpp.v16.rpc import CallErrorReceived, CallTimeout, ConnectionLost, InvalidPayload, OcppSession
@@ -87,6 +87,8 @@ class TransactionMessages:
         # Features add StartTransaction fields here (e.g. reservationId for a session that used a reservation).
         self.start_extras: list[Callable[[Session], Mapping[str, Any]]] = []
         self._signing_tasks: dict[str, asyncio.Task[None]] = {}  # session ref -> its signed Begin MeterValues
+        # Session ref -> energy register (Wh) at which energy stops: MaxEnergyOnInvalidId after an invalid id.
+        self._energy_caps: dict[str, float] = {}
 
     # -- events -> outbox -----------------------------------------------------------------------------
 
@@ -168,6 +170,7 @@ class TransactionMessages:
             self._signing_tasks[ref] = asyncio.create_task(self._queue_signed_begin(ref, signing))
 
     def on_session_stopped(self, event: SessionStopped) -> None:
+        self._energy_caps.pop(event.session.ref, None)
         connector = self._connectors.get(event.session.connector_id)
         signing = connector.signed_reading(event.session.ref, "stop") if connector else None
         if signing is None:
@@ -360,9 +363,33 @@ class TransactionMessages:
                                 info.status)
                     connector.stop_session(StopReason.DEAUTHORIZED)
                 else:
-                    log.warning("connector %d: idTag %s by the CSMS: energy stopped, transaction kept",
-                                connector.id, info.status)
-                    connector.controller.set_energy_allowed(False)
+                    self._limit_energy(connector, info)
+
+    def _limit_energy(self, connector: Connector, info: IdTagInfo) -> None:
+        """StopTransactionOnInvalidId false: the transaction stays; energy stops once the transaction has
+        delivered MaxEnergyOnInvalidId Wh (at once when it already has, or the key is 0)."""
+        session = connector.session
+        assert session is not None
+        limit_wh = self._store.get_int("MaxEnergyOnInvalidId")
+        if limit_wh > 0 and connector.session_energy_wh() < limit_wh:
+            log.warning("connector %d: idTag %s by the CSMS: transaction kept, energy stops after %d Wh",
+                        connector.id, info.status, limit_wh)
+            self._energy_caps[session.ref] = session.start_energy_wh + limit_wh
+            return
+        log.warning("connector %d: idTag %s by the CSMS: energy stopped, transaction kept", connector.id, info.status)
+        connector.controller.set_energy_allowed(False)
+
+    def on_meter_update(self, event: MeterUpdate) -> None:
+        """Stop energy once a transaction with an invalidated idTag reaches MaxEnergyOnInvalidId."""
+        ref = event.session_ref
+        cap = self._energy_caps.get(ref) if ref is not None else None
+        if ref is None or cap is None or event.sample.energy_import_wh < cap:
+            return
+        del self._energy_caps[ref]
+        connector = self._connectors.get(event.connector_id)
+        if connector is not None and connector.session is not None and connector.session.ref == ref:
+            log.warning("connector %d: MaxEnergyOnInvalidId reached: energy stopped, transaction kept", connector.id)
+            connector.controller.set_energy_allowed(False)
 
 
 def signed_value(record: str, context: str) -> dict[str, str]:

@@ -120,6 +120,27 @@ async def test_037_2_offline_start_invalid_id_energy_stopped_only(octt: Octt) ->
     assert octt.msgs("StopTransaction") == []
 
 
+async def test_037_2_max_energy_on_invalid_id_lets_the_transaction_finish_its_allowance(octt: Octt) -> None:
+    agent = await octt.start_agent(
+        AllowOfflineTxForUnknownId="true", StopTransactionOnInvalidId="false", MaxEnergyOnInvalidId="25"
+    )
+    await octt.booted()
+    await go_offline(octt, agent, 1.5)
+    await plug(octt, agent)
+    assert (await agent.tap("STRANGER1")).accepted
+    start = await octt.wait("StartTransaction", within=8)
+    await eventually(lambda: agent.service is not None and agent.service.outbox.transaction_id(
+        agent.connector.session.ref) is not None, 5, "StartTransaction.conf (Invalid) handled")
+    meter_start = start.payload["meterStart"]
+    delivered = agent.connector.last_sample.energy_import_wh - meter_start
+    assert delivered < 25, f"the allowance was used up offline ({delivered:.0f} Wh): test too slow"
+    assert agent.connector.controller.relay_commanded_closed  # energy goes on within the allowance
+    await eventually(lambda: not agent.connector.controller.relay_commanded_closed, 20, "relay open at 25 Wh")
+    assert agent.connector.last_sample.energy_import_wh - meter_start >= 25
+    assert agent.connector.session is not None
+    assert octt.msgs("StopTransaction") == []
+
+
 async def test_038_offline_stop(octt: Octt) -> None:
     agent = await octt.start_agent()
     await octt.booted()
