@@ -51,6 +51,9 @@ async def test_026_remote_start_rejected_when_busy_or_unavailable(octt: Octt) ->
     assert busy == {"status": "Rejected"}
     missing = await octt.csms.send(CP, "RemoteStartTransaction", {"idTag": TAG, "connectorId": 7})
     assert missing == {"status": "Rejected"}
+    # A transaction needs a real connector: connectorId 0 is refused.
+    whole = await octt.csms.send(CP, "RemoteStartTransaction", {"idTag": TAG, "connectorId": 0})
+    assert whole == {"status": "Rejected"}
 
 
 async def test_027_change_availability_scheduled_and_persisted(octt: Octt) -> None:
@@ -95,6 +98,24 @@ async def test_015_soft_reset_without_transaction(octt: Octt) -> None:
     await asyncio.wait_for(agent.service.restart_requested.wait(), 5)
     assert agent.service.restart_kind == "Soft"
     assert octt.msgs("StopTransaction") == []
+
+
+async def test_016_soft_reset_with_transaction(octt: Octt) -> None:
+    agent = await octt.start_agent()
+    await octt.booted()
+    await octt.charging()
+    assert await octt.csms.send(CP, "Reset", {"type": "Soft"}) == {"status": "Accepted"}
+    stop = await octt.wait("StopTransaction")
+    assert stop.payload["reason"] == "SoftReset" and stop.payload["transactionId"] == 1
+    assert agent.service is not None
+    await asyncio.wait_for(agent.service.restart_requested.wait(), 5)
+    assert agent.service.restart_kind == "Soft"
+    # The Stop left before the restart; the new boot does not send it again.
+    agent = await octt.restart_agent()
+    await octt.wait("BootNotification", count=2)
+    await eventually(lambda: agent.service is not None and agent.service.online
+                     and agent.service.outbox.depth() == 0, 5, "online with an empty outbox")
+    assert len(octt.msgs("StopTransaction")) == 1
 
 
 async def test_017_unlock_connector_stops_transaction(octt: Octt) -> None:
