@@ -518,6 +518,14 @@ class OcppService:
             self._queue_status(cid)
         return "Accepted"
 
+    async def data_transfer(
+        self, vendor_id: str, message_id: str | None = None, data: str | None = None
+    ) -> tuple[str, str | None]:
+        """CP -> CS DataTransfer (Core goes both ways): the CSMS's (status, data). Raises ConnectionLost when
+        not online, CallErrorReceived / CallTimeout / InvalidPayload when the CSMS fails to answer."""
+        conf = await self._request(call.DataTransfer(vendor_id=vendor_id, message_id=message_id, data=data))
+        return str(conf.status), conf.data
+
     async def _request(self, payload: Any) -> Any:
         """One CALL outside the sender loop (Authorize); ConnectionLost when not online."""
         session = self.link.session

@@ -167,6 +167,11 @@ async def test_061_clear_cache_and_data_transfer(octt: Octt) -> None:
     assert agent.service.cache.lookup(TAG) is None
     answer = await octt.csms.send(CP, "DataTransfer", {"vendorId": "com.example"})
     assert answer == {"status": "UnknownVendorId"}
+    # And the other way: the charge point's DataTransfer reaches the CSMS and returns its answer.
+    assert await agent.service.data_transfer("com.example", "ping", "x") == ("Accepted", None)
+    assert octt.msgs("DataTransfer")[-1].payload == {"vendorId": "com.example", "messageId": "ping", "data": "x"}
+    octt.csms.data_transfer_status = "UnknownVendorId"
+    assert await agent.service.data_transfer("org.other") == ("UnknownVendorId", None)
 
 
 async def test_014_cpagent_run_exits_for_restart_after_reset(octt: Octt) -> None:
