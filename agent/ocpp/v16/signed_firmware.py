@@ -46,7 +46,8 @@ log = logging.getLogger(__name__)
 
 SIGNED = "Signed"  # kind of pending install
 MAX_CHAIN_DEPTH = 5
-BUSY_FIRMWARE = frozenset({"Downloading", "Downloaded", "SignatureVerified", "InstallScheduled", "Installing"})
+BUSY_FIRMWARE = frozenset({"DownloadScheduled", "Downloading", "Downloaded", "SignatureVerified",
+                           "InstallScheduled", "Installing"})
 _HASH_CHUNK = 1024 * 1024
 SIGN_METHOD = "sign_charge_point_certificate"
 
@@ -143,6 +144,7 @@ class SignedFirmware:
         self._tasks: set[asyncio.Task[None]] = set()
         self._update: asyncio.Task[None] | None = None
         self._log: asyncio.Task[None] | None = None
+        self._log_reported = False  # the running upload already sent its final LogStatusNotification
         self._accepted_updates: dict[int, dict[str, Any]] = {}
         self._accepted_logs: dict[int, tuple[str, str]] = {}
 
@@ -201,7 +203,10 @@ class SignedFirmware:
                                retry_interval: int | None) -> None:
         self.firmware_request_id = request_id
         location = str(firmware["location"])
-        await wait_until_wall(self._svc, parse_ocpp_time(firmware["retrieve_date_time"]))
+        retrieve_wall = parse_ocpp_time(firmware["retrieve_date_time"])
+        if retrieve_wall is not None and retrieve_wall > self._svc.wall():
+            await self._status("DownloadScheduled")  # a triggered status then says so, not Idle
+            await wait_until_wall(self._svc, retrieve_wall)
         await self._status("Downloading")
         try:
             file = await download(location, self._svc.config.state_dir / "firmware", retries=retries,
@@ -223,7 +228,14 @@ class SignedFirmware:
         if install_wall is not None and install_wall > self._svc.wall():
             await self._status("InstallScheduled")
             await wait_until_wall(self._svc, install_wall)
-        await install_and_restart(self._svc, file, SIGNED, self._status, request_id)
+
+        async def unchanged(path: Path) -> bool:
+            try:
+                return await asyncio.to_thread(file_digest, path) == digest
+            except OSError:
+                return False
+
+        await install_and_restart(self._svc, file, SIGNED, self._status, request_id, verify=unchanged)
 
     # -- GetLog -----------------------------------------------------------------------------------
 
@@ -236,7 +248,8 @@ class SignedFirmware:
             return {"status": "Rejected"}
         kind = "securitylog" if log_type == "SecurityLog" else "diagnostics"
         name = archive_name(self._svc.config.station.charge_point_id, self._svc.wall(), kind)
-        busy = self._log is not None and not self._log.done()
+        # Busy until the final status is reported, not until that notification's answer comes back.
+        busy = self._log is not None and not self._log.done() and not self._log_reported
         self._accepted_logs[request_id] = (name, log_type)
         return {"status": "AcceptedCanceled" if busy else "Accepted", "filename": name}
 
@@ -248,10 +261,12 @@ class SignedFirmware:
         if self._log is not None and not self._log.done():
             self._log.cancel()
         job = self._upload_log(request_id, accepted[0], log_type, log, retries, retry_interval)
+        self._log_reported = False
         self._log = spawn(self._tasks, job, "log-upload")
 
     async def _log_status(self, status: str) -> None:
         self.log_status = "Uploading" if status == "Uploading" else "Idle"
+        self._log_reported = status != "Uploading"
         await notify(self._svc, _log_status(status, self.log_request_id))
 
     async def _upload_log(self, request_id: int, name: str, log_type: str, params: dict[str, Any],
