@@ -160,10 +160,19 @@ async def run_installer(template: tuple[str, ...] | None, file: Path,
 
 
 async def install_and_restart(
-    service: OcppService, file: Path, kind: str, status: StatusSink, request_id: int | None = None
+    service: OcppService, file: Path, kind: str, status: StatusSink, request_id: int | None = None,
+    verify: Callable[[Path], Awaitable[bool]] | None = None,
 ) -> bool:
-    """Wait for idle, Installing, run the installer; on success persist Installed and restart the agent."""
+    """Wait for idle, Installing, run the installer; on success persist Installed and restart the agent.
+    ``verify`` (signed firmware) checks the file once more right before installing: the wait for the
+    transactions (or installDateTime) may be long, and a file changed meanwhile is InstallVerificationFailed."""
     await wait_until_no_transaction(service.station)
+    if verify is not None and not await verify(file):
+        log.error("firmware %s failed its verification before installing; not installed", file.name)
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(file.unlink)
+        await status("InstallVerificationFailed")
+        return False
     await status("Installing")
     pending = PendingInstall(service.station.db)
     pending.set(kind, "InstallationFailed", request_id, "interrupted during installation")

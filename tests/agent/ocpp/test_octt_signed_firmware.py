@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from agent.ocpp.v16.signed_firmware import SIGN_METHOD
-from tests.agent.ocpp.conftest import CP, Octt, eventually
+from tests.agent.ocpp.conftest import CP, TAG, Octt, eventually
 from tests.agent.ocpp.fileservers import http_server
 from tests.agent.ocpp.firmware_support import (
     FIRMWARE,
@@ -141,6 +141,58 @@ async def test_signed_firmware_certificate_not_chaining(octt: Octt, tmp_path: Pa
     assert refused == {"status": "Rejected"}
     await asyncio.sleep(0.2)
     assert octt.msgs(SFW) == []
+
+
+async def test_080_download_and_install_scheduled(octt: Octt, tmp_path: Path) -> None:
+    """retrieveDateTime / installDateTime in the future: DownloadScheduled and InstallScheduled, and a
+    triggered status meanwhile reports the scheduled update (with its requestId), not Idle."""
+    configure(octt, tmp_path)
+    maker = Manufacturer(ec.generate_private_key(ec.SECP256R1()))
+    maker.install_root(octt)
+    agent = await octt.start_agent()
+    await octt.booted()
+    with http_server() as web:
+        web.files["/signed.bin"] = FIRMWARE
+        request = signed_update(web.url("/signed.bin"), maker, maker.sign(FIRMWARE), request_id=21)
+        firmware: dict[str, object] = request["firmware"]  # type: ignore[assignment]
+        firmware["retrieveDateTime"] = now_iso(2.0)
+        firmware["installDateTime"] = now_iso(4.0)
+        assert await octt.csms.send(CP, "SignedUpdateFirmware", request) == {"status": "Accepted"}
+        await wait_statuses(octt, SFW, ["DownloadScheduled"])
+        answer = await octt.csms.send(CP, "ExtendedTriggerMessage", {"requestedMessage": "FirmwareStatusNotification"})
+        assert answer == {"status": "Accepted"}
+        await wait_statuses(octt, SFW, ["DownloadScheduled", "DownloadScheduled"])
+        assert octt.msgs(SFW)[1].payload == {"status": "DownloadScheduled", "requestId": 21}
+        await wait_statuses(octt, SFW, ["DownloadScheduled", "DownloadScheduled", "Downloading", "Downloaded",
+                                        "SignatureVerified", "InstallScheduled", "Installing"], within=15)
+        assert agent.service is not None
+        await eventually(agent.service.restart_requested.is_set, 10, "restart after install")
+
+
+async def test_080_install_verification_failed_when_the_file_changed(octt: Octt, tmp_path: Path) -> None:
+    """The file is checked again right before installing (here after a transaction that delayed the
+    install): a file changed since SignatureVerified is InstallVerificationFailed and never installed."""
+    marker = configure(octt, tmp_path)
+    maker = Manufacturer(ec.generate_private_key(ec.SECP256R1()))
+    maker.install_root(octt)
+    agent = await octt.start_agent()
+    await octt.booted()
+    await octt.charging()
+    with http_server() as web:
+        web.files["/signed.bin"] = FIRMWARE
+        answer = await octt.csms.send(CP, "SignedUpdateFirmware",
+                                      signed_update(web.url("/signed.bin"), maker, maker.sign(FIRMWARE)))
+        assert answer == {"status": "Accepted"}
+        await wait_statuses(octt, SFW, ["Downloading", "Downloaded", "SignatureVerified"])
+    downloaded = octt.rig.dir / "state" / "firmware" / "signed.bin"
+    assert downloaded.read_bytes() == FIRMWARE  # waiting for the transaction to end
+    downloaded.write_bytes(b"tampered" + FIRMWARE[8:])
+    assert (await agent.tap(TAG)).accepted
+    await octt.wait("StopTransaction")
+    await wait_statuses(octt, SFW, ["Downloading", "Downloaded", "SignatureVerified", "InstallVerificationFailed"])
+    assert octt.msgs(SFW)[-1].payload == {"status": "InstallVerificationFailed", "requestId": 11}
+    assert not marker.exists() and not downloaded.exists()
+    assert agent.service is not None and not agent.service.restart_requested.is_set()
 
 
 async def test_get_log_diagnostics_and_security_log(octt: Octt, tmp_path: Path) -> None:
