@@ -290,6 +290,10 @@ def _run(args: argparse.Namespace, client: Client, as_json: bool) -> int:
         return EXIT_OK if data.get("fresh") else EXIT_PROBLEM
     if cmd == "clear":
         return EXIT_OK if not data["faults"] else EXIT_PROBLEM
+    if cmd == "trigger":  # e.g. "failed: not connected to the CSMS", or a boot answered Pending/Rejected
+        return EXIT_OK if data.get("result") == "Accepted" else EXIT_PROBLEM
+    if cmd == "config" and args.config_action == "get":
+        return EXIT_PROBLEM if data.get("unknownKey") else EXIT_OK
     return EXIT_OK
 
 
@@ -324,6 +328,22 @@ def _human(cmd: str, data: Any) -> str:
                 for k in data["configurationKey"]]
         rows += [f"{k}: unknown key" for k in data.get("unknownKey", [])]
         return "\n".join(rows)
+    if cmd == "config":
+        return f"{data['key']}: {data['result']}"
+    if cmd == "trigger":
+        return f"trigger {data['trigger']}: {data['result']}"
+    if cmd == "outbox":
+        head = f"outbox: {data['depth']} queued, oldest {_when(data['oldest_wall'])}"
+        return "\n".join([head, *(f"  #{e['id']} {e['action']:<18} tx_ref {e['tx_ref'] or '-'}  "
+                                    f"attempts {e['attempts']}  queued {_when(e['created_wall'])}"
+                                    for e in data["entries"])])
+    if cmd == "maintenance":
+        return f"connector {data['connector']}: maintenance {'on' if data['maintenance'] else 'off'}, {data['status']}"
+    if cmd == "relay":
+        fb = {True: "closed", False: "open", None: "no feedback"}[data["feedback_closed"]]
+        return f"connector {data['connector']}: relay commanded {data['commanded']}, feedback {fb}"
+    if cmd == "pwm":
+        return f"connector {data['connector']}: pilot duty {data['duty']:g} %"
     return json.dumps(data, indent=2)
 
 

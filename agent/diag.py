@@ -310,8 +310,9 @@ class DiagServer:
         action = request.get("action")
         if action not in ("open", "close"):
             raise DiagUsage("relay needs 'action': open|close")
-        if action == "close":
-            self._actuation_allowed(c)
+        # Both directions: outside maintenance the controller owns the relay and "open" would be a no-op
+        # reported as done; in maintenance with an EV the controller already holds it open.
+        self._actuation_allowed(c)
         c.manual_relay(action == "close")
         self.station.eventlog.add(time.time(), "warning", "diag", f"connector {c.id} relay {action} (manual)")
         await asyncio.sleep(0.3)

@@ -84,13 +84,16 @@ async def test_faults_explain_and_exit_1(bench: Bench) -> None:
 async def test_maintenance_relay_and_pwm(bench: Bench) -> None:
     code, _, err = await cpctl(bench, "relay", "1", "close")
     assert code == 1 and "maintenance" in err
+    # Opening too: outside maintenance the controller owns the relay, so "open" must not report success.
+    code, _, err = await cpctl(bench, "relay", "1", "open")
+    assert code == 1 and "maintenance" in err
     code, out, _ = await cpctl(bench, "maintenance", "on", "1")
     assert code == 0 and "Unavailable" in out
-    code, _, _ = await cpctl(bench, "relay", "1", "close")
-    assert code == 0
+    code, out, _ = await cpctl(bench, "relay", "1", "close")
+    assert code == 0 and "relay commanded close" in out
     await bench.wait_for(lambda: bench.rig.connectors[1].plant.relay_closed, 3, "relay closed by hand")
-    code, _, _ = await cpctl(bench, "relay", "1", "open")
-    assert code == 0
+    code, out, _ = await cpctl(bench, "--json", "relay", "1", "open")
+    assert code == 0 and json.loads(out)["commanded"] == "open"
     await bench.wait_for(lambda: not bench.rig.connectors[1].plant.relay_closed, 3, "relay open")
     code, _, _ = await cpctl(bench, "pwm", "1", "50")
     assert code == 0
@@ -161,3 +164,15 @@ async def test_events_follow_streams_new_events(bench: Bench) -> None:
 async def test_ocpp_commands_without_ocpp(bench: Bench) -> None:
     code, _, err = await cpctl(bench, "config", "get")
     assert code == 1 and "OCPP is not configured" in err
+
+
+async def test_watch_refreshes_and_exits_like_status(bench: Bench) -> None:
+    code, out, _ = await cpctl(bench, "watch", "--count", "2", "--interval", "0.2")
+    assert code == 0 and out.count("[1] Available") == 2 and out.count("\x1b[2J") == 2
+    code, out, _ = await cpctl(bench, "--json", "watch", "--count", "2", "--interval", "0.2")
+    frames = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and len(frames) == 2 and frames[0]["connectors"][0]["status"] == "Available"
+    bench.ctl(cmd="fault", connector=1, name="rcd")
+    await bench.wait_for(lambda: bench.station.connectors[1].faults, 3, "fault")
+    code, out, _ = await cpctl(bench, "watch", "--count", "1")
+    assert code == 1 and "FAULTS" in out

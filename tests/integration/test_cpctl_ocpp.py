@@ -43,6 +43,8 @@ async def test_config_get_set_same_rules_as_change_configuration(online: tuple[B
     bench, service = online
     code, out, _ = await cpctl(bench, "config", "get", "HeartbeatInterval")
     assert code == 0 and "HeartbeatInterval = " in out
+    code, out, _ = await cpctl(bench, "config", "get", "NoSuchKey")
+    assert code == 1 and "NoSuchKey: unknown key" in out
     code, _, _ = await cpctl(bench, "config", "set", "HeartbeatInterval", "120")
     assert code == 0 and service.store.get_int("HeartbeatInterval") == 120
     code, _, err = await cpctl(bench, "config", "set", "WebSocketPingInterval", "-5")
@@ -67,3 +69,16 @@ async def test_trigger_and_outbox(online: tuple[Bench, OcppService]) -> None:
     assert len(csms.messages("CP001", "Heartbeat")) == before + 1
     code, out, _ = await cpctl(bench, "--json", "outbox")
     assert code == 0 and json.loads(out)["depth"] == 0
+    code, out, _ = await cpctl(bench, "outbox")
+    assert code == 0 and out.startswith("outbox: 0 queued, oldest -")
+
+
+async def test_trigger_without_the_csms_is_a_problem(online: tuple[Bench, OcppService]) -> None:
+    bench, service = online
+    code, out, _ = await cpctl(bench, "trigger", "boot")
+    assert code == 0 and out.strip() == "trigger boot: Accepted"
+    await service.stop()  # the link is down: nothing can be sent now
+    code, out, _ = await cpctl(bench, "trigger", "heartbeat")
+    assert code == 1 and "failed" in out
+    code, out, _ = await cpctl(bench, "--json", "trigger", "heartbeat")
+    assert code == 1 and json.loads(out)["result"].startswith("failed")
