@@ -126,11 +126,13 @@ def watchdog_interval(environ: Mapping[str, str] | None = None) -> float | None:
 
 # ----------------------------------------------------------------- watchdog feeder
 def supervisor_problem(supervisor: Supervisor) -> str | None:
-    """Why the supervisor is not healthy (the critical tasks that are down), or None when it is."""
-    if supervisor.healthy():
-        return None
-    down = sorted(s.name for s in supervisor.tasks.values() if s.critical and not s.alive)
-    return "critical task(s) down: " + ", ".join(down)
+    """Why the supervisor is not healthy (the critical tasks that are down), or None when it is.
+
+    A task the supervisor deliberately left down because it kept crashing is not counted: it is a
+    reported fault of its connector (`cpctl faults`), not a hang. Withholding the ping for it would have
+    systemd restart the whole agent, stopping the other connectors' sessions, again and again."""
+    down = sorted(s.name for s in supervisor.tasks.values() if s.critical and not s.alive and not s.gave_up)
+    return "critical task(s) down: " + ", ".join(down) if down else None
 
 
 class WatchdogFeeder:

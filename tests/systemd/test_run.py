@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,3 +111,36 @@ async def test_status_line_follows_the_connectors(rig: Rig) -> None:
         station.close()
     await notify.wait_for(lambda m: m == "STOPPING=1")
     assert notify.messages.count("STATUS=1: Available") == 0  # READY=1 carried it; no repeat
+
+
+async def test_driver_left_down_keeps_the_watchdog_fed(rig: Rig) -> None:
+    # A driver that keeps crashing stays down with a fault on its connector; systemd must not restart the
+    # whole agent for it (that would end every other connector's session, over and over).
+    notify = NotifySocket(rig.dir / "notify")
+    station = Station(load(rig.dir / "agent.toml"))
+    station.supervisor.base_delay_s = station.supervisor.max_delay_s = 0.02
+    systemd = SystemdIntegration(station, Notifier(str(notify.path)), watchdog_s=0.1, status_refresh_s=0.05)
+    task = asyncio.create_task(station.run(ready=systemd.ready))
+    try:
+        await notify.wait_for(lambda m: m == "WATCHDOG=1")
+        board: Any = station.devices["board1"]
+
+        async def always_crash() -> None:
+            raise RuntimeError("injected persistent bug")
+
+        board._serve = always_crash
+        board._lose_port("test")
+        deadline = time.monotonic() + 10
+        while not station.supervisor.tasks["device:board1"].gave_up:
+            assert time.monotonic() < deadline, "the supervisor never gave up"
+            await asyncio.sleep(0.02)
+        assert station.connectors[1].status().value == "Faulted"
+        notify.messages.clear()
+        for _ in range(3):
+            await notify.wait_for(lambda m: m == "WATCHDOG=1", within=2)
+        assert systemd.feeder is not None and systemd.feeder.withheld_reason is None
+    finally:
+        await systemd.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        station.close()
