@@ -96,3 +96,50 @@ async def test_hung_driver_opens_its_relay_other_connector_unaffected(two: Bench
     plant1 = two.rig.connectors[1].plant
     await two.wait_for(lambda: not plant1.relay_closed, 4, "board 1 opening its relay on keep-alive loss")
     await _keeps_charging(two, 2, 1.0)
+
+
+async def test_driver_crash_reaches_the_csms_as_faulted_and_the_other_session_goes_on(tmp_path: Path) -> None:
+    from agent.ocpp.v16.service import OcppService
+
+    b = await start_bench(tmp_path / "rig", connectors=2, bundled_csms=True)
+    service = OcppService(b.station, b.station.config)
+    task = asyncio.create_task(service.run())
+    try:
+        await b.wait_for(lambda: service.accepted, 10, "boot accepted")
+        csms = b.rig.csms
+        assert csms is not None
+        for n in (1, 2):
+            b.ctl(cmd="plug", connector=n)
+            c = b.station.connectors[n]
+            await b.wait_for(lambda c=c: c.controller.cp_state is not None and c.controller.cp_state.ev_connected,
+                             5, f"EV on {n}")
+            await b.station.present_token(TAG, n)
+        for n in (1, 2):
+            c = b.station.connectors[n]
+            await b.wait_for(lambda c=c: c.controller.relay_feedback_closed is True, 8, f"charging on {n}")
+        await b.wait_for(lambda: len(csms.messages("CP001", "StartTransaction")) == 2, 10, "two Starts at the CSMS")
+        seen = len(csms.messages("CP001", "StatusNotification"))
+        board: Any = b.station.devices["board1"]
+        original = board._serve
+
+        async def crash_once() -> None:
+            board._serve = original
+            raise RuntimeError("injected driver bug")
+
+        board._serve = crash_once
+        board._lose_port("test: force the serve loop round")
+
+        def faulted_note() -> bool:
+            return any(m.payload["connectorId"] == 1 and m.payload["status"] == "Faulted"
+                       and m.payload["errorCode"] == "InternalError"
+                       for m in csms.messages("CP001", "StatusNotification")[seen:])
+
+        await b.wait_for(faulted_note, 8, "StatusNotification Faulted/InternalError for connector 1")
+        await _keeps_charging(b, 2, 1.0)
+        assert not any(m.payload["connectorId"] == 2 and m.payload["status"] != "Charging"
+                       for m in csms.messages("CP001", "StatusNotification")[seen:])
+    finally:
+        await service.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await stop_bench(b)
