@@ -171,7 +171,10 @@ class PilotBoardBase(BoardDevice, ControlPilot, PowerSwitch, ConnectorLock):
                 self._emit(ProximityChanged(None if ohm is None else float(ohm), None if amps is None else float(amps)))
         elif isinstance(message, Hello):
             if self.board_info is not None:
-                self._reassert()  # the board restarted (it says hello again): it forgot our commands
+                # The board restarted (it says hello again): it forgot our commands and is lapsed until a
+                # KeepAlive, refusing SetRelay(close) till then; so the keep-alive goes first.
+                self.keep_alive()
+                self._reassert()
             if message != self.board_info:
                 self.log.info(
                     "%s: board firmware %d.%d.%d hw %d",

@@ -277,6 +277,16 @@ async def test_silent_board_is_detected_within_two_seconds_and_recovers(rig: Rig
     assert rig.board.cp_state is CpState.A
 
 
+async def test_a_restarted_board_gets_its_relay_command_back(rig: Rig) -> None:
+    rig.plant.plugged = True
+    rig.board.close_relay()
+    await wait_for(lambda: rig.board.feedback_closed is True, what="relay closed")
+    rig.emulator._boot()  # a brown-out: relay open, lapsed until the next KeepAlive, then Hello
+    await wait_for(lambda: rig.plant.relay_commanded_closed and rig.board.feedback_closed is True,
+                   limit_s=1.0, what="relay closed again after the board restarted")
+    assert not rig.emulator.keepalive_lapsed
+
+
 async def test_keepalive_loss_makes_the_board_open_the_relay() -> None:
     plant = Plant(plugged=True)
     emulator = PilotBoardEmulator(plant)
