@@ -10,9 +10,13 @@ import dataclasses
 import datetime as dt
 import ipaddress
 import json
+import socket
 import ssl
 import stat
-from collections.abc import AsyncIterator
+import threading
+import warnings
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -274,6 +278,78 @@ async def test_078_invalid_central_system_certificate(tmp_path: Path, pki: Pki, 
     assert logged().count("InvalidCentralSystemCertificate") == 1  # once per streak, not per redial
     queued = [e.action for e in agent.service.outbox.pending()] if hasattr(agent.service.outbox, "pending") else []
     assert queued == [] or "SecurityEventNotification" in queued
+
+
+@contextmanager
+def unagreeable_tls_endpoint(pki: Pki, mismatch: str) -> Iterator[str]:
+    """A blocking TLS server on 127.0.0.1 the agent cannot agree with: TLS <= 1.1 only ("version"), or TLS
+    1.2 with a SHA-1 cipher the agent does not offer ("cipher"). Unlike an asyncio server it sends the TLS
+    alert before closing, as a real TLS terminator does. Yields its wss:// URL."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*pki.server.write(pki.dir, "old-server"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        if mismatch == "version":
+            context.set_ciphers("DEFAULT:@SECLEVEL=0")
+            context.minimum_version = ssl.TLSVersion.TLSv1
+            context.maximum_version = ssl.TLSVersion.TLSv1_1
+        else:
+            context.maximum_version = ssl.TLSVersion.TLSv1_2
+            context.set_ciphers("ECDHE-ECDSA-AES128-SHA")
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                try:
+                    context.wrap_socket(conn, server_side=True).close()
+                except (ssl.SSLError, OSError):
+                    pass
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"wss://127.0.0.1:{listener.getsockname()[1]}/ocpp"
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+@pytest.mark.parametrize(("mismatch", "event"), [("version", "InvalidTLSVersion"), ("cipher", "InvalidTLSCipherSuite")])
+async def test_tls_version_and_cipher_suite_failures_are_security_events(
+    tmp_path: Path, pki: Pki, mismatch: str, event: str
+) -> None:
+    csms = Csms(accept=["DEADBEEF01"])
+    await csms.start()
+    with unagreeable_tls_endpoint(pki, mismatch) as url:
+        rig = Rig(RigOptions(directory=tmp_path / "rig", csms_url=url, charge_point_id=CP, security_profile=2,
+                             password=PASSWORD, ca_file=pki.ca_file))
+        await rig.start()
+        octt = Octt(csms, rig)
+        try:
+            agent = await octt.start_agent()
+            assert agent.service is not None
+            log_path = agent.service.config.state_dir / "security.log"
+
+            def logged() -> list[str]:
+                lines = log_path.read_text().splitlines() if log_path.exists() else []
+                return [json.loads(line)["type"] for line in lines]
+
+            await eventually(lambda: event in logged(), 8, event)
+            assert "InvalidCentralSystemCertificate" not in logged()
+        finally:
+            if octt.agent is not None:
+                await octt.agent.stop()
+            await rig.stop()
+            await csms.stop()
 
 
 async def test_087_tls_client_certificate(tmp_path: Path, pki: Pki, closing: list[Octt]) -> None:
