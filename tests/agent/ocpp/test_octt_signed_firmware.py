@@ -143,7 +143,7 @@ async def test_signed_firmware_certificate_not_chaining(octt: Octt, tmp_path: Pa
     assert octt.msgs(SFW) == []
 
 
-async def test_080_download_and_install_scheduled(octt: Octt, tmp_path: Path) -> None:
+async def test_signed_firmware_download_and_install_scheduled(octt: Octt, tmp_path: Path) -> None:
     """retrieveDateTime / installDateTime in the future: DownloadScheduled and InstallScheduled, and a
     triggered status meanwhile reports the scheduled update (with its requestId), not Idle."""
     configure(octt, tmp_path)
@@ -169,7 +169,7 @@ async def test_080_download_and_install_scheduled(octt: Octt, tmp_path: Path) ->
         await eventually(agent.service.restart_requested.is_set, 10, "restart after install")
 
 
-async def test_080_install_verification_failed_when_the_file_changed(octt: Octt, tmp_path: Path) -> None:
+async def test_signed_firmware_install_verification_failed_when_the_file_changed(octt: Octt, tmp_path: Path) -> None:
     """The file is checked again right before installing (here after a transaction that delayed the
     install): a file changed since SignatureVerified is InstallVerificationFailed and never installed."""
     marker = configure(octt, tmp_path)
