@@ -326,7 +326,12 @@ class FirmwareManagement:
             start, stop = parse_ocpp_time(start_time), parse_ocpp_time(stop_time)
         except ValueError:
             start = stop = None
-        path = await build_archive(self._svc, name, start, stop, security_log=False)
+        try:
+            path = await build_archive(self._svc, name, start, stop, security_log=False)
+        except OSError as exc:  # disk full, state dir unwritable: the CSMS was promised a file, so say so
+            log.error("diagnostics archive could not be written: %s", exc)
+            await self._diagnostics_status("UploadFailed")
+            return
         await self._diagnostics_status("Uploading")
         try:
             target = await upload(location, path, retries=retries,

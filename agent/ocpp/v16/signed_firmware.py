@@ -276,7 +276,13 @@ class SignedFirmware:
         start = parse_ocpp_time(params.get("oldest_timestamp"))
         stop = parse_ocpp_time(params.get("latest_timestamp"))
         security = log_type == "SecurityLog"
-        path = await build_archive(self._svc, name, start, stop, diagnostics=not security, security_log=security)
+        try:
+            path = await build_archive(self._svc, name, start, stop, diagnostics=not security,
+                                       security_log=security)
+        except OSError as exc:
+            log.error("%s archive could not be written: %s", log_type, exc)
+            await self._log_status("UploadFailure")
+            return
         await self._log_status("Uploading")
         try:
             target = await upload(location, path, retries=retries, retry_interval_s=retry_s(retry_interval))

@@ -164,3 +164,23 @@ async def test_045_2_upload_failed(octt: Octt, tmp_path: Path) -> None:
     assert refused == {}  # no fileName: nothing will be uploaded
     await asyncio.sleep(0.2)
     assert statuses(octt, DIAG) == ["Uploading", "UploadFailed"]
+
+
+async def test_045_2_archive_that_cannot_be_written_is_upload_failed(octt: Octt, tmp_path: Path) -> None:
+    """The .conf promised a fileName: if the archive cannot even be written, the CSMS still hears
+    UploadFailed (and GetLog's LogStatusNotification UploadFailure) instead of nothing."""
+    configure(octt, tmp_path)
+    await octt.start_agent()
+    await octt.booted()
+    blocker = octt.rig.dir / "state" / "diagnostics"
+    blocker.write_text("a file where the archive directory should be")
+    with http_server() as web:
+        answer = await octt.csms.send(CP, "GetDiagnostics", {"location": web.url("/up/")})
+        assert "fileName" in answer
+        await wait_statuses(octt, DIAG, ["UploadFailed"])
+        answer = await octt.csms.send(CP, "GetLog", {"logType": "SecurityLog", "requestId": 3,
+                                                     "log": {"remoteLocation": web.url("/up/")}})
+        assert answer["status"] == "Accepted"
+        await wait_statuses(octt, "LogStatusNotification", ["UploadFailure"])
+        assert octt.msgs("LogStatusNotification")[0].payload == {"status": "UploadFailure", "requestId": 3}
+        assert web.uploads == {}
