@@ -124,7 +124,8 @@ class OcppService:
         self._wake_event = asyncio.Event()
         self._heartbeat_changed = asyncio.Event()
         self._reported: dict[int, tuple[str, str]] = {}
-        self._status_queue: deque[tuple[int, dict[str, Any]]] = deque()
+        # (connector id, payload, monotonic time queued, time it may be sent: MinimumStatusDuration)
+        self._status_queue: deque[tuple[int, dict[str, Any], float, float]] = deque()
         self._stopping = False
 
         self.authorizer = OcppAuthorizer(
@@ -286,7 +287,7 @@ class OcppService:
             # Scheduled availability changes take effect once the transaction has ended.
             asyncio.get_running_loop().call_soon(self.apply_availability)
         elif isinstance(event, StatusChanged):
-            self._queue_status(event.connector_id, event.status, event.faults)
+            self._queue_status(event.connector_id, event.status, event.faults, hold=True)
         elif isinstance(event, MeterUpdate):
             self.tx.on_meter_update(event)
 
@@ -340,10 +341,28 @@ class OcppService:
         return payload
 
     def _queue_status(
-        self, cid: int, status: ConnectorStatus | None = None, faults: frozenset[Fault] | None = None
+        self, cid: int, status: ConnectorStatus | None = None, faults: frozenset[Fault] | None = None,
+        *, hold: bool = False,
     ) -> None:
-        self._status_queue.append((cid, self._status_payload(cid, status, faults)))
+        """Queue a StatusNotification; with ``hold`` (a status change, not a trigger or a reconnect) it waits
+        MinimumStatusDuration and is dropped if the connector changed again within that time."""
+        now = self.clock.monotonic()
+        minimum = max(0, self.store.get_int("MinimumStatusDuration")) if hold else 0
+        self._status_queue.append((cid, self._status_payload(cid, status, faults), now, now + minimum))
         self._wake()
+
+    def _next_status(self) -> tuple[tuple[int, dict[str, Any]] | None, float | None]:
+        """The next StatusNotification to send, else (None, seconds until the head may be sent)."""
+        while self._status_queue:
+            cid, payload, _, due = self._status_queue[0]
+            wait = due - self.clock.monotonic()
+            if wait > 0:
+                return None, wait
+            self._status_queue.popleft()
+            # A status that did not last MinimumStatusDuration is not reported (0: every change is).
+            if not any(c == cid and queued < due for c, _, queued, _ in self._status_queue):
+                return (cid, payload), None
+        return None, None
 
     def _refresh_statuses(self, fresh_boot: bool) -> None:
         """On a new connection: the current status of every connector that changed (all after a boot);
@@ -351,10 +370,11 @@ class OcppService:
         if fresh_boot:
             self._reported.clear()
         self._status_queue.clear()
+        now = self.clock.monotonic()
         for cid in [0, *self.station.connectors]:
             payload = self._status_payload(cid)
             if self._reported.get(cid) != (payload["status"], payload["errorCode"]):
-                self._status_queue.append((cid, payload))
+                self._status_queue.append((cid, payload, now, now))
 
     async def _send_status(self, session: OcppSession, cid: int, payload: dict[str, Any]) -> None:
         if self._reported.get(cid) == (payload["status"], payload["errorCode"]):
@@ -454,10 +474,12 @@ class OcppService:
             if entry is not None:
                 await self.tx.deliver(session, entry)
                 continue
-            if self._status_queue:
-                cid, payload = self._status_queue.popleft()
-                await self._send_status(session, cid, payload)
+            status, status_wait = self._next_status()
+            if status is not None:
+                await self._send_status(session, *status)
                 continue
+            if status_wait is not None:
+                wait = status_wait if wait is None else min(wait, status_wait)
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation.
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
@@ -548,7 +570,8 @@ async def run_until_stopped(
     station: Station, config: AgentConfig, stop: asyncio.Event, service: OcppService | None = None
 ) -> int:
     """For ``cpagent run``: run the OCPP service (when ``ocpp.endpoint`` is set) until ``stop`` is set or
-    the CSMS asks for a Reset. Returns the exit status: RESTART_EXIT_STATUS after a Reset, else 0."""
+    the CSMS asks for a Reset. Returns the exit status: RESTART_EXIT_STATUS after a Reset, 1 when the OCPP
+    service ended by itself (a bug: systemd's Restart=on-failure brings the agent back), else 0."""
     if not config.ocpp.endpoint:
         await stop.wait()
         return 0
@@ -561,5 +584,12 @@ async def run_until_stopped(
         with contextlib.suppress(Exception):
             await service.stop()
         await cancel_and_wait(*waits)
-    return RESTART_EXIT_STATUS if service.restart_kind else 0
+    if service.restart_kind:
+        return RESTART_EXIT_STATUS
+    if not stop.is_set() and running.done():
+        failure = None if running.cancelled() else running.exception()
+        log.critical("the OCPP service ended unexpectedly (%r); exiting so that systemd restarts the agent",
+                     failure, exc_info=failure)
+        return 1
+    return 0
 
