@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -104,6 +104,11 @@ class Outbox:
         self._clock = clock
         self.max_messages = max_messages
         self._not_before: dict[int, float] = {}
+        # Called once each time the outbox fills up (re-armed when deliveries bring it below 90 %): the
+        # service turns it into a MemoryExhaustion security event. Called after the append's transaction,
+        # so it may append itself.
+        self.on_full: Callable[[str], None] | None = None
+        self._full_reported = False
         with self._storage("open the outbox"):
             synchronous = int(conn.execute("PRAGMA synchronous").fetchone()[0])
             journal = str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower()
@@ -134,26 +139,38 @@ class Outbox:
                 if _is_stop_flagged(row):
                     raise DuplicateStop(f"StopTransaction for {tx_ref} was already queued")
             thinned = 0
+            dropped = False
             if self._depth >= self.max_messages:
                 thinned = self._thin()
                 if thinned == 0 and action == METER_VALUES:
                     # Nothing left to thin: the newest sample is the least valuable one to lose.
                     self._record_dropped(None, action, tx_ref, 0, "outbox full")
                     log.warning("outbox full (%d): dropped new MeterValues for %s", self._depth, tx_ref)
-                    return -1
-            entry_id = int(
-                self._conn.execute(
-                    "INSERT INTO outbox(action, payload, tx_ref, created_wall) VALUES (?, ?, ?, ?)",
-                    (action, body, tx_ref, self._clock.wall()),
-                ).lastrowid
-                or 0
-            )
-            if tx_ref is not None:
-                self._conn.execute("INSERT INTO outbox_tx(tx_ref) VALUES (?) ON CONFLICT(tx_ref) DO NOTHING", (tx_ref,))
-                if action == STOP:
-                    self._conn.execute("UPDATE outbox_tx SET stop_queued = 1 WHERE tx_ref = ?", (tx_ref,))
-        self._depth += 1 - thinned
-        return entry_id
+                    dropped = True
+            if not dropped:
+                entry_id = int(
+                    self._conn.execute(
+                        "INSERT INTO outbox(action, payload, tx_ref, created_wall) VALUES (?, ?, ?, ?)",
+                        (action, body, tx_ref, self._clock.wall()),
+                    ).lastrowid
+                    or 0
+                )
+                if tx_ref is not None:
+                    self._conn.execute(
+                        "INSERT INTO outbox_tx(tx_ref) VALUES (?) ON CONFLICT(tx_ref) DO NOTHING", (tx_ref,)
+                    )
+                    if action == STOP:
+                        self._conn.execute("UPDATE outbox_tx SET stop_queued = 1 WHERE tx_ref = ?", (tx_ref,))
+        if not dropped:
+            self._depth += 1 - thinned
+        if self._depth >= self.max_messages and not self._full_reported:
+            self._full_reported = True
+            if self.on_full is not None:
+                try:
+                    self.on_full(f"transaction message queue full ({self._depth} messages): MeterValues thinned")
+                except Exception:
+                    log.exception("reporting the full outbox failed")
+        return -1 if dropped else entry_id
 
     def ack(self, entry_id: int, *, transaction_id: int | None = None) -> None:
         """The CSMS confirmed the entry: delete it. For a StartTransaction pass the CSMS transactionId so
@@ -180,6 +197,8 @@ class Outbox:
                 self._conn.execute("UPDATE outbox_tx SET stop_delivered = 1 WHERE tx_ref = ?", (tx_ref,))
                 self._prune_delivered()
         self._depth -= 1
+        if self._depth < self.max_messages * 0.9:  # the CSMS is catching up (thinning does not count)
+            self._full_reported = False
         self._not_before.pop(entry_id, None)
 
     def record_attempt(self, entry_id: int) -> int:
@@ -215,6 +234,8 @@ class Outbox:
             self._record_dropped(entry_id, action, tx_ref, attempts, reason)
             self._conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
         self._depth -= 1
+        if self._depth < self.max_messages * 0.9:  # the CSMS is catching up (thinning does not count)
+            self._full_reported = False
         self._not_before.pop(entry_id, None)
         log.warning("outbox: dropped %s #%d (tx %s) after %d attempts: %s", action, entry_id, tx_ref, attempts, reason)
 

@@ -218,6 +218,28 @@ def test_full_outbox_without_thinnable_values_still_accepts_start_and_stop(outbo
     assert box.dropped()[0] == ("MeterValues", "b", "outbox full")
 
 
+def test_a_full_outbox_is_reported_once_per_episode_and_may_append_from_the_report(outbox: Outbox) -> None:
+    box = Outbox(outbox._conn, FakeClock(), max_messages=10)
+    reports: list[str] = []
+
+    def report(detail: str) -> None:  # what the service does: a MemoryExhaustion event through the outbox
+        reports.append(detail)
+        box.append("SecurityEventNotification", {"type": "MemoryExhaustion", "techInfo": detail})
+
+    box.on_full = report
+    ids = [box.append("MeterValues", mv(i), tx_ref="t") for i in range(9)]
+    assert reports == []
+    ids += [box.append("MeterValues", mv(i), tx_ref="t") for i in range(9, 15)]
+    assert len(reports) == 1 and "full" in reports[0]
+    assert [e.action for e in box.entries(100)].count("SecurityEventNotification") == 1
+    for entry in box.entries(100):  # the CSMS catches up: below 90 % the report re-arms
+        box.ack(entry.id)
+    assert box.depth() == 0
+    for i in range(12):
+        box.append("MeterValues", mv(i), tx_ref="u")
+    assert len(reports) == 2
+
+
 def test_storage_errors_raise_storage_error_and_keep_state(outbox: Outbox) -> None:
     kept = outbox.append("MeterValues", mv(1))
     outbox._conn.execute("PRAGMA query_only = ON")  # behaves like a read-only file system

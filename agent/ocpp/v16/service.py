@@ -111,6 +111,7 @@ class OcppService:
             supported_measurands=SUPPORTED_MEASURANDS,
         )
         self.outbox = Outbox(db, self.clock)
+        self.outbox.on_full = lambda detail: self.security_event("MemoryExhaustion", detail)
         self.local_list = LocalAuthList(db, self.clock)
         self.cache = AuthorizationCache(db, self.clock, self.local_list)
         self.availability = AvailabilityStore(db)
