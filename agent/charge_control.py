@@ -351,6 +351,9 @@ class ChargeController:
             and Fault.DIODE not in self.active_faults
         )
 
+    def pwm_reported(self) -> bool:
+        return self._cp is not None and self._cp.pwm
+
     def stop_done(self) -> bool:
         return not self.ev_requests_energy() or self._clock.monotonic() >= self._stop_deadline
 

@@ -46,6 +46,7 @@ class Guards(Protocol):
     def ev_ready_for_power(self) -> bool: ...
     def ev_requests_energy(self) -> bool: ...
     def stop_done(self) -> bool: ...
+    def pwm_reported(self) -> bool: ...
 
 
 class Row(NamedTuple):
@@ -87,6 +88,8 @@ TRANSITIONS: tuple[Row, ...] = (
     Row((S.CHARGING,), S.PAUSED_EV, unless=("ev_requests_energy",)),
     Row((S.CHARGING,), S.STOPPING, unless=("energy_allowed",)),
     Row((S.CHARGING,), S.STOPPING, unless=("current_available",)),
+    # The board says our PWM is off (C1/D1) though we drive it: doubt about the hardware, stop as under load.
+    Row((S.CHARGING,), S.STOPPING, unless=("pwm_reported",)),
     Row((S.STOPPING,), S.PAUSED_EVSE, when=("stop_done", "energy_allowed")),
     Row((S.STOPPING,), S.CONNECTED, when=("stop_done",)),
 )

@@ -298,6 +298,16 @@ def test_stop_under_load_forces_relay_open_after_6_s(rig: Rig) -> None:
     assert rig.ctl.state is S.CONNECTED
 
 
+def test_board_dropping_our_pwm_under_load_stops_and_opens_after_6_s(rig: Rig) -> None:
+    rig.charge()
+    t = rig.now
+    rig.ctl.on_cp_state(CpState.C1)  # the board reports no PWM although we never turned it off
+    assert rig.ctl.state is S.STOPPING and rig.since(t) == [(t, "x1", None)]
+    rig.clock.advance(6.0)
+    assert rig.last("open", "close") == (t + 6.0, "open", None)
+    assert not rig.ctl.relay_commanded_closed
+
+
 def test_ev_leaving_c_during_stop_opens_at_once_and_cancels_timer(rig: Rig) -> None:
     rig.charge()
     rig.ctl.set_energy_allowed(False)
