@@ -130,6 +130,10 @@ class Connector:
         self._resume_timer: TimerHandle | None = None
         self.connection_timeout_s = 60.0
         self.stop_on_ev_disconnect = True  # unplugging the EV ends the session (OCPP may say otherwise)
+        # OCPP UnlockConnectorOnEVSideDisconnect: false keeps the cable locked in the socket after it was
+        # pulled from the EV, until the session's idTag is presented again or the CSMS unlocks it.
+        self.unlock_on_ev_disconnect = True
+        self.lock_held_for: str | None = None
         # Set by the OCPP service: may another idTag (same parentIdTag) stop this session?
         self.stop_check: Callable[[Session, str], Awaitable[bool]] | None = None
         # Set by a reservation feature (set_reservation): while held and idle the connector is Reserved.
@@ -206,6 +210,8 @@ class Connector:
             self._finished_plugged = False
             if self.session is not None and self._resume_timer is None and state.letter == "A":
                 if self.stop_on_ev_disconnect:
+                    if not self.unlock_on_ev_disconnect and self.lock is not None and not self.config.fixed_cable:
+                        self.lock_held_for = self.session.id_tag
                     self.stop_session(StopReason.EV_DISCONNECTED)
                 # else the transaction stays open (OCPP StopTransactionOnEVSideDisconnect = false) and
                 # energy flows again when an EV is plugged back in.
@@ -256,6 +262,7 @@ class Connector:
             and self.lock is not None
             and self.controller.relay_feedback_closed is False
             and not self.config.fixed_cable
+            and self.lock_held_for is None
         ):
             self.lock.unlock()
         self._publish_status()
@@ -271,6 +278,9 @@ class Connector:
                 self.stop_session(StopReason.LOCAL)
                 return AuthDecision(True)
             return AuthDecision(False, "Invalid")
+        if self.lock_held_for is not None and self.lock_held_for.upper() == id_tag.upper():
+            self.release_held_lock()  # the owner comes back for the cable: no new session
+            return AuthDecision(True)
         decision = await self.authorizer.authorize(id_tag)
         if decision.accepted and not self.begin_authorized(id_tag, decision.parent_id_tag):
             decision = AuthDecision(False, "Invalid")
@@ -322,9 +332,15 @@ class Connector:
             return self.meter.latest.energy_import_wh
         return 0.0
 
+    def release_held_lock(self) -> None:
+        """End a hold from UnlockConnectorOnEVSideDisconnect=false and unlock (if nothing else needs it)."""
+        self.lock_held_for = None
+        self._on_controller_change()
+
     def _start_session(self, id_tag: str) -> None:
         if not self.available or self.session is not None:
             return
+        self.lock_held_for = None  # a new session owns the lock now
         try:
             session = self._sessions.begin(self.id, id_tag, self._clock.wall(), self._energy_now())
         except StorageError as exc:

@@ -165,6 +165,7 @@ class CoreHandlers:
             return {"status": "NotSupported"}
         if connector.session is not None:
             connector.stop_session(StopReason.UNLOCK_COMMAND)
+        connector.lock_held_for = None
         try:
             connector.lock.unlock()
         except Exception:

@@ -170,6 +170,7 @@ class OcppService:
         for connector in station.connectors.values():
             connector.connection_timeout_s = float(self.store.get_int("ConnectionTimeOut"))
             connector.stop_on_ev_disconnect = self.store.get_bool("StopTransactionOnEVSideDisconnect")
+            connector.unlock_on_ev_disconnect = self.store.get_bool("UnlockConnectorOnEVSideDisconnect")
             connector.stop_check = self.authorizer.may_stop
         self.store.subscribe(self._on_config_change)
         station.subscribe(self._on_event)
@@ -299,6 +300,9 @@ class OcppService:
         elif key == "StopTransactionOnEVSideDisconnect":
             for connector in self.station.connectors.values():
                 connector.stop_on_ev_disconnect = value.lower() == "true"
+        elif key == "UnlockConnectorOnEVSideDisconnect":
+            for connector in self.station.connectors.values():
+                connector.unlock_on_ev_disconnect = value.lower() == "true"
         elif key == "HeartbeatInterval":
             self._heartbeat_changed.set()
         elif key == "WebSocketPingInterval":

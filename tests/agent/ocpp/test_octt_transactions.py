@@ -75,6 +75,49 @@ async def test_005_1_ev_side_disconnect_stops(octt: Octt) -> None:
     await octt.wait_status("Available")
 
 
+async def test_005_1_cable_unlocks_after_ev_side_disconnect_by_default(octt: Octt) -> None:
+    agent = await octt.start_agent()
+    await octt.booted()
+    await octt.charging()
+    plant = octt.rig.connectors[1].plant
+    assert plant.locked
+    octt.ctl("unplug")
+    await octt.wait("StopTransaction")
+    await eventually(lambda: not plant.locked and agent.connector.lock.locked is False, 3, "cable unlocked")
+
+
+async def test_005_3_cable_stays_locked_until_its_owner_comes_back(octt: Octt) -> None:
+    """UnlockConnectorOnEVSideDisconnect = false: a cable pulled from the EV stays locked in the socket
+    (no one walks off with it) until the session's idTag is presented; that tap starts no session."""
+    agent = await octt.start_agent(UnlockConnectorOnEVSideDisconnect="false")
+    await octt.booted()
+    await octt.charging()
+    plant = octt.rig.connectors[1].plant
+    octt.ctl("unplug")
+    stop = await octt.wait("StopTransaction")
+    assert stop.payload["reason"] == "EVDisconnected"
+    await octt.wait_status("Available")
+    await asyncio.sleep(1.0)
+    assert plant.locked and agent.connector.lock_held_for == TAG
+    assert (await agent.tap(TAG)).accepted
+    await eventually(lambda: not plant.locked, 3, "cable unlocked for its owner")
+    await asyncio.sleep(0.3)
+    assert [m.action for m in octt.msgs()].count("StartTransaction") == 1
+
+
+async def test_005_4_held_cable_is_released_by_unlock_connector(octt: Octt) -> None:
+    agent = await octt.start_agent(UnlockConnectorOnEVSideDisconnect="false")
+    await octt.booted()
+    await octt.charging()
+    plant = octt.rig.connectors[1].plant
+    octt.ctl("unplug")
+    await octt.wait("StopTransaction")
+    await octt.wait_status("Available")
+    assert plant.locked and agent.connector.lock_held_for == TAG
+    answer = await octt.csms.send("CP1", "UnlockConnector", {"connectorId": 1})
+    assert answer == {"status": "Unlocked"} and not plant.locked and agent.connector.lock_held_for is None
+
+
 async def test_005_2_ev_side_disconnect_keeps_transaction_when_configured(octt: Octt) -> None:
     """StopTransactionOnEVSideDisconnect = false: unplugging suspends; re-plugging charges in the same
     transaction; the card then stops it."""
