@@ -128,6 +128,17 @@ class Outbox:
 
         When the outbox is full, intermediate MeterValues are thinned; if nothing can be thinned, a new
         MeterValues is dropped (recorded, returns -1) while every other action is still accepted."""
+        entry_id = self._append(action, payload, tx_ref)
+        if self._depth >= self.max_messages and not self._full_reported:  # after the commit: on_full may append
+            self._full_reported = True
+            if self.on_full is not None:
+                try:
+                    self.on_full(f"transaction message queue full ({self._depth} messages): MeterValues thinned")
+                except Exception:
+                    log.exception("reporting the full outbox failed")
+        return entry_id
+
+    def _append(self, action: str, payload: dict[str, Any], tx_ref: str | None) -> int:
         if action in (START, STOP) and tx_ref is None:
             raise ValueError(f"{action} needs a tx_ref")
         body = json.dumps(payload, separators=(",", ":"), sort_keys=True)
@@ -139,38 +150,26 @@ class Outbox:
                 if _is_stop_flagged(row):
                     raise DuplicateStop(f"StopTransaction for {tx_ref} was already queued")
             thinned = 0
-            dropped = False
             if self._depth >= self.max_messages:
                 thinned = self._thin()
                 if thinned == 0 and action == METER_VALUES:
                     # Nothing left to thin: the newest sample is the least valuable one to lose.
                     self._record_dropped(None, action, tx_ref, 0, "outbox full")
                     log.warning("outbox full (%d): dropped new MeterValues for %s", self._depth, tx_ref)
-                    dropped = True
-            if not dropped:
-                entry_id = int(
-                    self._conn.execute(
-                        "INSERT INTO outbox(action, payload, tx_ref, created_wall) VALUES (?, ?, ?, ?)",
-                        (action, body, tx_ref, self._clock.wall()),
-                    ).lastrowid
-                    or 0
-                )
-                if tx_ref is not None:
-                    self._conn.execute(
-                        "INSERT INTO outbox_tx(tx_ref) VALUES (?) ON CONFLICT(tx_ref) DO NOTHING", (tx_ref,)
-                    )
-                    if action == STOP:
-                        self._conn.execute("UPDATE outbox_tx SET stop_queued = 1 WHERE tx_ref = ?", (tx_ref,))
-        if not dropped:
-            self._depth += 1 - thinned
-        if self._depth >= self.max_messages and not self._full_reported:
-            self._full_reported = True
-            if self.on_full is not None:
-                try:
-                    self.on_full(f"transaction message queue full ({self._depth} messages): MeterValues thinned")
-                except Exception:
-                    log.exception("reporting the full outbox failed")
-        return -1 if dropped else entry_id
+                    return -1
+            entry_id = int(
+                self._conn.execute(
+                    "INSERT INTO outbox(action, payload, tx_ref, created_wall) VALUES (?, ?, ?, ?)",
+                    (action, body, tx_ref, self._clock.wall()),
+                ).lastrowid
+                or 0
+            )
+            if tx_ref is not None:
+                self._conn.execute("INSERT INTO outbox_tx(tx_ref) VALUES (?) ON CONFLICT(tx_ref) DO NOTHING", (tx_ref,))
+                if action == STOP:
+                    self._conn.execute("UPDATE outbox_tx SET stop_queued = 1 WHERE tx_ref = ?", (tx_ref,))
+        self._depth += 1 - thinned
+        return entry_id
 
     def ack(self, entry_id: int, *, transaction_id: int | None = None) -> None:
         """The CSMS confirmed the entry: delete it. For a StartTransaction pass the CSMS transactionId so
@@ -196,10 +195,7 @@ class Outbox:
             if action == STOP and tx_ref is not None:
                 self._conn.execute("UPDATE outbox_tx SET stop_delivered = 1 WHERE tx_ref = ?", (tx_ref,))
                 self._prune_delivered()
-        self._depth -= 1
-        if self._depth < self.max_messages * 0.9:  # the CSMS is catching up (thinning does not count)
-            self._full_reported = False
-        self._not_before.pop(entry_id, None)
+        self._removed(entry_id)
 
     def record_attempt(self, entry_id: int) -> int:
         """Count one more send of the entry (call it before each send). Returns the new count."""
@@ -233,10 +229,7 @@ class Outbox:
                 self._conn.execute("UPDATE outbox_tx SET start_dropped = 1 WHERE tx_ref = ?", (tx_ref,))
             self._record_dropped(entry_id, action, tx_ref, attempts, reason)
             self._conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,))
-        self._depth -= 1
-        if self._depth < self.max_messages * 0.9:  # the CSMS is catching up (thinning does not count)
-            self._full_reported = False
-        self._not_before.pop(entry_id, None)
+        self._removed(entry_id)
         log.warning("outbox: dropped %s #%d (tx %s) after %d attempts: %s", action, entry_id, tx_ref, attempts, reason)
 
     def bind_transaction(self, tx_ref: str, transaction_id: int) -> None:
@@ -375,6 +368,13 @@ class Outbox:
             log.warning("outbox full (%d): thinned %d MeterValues of %s", self._depth, len(victims), tx_ref)
             return len(victims)
         return 0
+
+    def _removed(self, entry_id: int) -> None:
+        """Bookkeeping after an entry left the outbox (delivered or given up)."""
+        self._depth -= 1
+        if self._depth < self.max_messages * 0.9:  # the CSMS is catching up (thinning does not count)
+            self._full_reported = False
+        self._not_before.pop(entry_id, None)
 
     def _record_dropped(
         self, entry_id: int | None, action: str, tx_ref: str | None, attempts: int, reason: str
