@@ -64,6 +64,10 @@ from hal.types import Fault
 
 log = logging.getLogger(__name__)
 
+# OCPP keys that live on each Connector (see _apply_connector_keys).
+CONNECTOR_KEYS = frozenset({"ConnectionTimeOut", "StopTransactionOnEVSideDisconnect",
+                            "UnlockConnectorOnEVSideDisconnect"})
+
 BOOT_RETRY_S = 30.0  # when the CSMS gives no usable interval or does not answer BootNotification
 MAX_HEARTBEAT_S = 86400  # a heartbeat at least daily, for the clock
 SETTING_SYSTEM_TIME_S = 60.0  # a CSMS clock jump beyond this is a SettingSystemTime security event
@@ -168,10 +172,8 @@ class OcppService:
         self.link = self._make_link()
         station.authorizer = self.authorizer
         for connector in station.connectors.values():
-            connector.connection_timeout_s = float(self.store.get_int("ConnectionTimeOut"))
-            connector.stop_on_ev_disconnect = self.store.get_bool("StopTransactionOnEVSideDisconnect")
-            connector.unlock_on_ev_disconnect = self.store.get_bool("UnlockConnectorOnEVSideDisconnect")
             connector.stop_check = self.authorizer.may_stop
+        self._apply_connector_keys()
         self.store.subscribe(self._on_config_change)
         station.subscribe(self._on_event)
 
@@ -293,16 +295,16 @@ class OcppService:
         elif isinstance(event, MeterUpdate):
             self.tx.on_meter_update(event)
 
+    def _apply_connector_keys(self) -> None:
+        """Hand the keys every connector follows from the store to the connectors (start and on change)."""
+        for connector in self.station.connectors.values():
+            connector.connection_timeout_s = float(self.store.get_int("ConnectionTimeOut"))
+            connector.stop_on_ev_disconnect = self.store.get_bool("StopTransactionOnEVSideDisconnect")
+            connector.unlock_on_ev_disconnect = self.store.get_bool("UnlockConnectorOnEVSideDisconnect")
+
     def _on_config_change(self, key: str, value: str) -> None:
-        if key == "ConnectionTimeOut":
-            for connector in self.station.connectors.values():
-                connector.connection_timeout_s = float(value)
-        elif key == "StopTransactionOnEVSideDisconnect":
-            for connector in self.station.connectors.values():
-                connector.stop_on_ev_disconnect = value.lower() == "true"
-        elif key == "UnlockConnectorOnEVSideDisconnect":
-            for connector in self.station.connectors.values():
-                connector.unlock_on_ev_disconnect = value.lower() == "true"
+        if key in CONNECTOR_KEYS:
+            self._apply_connector_keys()
         elif key == "HeartbeatInterval":
             self._heartbeat_changed.set()
         elif key == "WebSocketPingInterval":
