@@ -17,19 +17,24 @@ from tests.integration.conftest import Bench, start_bench, stop_bench
 TAG = "DEADBEEF01"
 
 
+async def _charge_both(b: Bench) -> None:
+    """Plug an EV into connectors 1 and 2, tap the card on each, and wait until both relays are closed."""
+    for n in (1, 2):
+        b.ctl(cmd="plug", connector=n)
+        c = b.station.connectors[n]
+        await b.wait_for(lambda c=c: c.controller.cp_state is not None and c.controller.cp_state.ev_connected,
+                         5, f"EV on {n}")
+        await b.station.present_token(TAG, n)
+    for n in (1, 2):
+        c = b.station.connectors[n]
+        await b.wait_for(lambda c=c: c.controller.relay_feedback_closed is True, 8, f"charging on {n}")
+
+
 @pytest.fixture
 async def two(tmp_path: Path) -> AsyncIterator[Bench]:
     b = await start_bench(tmp_path / "rig", connectors=2)
     try:
-        for n in (1, 2):
-            b.ctl(cmd="plug", connector=n)
-            c = b.station.connectors[n]
-            await b.wait_for(lambda c=c: c.controller.cp_state is not None and c.controller.cp_state.ev_connected,
-                             5, f"EV on {n}")
-            await b.station.present_token(TAG, n)
-        for n in (1, 2):
-            c = b.station.connectors[n]
-            await b.wait_for(lambda c=c: c.controller.relay_feedback_closed is True, 8, f"charging on {n}")
+        await _charge_both(b)
         yield b
     finally:
         await stop_bench(b)
@@ -108,15 +113,7 @@ async def test_driver_crash_reaches_the_csms_as_faulted_and_the_other_session_go
         await b.wait_for(lambda: service.accepted, 10, "boot accepted")
         csms = b.rig.csms
         assert csms is not None
-        for n in (1, 2):
-            b.ctl(cmd="plug", connector=n)
-            c = b.station.connectors[n]
-            await b.wait_for(lambda c=c: c.controller.cp_state is not None and c.controller.cp_state.ev_connected,
-                             5, f"EV on {n}")
-            await b.station.present_token(TAG, n)
-        for n in (1, 2):
-            c = b.station.connectors[n]
-            await b.wait_for(lambda c=c: c.controller.relay_feedback_closed is True, 8, f"charging on {n}")
+        await _charge_both(b)
         await b.wait_for(lambda: len(csms.messages("CP001", "StartTransaction")) == 2, 10, "two Starts at the CSMS")
         seen = len(csms.messages("CP001", "StatusNotification"))
         board: Any = b.station.devices["board1"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from tests.agent.ocpp.conftest import CP, TAG, Octt, eventually
 
 
@@ -76,20 +78,6 @@ async def test_027_change_availability_scheduled_and_persisted(octt: Octt) -> No
     await eventually(lambda: agent.connector.available, 5, "available again")
 
 
-async def test_013_hard_reset_with_transaction(octt: Octt) -> None:
-    agent = await octt.start_agent()
-    await octt.booted()
-    await octt.charging()
-    assert await octt.csms.send(CP, "Reset", {"type": "Hard"}) == {"status": "Accepted"}
-    stop = await octt.wait("StopTransaction")
-    assert stop.payload["reason"] == "HardReset"
-    assert agent.service is not None
-    await asyncio.wait_for(agent.service.restart_requested.wait(), 5)
-    assert agent.service.restart_kind == "Hard"
-    await octt.restart_agent()  # what the CLI does on restart_requested
-    await octt.wait("BootNotification", count=2)
-
-
 async def test_015_soft_reset_without_transaction(octt: Octt) -> None:
     agent = await octt.start_agent()
     await octt.booted()
@@ -100,17 +88,19 @@ async def test_015_soft_reset_without_transaction(octt: Octt) -> None:
     assert octt.msgs("StopTransaction") == []
 
 
-async def test_016_soft_reset_with_transaction(octt: Octt) -> None:
+@pytest.mark.parametrize(("kind", "reason"), [pytest.param("Hard", "HardReset", id="013_hard"),
+                                              pytest.param("Soft", "SoftReset", id="016_soft")])
+async def test_013_016_reset_with_transaction(octt: Octt, kind: str, reason: str) -> None:
     agent = await octt.start_agent()
     await octt.booted()
     await octt.charging()
-    assert await octt.csms.send(CP, "Reset", {"type": "Soft"}) == {"status": "Accepted"}
+    assert await octt.csms.send(CP, "Reset", {"type": kind}) == {"status": "Accepted"}
     stop = await octt.wait("StopTransaction")
-    assert stop.payload["reason"] == "SoftReset" and stop.payload["transactionId"] == 1
+    assert stop.payload["reason"] == reason and stop.payload["transactionId"] == 1
     assert agent.service is not None
     await asyncio.wait_for(agent.service.restart_requested.wait(), 5)
-    assert agent.service.restart_kind == "Soft"
-    # The Stop left before the restart; the new boot does not send it again.
+    assert agent.service.restart_kind == kind
+    # What the CLI does on restart_requested. The Stop left before the restart; the new boot does not resend it.
     agent = await octt.restart_agent()
     await octt.wait("BootNotification", count=2)
     await eventually(lambda: agent.service is not None and agent.service.online

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.x509.oid import NameOID
 
 from agent.ocpp.v16.signed_firmware import SIGN_METHOD
-from tests.agent.ocpp.conftest import CP, TAG, Octt, eventually
+from tests.agent.ocpp.conftest import CP, TAG, Agent, Octt, eventually
 from tests.agent.ocpp.fileservers import http_server
 from tests.agent.ocpp.firmware_support import (
     FIRMWARE,
@@ -82,16 +82,22 @@ def signed_update(url: str, maker: Manufacturer, signature: str, request_id: int
                          "signature": signature}}
 
 
+async def start_trusting_a_manufacturer(octt: Octt) -> tuple[Manufacturer, Agent]:
+    """A manufacturer whose root the agent trusts, and the agent started and booted."""
+    maker = Manufacturer(ec.generate_private_key(ec.SECP256R1()))
+    maker.install_root(octt)
+    agent = await octt.start_agent()
+    await octt.booted()
+    return maker, agent
+
+
 def security_events(octt: Octt) -> list[str]:
     return [m.payload["type"] for m in octt.msgs("SecurityEventNotification")]
 
 
 async def test_signed_firmware_valid_signature_installed_after_restart(octt: Octt, tmp_path: Path) -> None:
     marker = configure(octt, tmp_path)
-    maker = Manufacturer(ec.generate_private_key(ec.SECP256R1()))
-    maker.install_root(octt)
-    agent = await octt.start_agent()
-    await octt.booted()
+    maker, agent = await start_trusting_a_manufacturer(octt)
     with http_server() as web:
         web.files["/signed.bin"] = FIRMWARE
         answer = await octt.csms.send(CP, "SignedUpdateFirmware",
@@ -147,10 +153,7 @@ async def test_signed_firmware_download_and_install_scheduled(octt: Octt, tmp_pa
     """retrieveDateTime / installDateTime in the future: DownloadScheduled and InstallScheduled, and a
     triggered status meanwhile reports the scheduled update (with its requestId), not Idle."""
     configure(octt, tmp_path)
-    maker = Manufacturer(ec.generate_private_key(ec.SECP256R1()))
-    maker.install_root(octt)
-    agent = await octt.start_agent()
-    await octt.booted()
+    maker, agent = await start_trusting_a_manufacturer(octt)
     with http_server() as web:
         web.files["/signed.bin"] = FIRMWARE
         request = signed_update(web.url("/signed.bin"), maker, maker.sign(FIRMWARE), request_id=21)
@@ -173,10 +176,7 @@ async def test_signed_firmware_install_verification_failed_when_the_file_changed
     """The file is checked again right before installing (here after a transaction that delayed the
     install): a file changed since SignatureVerified is InstallVerificationFailed and never installed."""
     marker = configure(octt, tmp_path)
-    maker = Manufacturer(ec.generate_private_key(ec.SECP256R1()))
-    maker.install_root(octt)
-    agent = await octt.start_agent()
-    await octt.booted()
+    maker, agent = await start_trusting_a_manufacturer(octt)
     await octt.charging()
     with http_server() as web:
         web.files["/signed.bin"] = FIRMWARE

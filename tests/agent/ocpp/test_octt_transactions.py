@@ -118,6 +118,18 @@ async def test_005_4_held_cable_is_released_by_unlock_connector(octt: Octt) -> N
     assert answer == {"status": "Unlocked"} and not plant.locked and agent.connector.lock_held_for is None
 
 
+async def test_connector_keys_changed_at_runtime_reach_the_connector(octt: Octt) -> None:
+    agent = await octt.start_agent()
+    await octt.booted()
+    for key, value in (("ConnectionTimeOut", "7"), ("StopTransactionOnEVSideDisconnect", "false"),
+                       ("UnlockConnectorOnEVSideDisconnect", "false")):
+        answer = await octt.csms.send("CP1", "ChangeConfiguration", {"key": key, "value": value})
+        assert answer == {"status": "Accepted"}
+    connector = agent.connector
+    assert (connector.connection_timeout_s, connector.stop_on_ev_disconnect, connector.unlock_on_ev_disconnect) \
+        == (7.0, False, False)
+
+
 async def test_005_2_ev_side_disconnect_keeps_transaction_when_configured(octt: Octt) -> None:
     """StopTransactionOnEVSideDisconnect = false: unplugging suspends; re-plugging charges in the same
     transaction; the card then stops it."""
