@@ -22,6 +22,7 @@ from typing import Any
 from agent.config import load
 from agent.events import SessionStarted, SessionStopped, StationEvent, StatusChanged, TokenPresented
 from agent.station import Station, mask
+from agent.tasks import cancel_and_wait
 
 DEMO_TAG = "DEADBEEF01"
 
@@ -204,9 +205,7 @@ async def _play(directory: Path, charge_seconds: float, sim: subprocess.Popen[by
         if service is not None:
             await service.stop()
         tasks = [t for t in (sample_task, task, ocpp_task, wire_task) if t is not None]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
         final = station.sessions.get(stopped[-1].session.ref) if stopped else None
         station.close()
     if not stopped:

@@ -18,6 +18,7 @@ from typing import Any
 from agent.config import load
 from agent.demo import DEMO_TAG, Timeline, _ctl, _show_wire, _wait_for
 from agent.station import Station, mask
+from agent.tasks import cancel_and_wait
 
 LIMIT_A = 10.0
 FULL_POWER_S = 6.0
@@ -132,9 +133,7 @@ async def _play(directory: Path, csms: Any, sim: subprocess.Popen[bytes]) -> int
         tl.line(f"FAILED: {exc}")
     finally:
         await service.stop()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_and_wait(*tasks)
         station.close()
     print("\nsmart charging summary: " + json.dumps({
         "id_tag": mask(DEMO_TAG),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 log = logging.getLogger("cpagent.tasks")
 
@@ -21,8 +22,7 @@ def raise_if_cancelling() -> None:
         raise asyncio.CancelledError
 
 
-async def cancel_and_wait(*tasks: asyncio.Future[object] | asyncio.Task[object],
-                          retry_s: float = 1.0) -> None:
+async def cancel_and_wait(*tasks: asyncio.Future[Any], retry_s: float = 1.0) -> None:
     """Cancel ``tasks`` and wait until every one has finished, cancelling again any that ignored it."""
     pending = {t for t in tasks if not t.done()}
     warned = False

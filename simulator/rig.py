@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.tasks import cancel_and_wait
 from hal.types import Fault
 from simulator.can_pilot_board import CanPilotBoardEmulator
 from simulator.faults import FAULTS
@@ -194,9 +195,7 @@ class Rig:
             self._can_server.server_close()
         if self._server is not None:
             self._server.close()
-        for t in self._tasks:
-            t.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(*self._tasks)
         for c in self.connectors.values():
             await c.meter.stop()
         if self.csms is not None:

@@ -14,6 +14,7 @@ import pytest
 from agent.config import load
 from agent.events import StationEvent
 from agent.station import Station
+from agent.tasks import cancel_and_wait
 from simulator.rig import Rig, RigOptions
 
 
@@ -48,8 +49,7 @@ async def start_bench(directory: Path, **options: object) -> Bench:
 
 
 async def stop_bench(bench: Bench) -> None:
-    bench.task.cancel()
-    await asyncio.gather(bench.task, return_exceptions=True)
+    await cancel_and_wait(bench.task)
     bench.station.close()
     await bench.rig.stop()
 
