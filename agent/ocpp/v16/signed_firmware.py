@@ -13,6 +13,7 @@ import base64
 import binascii
 import hashlib
 import logging
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,7 @@ BUSY_FIRMWARE = frozenset({"DownloadScheduled", "Downloading", "Downloaded", "Si
                            "InstallScheduled", "Installing"})
 _HASH_CHUNK = 1024 * 1024
 SIGN_METHOD = "sign_charge_point_certificate"
+_WHITESPACE = re.compile(r"[ \t\r\n\f\v]+")
 
 
 # -- verification (pure, no I/O besides reading the given paths) ---------------------------------------
@@ -110,11 +112,18 @@ def file_digest(path: Path) -> bytes:
     return digest.digest()
 
 
+def decode_signature(text: str) -> bytes:
+    """The base64 ``signature`` field. Line breaks and other ASCII whitespace are allowed anywhere (base64
+    wrapped at 64 columns, as `openssl base64` writes it); any other character outside the base64 alphabet,
+    or bad padding, raises binascii.Error."""
+    return base64.b64decode(_WHITESPACE.sub("", text), validate=True)
+
+
 def signature_valid(chain_pem: str, signature_b64: str, digest: bytes) -> bool:
-    """SHA-256 signature (base64) by the signing certificate's key (RSA PKCS#1 v1.5 or ECDSA) over the
-    file whose SHA-256 is ``digest``."""
+    """SHA-256 signature (base64, possibly wrapped in lines) by the signing certificate's key (RSA PKCS#1
+    v1.5 or ECDSA) over the file whose SHA-256 is ``digest``."""
     try:
-        signature = base64.b64decode(signature_b64, validate=True)
+        signature = decode_signature(signature_b64)
         key = x509.load_pem_x509_certificates(chain_pem.encode())[0].public_key()
         prehashed = utils.Prehashed(hashes.SHA256())
         if isinstance(key, rsa.RSAPublicKey):

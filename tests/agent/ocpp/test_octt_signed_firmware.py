@@ -270,3 +270,31 @@ async def test_extended_trigger_message(octt: Octt, tmp_path: Path) -> None:
     signer = any(callable(getattr(f, SIGN_METHOD, None)) for f in agent.service.features.values())
     assert await trigger("SignChargePointCertificate") == ("Accepted" if signer else "NotImplemented")
     assert statuses(octt, SFW) == ["Idle"]
+
+
+def openssl_base64(signature_b64: str, eol: str = "\n") -> str:
+    """The signature as `openssl base64` writes it: 64 columns, a line break after every line."""
+    raw = signature_b64
+    return "".join(raw[i:i + 64] + eol for i in range(0, len(raw), 64))
+
+
+async def test_signed_firmware_rsa_signature_wrapped_like_openssl_base64(octt: Octt, tmp_path: Path) -> None:
+    """Whitepaper 1.6 edition 3, SignedUpdateFirmware.req: `signature` is the Base64 encoded firmware
+    signature; base64 wrapped at 64 columns (RFC 2045 style, as `openssl base64` writes it, here with CR/LF)
+    is valid base64 and a valid RSA-SHA256 signature in it is verified and installed."""
+    marker = configure(octt, tmp_path)
+    maker = Manufacturer(rsa.generate_private_key(public_exponent=65537, key_size=2048))
+    maker.install_root(octt)
+    agent = await octt.start_agent()
+    await octt.booted()
+    wrapped = openssl_base64(maker.sign(FIRMWARE), "\r\n")
+    assert "\r\n" in wrapped.rstrip()  # a 2048-bit signature is 344 base64 characters: 6 lines
+    with http_server() as web:
+        web.files["/signed.bin"] = FIRMWARE
+        answer = await octt.csms.send(CP, "SignedUpdateFirmware",
+                                      signed_update(web.url("/signed.bin"), maker, wrapped))
+        assert answer == {"status": "Accepted"}
+        await wait_statuses(octt, SFW, ["Downloading", "Downloaded", "SignatureVerified", "Installing"])
+        assert agent.service is not None
+        await eventually(agent.service.restart_requested.is_set, 10, "restart after install")
+    assert marker.read_bytes() == FIRMWARE
