@@ -25,7 +25,7 @@ import hashlib
 import itertools
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -98,6 +98,15 @@ def parse_pem_chain(text: str) -> list[x509.Certificate]:
     if not certs:
         raise CertificateError("no certificate in the PEM text")
     return certs
+
+
+def read_pem_file(path: Path) -> list[x509.Certificate]:
+    """The certificates of a PEM file (e.g. ``[ocpp] ca_file``); CertificateError if unreadable or empty."""
+    try:
+        text = path.read_text("ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CertificateError(f"cannot read {path}: {exc}") from None
+    return parse_pem_chain(text)
 
 
 def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
@@ -208,19 +217,33 @@ class CertificateStore:
                 return candidate
         return cert  # self-signed root, or an issuer we do not hold: hash against the certificate itself
 
-    def hash_ids(self, use: str, algorithm: str = "SHA256") -> list[tuple[HashData, Path]]:
-        result: list[tuple[HashData, Path]] = []
-        pool = [c for u in ROOT_USES for c in self.installed(u)]
+    def hash_ids(self, use: str, algorithm: str = "SHA256",
+                 configured_roots: Sequence[x509.Certificate] = ()) -> list[tuple[HashData, Path | None]]:
+        """certificateHashData of every root of ``use``: for CentralSystemRootCertificate first the
+        ``configured_roots`` (``[ocpp] ca_file``; path None: not a file of this store), then the installed
+        files, each certificate listed once."""
+        result: list[tuple[HashData, Path | None]] = []
+        configured = list(configured_roots) if use == CENTRAL_SYSTEM_ROOT else []
+        pool = [*configured_roots, *(c for u in ROOT_USES for c in self.installed(u))]
+        for cert in configured:
+            data = hash_data(cert, self._issuer_of(cert, pool), algorithm)
+            if all(data != known for known, _ in result):
+                result.append((data, None))
         for path in self._files(use):
             try:
                 cert = parse_pem_chain(path.read_text("ascii"))[0]
             except (OSError, CertificateError, UnicodeDecodeError):
                 continue
-            result.append((hash_data(cert, self._issuer_of(cert, pool), algorithm), path))
+            data = hash_data(cert, self._issuer_of(cert, pool), algorithm)
+            if all(data != known for known, _ in result):
+                result.append((data, path))
         return result
 
-    def delete(self, wanted: HashData) -> DeleteStatus:
-        """DeleteCertificate. Our own charge point certificate cannot be deleted (Failed)."""
+    def delete(self, wanted: HashData, configured_roots: Sequence[x509.Certificate] = ()) -> DeleteStatus:
+        """DeleteCertificate. Our own charge point certificate cannot be deleted (Failed), nor a
+        CentralSystemRootCertificate of the configuration (``configured_roots``, ``[ocpp] ca_file``: the
+        file belongs to the TOML and stays trusted, so "Accepted" would be untrue; an OCPP-installed copy of
+        it stays too)."""
         if wanted.hash_algorithm not in HASH_ALGORITHMS:
             return "NotFound"
         own = self.client_chain()
@@ -229,8 +252,11 @@ class CertificateStore:
             if hash_data(own[0], leaf_issuer, wanted.hash_algorithm) == wanted:
                 return "Failed"
         for use in ROOT_USES:
-            for found, path in self.hash_ids(use, wanted.hash_algorithm):
+            for found, path in self.hash_ids(use, wanted.hash_algorithm, configured_roots):
                 if found == wanted:
+                    if path is None:
+                        log.info("DeleteCertificate: %s is the configured ca_file's; not deleted", found.serial_number)
+                        return "Failed"
                     try:
                         path.unlink()
                     except OSError as exc:
@@ -299,11 +325,13 @@ class CertificateStore:
         csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name(attributes)).sign(key, hashes.SHA256())
         return csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
 
-    def accept_signed_chain(self, chain_pem: str, *, serial_number: str, now: float, max_size: int) -> None:
+    def accept_signed_chain(self, chain_pem: str, *, serial_number: str, now: float, max_size: int,
+                            configured_roots: Sequence[x509.Certificate] = ()) -> None:
         """CertificateSigned: check the chain and make it (and the pending key) our client identity.
 
         Raises CertificateError when it is too long, broken, expired, not for our pending key or
-        serial number, or does not lead to an installed CentralSystemRootCertificate.
+        serial number, or does not lead to a trusted CentralSystemRootCertificate: one installed over OCPP
+        or one of ``configured_roots`` (``[ocpp] ca_file``).
         """
         if len(chain_pem) > max_size:
             raise CertificateError(f"chain longer than CertificateSignedMaxChainSize ({max_size})")
@@ -326,10 +354,10 @@ class CertificateStore:
         for cert, issuer in itertools.pairwise(chain):
             if not issued_by(cert, issuer):
                 raise CertificateError(f"{cert.subject.rfc4514_string()} is not issued by the next in the chain")
-        roots = self.installed(CENTRAL_SYSTEM_ROOT)
+        roots = [*configured_roots, *self.installed(CENTRAL_SYSTEM_ROOT)]
         top = chain[-1]
         if not any(fingerprint(top) == fingerprint(r) or issued_by(top, r) for r in roots):
-            raise CertificateError("chain does not lead to an installed CentralSystemRootCertificate")
+            raise CertificateError("chain does not lead to a trusted CentralSystemRootCertificate")
         _write_atomic(self.cert_path, "".join(
             c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in chain
         ).encode("ascii"), 0o644)

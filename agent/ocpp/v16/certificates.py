@@ -6,11 +6,13 @@ GetInstalledCertificateIds, CertificateSigned, and the SignCertificate request w
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryptography import x509
 from ocpp.v16 import call
 
-from agent.certificates import CENTRAL_SYSTEM_ROOT, CertificateError, CertificateStore, HashData
+from agent.certificates import CENTRAL_SYSTEM_ROOT, CertificateError, CertificateStore, HashData, read_pem_file
 from agent.ocpp.v16.rpc import OcppRpcError
 
 if TYPE_CHECKING:
@@ -36,6 +38,7 @@ def _hash_data_argument(data: dict[str, Any]) -> HashData:
 class CertificateHandlers:
     _svc: OcppService
     certs: CertificateStore
+    _ca_file_problem: str | None = None  # the last one logged
 
     def event(self, kind: str, tech_info: str | None = None) -> None:
         raise NotImplementedError
@@ -57,13 +60,14 @@ class CertificateHandlers:
             only = self.certs.hash_ids(CENTRAL_SYSTEM_ROOT, wanted.hash_algorithm)
             if only and only[0][0] == wanted:
                 return {"status": "Failed"}
-        status = self.certs.delete(wanted)
+        status = self.certs.delete(wanted, self.configured_roots())
         if status == "Accepted":
             self.event(RECONFIGURED, f"certificate {wanted.serial_number} deleted")
         return {"status": status}
 
     async def on_get_installed_certificate_ids(self, certificate_type: str, **_: Any) -> dict[str, Any]:
-        found = [data.as_ocpp() for data, _path in self.certs.hash_ids(certificate_type)]
+        found = [data.as_ocpp() for data, _path in self.certs.hash_ids(certificate_type,
+                                                                         configured_roots=self.configured_roots())]
         if not found:
             return {"status": "NotFound"}
         return {"status": "Accepted", "certificateHashData": found}
@@ -75,6 +79,7 @@ class CertificateHandlers:
                 serial_number=self._svc.config.station.serial_number,
                 now=self._svc.wall(),
                 max_size=self._svc.store.get_int("CertificateSignedMaxChainSize"),
+                configured_roots=self.configured_roots(),
             )
         except (CertificateError, OSError) as exc:
             log.warning("CertificateSigned rejected: %s", exc)
@@ -102,3 +107,20 @@ class CertificateHandlers:
 
     def config_ca_file(self) -> object | None:
         return self._svc.config.ocpp.ca_file
+
+    def configured_roots(self) -> list[x509.Certificate]:
+        """The CentralSystemRootCertificates of ``[ocpp] ca_file``: trusted for CertificateSigned and listed
+        by GetInstalledCertificateIds like installed ones, but never deleted over OCPP. Read on each use
+        (a few kB), so a replaced file counts at once; an unreadable file is logged once and trusts nothing."""
+        path = self.config_ca_file()
+        if not isinstance(path, Path):
+            return []
+        try:
+            roots = read_pem_file(path)
+        except CertificateError as exc:
+            if self._ca_file_problem != str(exc):
+                log.warning("ocpp.ca_file not usable as CentralSystemRootCertificate: %s", exc)
+            self._ca_file_problem = str(exc)
+            return []
+        self._ca_file_problem = None
+        return roots
