@@ -7,6 +7,7 @@ migration: append a new one.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,9 +19,38 @@ class StorageError(Exception):
     """The state database cannot be read or written (disk full, corruption, permissions)."""
 
 
+PRIVATE_MODE = 0o600  # the database holds the AuthorizationKey; its WAL holds it too until a checkpoint
+# Files SQLite keeps beside the database in WAL mode: created here, so they never exist with another mode.
+_CREATED_SUFFIXES = ("", "-wal", "-shm")
+_TIGHTENED_SUFFIXES = ("-journal",)  # only if present (an old rollback journal); never created here
+
+
+def _private_files(path: Path | str) -> None:
+    """Create the database, its -wal and -shm as 0600 before SQLite opens them, and tighten any that exist.
+
+    O_CREAT's mode is cut by the process umask, so each file is fchmod'ed (no umask change: that would be
+    process-wide, not thread-safe). SQLite creates any later journal with the database file's mode."""
+    name = str(path)
+    if name in ("", ":memory:") or name.startswith("file:"):
+        return
+    for suffix in _CREATED_SUFFIXES:
+        fd = os.open(name + suffix, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_MODE)
+        try:
+            os.fchmod(fd, PRIVATE_MODE)
+        finally:
+            os.close(fd)
+    for suffix in _TIGHTENED_SUFFIXES:
+        try:
+            os.chmod(name + suffix, PRIVATE_MODE)
+        except FileNotFoundError:
+            pass
+
+
 def connect(path: Path | str, *, durable: bool = True) -> sqlite3.Connection:
-    """Open the database in WAL mode. ``durable`` makes every commit fsync (synchronous=FULL),
-    which is what transaction messages need to survive power loss."""
+    """Open the database in WAL mode; the database and its -wal/-shm are 0600 from the start.
+    ``durable`` makes every commit fsync (synchronous=FULL), which is what transaction messages need
+    to survive power loss."""
+    _private_files(path)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=5.0)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
