@@ -41,7 +41,9 @@ import asyncio
 import decimal
 import json
 import logging
+import math
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, is_dataclass
@@ -117,6 +119,24 @@ _DECIMAL_SCHEMAS = {
 
 _CALL_ID_PREFIX = re.compile(r'^\s*\[\s*2\s*,\s*"([^"\\]{1,36})"')
 
+# OCPP 1.6 field type "integer" is 32 bit (31 bit resolution, 1 sign bit): anything beyond is out of range.
+INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+# Largest incoming frame (bytes) the websocket accepts (``Link`` passes it as websockets' max_size). The
+# largest legitimate CS->CP frames are a SendLocalList of SendLocalListMaxLength (100) entries (~150 bytes
+# each, ~15 kB) and CertificateSigned (certificateChain maxLength 10 000): 64 KiB leaves 4x headroom and
+# bounds what a hostile CSMS can make us buffer, parse and log per frame.
+MAX_FRAME_BYTES = 64 * 1024
+# A CALLRESULT/CALLERROR for no CALL of ours: at most one log line per this many seconds per session.
+STRAY_LOG_INTERVAL_S = 60.0
+
+
+class _NotJson(ValueError):
+    """NaN / Infinity / -Infinity: Python's json reads them, RFC 8259 section 6 does not permit them."""
+
+
+def _reject_constant(name: str) -> Any:
+    raise _NotJson(f"{name} is not a JSON number (RFC 8259)")
+
 
 class OcppRpcError(Exception):
     """Base of every failure of ``OcppSession.request``."""
@@ -178,11 +198,12 @@ def decode_frame(raw: str | bytes) -> Frame:
         except UnicodeDecodeError:
             raise FrameError(ErrorCode.FORMATION_VIOLATION, "frame is not UTF-8") from None
     try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: nesting deeper than the parser's stack
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser's stack
         match = _CALL_ID_PREFIX.match(raw)
         uid = match.group(1) if match else None
-        raise FrameError(ErrorCode.FORMATION_VIOLATION, "frame is not valid JSON", uid) from None
+        why = str(exc) if isinstance(exc, _NotJson) else "frame is not valid JSON"
+        raise FrameError(ErrorCode.FORMATION_VIOLATION, why, uid) from None
     if not isinstance(data, list) or not data:
         raise FrameError(ErrorCode.PROTOCOL_ERROR, "frame is not a non-empty JSON array")
     message_type, uid = data[0], data[1] if len(data) > 1 else None
@@ -214,8 +235,31 @@ def _decode_call(data: list[Any], uid: str) -> Call:
     return Call(uid, data[2], data[3])
 
 
+def number_violation(payload: Any) -> FrameError | None:
+    """A number no 1.6 field can hold: an integer beyond 32 bits or a float that is not finite (a JSON
+    literal like 1e400 reads as inf). Walked without recursion: nesting depth is the parser's business."""
+    stack: list[tuple[Any, str]] = [(payload, "payload")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int):
+            if not INT32_MIN <= value <= INT32_MAX:
+                return FrameError(ErrorCode.PROPERTY_CONSTRAINT_VIOLATION,
+                                  f"{where[:80]}: integer out of the 32-bit range")
+        elif isinstance(value, float | decimal.Decimal):
+            if not (value.is_finite() if isinstance(value, decimal.Decimal) else math.isfinite(value)):
+                return FrameError(ErrorCode.PROPERTY_CONSTRAINT_VIOLATION, f"{where[:80]}: number out of range")
+        elif isinstance(value, Mapping):
+            stack.extend((item, f"{where}/{key}") for key, item in value.items())
+        elif isinstance(value, list):
+            stack.extend((item, f"{where}/{index}") for index, item in enumerate(value))
+    return None
+
+
 def schema_violation(message_type_id: int, action: str, payload: Mapping[str, Any]) -> FrameError | None:
-    """Check a payload against the 1.6 schema; return the 1.6 error for the most relevant failure."""
+    """Check a payload against the 1.6 schema; return the 1.6 error for the most relevant failure.
+    Never raises for any parsed JSON: numbers the checks cannot compute with are PropertyConstraintViolation."""
     use_decimal = (message_type_id, action) in _DECIMAL_SCHEMAS
     try:
         validator = get_validator(
@@ -224,9 +268,16 @@ def schema_violation(message_type_id: int, action: str, payload: Mapping[str, An
     except (OSError, ValueError):
         return FrameError(ErrorCode.NOT_SUPPORTED, f"no 1.6 schema for {action}")
     instance: Any = payload
-    if use_decimal:
-        instance = json.loads(json.dumps(payload), parse_float=decimal.Decimal)
-    error: SchemaError | None = best_match(validator.iter_errors(instance))
+    try:
+        if use_decimal:
+            instance = json.loads(json.dumps(payload), parse_float=decimal.Decimal)
+        error: SchemaError | None = best_match(validator.iter_errors(instance))
+    except (ArithmeticError, TypeError, ValueError):
+        # e.g. multipleOf 0.1 on 1e308 as a Decimal needs more digits than the context has, or a float
+        # meeting a Decimal: the value is beyond anything the field can mean.
+        return FrameError(ErrorCode.PROPERTY_CONSTRAINT_VIOLATION, "a number is out of range")
+    except RecursionError:
+        return FrameError(ErrorCode.FORMATION_VIOLATION, "payload nested too deeply")
     if error is None:
         return None
     code = _SCHEMA_KEYWORD_CODES.get(str(error.validator), ErrorCode.FORMATION_VIOLATION)
@@ -293,6 +344,7 @@ class SessionStats:
     call_errors_sent: int = 0
     handler_failures: int = 0
     bad_frames: int = 0
+    stray_results: int = 0  # CALLRESULT/CALLERROR frames for no CALL of ours (dropped)
 
 
 class OcppSession:
@@ -325,6 +377,10 @@ class OcppSession:
         self._closed_future: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._logged_bad_frame_kinds: set[str] = set()
+        # The unique id of our outstanding CALL while its answer is awaited; any other answer is a stray.
+        self._awaiting_id: str | None = None
+        self._stray_logged_at: float | None = None
+        self._strays_unlogged = 0
 
     @property
     def closed(self) -> bool:
@@ -362,10 +418,15 @@ class OcppSession:
             unique_id = str(uuid.uuid4())
             self._wire._response_timeout = self.message_timeout if response_timeout is None else response_timeout
             self._wire.last_call_error = None
+            queue = self._wire._response_queue
+            while not queue.empty():  # nothing but the answer to this CALL may be waiting there
+                queue.get_nowait()
+            self._awaiting_id = unique_id
             calling = asyncio.ensure_future(self._wire.call(payload, suppress=False, unique_id=unique_id))
             try:
                 await asyncio.wait({calling, self._closing()}, return_when=asyncio.FIRST_COMPLETED)
             finally:
+                self._awaiting_id = None
                 if not calling.done():
                     calling.cancel()
                     # Whatever it ends with now (often the closed socket) is nobody's business any more:
@@ -396,6 +457,8 @@ class OcppSession:
             raise InvalidPayload(f"{action}: {exc}") from None
         except (OSError, ConnectionClosed) as exc:
             raise ConnectionLost(f"{action}: {exc}") from None
+        except Exception as exc:  # an answer we cannot use (the library failed to read it): like invalid
+            raise InvalidPayload(f"{action}: unusable answer ({type(exc).__name__})") from None
 
     # -- incoming ---------------------------------------------------------------------------------
 
@@ -411,9 +474,28 @@ class OcppSession:
                 return
             self._spawn(self._answer(frame))
             return
+        if frame.unique_id != self._awaiting_id:
+            self._stray(frame)
+            return
+        self._awaiting_id = None  # a duplicate answer is a stray too
         if isinstance(frame, CallError):
             self._wire.last_call_error = frame
         self._wire._response_queue.put_nowait(frame)
+
+    def _stray(self, frame: Frame) -> None:
+        """An answer to no CALL of ours (never sent, timed out, answered already): dropped at once; one
+        short line, then at most one per STRAY_LOG_INTERVAL_S with the count in between."""
+        self.stats.stray_results += 1
+        now = time.monotonic()
+        if self._stray_logged_at is not None and now - self._stray_logged_at < STRAY_LOG_INTERVAL_S:
+            self._strays_unlogged += 1
+            return
+        kind = "CALLERROR" if isinstance(frame, CallError) else "CALLRESULT"
+        more = f" ({self._strays_unlogged} more since the last report)" if self._strays_unlogged else ""
+        LOG.warning("%s: dropped stray %s for unknown id %.40r%s", self.charge_point_id, kind,
+                    frame.unique_id, more)
+        self._stray_logged_at = now
+        self._strays_unlogged = 0
 
     def _bad_frame(self, error: FrameError, raw: str | bytes) -> None:
         self.stats.bad_frames += 1
@@ -435,6 +517,13 @@ class OcppSession:
         except FrameError as error:
             await self._send_error(call.unique_id, error.code, error.description)
             return
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # a failure outside the handler (validation, conversion): still one answer
+            self.stats.handler_failures += 1
+            LOG.exception("%s: %s %.40r could not be processed", self.charge_point_id, call.action, call.unique_id)
+            await self._send_error(call.unique_id, ErrorCode.INTERNAL_ERROR, f"{call.action} could not be processed")
+            return
         self.stats.calls_answered += 1
         await self._send(CallResult(call.unique_id, payload).to_json())
         hook = self._after.get(call.action)
@@ -452,7 +541,7 @@ class OcppSession:
         handler = self._handlers.get(call.action)
         if handler is None:
             raise FrameError(ErrorCode.NOT_SUPPORTED, f"{call.action} is not supported by this charge point")
-        violation = schema_violation(MessageType.Call, call.action, call.payload)
+        violation = number_violation(call.payload) or schema_violation(MessageType.Call, call.action, call.payload)
         if violation is not None:
             raise violation
         try:

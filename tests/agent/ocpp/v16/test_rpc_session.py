@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ class Service:
     """Handlers as the charge-point service would register them."""
 
     availability_calls: list[dict[str, Any]] = field(default_factory=list)
+    profile_calls: list[dict[str, Any]] = field(default_factory=list)
     session: OcppSession | None = None
 
     async def on_change_availability(self, connector_id: int, type: str) -> call_result.ChangeAvailability:
@@ -52,6 +54,14 @@ class Service:
 
     async def on_trigger_message(self, requested_message: str, **_: Any) -> call_result.TriggerMessage:
         return call_result.TriggerMessage(status="Accepted")
+
+    async def on_set_charging_profile(self, **kwargs: Any) -> call_result.SetChargingProfile:
+        self.profile_calls.append(kwargs)
+        return call_result.SetChargingProfile(status="Accepted")
+
+    async def on_remote_start_transaction(self, **kwargs: Any) -> call_result.RemoteStartTransaction:
+        self.profile_calls.append(kwargs)
+        return call_result.RemoteStartTransaction(status="Accepted")
 
     async def after_trigger_message(self, requested_message: str, **_: Any) -> None:
         assert self.session is not None
@@ -99,6 +109,8 @@ async def wire() -> AsyncIterator[Wire]:
                 "GetLocalListVersion": service.on_get_local_list_version,
                 "Reset": service.on_reset,
                 "TriggerMessage": service.on_trigger_message,
+                "SetChargingProfile": service.on_set_charging_profile,
+                "RemoteStartTransaction": service.on_remote_start_transaction,
             }
             session = OcppSession(client, "CP1", handlers, after={"TriggerMessage": service.after_trigger_message},
                                   message_timeout=WAIT)
@@ -246,3 +258,116 @@ async def test_connection_loss_fails_the_pending_call_fast(wire: Wire) -> None:
         await asyncio.wait_for(pending, WAIT)
     with pytest.raises(ConnectionLost):
         await wire.session.request(call.Heartbeat())
+
+
+# -- issue 11 item 12: every CALL gets exactly one answer ------------------------------------------------
+
+def _profile(limit: str, start_period: str = "0") -> str:
+    """A SetChargingProfile payload as raw JSON text, so literals Python's json would not write get through."""
+    return ('{"connectorId": 1, "csChargingProfiles": {"chargingProfileId": 1, "stackLevel": 0, '
+            '"chargingProfilePurpose": "TxDefaultProfile", "chargingProfileKind": "Absolute", '
+            '"chargingSchedule": {"chargingRateUnit": "A", "startSchedule": "2026-01-01T00:00:00Z", '
+            f'"chargingSchedulePeriod": [{{"startPeriod": {start_period}, "limit": {limit}}}]}}}}}}')
+
+
+async def _only_answer(wire: Wire, unique_id: str, text: str) -> list[Any]:
+    """Send one CALL (raw text); return its answer and check nothing else comes for it."""
+    answer = await wire.exchange(text)
+    assert answer[1] == unique_id, answer
+    # Exactly one answer: the next frame on the wire answers the next CALL.
+    assert await wire.exchange([2, unique_id + "-next", "ClearCache", {}]) == [3, unique_id + "-next",
+                                                                               {"status": "Accepted"}]
+    return answer
+
+
+@pytest.mark.parametrize(
+    ("limit", "code"),
+    [
+        # RFC 8259 section 6: "Numeric values that cannot be represented in the grammar below (such as
+        # Infinity and NaN) are not permitted": not JSON, so the frame is malformed.
+        ("NaN", "FormationViolation"),
+        ("Infinity", "FormationViolation"),
+        ("-Infinity", "FormationViolation"),
+        # Valid JSON numbers out of any usable range: the payload is well formed, a value is not.
+        ("1e400", "PropertyConstraintViolation"),
+        ("1e308", "PropertyConstraintViolation"),
+    ],
+)
+async def test_unusable_numbers_get_exactly_one_call_error(wire: Wire, limit: str, code: str) -> None:
+    text = f'[2, "n1", "SetChargingProfile", {_profile(limit)}]'
+    assert_call_error(await _only_answer(wire, "n1", text), "n1", code)
+    remote = ('[2, "n2", "RemoteStartTransaction", {"idTag": "T", "chargingProfile": '
+              + _profile(limit).split('"csChargingProfiles": ', 1)[1][:-1] + "}]")
+    assert_call_error(await _only_answer(wire, "n2", remote), "n2", code)
+    assert wire.service.profile_calls == []  # no handler saw the value
+
+
+async def test_integer_beyond_32_bits_is_a_property_constraint_violation(wire: Wire) -> None:
+    # OCPP 1.6 field type "integer" is 32 bit (31 bit resolution, 1 sign bit).
+    text = f'[2, "i1", "SetChargingProfile", {_profile("16", start_period="1" + "0" * 400)}]'
+    assert_call_error(await _only_answer(wire, "i1", text), "i1", "PropertyConstraintViolation")
+    text = '[2, "i2", "ChangeAvailability", {"connectorId": 2147483648, "type": "Inoperative"}]'
+    assert_call_error(await _only_answer(wire, "i2", text), "i2", "PropertyConstraintViolation")
+    assert wire.service.profile_calls == [] and wire.service.availability_calls == []
+    ok = '[2, "i3", "ChangeAvailability", {"connectorId": 2147483647, "type": "Inoperative"}]'
+    assert (await wire.exchange(ok)) == [3, "i3", {"status": "Accepted"}]
+
+
+async def test_any_failure_while_dispatching_is_a_short_internal_error_logged_once(
+    wire: Wire, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import agent.ocpp.v16.rpc as rpc
+
+    def broken(*_: Any, **__: Any) -> None:
+        raise ZeroDivisionError("validator exploded")
+
+    monkeypatch.setattr(rpc, "schema_violation", broken)  # fails outside the handler, inside _dispatch
+    with caplog.at_level("ERROR", logger="agent.ocpp.v16.rpc"):
+        answer = await wire.exchange([2, "x1", "ClearCache", {}])
+    assert_call_error(answer, "x1", "InternalError")
+    assert "Traceback" not in answer[3] and "exploded" not in answer[3] and len(answer[3]) <= 100
+    monkeypatch.undo()
+    assert await wire.exchange([2, "x2", "ClearCache", {}]) == [3, "x2", {"status": "Accepted"}]
+    failures = [r for r in caplog.records if "x1" in r.getMessage() or "ClearCache" in r.getMessage()]
+    assert len(failures) == 1, [r.getMessage() for r in caplog.records]
+
+
+# -- issue 11 item 13: CALLRESULTs nobody asked for --------------------------------------------------------
+
+async def test_stray_call_results_are_dropped_at_once_and_logged_briefly(
+    wire: Wire, caplog: pytest.LogCaptureFixture
+) -> None:
+    big = "x" * 50_000
+    with caplog.at_level("DEBUG", logger="agent.ocpp.v16.rpc"):
+        for n in range(3000):
+            await wire.send([3, f"stray-{n}", {"currentTime": "2026-01-01T00:00:00Z", "junk": big if n < 20 else ""}])
+        await wire.send([4, "stray-error", "GenericError", "nobody asked", {}])
+        # The next CALL of ours is answered normally (it used to hit RecursionError behind 3000 strays).
+        pending = asyncio.create_task(wire.session.request(call.Heartbeat()))
+        frame = await wire.next_frame()
+        assert frame[2] == "Heartbeat"
+        await wire.send([3, frame[1], {"currentTime": "2026-01-01T00:00:00Z"}])
+        result = await asyncio.wait_for(pending, WAIT)
+    assert isinstance(result, call_result.Heartbeat)
+    assert wire.session._wire._response_queue.qsize() == 0  # nothing kept
+    assert wire.session.stats.stray_results == 3001
+    logged = [r for r in caplog.records if r.levelno >= logging.INFO and "stray" in r.getMessage().lower()]
+    assert 1 <= len(logged) <= 2, [r.getMessage()[:120] for r in logged]
+    assert all(len(r.getMessage()) < 200 for r in logged)  # never the frame body
+
+
+async def test_late_and_duplicate_answers_do_not_reach_the_next_call(wire: Wire) -> None:
+    with pytest.raises(CallTimeout):
+        await wire.session.request(call.Heartbeat(), response_timeout=0.2)
+    late = await wire.next_frame()
+    await wire.send([3, late[1], {"currentTime": "2000-01-01T00:00:00Z"}])  # too late: dropped
+    pending = asyncio.create_task(wire.session.request(call.Heartbeat()))
+    frame = await wire.next_frame()
+    await wire.send([3, frame[1], {"currentTime": "2026-01-01T00:00:00Z"}])
+    await wire.send([3, frame[1], {"currentTime": "2001-01-01T00:00:00Z"}])  # duplicate: dropped
+    result = await asyncio.wait_for(pending, WAIT)
+    assert result.current_time == "2026-01-01T00:00:00Z"
+    third = asyncio.create_task(wire.session.request(call.Heartbeat()))
+    frame = await wire.next_frame()
+    await wire.send([3, frame[1], {"currentTime": "2027-01-01T00:00:00Z"}])
+    assert (await asyncio.wait_for(third, WAIT)).current_time == "2027-01-01T00:00:00Z"
