@@ -35,9 +35,9 @@ from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
 from agent.clock import Clock, SystemClock
-from agent.ocpp.v16.rpc import Handler, OcppSession, RedactingFilter, install_redaction
+from agent.ocpp.v16.rpc import MAX_FRAME_BYTES, Handler, OcppSession, RedactingFilter, install_redaction
 
-LOG = logging.getLogger(__name__)
+LOG = logging.getLogger("cpagent.ocpp.v16.link")
 SUBPROTOCOL = Subprotocol("ocpp1.6")
 
 ConnectedHook = Callable[[OcppSession], Awaitable[None]]
@@ -230,7 +230,7 @@ class Link:
         except Exception as exc:
             self._state = LinkState.DISCONNECTED
             self.counters.failures += 1
-            self.last_error = _describe_dial_failure(exc)
+            self.last_error = _describe_dial_failure(exc, tls=self._ssl_context is not None)
             LOG.warning("%s: cannot connect to %s: %s", self.charge_point_id, self.url, self.last_error)
             return None
         up_since = self._clock.monotonic()
@@ -293,6 +293,7 @@ class Link:
             ping_interval=ping_interval,
             ping_timeout=ping_timeout,
             close_timeout=self.close_timeout,
+            max_size=MAX_FRAME_BYTES,  # a bigger frame closes the connection with 1009 (message too big)
         )
         if connection.subprotocol != SUBPROTOCOL:
             await connection.close(1002, "ocpp1.6 subprotocol required")
@@ -315,7 +316,7 @@ class Link:
         self.last_contact_wall = self._clock.wall()
 
 
-def _describe_dial_failure(exc: Exception) -> str:
+def _describe_dial_failure(exc: Exception, *, tls: bool = False) -> str:
     if isinstance(exc, InvalidStatus):
         return f"HTTP {exc.response.status_code} on websocket upgrade"
     if isinstance(exc, SubprotocolRefused):
@@ -327,14 +328,27 @@ def _describe_dial_failure(exc: Exception) -> str:
     if isinstance(exc, PermissionError):
         return str(exc)
     if isinstance(exc, OSError):
-        return f"connection failed: {exc.strerror or exc}"
-    return f"{type(exc).__name__}: {exc}"
+        # Always the type and a reason: a peer resetting a TLS handshake raises ConnectionResetError()
+        # with no text at all.
+        reason = exc.strerror or str(exc)
+        if not reason:
+            reason = "reset by the server" if isinstance(exc, ConnectionResetError) else "closed by the server"
+            if isinstance(exc, ConnectionResetError | ssl.SSLEOFError | ConnectionAbortedError) and tls:
+                reason += " during the TLS handshake (no TLS version or cipher suite in common?)"
+        return f"connection failed: {type(exc).__name__}: {reason}"
+    return f"{type(exc).__name__}: {exc or 'no reason given'}"
 
 
 def _describe_close(connection: ClientConnection) -> str:
-    received, sent = connection.protocol.close_rcvd, connection.protocol.close_sent
+    """Who ended the connection, with which code and why (websockets' close_rcvd / close_sent /
+    close_rcvd_then_sent tell who went first)."""
+    protocol = connection.protocol
+    received, sent = protocol.close_rcvd, protocol.close_sent
     if received is None and sent is not None and sent.code == 1011 and "keepalive" in sent.reason:
         return "pong timeout (keepalive ping unanswered)"
+    if sent is not None and (received is None or not protocol.close_rcvd_then_sent):
+        text = f"closed by the charge point with code {sent.code}" + (f": {sent.reason}" if sent.reason else "")
+        return text if received is not None else text + " (the CSMS did not answer the close)"
     if received is None:
         return "connection lost (no close frame from the CSMS)"
     return f"closed by the CSMS with code {received.code}" + (f": {received.reason}" if received.reason else "")

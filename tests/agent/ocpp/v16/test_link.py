@@ -9,17 +9,22 @@ import logging
 import random
 import re
 import socket
+import ssl
+import warnings
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 from ocpp.v16 import call, call_result
 from websockets.asyncio.server import ServerConnection, serve
+from websockets.typing import Subprotocol
 
 from agent.ocpp.v16.link import Backoff, Link, LinkState, build_url
 from agent.ocpp.v16.rpc import OcppSession
 from simulator.csms import Csms, CsmsCallError
+from tests.agent.ocpp.test_octt_security import leaf, make_ca
 
 WAIT = 5.0
 FAST = Backoff(base=0.02, cap=0.1, jitter=0.5, stable_after=3600)
@@ -253,7 +258,8 @@ async def test_failing_on_connected_hook_closes_and_redials(csms: Csms) -> None:
     async with running(link):
         await until(lambda: len(csms.messages("CP1", "Heartbeat")) == 1)
         assert link.counters.connects == 2
-    assert recorder.reasons[0].startswith("closed by the CSMS with code 1011")
+    # The agent closed this one itself (issue 11 item 18: it used to be logged as closed by the CSMS).
+    assert recorder.reasons[0].startswith("closed by the charge point with code 1011"), recorder.reasons
 
 
 async def test_cancelling_run_propagates_and_closes(csms: Csms) -> None:
@@ -266,3 +272,61 @@ async def test_cancelling_run_propagates_and_closes(csms: Csms) -> None:
         await task
     assert link.state is LinkState.DISCONNECTED
     await until(lambda: csms.connected_ids == [])
+
+
+# -- issue 11 items 13 and 18: frame size bound; who closed; why a dial failed -------------------------------
+
+
+async def test_oversized_frame_is_refused_and_the_close_is_ours() -> None:
+    """A CSMS frame above MAX_FRAME_BYTES: the agent closes with 1009 and says that it closed, not the CSMS."""
+    from agent.ocpp.v16.rpc import MAX_FRAME_BYTES
+
+    sent_big = asyncio.Event()
+
+    async def handler(connection: ServerConnection) -> None:
+        await connection.recv()  # the BootNotification
+        await connection.send('[3, "stray", {"junk": "' + "x" * (MAX_FRAME_BYTES + 1000) + '"}]')
+        sent_big.set()
+        await connection.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, subprotocols=[Subprotocol("ocpp1.6")], max_size=None) as server:
+        recorder = Recorder()
+        port = server.sockets[0].getsockname()[1]
+        link = make_link(f"ws://127.0.0.1:{port}", recorder)
+        link._on_connected = lambda session: session.request(call.Heartbeat())
+        async with running(link):
+            await until(lambda: len(recorder.reasons) >= 1)
+    assert sent_big.is_set()
+    assert recorder.reasons[0].startswith("closed by the charge point with code 1009"), recorder.reasons
+
+
+async def test_tls_11_only_server_failure_names_type_and_reason(tmp_path: Path) -> None:
+    """An asyncio TLS server that only speaks TLS 1.1 resets the handshake without an alert: the OSError
+    has no text at all. The log used to say "connection failed: " and nothing else."""
+    ca = make_ca("Test CA")
+    server_cert = leaf(ca, "127.0.0.1", server=True)
+    cert_path, key_path = server_cert.write(tmp_path, "server")
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(cert_path, key_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        server_context.set_ciphers("DEFAULT:@SECLEVEL=0")
+        server_context.minimum_version = ssl.TLSVersion.TLSv1
+        server_context.maximum_version = ssl.TLSVersion.TLSv1_1
+    client_context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    client_context.load_verify_locations(cadata=ca.pem)
+    client_context.minimum_version = ssl.TLSVersion.TLSv1_2
+
+    async def handler(connection: ServerConnection) -> None:
+        await connection.wait_closed()
+
+    async with serve(handler, "127.0.0.1", 0, ssl=server_context) as server:
+        recorder = Recorder()
+        port = server.sockets[0].getsockname()[1]
+        link = make_link(f"wss://127.0.0.1:{port}", recorder, security_profile=3, ssl_context=client_context)
+        async with running(link):
+            await until(lambda: link.counters.failures >= 1)
+    error = link.last_error
+    assert error is not None and not error.rstrip().endswith(":"), error
+    assert "ConnectionResetError" in error or "SSL" in error, error
+    assert len(error.split(":", 1)[1].strip()) > 10, error  # a reason, not just a label
