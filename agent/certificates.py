@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import NameOID
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpagent.certificates")
 
 CENTRAL_SYSTEM_ROOT = "CentralSystemRootCertificate"
 MANUFACTURER_ROOT = "ManufacturerRootCertificate"

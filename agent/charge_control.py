@@ -33,7 +33,7 @@ from hal.types import CpState, Fault
 
 __all__ = ["ChargeController", "ChargeState", "ControlLimits", "ControllerStatus", "duty_for_current"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpagent.charge_control")
 
 FAULT_HOLD_S = 0.3  # Table A.5: F at least 300 ms after a fault
 X1_HOLD_S = 3.0  # T_STEP_X1: X1 at least 3 s before PWM comes back

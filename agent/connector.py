@@ -187,7 +187,7 @@ class Connector:
             if event.active:
                 self.device_faults.add(event.fault)
                 log.warning("connector %d: %s (%s)", self.id, fault_info(event.fault).explanation, event.detail)
-            else:
+            elif event.fault in self.device_faults:  # a driver's first "not faulted" is no recovery
                 self.device_faults.discard(event.fault)
                 log.info("connector %d: %s recovered", self.id, event.fault.value)
             if event.fault is Fault.BOARD_SILENT and event.active:

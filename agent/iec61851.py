@@ -18,7 +18,7 @@ from typing import Any, NamedTuple, Protocol
 
 from transitions import Machine
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpagent.iec61851")
 
 
 class ChargeState(StrEnum):

@@ -51,6 +51,10 @@ def stderr_is_journal(stream: TextIO | None = None, environ: Mapping[str, str] |
 
 _HANDLER_NAME = "cpagent"
 
+# Libraries that are chatty at INFO: `transitions` writes three lines per state change of the IEC 61851
+# machine. A [logging] entry for the same name (e.g. transitions = "info") wins.
+QUIET_BY_DEFAULT: Mapping[str, str] = {"transitions": "WARNING"}
+
 
 def setup_logging(
     log_levels: Mapping[str, str] | None = None,
@@ -73,6 +77,7 @@ def setup_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    for name, level in (log_levels or {}).items():
-        logging.getLogger(name).setLevel(level.upper())
+    levels = {**QUIET_BY_DEFAULT, **{name: level.upper() for name, level in (log_levels or {}).items()}}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
     return handler

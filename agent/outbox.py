@@ -25,7 +25,7 @@ from typing import Any
 from agent.clock import Clock
 from agent.db import Migration, StorageError, migrate
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpagent.outbox")
 
 COMPONENT = "outbox"
 

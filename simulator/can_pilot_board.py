@@ -47,7 +47,7 @@ from drivers.serial.pilot_codec import (
 from hal.types import Fault
 from simulator.physics import Plant
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpsim.can_pilot_board")
 
 _SENSED_FAULTS = frozenset({Fault.RCD, Fault.OVERTEMP, Fault.GROUND, Fault.UNDERVOLTAGE, Fault.OVERVOLTAGE, Fault.LOCK})
 _CP_HIGH_MV = {"A": 12_000, "B": 9_000, "C": 6_000, "D": 3_000, "E": 0, "F": -12_000}

@@ -51,7 +51,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
 
-LOG = logging.getLogger(__name__)
+LOG = logging.getLogger("cpsim.csms")
 SUBPROTOCOL = Subprotocol("ocpp1.6")
 BOOT_STATUSES = ("Accepted", "Pending", "Rejected")
 

@@ -38,7 +38,7 @@ from hal.types import Fault
 from simulator.physics import EvMode, Plant
 from simulator.pty import RawPty
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpsim.openevse")
 
 MIN_CAPACITY_A = 6  # MIN_CURRENT_CAPACITY_J1772
 SLEEP_OPEN_S = 3.0  # asleep, the relay opens this long after $FS at the latest

@@ -37,7 +37,7 @@ from hal.types import CpState, Fault
 from simulator.physics import Plant
 from simulator.pty import RawPty
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpsim.pilot_board")
 
 # Faults the plant can carry that the board's own sensors would see.
 _SENSED_FAULTS = frozenset({Fault.RCD, Fault.OVERTEMP, Fault.GROUND, Fault.UNDERVOLTAGE, Fault.OVERVOLTAGE, Fault.LOCK})

@@ -73,7 +73,7 @@ async def test_no_secrets_anywhere(tmp_path: Path, caplog: pytest.LogCaptureFixt
         outputs.append((state_dir / "security.log").read_text())
         outputs.append(json.dumps([e.as_dict() for e in bench.station.eventlog.query(limit=10_000)]))
         # Everything the agent logged; the in-process CSMS's own loggers see the frames it sends.
-        agent_records = [r for r in caplog.records if not r.name.startswith(("simulator", "websockets.server"))]
+        agent_records = [r for r in caplog.records if not r.name.startswith(("cpsim", "websockets.server"))]
         outputs.extend(r.getMessage() for r in agent_records)
         outputs.extend(r.exc_text or "" for r in agent_records)
 

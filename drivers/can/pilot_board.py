@@ -32,7 +32,7 @@ from drivers.pilot_board_base import PilotBoardBase
 from drivers.settings import DeviceSettings
 from hal.device import DeviceError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpagent.drivers.can.pilot_board")
 
 DRIVER_NAME = "pilot-board-can"
 

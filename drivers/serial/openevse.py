@@ -72,7 +72,7 @@ from hal.types import (
     Role,
 )
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpagent.drivers.serial.openevse")
 
 MIN_AMPS, MAX_AMPS = 6, 80
 HEARTBEAT_ACK_COOKIE = 165  # firmware HS_ACK_COOKIE 0xA5

@@ -27,7 +27,7 @@ from drivers.serial.port import NonBlockingPort
 from drivers.settings import DeviceSettings
 from hal.device import DeviceError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpagent.drivers.serial.pilot_board")
 
 BOARD_KEEPALIVE_TIMEOUT_S = 2.0  # the board opens the relay after this long without a KeepAlive
 BOARD_STATUS_PERIOD_S = 0.25  # the board sends a full status at least this often

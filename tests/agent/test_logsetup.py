@@ -18,7 +18,7 @@ from agent.logsetup import JournalFormatter, setup_logging, stderr_is_journal, s
 def restore_logging() -> Iterator[None]:
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
-    touched = ["cpagent.ocpp", "cpagent.connector", "websockets"]
+    touched = ["cpagent.ocpp", "cpagent.connector", "websockets", "transitions"]
     levels = {name: logging.getLogger(name).level for name in touched}
     yield
     for h in list(root.handlers):
@@ -99,3 +99,53 @@ def test_journal_detected_only_when_stderr_is_that_stream() -> None:
 def test_formatter_handles_an_empty_message() -> None:
     record = logging.LogRecord("cpagent", logging.WARNING, __file__, 1, "", None, None)
     assert JournalFormatter().format(record) == "<4>cpagent: "
+
+
+PACKAGES = ("agent", "drivers", "hal", "simulator")
+
+
+def test_every_module_logs_under_cpagent_or_cpsim() -> None:
+    """One hierarchy, so README's `[logging] "cpagent.ocpp" = "debug"` reaches every OCPP module: import
+    every module of the project and look at the loggers that exist afterwards."""
+    import importlib
+    import pkgutil
+
+    for package in PACKAGES:
+        root = importlib.import_module(package)
+        for info in pkgutil.walk_packages(root.__path__, prefix=f"{package}."):
+            importlib.import_module(info.name)
+    names = set(logging.Logger.manager.loggerDict)
+    stray = sorted(n for n in names if n.split(".")[0] in PACKAGES)
+    assert stray == []
+    assert {"cpagent.ocpp.v16.rpc", "cpagent.ocpp.v16.link", "cpagent.iec61851", "cpagent.outbox",
+            "cpagent.drivers.serial.pilot_board", "cpsim.csms"} <= names
+
+
+def test_every_get_logger_call_in_the_source_names_the_hierarchy() -> None:
+    """The same rule for loggers created lazily (inside functions): no `getLogger(__name__)`, and every
+    literal name starts with cpagent or cpsim."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    bad: list[str] = []
+    for package in PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                for match in re.finditer(r"getLogger\(([^)]*)\)", line):
+                    arg = match.group(1).strip()
+                    if arg == "" or re.fullmatch(r"name|\w+\.name", arg):
+                        continue  # the root logger (handlers) / a name passed in
+                    if not re.fullmatch(r"[\"'](cpagent|cpsim)(\.[\w.]+)?[\"']", arg):
+                        bad.append(f"{path.relative_to(root)}:{number}: {line.strip()}")
+    assert bad == []
+
+
+def test_transitions_is_quiet_unless_configured() -> None:
+    """`transitions` writes three INFO lines per state change: WARNING by default, [logging] can lower it."""
+    out = io.StringIO()
+    setup_logging({}, stream=out, journal=True)
+    logging.getLogger("transitions.core").info("Finished processing state IDLE exit callbacks.")
+    assert out.getvalue() == ""
+    setup_logging({"transitions": "INFO"}, stream=out, journal=True)
+    logging.getLogger("transitions.core").info("Executed callback")
+    assert out.getvalue() == "<6>transitions.core: Executed callback\n"

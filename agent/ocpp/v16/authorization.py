@@ -20,7 +20,7 @@ from agent.ocpp.v16.configuration import ConfigurationStore
 from agent.ocpp.v16.rpc import CallErrorReceived, CallTimeout, ConnectionLost, InvalidPayload
 from agent.sessions import Session
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpagent.ocpp.v16.authorization")
 
 # Sends one CALL if the CSMS is reachable and booted; None when offline.
 Requester = Callable[[Any], Awaitable[Any]]

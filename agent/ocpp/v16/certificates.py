@@ -18,7 +18,7 @@ from agent.ocpp.v16.rpc import OcppRpcError
 if TYPE_CHECKING:
     from agent.ocpp.v16.service import OcppService
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpagent.ocpp.v16.certificates")
 
 RECONFIGURED = "ReconfigurationOfSecurityParameters"
 INVALID_CHARGE_POINT_CERTIFICATE = "InvalidChargePointCertificate"

@@ -20,7 +20,7 @@ from agent.clock import Clock
 from agent.config import ConfigError
 from agent.db import Migration, StorageError, migrate
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpagent.ocpp.v16.configuration")
 
 COMPONENT = "ocpp16_configuration"
 

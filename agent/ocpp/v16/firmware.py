@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from agent.ocpp.v16.service import OcppService
     from agent.station import Station
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpagent.ocpp.v16.firmware")
 
 COMPONENT = "ocpp16_firmware"
 MIGRATIONS: list[Migration] = [

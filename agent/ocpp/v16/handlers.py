@@ -17,7 +17,7 @@ from agent.ocpp.v16.configuration import TooManyKeys
 if TYPE_CHECKING:
     from agent.ocpp.v16.service import OcppService
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpagent.ocpp.v16.handlers")
 
 UNLOCK_WAIT_S = 3.0
 RESET_DRAIN_WAIT_S = 10.0

@@ -18,7 +18,7 @@ from agent.db import StorageError
 if TYPE_CHECKING:
     from agent.ocpp.v16.service import OcppService
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpagent.ocpp.v16.local_list")
 
 NOT_SUPPORTED_VERSION = -1  # GetLocalListVersion answer while the local list is disabled
 

@@ -33,7 +33,7 @@ from agent.ocpp.v16.rpc import CallErrorReceived, CallTimeout, ConnectionLost, I
 if TYPE_CHECKING:
     from agent.ocpp.v16.service import OcppService
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpagent.ocpp.v16.pricing")
 
 VENDOR_ID = "org.openchargealliance.costmsg"
 MAX_TEXT = 255  # display texts from the CSMS are bounded

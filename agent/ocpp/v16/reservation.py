@@ -23,7 +23,7 @@ from agent.sessions import Session
 if TYPE_CHECKING:
     from agent.ocpp.v16.service import OcppService
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpagent.ocpp.v16.reservation")
 
 COMPONENT = "ocpp16_reservation"
 MIGRATIONS: list[Migration] = [

@@ -59,7 +59,7 @@ from ocpp.v16 import ChargePoint as LibraryChargePoint
 from ocpp.v16.enums import Action
 from websockets.exceptions import ConnectionClosed
 
-LOG = logging.getLogger(__name__)
+LOG = logging.getLogger("cpagent.ocpp.v16.rpc")
 
 Handler = Callable[..., Awaitable[Any]]
 OCPP_VERSION = "1.6"
@@ -612,7 +612,7 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-REDACTED_LOGGERS = ("ocpp", "websockets.client", "websockets.server", __name__, "agent.ocpp.v16.link")
+REDACTED_LOGGERS = ("ocpp", "websockets.client", "websockets.server", LOG.name, "cpagent.ocpp.v16.link")
 
 
 def install_redaction(log_filter: logging.Filter, loggers: Iterable[str] = REDACTED_LOGGERS) -> Callable[[], None]:

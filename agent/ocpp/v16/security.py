@@ -40,7 +40,7 @@ from agent.ocpp.v16.tls import TlsSetupError, build_client_context, classify_dia
 if TYPE_CHECKING:
     from agent.ocpp.v16.service import OcppService
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpagent.ocpp.v16.security")
 
 FALLBACK_AFTER_FAILURES = 3
 WATCH_PERIOD_S = 0.1
@@ -53,13 +53,13 @@ INVALID_MESSAGES_EVERY_S = 60.0
 SECRET_KEYS = ("securityprofile", "authorizationkey")
 SECRET_LOGGERS = (
     *REDACTED_LOGGERS,
-    "agent.ocpp.v16.configuration",
-    "agent.ocpp.v16.service",
-    "agent.ocpp.v16.handlers",
-    "agent.ocpp.v16.security",
-    "agent.ocpp.v16.certificates",
-    "agent.certificates",
-    "agent.ctl",
+    "cpagent.ocpp.v16.configuration",
+    "cpagent.ocpp.v16.service",
+    "cpagent.ocpp.v16.handlers",
+    "cpagent.ocpp.v16.security",
+    "cpagent.ocpp.v16.certificates",
+    "cpagent.certificates",
+    "cpagent.ctl",
 )
 
 _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")

@@ -62,7 +62,7 @@ from agent.station import Station
 from agent.tasks import cancel_and_wait
 from hal.types import Fault
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpagent.ocpp.v16.service")
 
 # OCPP keys that live on each Connector (see _apply_connector_keys).
 CONNECTOR_KEYS = frozenset({"ConnectionTimeOut", "StopTransactionOnEVSideDisconnect",

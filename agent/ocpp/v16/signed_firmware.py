@@ -43,7 +43,7 @@ from agent.ocpp.v16.transfer import TransferError, check_url, download, redact, 
 if TYPE_CHECKING:
     from agent.ocpp.v16.service import OcppService
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpagent.ocpp.v16.signed_firmware")
 
 SIGNED = "Signed"  # kind of pending install
 MAX_CHAIN_DEPTH = 5
@@ -296,12 +296,12 @@ class SignedFirmware:
         try:
             target = await upload(location, path, retries=retries, retry_interval_s=retry_s(retry_interval))
         except TransferError as exc:
-            logging.getLogger(__name__).warning("%s upload to %s failed: %s", log_type, redact(location), exc)
+            log.warning("%s upload to %s failed: %s", log_type, redact(location), exc)
             await self._log_status("UploadFailure")
             return
         finally:
             await asyncio.to_thread(path.unlink, True)
-        logging.getLogger(__name__).info("%s uploaded to %s", log_type, target)
+        log.info("%s uploaded to %s", log_type, target)
         await self._log_status("Uploaded")
 
     # -- ExtendedTriggerMessage -------------------------------------------------------------------

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from agent.connector import Connector
     from agent.ocpp.v16.service import OcppService
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpagent.ocpp.v16.smart_charging")
 
 COMPONENT = "ocpp_smart_charging"
 MIGRATIONS = [

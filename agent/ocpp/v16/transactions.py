@@ -30,7 +30,7 @@ from agent.ocpp.v16.rpc import CallErrorReceived, CallTimeout, ConnectionLost, I
 from agent.outbox import METER_VALUES, START, STOP, DuplicateStop, Outbox, OutboxEntry, UnboundTransaction
 from agent.sessions import Session, SessionStore
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpagent.ocpp.v16.transactions")
 
 SIGNED_WAIT_S = 15.0  # how long a StopTransaction waits for the meter's signed end reading
 

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 from urllib.parse import SplitResult, unquote, urlsplit, urlunsplit
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpagent.ocpp.v16.transfer")
 
 ALLOWED_SCHEMES = frozenset({"http", "https", "ftp", "ftps"})
 MAX_DOWNLOAD_BYTES = 256 * 1024 * 1024

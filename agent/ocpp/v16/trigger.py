@@ -20,7 +20,7 @@ from agent.ocpp.v16.rpc import ConnectionLost, OcppRpcError
 if TYPE_CHECKING:
     from agent.ocpp.v16.service import OcppService
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("cpagent.ocpp.v16.trigger")
 
 TRIGGER = "Trigger"  # ReadingContext of a triggered MeterValues
 PER_CONNECTOR = frozenset({"MeterValues", "StatusNotification"})
