@@ -44,6 +44,8 @@ MIGRATIONS: list[Migration] = [
 ]
 
 UpdateStatus = Literal["Accepted", "Failed", "VersionMismatch"]
+AUTHORIZATION_STATUSES = frozenset({"Accepted", "Blocked", "Expired", "Invalid", "ConcurrentTx"})
+ID_TAG_MAX_LENGTH = 20  # IdToken: CiString20Type
 
 
 @dataclass(frozen=True)
@@ -54,13 +56,27 @@ class IdTagInfo:
 
     @classmethod
     def from_ocpp(cls, info: Mapping[str, Any]) -> IdTagInfo:
-        """From an OCPP idTagInfo object (``expiryDate`` ISO 8601; no zone means UTC)."""
-        expiry = info.get("expiryDate")
-        return cls(
-            status=str(info["status"]),
-            expiry_wall=_parse_time(expiry) if expiry else None,
-            parent_id_tag=info.get("parentIdTag"),
-        )
+        """From an OCPP idTagInfo object, the one way every caller builds one: the wire / local-list form
+        (``parentIdTag``, ``expiryDate``) and the ``ocpp`` library's call_result form (``parent_id_tag``,
+        ``expiry_date``) alike. ``expiryDate`` is ISO 8601; no zone means UTC. ValueError names the
+        unreadable field."""
+        if not isinstance(info, Mapping):
+            raise ValueError(f"idTagInfo is not an object: {type(info).__name__}")
+        status = info.get("status")
+        if status not in AUTHORIZATION_STATUSES:
+            raise ValueError(f"idTagInfo status {status!r} is not an AuthorizationStatus")
+        expiry = _field(info, "expiryDate", "expiry_date")
+        parent = _field(info, "parentIdTag", "parent_id_tag")
+        if parent is not None and not (isinstance(parent, str) and len(parent) <= ID_TAG_MAX_LENGTH):
+            raise ValueError(f"idTagInfo parentIdTag is not an idTag (string of <= {ID_TAG_MAX_LENGTH}): {parent!r}")
+        if expiry is None:
+            return cls(status, None, parent)
+        if not isinstance(expiry, str):
+            raise ValueError(f"idTagInfo expiryDate is not a date-time string: {expiry!r}")
+        try:
+            return cls(status, _parse_time(expiry), parent)
+        except (ValueError, OverflowError) as exc:
+            raise ValueError(f"idTagInfo expiryDate {expiry[:40]!r} unreadable: {exc}") from None
 
     def to_ocpp(self) -> dict[str, Any]:
         out: dict[str, Any] = {"status": self.status}
@@ -76,10 +92,16 @@ class IdTagInfo:
         return self.status == "Accepted"
 
 
+def _field(info: Mapping[str, Any], wire: str, library: str) -> Any:
+    value = info.get(wire)
+    return info.get(library) if value is None else value
+
+
 def _parse_time(text: str) -> float:
     parsed = datetime.fromisoformat(text)
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
+    parsed.astimezone(UTC)  # ValueError/OverflowError when the instant is outside years 1..9999 UTC
     return parsed.timestamp()
 
 
@@ -206,7 +228,8 @@ class AuthorizationCache(_Tables):
         self.max_entries = max_entries
 
     def update(self, id_tag: str, info: IdTagInfo) -> None:
-        """Learn from an Authorize.conf / StartTransaction.conf idTagInfo (ignored for local-list ids)."""
+        """Learn from an Authorize / StartTransaction / StopTransaction.conf idTagInfo (ignored for local-list
+        ids). Status and expiry are the latest answer's; a known parentIdTag stays unless a new one is given."""
         if id_tag in self._local_list:
             return
         with self._transaction("update the cache"):
@@ -214,7 +237,9 @@ class AuthorizationCache(_Tables):
                 "INSERT INTO auth_cache(id_tag, status, expiry_wall, parent_id_tag, last_used) "
                 "VALUES (?, ?, ?, ?, (SELECT COALESCE(MAX(last_used), 0) + 1 FROM auth_cache)) "
                 "ON CONFLICT(id_tag) DO UPDATE SET status = excluded.status, expiry_wall = excluded.expiry_wall,"
-                " parent_id_tag = excluded.parent_id_tag, last_used = excluded.last_used",
+                # parentIdTag is optional: an answer without it keeps the parent an earlier one gave
+                " parent_id_tag = COALESCE(excluded.parent_id_tag, auth_cache.parent_id_tag),"
+                " last_used = excluded.last_used",
                 (id_tag, info.status, info.expiry_wall, info.parent_id_tag),
             )
             self._conn.execute(

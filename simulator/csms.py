@@ -149,6 +149,9 @@ class _CentralSystemSide(LibraryChargePoint):  # type: ignore[misc]
         self._csms = csms
 
     def _id_tag_info(self, id_tag: str) -> dict[str, str]:
+        full = self._csms.id_tag_infos.get(id_tag)
+        if full is not None:
+            return dict(full)
         return {"status": self._csms.auth_list.get(id_tag, "Invalid")}
 
     @_on("BootNotification")
@@ -252,6 +255,8 @@ class Csms:
         self.heartbeat_interval = heartbeat_interval
         self.auth_list: dict[str, str] = {tag: "Accepted" for tag in accept}
         self.auth_list.update(auth_list or {})
+        # A whole idTagInfo (wire form: status, parentIdTag, expiryDate) per idTag; wins over auth_list.
+        self.id_tag_infos: dict[str, dict[str, str]] = {}
         self.password = password
         self.response_timeout = response_timeout
         self.ping_interval = ping_interval

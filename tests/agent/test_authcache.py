@@ -41,6 +41,49 @@ def test_id_tag_info_ocpp_round_trip() -> None:
     )
 
 
+def test_id_tag_info_from_library_snake_case() -> None:
+    """A library call_result hands idTagInfo over with snake_case keys; the wire/local list uses camelCase.
+    Both forms give the same IdTagInfo (issue 11 item 4: parent and expiry used to be dropped)."""
+    wire = {"status": "Accepted", "expiryDate": "2026-01-01T00:00:00Z", "parentIdTag": "P"}
+    library = {"status": "Accepted", "expiry_date": "2026-01-01T00:00:00Z", "parent_id_tag": "P"}
+    assert IdTagInfo.from_ocpp(library) == IdTagInfo.from_ocpp(wire) == IdTagInfo("Accepted", 1_767_225_600.0, "P")
+    assert IdTagInfo.from_ocpp({"status": "Blocked", "expiry_date": None, "parent_id_tag": None}) == (
+        IdTagInfo("Blocked")
+    )
+
+
+@pytest.mark.parametrize(
+    ("info", "message"),
+    [
+        ({}, "status"),
+        ({"status": "Maybe"}, "status"),
+        ({"status": 1}, "status"),
+        ({"status": "Accepted", "expiryDate": "tomorrow"}, "expiryDate"),
+        ({"status": "Accepted", "expiry_date": 5}, "expiryDate"),
+        ({"status": "Accepted", "expiryDate": "9999-12-31T23:59:59-12:00"}, "expiryDate"),  # after year 9999 UTC
+        ({"status": "Accepted", "parent_id_tag": 7}, "parentIdTag"),
+        ({"status": "Accepted", "parentIdTag": "P" * 21}, "parentIdTag"),
+        ("Accepted", "object"),
+    ],
+)
+def test_id_tag_info_unreadable_is_a_precise_value_error(info: object, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        IdTagInfo.from_ocpp(info)  # type: ignore[arg-type]
+
+
+def test_cache_merges_parent_and_persists_expiry(tmp_path: Path, clock: FakeClock) -> None:
+    """A later answer without parentIdTag keeps the known parent; status and expiry follow the latest answer;
+    both survive a restart."""
+    cache, _ = make(tmp_path / "state.db", clock)
+    cache.update("TAG1", IdTagInfo("Accepted", clock.wall() + 100, "FLEET"))
+    cache.update("TAG1", IdTagInfo("Blocked", clock.wall() + 50))
+    cache._conn.close()
+    cache, _ = make(tmp_path / "state.db", clock)
+    assert cache.lookup("TAG1") == IdTagInfo("Blocked", clock.wall() + 50, "FLEET")
+    cache.update("TAG1", IdTagInfo("Accepted", None, "FLEET2"))  # a new parent replaces the old one
+    assert cache.lookup("TAG1") == IdTagInfo("Accepted", None, "FLEET2")
+
+
 def test_cache_learns_updates_and_persists(tmp_path: Path, clock: FakeClock) -> None:
     cache, _ = make(tmp_path / "state.db", clock)
     assert cache.lookup("TAG1") is None

@@ -53,10 +53,16 @@ class OcppAuthorizer:
         return self._store.get_bool(key) if self._store.spec(key) is not None else default
 
     def learn(self, id_tag: str, info: IdTagInfo) -> None:
-        """Remember an idTagInfo from any CSMS answer (Authorize / Start / Stop .conf)."""
-        self._parents[id_tag.upper()] = info.parent_id_tag
+        """Remember an idTagInfo from any CSMS answer (Authorize / Start / Stop .conf). parentIdTag is
+        optional: an answer without it keeps the parent an earlier answer gave (here and in the cache)."""
+        self._remember_parent(id_tag, info.parent_id_tag)
         if self._flag("AuthorizationCacheEnabled", True):
             self._cache.update(id_tag, info)
+
+    def _remember_parent(self, id_tag: str, parent: str | None) -> None:
+        key = id_tag.upper()
+        if parent is not None or key not in self._parents:
+            self._parents[key] = parent
 
     def _local(self, id_tag: str) -> IdTagInfo | None:
         if not self._flag("LocalAuthListEnabled", True):
@@ -73,7 +79,7 @@ class OcppAuthorizer:
             if self._flag("LocalPreAuthorize", False):
                 known = self._local(id_tag) or self._cached(id_tag)
                 if known is not None and known.accepted:
-                    self._parents[id_tag.upper()] = known.parent_id_tag
+                    self._remember_parent(id_tag, known.parent_id_tag)
                     return decision(known)
             try:
                 conf = await self._request(call.Authorize(id_tag=id_tag))
@@ -82,9 +88,13 @@ class OcppAuthorizer:
             except (CallErrorReceived, InvalidPayload) as exc:
                 log.warning("Authorize answered with an error (%s); deciding offline", exc)
             else:
-                info = IdTagInfo.from_ocpp(conf.id_tag_info)
-                self.learn(id_tag, info)
-                return decision(info)
+                try:
+                    info = IdTagInfo.from_ocpp(conf.id_tag_info)
+                except ValueError as exc:
+                    log.warning("Authorize.conf with an unusable idTagInfo (%s); deciding offline", exc)
+                else:
+                    self.learn(id_tag, info)
+                    return decision(info)
         return self._offline(id_tag)
 
     def _offline(self, id_tag: str) -> AuthDecision:
@@ -94,16 +104,41 @@ class OcppAuthorizer:
                 return decision(local)  # the list is the authority for its ids: not Accepted -> refused
             cached = self._cached(id_tag)
             if cached is not None:
-                self._parents[id_tag.upper()] = cached.parent_id_tag
+                self._remember_parent(id_tag, cached.parent_id_tag)
                 return decision(cached)
         if self._flag("AllowOfflineTxForUnknownId", False):
             log.info("offline: unknown idTag allowed by AllowOfflineTxForUnknownId")
             return AuthDecision(True)
         return AuthDecision(False, "Invalid")
 
+    def _known_parent(self, id_tag: str) -> tuple[bool, str | None]:
+        """(whether the idTag is known here, its parentIdTag): local list (the authority for its ids), then
+        what CSMS answers gave (this run, then the persisted cache)."""
+        local = self._local(id_tag)
+        if local is not None:
+            return True, local.parent_id_tag
+        key = id_tag.upper()
+        if self._parents.get(key) is not None:
+            return True, self._parents[key]
+        cached = self._cached(id_tag)
+        if cached is not None:
+            return True, cached.parent_id_tag
+        return key in self._parents, None
+
     def parent_of(self, id_tag: str) -> str | None:
-        local = self._local(id_tag)  # the local list is the authority for its ids
-        return local.parent_id_tag if local is not None else self._parents.get(id_tag.upper())
+        return self._known_parent(id_tag)[1]
+
+    def parent_known(self, id_tag: str) -> bool:
+        """Is the idTag in the local list or cache, or answered by the CSMS since the start? If not, its
+        parentIdTag can only be learnt with an Authorize.req (1.6 section 5.13)."""
+        return self._known_parent(id_tag)[0]
+
+    async def learn_parent(self, id_tag: str) -> str | None:
+        """The idTag's parentIdTag, asking the CSMS with an Authorize.req when it is not known here (1.6
+        section 5.13: a reservation's parentIdTag for an incoming idTag)."""
+        if not self.parent_known(id_tag) and self._online():
+            await self.authorize(id_tag)
+        return self.parent_of(id_tag)
 
     async def may_stop(self, session: Session, id_tag: str) -> bool:
         """A different tag may stop a transaction if it shares the session tag's parentIdTag."""

@@ -85,13 +85,23 @@ class CoreHandlers:
             and connector.status() is not ConnectorStatus.FAULTED
         )
 
+    def _may_admit(self, connector: Connector, id_tag: str) -> bool:
+        """The connector admits the idTag, or may: it is reserved with a parentIdTag and the idTag's parent
+        is unknown here, so after_remote_start_transaction asks the CSMS (1.6 section 5.13)."""
+        authorizer = self._svc.authorizer
+        if connector.admits(id_tag, authorizer.parent_of(id_tag)):
+            return True
+        hold = connector.reservation
+        return hold is not None and hold.parent_id_tag is not None and not authorizer.parent_known(id_tag)
+
     def _pick(self, connector_id: int | None, id_tag: str) -> Connector | None:
         parent = self._svc.authorizer.parent_of(id_tag)
         if connector_id is not None:
             connector = self._connectors.get(connector_id)
-            ok = connector is not None and self._can_start(connector) and connector.admits(id_tag, parent)
+            ok = connector is not None and self._can_start(connector) and self._may_admit(connector, id_tag)
             return connector if ok else None
-        free = [c for c in self._connectors.values() if self._can_start(c) and c.admits(id_tag, parent)]
+        free = [c for c in self._connectors.values() if self._can_start(c) and self._may_admit(c, id_tag)]
+        free.sort(key=lambda c: not c.admits(id_tag, parent))  # surely admitting ones first
         plugged = [c for c in free if c.controller.cp_state is not None and c.controller.cp_state.ev_connected]
         candidates = plugged or free
         return candidates[0] if candidates else None
@@ -122,7 +132,12 @@ class CoreHandlers:
                 log.info("remote start for connector %d refused: idTag %s", connector.id, answer.status)
                 return
         if self._can_start(connector):
-            connector.begin_authorized(id_tag, self._svc.authorizer.parent_of(id_tag))
+            parent = self._svc.authorizer.parent_of(id_tag)
+            hold = connector.reservation
+            if hold is not None and hold.parent_id_tag is not None and not connector.admits(id_tag, parent):
+                parent = await self._svc.authorizer.learn_parent(id_tag)  # Authorize.req if unknown here
+            if self._can_start(connector):
+                connector.begin_authorized(id_tag, parent)
 
     def _by_transaction(self, transaction_id: int) -> Connector | None:
         for connector in self._connectors.values():
