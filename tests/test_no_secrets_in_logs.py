@@ -12,9 +12,11 @@ import logging
 import stat
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agent.logsetup import PLAIN_FORMAT
 from agent.ocpp.v16 import diag_archive
 from agent.ocpp.v16.service import OcppService
 from tests.integration.conftest import start_bench, stop_bench
@@ -95,3 +97,112 @@ async def test_no_secrets_anywhere(tmp_path: Path, caplog: pytest.LogCaptureFixt
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await stop_bench(bench)
+
+
+# -- AuthorizationKey in any spelling (issue 11 item 16) ---------------------------------------------------
+
+SPELLED_KEYS = {  # accepted: each one becomes the Basic password, so each one is a live secret
+    "value-first": "Value-First-Key-0001",
+    "lower-case": "Lower-Case-Key-000002",
+    "escaped-name": "Escaped-Name-Key-0003",
+    "escaped-value": "Escaped-Value-Key-004",
+}
+REFUSED_SPELLED = "UPPER-short-5"  # AUTHORIZATIONKEY, below 16 characters: Rejected, still a secret
+UNPARSEABLE_KEY = "Unparseable-Key-00006"  # a frame that is not JSON: answered FormationViolation
+BAD_FRAME_KEY = "Bad-Frame-Key-0000007"  # valid JSON, not a valid CALL (5 elements): ProtocolError
+
+
+def _escaped(text: str) -> str:
+    return "".join(f"\\u{ord(ch):04x}" for ch in text)
+
+
+def _frames_in(path: Path) -> list[Any]:
+    return [json.loads(line)["frame"] for line in path.read_text().splitlines() if '"dir":"in"' in line]
+
+
+async def _answer_to(csms_log: Path, unique_id: str) -> Any:
+    found: list[Any] = []
+
+    def answered() -> bool:
+        found[:] = [f for f in _frames_in(csms_log) if isinstance(f, list) and f[0] in (3, 4) and f[1] == unique_id]
+        return bool(found)
+
+    await _until(answered, f"the answer to {unique_id}")
+    return found[0]
+
+
+async def test_authorization_key_in_any_spelling_never_logged(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """The CSMS sends ChangeConfiguration AuthorizationKey with the value first, a lower-case and an
+    upper-case name, a \\u-escaped name and value, in a frame that is not JSON and in a malformed CALL, over
+    a real websocket with every logger at DEBUG: no key reaches a log line, the agent's log file or the
+    GetDiagnostics archive (Security whitepaper 1.6 ed. 2, AuthorizationKey is write-only)."""
+    caplog.set_level(logging.DEBUG)
+    log_file = tmp_path / "agent.log"
+    handler = logging.FileHandler(log_file, encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter(PLAIN_FORMAT))
+    logging.getLogger().addHandler(handler)  # as setup_logging would, before the service starts
+    bench = await start_bench(tmp_path / "rig", bundled_csms=True, security_profile=1, password=PASSWORD,
+                              charge_point_id=CP, extra_toml=f'\n[firmware]\nlog_file = "{log_file}"\n')
+    csms = bench.rig.csms
+    assert csms is not None
+    csms_log = bench.rig.dir / "csms.jsonl"
+    service = OcppService(bench.station, bench.station.config)
+    task = asyncio.create_task(service.run())
+    try:
+        await _until(lambda: service.online, "boot accepted")
+        security = service.features["Security"]
+        members = {  # the payload's members exactly as sent (order, case, escapes)
+            "value-first": f'"value":"{SPELLED_KEYS["value-first"]}","key":"AuthorizationKey"',
+            "lower-case": f'"key":"authorizationkey","value":"{SPELLED_KEYS["lower-case"]}"',
+            "escaped-name": f'"key":"AuthorizationKe\\u0079","value":"{SPELLED_KEYS["escaped-name"]}"',
+            "escaped-value": f'"key":"AuthorizationKey","value":"{_escaped(SPELLED_KEYS["escaped-value"])}"',
+        }
+        for n, (spelling, text) in enumerate(members.items()):
+            key = SPELLED_KEYS[spelling]
+            csms.password = key
+            await csms.send_raw(CP, f'[2,"spelled-{n}","ChangeConfiguration",{{{text}}}]')
+            assert await _answer_to(csms_log, f"spelled-{n}") == [3, f"spelled-{n}", {"status": "Accepted"}]
+            await _until(lambda key=key: security.confirmed.key == key and service.online,  # type: ignore[misc]
+                         f"reconnect with the {spelling} key")
+        upper = f'{{"key":"AUTHORIZATIONKEY","value":"{REFUSED_SPELLED}"}}'
+        await csms.send_raw(CP, f'[2,"upper","ChangeConfiguration",{upper}]')
+        assert await _answer_to(csms_log, "upper") == [3, "upper", {"status": "Rejected"}]
+        plain = '{"key":"AuthorizationKey","value":"%s"}'
+        await csms.send_raw(CP, '[2,"garbled","ChangeConfiguration",' + plain.replace("%s", UNPARSEABLE_KEY))
+        assert (await _answer_to(csms_log, "garbled"))[2] == "FormationViolation"
+        await csms.send_raw(CP, '[2,"five","ChangeConfiguration",' + plain.replace("%s", BAD_FRAME_KEY) + ",{}]")
+        assert (await _answer_to(csms_log, "five"))[2] == "ProtocolError"
+        assert service.online
+
+        archive = diag_archive.write_archive(diag_archive.collect(service, None, None), tmp_path, "diag.tar.gz")
+        with tarfile.open(archive) as tar:
+            names = tar.getnames()
+            members = {m.name: tar.extractfile(m).read().decode("utf-8", "replace")  # type: ignore[union-attr]
+                       for m in tar.getmembers() if m.isfile()}
+        assert "agent.log" in names
+        handler.flush()
+        outputs = [log_file.read_text("utf-8"), *members.values()]
+        csms_side = ("cpsim", "simulator", "websockets.server")  # the in-process CSMS logs what it sends
+        agent_records = [r for r in caplog.records if not r.name.startswith(csms_side)]
+        outputs.extend(r.getMessage() for r in agent_records)
+        outputs.extend(r.exc_text or "" for r in agent_records)
+        everything = "\n".join(outputs)
+
+        secrets = {*SPELLED_KEYS.values(), REFUSED_SPELLED, UNPARSEABLE_KEY, BAD_FRAME_KEY, PASSWORD}
+        secrets |= {_escaped(s) for s in secrets}
+        secrets |= {base64.b64encode(f"{CP}:{s}".encode()).decode() for s in SPELLED_KEYS.values()}
+        leaked = sorted(s for s in secrets if s in everything)
+        assert leaked == [], f"secrets found in logs/archive: {leaked}"
+        # The frames were logged (redacted), so the check above looked at them.
+        assert '"ChangeConfiguration",{"value":"***","key":"AuthorizationKey"}' in members["agent.log"]
+        assert '{"key":"AuthorizationKey","value":"***"}' in members["agent.log"]  # the escaped name, decoded
+        assert "unparseable frame" in members["agent.log"]
+    finally:
+        await service.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await stop_bench(bench)
+        logging.getLogger().removeHandler(handler)
+        handler.close()

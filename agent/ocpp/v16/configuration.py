@@ -19,6 +19,7 @@ from typing import Literal
 from agent.clock import Clock
 from agent.config import ConfigError
 from agent.db import Migration, StorageError, migrate
+from agent.redact import REDACTED, is_secret_name
 
 log = logging.getLogger("cpagent.ocpp.v16.configuration")
 
@@ -259,7 +260,8 @@ class ConfigurationStore:
             spec = self._specs.get(str(key).lower())
             if spec is None or spec.readonly or self._problem(spec, value, "local") is not None:
                 # A stored value that no longer fits (key removed, range narrowed): ignore it, keep the row.
-                log.warning("ignoring stored OCPP configuration %s=%r", key, value)
+                shown = REDACTED if is_secret_name(str(key)) else value
+                log.warning("ignoring stored OCPP configuration %s=%r", key, shown)
                 continue
             self._overrides[spec.name] = value
         # Reboot-required keys keep their boot-time value for the running agent.
@@ -294,7 +296,7 @@ class ConfigurationStore:
         value = self._normalise(spec, value)
         problem = "read-only" if spec.readonly else self._problem(spec, value, source)
         if problem is not None:
-            log.info("ChangeConfiguration %s=%r rejected: %s", spec.name, value, problem)
+            log.info("ChangeConfiguration %s=%r rejected: %s", spec.name, REDACTED if spec.secret else value, problem)
             return "Rejected"
         with self._storage(f"store {spec.name}"):
             self._conn.execute(

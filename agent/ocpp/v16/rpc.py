@@ -59,6 +59,8 @@ from ocpp.v16 import ChargePoint as LibraryChargePoint
 from ocpp.v16.enums import Action
 from websockets.exceptions import ConnectionClosed
 
+from agent.redact import LoggedFrame, redact_text
+
 LOG = logging.getLogger("cpagent.ocpp.v16.rpc")
 
 Handler = Callable[..., Awaitable[Any]]
@@ -334,7 +336,7 @@ class _WireChargePoint(LibraryChargePoint):  # type: ignore[misc]
     async def _send(self, message: str) -> None:
         # The library logs every outgoing frame at INFO; a replay of thousands of queued messages would
         # format, redact and write each one. Frames are DEBUG here, like the incoming ones in serve().
-        LOG.debug("%s > %s", self.id, message)
+        LOG.debug("%s > %s", self.id, LoggedFrame(message))
         await self._connection.send(message)
 
 
@@ -395,7 +397,7 @@ class OcppSession:
                 except Exception as exc:  # ConnectionClosed and friends: the connection is gone
                     LOG.debug("%s: receive loop ends: %r", self.charge_point_id, exc)
                     return
-                LOG.debug("%s < %s", self.charge_point_id, raw)
+                LOG.debug("%s < %s", self.charge_point_id, LoggedFrame(raw))
                 if self._on_activity is not None:
                     self._on_activity()
                 await self._wire.route_message(raw)
@@ -501,8 +503,8 @@ class OcppSession:
         self.stats.bad_frames += 1
         level = logging.DEBUG if error.description in self._logged_bad_frame_kinds else logging.WARNING
         self._logged_bad_frame_kinds.add(error.description)
-        LOG.log(level, "%s: bad frame (%s), %s: %.200r", self.charge_point_id, error.description,
-                "answering" if error.unique_id else "dropped", raw)
+        LOG.log(level, "%s: bad frame (%s), %s: %.200s", self.charge_point_id, error.description,
+                "answering" if error.unique_id else "dropped", LoggedFrame(raw))
         if error.unique_id is not None:
             self._spawn(self._send_error(error.unique_id, error.code, error.description))
 
@@ -568,7 +570,7 @@ class OcppSession:
         await self._send(CallError(unique_id, code.value, description, {}).to_json())
 
     async def _send(self, text: str) -> None:
-        LOG.debug("%s > %s", self.charge_point_id, text)
+        LOG.debug("%s > %s", self.charge_point_id, LoggedFrame(text))
         try:
             await self._connection.send(text)
         except Exception as exc:  # closed underneath us: the CSMS will never see this answer
@@ -580,12 +582,9 @@ class RedactingFilter(logging.Filter):
 
     Install it on the "ocpp" logger, "websockets.client" and our own loggers (``install_redaction``),
     or on a handler to cover everything. Logger filters do not apply to child loggers.
-    AuthorizationKey values in ChangeConfiguration frames are redacted even when not yet configured.
+    Values that follow a secret's name in any spelling (``agent.redact.redact_text``) are redacted even
+    when not yet configured; frames themselves are logged through ``agent.redact.LoggedFrame``.
     """
-
-    _AUTHORIZATION_KEY_VALUE = re.compile(
-        r"""(["']key["']\s*:\s*["']AuthorizationKey["']\s*,\s*["']value["']\s*:\s*["'])[^"']*"""
-    )
 
     def __init__(self, secrets: Callable[[], Iterable[str]], replacement: str = "***") -> None:
         super().__init__()
@@ -593,9 +592,10 @@ class RedactingFilter(logging.Filter):
         self._replacement = replacement
 
     def redact(self, text: str) -> str:
+        text = redact_text(text)  # first: it decodes \uXXXX escapes around a secret's name
         for secret in sorted({s for s in self._secrets() if s}, key=len, reverse=True):
             text = text.replace(secret, self._replacement)
-        return self._AUTHORIZATION_KEY_VALUE.sub(r"\g<1>" + self._replacement, text)
+        return text
 
     def filter(self, record: logging.LogRecord) -> bool:
         try:
