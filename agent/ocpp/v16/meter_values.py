@@ -6,6 +6,7 @@ strings. The energy register is the meter's absolute register (monotonic, never 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,34 @@ SUPPORTED_MEASURANDS = frozenset({ENERGY, POWER, CURRENT, VOLTAGE, SOC, OFFERED}
 _PHASES = ("L1", "L2", "L3")
 # Voltage is measured phase to neutral.
 _VOLTAGE_PHASES = ("L1-N", "L2-N", "L3-N")
+# An interval longer than this (about 31 years) never comes due in practice; it is treated as this value so
+# that the schedule arithmetic stays in exact float range whatever a CSMS sets (keys have up to 18 digits).
+MAX_INTERVAL_S = 1_000_000_000
+_DAY_S = 86400
+MAX_NAP_S = float(_DAY_S)  # samplers wait at most this long at a time, then look at the schedule again
+
+
+def effective_interval(value: int) -> int:
+    """A MeterValueSampleInterval / ClockAlignedDataInterval value as the schedule uses it: <= 0 is off (0)."""
+    return min(value, MAX_INTERVAL_S) if value > 0 else 0
+
+
+def next_sample_due(start: float, interval: float, after: float) -> float:
+    """Sampled data (MeterValueSampleInterval, 1.6 section 9.1.18): the first time ``start + k * interval``
+    (k >= 1) strictly after ``after``; samples are counted from the start of the transaction, so a changed
+    interval keeps that grid and applies from the next sample."""
+    if after < start:
+        return start + interval
+    return start + (math.floor((after - start) / interval) + 1) * interval
+
+
+def next_aligned_boundary(wall: float, interval: float) -> float:
+    """Clock-aligned data (ClockAlignedDataInterval, 1.6 section 9.1.2): the first boundary strictly after
+    ``wall`` of the evenly spaced intervals per day starting at 00:00:00 UTC (each day starts afresh when
+    the interval does not divide a day)."""
+    midnight = math.floor(wall / _DAY_S) * _DAY_S
+    boundary = midnight + (math.floor((wall - midnight) / interval) + 1) * interval
+    return min(boundary, midnight + _DAY_S)
 
 
 def ocpp_time(wall: float) -> str:

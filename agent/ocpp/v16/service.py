@@ -129,8 +129,8 @@ class OcppService:
         self._wake_event = asyncio.Event()
         self._heartbeat_changed = asyncio.Event()
         self._reported: dict[int, tuple[str, str]] = {}
-        # (connector id, payload, monotonic time queued, time it may be sent: MinimumStatusDuration)
-        self._status_queue: deque[tuple[int, dict[str, Any], float, float]] = deque()
+        # (connector id, payload, monotonic time queued, held: a change that must last MinimumStatusDuration)
+        self._status_queue: deque[tuple[int, dict[str, Any], float, bool]] = deque()
         self._stopping = False
 
         self.authorizer = OcppAuthorizer(
@@ -311,6 +311,8 @@ class OcppService:
             self.link.ping_interval = float(value) if int(value) > 0 else None  # from the next connection
         elif key == "MessageTimeout":
             self.link.message_timeout = float(value)
+        elif key == "MinimumStatusDuration":
+            self._wake()  # held status changes are judged by the new duration now
 
     def _gated(self, handler: Handler) -> Handler:
         """After a Rejected boot the charge point answers nothing until the retry interval has passed."""
@@ -352,16 +354,18 @@ class OcppService:
         *, hold: bool = False,
     ) -> None:
         """Queue a StatusNotification; with ``hold`` (a status change, not a trigger or a reconnect) it waits
-        MinimumStatusDuration and is dropped if the connector changed again within that time."""
-        now = self.clock.monotonic()
-        minimum = max(0, self.store.get_int("MinimumStatusDuration")) if hold else 0
-        self._status_queue.append((cid, self._status_payload(cid, status, faults), now, now + minimum))
+        MinimumStatusDuration (the value in force when it is judged, so a changed key applies to the changes
+        already held) and is dropped if the connector changed again within that time."""
+        self._status_queue.append((cid, self._status_payload(cid, status, faults), self.clock.monotonic(), hold))
         self._wake()
 
     def _next_status(self) -> tuple[tuple[int, dict[str, Any]] | None, float | None]:
         """The next StatusNotification to send, else (None, seconds until the head may be sent)."""
+        # At most 18 digits (configuration rule): a float, schedulable by the event loop.
+        minimum = float(max(0, self.store.get_int("MinimumStatusDuration")))
         while self._status_queue:
-            cid, payload, _, due = self._status_queue[0]
+            cid, payload, since, held = self._status_queue[0]
+            due = since + minimum if held else since
             wait = due - self.clock.monotonic()
             if wait > 0:
                 return None, wait
@@ -381,7 +385,7 @@ class OcppService:
         for cid in [0, *self.station.connectors]:
             payload = self._status_payload(cid)
             if self._reported.get(cid) != (payload["status"], payload["errorCode"]):
-                self._status_queue.append((cid, payload, now, now))
+                self._status_queue.append((cid, payload, now, False))
 
     async def _send_status(self, session: OcppSession, cid: int, payload: dict[str, Any]) -> None:
         if self._reported.get(cid) == (payload["status"], payload["errorCode"]):

@@ -10,6 +10,7 @@ TransactionMessageRetryInterval x previous sends; then the entry is dropped and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections import deque
@@ -33,6 +34,7 @@ from agent.sessions import Session, SessionStore
 log = logging.getLogger("cpagent.ocpp.v16.transactions")
 
 SIGNED_WAIT_S = 15.0  # how long a StopTransaction waits for the meter's signed end reading
+MAX_ALIGNED_LATE_S = 60.0  # a clock-aligned reading later than this after its boundary is skipped (clock jump)
 
 _CALLS: dict[str, Callable[..., Any]] = {
     START: call.StartTransaction,
@@ -89,6 +91,9 @@ class TransactionMessages:
         self._signing_tasks: dict[str, asyncio.Task[None]] = {}  # session ref -> its signed Begin MeterValues
         # Session ref -> energy register (Wh) at which energy stops: MaxEnergyOnInvalidId after an invalid id.
         self._energy_caps: dict[str, float] = {}
+        # One wake-up per running sampler: set when a sampling key changes or a transaction starts.
+        self._sampler_events: dict[str, asyncio.Event] = {}
+        store.subscribe(self._on_sampling_key)
 
     # -- events -> outbox -----------------------------------------------------------------------------
 
@@ -163,6 +168,7 @@ class TransactionMessages:
 
     def on_session_started(self, event: SessionStarted) -> None:
         self.queue_start(event.session)
+        self._poke_samplers()  # sampled values count from this transaction's start
         connector = self._connectors.get(event.session.connector_id)
         signing = connector.signed_reading(event.session.ref, "start") if connector else None
         if signing is not None:
@@ -242,8 +248,9 @@ class TransactionMessages:
 
     # -- meter values ---------------------------------------------------------------------------------
 
-    def sample(self, connector: Connector, context: str) -> None:
-        """One MeterValues for the connector's running session (periodic or clock-aligned)."""
+    def sample(self, connector: Connector, context: str, *, wall: float | None = None) -> None:
+        """One MeterValues for the connector's running session (periodic or clock-aligned); ``wall``: its
+        timestamp (a clock-aligned value bears its boundary), else now."""
         session = connector.session
         sample = connector.last_sample
         if session is None or sample is None:
@@ -253,7 +260,7 @@ class TransactionMessages:
             if context == mv.PERIODIC
             else ("MeterValuesAlignedData", "StopTxnAlignedData")
         )
-        now = self._wall()
+        now = self._wall() if wall is None else wall
         offered = connector.controller.offered_current_a
         value = mv.meter_value(now, sample, self._store.get_csl(key), context, offered_a=offered)
         if value is not None:
@@ -268,32 +275,94 @@ class TransactionMessages:
             if extra is not None:
                 data.values.append(extra)
 
+    def _on_sampling_key(self, key: str, _value: str) -> None:
+        if key in ("MeterValueSampleInterval", "ClockAlignedDataInterval"):
+            self._poke_samplers()
+
+    def _poke_samplers(self) -> None:
+        """A key or a session changed: every sampler recomputes its next sample now."""
+        for event in self._sampler_events.values():
+            event.set()
+
+    async def _nap(self, event: asyncio.Event, delay: float | None) -> bool:
+        """Wait ``delay`` seconds (None: until poked; long waits in slices of a day). True if poked."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(None if delay is None else min(max(0.0, delay), mv.MAX_NAP_S)):
+                await event.wait()
+                return True
+        return False
+
     async def periodic_sampler(self, connector: Connector) -> None:
+        """Sample.Periodic MeterValues of the connector's transaction every MeterValueSampleInterval seconds
+        counted from the transaction's start; a changed interval (or a new transaction) is picked up at once
+        and applies from the next sample. Runs online and offline alike (the outbox keeps the values)."""
+        event = self._sampler_events.setdefault(f"periodic-{connector.id}", asyncio.Event())
+        ref: str | None = None
+        start_mono = 0.0
+        due: tuple[int, float] | None = None  # (interval it was computed for, monotonic due time)
+        failing = False
         while True:
-            interval = self._store.get_int("MeterValueSampleInterval")
-            if interval <= 0:
-                await asyncio.sleep(1.0)
-                continue
-            await asyncio.sleep(interval)
+            event.clear()
             try:
+                session = connector.session
+                interval = mv.effective_interval(self._store.get_int("MeterValueSampleInterval"))
+                if session is None or interval == 0:
+                    await self._nap(event, None)
+                    due = None
+                    continue
+                now = self._clock.monotonic()
+                if session.ref != ref:  # a new transaction (or one resumed after a restart): anchor its start
+                    ref = session.ref
+                    start_mono = now - max(0.0, self._clock.wall() - session.start_wall)
+                    due = None
+                if due is None or due[0] != interval:
+                    due = (interval, mv.next_sample_due(start_mono, interval, now))
+                if now < due[1]:
+                    await self._nap(event, due[1] - now)  # poked or not: look at session and interval again
+                    continue
+                due = (interval, mv.next_sample_due(start_mono, interval, max(now, due[1])))
                 self.sample(connector, mv.PERIODIC)
+                failing = False
             except Exception:
-                log.exception("connector %d: periodic meter values failed", connector.id)
+                if not failing:
+                    log.exception("connector %d: periodic meter values failed", connector.id)
+                failing = True
+                due = None
+                await asyncio.sleep(1.0)
 
     async def aligned_sampler(self) -> None:
+        """Sample.Clock MeterValues at midnight UTC (CSMS clock) + k x ClockAlignedDataInterval; a changed
+        interval recomputes the next boundary at once. Each value carries its boundary as timestamp."""
+        event = self._sampler_events.setdefault("aligned", asyncio.Event())
+        last: float | None = None  # the boundary sampled last (wall)
+        failing = False
         while True:
-            interval = self._store.get_int("ClockAlignedDataInterval")
-            if interval <= 0:
+            event.clear()
+            try:
+                interval = mv.effective_interval(self._store.get_int("ClockAlignedDataInterval"))
+                if interval == 0:
+                    await self._nap(event, None)
+                    continue
+                now = self._wall()
+                # Never the same boundary twice; a clock set back by more than an interval starts afresh.
+                after = max(now, last) if last is not None and last - now < interval else now
+                boundary = mv.next_aligned_boundary(after, interval)
+                if await self._nap(event, boundary - now) or self._wall() < boundary - 1.0:
+                    continue  # poked, a long wait sliced, or the clock went back: recompute
+                last = boundary
+                if self._wall() - boundary > max(interval, MAX_ALIGNED_LATE_S):
+                    continue  # the clock jumped ahead past the boundary: not a reading taken at it
+                for connector in self._connectors.values():
+                    try:
+                        self.sample(connector, mv.CLOCK, wall=boundary)
+                    except Exception:
+                        log.exception("connector %d: clock-aligned meter values failed", connector.id)
+                failing = False
+            except Exception:
+                if not failing:
+                    log.exception("clock-aligned meter values failed")
+                failing = True
                 await asyncio.sleep(1.0)
-                continue
-            now = self._wall()
-            # Aligned to midnight UTC: every multiple of the interval since the epoch day start.
-            await asyncio.sleep(interval - (now % 86400) % interval)
-            for connector in self._connectors.values():
-                try:
-                    self.sample(connector, mv.CLOCK)
-                except Exception:
-                    log.exception("connector %d: clock-aligned meter values failed", connector.id)
 
     # -- delivery -------------------------------------------------------------------------------------
 
