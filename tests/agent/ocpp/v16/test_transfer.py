@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from agent.ocpp.v16.transfer import (
+    MAX_RETRIES,
+    MIN_RETRY_INTERVAL_S,
+    WORKERS,
     TransferError,
     check_url,
     download,
@@ -15,7 +22,10 @@ from agent.ocpp.v16.transfer import (
     redact,
     upload,
 )
+from agent.tasks import cancel_and_wait
+from tests.agent.ocpp.conftest import eventually
 from tests.agent.ocpp.fileservers import HttpFiles, ftp_server, http_server
+from tests.agent.ocpp.slowservers import slow_server
 
 
 async def no_sleep(_: float) -> None:
@@ -97,3 +107,106 @@ async def test_upload_to_a_closed_port_fails(tmp_path: Path) -> None:
         dead = web.url("/up")
     with pytest.raises(TransferError, match="reach"):
         await upload(dead, file, retries=1, retry_interval_s=0, sleep=no_sleep, timeout_s=2)
+
+
+# -- hostile servers and CSMS parameters (issue 11 item 15) --------------------------------------------
+
+
+def transfer_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("transfer")]
+
+
+async def test_download_shorter_than_its_content_length_fails_and_leaves_no_file(tmp_path: Path) -> None:
+    """RFC 9112 §6.3: a message whose connection closes before Content-Length octets arrived is incomplete."""
+    with slow_server("short", body=b"x" * 600, announced=1000) as web:
+        with pytest.raises(TransferError, match="incomplete: 600 of 1000"):
+            await download(web.url(), tmp_path / "dl", sleep=no_sleep)
+    assert not list((tmp_path / "dl").iterdir())
+
+
+async def test_cancelled_download_stops_its_worker_and_leaves_no_file(tmp_path: Path) -> None:
+    for mode in ("drip", "silent"):
+        with slow_server(mode) as web:
+            task = asyncio.create_task(download(web.url(), tmp_path / mode, timeout_s=30))
+            await eventually(lambda: web.open_connections == 1, 5, f"{mode}: the download connected")
+            await asyncio.sleep(0.3)
+            task.cancel()
+            started = time.monotonic()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert time.monotonic() - started < 2  # the worker noticed at once (socket shut down)
+            await eventually(lambda: web.open_connections == 0, 2, f"{mode}: the worker closed its connection")
+            assert not list((tmp_path / mode).iterdir())  # no partial file
+
+
+async def test_total_deadline_of_a_download_and_an_upload(tmp_path: Path) -> None:
+    file = tmp_path / "diag.tar.gz"
+    file.write_bytes(b"a" * 1000)
+    with slow_server("drip") as drip, slow_server("silent") as silent:
+        started = time.monotonic()
+        with pytest.raises(TransferError, match="time limit"):
+            await download(drip.url(), tmp_path / "dl", deadline_s=1.0, timeout_s=30, sleep=no_sleep)
+        with pytest.raises(TransferError, match="time limit"):
+            await upload(silent.url("/up/"), file, deadline_s=1.0, timeout_s=30, sleep=no_sleep)
+        assert time.monotonic() - started < 4
+        await eventually(lambda: drip.open_connections == 0 and silent.open_connections == 0, 2, "closed")
+    assert not list((tmp_path / "dl").iterdir())
+
+
+async def test_transfers_never_occupy_the_default_executor(tmp_path: Path) -> None:
+    """Six drip servers once filled the loop's default executor (min(32, cores + 4) threads) and the
+    websocket redial's address lookup waited 29 s. Transfers use their own bounded executor."""
+    loop = asyncio.get_running_loop()
+    count = min(32, (os.cpu_count() or 1) + 4) + 2
+    with slow_server("drip") as web:
+        tasks = [asyncio.create_task(download(web.url(f"/fw{n}.bin"), tmp_path, timeout_s=30)) for n in range(count)]
+        await eventually(lambda: web.open_connections == min(count, WORKERS), 5, "downloads connected")
+        started = time.monotonic()
+        await asyncio.wait_for(loop.getaddrinfo("localhost", 80), 2)
+        assert time.monotonic() - started < 1
+        assert len(transfer_threads()) <= WORKERS
+        await cancel_and_wait(*tasks)
+        await eventually(lambda: web.open_connections == 0, 3, "every worker stopped")
+    assert not list(tmp_path.iterdir())  # noqa: ASYNC240
+
+
+async def test_retries_are_capped_and_spaced(tmp_path: Path) -> None:
+    """retries 10^9 with retryInterval 0 once made 129 attempts in 5 s."""
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    with slow_server("missing") as web:
+        with pytest.raises(TransferError, match="404"):
+            await asyncio.wait_for(download(web.url(), tmp_path, retries=10**9, retry_interval_s=0, sleep=sleep), 10)
+        assert web.requests == 1 + MAX_RETRIES
+        assert slept == [MIN_RETRY_INTERVAL_S] * MAX_RETRIES
+        task = asyncio.create_task(download(web.url(), tmp_path, retries=10**9, retry_interval_s=0))
+        await asyncio.sleep(2.5 * MIN_RETRY_INTERVAL_S)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert web.requests - (1 + MAX_RETRIES) <= 3
+
+
+@pytest.mark.parametrize("path", ["/fw%0D%0ADELE%20x.bin", "/fw%0a.bin", "/fw%00.bin"])
+async def test_control_characters_in_an_ftp_url_are_a_transfer_error(tmp_path: Path, path: str) -> None:
+    """A CR/LF in the path once raised ValueError from ftplib outside the retry loop (the job died with the
+    status left at Downloading). Now it is refused like any bad URL, before anything is sent."""
+    with ftp_server(tmp_path / "ftp") as site:
+        (site.root / "fw.bin").write_bytes(b"firmware")
+        url = site.url(path)
+        with pytest.raises(TransferError, match="control characters"):
+            check_url(url)
+        with pytest.raises(TransferError):
+            await download(url, tmp_path / "dl", sleep=no_sleep)
+        with pytest.raises(TransferError):
+            await upload(site.url("/in%0d%0a/"), site.root / "fw.bin", sleep=no_sleep)
+        bad_password = f"ftp://{site.user}:x%0d%0aDELE%20fw.bin@127.0.0.1:{site.port}/fw.bin"
+        with pytest.raises(TransferError, match="control characters"):
+            await download(bad_password, tmp_path / "dl", sleep=no_sleep)
+        assert (site.root / "fw.bin").exists()
+        for raw in ("http://127.0.0.1/a\r\nb", "http://127.0.0.1/a b", "http://127.0.0.1/a\x00"):
+            with pytest.raises(TransferError):
+                check_url(raw)
