@@ -146,11 +146,12 @@ def test_normalised_values_are_stored(store: ConfigurationStore) -> None:
     assert store.get_bool("StopTransactionOnInvalidId") is False
 
 
-def test_security_profile_only_increases_over_ocpp(store: ConfigurationStore) -> None:
+def test_security_profile_only_increases(store: ConfigurationStore) -> None:
     assert store.change("SecurityProfile", "2") == "Accepted"
     assert store.change("SecurityProfile", "1") == "Rejected"
     assert store.get_int("SecurityProfile") == 2
-    assert store.change("SecurityProfile", "1", source="local") == "Accepted"  # cpctl may lower it
+    assert store.change("SecurityProfile", "1", source="local") == "Rejected"  # nor through cpctl (issue 11)
+    assert store.change("SecurityProfile", "1", source="fallback") == "Accepted"  # the security fallback
 
 
 def test_authorization_key_is_write_only(store: ConfigurationStore) -> None:

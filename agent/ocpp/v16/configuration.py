@@ -54,7 +54,9 @@ PHASE_ROTATIONS = ("NotApplicable", "Unknown", "RST", "RTS", "SRT", "STR", "TRS"
 MAX_VALUE_LENGTH = 500  # ChangeConfiguration.req value is CiString500
 
 ChangeStatus = Literal["Accepted", "Rejected", "RebootRequired", "NotSupported"]
-Source = Literal["ocpp", "local"]
+# "fallback": the security feature restoring the last working settings after new ones failed to connect
+# (the whitepaper's one way down for SecurityProfile); "ocpp" and "local" (cpctl) may only raise it.
+Source = Literal["ocpp", "local", "fallback"]
 
 
 class KeyType(StrEnum):
@@ -80,7 +82,7 @@ class KeySpec:
     min_length: int = 0
     reboot_required: bool = False
     secret: bool = False  # write-only: never shown by GetConfiguration or exports
-    only_increase: bool = False  # over OCPP; cpctl may lower it
+    only_increase: bool = False  # from the CSMS and from cpctl; only a "fallback" may lower it
     derived: bool = False  # value comes from the station (NumberOfConnectors, SupportedFeatureProfiles)
 
 
@@ -415,8 +417,8 @@ class ConfigurationStore:
                 return f"expected at least {spec.minimum}, got {number}"
             if spec.maximum is not None and number > spec.maximum:
                 return f"expected at most {spec.maximum}, got {number}"
-            if spec.only_increase and source == "ocpp" and number < int(self._effective(spec)):
-                return f"may only increase over OCPP (now {self._effective(spec)})"
+            if spec.only_increase and source != "fallback" and number < int(self._effective(spec)):
+                return f"may only increase (now {self._effective(spec)})"
             return None
         if spec.type is KeyType.STRING:
             if value and len(value) < spec.min_length:

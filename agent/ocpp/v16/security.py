@@ -5,8 +5,9 @@ Profiles: 0 none, 1 HTTP Basic, 2 TLS + Basic, 3 TLS client certificate. The pro
 SecurityProfile key, never below ``ocpp.security_profile`` from the TOML. Raising it over OCPP (or
 changing AuthorizationKey) is answered Accepted, then the link redials with the new setting; the
 previous, proven setting is kept in ``<state_dir>/security-state.json`` (0600) until the new one has
-connected once, and restored if the new one fails FALLBACK_AFTER_FAILURES dials in a row. Lowering over
-OCPP is Rejected by the configuration store; raising to 2/3 without a trust anchor (or to 3 without a
+connected once, and restored if the new one fails FALLBACK_AFTER_FAILURES dials in a row (the only way
+down, never below the TOML's). Lowering it over OCPP or through cpctl is Rejected by the configuration
+store (whitepaper: no downgrade); raising to 2/3 without a trust anchor (or to 3 without a
 client certificate) is Rejected here.
 
 AuthorizationKey on the wire: a key that is an even-length hex string whose bytes are printable UTF-8
@@ -114,7 +115,9 @@ class Security(CertificateHandlers):
             store.change("SecurityProfile", str(config.ocpp.security_profile), source="local")
         self.active = self._from_store()
         self.confirmed = self._load_confirmed() or self.active
-        if self.confirmed.profile > self.active.profile:  # a lowered key (cpctl) is the new truth
+        # A key lowered by an older agent's cpctl is the new truth; a fallback below the TOML's floor
+        # (state saved before the TOML was raised) is never one.
+        if not config.ocpp.security_profile <= self.confirmed.profile <= self.active.profile:
             self.confirmed = self.active
         try:
             context = self._context_for(self.active.profile)
@@ -262,8 +265,11 @@ class Security(CertificateHandlers):
         store = self._svc.store
         self._reverting = True
         try:
-            if store.get_int("SecurityProfile") != settings.profile:
-                store.change("SecurityProfile", str(settings.profile), source="local")
+            # The one way down for SecurityProfile (whitepaper: back to the last working settings), and
+            # never below the TOML's ocpp.security_profile.
+            profile = max(settings.profile, self._svc.config.ocpp.security_profile)
+            if store.get_int("SecurityProfile") != profile:
+                store.change("SecurityProfile", str(profile), source="fallback")
             if store.get_str("AuthorizationKey") != settings.key:
                 store.change("AuthorizationKey", settings.key, source="local")
         finally:
