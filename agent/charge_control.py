@@ -16,7 +16,11 @@ Decisions where the brief left a choice:
 - CP E, or CP lost after having been seen, is a pilot error: FAULT without a ``Fault`` code
   (``status().pilot_error``). CP F that we did not cause means "EV unknown": no power, presence kept.
 - METER_SILENT / METER_IMPLAUSIBLE / READER_SILENT are reported but do not stop charging.
-- Unplugging withdraws ``set_energy_allowed`` (a new EV needs a new authorization); latches survive it.
+- Unplugging holds ``EnergyHold.NOT_AUTHORIZED`` again (a new EV needs a new authorization); latches survive it.
+- Energy is withheld for named reasons (``EnergyHold``), held and released only by whoever set them: the
+  controller offers energy only while none is held, and no pilot change or timer releases one.
+- A diode fault seen while our PWM is on stays until the EV is unplugged or an operator clears it: the
+  board checks the diode only on the PWM's negative half, so its flag dropping with the PWM says nothing.
 """
 
 from __future__ import annotations
@@ -25,13 +29,14 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 
 from agent.clock import Clock, TimerHandle
 from agent.iec61851 import ChargeMachine, ChargeState, duty_for_current, offered_current
 from hal.roles import ControlPilot, PowerSwitch
 from hal.types import CpState, Fault
 
-__all__ = ["ChargeController", "ChargeState", "ControlLimits", "ControllerStatus", "duty_for_current"]
+__all__ = ["ChargeController", "ChargeState", "ControlLimits", "ControllerStatus", "EnergyHold", "duty_for_current"]
 
 log = logging.getLogger("cpagent.charge_control")
 
@@ -46,6 +51,22 @@ NON_BLOCKING = frozenset({Fault.METER_SILENT, Fault.METER_IMPLAUSIBLE, Fault.REA
 _RELAY_CLOSED_IN = frozenset({ChargeState.CHARGING, ChargeState.STOPPING})
 _PWM_IN = frozenset({ChargeState.READY, ChargeState.CHARGING, ChargeState.PAUSED_EV})
 _F = 0.0  # pilot output encoding: None = X1, 0.0 = F, > 0 = PWM duty
+UNTIL_UNPLUG = frozenset({Fault.DIODE})  # kept (when seen under PWM) until the EV leaves or an operator clears
+
+
+class EnergyHold(StrEnum):
+    """A named reason to withhold energy from the EV. Energy is offered only while none is active, and a
+    reason ends only when whoever set it releases it."""
+
+    NOT_AUTHORIZED = "not_authorized"  # no session authorizes the EV plugged in now (an unplug sets it again)
+    INVALID_ID = "invalid_id"  # the session's idTag was refused after the start; the transaction goes on
+    ZERO_LIMIT = "zero_limit"  # the current limit is below what a PWM can offer (follows the limit, not held)
+    UNAVAILABLE = "unavailable"  # the operator took the connector out of service (pilot F)
+    MAINTENANCE = "maintenance"  # a technician drives relay and pilot by hand (pilot F)
+    RESERVED = "reserved"  # held for a reservation that no session has used yet
+
+
+_OUT_OF_SERVICE = frozenset({EnergyHold.UNAVAILABLE, EnergyHold.MAINTENANCE})
 
 
 @dataclass(frozen=True)
@@ -71,6 +92,7 @@ class ControllerStatus:
     current_limit_a: float
     energy_allowed: bool
     available: bool
+    energy_holds: frozenset[EnergyHold]
     pilot_error: bool
 
 
@@ -136,10 +158,10 @@ class ChargeController:
         self._board_flags: frozenset[Fault] = frozenset()
         self._device_faults: set[Fault] = set()
         self._latched: set[Fault] = set()
+        self._until_unplug: set[Fault] = set()  # UNTIL_UNPLUG faults seen under our PWM
         self._currents: tuple[float | None, ...] = (None, None, None)
-        self._energy_allowed = False
+        self._holds: set[EnergyHold] = {EnergyHold.NOT_AUTHORIZED}
         self._external_limit: float | None = None
-        self._available = True
         # maintenance mode (UNAVAILABLE, no EV): a technician drives relay and pilot by hand
         self._manual_relay = False
         self._manual_pilot: float | _Unset | None = _UNSET
@@ -196,6 +218,10 @@ class ChargeController:
     def on_fault_flags(self, active: frozenset[Fault]) -> None:
         self._board_flags = frozenset(active)
         self._latched |= active & LATCHING
+        if self._duty is not None and self._duty != _F:  # checked under our PWM: a finding about this EV
+            for fault in (active & UNTIL_UNPLUG) - self._until_unplug:
+                log.warning("%s under PWM: kept until the EV is unplugged or the fault is cleared", fault.value)
+                self._until_unplug.add(fault)
         self._run()
 
     def on_device_fault(self, fault: Fault, active: bool) -> None:
@@ -216,24 +242,47 @@ class ChargeController:
         self._currents = tuple(amps_per_phase)
         self._supervise_overcurrent()
 
+    def hold_energy(self, reason: EnergyHold) -> None:
+        """Withhold energy for ``reason`` until ``release_energy(reason)``; de-energises inside the call."""
+        if reason is EnergyHold.ZERO_LIMIT:
+            raise ValueError("ZERO_LIMIT follows the current limit (set_external_limit), it is not held")
+        if reason not in self._holds:
+            self._holds.add(reason)
+            self._run()
+
+    def release_energy(self, reason: EnergyHold) -> None:
+        """End ``reason``; energy is offered again only if no other reason is held."""
+        if reason is EnergyHold.ZERO_LIMIT:
+            raise ValueError("ZERO_LIMIT follows the current limit (set_external_limit), it is not held")
+        if reason in self._holds:
+            self._holds.discard(reason)
+            self._run()
+
+    @property
+    def energy_holds(self) -> frozenset[EnergyHold]:
+        """Every reason energy is withheld now (empty = energy may flow)."""
+        derived = set() if self.current_available() else {EnergyHold.ZERO_LIMIT}
+        return frozenset(self._holds | derived)
+
     def set_energy_allowed(self, allowed: bool) -> None:
-        self._energy_allowed = allowed
-        self._run()
+        """The EV plugged in now is authorized (True) or not: releases or holds NOT_AUTHORIZED only."""
+        (self.release_energy if allowed else self.hold_energy)(EnergyHold.NOT_AUTHORIZED)
 
     def set_external_limit(self, amps: float | None) -> None:
         self._external_limit = _sane(amps)
         self._run()
 
     def set_available(self, available: bool) -> None:
-        self._available = available
-        self._run()
+        """Operator availability: releases or holds UNAVAILABLE only."""
+        (self.release_energy if available else self.hold_energy)(EnergyHold.UNAVAILABLE)
 
     def clear_faults(self) -> bool:
         """Operator clear of latched faults; True once none is left (those whose cause persists stay)."""
         live = self._live_faults()
         self._latched = {f for f in self._latched if f in live or (f is Fault.WELD and self._feedback is not False)}
+        self._until_unplug &= live
         self._run()
-        return not self._latched
+        return not self._latched and not self._until_unplug
 
     # ------------------------------------------------------------------ maintenance
     def _manual_allowed(self) -> bool:
@@ -290,7 +339,7 @@ class ChargeController:
 
     @property
     def active_faults(self) -> frozenset[Fault]:
-        return frozenset(self._live_faults() | self._latched)
+        return frozenset(self._live_faults() | self._latched | self._until_unplug)
 
     @property
     def current_limit_a(self) -> float:
@@ -309,8 +358,9 @@ class ChargeController:
             relay_feedback_closed=self._feedback,
             active_faults=self.active_faults,
             current_limit_a=self.current_limit_a,
-            energy_allowed=self._energy_allowed,
-            available=self._available,
+            energy_allowed=self.energy_allowed(),
+            available=self.available(),
+            energy_holds=self.energy_holds,
             pilot_error=self._pilot_error(),
         )
 
@@ -322,13 +372,14 @@ class ChargeController:
         return self._clock.monotonic() >= self._fault_hold_until
 
     def available(self) -> bool:
-        return self._available
+        return not self._holds & _OUT_OF_SERVICE
 
     def ev_connected(self) -> bool:
         return self._ev_present and (self.limits.fixed_cable or self._ampacity is not None)
 
     def energy_allowed(self) -> bool:
-        return self._energy_allowed
+        # The held reasons; a limit below 6 A is the table's own guard (current_available: pause in X1).
+        return not self._holds
 
     def current_available(self) -> bool:
         return duty_for_current(self.current_limit_a) is not None
@@ -388,7 +439,8 @@ class ChargeController:
                 self._rerun = False
                 connected = self.ev_connected()
                 if self._was_connected and not connected:
-                    self._energy_allowed = False  # unplug ends the authorization too
+                    self._holds.add(EnergyHold.NOT_AUTHORIZED)  # unplug ends the authorization too
+                    self._until_unplug.clear()  # and what was found about that EV
                 self._was_connected = connected
                 self._machine.settle()
                 self._apply_outputs()
@@ -413,7 +465,7 @@ class ChargeController:
         if not isinstance(self._manual_pilot, _Unset) and self._manual_allowed():
             return self._manual_pilot
         if state is ChargeState.UNAVAILABLE or (
-            state is ChargeState.FAULT and (not self._available or not self.fault_hold_over())
+            state is ChargeState.FAULT and (not self.available() or not self.fault_hold_over())
         ):
             return _F
         if state in _PWM_IN:

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from agent.authorize import AuthDecision, Authorizer
-from agent.charge_control import ChargeController, ChargeState, ControlLimits
+from agent.charge_control import ChargeController, ChargeState, ControlLimits, EnergyHold
 from agent.clock import Clock, TimerHandle
 from agent.config import ConnectorConfig
 from agent.db import StorageError
@@ -216,8 +216,10 @@ class Connector:
                 # else the transaction stays open (OCPP StopTransactionOnEVSideDisconnect = false) and
                 # energy flows again when an EV is plugged back in.
             return
-        if self.session is not None and self._resume_timer is None and not self.controller.energy_allowed():
-            self.controller.set_energy_allowed(True)  # re-plugged into a transaction kept open
+        if self.session is not None and self._resume_timer is None:
+            # Re-plugged into a transaction kept open: the session authorizes this EV again. Only that
+            # reason ends here; any other hold (invalid idTag, availability, ...) stays.
+            self.controller.release_energy(EnergyHold.NOT_AUTHORIZED)
         if self.session is None and self._pending is not None:
             tag, expiry = self._pending
             self._pending = None
@@ -235,7 +237,7 @@ class Connector:
         state = self.controller.cp_state
         if state is not None and state.ev_connected and self.available:
             log.info("connector %d: resuming session %s after restart (EV still connected)", self.id, session.ref)
-            self.controller.set_energy_allowed(True)
+            self.controller.release_energy(EnergyHold.NOT_AUTHORIZED)
             if self.lock is not None:
                 self.lock.lock()
         else:
@@ -298,7 +300,33 @@ class Connector:
 
     def set_reservation(self, reservation: ConnectorReservation | None) -> None:
         self.reservation = reservation
+        if reservation is not None and self.session is None:
+            self.controller.hold_energy(EnergyHold.RESERVED)
+        else:
+            self.controller.release_energy(EnergyHold.RESERVED)
         self._publish_status()
+
+    # ----------------------------------------------------------------- energy authority
+    # The one place that decides whether energy may flow: a set of named reasons (EnergyHold) kept by the
+    # controller. Callers (OCPP, the diagnostic socket, the session logic) hold and release their own
+    # reason; energy flows only while none is held, and nothing else (pilot changes, timers) ends one.
+    def hold_energy(self, reason: EnergyHold) -> None:
+        """Withhold energy for ``reason`` (the relay opens inside the call) until ``release_energy(reason)``."""
+        self.controller.hold_energy(reason)
+        self._publish_status()
+
+    def release_energy(self, reason: EnergyHold) -> None:
+        self.controller.release_energy(reason)
+        self._publish_status()
+
+    @property
+    def energy_holds(self) -> frozenset[EnergyHold]:
+        """Every reason energy is withheld now, including a current limit below 6 A (ZERO_LIMIT)."""
+        return self.controller.energy_holds
+
+    def set_current_limit(self, amps: float | None) -> None:
+        """An external current limit per phase (None = only the installation's and the cable's)."""
+        self.controller.set_external_limit(amps)
 
     def begin_authorized(self, id_tag: str, parent_id_tag: str | None = None) -> bool:
         """Start now if the EV is plugged in, else hold the authorization for ConnectionTimeOut.
@@ -353,12 +381,13 @@ class Connector:
         if self.reservation is not None:  # admitted in begin_authorized: this session uses it up
             self.used_reservation = (session.ref, self.reservation)
             self.reservation = None
+        self.controller.release_energy(EnergyHold.RESERVED)
         log.info("connector %d: session %s started for %s", self.id, session.ref, id_tag)
         self._sign(session.ref, "start")  # only queued here; listeners of SessionStarted can find it
         self._emit(SessionStarted(self.id, session))
         if self.lock is not None and not self.config.fixed_cable:
             self.lock.lock()
-        self.controller.set_energy_allowed(True)
+        self.controller.release_energy(EnergyHold.NOT_AUTHORIZED)
         self._publish_status()
 
     def stop_session(self, reason: StopReason, *, energy_wh: float | None = None) -> Session | None:
@@ -367,7 +396,11 @@ class Connector:
             return None
         was_in_event, self._in_event = self._in_event, True
         try:
-            self.controller.set_energy_allowed(False)
+            self.controller.hold_energy(EnergyHold.NOT_AUTHORIZED)
+            for hold in _SESSION_HOLDS:  # they were about this session
+                self.controller.release_energy(hold)
+            if self.reservation is not None:
+                self.controller.hold_energy(EnergyHold.RESERVED)
         finally:
             self._in_event = was_in_event
         self.session = None
@@ -435,13 +468,13 @@ class Connector:
 
     def set_available(self, available: bool) -> None:
         self.available = available
-        self.controller.set_available(available and not self.maintenance)
+        (self.controller.release_energy if available else self.controller.hold_energy)(EnergyHold.UNAVAILABLE)
         self._publish_status()
 
     def set_maintenance(self, on: bool) -> None:
         """Maintenance mode: the connector is Unavailable and a technician may drive relay and PWM."""
         self.maintenance = on
-        self.controller.set_available(self.available and not on)
+        (self.controller.hold_energy if on else self.controller.release_energy)(EnergyHold.MAINTENANCE)
         if not on:
             self.controller.end_manual()
         self._publish_status()
@@ -466,6 +499,10 @@ class Connector:
         if self.faults & _FAULTING or ctrl_state is ChargeState.FAULT:
             return ConnectorStatus.FAULTED
         if self.session is not None:
+            if ctrl_state is not ChargeState.CHARGING and self.energy_holds - {EnergyHold.NOT_AUTHORIZED}:
+                # 1.6 section 7.7: the EVSE is not offering energy (smart charging, StartTransaction.conf
+                # not Accepted, ...) -> SuspendedEVSE.
+                return ConnectorStatus.SUSPENDED_EVSE
             return {
                 ChargeState.CHARGING: ConnectorStatus.CHARGING,
                 ChargeState.PAUSED_EVSE: ConnectorStatus.SUSPENDED_EVSE,
@@ -554,8 +591,12 @@ class Connector:
             "session": self.session.ref if self.session else None,
             "id_tag": self.session.id_tag if self.session else None,
             "faults": sorted(f.value for f in self.faults),
+            "energy_holds": sorted(h.value for h in self.energy_holds),
         }
 
+
+# Energy holds that belong to one session and end with it.
+_SESSION_HOLDS = (EnergyHold.INVALID_ID,)
 
 # Faults that take the connector out of service. A silent meter or reader is reported (errorCode) but
 # charging goes on: the safety path does not depend on them.

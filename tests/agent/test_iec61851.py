@@ -601,6 +601,33 @@ def test_other_board_faults_clear_with_the_flag(rig: Rig, fault: Fault) -> None:
     assert rig.ctl.state is S.CONNECTED and not rig.ctl.active_faults
 
 
+def test_diode_fault_under_pwm_is_kept_until_unplug(rig: Rig) -> None:
+    """The board checks the diode only on the PWM's negative half: the flag drops with our PWM, which says
+    nothing about the EV. Kept (F/X1, relay open, no PWM retry) until the EV leaves (issue 11 item 8)."""
+    t0 = rig.charge()
+    pwm_starts = len(rig.commands("duty"))
+    rig.ctl.on_fault_flags(frozenset({Fault.DIODE}))
+    assert rig.ctl.state is S.FAULT and not rig.ctl.relay_commanded_closed
+    rig.ctl.on_fault_flags(frozenset())  # the board no longer sees it: no PWM, no check
+    rig.ctl.on_cp_state(CpState.B1)
+    rig.advance_to(t0 + 60.0)
+    assert rig.ctl.state is S.FAULT and rig.ctl.active_faults == {Fault.DIODE}
+    assert rig.last("duty", "x1", "f")[1] == "x1" and len(rig.commands("duty")) == pwm_starts  # no PWM retry
+    rig.ctl.on_cp_state(CpState.A)  # unplugged
+    rig.clock.advance(0.1)
+    assert rig.ctl.state is S.IDLE and not rig.ctl.active_faults
+
+
+def test_diode_fault_under_pwm_cleared_by_the_operator(rig: Rig) -> None:
+    t0 = rig.charge()
+    rig.ctl.on_fault_flags(frozenset({Fault.DIODE}))
+    rig.ctl.on_fault_flags(frozenset())
+    rig.advance_to(t0 + 10.0)
+    assert rig.ctl.state is S.FAULT
+    assert rig.ctl.clear_faults() is True
+    assert rig.ctl.state is S.READY and not rig.ctl.active_faults  # the PWM (and the diode check) again
+
+
 def test_device_faults_clear_by_themselves(rig: Rig) -> None:
     rig.ctl.on_cp_state(CpState.B1)
     rig.ctl.on_device_fault(Fault.BOARD_SILENT, True)

@@ -12,7 +12,9 @@ to the bundled CSMS). Per combination:
 - the CSMS receives a StatusNotification with the fault's errorCode (simulator.faults.FAULTS): on the
   connector, or on connector 0 for the reader (it serves the whole charge point).
 - recovery: `cpsim ctl clear`, plus `cpctl clear N` (the real CLI) where the fault latches (rcd, ground,
-  weld, overcurrent); then NoError at the CSMS, and charging resumes if it was charging.
+  weld, overcurrent) or is kept until the EV is unplugged (diode: once the PWM is off the board cannot check
+  the diode again, so the flag's drop proves nothing); then NoError at the CSMS, and charging resumes if it
+  was charging.
 
 Combinations left out or reduced to what is observable:
 - diode at idle (A): the diode is checked only on the negative PWM half; no EV, no PWM. Excluded.
@@ -57,6 +59,7 @@ IEC_DEADLINE_S = 0.100
 OVERCURRENT_THRESHOLD_A = (32.0 + 0.5) * 1.10  # ControlLimits: (offered + margin) * factor, at 32 A offered
 IEC_SAFETY = {"rcd", "ground", "diode", "overtemp", "undervoltage", "overvoltage", "lock"}
 LATCHING = {"rcd", "ground", "weld", "overcurrent"}
+UNTIL_UNPLUG = {"diode"}  # kept until the EV is unplugged or an operator clears it
 NON_STOPPING = {"meter-silent", "reader-silent"}
 EXCLUDED = {("diode", "idle"), ("overcurrent", "idle"), ("overcurrent", "connected"), ("overcurrent", "paused")}
 # `make test`: every fault while charging plus this sample of the other states.
@@ -77,6 +80,9 @@ def test_matrix_tables_match_the_agent() -> None:
     from agent.charge_control import LATCHING as AGENT_LATCHING
 
     assert {Fault(n) for n in LATCHING} == AGENT_LATCHING
+    from agent.charge_control import UNTIL_UNPLUG as AGENT_UNTIL_UNPLUG
+
+    assert {Fault(n) for n in UNTIL_UNPLUG} == AGENT_UNTIL_UNPLUG
 
 
 @dataclass
@@ -228,15 +234,14 @@ async def test_fault(online: Online, fault: str, state: str) -> None:
 
     # Recovery: the cause goes away; a latched fault also needs the operator.
     b.ctl(cmd="clear", connector=1)
-    if fault in LATCHING:
+    if fault in LATCHING | UNTIL_UNPLUG:
         await b.wait_for(lambda: not c.controller._board_flags and Fault.BOARD_SILENT not in c.faults, 3,
                          "cause gone")
         assert await _stays(lambda: c.status() is ConnectorStatus.FAULTED, 0.5), "latched until cleared"
         exit_code, out, err = await cpctl(b, "clear", "1")
         assert exit_code == 0, out + err
     await b.wait_for(lambda: not c.faults and not b.station.reader_faults, 8, "no faults left")
-    # The CSMS's latest word on the connector is NoError (a diode fault comes and goes with the PWM, so
-    # the all-clear may have been sent before `clear`).
+    # The CSMS's latest word on the connector is NoError.
     await b.wait_for(lambda: (n := o.last_note(cid)) is not None and n.payload["errorCode"] == "NoError"
                      and n.payload["status"] != "Faulted", 5, "NoError at the CSMS")
     if state == "charging" and fault != "weld":  # the session is still open: charging resumes

@@ -316,7 +316,7 @@ class SmartCharging:
             if cid not in self.applied or self.applied[cid] != limit:
                 self.applied[cid] = limit
                 log.info("connector %d: charging limit %s", cid, "none" if limit is None else f"{limit} A")
-                connector.controller.set_external_limit(limit)
+                connector.set_current_limit(limit)
             upcoming = sc.next_change(self.profiles, situation, now)
             if upcoming is not None:
                 wait = min(wait, upcoming - now)

@@ -22,6 +22,7 @@ from ocpp.charge_point import camel_to_snake_case
 from ocpp.v16 import call
 
 from agent.authcache import IdTagInfo
+from agent.charge_control import EnergyHold
 from agent.clock import Clock
 from agent.connector import Connector
 from agent.events import MeterUpdate, SessionStarted, SessionStopped, StopReason
@@ -446,7 +447,7 @@ class TransactionMessages:
             self._energy_caps[session.ref] = session.start_energy_wh + limit_wh
             return
         log.warning("connector %d: idTag %s by the CSMS: energy stopped, transaction kept", connector.id, info.status)
-        connector.controller.set_energy_allowed(False)
+        connector.hold_energy(EnergyHold.INVALID_ID)
 
     def on_meter_update(self, event: MeterUpdate) -> None:
         """Stop energy once a transaction with an invalidated idTag reaches MaxEnergyOnInvalidId."""
@@ -458,7 +459,7 @@ class TransactionMessages:
         connector = self._connectors.get(event.connector_id)
         if connector is not None and connector.session is not None and connector.session.ref == ref:
             log.warning("connector %d: MaxEnergyOnInvalidId reached: energy stopped, transaction kept", connector.id)
-            connector.controller.set_energy_allowed(False)
+            connector.hold_energy(EnergyHold.INVALID_ID)
 
 
 def signed_value(record: str, context: str) -> dict[str, str]:
