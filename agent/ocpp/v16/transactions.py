@@ -416,14 +416,24 @@ class TransactionMessages:
             transaction_id = int(conf.transaction_id)
             self.outbox.ack(entry.id, transaction_id=transaction_id)
             self._sessions.set_transaction_id(entry.tx_ref, transaction_id)
-            info = IdTagInfo.from_ocpp(conf.id_tag_info)
-            self._on_id_tag_info(str(payload["idTag"]), info)
-            if not info.accepted:
+            info = self._id_tag_info(entry, payload, conf)
+            if info is not None and not info.accepted:
                 self._invalid_id(entry.tx_ref, info)
             return
         self.outbox.ack(entry.id)
         if entry.action == STOP and getattr(conf, "id_tag_info", None) and payload.get("idTag"):
-            self._on_id_tag_info(str(payload["idTag"]), IdTagInfo.from_ocpp(conf.id_tag_info))
+            self._id_tag_info(entry, payload, conf)
+
+    def _id_tag_info(self, entry: OutboxEntry, payload: dict[str, Any], conf: Any) -> IdTagInfo | None:
+        """The .conf's idTagInfo (parent and expiry included), handed to the authorizer; None (logged) when
+        unusable: the message itself was delivered."""
+        try:
+            info = IdTagInfo.from_ocpp(conf.id_tag_info)
+        except ValueError as exc:
+            log.warning("%s #%d: idTagInfo of the answer ignored: %s", entry.action, entry.id, exc)
+            return None
+        self._on_id_tag_info(str(payload["idTag"]), info)
+        return info
 
     def _invalid_id(self, tx_ref: str, info: IdTagInfo) -> None:
         for connector in self._connectors.values():

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from tests.agent.ocpp.conftest import CP, TAG, Octt, eventually
 
 
@@ -139,3 +141,27 @@ async def test_remote_start_for_member_of_reservation_parent_sends_authorize(oct
     start = await octt.wait("StartTransaction")
     assert start.payload["idTag"] == "MEMBER0002" and start.payload["reservationId"] == 11
     assert authorized(octt, "MEMBER0002") == ["MEMBER0002"]
+
+
+async def test_unusable_id_tag_info_is_logged_and_wedges_nothing(octt: Octt, caplog: pytest.LogCaptureFixture) -> None:
+    """A schema-valid idTagInfo the agent cannot use (an expiryDate after year 9999 UTC) is a precise, logged
+    error: Authorize decides as offline (unknown idTag: refused), a StartTransaction.conf carrying it still
+    completes the delivery and the queue goes on (the Stop is delivered once)."""
+    absurd = {"status": "Accepted", "expiryDate": "9999-12-31T23:59:59-12:00"}
+    octt.csms.id_tag_infos["BADEXPIRY1"] = absurd
+    agent = await octt.start_agent()
+    await octt.booted()
+    refused = await agent.tap("BADEXPIRY1")
+    assert not refused.accepted and refused.status == "Invalid"
+    assert "idTagInfo expiryDate" in caplog.text
+    assert (await agent.tap(TAG)).accepted  # Authorize.conf fine; waits for the EV
+    octt.csms.id_tag_infos[TAG] = absurd  # the StartTransaction.conf will carry the absurd expiry
+    await plugged(octt)
+    await octt.wait("StartTransaction")
+    await octt.wait_status("Charging")
+    assert (await agent.tap(TAG)).accepted
+    await octt.wait("StopTransaction")
+    await asyncio.sleep(0.3)
+    assert len(octt.msgs("StartTransaction")) == 1 and len(octt.msgs("StopTransaction")) == 1
+    assert len(octt.csms.handshakes) == 1  # never closed and redialled over it
+    assert "StartTransaction #" in caplog.text and "idTagInfo of the answer ignored" in caplog.text
