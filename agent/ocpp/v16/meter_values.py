@@ -60,8 +60,17 @@ def next_aligned_boundary(wall: float, interval: float) -> float:
     return min(boundary, midnight + _DAY_S)
 
 
+# The last second a datetime can format (9999-12-31T23:59:59Z).
+_LAST_FORMATTABLE_WALL = 253_402_300_799.0
+
+
 def ocpp_time(wall: float) -> str:
-    """UTC epoch seconds -> ISO 8601 with milliseconds and a Z (never without a zone)."""
+    """UTC epoch seconds -> ISO 8601 with milliseconds and a Z (never without a zone).
+
+    Never raises: a time before 1970 or past year 9999 (or NaN) is clamped to the nearest end, so a bad
+    clock can make a timestamp wrong but cannot take down the task building a message."""
+    if not 0.0 <= wall <= _LAST_FORMATTABLE_WALL:  # NaN fails both comparisons
+        wall = _LAST_FORMATTABLE_WALL if wall > 0 else 0.0
     return datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 

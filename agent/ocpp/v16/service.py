@@ -71,6 +71,12 @@ CONNECTOR_KEYS = frozenset({"ConnectionTimeOut", "StopTransactionOnEVSideDisconn
 BOOT_RETRY_S = 30.0  # when the CSMS gives no usable interval or does not answer BootNotification
 MAX_HEARTBEAT_S = 86400  # a heartbeat at least daily, for the clock
 SETTING_SYSTEM_TIME_S = 60.0  # a CSMS clock jump beyond this is a SettingSystemTime security event
+# A CSMS currentTime outside [2020, 2100) is refused (the offset stays as it was). The bound is on the CSMS's
+# time, not on the offset: a board whose RTC lost power wakes in 1970 and legitimately needs an offset of
+# decades, but no charge point running this software sees a real time before 2020 or after 2100, and
+# "9999-12-31T23:59:59-12:00" (schema-valid) would push every timestamp past year 9999.
+CSMS_TIME_MIN = datetime(2020, 1, 1, tzinfo=UTC).timestamp()
+CSMS_TIME_MAX = datetime(2100, 1, 1, tzinfo=UTC).timestamp()
 RESTART_EXIT_STATUS = EXIT_RESTART_REQUESTED  # `cpagent run` exits with this after Reset.req; systemd restarts it
 
 
@@ -121,6 +127,7 @@ class OcppService:
         self.availability = AvailabilityStore(db)
         self.boot_status = BootStatus.NONE
         self.clock_offset_s = 0.0  # CSMS time - local wall time; the system clock is never set
+        self._clock_refusal_logged = False  # one warning per run of unusable currentTimes
         self.restart_requested = asyncio.Event()
         self.restart_kind: str | None = None
         self._booted_fields: dict[str, str] | None = None
@@ -465,11 +472,20 @@ class OcppService:
                 await asyncio.sleep(wait)
 
     def _sync_clock(self, current_time: str) -> None:
+        """Follow the CSMS clock (currentTime of Boot/Heartbeat.conf), unless its time is unusable."""
         try:
-            offset = parse_time(current_time) - self.clock.wall()
-        except ValueError:
-            log.warning("CSMS sent an unreadable currentTime %r", current_time)
+            csms_wall = parse_time(current_time)
+            usable = CSMS_TIME_MIN <= csms_wall < CSMS_TIME_MAX
+        except (ValueError, TypeError, OverflowError, AttributeError):
+            usable = False
+        if not usable:
+            if not self._clock_refusal_logged:
+                log.warning("CSMS sent an unusable currentTime %.40r (outside 2020..2099); keeping the clock "
+                            "offset of %.0f s", current_time, self.clock_offset_s)
+                self._clock_refusal_logged = True
             return
+        self._clock_refusal_logged = False
+        offset = csms_wall - self.clock.wall()
         jump = offset - self.clock_offset_s
         if abs(jump) > 2.0:
             log.info("CSMS clock differs from ours by %.1f s; timestamps follow the CSMS", offset)
