@@ -165,3 +165,31 @@ async def test_unusable_id_tag_info_is_logged_and_wedges_nothing(octt: Octt, cap
     assert len(octt.msgs("StartTransaction")) == 1 and len(octt.msgs("StopTransaction")) == 1
     assert len(octt.csms.handshakes) == 1  # never closed and redialled over it
     assert "StartTransaction #" in caplog.text and "idTagInfo of the answer ignored" in caplog.text
+
+
+async def test_local_list_parent_and_expiry_survive_a_restart(octt: Octt) -> None:
+    """SendLocalList (1.6 section 5.15) idTagInfo keeps parentIdTag and expiryDate, across a restart: the
+    reserved connector admits a list member of the reservation's parent without asking the CSMS, and a
+    member whose expiryDate has passed is not pre-authorized (section 3.5.3)."""
+    agent = await octt.start_agent()
+    await octt.booted()
+    items = [{"idTag": "LISTED0001", "idTagInfo": {"status": "Accepted", "parentIdTag": "FLEET",
+                                                    "expiryDate": stamp(600)}},
+             {"idTag": "LISTED0002", "idTagInfo": {"status": "Accepted", "parentIdTag": "FLEET",
+                                                    "expiryDate": "2020-01-01T00:00:00Z"}}]
+    answer = await octt.csms.send(CP, "SendLocalList", {"listVersion": 1, "updateType": "Full",
+                                                        "localAuthorizationList": items})
+    assert answer == {"status": "Accepted"}
+    answer = await octt.csms.send(CP, "ChangeConfiguration", {"key": "LocalPreAuthorize", "value": "true"})
+    assert answer == {"status": "Accepted"}
+    agent = await octt.restart_agent()
+    await octt.wait("BootNotification", count=2)
+    await eventually(lambda: agent.service is not None and agent.service.online, what="online again")
+    await reserve(octt, TAG, "FLEET", reservation_id=15)
+    await plugged(octt)
+    assert not (await agent.tap("LISTED0002")).accepted  # expired: the CSMS is asked and does not know it
+    assert authorized(octt, "LISTED0002") == ["LISTED0002"]
+    assert (await agent.tap("LISTED0001")).accepted
+    start = await octt.wait("StartTransaction")
+    assert start.payload["idTag"] == "LISTED0001" and start.payload["reservationId"] == 15
+    assert authorized(octt, "LISTED0001") == []  # the list gave status and parent
