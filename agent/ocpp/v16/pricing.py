@@ -38,6 +38,10 @@ log = logging.getLogger("cpagent.ocpp.v16.pricing")
 VENDOR_ID = "org.openchargealliance.costmsg"
 MAX_TEXT = 255  # display texts from the CSMS are bounded
 FINAL_COST_SHOWN_S = 120.0  # how long the final cost stays on an idle connector's display
+# Largest money amount (and kWh / kW trigger value) accepted: a billion currency units is beyond any charging
+# session's cost or price, and keeps the minor-unit integers and display texts small ("1E+999999" would
+# overflow the decimal context or make a million-digit integer).
+MAX_AMOUNT = Decimal(10) ** 9
 
 
 class BadMessage(ValueError):
@@ -57,6 +61,8 @@ def to_minor_units(value: object, decimals: int) -> int:
         raise BadMessage(f"not a money amount: {value!r}") from exc
     if not amount.is_finite() or amount < 0:
         raise BadMessage(f"not a money amount: {value!r}")
+    if amount > MAX_AMOUNT:
+        raise BadMessage(f"amount out of range: {str(value)[:20]}")
     return int((amount * (Decimal(10) ** decimals)).to_integral_value(rounding=ROUND_HALF_UP))
 
 
@@ -80,12 +86,25 @@ def parse_data(data: str | None) -> dict[str, Any]:
     if not data:
         raise BadMessage("no data")
     try:
-        parsed = json.loads(data, parse_float=Decimal)
+        parsed = json.loads(data, parse_float=Decimal, parse_constant=_not_json)
     except ValueError as exc:
-        raise BadMessage(f"data is not JSON: {exc}") from exc
+        raise BadMessage(f"data is not JSON: {str(exc)[:80]}") from None
+    except RecursionError:  # nesting deeper than the parser's stack
+        raise BadMessage("data is nested too deeply") from None
     if not isinstance(parsed, dict):
         raise BadMessage("data is not a JSON object")
     return parsed
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (RFC 8259)")
+
+
+def _transaction_id(value: object) -> int:
+    """transactionId of a costmsg: an OCPP 1.6 integer (32 bit)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31:
+        raise BadMessage(f"not a transactionId: {str(value)[:20]}")
+    return value
 
 
 def _text(value: object) -> str:
@@ -144,8 +163,9 @@ class CaliforniaPricing:
             return {"status": "UnknownMessageId"}
         try:
             handler(parse_data(data))
-        except (BadMessage, KeyError, TypeError, ValueError) as exc:
-            log.warning("costmsg %s refused: %s", message_id, exc)
+        except (BadMessage, KeyError, TypeError, ValueError, ArithmeticError) as exc:
+            # ArithmeticError: decimal.Overflow / InvalidOperation, OverflowError - out-of-range numbers
+            log.warning("costmsg %s refused: %s", message_id, str(exc)[:200])
             return {"status": "Rejected"}
         return {"status": "Accepted"}
 
@@ -159,7 +179,7 @@ class CaliforniaPricing:
                 self._show(connector, price=text)
 
     def _running_cost(self, msg: dict[str, Any]) -> None:
-        connector = self._by_transaction(int(msg["transactionId"]))
+        connector = self._by_transaction(_transaction_id(msg["transactionId"]))
         if connector is None:
             raise BadMessage(f"no running transaction {msg['transactionId']}")
         d = self.decimals
@@ -173,7 +193,7 @@ class CaliforniaPricing:
             self._set_triggers(connector, trigger)
 
     def _final_cost(self, msg: dict[str, Any]) -> None:
-        transaction_id = int(msg["transactionId"])
+        transaction_id = _transaction_id(msg["transactionId"])
         connector = self._by_transaction(transaction_id, finished_too=True)
         if connector is None:
             raise BadMessage(f"unknown transaction {transaction_id}")
