@@ -14,13 +14,19 @@ Rules implemented here:
 - A limit below the winning schedule's ``min_rate`` would charge inefficiently: it becomes 0 (pause).
 - ChargePointMaxProfile is for the whole charge point: it is shared equally by the connectors that
   have a transaction (``cp_share``).
+- The composite schedule starts at the instant asked for; its periods start on whole seconds from there,
+  strictly increasing, equal neighbours merged. Its cost is bounded by what the station advertises: at
+  most ``max_periods`` periods over at most ``MAX_COMPOSITE_S`` (the result says how far it got), and the
+  breakpoints are generated lazily in time order, so a long request costs no more than a short one.
 """
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import itertools
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
@@ -28,6 +34,15 @@ DAY_S = 86400.0
 WEEK_S = 7 * DAY_S
 HORIZON_S = WEEK_S + DAY_S  # how far ahead the next change is looked for
 DEFAULT_VOLTAGE_V = 230.0
+MAX_COMPOSITE_S = int(HORIZON_S)  # a composite schedule covers at most this much (a week + a day)
+MAX_COMPOSITE_PERIODS = 1000  # hard cap whatever ChargingScheduleMaxPeriods says
+# A composite evaluates each change this long after it: float sums like start + 0.3 - start may land a hair
+# before the boundary (times on the wire have milliseconds, so nothing real happens in between).
+_SETTLE_S = 1e-4
+MAX_LIMIT = 1e7  # A or W; more is no limit any charge point could follow (10 MW)
+# Times a profile may name (startSchedule, validFrom, validTo): 1970-01-01 .. 3000-01-01.
+MIN_TIME = 0.0
+MAX_TIME = 32_503_680_000.0
 
 
 class Purpose(StrEnum):
@@ -153,14 +168,21 @@ def problems(profile: Profile, limits: Limits, connector_ids: Iterable[int]) -> 
     starts = [p.start_s for p in s.periods]
     if starts and starts[0] != 0:
         out.append("the first period must start at 0")
+    if not all(math.isfinite(x) for x in starts):
+        out.append("period starts must be finite")
     if any(b <= a for a, b in itertools.pairwise(starts)):
         out.append("period starts must increase")
-    if any(not math.isfinite(p.limit) or p.limit < 0 for p in s.periods):
-        out.append("limits must be >= 0")
+    if any(not (math.isfinite(p.limit) and 0 <= p.limit <= MAX_LIMIT) for p in s.periods):
+        out.append(f"limits must be 0..{MAX_LIMIT:g}")
     if any(p.phases is not None and not 1 <= p.phases <= 3 for p in s.periods):
         out.append("numberPhases must be 1..3")
-    if s.duration_s is not None and s.duration_s <= 0:
+    if s.duration_s is not None and not (math.isfinite(s.duration_s) and s.duration_s > 0):
         out.append("duration must be > 0")
+    if s.min_rate is not None and not (math.isfinite(s.min_rate) and 0 <= s.min_rate <= MAX_LIMIT):
+        out.append(f"minChargingRate must be 0..{MAX_LIMIT:g}")
+    times = (s.start, profile.valid_from, profile.valid_to)
+    if any(x is not None and not MIN_TIME <= x < MAX_TIME for x in times):
+        out.append("times must lie between 1970 and 3000")
     if profile.kind is Kind.RECURRING and (profile.recurrency is None or s.start is None):
         out.append("Recurring needs recurrencyKind and startSchedule")
     if profile.valid_from is not None and profile.valid_to is not None and profile.valid_to <= profile.valid_from:
@@ -208,15 +230,22 @@ def clear(
 # -- evaluation ----------------------------------------------------------------------------------
 
 
-def schedule_start(profile: Profile, t: float, tx_start: float | None) -> float | None:
-    """Start of the schedule instance that covers ``t`` (None: not defined at ``t``)."""
+def _every(profile: Profile) -> float:
+    return DAY_S if profile.recurrency is Recurrency.DAILY else WEEK_S
+
+
+def schedule_start(profile: Profile, t: float, tx_start: float | None, anchor: float | None = None) -> float | None:
+    """Start of the schedule instance that covers ``t`` (None: not defined at ``t``). A Relative profile
+    starts with the transaction; without one at ``anchor`` (a composite schedule's start) or else at ``t``."""
     s = profile.schedule
     if profile.kind is Kind.RELATIVE:
-        return t if tx_start is None else tx_start
+        if tx_start is not None:
+            return tx_start
+        return t if anchor is None else anchor
     if profile.kind is Kind.RECURRING:
         if s.start is None or profile.recurrency is None:
             return None
-        every = DAY_S if profile.recurrency is Recurrency.DAILY else WEEK_S
+        every = _every(profile)
         return s.start + math.floor((t - s.start) / every) * every
     return s.start if s.start is not None else profile.installed_at
 
@@ -227,43 +256,65 @@ def _valid(profile: Profile, t: float) -> bool:
     )
 
 
-def period_at(profile: Profile, t: float, tx_start: float | None) -> Period | None:
+def _period_start(period: Period) -> float:
+    return period.start_s
+
+
+def period_at(profile: Profile, t: float, tx_start: float | None, anchor: float | None = None) -> Period | None:
     """The period of ``profile`` in force at ``t``, if any."""
     if not _valid(profile, t):
         return None
-    start = schedule_start(profile, t, tx_start)
+    start = schedule_start(profile, t, tx_start, anchor)
     if start is None:
         return None
     offset = t - start
     s = profile.schedule
     if offset < 0 or (s.duration_s is not None and offset >= s.duration_s):
         return None
-    current = None
-    for p in s.periods:
-        if p.start_s <= offset:
-            current = p
-    return current
+    index = bisect.bisect_right(s.periods, offset, key=_period_start) - 1  # starts increase (validated)
+    return s.periods[index] if index >= 0 else None
 
 
 def _winner(
-    candidates: Iterable[Profile], t: float, tx_start: float | None, connector_id: int
+    candidates: Iterable[Profile], t: float, tx_start: float | None, connector_id: int, anchor: float | None = None
 ) -> tuple[Profile, Period] | None:
     # Highest stack level first; a connector-specific profile before a connector-0 one.
     ordered = sorted(candidates, key=lambda p: (p.stack_level, p.connector_id == connector_id), reverse=True)
     for profile in ordered:
-        period = period_at(profile, t, tx_start)
+        period = period_at(profile, t, tx_start, anchor)
         if period is not None:
             return profile, period
     return None
 
 
-def limit_at(profiles: Sequence[Profile], situation: Situation, t: float) -> CompositePeriod:
-    """The composite limit (amps per phase) for one connector at ``t``."""
+def _applicable(profiles: Iterable[Profile], situation: Situation) -> list[Profile]:
+    """The profiles that can take part in this connector's composite (others never matter)."""
+    cid = situation.connector_id
+
+    def takes_part(p: Profile) -> bool:
+        if p.purpose is Purpose.CHARGE_POINT_MAX:
+            return True
+        if cid == 0:
+            return False
+        if p.purpose is Purpose.TX_DEFAULT:
+            return p.connector_id in (0, cid)
+        return (situation.tx_start is not None and p.connector_id == cid
+                and (p.transaction_id is None or p.transaction_id == situation.transaction_id))
+
+    return [p for p in profiles if takes_part(p)]
+
+
+def limit_at(
+    profiles: Sequence[Profile], situation: Situation, t: float, *, anchor: float | None = None
+) -> CompositePeriod:
+    """The composite limit (amps per phase) for one connector at ``t``. ``anchor``: where a Relative
+    profile starts when there is no transaction (default: at ``t``)."""
     el = situation.electrical
     cid = situation.connector_id
     amps = el.max_current_a
     phases = el.phases
-    cp_max = _winner((p for p in profiles if p.purpose is Purpose.CHARGE_POINT_MAX), t, situation.tx_start, cid)
+    tx_start = situation.tx_start
+    cp_max = _winner((p for p in profiles if p.purpose is Purpose.CHARGE_POINT_MAX), t, tx_start, cid, anchor)
     if cp_max is not None:
         profile, period = cp_max
         share = max(1, situation.cp_share) if cid != 0 else 1
@@ -272,16 +323,16 @@ def limit_at(profiles: Sequence[Profile], situation: Situation, t: float) -> Com
     if cid == 0:  # the grid connection: only the ChargePointMaxProfile speaks for it
         return CompositePeriod(t, max(0.0, amps), phases)
     tx = None
-    if situation.tx_start is not None:
+    if tx_start is not None:
         tx = _winner(
             (p for p in profiles if p.purpose is Purpose.TX and p.connector_id == cid
              and (p.transaction_id is None or p.transaction_id == situation.transaction_id)),
-            t, situation.tx_start, cid,
+            t, tx_start, cid, anchor,
         )
     if tx is None:
         tx = _winner(
             (p for p in profiles if p.purpose is Purpose.TX_DEFAULT and p.connector_id in (0, cid)),
-            t, situation.tx_start, cid,
+            t, tx_start, cid, anchor,
         )
     if tx is not None:
         profile, period = tx
@@ -294,50 +345,97 @@ def limit_at(profiles: Sequence[Profile], situation: Situation, t: float) -> Com
     return CompositePeriod(t, max(0.0, amps), phases)
 
 
-def _breakpoints(profile: Profile, begin: float, end: float, tx_start: float | None) -> set[float]:
-    """Times in [begin, end) where this profile's contribution may change."""
+def _change_times(profile: Profile, begin: float, tx_start: float | None, anchor: float | None) -> Iterator[float]:
+    """Times >= ``begin``, ascending and lazily (a Recurring profile's never end), where this profile's
+    contribution may change: period starts, the end of its duration, validFrom/validTo."""
     s = profile.schedule
-    points = {x for x in (profile.valid_from, profile.valid_to) if x is not None}
-    starts: list[float] = []
-    first = schedule_start(profile, begin, tx_start)
-    if first is not None:
-        starts.append(first)
-        if profile.kind is Kind.RECURRING:
-            every = DAY_S if profile.recurrency is Recurrency.DAILY else WEEK_S
-            while starts[-1] + every < end:
-                starts.append(starts[-1] + every)
-    for start in starts:
-        points.update(start + p.start_s for p in s.periods)
-        if s.duration_s is not None:
-            points.add(start + s.duration_s)
-    return {x for x in points if begin <= x < end}
+    validity = sorted(x for x in (profile.valid_from, profile.valid_to) if x is not None and x >= begin)
+    offsets = sorted({p.start_s for p in s.periods} | ({s.duration_s} if s.duration_s is not None else set()))
+    start = schedule_start(profile, begin, tx_start, anchor)
+
+    def instances() -> Iterator[float]:
+        if start is None:
+            return
+        if profile.kind is not Kind.RECURRING:
+            yield from (start + o for o in offsets if start + o >= begin)
+            return
+        every = _every(profile)
+        within = [o for o in offsets if o < every]  # an instance ends where the next one begins
+        if not within:
+            return
+        k = 0
+        while True:
+            base = start + k * every
+            yield from (base + o for o in within if base + o >= begin)
+            k += 1
+
+    return heapq.merge(validity, instances())
+
+
+def _times(
+    profiles: Sequence[Profile], begin: float, tx_start: float | None, anchor: float | None = None
+) -> Iterator[float]:
+    """``begin``, then every time after it where some profile's contribution may change; ascending, no
+    repeats, lazily."""
+    last = begin
+    yield begin
+    for t in heapq.merge(*(_change_times(p, begin, tx_start, anchor) for p in profiles)):
+        if t > last:
+            last = t
+            yield t
+
+
+@dataclass(frozen=True)
+class Composite:
+    """A composite schedule: ``periods[i].start`` is ``begin`` + a whole number of seconds, strictly
+    increasing, the first one at ``begin``; it covers ``duration_s`` seconds from ``begin``."""
+
+    begin: float
+    duration_s: int
+    periods: tuple[CompositePeriod, ...]
 
 
 def composite(
-    profiles: Sequence[Profile], situation: Situation, begin: float, duration_s: float
-) -> list[CompositePeriod]:
-    """The composite schedule over [begin, begin + duration_s): periods where the limit changes."""
-    end = begin + duration_s
-    times = {begin}
-    for profile in profiles:
-        times |= _breakpoints(profile, begin, end, situation.tx_start)
+    profiles: Sequence[Profile],
+    situation: Situation,
+    begin: float,
+    duration_s: int | float,
+    max_periods: int = MAX_COMPOSITE_PERIODS,
+) -> Composite:
+    """The composite schedule from ``begin`` for ``duration_s`` seconds, clipped to ``MAX_COMPOSITE_S`` and
+    to ``max_periods`` periods (then it covers up to where the next period would start). A limit that
+    changes within a second counts from the nearest whole second; the last change within one second wins.
+    Cost: O(change points up to where it stops), never O(duration)."""
+    wanted = int(min(duration_s, MAX_COMPOSITE_S)) if duration_s > 0 else 0  # NaN: 0
+    cap = max(1, min(max_periods, MAX_COMPOSITE_PERIODS))
+    relevant = _applicable(profiles, situation)
     out: list[CompositePeriod] = []
-    for t in sorted(times):
-        period = limit_at(profiles, situation, t)
-        if not out or (round(out[-1].amps, 3), out[-1].phases) != (round(period.amps, 3), period.phases):
-            out.append(period)
-    return out
+    covered = wanted
+    for t in _times(relevant, begin, situation.tx_start, begin):
+        offset = math.floor(t - begin + 0.5)
+        if offset >= wanted and out:
+            break
+        found = limit_at(relevant, situation, t + _SETTLE_S, anchor=begin)
+        period = CompositePeriod(begin + offset, found.amps, found.phases)
+        if out and out[-1].start == period.start:
+            out.pop()  # the later change within the same second wins
+        if out and (round(out[-1].amps, 3), out[-1].phases) == (round(period.amps, 3), period.phases):
+            continue
+        if len(out) >= cap:
+            covered = offset
+            break
+        out.append(period)
+    return Composite(begin, covered, tuple(out))
 
 
 def next_change(profiles: Sequence[Profile], situation: Situation, after: float) -> float | None:
     """The first time after ``after`` at which some profile's contribution may change."""
-    times: set[float] = set()
-    for profile in profiles:
-        if profile.kind is Kind.RELATIVE and situation.tx_start is None:
-            continue  # starts with a transaction: nothing to wait for until then
-        times |= _breakpoints(profile, after, after + HORIZON_S, situation.tx_start)
-    later = [x for x in times if x > after]
-    return min(later) if later else None
+    relevant = [p for p in profiles if not (p.kind is Kind.RELATIVE and situation.tx_start is None)]
+    # (a Relative profile without a transaction starts with one: nothing to wait for until then)
+    for t in _times(relevant, after, situation.tx_start):
+        if t > after:
+            return t if t < after + HORIZON_S else None
+    return None
 
 
 def for_transaction(profile: Profile, transaction_id: int) -> Profile:

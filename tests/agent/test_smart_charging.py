@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import math
+import time
+import tracemalloc
+
 import pytest
 
 from agent import smart_charging as sc
@@ -44,8 +48,9 @@ def test_absolute_periods_and_duration() -> None:
 def test_higher_stack_wins_until_its_schedule_ends() -> None:
     low = make(1, Purpose.TX_DEFAULT, [(0, 6), (100, 8), (200, 10)], duration=400)
     high = make(2, Purpose.TX_DEFAULT, [(0, 7)], stack=1, duration=150)
-    periods = sc.composite([low, high], Situation(1, EL), T0, 500)
-    assert [(p.start - T0, p.amps) for p in periods] == [(0, 7), (150, 8), (200, 10), (400, 32)]
+    schedule = sc.composite([low, high], Situation(1, EL), T0, 500)
+    assert [(p.start - T0, p.amps) for p in schedule.periods] == [(0, 7), (150, 8), (200, 10), (400, 32)]
+    assert schedule.duration_s == 500
 
 
 def test_connector_specific_default_beats_connector_zero_at_same_level() -> None:
@@ -154,7 +159,19 @@ def test_clear_by_id_or_criteria() -> None:
         (make(1, Purpose.TX_DEFAULT, [(s, 10) for s in range(0, 250, 10)]), "periods"),
         (make(1, Purpose.TX_DEFAULT, [(5, 10)]), "start at 0"),
         (make(1, Purpose.TX_DEFAULT, [(0, 10), (0, 12)]), "increase"),
-        (make(1, Purpose.TX_DEFAULT, [(0, -1)]), ">= 0"),
+        (make(1, Purpose.TX_DEFAULT, [(0, -1)]), "limits must be"),
+        (make(1, Purpose.TX_DEFAULT, [(0, math.nan)]), "limits must be"),
+        (make(1, Purpose.TX_DEFAULT, [(0, math.inf)]), "limits must be"),
+        (make(1, Purpose.TX_DEFAULT, [(0, 1e308)]), "limits must be"),
+        (make(1, Purpose.TX_DEFAULT, [(0, 10), (math.inf, 6)]), "finite"),
+        (make(1, Purpose.TX_DEFAULT, [(0, 10)], duration=math.nan), "duration"),
+        (make(1, Purpose.TX_DEFAULT, [(0, 10)], duration=math.inf), "duration"),
+        (Profile(1, 1, 0, Purpose.TX_DEFAULT, Kind.ABSOLUTE, Schedule(RateUnit.AMPS, (Period(0, 10),), T0,
+                                                                        min_rate=math.nan)), "minChargingRate"),
+        (Profile(1, 1, 0, Purpose.TX_DEFAULT, Kind.ABSOLUTE, Schedule(RateUnit.AMPS, (Period(0, 10),), T0,
+                                                                        min_rate=-1)), "minChargingRate"),
+        (make(1, Purpose.TX_DEFAULT, [(0, 10)], valid_from=253402300799.0), "times"),  # 9999-12-31
+        (make(1, Purpose.TX_DEFAULT, [(0, 10)], start=math.nan), "times"),
         (make(1, Purpose.TX_DEFAULT, [(0, 10)], kind=Kind.RECURRING), "Recurring"),
         (make(1, Purpose.TX_DEFAULT, [(0, 10)], transaction_id=3), "transactionId"),
         (make(1, Purpose.TX_DEFAULT, [(0, 10)], valid_from=T0, valid_to=T0), "validTo"),
@@ -168,3 +185,63 @@ def test_problems(profile: Profile, problem: str) -> None:
 
 def test_a_good_profile_has_no_problems() -> None:
     assert sc.problems(make(1, Purpose.TX, [(0, 10), (60, 16)]), sc.Limits(), [1]) == []
+
+
+def offsets(schedule: sc.Composite) -> list[tuple[float, float]]:
+    return [(round(p.start - schedule.begin, 6), p.amps) for p in schedule.periods]
+
+
+def test_composite_starts_at_begin_in_strictly_increasing_whole_seconds() -> None:
+    """Issue 11 item 5: profiles that begin within the first second of the composite give one period at 0
+    (the limit in force after that second), never repeated startPeriods or a leading unconstrained one."""
+    begin = T0 + 0.6
+    low = make(1, Purpose.TX_DEFAULT, [(0, 10)], start=T0 + 0.7)
+    mid = make(2, Purpose.TX_DEFAULT, [(0, 6)], stack=1, start=T0 + 0.8)
+    high = make(3, Purpose.TX_DEFAULT, [(0, 8), (50, 10)], stack=2, start=T0 + 0.9, duration=100)
+    schedule = sc.composite([low, mid, high], Situation(1, EL), begin, 300)
+    assert offsets(schedule) == [(0, 8), (50, 10), (100, 6)]  # then `mid` shows through
+    assert schedule.begin == begin and schedule.duration_s == 300
+    later = make(4, Purpose.TX_DEFAULT, [(0, 12)], stack=3, start=begin + 20.1, duration=0.3)
+    assert offsets(sc.composite([low, high, later], Situation(1, EL), begin, 300)) == [(0, 8), (50, 10)]
+
+
+def test_relative_profile_without_transaction_starts_with_the_composite() -> None:
+    p = make(1, Purpose.TX_DEFAULT, [(0, 6), (600, 16)], kind=Kind.RELATIVE, start=None)
+    assert offsets(sc.composite([p], Situation(1, EL), T0 + 0.25, 900)) == [(0, 6), (600, 16)]
+
+
+def test_composite_is_clipped_to_max_periods_and_says_what_it_covers() -> None:
+    hourly = [(h * 3600, 6 + h % 2) for h in range(24)]
+    daily = make(1, Purpose.TX_DEFAULT, hourly, kind=Kind.RECURRING, recurrency=Recurrency.DAILY)
+    schedule = sc.composite([daily], Situation(1, EL), T0 + 1800, 10**9, max_periods=24)
+    assert len(schedule.periods) == 24
+    assert offsets(schedule)[:2] == [(0, 6), (1800, 7)]
+    assert schedule.duration_s == 1800 + 23 * 3600  # where the 25th period would start
+    short = sc.composite([daily], Situation(1, EL), T0, 7200, max_periods=24)
+    assert short.duration_s == 7200 and offsets(short) == [(0, 6), (3600, 7)]
+    flat = make(2, Purpose.TX_DEFAULT, [(0, 10)])
+    assert sc.composite([flat], Situation(1, EL), T0, 10**9).duration_s == sc.MAX_COMPOSITE_S
+
+
+def test_worst_composite_costs_milliseconds_and_little_memory() -> None:
+    """Issue 11 item 11: the costliest composite the advertised limits allow (MaxChargingProfilesInstalled
+    = 10 profiles of ChargingScheduleMaxPeriods = 24 periods, daily recurring, the lower stack levels hidden
+    under a constant one so that no period is ever emitted for them) for duration 10^9."""
+    limits = sc.Limits()
+    hidden = [
+        make(i, Purpose.TX_DEFAULT, [(h * 3600 + i * bool(h), 6 + (h + i) % 3) for h in range(limits.max_periods)],
+             stack=i, kind=Kind.RECURRING, recurrency=Recurrency.DAILY, valid_from=T0 - 1, valid_to=T0 + 10**8)
+        for i in range(limits.max_installed - 1)
+    ]
+    top = make(99, Purpose.TX_DEFAULT, [(0, 16)], stack=limits.max_stack_level, connector=0)
+    profiles = [*hidden, top]
+    assert all(sc.problems(p, limits, [1]) == [] for p in profiles)
+    tracemalloc.start()
+    began = time.perf_counter()
+    schedule = sc.composite(profiles, Situation(1, EL), T0 + 0.5, 10**9, limits.max_periods)
+    elapsed = time.perf_counter() - began
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert offsets(schedule) == [(0, 16)] and schedule.duration_s == sc.MAX_COMPOSITE_S
+    assert elapsed < 0.2, f"{elapsed * 1000:.0f} ms"
+    assert peak < 1_000_000, f"{peak} bytes"

@@ -199,8 +199,8 @@ class SmartCharging:
     def _check(self, connector_id: int, data: Mapping[str, Any]) -> sc.Profile | None:
         try:
             profile = parse_profile(connector_id, data, self._svc.wall())
-        except (KeyError, TypeError, ValueError) as exc:
-            log.warning("charging profile rejected: malformed (%s)", exc)
+        except (KeyError, TypeError, ValueError, ArithmeticError) as exc:  # OverflowError: 10^400 as a float
+            log.warning("charging profile rejected: malformed (%.200s)", exc)
             return None
         found = sc.problems(profile, self.limits(), self._connectors)
         if found:
@@ -253,27 +253,37 @@ class SmartCharging:
     async def on_get_composite_schedule(
         self, connector_id: int, duration: int, charging_rate_unit: str | None = None, **_: Any
     ) -> dict[str, Any]:
+        """1.6 section 5.7: the schedule from the moment the request is received (scheduleStart, with the
+        milliseconds), whole-second startPeriods from there. Clipped to ChargingScheduleMaxPeriods periods
+        and ``sc.MAX_COMPOSITE_S``: the reply's duration says how much it covers."""
         if connector_id != 0 and connector_id not in self._connectors:
             return {"status": "Rejected"}
-        unit = sc.RateUnit(charging_rate_unit) if charging_rate_unit else sc.RateUnit.AMPS
-        if unit not in self.limits().allowed_units or duration <= 0:
+        units = {u.value: u for u in sc.RateUnit}
+        unit = units.get(charging_rate_unit or "A")
+        limits = self.limits()
+        if unit not in limits.allowed_units or not isinstance(duration, int | float) or not duration > 0:
             return {"status": "Rejected"}
-        now = float(int(self._svc.wall()))  # whole seconds: startPeriod is an integer
+        now = round(self._svc.wall(), 3)  # as scheduleStart says it
         situation = self.situation(connector_id)
-        periods = sc.composite(self.profiles, situation, now, float(duration))
+        schedule = sc.composite(self.profiles, situation, now, duration, limits.max_periods)
+        try:
+            start = ocpp_time(now)
+        except (ValueError, OverflowError) as exc:  # a clock beyond what a timestamp can say
+            log.warning("GetCompositeSchedule rejected: %s", exc)
+            return {"status": "Rejected"}
         return {
             "status": "Accepted",
             "connectorId": connector_id,
-            "scheduleStart": ocpp_time(now),
+            "scheduleStart": start,
             "chargingSchedule": {
-                "duration": duration,
-                "startSchedule": ocpp_time(now),
+                "duration": schedule.duration_s,
+                "startSchedule": start,
                 "chargingRateUnit": unit.value,
                 "chargingSchedulePeriod": [
                     {"startPeriod": round(p.start - now),
                      "limit": _limit_value(p.amps, unit, situation.electrical, p.phases),
                      "numberPhases": p.phases}
-                    for p in periods
+                    for p in schedule.periods
                 ],
             },
         }

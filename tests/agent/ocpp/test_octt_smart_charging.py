@@ -4,10 +4,19 @@ the PWM, and the lower power shows up in the meter and in MeterValues at the CSM
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import json
+import math
 import time
+import uuid
+from datetime import datetime
+from pathlib import Path
 from typing import Any
 
-from simulator.csms import Received
+import pytest
+
+from simulator.csms import FrameLog, Received
 from tests.agent.ocpp.conftest import CP, TAG, Octt, eventually
 
 METERING = {
@@ -295,3 +304,167 @@ async def test_limit_follows_period_boundaries_and_valid_to(octt: Octt) -> None:
 
     await eventually(track, 10, "16 A, then 8 A, then no limit")
     assert seen[-3:] == [16.0, 8.0, None]
+
+
+# -- issue 11: composite schedule start and cost, hostile profiles ----------------------------------
+
+
+def iso_ms(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int(epoch % 1 * 1000):03d}Z"
+
+
+def parse_iso(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def log_frames(octt: Octt, tmp_path: Path) -> Path:
+    """From now on the CSMS writes every frame to a JSON-lines file (to read answers to raw CALLs)."""
+    path = tmp_path / "frames.jsonl"
+    octt.csms.frame_log = FrameLog(path)
+    return path
+
+
+async def raw_call(octt: Octt, frames: Path, action: str, payload_text: str, within: float = 5.0) -> list[Any]:
+    """Put a CALL on the wire exactly as written (numbers a schema-checking CSMS library would not send) and
+    return the one answer the charge point gives (CALLRESULT or CALLERROR frame)."""
+    uid = uuid.uuid4().hex[:16]
+    await octt.csms.send_raw(CP, f'[2,"{uid}","{action}",{payload_text}]')
+
+    def answers() -> list[list[Any]]:
+        out = []
+        for line in frames.read_text().splitlines():
+            record = json.loads(line)
+            frame = record["frame"]
+            if record["dir"] == "in" and isinstance(frame, list) and frame[0] in (3, 4) and frame[1] == uid:
+                out.append(frame)
+        return out
+
+    found: list[list[Any]] = await eventually(answers, within, f"an answer to the raw {action}")
+    return found[0]
+
+
+async def wait_for_second_fraction(service: Any, at: float) -> None:
+    """Sleep until the agent's clock shows ``at`` seconds past a whole second."""
+    await asyncio.sleep((at - service.wall() % 1) % 1)
+
+
+async def test_composite_schedule_starts_when_the_request_is_received(octt: Octt) -> None:
+    """1.6 §5.7 / §6.22: the composite schedule is calculated from the moment GetCompositeSchedule.req is
+    received, so scheduleStart is that instant (not the whole second before it) and a profile that began
+    inside that second yields neither a leading period at the unconstrained limit nor repeated startPeriods
+    (issue 11 item 5: [{0,32},{1,10},{1,6},{1,8},{51,10}] was answered where [{0,8},{50,10}] was due)."""
+    agent = await octt.start_agent()
+    await octt.booted()
+    service = agent.service
+    assert service is not None
+    for attempt in range(5):  # the profile must begin inside the second in which the request arrives
+        await wait_for_second_fraction(service, 0.1)
+        begun = service.wall()
+        low = profile(1, "TxDefaultProfile", [(0, 10.0)], stack=0)
+        low["chargingSchedule"]["startSchedule"] = iso_ms(begun - 0.01)
+        high = profile(2, "TxDefaultProfile", [(0, 8.0), (50, 10.0)], stack=1, duration=100)
+        high["chargingSchedule"]["startSchedule"] = iso_ms(begun)
+        assert await set_profile(octt, 1, low) == "Accepted"
+        assert await set_profile(octt, 1, high) == "Accepted"
+        asked = service.wall()
+        answer = await octt.csms.send(CP, "GetCompositeSchedule",
+                                      {"connectorId": 1, "duration": 300, "chargingRateUnit": "A"})
+        answered = service.wall()
+        if math.floor(asked) == math.floor(begun) or attempt == 4:
+            break
+    assert math.floor(asked) == math.floor(begun), "could not ask within the second the profile began"
+    assert answer["status"] == "Accepted"
+    start = parse_iso(answer["scheduleStart"])
+    assert begun <= start <= answered + 0.001  # when the request was received, not the second before
+    schedule = answer["chargingSchedule"]
+    assert parse_iso(schedule["startSchedule"]) == start
+    periods = [(p["startPeriod"], p["limit"]) for p in schedule["chargingSchedulePeriod"]]
+    assert periods == [(0, 8.0), (50, 10.0)]  # 10 A from 50 s on: the low profile's 10 A after 100 s merges
+
+
+async def test_composite_schedule_cost_is_bounded(octt: Octt) -> None:
+    """Issue 11 item 11: GetCompositeSchedule duration 10^9 on a Daily recurring profile with 24 periods
+    took 11 s of event loop and 72 MB (277 779 periods). The answer is clipped to what the agent covers
+    (at most ChargingScheduleMaxPeriods periods; the reply's duration says how far, §6.22 / §7.13
+    ChargingSchedule.duration) and comes back fast."""
+    await octt.start_agent()
+    await octt.booted()
+    conf = await octt.csms.send(CP, "GetConfiguration", {"key": ["ChargingScheduleMaxPeriods"]})
+    max_periods = int(conf["configurationKey"][0]["value"])
+    hourly = [(h * 3600, 6.0 + h % 2) for h in range(max_periods)]  # 24 periods, every hour a change
+    body = profile(1, "TxDefaultProfile", hourly, kind="Recurring", recurrencyKind="Daily")
+    assert await set_profile(octt, 1, body) == "Accepted"
+    payload = {"connectorId": 1, "duration": 10**9, "chargingRateUnit": "A"}
+    began = time.perf_counter()
+    answer = await octt.csms.send(CP, "GetCompositeSchedule", payload)
+    elapsed = time.perf_counter() - began
+    assert answer["status"] == "Accepted"
+    schedule = answer["chargingSchedule"]
+    periods = schedule["chargingSchedulePeriod"]
+    starts = [p["startPeriod"] for p in periods]
+    assert 1 <= len(periods) <= max_periods
+    assert starts[0] == 0 and all(b > a for a, b in itertools.pairwise(starts))
+    assert starts[-1] < schedule["duration"] < 10**9  # clipped, and says what it covers
+    assert schedule["duration"] >= 3600 * (max_periods - 1)  # still a useful horizon
+    assert all(p["limit"] in (6.0, 7.0) for p in periods)
+    assert elapsed < 0.2, f"GetCompositeSchedule took {elapsed * 1000:.0f} ms"
+    watts = await octt.csms.send(CP, "GetCompositeSchedule", {**payload, "chargingRateUnit": "W"})
+    assert len(watts["chargingSchedule"]["chargingSchedulePeriod"]) <= max_periods
+
+
+HOSTILE_PROFILES = {
+    # what the CSMS put on the wire inside chargingSchedulePeriod / chargingSchedule / csChargingProfiles
+    "negative limit": ('{"startPeriod":0,"limit":-8}', "", ""),
+    "limit 10^9": ('{"startPeriod":0,"limit":1000000000}', "", ""),
+    "minChargingRate negative": ('{"startPeriod":0,"limit":8}', ',"minChargingRate":-6', ""),
+    "validTo year 9999": ('{"startPeriod":0,"limit":8}', "", ',"validTo":"9999-12-31T23:59:59Z"'),
+    "startPeriod 10^400": ('{"startPeriod":0,"limit":8},{"startPeriod":1' + "0" * 400 + ',"limit":6}', "", ""),
+    "numberPhases 10^50": ('{"startPeriod":0,"limit":8,"numberPhases":1' + "0" * 50 + "}", "", ""),
+    "duration 10^400": ('{"startPeriod":0,"limit":8}', ',"duration":1' + "0" * 400, ""),
+    "validFrom year 9999": ('{"startPeriod":0,"limit":8}', "", ',"validFrom":"9999-12-31T23:59:59-12:00"'),
+    "chargingProfileId 2^70": ('{"startPeriod":0,"limit":8}', "", ""),
+    "stackLevel 10^400": ('{"startPeriod":0,"limit":8}', "", ""),
+    "startSchedule year 10000": ('{"startPeriod":0,"limit":8}', "", ""),
+}
+# Integers beyond 32 bits may already be refused by the RPC layer (CALLERROR PropertyConstraintViolation).
+REFUSALS = ({"status": "Rejected"}, "PropertyConstraintViolation")
+
+
+def refused(answer: list[Any]) -> bool:
+    return (answer[0] == 3 and answer[2] == REFUSALS[0]) or (answer[0] == 4 and answer[2] == REFUSALS[1])
+
+
+def hostile_profile(case: str, purpose: str, kind: str = "Absolute") -> str:
+    periods, schedule_extra, profile_extra = HOSTILE_PROFILES[case]
+    pid = str(2**70) if case == "chargingProfileId 2^70" else "21"
+    stack = "1" + "0" * 400 if case == "stackLevel 10^400" else "0"
+    start = "" if kind == "Relative" else f'"startSchedule":"{iso(time.time() - 1)}",'
+    if case == "startSchedule year 10000":
+        kind, start = "Absolute", '"startSchedule":"9999-12-31T23:59:59-12:00",'
+    return (f'{{"chargingProfileId":{pid},"stackLevel":{stack},"chargingProfilePurpose":"{purpose}",'
+            f'"chargingProfileKind":"{kind}","chargingSchedule":{{{start}"chargingRateUnit":"A",'
+            f'"chargingSchedulePeriod":[{periods}]{schedule_extra}}}{profile_extra}}}')
+
+
+@pytest.mark.parametrize("case", list(HOSTILE_PROFILES))
+async def test_hostile_charging_profiles_are_rejected(octt: Octt, tmp_path: Path, case: str) -> None:
+    """Issue 11 item 12: SetChargingProfile and RemoteStartTransaction whose profile holds values no
+    charge point can honour (a negative limit or minChargingRate, §7.13 ChargingSchedulePeriod.limit /
+    ChargingSchedule.minChargingRate; 10^9 A; integers beyond 32 bits; times beyond year 3000) are answered
+    Rejected (§6.43 SetChargingProfile.conf) or with a CALLERROR PropertyConstraintViolation (§4.2.3),
+    never with an InternalError or silence; the link and the feature keep working."""
+    agent = await octt.start_agent(AuthorizeRemoteTxRequests="false")
+    await octt.booted()
+    frames = log_frames(octt, tmp_path)
+    body = hostile_profile(case, "TxDefaultProfile")
+    answer = await raw_call(octt, frames, "SetChargingProfile", f'{{"connectorId":1,"csChargingProfiles":{body}}}')
+    assert refused(answer), answer
+    octt.ctl("plug")
+    await octt.wait_status("Preparing")
+    tx_body = hostile_profile(case, "TxProfile", kind="Relative")
+    answer = await raw_call(octt, frames, "RemoteStartTransaction",
+                            f'{{"idTag":"{TAG}","connectorId":1,"chargingProfile":{tx_body}}}')
+    assert refused(answer), answer
+    assert await set_profile(octt, 1, profile(22, "TxDefaultProfile", [(0, 12.0)])) == "Accepted"
+    assert (await composite(octt, duration=60)) == [(0, 12.0)]
+    assert octt.msgs("StartTransaction") == [] and agent.connector.session is None
