@@ -32,6 +32,8 @@ COMPONENT = "outbox"
 START = "StartTransaction"
 STOP = "StopTransaction"
 METER_VALUES = "MeterValues"
+# A CSMS transactionId is an OCPP 1.6 "integer": 32 bit (31 bit resolution, 1 sign bit).
+MIN_TRANSACTION_ID, MAX_TRANSACTION_ID = -(2**31), 2**31 - 1
 
 # Transaction rows kept after their Stop was delivered, so "never send a Stop twice" holds for a while.
 _DELIVERED_TX_KEPT = 1000
@@ -177,6 +179,12 @@ class Outbox:
         # Acks of Start/Stop are fsynced (they bind the transaction id / mark the Stop sent). Other acks and
         # attempt counts may be lost by an OS crash (not by a process crash): the worst case is a resend,
         # which at-least-once delivery allows anyway. Saves two fsyncs per replayed MeterValues.
+        if transaction_id is not None and (
+            isinstance(transaction_id, bool) or not isinstance(transaction_id, int)
+            or not MIN_TRANSACTION_ID <= transaction_id <= MAX_TRANSACTION_ID
+        ):
+            # Refused before touching the store (SQLite raised OverflowError beyond 64 bits, mid-ack).
+            raise ValueError(f"transactionId {str(transaction_id)[:24]} is no OCPP 1.6 integer (32 bit)")
         with self._storage(f"ack entry {entry_id}"):
             row = self._conn.execute("SELECT action, tx_ref FROM outbox WHERE id = ?", (entry_id,)).fetchone()
         if row is None:

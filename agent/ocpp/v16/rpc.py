@@ -381,6 +381,8 @@ class OcppSession:
         self._logged_bad_frame_kinds: set[str] = set()
         # The unique id of our outstanding CALL while its answer is awaited; any other answer is a stray.
         self._awaiting_id: str | None = None
+        # Why the answer to our outstanding CALL is unusable although it passes the schema (None: usable).
+        self._answer_problem: str | None = None
         self._stray_logged_at: float | None = None
         self._strays_unlogged = 0
 
@@ -424,6 +426,7 @@ class OcppSession:
             while not queue.empty():  # nothing but the answer to this CALL may be waiting there
                 queue.get_nowait()
             self._awaiting_id = unique_id
+            self._answer_problem = None
             calling = asyncio.ensure_future(self._wire.call(payload, suppress=False, unique_id=unique_id))
             try:
                 await asyncio.wait({calling, self._closing()}, return_when=asyncio.FIRST_COMPLETED)
@@ -436,7 +439,10 @@ class OcppSession:
                     calling.add_done_callback(lambda f: f.cancelled() or f.exception())
             if not calling.done() or calling.cancelled():
                 raise ConnectionLost(f"{action}: connection closed while waiting for the answer")
-            return self._result_of(action, unique_id, calling)
+            result = self._result_of(action, unique_id, calling)
+            if self._answer_problem is not None:  # e.g. transactionId 2**70: schema "integer", no 1.6 integer
+                raise InvalidPayload(f"{action}: {self._answer_problem}")
+            return result
 
     def _closing(self) -> asyncio.Future[None]:
         if self._closed_future is None:
@@ -482,6 +488,9 @@ class OcppSession:
         self._awaiting_id = None  # a duplicate answer is a stray too
         if isinstance(frame, CallError):
             self._wire.last_call_error = frame
+        else:
+            violation = number_violation(frame.payload)
+            self._answer_problem = violation.description if violation is not None else None
         self._wire._response_queue.put_nowait(frame)
 
     def _stray(self, frame: Frame) -> None:

@@ -371,3 +371,20 @@ async def test_late_and_duplicate_answers_do_not_reach_the_next_call(wire: Wire)
     frame = await wire.next_frame()
     await wire.send([3, frame[1], {"currentTime": "2027-01-01T00:00:00Z"}])
     assert (await asyncio.wait_for(third, WAIT)).current_time == "2027-01-01T00:00:00Z"
+
+
+# -- issue 11 item 14: an answer we cannot use fails the request like an invalid one --------------------------
+
+async def test_answer_with_an_integer_beyond_32_bits_is_an_invalid_payload(wire: Wire) -> None:
+    # OCPP 1.6 field type "integer" is 32 bit; SQLite, where the transactionId goes, takes 64 at most.
+    pending = asyncio.create_task(wire.session.request(call.StartTransaction(
+        connector_id=1, id_tag="T", meter_start=0, timestamp="2026-01-01T00:00:00Z")))
+    frame = await wire.next_frame()
+    await wire.send([3, frame[1], {"transactionId": 2**70, "idTagInfo": {"status": "Accepted"}}])
+    with pytest.raises(InvalidPayload, match="transactionId"):
+        await asyncio.wait_for(pending, WAIT)
+    pending = asyncio.create_task(wire.session.request(call.StartTransaction(
+        connector_id=1, id_tag="T", meter_start=0, timestamp="2026-01-01T00:00:00Z")))
+    frame = await wire.next_frame()
+    await wire.send([3, frame[1], {"transactionId": 2**31 - 1, "idTagInfo": {"status": "Accepted"}}])
+    assert (await asyncio.wait_for(pending, WAIT)).transaction_id == 2**31 - 1
