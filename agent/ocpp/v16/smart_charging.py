@@ -197,12 +197,21 @@ class SmartCharging:
     # -- CS -> CP ----------------------------------------------------------------------------------
 
     def _check(self, connector_id: int, data: Mapping[str, Any]) -> sc.Profile | None:
+        limits = self.limits()
+        try:
+            count = len(data["charging_schedule"]["charging_schedule_period"])
+        except (KeyError, TypeError):
+            count = 0  # parse_profile says what is wrong
+        if count > limits.max_periods:  # before building them: the cost stays bounded by what we advertise
+            log.warning("charging profile rejected: %d periods, ChargingScheduleMaxPeriods is %d",
+                        count, limits.max_periods)
+            return None
         try:
             profile = parse_profile(connector_id, data, self._svc.wall())
         except (KeyError, TypeError, ValueError, ArithmeticError) as exc:  # OverflowError: 10^400 as a float
             log.warning("charging profile rejected: malformed (%.200s)", exc)
             return None
-        found = sc.problems(profile, self.limits(), self._connectors)
+        found = sc.problems(profile, limits, self._connectors)
         if found:
             log.warning("charging profile %d rejected: %s", profile.id, "; ".join(found))
             return None
@@ -290,9 +299,14 @@ class SmartCharging:
 
     def hold_for_remote_start(self, connector_id: int, id_tag: str, data: Mapping[str, Any]) -> bool:
         """RemoteStartTransaction with a chargingProfile: a TxProfile installed once that idTag's
-        transaction starts on the connector. False (answer Rejected) if it is not a valid TxProfile."""
+        transaction starts on the connector. False (answer Rejected) if it is not a valid TxProfile or
+        installing it would exceed MaxChargingProfilesInstalled."""
         profile = self._check(connector_id, data)
         if profile is None or profile.purpose is not sc.Purpose.TX or profile.transaction_id is not None:
+            return False
+        if sc.install(self.profiles, profile, self.limits()) is None:
+            log.warning("RemoteStartTransaction's charging profile %d rejected: MaxChargingProfilesInstalled "
+                        "reached", profile.id)
             return False
         self._remote_start[connector_id] = (id_tag.upper(), profile)
         return True
@@ -306,6 +320,9 @@ class SmartCharging:
                 installed = sc.install(self.profiles, held[1], self.limits())
                 if installed is not None:
                     self._store(installed)
+                else:
+                    log.warning("RemoteStartTransaction's charging profile %d not installed: "
+                                "MaxChargingProfilesInstalled reached meanwhile", held[1].id)
             self._changed.set()
         elif isinstance(event, SessionStopped):
             self._remote_start.pop(event.connector_id, None)

@@ -468,3 +468,30 @@ async def test_hostile_charging_profiles_are_rejected(octt: Octt, tmp_path: Path
     assert await set_profile(octt, 1, profile(22, "TxDefaultProfile", [(0, 12.0)])) == "Accepted"
     assert (await composite(octt, duration=60)) == [(0, 12.0)]
     assert octt.msgs("StartTransaction") == [] and agent.connector.session is None
+
+
+async def test_remote_start_profile_beyond_max_installed_rejected(octt: Octt) -> None:
+    """Issue 11 item 11: the limits the agent advertises bound RemoteStartTransaction's chargingProfile
+    too. With MaxChargingProfilesInstalled profiles installed, a TxProfile that would be one more cannot be
+    honoured: RemoteStartTransaction is Rejected (§5.11, §9.4 MaxChargingProfilesInstalled) rather than
+    Accepted and the profile silently dropped when the transaction starts unlimited."""
+    await octt.start_agent(AuthorizeRemoteTxRequests="false")
+    await octt.booted()
+    conf = await octt.csms.send(CP, "GetConfiguration", {"key": ["MaxChargingProfilesInstalled"]})
+    most = int(conf["configurationKey"][0]["value"])
+    for level in range(most):
+        assert await set_profile(octt, 1, profile(100 + level, "TxDefaultProfile", [(0, 20.0)], stack=level)) == (
+            "Accepted")
+    assert await set_profile(octt, 1, profile(99, "TxDefaultProfile", [(0, 20.0)], stack=most)) == "Rejected"
+    octt.ctl("plug")
+    await octt.wait_status("Preparing")
+    body = profile(11, "TxProfile", [(0, 12.0)], kind="Relative")
+    answer = await octt.csms.send(CP, "RemoteStartTransaction", {"idTag": TAG, "connectorId": 1,
+                                                                 "chargingProfile": body})
+    assert answer == {"status": "Rejected"}
+    assert await octt.csms.send(CP, "ClearChargingProfile", {"id": 100}) == {"status": "Accepted"}
+    answer = await octt.csms.send(CP, "RemoteStartTransaction", {"idTag": TAG, "connectorId": 1,
+                                                                 "chargingProfile": body})
+    assert answer == {"status": "Accepted"}
+    await octt.wait("StartTransaction")
+    assert (await composite(octt, duration=60)) == [(0, 12.0)]
