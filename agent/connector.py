@@ -18,6 +18,7 @@ from agent.charge_control import ChargeController, ChargeState, ControlLimits, E
 from agent.clock import Clock, TimerHandle
 from agent.config import ConnectorConfig
 from agent.db import StorageError
+from agent.diag import mask
 from agent.events import (
     ConnectorStatus,
     MeterUpdate,
@@ -382,7 +383,7 @@ class Connector:
             self.used_reservation = (session.ref, self.reservation)
             self.reservation = None
         self.controller.release_energy(EnergyHold.RESERVED)
-        log.info("connector %d: session %s started for %s", self.id, session.ref, id_tag)
+        log.info("connector %d: session %s started for %s", self.id, session.ref, mask(id_tag))
         self._sign(session.ref, "start")  # only queued here; listeners of SessionStarted can find it
         self._emit(SessionStarted(self.id, session))
         if self.lock is not None and not self.config.fixed_cable:

@@ -11,7 +11,8 @@ In a logged frame
 * a member whose name resembles a secret (``SECRET_WORDS``, any case, ``_``/``-`` ignored), and every
   member but ``key``/``readonly`` of an object whose ``key`` names a secret (ChangeConfiguration.req,
   GetConfiguration.conf entries) read ``"***"``;
-* ``idTag``/``parentIdTag`` values are masked like cpctl masks them (``agent.diag.mask``);
+* ``idTag``/``parentIdTag`` values are masked like cpctl masks them (``agent.diag.mask``; also
+  ``mask_id_tags`` / ``mask_id_tags_in_text`` for the diagnostics archive);
 * a string holding JSON that mentions a secret is redacted inside; other strings mentioning a secret go
   through ``redact_text``;
 * a frame that does not parse is replaced by its length: no prefix, no hash (a short secret's hash is
@@ -42,6 +43,9 @@ _SECRET_ASSIGNMENT = re.compile(
     rf"""({_SECRET_NAME}["']?\s*[:=]\s*){_QUOTED_OR_BARE}""", re.IGNORECASE
 )
 _VALUE_MEMBER = re.compile(rf"""(["']?\bvalue["']?\s*[:=]\s*){_QUOTED_OR_BARE}""", re.IGNORECASE)
+_ID_TAG_ASSIGNMENT = re.compile(
+    r"""((?<![A-Za-z])(?:parent[_-]?)?id[_-]?tag["']?\s*[:=]\s*["']?)([^"'\s,;})\]]+)""", re.IGNORECASE
+)
 # websockets' DEBUG frame lines ("< TEXT '[2,...' [140 bytes]") are cut in the middle, so a key name may be
 # gone while its value is not: their content is never logged (rpc logs every frame, redacted).
 _WEBSOCKETS_FRAME = re.compile(r"^([<>] (?:TEXT|BINARY) ).*( \[\d+ bytes\])$", re.DOTALL)
@@ -110,6 +114,22 @@ def redact_json(value: Any) -> Any:
             return _dumps(redact_json(inner))
         return redact_text(value)
     return value
+
+
+def mask_id_tags(value: Any) -> Any:
+    """A copy of a JSON-like tree with every idTag/id_tag/parentIdTag string masked (cpctl's ``mask``)."""
+    if isinstance(value, dict):
+        return {k: mask(v) if _folded(str(k)) in ID_TAG_MEMBERS and isinstance(v, str) else mask_id_tags(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [mask_id_tags(v) for v in value]
+    return value
+
+
+def mask_id_tags_in_text(text: str) -> str:
+    """Log text with the value after ``idTag``/``id_tag``/``parentIdTag`` (``:`` or ``=``, quoted or not)
+    masked; for lines written without ``LoggedFrame`` (an older agent, a library)."""
+    return _ID_TAG_ASSIGNMENT.sub(lambda m: f"{m.group(1)}{mask(m.group(2))}", text)
 
 
 def _dumps(value: Any) -> str:

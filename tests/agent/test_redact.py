@@ -117,3 +117,14 @@ def test_filter_redacts_a_record_about_a_key_it_does_not_know() -> None:
     finally:
         logger.removeHandler(handler)
     assert SECRET not in records[0].getMessage()
+
+
+def test_id_tags_in_free_text_are_masked_once() -> None:
+    from agent.redact import mask_id_tags, mask_id_tags_in_text
+
+    text = 'x {"idTag":"DEADBEEF01"} parentIdTag=04A1B2C3D4, id_tag: \'AB12CD34\' idTag Invalid'
+    masked = mask_id_tags_in_text(text)
+    assert masked == ('x {"idTag":"******EF01"} parentIdTag=******C3D4, id_tag: \'****CD34\' idTag Invalid')
+    assert mask_id_tags_in_text(masked) == masked
+    assert mask_id_tags({"id_tag": "DEADBEEF01", "n": [{"parentIdTag": "04A1B2C3D4"}]}) == {
+        "id_tag": "******EF01", "n": [{"parentIdTag": "******C3D4"}]}

@@ -1,6 +1,6 @@
 """The diagnostics archive for GetDiagnostics and GetLog: a .tar.gz of the event log, recent sessions, the
 effective configuration with every secret removed, the agent's log file and (if present) the security log,
-each filtered to the requested time window.
+each filtered to the requested time window. idTags are masked everywhere, as cpctl shows them.
 
     snapshot = collect(service, start_wall, stop_wall)          # in the event loop (SQLite reads)
     path = await asyncio.to_thread(write_archive, snapshot, directory, name)
@@ -20,6 +20,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agent.diag import mask
+from agent.redact import SECRET_WORDS, mask_id_tags, mask_id_tags_in_text
+
 if TYPE_CHECKING:
     from agent.ocpp.v16.service import OcppService
 
@@ -28,7 +31,7 @@ log = logging.getLogger("cpagent.ocpp.v16.diag_archive")
 MAX_EVENTS = 50_000
 MAX_SESSIONS = 1_000
 MAX_LOG_BYTES = 16 * 1024 * 1024  # of the agent's log file and of the security log, the newest part
-SECRET_WORDS = ("password", "passwd", "secret", "authorizationkey", "private", "passphrase")
+ID_TAG_LISTS = (("authorization", "allow"),)  # TOML lists of idTags, masked in agent-config.json
 _LOG_TIME_FORMAT = "%Y-%m-%d %H:%M:%S"  # logging's asctime (local time) at the start of a line
 
 
@@ -64,14 +67,19 @@ def without_secrets(value: Any) -> Any:
 
 
 def read_agent_config(path: Path | None) -> dict[str, Any] | None:
-    """The TOML configuration as a tree without secrets ([ocpp].password, AuthorizationKey presets, ...)."""
+    """The TOML configuration as a tree without secrets ([ocpp].password, AuthorizationKey presets, ...)
+    and with idTags ([authorization] allow) masked."""
     if path is None:
         return None
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         return {"error": f"configuration not readable: {type(exc).__name__}"}
-    cleaned: dict[str, Any] = without_secrets(data)
+    cleaned: dict[str, Any] = mask_id_tags(without_secrets(data))
+    for table, key in ID_TAG_LISTS:
+        section = cleaned.get(table)
+        if isinstance(section, dict) and isinstance(section.get(key), list):
+            section[key] = [mask(t) if isinstance(t, str) else t for t in section[key]]
     return cleaned
 
 
@@ -111,12 +119,12 @@ def filter_json_lines(lines: Iterable[str], start: float | None, stop: float | N
 def collect(service: OcppService, start_wall: float | None, stop_wall: float | None) -> Snapshot:
     station = service.station
     events = [
-        e.as_dict()
+        mask_id_tags(e.as_dict())
         for e in station.eventlog.query(since_wall=start_wall, limit=MAX_EVENTS)
         if in_window(e.wall, start_wall, stop_wall)
     ]
     sessions = [
-        asdict(s)
+        mask_id_tags(asdict(s))
         for s in station.sessions.recent(MAX_SESSIONS)
         if (stop_wall is None or s.start_wall <= stop_wall)
         and (start_wall is None or (s.stop_wall if s.stop_wall is not None else s.last_wall) >= start_wall)
@@ -175,10 +183,10 @@ def write_archive(snapshot: Snapshot, directory: Path, name: str, *, include_sec
                     log.warning("diagnostics: log file %s not readable; left out", snapshot.log_file)
                 else:
                     text = "".join(filter_log_lines(lines, snapshot.start_wall, snapshot.stop_wall))
-                    _add(tar, "agent.log", text.encode())
+                    _add(tar, "agent.log", mask_id_tags_in_text(text).encode())
         if include_security_log and snapshot.security_log is not None and snapshot.security_log.exists():
             lines = _tail_lines(snapshot.security_log)
             if lines is not None:
                 text = "".join(filter_json_lines(lines, snapshot.start_wall, snapshot.stop_wall))
-                _add(tar, "security.log", text.encode())
+                _add(tar, "security.log", mask_id_tags_in_text(text).encode())
     return path
