@@ -495,3 +495,34 @@ async def test_remote_start_profile_beyond_max_installed_rejected(octt: Octt) ->
     assert answer == {"status": "Accepted"}
     await octt.wait("StartTransaction")
     assert (await composite(octt, duration=60)) == [(0, 12.0)]
+
+
+@pytest.mark.parametrize("number", ["1e308", "1e400", "NaN", "Infinity", "-Infinity"])
+async def test_non_finite_limits_answered_once(octt: Octt, tmp_path: Path, number: str) -> None:
+    """Issue 11 item 12, end to end with the real handlers: limits that JSON parsers turn into inf or NaN
+    (or that no decimal check can compute) in SetChargingProfile and RemoteStartTransaction get exactly one
+    answer - Rejected, or a CALLERROR PropertyConstraintViolation / FormationViolation (NaN and Infinity
+    are not JSON, RFC 8259 §6) - and nothing is installed or started."""
+    agent = await octt.start_agent(AuthorizeRemoteTxRequests="false")
+    await octt.booted()
+    frames = log_frames(octt, tmp_path)
+    octt.ctl("plug")
+    await octt.wait_status("Preparing")
+    allowed = {"PropertyConstraintViolation", "FormationViolation"}
+    for field in ("limit", "minChargingRate"):
+        periods = f'{{"startPeriod":0,"limit":{number if field == "limit" else "8"}}}'
+        extra = f',"minChargingRate":{number}' if field == "minChargingRate" else ""
+        for action, purpose, kind, wrap in (
+            ("SetChargingProfile", "TxDefaultProfile", "Absolute", '{{"connectorId":1,"csChargingProfiles":{}}}'),
+            ("RemoteStartTransaction", "TxProfile", "Relative",
+             '{{"idTag":"' + TAG + '","connectorId":1,"chargingProfile":{}}}'),
+        ):
+            start = "" if kind == "Relative" else f'"startSchedule":"{iso(time.time() - 1)}",'
+            body = (f'{{"chargingProfileId":31,"stackLevel":0,"chargingProfilePurpose":"{purpose}",'
+                    f'"chargingProfileKind":"{kind}","chargingSchedule":{{{start}"chargingRateUnit":"A",'
+                    f'"chargingSchedulePeriod":[{periods}]{extra}}}}}')
+            answer = await raw_call(octt, frames, action, wrap.format(body))
+            assert (answer[0] == 3 and answer[2] == {"status": "Rejected"}) or (
+                answer[0] == 4 and answer[2] in allowed), (action, field, answer)
+    assert (await composite(octt, duration=60)) == [(0, 32.0)]
+    assert octt.msgs("StartTransaction") == [] and agent.connector.session is None
