@@ -120,6 +120,7 @@ _DECIMAL_SCHEMAS = {
 }
 
 _CALL_ID_PREFIX = re.compile(r'^\s*\[\s*2\s*,\s*"([^"\\]{1,36})"')
+_ANSWER_ID_PREFIX = re.compile(r'^\s*\[\s*[34]\s*,\s*"([^"\\]{1,36})"')
 
 # OCPP 1.6 field type "integer" is 32 bit (31 bit resolution, 1 sign bit): anything beyond is out of range.
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
@@ -182,6 +183,8 @@ class FrameError(Exception):
     code: ErrorCode
     description: str
     unique_id: str | None = None
+    # Set when the broken frame is a CALLRESULT/CALLERROR whose id is readable: the CALL it answers fails.
+    answers: str | None = None
 
 
 # ocpp.messages.Call | CallResult | CallError; the library is untyped, so mypy sees Any.
@@ -204,8 +207,9 @@ def decode_frame(raw: str | bytes) -> Frame:
     except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser's stack
         match = _CALL_ID_PREFIX.match(raw)
         uid = match.group(1) if match else None
+        answer = _ANSWER_ID_PREFIX.match(raw)
         why = str(exc) if isinstance(exc, _NotJson) else "frame is not valid JSON"
-        raise FrameError(ErrorCode.FORMATION_VIOLATION, why, uid) from None
+        raise FrameError(ErrorCode.FORMATION_VIOLATION, why, uid, answer.group(1) if answer else None) from None
     if not isinstance(data, list) or not data:
         raise FrameError(ErrorCode.PROTOCOL_ERROR, "frame is not a non-empty JSON array")
     message_type, uid = data[0], data[1] if len(data) > 1 else None
@@ -215,11 +219,11 @@ def decode_frame(raw: str | bytes) -> Frame:
         return _decode_call(data, uid)
     if message_type == MessageType.CallResult:
         if len(data) != 3 or not isinstance(data[2], dict):
-            raise FrameError(ErrorCode.PROTOCOL_ERROR, "malformed CALLRESULT")
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, "malformed CALLRESULT", answers=uid)
         return CallResult(uid, data[2])
     if message_type == MessageType.CallError:
         if not 4 <= len(data) <= 5 or not all(isinstance(part, str) for part in data[2:4]):
-            raise FrameError(ErrorCode.PROTOCOL_ERROR, "malformed CALLERROR")
+            raise FrameError(ErrorCode.PROTOCOL_ERROR, "malformed CALLERROR", answers=uid)
         details = data[4] if len(data) == 5 and isinstance(data[4], dict) else {}
         return CallError(uid, data[2], data[3], details)
     raise FrameError(ErrorCode.PROTOCOL_ERROR, f"unknown message type {message_type!r}")
@@ -516,6 +520,11 @@ class OcppSession:
                 "answering" if error.unique_id else "dropped", LoggedFrame(raw))
         if error.unique_id is not None:
             self._spawn(self._send_error(error.unique_id, error.code, error.description))
+        if error.answers is not None and error.answers == self._awaiting_id:
+            # The answer to our CALL is unreadable: fail the request now (InvalidPayload), not at the timeout.
+            self._awaiting_id = None
+            self._answer_problem = f"unreadable answer: {error.description}"
+            self._wire._response_queue.put_nowait(CallResult(error.answers, {}))
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coroutine)

@@ -388,3 +388,17 @@ async def test_answer_with_an_integer_beyond_32_bits_is_an_invalid_payload(wire:
     frame = await wire.next_frame()
     await wire.send([3, frame[1], {"transactionId": 2**31 - 1, "idTagInfo": {"status": "Accepted"}}])
     assert (await asyncio.wait_for(pending, WAIT)).transaction_id == 2**31 - 1
+
+
+@pytest.mark.parametrize("answer", ['{"currentTime": NaN}', "[]", '{"currentTime": "2026-01-01T00:00:00Z"'])
+async def test_unreadable_answer_fails_the_request_at_once_not_at_the_timeout(wire: Wire, answer: str) -> None:
+    pending = asyncio.create_task(wire.session.request(call.Heartbeat(), response_timeout=30))
+    frame = await wire.next_frame()
+    await wire.send(f'[3, "{frame[1]}", {answer}]')
+    with pytest.raises(InvalidPayload):
+        await asyncio.wait_for(pending, 2)
+    # The session goes on: the next CALL is answered normally.
+    pending = asyncio.create_task(wire.session.request(call.Heartbeat()))
+    frame = await wire.next_frame()
+    await wire.send([3, frame[1], {"currentTime": "2026-01-01T00:00:00Z"}])
+    assert (await asyncio.wait_for(pending, WAIT)).current_time == "2026-01-01T00:00:00Z"
