@@ -14,7 +14,7 @@ import contextlib
 import logging
 import re
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,7 @@ from agent.ocpp.v16 import diag_archive
 from agent.ocpp.v16.configuration import FIRMWARE
 from agent.ocpp.v16.rpc import OcppRpcError
 from agent.ocpp.v16.transfer import TransferError, check_url, download, redact, upload
+from agent.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from agent.ocpp.v16.service import OcppService
@@ -188,6 +189,20 @@ async def install_and_restart(
     return True
 
 
+def remove_leftovers(directory: Path) -> None:
+    """Remove the files in ``directory`` (not below it): what jobs that did not survive a restart left."""
+    removed = []
+    with contextlib.suppress(OSError):
+        for path in directory.iterdir():
+            with contextlib.suppress(OSError):
+                if path.is_file() or path.is_symlink():
+                    path.unlink()
+                    removed.append(path.name)
+    if removed:
+        log.info("removed %d file(s) left by earlier transfers in %s: %s", len(removed), directory,
+                 ", ".join(sorted(removed)[:10]))
+
+
 def archive_name(charge_point_id: str, wall: float, kind: str = "diagnostics") -> str:
     safe = re.sub(r"[^A-Za-z0-9_-]", "_", charge_point_id)[:40]
     stamp = datetime.fromtimestamp(wall, UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -202,16 +217,28 @@ async def build_archive(service: OcppService, name: str, start_wall: float | Non
                                    include_diagnostics=diagnostics, include_security_log=security_log)
 
 
-def spawn(tasks: set[asyncio.Task[None]], coroutine: Awaitable[None], name: str) -> asyncio.Task[None]:
-    """Jobs outlive the CALL that started them (and the connection): keep a reference, log crashes."""
+def spawn(tasks: set[asyncio.Task[None]], coroutine: Coroutine[Any, Any, None], name: str,
+          replaces: asyncio.Task[None] | None = None) -> asyncio.Task[None]:
+    """Jobs outlive the CALL that started them (and the connection): keep a reference, log crashes.
+    ``replaces``: the job this one takes over from; it is cancelled and has finished (its transfer stopped,
+    its files removed) before ``coroutine`` starts, so the two never share a file or a status."""
+    if replaces is not None:
+        replaces.cancel()
 
     async def guarded() -> None:
+        started = False
         try:
+            if replaces is not None:
+                await asyncio.wait({replaces})
+            started = True
             await coroutine
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("%s failed", name)
+        finally:
+            if not started:
+                coroutine.close()
 
     task = asyncio.create_task(guarded(), name=name)
     tasks.add(task)
@@ -234,6 +261,10 @@ class FirmwareManagement:
         self._update: asyncio.Task[None] | None = None
         self._diagnostics: asyncio.Task[None] | None = None
         self._diagnostics_names: dict[str, str] = {}  # location -> archive name promised in the .conf
+        # No job survives a restart: what a job of an earlier run left (partial or uninstalled downloads of
+        # plain and signed firmware, archives) is removed before any new job can start.
+        remove_leftovers(self.download_dir)
+        remove_leftovers(service.config.state_dir / "diagnostics")
 
     @property
     def download_dir(self) -> Path:
@@ -242,6 +273,14 @@ class FirmwareManagement:
     # -- after a restart --------------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Report a pending outcome, then keep the jobs: they end (transfers stopped) with the service."""
+        try:
+            await self._report_pending()
+            await asyncio.Event().wait()
+        finally:
+            await cancel_and_wait(*self._tasks)
+
+    async def _report_pending(self) -> None:
         pending = self.pending.get(PLAIN)
         if pending is None:
             return
@@ -263,9 +302,8 @@ class FirmwareManagement:
     ) -> None:
         if self._update is not None and not self._update.done():
             log.info("a new UpdateFirmware replaces the one in progress")
-            self._update.cancel()
         self._update = spawn(self._tasks, self._update_firmware(location, retrieve_date, retries, retry_interval),
-                             "firmware-update")
+                             "firmware-update", replaces=self._update)
 
     async def _status(self, status: str) -> None:
         self.firmware_status = status if status in ("Downloading", "Downloaded", "Installing") else "Idle"
@@ -289,8 +327,11 @@ class FirmwareManagement:
             log.warning("firmware download from %s failed: %s", redact(location), exc)
             await self._status("DownloadFailed")
             return
-        await self._status("Downloaded")
-        await install_and_restart(self._svc, file, PLAIN, self._status)
+        try:
+            await self._status("Downloaded")
+            await install_and_restart(self._svc, file, PLAIN, self._status)
+        finally:  # installed (already gone), failed, or replaced by a newer UpdateFirmware
+            file.unlink(missing_ok=True)
 
     # -- GetDiagnostics ---------------------------------------------------------------------------
 
@@ -311,10 +352,8 @@ class FirmwareManagement:
         name = self._diagnostics_names.pop(location, None)
         if name is None:
             return
-        if self._diagnostics is not None and not self._diagnostics.done():
-            self._diagnostics.cancel()
         job = self._upload_diagnostics(location, name, retries, retry_interval, start_time, stop_time)
-        self._diagnostics = spawn(self._tasks, job, "diagnostics-upload")
+        self._diagnostics = spawn(self._tasks, job, "diagnostics-upload", replaces=self._diagnostics)
 
     async def _diagnostics_status(self, status: str) -> None:
         self.diagnostics_status = "Uploading" if status == "Uploading" else "Idle"

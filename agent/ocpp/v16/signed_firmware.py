@@ -39,6 +39,7 @@ from agent.ocpp.v16.firmware import (
     wait_until_wall,
 )
 from agent.ocpp.v16.transfer import TransferError, check_url, download, redact, upload
+from agent.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from agent.ocpp.v16.service import OcppService
@@ -162,6 +163,14 @@ class SignedFirmware:
         return self._svc.config.state_dir / "certificates" / "ManufacturerRootCertificate"
 
     async def run(self) -> None:
+        """Report a pending outcome, then keep the jobs: they end (transfers stopped) with the service."""
+        try:
+            await self._report_pending()
+            await asyncio.Event().wait()
+        finally:
+            await cancel_and_wait(*self._tasks)
+
+    async def _report_pending(self) -> None:
         pending = self.pending.get(SIGNED)
         if pending is None:
             return
@@ -200,9 +209,8 @@ class SignedFirmware:
             return
         if self._update is not None and not self._update.done():
             log.info("SignedUpdateFirmware %d cancels the update in progress", request_id)
-            self._update.cancel()
         job = self._update_firmware(request_id, accepted, retries, retry_interval)
-        self._update = spawn(self._tasks, job, "signed-firmware-update")
+        self._update = spawn(self._tasks, job, "signed-firmware-update", replaces=self._update)
 
     async def _status(self, status: str) -> None:
         self.firmware_status = status if status in BUSY_FIRMWARE else "Idle"
@@ -224,11 +232,16 @@ class SignedFirmware:
             log.warning("signed firmware download from %s failed: %s", redact(location), exc)
             await self._status("DownloadFailed")
             return
+        try:
+            await self._verify_and_install(request_id, firmware, file)
+        finally:  # installed (already gone), refused, failed, or replaced by a newer request
+            file.unlink(missing_ok=True)
+
+    async def _verify_and_install(self, request_id: int, firmware: dict[str, Any], file: Path) -> None:
         await self._status("Downloaded")
         digest = await asyncio.to_thread(file_digest, file)
         if not signature_valid(firmware["signing_certificate"], firmware["signature"], digest):
             log.warning("signed firmware %d: the signature does not match the file", request_id)
-            await asyncio.to_thread(file.unlink, True)
             self._svc.security_event("InvalidFirmwareSignature", f"requestId {request_id}")
             await self._status("InvalidSignature")
             return
@@ -267,11 +280,9 @@ class SignedFirmware:
         accepted = self._accepted_logs.pop(request_id, None)
         if accepted is None:
             return
-        if self._log is not None and not self._log.done():
-            self._log.cancel()
         job = self._upload_log(request_id, accepted[0], log_type, log, retries, retry_interval)
         self._log_reported = False
-        self._log = spawn(self._tasks, job, "log-upload")
+        self._log = spawn(self._tasks, job, "log-upload", replaces=self._log)
 
     async def _log_status(self, status: str) -> None:
         self.log_status = "Uploading" if status == "Uploading" else "Idle"
