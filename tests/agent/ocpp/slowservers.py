@@ -16,6 +16,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 @dataclass
@@ -106,3 +107,36 @@ def slow_server(mode: str, **options: object) -> Iterator[SlowServer]:
         listener.close()
         for thread in threads:
             thread.join(5)
+
+
+@contextmanager
+def lying_ftp_server(root: Path, extra: int = 400, user: str = "cp", password: str = "ftp-secret") -> Iterator[int]:
+    """A pyftpdlib FTP server whose SIZE answer is ``extra`` bytes more than the file has (as if the
+    transfer had been cut short); yields its port."""
+    from pyftpdlib.authorizers import DummyAuthorizer
+    from pyftpdlib.handlers import FTPHandler
+    from pyftpdlib.servers import FTPServer
+
+    authorizer = DummyAuthorizer()
+    authorizer.add_user(user, password, str(root), perm="elradfmw")
+
+    class Handler(FTPHandler):
+        def ftp_SIZE(self, path: str) -> None:
+            self.respond(f"213 {self.fs.getsize(path) + extra}")
+
+    Handler.authorizer = authorizer
+    server = FTPServer(("127.0.0.1", 0), Handler)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            server.serve_forever(timeout=0.05, blocking=False, handle_exit=False)
+        server.close_all()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.socket.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)

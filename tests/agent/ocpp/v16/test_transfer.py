@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import socket
+import ssl
 import threading
 import time
 from pathlib import Path
@@ -25,7 +28,8 @@ from agent.ocpp.v16.transfer import (
 from agent.tasks import cancel_and_wait
 from tests.agent.ocpp.conftest import eventually
 from tests.agent.ocpp.fileservers import HttpFiles, ftp_server, http_server
-from tests.agent.ocpp.slowservers import slow_server
+from tests.agent.ocpp.slowservers import lying_ftp_server, slow_server
+from tests.agent.ocpp.test_octt_security import leaf, make_ca
 
 
 async def no_sleep(_: float) -> None:
@@ -210,3 +214,39 @@ async def test_control_characters_in_an_ftp_url_are_a_transfer_error(tmp_path: P
         for raw in ("http://127.0.0.1/a\r\nb", "http://127.0.0.1/a b", "http://127.0.0.1/a\x00"):
             with pytest.raises(TransferError):
                 check_url(raw)
+
+
+async def test_ftp_download_shorter_than_its_size_fails(tmp_path: Path) -> None:
+    """RFC 3659 §4: SIZE is the number of octets a RETR in TYPE I transfers; fewer means a cut transfer."""
+    root = tmp_path / "ftp"
+    root.mkdir()
+    (root / "fw.bin").write_bytes(b"f" * 600)
+    with lying_ftp_server(root, extra=400) as port:
+        with pytest.raises(TransferError, match="incomplete: 600 of 1000"):
+            await download(f"ftp://cp:ftp-secret@127.0.0.1:{port}/fw.bin", tmp_path / "dl", sleep=no_sleep)
+    assert not list((tmp_path / "dl").iterdir())
+
+
+async def test_https_download_verifies_the_server_certificate(tmp_path: Path) -> None:
+    """Downloads over https go through the transfer's own connection classes and still verify the server's
+    certificate: one from an unknown CA is refused."""
+    ca = make_ca("Unknown CA")
+    server_cert, server_key = leaf(ca, "127.0.0.1", server=True).write(tmp_path, "server")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(server_cert, server_key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        raw, _ = listener.accept()
+        with raw, contextlib.suppress(OSError), context.wrap_socket(raw, server_side=True) as tls:
+            tls.recv(4096)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with pytest.raises(TransferError, match=r"CERTIFICATE_VERIFY_FAILED|certificate verify failed"):
+            await download(f"https://127.0.0.1:{port}/fw.bin", tmp_path / "dl", sleep=no_sleep, timeout_s=5)
+    finally:
+        listener.close()
+        thread.join(5)
