@@ -37,8 +37,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def load_or_exit(path: Path) -> AgentConfig:
+    """The parsed configuration, checked against what it refers to (OCPP key presets, TLS files, the
+    state directory): a configuration that cannot run exits 2 here, for check-config and run alike."""
+    from agent import preflight
+
     try:
-        return load(path)
+        config = load(path)
+        preflight.check(config)
+        return config
     except ConfigError as exc:
         print(f"cpagent: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
@@ -49,7 +55,7 @@ async def run_agent(config: AgentConfig) -> int:
 
     try:
         station = Station(config)
-    except DeviceError as exc:
+    except (DeviceError, ConfigError) as exc:
         print(f"cpagent: configuration error: {exc}", file=sys.stderr)
         return 2
     stop = asyncio.Event()
@@ -60,7 +66,12 @@ async def run_agent(config: AgentConfig) -> int:
     from agent.sdnotify import SystemdIntegration
 
     # The outbox opens (in the service) before READY=1 is sent.
-    service = OcppService(station, config) if config.ocpp.endpoint else None
+    try:
+        service = OcppService(station, config) if config.ocpp.endpoint else None
+    except ConfigError as exc:  # preflight.check found none; never a traceback and exit 1 for one
+        station.close()
+        print(f"cpagent: configuration error: {exc}", file=sys.stderr)
+        return 2
     systemd = SystemdIntegration(station)  # READY=1, watchdog and STATUS= when run by systemd
     task = asyncio.create_task(station.run(ready=systemd.ready))
     status = await run_until_stopped(station, config, stop, service)  # OCPP 1.6J when ocpp.endpoint is set

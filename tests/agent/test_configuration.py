@@ -275,3 +275,34 @@ def test_migrates_v1_fixture_database(tmp_path: Path) -> None:
     db.migrate(fresh, configuration.COMPONENT, configuration.MIGRATIONS[:1])
     sql = "SELECT sql FROM sqlite_master WHERE name = 'ocpp16_config'"
     assert fresh.execute(sql).fetchall() == store._conn.execute(sql).fetchall()
+
+
+def test_readonly_presets_only_where_the_agent_honours_them(tmp_path: Path) -> None:
+    """A read-only key is the charge point's to report (OCPP 1.6 section 9): presetting a capability the
+    agent does not have, or a value it derives, is a configuration error; limits it enforces and
+    implemented-but-off capabilities may be preset by the manufacturer."""
+    profiles = (*ALL_PROFILES, "CaliforniaPricing")
+    for key, value in (
+        ("CustomMultiLanguageMessages", "true"), ("AdditionalRootCertificateCheck", "true"),
+        ("ConnectorSwitch3to1PhaseSupported", "true"), ("SupportedFileTransferProtocols", "FTP"),
+        ("NumberOfConnectors", "2"), ("SupportedFeatureProfiles", "Core"),
+    ):  # fmt: skip
+        with pytest.raises(ConfigError) as error:
+            make(tmp_path / f"{key}.db", {key: value}, profiles)
+        assert error.value.key == f"ocpp.keys.{key}"
+        assert error.value.problem.startswith("read-only")
+    store = make(tmp_path / "ok.db", {"ReserveConnectorZeroSupported": "true", "ChargingScheduleMaxPeriods": "12"},
+                 profiles)
+    assert store.get_bool("ReserveConnectorZeroSupported") and store.get_int("ChargingScheduleMaxPeriods") == 12
+
+
+@pytest.mark.parametrize("value", ["\u0663\u0666\u0660\u0660", "\uff16\uff10", "+60", "6_0", "60\u0966"])
+def test_integers_are_ascii_digits_only(tmp_path: Path, value: str) -> None:
+    store = make(tmp_path / "a.db")
+    assert store.change("HeartbeatInterval", value) == "Rejected"
+    assert store.change("ConnectorPhaseRotation", "\u0661.RST") == "Rejected"
+    with pytest.raises(ConfigError) as error:
+        make(tmp_path / "b.db", {"HeartbeatInterval": value})
+    assert error.value.key == "ocpp.keys.HeartbeatInterval"
+    assert store.change("HeartbeatInterval", "-60") == "Rejected"  # parsed, then out of range
+    assert store.change("HeartbeatInterval", "60") == "Accepted"

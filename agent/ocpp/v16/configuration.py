@@ -18,7 +18,7 @@ from typing import Literal
 
 from agent.clock import Clock
 from agent.config import ConfigError
-from agent.db import Migration, StorageError, migrate
+from agent.db import Migration, StorageError, connect, migrate
 from agent.redact import REDACTED, is_secret_name
 
 log = logging.getLogger("cpagent.ocpp.v16.configuration")
@@ -84,10 +84,15 @@ class KeySpec:
     secret: bool = False  # write-only: never shown by GetConfiguration or exports
     only_increase: bool = False  # from the CSMS and from cpctl; only a "fallback" may lower it
     derived: bool = False  # value comes from the station (NumberOfConnectors, SupportedFeatureProfiles)
+    # A read-only key the agent honours, so a manufacturer may preset it in [ocpp.keys] (a limit, or a
+    # capability that is implemented but off by default). Other read-only keys are errors as presets.
+    presettable: bool = False
 
 
-def _bool(name: str, default: bool, profile: str = CORE, *, readonly: bool = False) -> KeySpec:
-    return KeySpec(name, KeyType.BOOL, "true" if default else "false", profile, readonly)
+def _bool(
+    name: str, default: bool, profile: str = CORE, *, readonly: bool = False, presettable: bool = False
+) -> KeySpec:
+    return KeySpec(name, KeyType.BOOL, "true" if default else "false", profile, readonly, presettable=presettable)
 
 
 def _int(
@@ -99,8 +104,12 @@ def _int(
     low: int | None = 0,
     high: int | None = None,
     only_increase: bool = False,
+    presettable: bool = False,
 ) -> KeySpec:
-    return KeySpec(name, KeyType.INT, str(default), profile, readonly, low, high, only_increase=only_increase)
+    return KeySpec(
+        name, KeyType.INT, str(default), profile, readonly, low, high, only_increase=only_increase,
+        presettable=presettable,
+    )
 
 
 def _measurands(name: str, default: str, max_key: str) -> KeySpec:
@@ -118,20 +127,20 @@ KEYS: tuple[KeySpec, ...] = (
         "ConnectorPhaseRotation",
         KeyType.CSL,
         "0.Unknown",
-        item_pattern=rf"(\d+)\.({'|'.join(PHASE_ROTATIONS)})",
+        item_pattern=rf"([0-9]+)\.({'|'.join(PHASE_ROTATIONS)})",  # ASCII digits: \d takes any script's
         max_items_key="ConnectorPhaseRotationMaxLength",
     ),
-    _int("ConnectorPhaseRotationMaxLength", 8, readonly=True),
-    _int("GetConfigurationMaxKeys", 100, readonly=True, low=1),
+    _int("ConnectorPhaseRotationMaxLength", 8, readonly=True, presettable=True),
+    _int("GetConfigurationMaxKeys", 100, readonly=True, low=1, presettable=True),
     _int("HeartbeatInterval", 3600),
     _int("LightIntensity", 100, high=100),
     _bool("LocalAuthorizeOffline", True),
     _bool("LocalPreAuthorize", False),
     _int("MaxEnergyOnInvalidId", 0),
     _measurands("MeterValuesAlignedData", "Energy.Active.Import.Register", "MeterValuesAlignedDataMaxLength"),
-    _int("MeterValuesAlignedDataMaxLength", 8, readonly=True),
+    _int("MeterValuesAlignedDataMaxLength", 8, readonly=True, presettable=True),
     _measurands("MeterValuesSampledData", "Energy.Active.Import.Register", "MeterValuesSampledDataMaxLength"),
-    _int("MeterValuesSampledDataMaxLength", 8, readonly=True),
+    _int("MeterValuesSampledDataMaxLength", 8, readonly=True, presettable=True),
     _int("MeterValueSampleInterval", 60),
     _int("MinimumStatusDuration", 0),
     KeySpec("NumberOfConnectors", KeyType.INT, "1", readonly=True, derived=True),
@@ -139,9 +148,9 @@ KEYS: tuple[KeySpec, ...] = (
     _bool("StopTransactionOnEVSideDisconnect", True),
     _bool("StopTransactionOnInvalidId", True),
     _measurands("StopTxnAlignedData", "", "StopTxnAlignedDataMaxLength"),
-    _int("StopTxnAlignedDataMaxLength", 8, readonly=True),
+    _int("StopTxnAlignedDataMaxLength", 8, readonly=True, presettable=True),
     _measurands("StopTxnSampledData", "", "StopTxnSampledDataMaxLength"),
-    _int("StopTxnSampledDataMaxLength", 8, readonly=True),
+    _int("StopTxnSampledDataMaxLength", 8, readonly=True, presettable=True),
     KeySpec(
         "SupportedFeatureProfiles",
         KeyType.CSL,
@@ -167,12 +176,12 @@ KEYS: tuple[KeySpec, ...] = (
     ),
     # LocalAuthListManagement
     _bool("LocalAuthListEnabled", True, LOCAL_AUTH),
-    _int("LocalAuthListMaxLength", 1000, LOCAL_AUTH, readonly=True),
-    _int("SendLocalListMaxLength", 100, LOCAL_AUTH, readonly=True),
+    _int("LocalAuthListMaxLength", 1000, LOCAL_AUTH, readonly=True, presettable=True),
+    _int("SendLocalListMaxLength", 100, LOCAL_AUTH, readonly=True, presettable=True),
     # Reservation
-    _bool("ReserveConnectorZeroSupported", False, RESERVATION, readonly=True),
+    _bool("ReserveConnectorZeroSupported", False, RESERVATION, readonly=True, presettable=True),
     # SmartCharging
-    _int("ChargeProfileMaxStackLevel", 10, SMART_CHARGING, readonly=True),
+    _int("ChargeProfileMaxStackLevel", 10, SMART_CHARGING, readonly=True, presettable=True),
     KeySpec(
         "ChargingScheduleAllowedChargingRateUnit",
         KeyType.CSL,
@@ -180,22 +189,23 @@ KEYS: tuple[KeySpec, ...] = (
         SMART_CHARGING,
         readonly=True,
         allowed=frozenset({"Current", "Power"}),
+        presettable=True,
     ),
-    _int("ChargingScheduleMaxPeriods", 24, SMART_CHARGING, readonly=True),
+    _int("ChargingScheduleMaxPeriods", 24, SMART_CHARGING, readonly=True, presettable=True),
     _bool("ConnectorSwitch3to1PhaseSupported", False, SMART_CHARGING, readonly=True),
-    _int("MaxChargingProfilesInstalled", 10, SMART_CHARGING, readonly=True),
+    _int("MaxChargingProfilesInstalled", 10, SMART_CHARGING, readonly=True, presettable=True),
     # Security whitepaper
     _int("SecurityProfile", 0, SECURITY, high=3, only_increase=True),
     KeySpec("AuthorizationKey", KeyType.STRING, "", SECURITY, min_length=16, secret=True),
     KeySpec("CpoName", KeyType.STRING, "", SECURITY),
-    _int("CertificateSignedMaxChainSize", 10000, SECURITY, readonly=True),
-    _int("CertificateStoreMaxLength", 50, SECURITY, readonly=True),
+    _int("CertificateSignedMaxChainSize", 10000, SECURITY, readonly=True, presettable=True),
+    _int("CertificateStoreMaxLength", 50, SECURITY, readonly=True, presettable=True),
     _bool("AdditionalRootCertificateCheck", False, SECURITY, readonly=True),
     # California pricing whitepaper (DataTransfer org.openchargealliance.costmsg)
     _bool("CustomDisplayCostAndPrice", True, CALIFORNIA_PRICING, readonly=True),
     _bool("CustomIdleFeeAfterStop", False, CALIFORNIA_PRICING, readonly=True),
     _bool("CustomMultiLanguageMessages", False, CALIFORNIA_PRICING, readonly=True),
-    _int("NumberOfDecimalsForCostValues", 2, CALIFORNIA_PRICING, readonly=True, high=6),
+    _int("NumberOfDecimalsForCostValues", 2, CALIFORNIA_PRICING, readonly=True, high=6, presettable=True),
     KeySpec("DefaultPrice", KeyType.STRING, "", CALIFORNIA_PRICING),  # JSON: priceText, priceTextOffline, ...
     KeySpec("DefaultPriceText", KeyType.STRING, "", CALIFORNIA_PRICING),
     KeySpec("Language", KeyType.STRING, "en", CALIFORNIA_PRICING),
@@ -388,7 +398,9 @@ class ConfigurationStore:
             if spec.profile not in self._profiles:
                 raise ConfigError(where, f"belongs to the {spec.profile} profile, which is not enabled")
             if spec.derived:
-                raise ConfigError(where, "is derived from the station configuration and cannot be preset")
+                raise ConfigError(where, "read-only (derived from the station configuration)")
+            if spec.readonly and not spec.presettable:
+                raise ConfigError(where, "read-only (a capability of this charge point, not a setting)")
             value = self._normalise(spec, str(raw))
             problem = self._problem(spec, value, "local")
             if problem is not None:
@@ -410,7 +422,7 @@ class ConfigurationStore:
         if spec.type is KeyType.BOOL:
             return None if value in ("true", "false") else "expected true or false"
         if spec.type is KeyType.INT:
-            if not re.fullmatch(r"[+-]?\d{1,18}", value):
+            if not re.fullmatch(r"-?[0-9]{1,18}", value):  # ASCII only: int() takes any script's digits
                 return f"expected an integer, got {value!r}"
             number = int(value)
             if spec.minimum is not None and number < spec.minimum:
@@ -466,3 +478,22 @@ class ConfigurationStore:
 
 def _items(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def check_presets(
+    presets: Mapping[str, str],
+    *,
+    number_of_connectors: int,
+    enabled_profiles: Iterable[str],
+    supported_measurands: Iterable[str] | None = None,
+) -> None:
+    """Validate ``[ocpp.keys]`` exactly as the store does when the agent starts, without touching the
+    state database (``cpagent check-config``). Raises ConfigError naming the key."""
+    conn = connect(":memory:", durable=False)
+    try:
+        ConfigurationStore(
+            conn, presets, number_of_connectors=number_of_connectors, enabled_profiles=enabled_profiles,
+            supported_measurands=supported_measurands,
+        )
+    finally:
+        conn.close()
