@@ -58,6 +58,12 @@ def not_pem(tmp_path: Path) -> Path:
     return path
 
 
+def good_ca(tmp_path: Path) -> Path:
+    path = tmp_path / "root.pem"
+    path.write_bytes(ca_pem())
+    return path
+
+
 def a_file(tmp_path: Path) -> Path:
     path = tmp_path / "plain-file"
     path.write_text("")
@@ -80,6 +86,10 @@ BAD: list[tuple[str, Callable[[Path], str], str]] = [
     ("out of range", lambda t: base_toml(t, keys="LightIntensity = 101\n"), "ocpp.keys.LightIntensity"),
     ("profile 2, CA file not PEM", lambda t: base_toml(t, ocpp=wss(2, not_pem(t))), "ocpp.ca_file"),
     ("profile 2, no CA at all", lambda t: base_toml(t, ocpp=wss(2, None)), "ocpp.ca_file"),
+    ("profile 3, no client certificate", lambda t: base_toml(t, ocpp=wss(3, good_ca(t))), "ocpp.client_cert"),
+    ("profile 3, client certificate not PEM", lambda t: base_toml(
+        t, ocpp=wss(3, good_ca(t)) + f'client_cert = "{not_pem(t)}"\nclient_key = "{not_pem(t)}"\n'),
+     "ocpp.client_cert"),
     ("state_dir under a file", lambda t: base_toml(t, state_dir=str(a_file(t) / "state")), "station.state_dir"),
     ("state_dir is a file", lambda t: base_toml(t, state_dir=str(a_file(t))), "station.state_dir"),
 ]
