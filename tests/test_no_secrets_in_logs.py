@@ -110,6 +110,7 @@ SPELLED_KEYS = {  # accepted: each one becomes the Basic password, so each one i
 REFUSED_SPELLED = "UPPER-short-5"  # AUTHORIZATIONKEY, below 16 characters: Rejected, still a secret
 UNPARSEABLE_KEY = "Unparseable-Key-00006"  # a frame that is not JSON: answered FormationViolation
 BAD_FRAME_KEY = "Bad-Frame-Key-0000007"  # valid JSON, not a valid CALL (5 elements): ProtocolError
+TOO_LONG_KEY = "Too-Long-Key-00000008-" * 24  # 528 characters, over the schema's maxLength 500
 
 
 def _escaped(text: str) -> str:
@@ -174,6 +175,9 @@ async def test_authorization_key_in_any_spelling_never_logged(tmp_path: Path,
         assert (await _answer_to(csms_log, "garbled"))[2] == "FormationViolation"
         await csms.send_raw(CP, '[2,"five","ChangeConfiguration",' + plain.replace("%s", BAD_FRAME_KEY) + ",{}]")
         assert (await _answer_to(csms_log, "five"))[2] == "ProtocolError"
+        # Longer than the schema's 500 characters: the schema's own message would quote it (to the CSMS, to the log).
+        await csms.send_raw(CP, '[2,"too-long","ChangeConfiguration",' + plain.replace("%s", TOO_LONG_KEY) + "]")
+        assert (await _answer_to(csms_log, "too-long"))[2] == "TypeConstraintViolation"  # CiString500Type
         assert service.online
 
         archive = diag_archive.write_archive(diag_archive.collect(service, None, None), tmp_path, "diag.tar.gz")
@@ -190,7 +194,8 @@ async def test_authorization_key_in_any_spelling_never_logged(tmp_path: Path,
         outputs.extend(r.exc_text or "" for r in agent_records)
         everything = "\n".join(outputs)
 
-        secrets = {*SPELLED_KEYS.values(), REFUSED_SPELLED, UNPARSEABLE_KEY, BAD_FRAME_KEY, PASSWORD}
+        secrets = {*SPELLED_KEYS.values(), REFUSED_SPELLED, UNPARSEABLE_KEY, BAD_FRAME_KEY, PASSWORD,
+                   TOO_LONG_KEY[:24]}
         secrets |= {_escaped(s) for s in secrets}
         secrets |= {base64.b64encode(f"{CP}:{s}".encode()).decode() for s in SPELLED_KEYS.values()}
         leaked = sorted(s for s in secrets if s in everything)

@@ -288,7 +288,11 @@ def schema_violation(message_type_id: int, action: str, payload: Mapping[str, An
         return None
     code = _SCHEMA_KEYWORD_CODES.get(str(error.validator), ErrorCode.FORMATION_VIOLATION)
     where = "/".join(str(part) for part in error.absolute_path) or "payload"
-    return FrameError(code, f"{where}: {error.message}"[:200])
+    if error.validator in ("required", "additionalProperties"):  # these name properties, not values
+        return FrameError(code, f"{where}: {error.message}"[:200])
+    # The schema's own message quotes the offending value, which may be a secret (a too-long
+    # AuthorizationKey): name the rule instead. The description goes to the CSMS and into the log.
+    return FrameError(code, f"{where}: violates {error.validator} {error.validator_value!r}"[:200])
 
 
 def to_wire_payload(result: Any) -> dict[str, Any]:
