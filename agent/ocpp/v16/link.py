@@ -36,6 +36,7 @@ from websockets.typing import Subprotocol
 
 from agent.clock import Clock, SystemClock
 from agent.ocpp.v16.rpc import MAX_FRAME_BYTES, Handler, OcppSession, RedactingFilter, install_redaction
+from agent.ocpp.v16.tls import probe_server_tls_version
 
 LOG = logging.getLogger("cpagent.ocpp.v16.link")
 SUBPROTOCOL = Subprotocol("ocpp1.6")
@@ -151,6 +152,7 @@ class Link:
         self._session: OcppSession | None = None
         self._body: asyncio.Task[None] | None = None
         self._stopping = False
+        self._tls_probe_note: str | None = None  # what the one TLS version probe found
         self.redacting_filter = RedactingFilter(self.secrets)
 
     @property
@@ -229,8 +231,11 @@ class Link:
             connection = await self._dial()
         except Exception as exc:
             self._state = LinkState.DISCONNECTED
-            self.counters.failures += 1
-            self.last_error = _describe_dial_failure(exc, tls=self._ssl_context is not None)
+            error = _describe_dial_failure(exc, tls=self._ssl_context is not None)
+            if self._ssl_context is not None and _reset_in_handshake(exc):
+                error += await self._probe_tls_version()
+            self.last_error = error
+            self.counters.failures += 1  # after last_error: watchers read both together
             LOG.warning("%s: cannot connect to %s: %s", self.charge_point_id, self.url, self.last_error)
             return None
         up_since = self._clock.monotonic()
@@ -311,9 +316,26 @@ class Link:
             LOG.exception("%s: on_connected failed; closing the connection to start over", self.charge_point_id)
             await connection.close(1011, "charge point error")
 
+    async def _probe_tls_version(self) -> str:
+        """After a silent reset of our handshake: which TLS version the server would speak (once per link,
+        so a server that keeps resetting costs one extra connection, not one per redial)."""
+        if self._tls_probe_note is None:
+            self._tls_probe_note = ""
+            parts = urlsplit(self.url)
+            if parts.hostname is not None:
+                version = await asyncio.to_thread(probe_server_tls_version, parts.hostname, parts.port or 443)
+                if version in ("TLSv1", "TLSv1.1", "SSLv3"):
+                    self._tls_probe_note = (f"; the server speaks only {version} "
+                                            "(unsupported protocol version, we require TLS 1.2+)")
+        return self._tls_probe_note
+
     def _touch(self) -> None:
         self.last_contact_monotonic = self._clock.monotonic()
         self.last_contact_wall = self._clock.wall()
+
+
+def _reset_in_handshake(exc: Exception) -> bool:
+    return isinstance(exc, ConnectionResetError | ssl.SSLEOFError | ConnectionAbortedError) and not str(exc)
 
 
 def _describe_dial_failure(exc: Exception, *, tls: bool = False) -> str:

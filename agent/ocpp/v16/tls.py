@@ -10,7 +10,9 @@ the charge point's client certificate and key.
 
 from __future__ import annotations
 
+import socket
 import ssl
+import warnings
 from pathlib import Path
 
 INVALID_CENTRAL_SYSTEM_CERTIFICATE = "InvalidCentralSystemCertificate"
@@ -48,6 +50,33 @@ def build_client_context(
             # The message names files, never their content.
             raise TlsSetupError(f"cannot load the client certificate {client_cert}: {exc}") from None
     return context
+
+
+PROBE_TIMEOUT_S = 3.0
+
+
+def probe_server_tls_version(host: str, port: int, timeout_s: float = PROBE_TIMEOUT_S) -> str | None:
+    """The TLS version a server negotiates when offered every version, or None if no handshake completes.
+
+    Used once after a server reset our TLS 1.2+ handshake without an alert (an asyncio TLS terminator does
+    that): a server that then completes a TLS 1.0/1.1 handshake is the InvalidTLSVersion case. The probe
+    verifies nothing because it trusts nothing: it sends no HTTP, no credentials, and closes at once."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        try:
+            context.set_ciphers("DEFAULT:@SECLEVEL=0")
+        except ssl.SSLError:
+            pass
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as raw, \
+                context.wrap_socket(raw, server_hostname=host) as tls:
+            return tls.version()
+    except (OSError, ValueError):
+        return None
 
 
 def classify_dial_failure(description: str | None) -> str | None:

@@ -5,6 +5,7 @@ certificate, 087 TLS client certificate. Real TLS servers on 127.0.0.1 with a th
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import dataclasses
 import datetime as dt
@@ -281,6 +282,37 @@ async def test_078_invalid_central_system_certificate(tmp_path: Path, pki: Pki, 
 
 
 @contextmanager
+def silent_tls11_endpoint(pki: Pki) -> Iterator[str]:
+    """An asyncio TLS server on 127.0.0.1 that speaks only TLS 1.0/1.1: unlike a blocking one, it resets a
+    TLS 1.2 handshake without sending the protocol_version alert, so the agent sees a bare reset."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*pki.server.write(pki.dir, "old-async-server"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        context.set_ciphers("DEFAULT:@SECLEVEL=0")
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.maximum_version = ssl.TLSVersion.TLSv1_1
+    loop = asyncio.new_event_loop()
+    started: list[asyncio.Server] = []
+    ready = threading.Event()
+
+    async def serve() -> None:
+        server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0, ssl=context)
+        started.append(server)
+        ready.set()
+        await server.serve_forever()
+
+    thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
+    thread.start()
+    assert ready.wait(5)
+    try:
+        yield f"wss://127.0.0.1:{started[0].sockets[0].getsockname()[1]}/ocpp"
+    finally:
+        loop.call_soon_threadsafe(started[0].close)
+        thread.join(5)
+
+
+@contextmanager
 def unagreeable_tls_endpoint(pki: Pki, mismatch: str) -> Iterator[str]:
     """A blocking TLS server on 127.0.0.1 the agent cannot agree with: TLS <= 1.1 only ("version"), or TLS
     1.2 with a SHA-1 cipher the agent does not offer ("cipher"). Unlike an asyncio server it sends the TLS
@@ -323,13 +355,18 @@ def unagreeable_tls_endpoint(pki: Pki, mismatch: str) -> Iterator[str]:
         listener.close()
 
 
-@pytest.mark.parametrize(("mismatch", "event"), [("version", "InvalidTLSVersion"), ("cipher", "InvalidTLSCipherSuite")])
+@pytest.mark.parametrize(("mismatch", "event"), [("version", "InvalidTLSVersion"), ("cipher", "InvalidTLSCipherSuite"),
+                                               ("version-without-alert", "InvalidTLSVersion")])
 async def test_tls_version_and_cipher_suite_failures_are_security_events(
     tmp_path: Path, pki: Pki, mismatch: str, event: str
 ) -> None:
+    """Issue 11 item 18: against an asyncio TLS 1.1-only server (a reset, no alert) the log said
+    "connection failed: " and no InvalidTLSVersion was raised; one probe now learns the server's version."""
     csms = Csms(accept=["DEADBEEF01"])
     await csms.start()
-    with unagreeable_tls_endpoint(pki, mismatch) as url:
+    endpoint = silent_tls11_endpoint(pki) if mismatch == "version-without-alert" else \
+        unagreeable_tls_endpoint(pki, mismatch)
+    with endpoint as url:
         rig = Rig(RigOptions(directory=tmp_path / "rig", csms_url=url, charge_point_id=CP, security_profile=2,
                              password=PASSWORD, ca_file=pki.ca_file))
         await rig.start()
