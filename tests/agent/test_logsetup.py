@@ -106,15 +106,22 @@ PACKAGES = ("agent", "drivers", "hal", "simulator")
 
 def test_every_module_logs_under_cpagent_or_cpsim() -> None:
     """One hierarchy, so README's `[logging] "cpagent.ocpp" = "debug"` reaches every OCPP module: import
-    every module of the project and look at the loggers that exist afterwards."""
-    import importlib
-    import pkgutil
+    every module of the project in a fresh interpreter (other tests in this process may create loggers of
+    any name) and look at the loggers that exist afterwards."""
+    import json
+    import subprocess
+    import sys
 
-    for package in PACKAGES:
-        root = importlib.import_module(package)
-        for info in pkgutil.walk_packages(root.__path__, prefix=f"{package}."):
-            importlib.import_module(info.name)
-    names = set(logging.Logger.manager.loggerDict)
+    program = (
+        "import importlib, json, logging, pkgutil\n"
+        f"for package in {PACKAGES!r}:\n"
+        "    root = importlib.import_module(package)\n"
+        "    for info in pkgutil.walk_packages(root.__path__, prefix=package + '.'):\n"
+        "        importlib.import_module(info.name)\n"
+        "print(json.dumps(sorted(logging.Logger.manager.loggerDict)))\n"
+    )
+    output = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True, timeout=120)
+    names = set(json.loads(output.stdout.strip().splitlines()[-1]))
     stray = sorted(n for n in names if n.split(".")[0] in PACKAGES)
     assert stray == []
     assert {"cpagent.ocpp.v16.rpc", "cpagent.ocpp.v16.link", "cpagent.iec61851", "cpagent.outbox",

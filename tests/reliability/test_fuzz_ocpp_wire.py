@@ -310,7 +310,7 @@ class Target:
                                   charge_point_id=CP))
         self.loop.run_until_complete(self.rig.start())
         self.counter = ByteCounter()
-        self.watched = [logging.getLogger(name) for name in ("", "cpagent", "agent", "websockets", "ocpp")]
+        self.watched = [logging.getLogger(name) for name in ("", "cpagent", "websockets", "ocpp")]
         for logger in self.watched[1:]:
             logger.setLevel(logging.DEBUG)  # debug frames on: where a secret would leak
         logging.getLogger().addHandler(self.counter)

@@ -322,7 +322,7 @@ async def test_any_failure_while_dispatching_is_a_short_internal_error_logged_on
         raise ZeroDivisionError("validator exploded")
 
     monkeypatch.setattr(rpc, "schema_violation", broken)  # fails outside the handler, inside _dispatch
-    with caplog.at_level("ERROR", logger="agent.ocpp.v16.rpc"):
+    with caplog.at_level("ERROR", logger="cpagent.ocpp.v16.rpc"):
         answer = await wire.exchange([2, "x1", "ClearCache", {}])
     assert_call_error(answer, "x1", "InternalError")
     assert "Traceback" not in answer[3] and "exploded" not in answer[3] and len(answer[3]) <= 100
@@ -338,7 +338,7 @@ async def test_stray_call_results_are_dropped_at_once_and_logged_briefly(
     wire: Wire, caplog: pytest.LogCaptureFixture
 ) -> None:
     big = "x" * 50_000
-    with caplog.at_level("DEBUG", logger="agent.ocpp.v16.rpc"):
+    with caplog.at_level("DEBUG", logger="cpagent.ocpp.v16.rpc"):
         for n in range(3000):
             await wire.send([3, f"stray-{n}", {"currentTime": "2026-01-01T00:00:00Z", "junk": big if n < 20 else ""}])
         await wire.send([4, "stray-error", "GenericError", "nobody asked", {}])
