@@ -17,8 +17,8 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from agent.clock import Clock
 from agent.db import Migration, StorageError, migrate
+from hal.clock import Clock
 
 COMPONENT = "authcache"
 

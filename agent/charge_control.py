@@ -31,8 +31,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
-from agent.clock import Clock, TimerHandle
 from agent.iec61851 import ChargeMachine, ChargeState, duty_for_current, offered_current
+from hal.clock import Clock, TimerHandle
 from hal.roles import ControlPilot, PowerSwitch
 from hal.types import CpState, Fault
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from agent import __version__
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load
-from agent.tasks import cancel_and_wait
 from hal import DeviceError
+from hal.tasks import cancel_and_wait
 
 log = logging.getLogger("cpagent")
 
@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
 
         setup_logging(config.log_levels, verbose=args.verbose)
         return asyncio.run(run_agent(config))
-    from agent.demo import run_demo
+    # The only place agent/ touches simulator/: lazily, for `cpagent sim` (tests/test_layering.py).
+    from simulator.demo import run_demo
 
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     return asyncio.run(run_demo(args.connectors, args.charge_seconds, args.dir, args.scenario))

@@ -15,7 +15,6 @@ from collections.abc import Awaitable, Callable
 
 from agent.authorize import AuthDecision, Authorizer
 from agent.charge_control import ChargeController, ChargeState, ControlLimits, EnergyHold
-from agent.clock import Clock, TimerHandle
 from agent.config import ConnectorConfig
 from agent.db import StorageError
 from agent.diag import mask
@@ -49,6 +48,7 @@ from hal import (
     Screen,
     ScreenState,
 )
+from hal.clock import Clock, TimerHandle
 from hal.roles import SignedMeter
 from hal.types import Fault
 

@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from agent.clock import Clock
 from agent.db import Migration, StorageError, migrate
+from hal.clock import Clock
 
 log = logging.getLogger("cpagent.outbox")
 

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 
 from agent import db
 from agent.authorize import AllowList, AuthDecision, Authorizer
-from agent.clock import Clock, SystemClock
 from agent.config import AgentConfig
 from agent.connector import Connector
 from agent.eventlog import EventLog
@@ -29,6 +28,7 @@ from agent.faults import FAULTS
 from agent.sessions import SessionStore
 from agent.supervisor import Supervisor
 from hal import Device, DeviceFaultChanged, Role, TokenReader
+from hal.clock import Clock, SystemClock
 from hal.registry import load_driver
 from hal.types import Fault
 

@@ -9,7 +9,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from agent.tasks import cancel_and_wait
+from hal.tasks import cancel_and_wait
 
 log = logging.getLogger("cpagent.supervisor")
 

@@ -20,10 +20,10 @@ import sys
 import time
 from typing import Any
 
-from agent.tasks import cancel_and_wait
 from drivers.modbus.bus import BusReader
 from drivers.modbus.meter import ModbusMeter, create
 from drivers.modbus.transport import PymodbusReader
+from hal.tasks import cancel_and_wait
 from simulator.meter import MeterEmulator, RtuBusEmulator
 from simulator.physics import Plant
 

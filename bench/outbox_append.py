@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from agent import db
-from agent.clock import SystemClock
 from agent.outbox import Outbox
+from hal.clock import SystemClock
 
 # A realistic periodic MeterValues payload (4 measurands).
 PAYLOAD = {

@@ -29,8 +29,8 @@ import websockets
 from ocpp.v16 import ChargePoint, call
 
 from agent import db
-from agent.clock import SystemClock
 from agent.outbox import Outbox
+from hal.clock import SystemClock
 from simulator.rig import Rig, RigOptions
 from tests.reliability.harness import AgentProcess, write_agent_toml
 

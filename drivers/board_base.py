@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import ClassVar
 
-from agent.clock import Clock, SystemClock, TimerHandle
+from hal.clock import Clock, SystemClock, TimerHandle
 from hal.device import Device
 from hal.types import DeviceFaultChanged, Fault, HalEvent
 

@@ -12,7 +12,6 @@ import asyncio
 import math
 from typing import Any
 
-from agent.clock import Clock
 from drivers.board_base import BoardDevice
 from drivers.serial.pilot_codec import (
     DUTY_F,
@@ -28,6 +27,7 @@ from drivers.serial.pilot_codec import (
     SetRelay,
     StatusRequest,
 )
+from hal.clock import Clock
 from hal.roles import ConnectorLock, ControlPilot, PowerSwitch
 from hal.types import (
     CpState,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.tasks import cancel_and_wait
+from hal.tasks import cancel_and_wait
 from hal.types import Fault
 from simulator.can_pilot_board import CanPilotBoardEmulator
 from simulator.faults import FAULTS

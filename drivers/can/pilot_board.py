@@ -14,7 +14,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from agent.clock import Clock
 from drivers.board_base import TransportUnavailable
 from drivers.can.pilot_codec import (
     MAX_NODE_ID,
@@ -30,6 +29,7 @@ from drivers.can.pilot_codec import (
 )
 from drivers.pilot_board_base import PilotBoardBase
 from drivers.settings import DeviceSettings
+from hal.clock import Clock
 from hal.device import DeviceError
 
 log = logging.getLogger("cpagent.drivers.can.pilot_board")

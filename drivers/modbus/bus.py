@@ -22,8 +22,8 @@ from typing import Any
 from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ModbusException
 
-from agent.tasks import raise_if_cancelling
 from drivers.modbus.transport import ROUND_TRIPS_KEPT, ModbusIOError, RtuLink
+from hal.tasks import raise_if_cancelling
 
 LINE_SETTINGS = ("baudrate", "parity", "stopbits", "bytesize")
 RTU_OVERHEAD = 5  # address, function, byte count, CRC (2) in a read response; a read request is 8 bytes

@@ -12,8 +12,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from agent.clock import Clock, SystemClock, TimerHandle
-from agent.tasks import raise_if_cancelling
 from drivers.modbus.bus import BusSettingsMismatch, shared_bus
 from drivers.modbus.codec import (
     IncompleteReading,
@@ -45,7 +43,9 @@ from drivers.modbus.transport import (
     TcpLink,
 )
 from hal import Device, DeviceError, DeviceFaultChanged, Fault, Meter, MeterSample, Role
+from hal.clock import Clock, SystemClock, TimerHandle
 from hal.roles import SignedMeter
+from hal.tasks import raise_if_cancelling
 
 log = logging.getLogger("cpagent.drivers.modbus")
 

@@ -37,7 +37,6 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
-from agent.clock import Clock
 from drivers.board_base import BoardDevice
 from drivers.serial.openevse_codec import (
     FAULT_STATES,
@@ -59,6 +58,7 @@ from drivers.serial.openevse_codec import (
 )
 from drivers.serial.port import NonBlockingPort
 from drivers.settings import DeviceSettings
+from hal.clock import Clock
 from hal.device import DeviceError
 from hal.roles import ControlPilot, Meter, PowerSwitch
 from hal.types import (

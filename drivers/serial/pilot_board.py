@@ -12,7 +12,6 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from agent.clock import Clock
 from drivers.pilot_board_base import PilotBoardBase
 from drivers.serial.pilot_codec import (
     FrameDecoder,
@@ -25,6 +24,7 @@ from drivers.serial.pilot_codec import (
 )
 from drivers.serial.port import NonBlockingPort
 from drivers.settings import DeviceSettings
+from hal.clock import Clock
 from hal.device import DeviceError
 
 log = logging.getLogger("cpagent.drivers.serial.pilot_board")

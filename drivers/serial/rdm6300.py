@@ -10,9 +10,9 @@ from typing import Any
 
 import serial
 
-from agent.clock import Clock, SystemClock
 from drivers.serial.rdm6300_codec import Rdm6300Decoder
 from hal import Device, DeviceError, DeviceFaultChanged, Fault, IdToken, Role, TokenReader
+from hal.clock import Clock, SystemClock
 
 log = logging.getLogger("cpagent.drivers.rdm6300")
 

@@ -10,7 +10,7 @@ import pytest
 
 from agent import db
 from agent.authcache import AuthorizationCache, IdTagInfo, LocalAuthList
-from agent.clock import FakeClock
+from hal.clock import FakeClock
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ACCEPTED = IdTagInfo("Accepted")

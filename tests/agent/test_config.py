@@ -111,10 +111,10 @@ def test_connector_trips_on_its_configured_overcurrent_rule(tmp_path: Path) -> N
     """The configured rule reaches the charge controller: 3 s at > (16 + 1) * 1.2 A trips, not 7 s."""
     from agent import db
     from agent.authorize import AllowList
-    from agent.clock import FakeClock
     from agent.connector import Connector
     from agent.sessions import SessionStore
     from hal import Device, MeterSample, PilotStateChanged, RelayFeedback, Role
+    from hal.clock import FakeClock
     from hal.types import CpState, Fault
 
     class Board(Device):

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from agent import db
-from agent.clock import FakeClock
 from agent.config import ConfigError
 from agent.ocpp.v16.configuration import (
     KEYS,
@@ -20,6 +19,7 @@ from agent.ocpp.v16.configuration import (
     KeyValue,
     TooManyKeys,
 )
+from hal.clock import FakeClock
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from agent.charge_control import ChargeController, ChargeState, ControlLimits
-from agent.clock import FakeClock
 from agent.iec61851 import TRANSITIONS, ChargeMachine, Row, duty_for_current, offered_current
+from hal.clock import FakeClock
 from hal.roles import ControlPilot, PowerSwitch
 from hal.types import CpState, Fault
 

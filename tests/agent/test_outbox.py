@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from agent import db
-from agent.clock import FakeClock
 from agent.outbox import DuplicateStop, Outbox, UnboundTransaction
+from hal.clock import FakeClock
 
 FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).resolve().parents[2]
@@ -268,7 +268,7 @@ CHILD = textwrap.dedent(
     """
     import sys
     from agent import db
-    from agent.clock import SystemClock
+    from hal.clock import SystemClock
     from agent.outbox import Outbox
     box = Outbox(db.connect(sys.argv[1]), SystemClock())
     n = 0

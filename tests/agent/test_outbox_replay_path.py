@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from agent import db
-from agent.clock import FakeClock
 from agent.outbox import Outbox
+from hal.clock import FakeClock
 
 FULL = 2
 

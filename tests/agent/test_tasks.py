@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from agent.tasks import cancel_and_wait, raise_if_cancelling
+from hal.tasks import cancel_and_wait, raise_if_cancelling
 
 
 async def _swallows_first_cancel(laps: list[int], *, check: bool) -> None:

@@ -16,10 +16,10 @@ from typing import Any
 
 import pytest
 
-from agent.clock import FakeClock
 from drivers.can.pilot_board import CanPilotBoard, create
 from drivers.can.pilot_codec import KeepAlive, encode_frame, load_database
 from drivers.serial.pilot_codec import CpStateReport, RelayReport
+from hal.clock import FakeClock
 from hal.device import DeviceError
 from hal.registry import load_driver
 from hal.types import CpState, DeviceFaultChanged, Fault, HalEvent, PilotStateChanged, RelayFeedback

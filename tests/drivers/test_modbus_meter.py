@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 
-from agent.clock import FakeClock
 from drivers.modbus.bus import BusReader
 from drivers.modbus.codec import RegisterMap, encode_register, load_map
 from drivers.modbus.meter import ModbusMeter, create
 from drivers.modbus.transport import ModbusIOError, PymodbusReader, RtuLink, TcpLink
 from hal import DeviceError, DeviceFaultChanged, Fault, HalEvent, MeterSample
+from hal.clock import FakeClock
 from hal.registry import load_driver
 
 

@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from agent.clock import FakeClock
 from drivers.serial.pilot_board import PilotBoard, create
 from drivers.serial.pilot_codec import (
     CpStateReport,
@@ -27,6 +26,7 @@ from drivers.serial.pilot_codec import (
     Sender,
     encode,
 )
+from hal.clock import FakeClock
 from hal.device import DeviceError
 from hal.registry import load_driver
 from hal.types import (

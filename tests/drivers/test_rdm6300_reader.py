@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from agent.clock import FakeClock
 from drivers.serial.rdm6300 import Rdm6300Reader, create
 from drivers.serial.rdm6300_codec import encode_frame
 from hal import DeviceError, DeviceFaultChanged, Fault, HalEvent, IdToken
+from hal.clock import FakeClock
 from hal.registry import load_driver
 from simulator.rdm6300 import Rdm6300Emulator
 

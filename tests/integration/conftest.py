@@ -14,7 +14,7 @@ import pytest
 from agent.config import load
 from agent.events import StationEvent
 from agent.station import Station
-from agent.tasks import cancel_and_wait
+from hal.tasks import cancel_and_wait
 from simulator.rig import Rig, RigOptions
 
 

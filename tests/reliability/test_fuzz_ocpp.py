@@ -20,7 +20,7 @@ from agent.config import AgentConfig, load
 from agent.ocpp.v16.rpc import OcppSession, decode_frame
 from agent.ocpp.v16.service import OcppService
 from agent.station import Station
-from agent.tasks import cancel_and_wait
+from hal.tasks import cancel_and_wait
 from simulator.rig import Rig, RigOptions
 from tests.reliability.harness import SOAK
 

@@ -38,7 +38,7 @@ from agent.config import load
 from agent.ocpp.v16.link import Backoff
 from agent.ocpp.v16.service import OcppService
 from agent.station import Station
-from agent.tasks import cancel_and_wait
+from hal.tasks import cancel_and_wait
 from simulator.rig import Rig, RigOptions
 from tests.reliability.harness import SOAK
 from tests.reliability.test_fuzz_ocpp import ERROR_CODES, VALID, json_value

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from agent import db
-from agent.clock import FakeClock
 from agent.db import StorageError
 from agent.outbox import Outbox
+from hal.clock import FakeClock
 
 DAY = 86400.0
 

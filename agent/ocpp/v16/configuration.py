@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from agent.clock import Clock
 from agent.config import ConfigError
 from agent.db import Migration, StorageError, connect, migrate
 from agent.redact import REDACTED, is_secret_name
+from hal.clock import Clock
 
 log = logging.getLogger("cpagent.ocpp.v16.configuration")
 

@@ -26,7 +26,7 @@ from agent.ocpp.v16 import diag_archive
 from agent.ocpp.v16.configuration import FIRMWARE
 from agent.ocpp.v16.rpc import OcppRpcError
 from agent.ocpp.v16.transfer import TransferError, check_url, download, redact, upload
-from agent.tasks import cancel_and_wait
+from hal.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from agent.ocpp.v16.service import OcppService

@@ -34,9 +34,9 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
-from agent.clock import Clock, SystemClock
 from agent.ocpp.v16.rpc import MAX_FRAME_BYTES, Handler, OcppSession, RedactingFilter, install_redaction
 from agent.ocpp.v16.tls import probe_server_tls_version
+from hal.clock import Clock, SystemClock
 
 LOG = logging.getLogger("cpagent.ocpp.v16.link")
 SUBPROTOCOL = Subprotocol("ocpp1.6")

@@ -24,11 +24,11 @@ from typing import TYPE_CHECKING, Any
 from ocpp.v16 import call
 
 from agent.authcache import IdTagInfo
-from agent.clock import TimerHandle
 from agent.connector import Connector
 from agent.events import MeterUpdate, SessionStarted, StationEvent, StatusChanged, TokenPresented
 from agent.ocpp.v16 import meter_values as mv
 from agent.ocpp.v16.rpc import CallErrorReceived, CallTimeout, ConnectionLost, InvalidPayload
+from hal.clock import TimerHandle
 
 if TYPE_CHECKING:
     from agent.ocpp.v16.service import OcppService

@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent.authcache import IdTagInfo
-from agent.clock import TimerHandle
 from agent.connector import Connector, ConnectorReservation
 from agent.db import Migration, StorageError, migrate
 from agent.events import ConnectorStatus, SessionStarted, SessionStopped, StationEvent, StatusChanged
 from agent.sessions import Session
+from hal.clock import TimerHandle
 
 if TYPE_CHECKING:
     from agent.ocpp.v16.service import OcppService

@@ -26,7 +26,6 @@ from ocpp.v16 import call
 
 from agent.authcache import AuthorizationCache, LocalAuthList
 from agent.charge_control import NON_BLOCKING
-from agent.clock import Clock
 from agent.config import AgentConfig
 from agent.db import StorageError
 from agent.events import (
@@ -59,7 +58,8 @@ from agent.ocpp.v16.transactions import TransactionMessages
 from agent.outbox import Outbox
 from agent.sdnotify import EXIT_RESTART_REQUESTED
 from agent.station import Station
-from agent.tasks import cancel_and_wait
+from hal.clock import Clock
+from hal.tasks import cancel_and_wait
 from hal.types import Fault
 
 log = logging.getLogger("cpagent.ocpp.v16.service")

@@ -39,7 +39,7 @@ from agent.ocpp.v16.firmware import (
     wait_until_wall,
 )
 from agent.ocpp.v16.transfer import TransferError, check_url, download, redact, upload
-from agent.tasks import cancel_and_wait
+from hal.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from agent.ocpp.v16.service import OcppService

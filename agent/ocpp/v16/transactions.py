@@ -23,7 +23,6 @@ from ocpp.v16 import call
 
 from agent.authcache import IdTagInfo
 from agent.charge_control import EnergyHold
-from agent.clock import Clock
 from agent.connector import Connector
 from agent.events import MeterUpdate, SessionStarted, SessionStopped, StopReason
 from agent.ocpp.v16 import meter_values as mv
@@ -31,6 +30,7 @@ from agent.ocpp.v16.configuration import ConfigurationStore
 from agent.ocpp.v16.rpc import CallErrorReceived, CallTimeout, ConnectionLost, InvalidPayload, OcppSession
 from agent.outbox import METER_VALUES, START, STOP, DuplicateStop, Outbox, OutboxEntry, UnboundTransaction
 from agent.sessions import Session, SessionStore
+from hal.clock import Clock
 
 log = logging.getLogger("cpagent.ocpp.v16.transactions")
 

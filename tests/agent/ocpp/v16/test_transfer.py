@@ -25,7 +25,7 @@ from agent.ocpp.v16.transfer import (
     redact,
     upload,
 )
-from agent.tasks import cancel_and_wait
+from hal.tasks import cancel_and_wait
 from tests.agent.ocpp.conftest import eventually
 from tests.agent.ocpp.fileservers import HttpFiles, ftp_server, http_server
 from tests.agent.ocpp.slowservers import lying_ftp_server, slow_server

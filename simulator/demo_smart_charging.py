@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import load
-from agent.demo import DEMO_TAG, Timeline, _ctl, _show_wire, _wait_for
 from agent.station import Station, mask
-from agent.tasks import cancel_and_wait
+from hal.tasks import cancel_and_wait
+from simulator.demo import DEMO_TAG, Timeline, _ctl, _show_wire, _wait_for
 
 LIMIT_A = 10.0
 FULL_POWER_S = 6.0

@@ -22,7 +22,7 @@ from typing import Any
 from agent.config import load
 from agent.events import SessionStarted, SessionStopped, StationEvent, StatusChanged, TokenPresented
 from agent.station import Station, mask
-from agent.tasks import cancel_and_wait
+from hal.tasks import cancel_and_wait
 
 DEMO_TAG = "DEADBEEF01"
 
@@ -104,7 +104,7 @@ async def _wait_for(predicate: Any, limit_s: float, what: str) -> None:
 
 async def run_demo(connectors: int, charge_seconds: float, keep_dir: Path | None, scenario: str = "session") -> int:
     if scenario == "smart-charging":
-        from agent.demo_smart_charging import run_smart_charging_demo
+        from simulator.demo_smart_charging import run_smart_charging_demo
 
         return await run_smart_charging_demo(connectors, keep_dir)
     with contextlib.ExitStack() as stack:
