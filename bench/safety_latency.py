@@ -4,11 +4,22 @@ polled at 1 Hz over Modbus TCP. The agent runs as its own process with the real 
 plays the boards (byte-exact pilot-board protocol on ptys) and serves the meters.
 
 Prints JSON: p50/p99/max in ms, overall and per event kind. Goal: p99 <= 5 ms, max <= 20 ms (IEC: 100 ms).
+
+``--hostile``: the same events while a hostile CSMS on 127.0.0.1 (bench/_hostile_csms.py, its own process)
+keeps the agent's network side busy: largest composite schedules, frames just under the 64 KiB cap and
+1 MB ones (reconnects), TriggerMessage up to 1000/s, SendLocalList of the maximum size, GetDiagnostics
+uploads over HTTP and FTP. The agent (bench/_hostile_agent.py) runs the OCPP service as `cpagent run`
+does. Same JSON, plus the load the CSMS achieved and the agent's event-loop lag; a relay that does not
+open within 5 s is counted (relay_open_timeouts) and its sample is the time waited. The events stop
+at HOSTILE_DEADLINE_S (completed: false then) so that the run stays under 6 minutes.
+``--events N`` overrides LATENCY_EVENTS (for trying it out).
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
@@ -43,6 +54,7 @@ EVENTS = int(os.environ.get("LATENCY_EVENTS", "1000"))
 CONNECTORS = int(os.environ.get("LATENCY_CONNECTORS", "6"))
 KINDS = ("C->B", "->A", "E", "F", "RCD")
 TAG = "BENCH00001"
+HOSTILE_DEADLINE_S = 300.0
 
 
 class BoardPlayer:
@@ -171,7 +183,27 @@ async def play(board: BoardPlayer, count: int, offset: int) -> None:
         await board.trip(KINDS[(i + offset) % len(KINDS)])
 
 
-async def run() -> dict[str, object]:
+async def play_hostile(board: BoardPlayer, count: int, offset: int, stalls: list[str], timeouts: list[float]) -> None:
+    """As play(), but one stuck event is recorded instead of ending the run: a session that does not
+    start (stalls) is retried; a relay that does not open within 5 s keeps the time waited as its sample."""
+    for i in range(count):
+        try:
+            await board.charging()
+        except TimeoutError as exc:
+            stalls.append(str(exc))
+            continue
+        kind = KINDS[(i + offset) % len(KINDS)]
+        try:
+            await board.trip(kind)
+        except TimeoutError:
+            if board.trip_t0 is not None:
+                waited = (time.perf_counter() - board.trip_t0) * 1000.0
+                board.samples.append((kind, waited))
+                timeouts.append(waited)
+                board.trip_t0 = None
+
+
+async def run(hostile: bool = False) -> dict[str, object]:
     loop = asyncio.get_running_loop()
     boards = [BoardPlayer(n) for n in range(1, CONNECTORS + 1)]
     meters = [MeterEmulator(Plant(), transport="tcp") for _ in boards]
@@ -188,28 +220,82 @@ async def run() -> dict[str, object]:
             lines += ["[[connectors]]", f"id = {b.n}", "max_current_a = 32", f'pilot = "board{b.n}"',
                       f'meter = "meter{b.n}"', ""]
         config = Path(tmp) / "agent.toml"
+        csms: subprocess.Popen[str] | None = None
+        agent_cmd = [sys.executable, str(Path(__file__).with_name("_latency_agent.py")), str(config), TAG]
+        if hostile:
+            csms = subprocess.Popen(  # noqa: ASYNC220 - started once, outside the measured path
+                [sys.executable, str(Path(__file__).with_name("_hostile_csms.py")), TAG, tmp],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            )
+            assert csms.stdout is not None
+            port = json.loads(await asyncio.to_thread(csms.stdout.readline))["port"]
+            lines += ["[ocpp]", f'endpoint = "ws://127.0.0.1:{port}"', "reconnect_cap_s = 2", ""]
+            agent_cmd = [sys.executable, str(Path(__file__).with_name("_hostile_agent.py")), str(config), TAG,
+                         str(Path(tmp) / "lag.json")]
         config.write_text("\n".join(lines))
         for b in boards:
             loop.add_reader(b.fd, b.on_readable)
         beats = [asyncio.create_task(b.heartbeat()) for b in boards]
         agent = subprocess.Popen(  # noqa: ASYNC220 - started once, outside the measured path
-            [sys.executable, str(Path(__file__).with_name("_latency_agent.py")), str(config), TAG],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            agent_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )
+        stalls: list[str] = []
+        timeouts: list[float] = []
+        completed = True
+        extra: dict[str, object] = {}
         try:
             per_board = -(-EVENTS // len(boards))
             started = time.monotonic()
-            await asyncio.gather(*(play(b, per_board, i) for i, b in enumerate(boards)))
+            if not hostile:
+                await asyncio.gather(*(play(b, per_board, i) for i, b in enumerate(boards)))
+            else:
+                players = [asyncio.create_task(play_hostile(b, per_board, i, stalls, timeouts))
+                           for i, b in enumerate(boards)]
+                done, pending = await asyncio.wait(players, timeout=HOSTILE_DEADLINE_S)
+                completed = not pending
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*players, return_exceptions=True)
+                for t in done:
+                    t.result()  # anything but a timeout is a bug of the bench: raise it
             elapsed = time.monotonic() - started
+            if hostile:
+                extra["agent_peak_rss_mb"] = peak_rss_mb(agent.pid)
         finally:
             agent.terminate()
-            agent.wait(timeout=10)
+            try:
+                agent.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                agent.kill()
+                agent.wait()
+            if csms is not None:
+                csms.terminate()
+                out, _ = await asyncio.to_thread(csms.communicate, timeout=30)
+                with contextlib.suppress(ValueError, IndexError):
+                    extra.update(json.loads(out.strip().splitlines()[-1]))
+                with contextlib.suppress(OSError, ValueError):
+                    extra.update(json.loads((Path(tmp) / "lag.json").read_text()))
             for t in beats:
                 t.cancel()
             for m in meters:
                 await m.stop()
     samples = [s for b in boards for s in b.samples]
-    return summarize(samples, elapsed, sum(m.requests_served for m in meters))
+    result = summarize(samples, elapsed, sum(m.requests_served for m in meters))
+    if hostile:
+        result = {"mode": "hostile", **result, "completed": completed, "sessions_not_started": len(stalls),
+                  "relay_open_timeouts": len(timeouts), **extra}
+    return result
+
+
+def peak_rss_mb(pid: int) -> float | None:
+    """VmHWM of a process (Linux), in MB."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def pct(values: list[float], q: float) -> float:
@@ -238,4 +324,10 @@ def summarize(samples: list[tuple[str, float]], elapsed: float, meter_requests: 
 
 
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(run())))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--hostile", action="store_true", help="a hostile CSMS keeps the network side busy")
+    parser.add_argument("--events", type=int, help=f"number of events (default LATENCY_EVENTS or {EVENTS})")
+    args = parser.parse_args()
+    if args.events:
+        EVENTS = args.events
+    print(json.dumps(asyncio.run(run(hostile=args.hostile))))

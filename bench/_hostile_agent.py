@@ -1,0 +1,70 @@
+"""Agent side of `bench/safety_latency.py --hostile`: what bench/_latency_agent.py runs (the real Station,
+the driver who keeps tapping a card, the technician who clears latched faults) plus the OCPP 1.6J service
+as `cpagent run` starts it (logging set up the same way, to stderr, which the bench discards), connected
+to the hostile CSMS. It also samples its own event-loop lag (a 10 ms sleep's overshoot) and, on SIGTERM,
+writes the lag figures as JSON to the file named by its third argument."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from agent.charge_control import ChargeState
+from agent.config import load
+from agent.events import ConnectorStatus
+from agent.logsetup import setup_logging
+from agent.ocpp.v16.service import OcppService
+from agent.station import Station
+
+LAG_TICK_S = 0.010
+
+
+async def sample_lag(lags: list[float]) -> None:
+    while True:
+        t0 = time.perf_counter()
+        await asyncio.sleep(LAG_TICK_S)
+        lags.append((time.perf_counter() - t0 - LAG_TICK_S) * 1000.0)
+
+
+def lag_figures(lags: list[float]) -> dict[str, object]:
+    if not lags:
+        return {}
+    ordered = sorted(lags)
+    return {"agent_loop_lag_p50_ms": round(statistics.median(ordered), 3),
+            "agent_loop_lag_p99_ms": round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))], 3),
+            "agent_loop_lag_max_ms": round(ordered[-1], 3),
+            "agent_loop_lag_over_20ms": sum(1 for v in ordered if v > 20.0),
+            "agent_loop_lag_samples": len(ordered)}
+
+
+async def main(config_path: Path, tag: str) -> dict[str, object]:
+    config = load(config_path)
+    setup_logging(config.log_levels)
+    station = Station(config)
+    service = OcppService(station, config)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    lags: list[float] = []
+    tasks = [asyncio.create_task(station.run()), asyncio.create_task(service.run()),
+             asyncio.create_task(sample_lag(lags))]
+    while not stop.is_set() and not any(t.done() for t in tasks):
+        for c in station.connectors.values():
+            if c.session is None and c.status() is ConnectorStatus.PREPARING and c.pending_id_tag is None:
+                await station.present_token(tag, c.id)
+            elif c.controller.state is ChargeState.FAULT:
+                c.controller.clear_faults()
+        await asyncio.sleep(0.05)
+    figures = lag_figures(lags)
+    for t in tasks:
+        if t.done() and not t.cancelled() and t.exception() is not None:
+            figures["agent_task_died"] = repr(t.exception())
+    return figures
+
+
+if __name__ == "__main__":
+    Path(sys.argv[3]).write_text(json.dumps(asyncio.run(main(Path(sys.argv[1]), sys.argv[2]))))
