@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import datetime as dt
 import ipaddress
@@ -300,7 +301,8 @@ def silent_tls11_endpoint(pki: Pki) -> Iterator[str]:
         server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0, ssl=context)
         started.append(server)
         ready.set()
-        await server.serve_forever()
+        with contextlib.suppress(asyncio.CancelledError):  # close() below ends serve_forever this way
+            await server.serve_forever()
 
     thread = threading.Thread(target=loop.run_until_complete, args=(serve(),), daemon=True)
     thread.start()
