@@ -29,9 +29,9 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import StrEnum
 
 from agent.iec61851 import ChargeMachine, ChargeState, duty_for_current, offered_current
+from agent.station_api import NON_BLOCKING_FAULTS, EnergyHold
 from hal.clock import Clock, TimerHandle
 from hal.roles import ControlPilot, PowerSwitch
 from hal.types import CpState, Fault
@@ -47,23 +47,11 @@ STOP_UNDER_LOAD_S = 6.0  # seq 10.2: PWM off while the EV keeps drawing -> open 
 WELD_CHECK_S = 1.0  # feedback still closed this long after opening -> welded
 
 LATCHING = frozenset({Fault.RCD, Fault.GROUND, Fault.WELD, Fault.OVERCURRENT})
-NON_BLOCKING = frozenset({Fault.METER_SILENT, Fault.METER_IMPLAUSIBLE, Fault.READER_SILENT})
+NON_BLOCKING = NON_BLOCKING_FAULTS
 _RELAY_CLOSED_IN = frozenset({ChargeState.CHARGING, ChargeState.STOPPING})
 _PWM_IN = frozenset({ChargeState.READY, ChargeState.CHARGING, ChargeState.PAUSED_EV})
 _F = 0.0  # pilot output encoding: None = X1, 0.0 = F, > 0 = PWM duty
 UNTIL_UNPLUG = frozenset({Fault.DIODE})  # kept (when seen under PWM) until the EV leaves or an operator clears
-
-
-class EnergyHold(StrEnum):
-    """A named reason to withhold energy from the EV. Energy is offered only while none is active, and a
-    reason ends only when whoever set it releases it."""
-
-    NOT_AUTHORIZED = "not_authorized"  # no session authorizes the EV plugged in now (an unplug sets it again)
-    INVALID_ID = "invalid_id"  # the session's idTag was refused after the start; the transaction goes on
-    ZERO_LIMIT = "zero_limit"  # the current limit is below what a PWM can offer (follows the limit, not held)
-    UNAVAILABLE = "unavailable"  # the operator took the connector out of service (pilot F)
-    MAINTENANCE = "maintenance"  # a technician drives relay and pilot by hand (pilot F)
-    RESERVED = "reserved"  # held for a reservation that no session has used yet
 
 
 _OUT_OF_SERVICE = frozenset({EnergyHold.UNAVAILABLE, EnergyHold.MAINTENANCE})

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from agent.authorize import AuthDecision, Authorizer
-from agent.charge_control import ChargeController, ChargeState, ControlLimits, EnergyHold
+from agent.charge_control import ChargeController, ChargeState, ControlLimits
 from agent.config import ConnectorConfig
 from agent.db import StorageError
 from agent.diag import mask
@@ -29,6 +29,7 @@ from agent.events import (
 )
 from agent.faults import info as fault_info
 from agent.sessions import Session, SessionStore
+from agent.station_api import ConnectorReservation, ConnectorSettings, ConnectorView, EnergyHold
 from hal import (
     ConnectorLock,
     ControlPilot,
@@ -57,24 +58,6 @@ log = logging.getLogger("cpagent.connector")
 PROGRESS_PERSIST_S = 5.0  # how often the last meter value of an open session is written down
 RESUME_GRACE_S = 3.0  # after a restart, how long to wait for the board to say whether the EV is still there
 SIGNING_TIMEOUT_S = 10.0  # a signed reading that takes longer is given up (the session goes on regardless)
-
-
-@dataclasses.dataclass(frozen=True)
-class ConnectorReservation:
-    """The connector is held for one idTag (or any idTag with the same parentIdTag) until it is used."""
-
-    ref: int  # the reservation's identifier where it came from (e.g. OCPP reservationId)
-    id_tag: str
-    parent_id_tag: str | None = None
-
-    def admits(self, id_tag: str, parent_id_tag: str | None) -> bool:
-        if id_tag.upper() == self.id_tag.upper():
-            return True
-        return (
-            self.parent_id_tag is not None
-            and parent_id_tag is not None
-            and parent_id_tag.upper() == self.parent_id_tag.upper()
-        )
 
 
 class Connector:
@@ -574,6 +557,64 @@ class Connector:
         energy = max(0.0, self._energy_now() - self.session.start_energy_wh)
         self._last_energy = energy
         return energy
+
+    # ----------------------------------------------------------------- the station interface
+    @property
+    def settings(self) -> ConnectorSettings:
+        return ConnectorSettings(self.connection_timeout_s, self.stop_on_ev_disconnect, self.unlock_on_ev_disconnect)
+
+    def configure(self, settings: ConnectorSettings) -> None:
+        self.connection_timeout_s = settings.connection_timeout_s
+        self.stop_on_ev_disconnect = settings.stop_on_ev_disconnect
+        self.unlock_on_ev_disconnect = settings.unlock_on_ev_disconnect
+
+    def unlock(self) -> bool:
+        """Open the lock on command (ends a hold after an EV-side disconnect); False if the command failed."""
+        if self.lock is None or self.config.fixed_cable:
+            return False
+        self.lock_held_for = None
+        try:
+            self.lock.unlock()
+        except Exception:
+            log.exception("connector %d: unlock failed", self.id)
+            return False
+        return True
+
+    def view(self) -> ConnectorView:
+        """A frozen snapshot for the network side (agent.station_api)."""
+        c = self.controller
+        has_lock = self.lock is not None and not self.config.fixed_cable
+        return ConnectorView(
+            id=self.id,
+            status=self.status(),
+            faults=self.faults,
+            available=self.available,
+            maintenance=self.maintenance,
+            session=self.session,
+            pending_id_tag=self.pending_id_tag,
+            session_energy_wh=self.session_energy_wh(),
+            last_sample=self.last_sample,
+            meter_latest=self.meter.latest if self.meter is not None else None,
+            has_meter=self.meter is not None,
+            cp_state=c.cp_state,
+            ev_connected=c.ev_connected(),
+            charge_state=c.state.value,
+            offered_current_a=c.offered_current_a,
+            duty_percent=c.duty_percent,
+            relay_commanded_closed=c.relay_commanded_closed,
+            relay_feedback_closed=c.relay_feedback_closed,
+            energy_holds=self.energy_holds,
+            has_lock=has_lock,
+            locked=self.lock.locked if self.lock is not None else None,
+            lock_held_for=self.lock_held_for,
+            reservation=self.reservation,
+            used_reservation=self.used_reservation,
+            display_extra=self.display_extra,
+            max_current_a=self.config.max_current_a,
+            phases=self.config.phases,
+            fixed_cable=self.config.fixed_cable,
+            settings=self.settings,
+        )
 
     def snapshot(self) -> dict[str, object]:
         c = self.controller

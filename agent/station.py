@@ -7,8 +7,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping
 
 from agent import db
 from agent.authorize import AllowList, AuthDecision, Authorizer
@@ -25,15 +24,24 @@ from agent.events import (
     TokenPresented,
 )
 from agent.faults import FAULTS
-from agent.sessions import SessionStore
+from agent.sessions import Session, SessionStore
+from agent.station_api import (
+    ConnectorReservation,
+    ConnectorSettings,
+    ConnectorView,
+    EnergyHold,
+    NetworkDiagnostics,
+    SharedResources,
+    StationFacts,
+    StopReason,
+    TaskView,
+    TokenAuthority,
+)
 from agent.supervisor import Supervisor
 from hal import Device, DeviceFaultChanged, Role, TokenReader
 from hal.clock import Clock, SystemClock
 from hal.registry import load_driver
 from hal.types import Fault
-
-if TYPE_CHECKING:
-    from agent.diag import OcppDiagnostics
 
 log = logging.getLogger("cpagent.station")
 
@@ -48,6 +56,9 @@ def build_devices(config: AgentConfig) -> dict[str, Device]:
 
 
 class Station:
+    """The control side. It implements ``agent.station_api.StationPort`` (the methods under "the station
+    interface"), which is all the network side (OCPP, the diagnostic socket) may use."""
+
     def __init__(
         self,
         config: AgentConfig,
@@ -85,8 +96,102 @@ class Station:
         self._crashed_devices: set[str] = set()
         for name, device in self.devices.items():
             device.subscribe(lambda _event, name=name: self._device_spoke(name))  # type: ignore[misc]
-        self.ocpp_diagnostics: OcppDiagnostics | None = None  # set by the OCPP service when configured
+        self.ocpp_diagnostics: NetworkDiagnostics | None = None  # attached by the OCPP service when configured
         self.supervisor = Supervisor(on_crash=self._on_task_crash, on_give_up=self._on_task_give_up)
+        self._shared = SharedResources(self.db, self.sessions, self.eventlog, self.clock)
+
+    # ----------------------------------------------------------------- the station interface (StationPort)
+    @property
+    def shared(self) -> SharedResources:
+        return self._shared
+
+    def facts(self) -> StationFacts:
+        s = self.config.station
+        return StationFacts(
+            charge_point_id=s.charge_point_id,
+            vendor=s.vendor,
+            model=s.model,
+            serial_number=s.serial_number,
+            firmware_version=s.firmware_version,
+            connector_ids=tuple(self.connectors),
+            has_reader=self.reader is not None,
+            reader_faults=frozenset(self.reader_faults),
+            started_wall=self.started_wall,
+            tasks=tuple(TaskView(n, t.alive, t.gave_up, t.last_error) for n, t in self.supervisor.tasks.items()),
+        )
+
+    def connector_ids(self) -> tuple[int, ...]:
+        return tuple(self.connectors)
+
+    def connector_view(self, connector_id: int) -> ConnectorView:
+        return self.connectors[connector_id].view()
+
+    def connector_views(self) -> Mapping[int, ConnectorView]:
+        return {cid: c.view() for cid, c in self.connectors.items()}
+
+    def begin_authorized(self, connector_id: int, id_tag: str, parent_id_tag: str | None = None) -> bool:
+        return self.connectors[connector_id].begin_authorized(id_tag, parent_id_tag)
+
+    def stop_session(self, connector_id: int, reason: StopReason) -> Session | None:
+        return self.connectors[connector_id].stop_session(reason)
+
+    def set_current_limit(self, connector_id: int, amps: float | None) -> None:
+        self.connectors[connector_id].set_current_limit(amps)
+
+    def set_available(self, connector_id: int, available: bool) -> None:
+        self.connectors[connector_id].set_available(available)
+
+    def set_maintenance(self, connector_id: int, on: bool) -> None:
+        self.connectors[connector_id].set_maintenance(on)
+
+    def unlock(self, connector_id: int) -> bool:
+        return self.connectors[connector_id].unlock()
+
+    def hold_energy(self, connector_id: int, reason: EnergyHold) -> None:
+        self.connectors[connector_id].hold_energy(reason)
+
+    def release_energy(self, connector_id: int, reason: EnergyHold) -> None:
+        self.connectors[connector_id].release_energy(reason)
+
+    def set_reservation(self, connector_id: int, reservation: ConnectorReservation | None) -> None:
+        self.connectors[connector_id].set_reservation(reservation)
+
+    def set_display_extra(self, connector_id: int, extra: tuple[tuple[str, str], ...]) -> None:
+        self.connectors[connector_id].set_display_extra(extra)
+
+    def configure_connector(self, connector_id: int, settings: ConnectorSettings) -> None:
+        self.connectors[connector_id].configure(settings)
+
+    def register_authority(self, authority: TokenAuthority) -> None:
+        self.authorizer = authority
+        for connector in self.connectors.values():
+            connector.stop_check = authority.may_stop
+
+    def signed_reading_pending(self, connector_id: int, session_ref: str, which: str) -> bool:
+        connector = self.connectors.get(connector_id)
+        return connector is not None and connector.signed_reading(session_ref, which) is not None
+
+    async def signed_reading(self, connector_id: int, session_ref: str, which: str) -> str | None:
+        connector = self.connectors.get(connector_id)
+        task = connector.signed_reading(session_ref, which) if connector is not None else None
+        if task is None:
+            return None
+        return await asyncio.shield(task)
+
+    def manual_relay(self, connector_id: int, closed: bool) -> None:
+        self.connectors[connector_id].manual_relay(closed)
+
+    def manual_pwm(self, connector_id: int, duty_percent: float) -> None:
+        self.connectors[connector_id].manual_pwm(duty_percent)
+
+    def clear_faults(self, connector_id: int) -> bool:
+        return self.connectors[connector_id].controller.clear_faults()
+
+    def attach_network_diagnostics(self, provider: NetworkDiagnostics) -> None:
+        self.ocpp_diagnostics = provider
+
+    def network_diagnostics(self) -> NetworkDiagnostics | None:
+        return self.ocpp_diagnostics
 
     # ----------------------------------------------------------------- events
     def subscribe(self, listener: EventListener) -> None:
