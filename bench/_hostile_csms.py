@@ -358,9 +358,9 @@ class HostileCsms:
             "diagnostics_requested": c["diagnostics_requested"],
             "diagnostics_uploaded": c["diagnostics_Uploaded"],
             "diagnostics_failed": c["diagnostics_UploadFailed"],
-            "uploads_received_http": self.http_uploads,
-            "uploads_received_ftp": ftp_files,
-            "sessions_started": c["in_StartTransaction"],
+            "upload_files_on_servers": self.http_uploads + ftp_files,  # distinct names: a second's uploads share one
+            "start_transactions_received": c["in_StartTransaction"],
+            "stop_transactions_received": c["in_StopTransaction"],
             "calls_lost": sum(v for k, v in c.items() if k.startswith("calls_lost_")),
             "calls_timed_out": sum(v for k, v in c.items() if k.startswith("calls_timed_out_")),
         }

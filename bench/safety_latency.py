@@ -54,7 +54,7 @@ EVENTS = int(os.environ.get("LATENCY_EVENTS", "1000"))
 CONNECTORS = int(os.environ.get("LATENCY_CONNECTORS", "6"))
 KINDS = ("C->B", "->A", "E", "F", "RCD")
 TAG = "BENCH00001"
-HOSTILE_DEADLINE_S = 300.0
+HOSTILE_DEADLINE_S = 340.0
 
 
 class BoardPlayer:
