@@ -117,15 +117,15 @@ def filter_json_lines(lines: Iterable[str], start: float | None, stop: float | N
 
 
 def collect(service: OcppService, start_wall: float | None, stop_wall: float | None) -> Snapshot:
-    station = service.station
+    shared = service.station.shared
     events = [
         mask_id_tags(e.as_dict())
-        for e in station.eventlog.query(since_wall=start_wall, limit=MAX_EVENTS)
+        for e in shared.eventlog.query(since_wall=start_wall, limit=MAX_EVENTS)
         if in_window(e.wall, start_wall, stop_wall)
     ]
     sessions = [
         mask_id_tags(asdict(s))
-        for s in station.sessions.recent(MAX_SESSIONS)
+        for s in shared.sessions.recent(MAX_SESSIONS)
         if (stop_wall is None or s.start_wall <= stop_wall)
         and (start_wall is None or (s.stop_wall if s.stop_wall is not None else s.last_wall) >= start_wall)
     ]

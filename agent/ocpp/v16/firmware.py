@@ -30,7 +30,7 @@ from hal.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from agent.ocpp.v16.service import OcppService
-    from agent.station import Station
+    from agent.station_api import StationPort
 
 log = logging.getLogger("cpagent.ocpp.v16.firmware")
 
@@ -111,10 +111,10 @@ async def wait_until_wall(service: OcppService, wall: float | None) -> None:
         await asyncio.sleep(max(0.0, wall - service.wall()))
 
 
-async def wait_until_no_transaction(station: Station) -> None:
+async def wait_until_no_transaction(station: StationPort) -> None:
     """Installing restarts the agent: let running sessions finish first (they keep charging)."""
     logged = False
-    while any(c.session is not None for c in station.connectors.values()):
+    while any(c.session is not None for c in station.connector_views().values()):
         if not logged:
             log.info("firmware install waits for the running transaction(s) to end")
             logged = True
@@ -175,7 +175,7 @@ async def install_and_restart(
         await status("InstallVerificationFailed")
         return False
     await status("Installing")
-    pending = PendingInstall(service.station.db)
+    pending = PendingInstall(service.station.shared.db)
     pending.set(kind, "InstallationFailed", request_id, "interrupted during installation")
     ok, why = await run_installer(service.config.firmware.installer, file)
     if not ok:
@@ -254,7 +254,7 @@ class FirmwareManagement:
 
     def __init__(self, service: OcppService) -> None:
         self._svc = service
-        self.pending = PendingInstall(service.station.db)
+        self.pending = PendingInstall(service.station.shared.db)
         self.firmware_status = "Idle"  # what a triggered FirmwareStatusNotification reports
         self.diagnostics_status = "Idle"
         self._tasks: set[asyncio.Task[None]] = set()

@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any
 
 from ocpp.exceptions import PropertyConstraintViolationError
 
-from agent.connector import Connector
 from agent.events import ConnectorStatus, StopReason
 from agent.ocpp.v16.configuration import TooManyKeys
+from agent.station_api import ConnectorView, StationPort
 
 if TYPE_CHECKING:
     from agent.ocpp.v16.service import OcppService
@@ -35,8 +35,14 @@ class CoreHandlers:
         self.change_guards: list[Callable[[str, str], str | None]] = []
 
     @property
-    def _connectors(self) -> dict[int, Connector]:
-        return self._svc.station.connectors
+    def _station(self) -> StationPort:
+        return self._svc.station
+
+    def _view(self, connector_id: int) -> ConnectorView | None:
+        try:
+            return self._station.connector_view(connector_id)
+        except KeyError:
+            return None
 
     # -- configuration ------------------------------------------------------------------------------
 
@@ -77,15 +83,15 @@ class CoreHandlers:
 
     # -- remote start / stop ------------------------------------------------------------------------
 
-    def _can_start(self, connector: Connector) -> bool:
+    def _can_start(self, connector: ConnectorView) -> bool:
         return (
             connector.available
             and connector.session is None
             and connector.pending_id_tag is None
-            and connector.status() is not ConnectorStatus.FAULTED
+            and connector.status is not ConnectorStatus.FAULTED
         )
 
-    def _may_admit(self, connector: Connector, id_tag: str) -> bool:
+    def _may_admit(self, connector: ConnectorView, id_tag: str) -> bool:
         """The connector admits the idTag, or may: it is reserved with a parentIdTag and the idTag's parent
         is unknown here, so after_remote_start_transaction asks the CSMS (1.6 section 5.13)."""
         authorizer = self._svc.authorizer
@@ -94,15 +100,16 @@ class CoreHandlers:
         hold = connector.reservation
         return hold is not None and hold.parent_id_tag is not None and not authorizer.parent_known(id_tag)
 
-    def _pick(self, connector_id: int | None, id_tag: str) -> Connector | None:
+    def _pick(self, connector_id: int | None, id_tag: str) -> ConnectorView | None:
         parent = self._svc.authorizer.parent_of(id_tag)
         if connector_id is not None:
-            connector = self._connectors.get(connector_id)
+            connector = self._view(connector_id)
             ok = connector is not None and self._can_start(connector) and self._may_admit(connector, id_tag)
             return connector if ok else None
-        free = [c for c in self._connectors.values() if self._can_start(c) and self._may_admit(c, id_tag)]
+        views = self._station.connector_views().values()
+        free = [c for c in views if self._can_start(c) and self._may_admit(c, id_tag)]
         free.sort(key=lambda c: not c.admits(id_tag, parent))  # surely admitting ones first
-        plugged = [c for c in free if c.controller.cp_state is not None and c.controller.cp_state.ev_connected]
+        plugged = [c for c in free if c.plugged_in]
         candidates = plugged or free
         return candidates[0] if candidates else None
 
@@ -123,7 +130,7 @@ class CoreHandlers:
 
     async def after_remote_start_transaction(self, id_tag: str, **_: Any) -> None:
         connector_id = self._remote_start.pop(id_tag.upper(), None)
-        connector = self._connectors.get(connector_id) if connector_id is not None else None
+        connector = self._view(connector_id) if connector_id is not None else None
         if connector is None:
             return
         if self._svc.store.get_bool("AuthorizeRemoteTxRequests"):
@@ -131,16 +138,17 @@ class CoreHandlers:
             if not answer.accepted:
                 log.info("remote start for connector %d refused: idTag %s", connector.id, answer.status)
                 return
+        connector = self._station.connector_view(connector.id)  # the authorization may have taken a while
         if self._can_start(connector):
             parent = self._svc.authorizer.parent_of(id_tag)
             hold = connector.reservation
             if hold is not None and hold.parent_id_tag is not None and not connector.admits(id_tag, parent):
                 parent = await self._svc.authorizer.learn_parent(id_tag)  # Authorize.req if unknown here
-            if self._can_start(connector):
-                connector.begin_authorized(id_tag, parent)
+            if self._can_start(self._station.connector_view(connector.id)):
+                self._station.begin_authorized(connector.id, id_tag, parent)
 
-    def _by_transaction(self, transaction_id: int) -> Connector | None:
-        for connector in self._connectors.values():
+    def _by_transaction(self, transaction_id: int) -> ConnectorView | None:
+        for connector in self._station.connector_views().values():
             session = connector.session
             if session is not None and self._svc.outbox.transaction_id(session.ref) == transaction_id:
                 return connector
@@ -154,7 +162,7 @@ class CoreHandlers:
     async def after_remote_stop_transaction(self, transaction_id: int, **_: Any) -> None:
         connector = self._by_transaction(transaction_id)
         if connector is not None:
-            connector.stop_session(StopReason.REMOTE)
+            self._station.stop_session(connector.id, StopReason.REMOTE)
 
     # -- reset --------------------------------------------------------------------------------------
 
@@ -164,8 +172,8 @@ class CoreHandlers:
     async def after_reset(self, type: str, **_: Any) -> None:
         reason = StopReason.HARD_RESET if type == "Hard" else StopReason.SOFT_RESET
         refs = []
-        for connector in self._connectors.values():
-            stopped = connector.stop_session(reason)
+        for cid in self._station.connector_ids():
+            stopped = self._station.stop_session(cid, reason)
             if stopped is not None:
                 refs.append(stopped.ref)
         # Give the StopTransactions a chance to leave before we go (they are durable anyway).
@@ -175,30 +183,28 @@ class CoreHandlers:
     # -- unlock / availability ----------------------------------------------------------------------
 
     async def on_unlock_connector(self, connector_id: int, **_: Any) -> dict[str, Any]:
-        connector = self._connectors.get(connector_id)
-        if connector is None or connector.lock is None or connector.config.fixed_cable:
+        connector = self._view(connector_id)
+        if connector is None or not connector.has_lock:
             return {"status": "NotSupported"}
         if connector.session is not None:
-            connector.stop_session(StopReason.UNLOCK_COMMAND)
-        connector.lock_held_for = None
-        try:
-            connector.lock.unlock()
-        except Exception:
-            log.exception("connector %d: unlock failed", connector_id)
+            self._station.stop_session(connector_id, StopReason.UNLOCK_COMMAND)
+        if not self._station.unlock(connector_id):
             return {"status": "UnlockFailed"}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + UNLOCK_WAIT_S
         # The lock reports its position through the board's periodic status: poll it, bounded.
-        while connector.lock.locked is not False and loop.time() < deadline:  # noqa: ASYNC110
+        while self._station.connector_view(connector_id).locked is not False and loop.time() < deadline:  # noqa: ASYNC110
             await asyncio.sleep(0.05)
-        return {"status": "Unlocked" if connector.lock.locked is False else "UnlockFailed"}
+        return {"status": "Unlocked" if self._station.connector_view(connector_id).locked is False else "UnlockFailed"}
 
     async def on_change_availability(self, connector_id: int, type: str, **_: Any) -> dict[str, Any]:
-        if connector_id != 0 and connector_id not in self._connectors:
+        ids = self._station.connector_ids()
+        if connector_id != 0 and connector_id not in ids:
             return {"status": "Rejected"}
         operative = type == "Operative"
-        targets = list(self._connectors.values()) if connector_id == 0 else [self._connectors[connector_id]]
-        for target in ([0, *self._connectors] if connector_id == 0 else [connector_id]):
+        views = self._station.connector_views()
+        targets = list(views.values()) if connector_id == 0 else [views[connector_id]]
+        for target in ([0, *ids] if connector_id == 0 else [connector_id]):
             self._svc.availability.set(target, operative)
         if not operative and any(c.session is not None for c in targets):
             return {"status": "Scheduled"}

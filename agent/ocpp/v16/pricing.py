@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from ocpp.v16 import call
 
 from agent.authcache import IdTagInfo
-from agent.connector import Connector
 from agent.events import MeterUpdate, SessionStarted, StationEvent, StatusChanged, TokenPresented
 from agent.ocpp.v16 import meter_values as mv
 from agent.ocpp.v16.rpc import CallErrorReceived, CallTimeout, ConnectionLost, InvalidPayload
@@ -32,6 +31,7 @@ from hal.clock import TimerHandle
 
 if TYPE_CHECKING:
     from agent.ocpp.v16.service import OcppService
+    from agent.station_api import ConnectorView, StationPort
 
 log = logging.getLogger("cpagent.ocpp.v16.pricing")
 
@@ -140,14 +140,20 @@ class CaliforniaPricing:
     def __init__(self, service: OcppService) -> None:
         self._svc = service
         self._store = service.store
-        self._connectors: dict[int, Connector] = service.station.connectors
+        self._station: StationPort = service.station
         self._user_price: dict[str, str] = {}  # idTag (upper) -> priceText
-        self._shown: dict[int, _Shown] = {cid: _Shown() for cid in self._connectors}
+        self._shown: dict[int, _Shown] = {cid: _Shown() for cid in self._station.connector_ids()}
         self._triggers: dict[int, Triggers] = {}
         self._clear_timers: dict[int, TimerHandle] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         service.handlers.data_transfer[VENDOR_ID] = self.handle_data_transfer
         service.station.subscribe(self._on_event)
+
+    def _view(self, connector_id: int) -> ConnectorView | None:
+        try:
+            return self._station.connector_view(connector_id)
+        except KeyError:
+            return None
 
     @property
     def decimals(self) -> int:
@@ -173,10 +179,10 @@ class CaliforniaPricing:
         id_tag = _text(msg["idToken"])
         text = _text(msg["priceText"])
         self._user_price[id_tag.upper()] = text
-        for connector in self._connectors.values():
+        for connector in self._station.connector_views().values():
             tags = {connector.pending_id_tag, connector.session.id_tag if connector.session else None}
             if id_tag.upper() in {t.upper() for t in tags if t}:
-                self._show(connector, price=text)
+                self._show(connector.id, price=text)
 
     def _running_cost(self, msg: dict[str, Any]) -> None:
         connector = self._by_transaction(_transaction_id(msg["transactionId"]))
@@ -187,10 +193,10 @@ class CaliforniaPricing:
         price = _text(msg["priceText"]) if "priceText" in msg else None
         if price is None and isinstance(msg.get("chargingPrice"), dict):
             price = price_text(msg["chargingPrice"], d) or None
-        self._show(connector, cost=cost, **({"price": price} if price else {}))
+        self._show(connector.id, cost=cost, **({"price": price} if price else {}))
         trigger = msg.get("triggerMeterValue")
         if isinstance(trigger, dict):
-            self._set_triggers(connector, trigger)
+            self._set_triggers(connector.id, trigger)
 
     def _final_cost(self, msg: dict[str, Any]) -> None:
         transaction_id = _transaction_id(msg["transactionId"])
@@ -206,35 +212,36 @@ class CaliforniaPricing:
             extra.append(("qr", _text(msg["qrCodeText"])))
         self._shown[connector.id] = _Shown(dict(extra).get("price"), cost)
         self._drop_triggers(connector.id)
-        connector.set_display_extra(tuple(extra))
+        self._station.set_display_extra(connector.id, tuple(extra))
         if connector.session is None:
-            self._clear_later(connector)
+            self._clear_later(connector.id)
 
     # -- display -------------------------------------------------------------------------------------
 
-    def _show(self, connector: Connector, *, price: str | None = None, cost: str | None = None) -> None:
-        shown = self._shown.setdefault(connector.id, _Shown())
+    def _show(self, connector_id: int, *, price: str | None = None, cost: str | None = None) -> None:
+        shown = self._shown.setdefault(connector_id, _Shown())
         if price is not None:
             shown.price = price
         if cost is not None:
             shown.cost = cost
         extra = tuple((k, v) for k, v in (("price", shown.price), ("cost", shown.cost)) if v is not None)
-        timer = self._clear_timers.pop(connector.id, None)
+        timer = self._clear_timers.pop(connector_id, None)
         if timer is not None:
             timer.cancel()
-        connector.set_display_extra(extra)
+        self._station.set_display_extra(connector_id, extra)
 
-    def _clear_later(self, connector: Connector) -> None:
+    def _clear_later(self, connector_id: int) -> None:
         def clear() -> None:
-            self._clear_timers.pop(connector.id, None)
-            if connector.session is None:
-                self._shown[connector.id] = _Shown()
-                connector.set_display_extra(())
+            self._clear_timers.pop(connector_id, None)
+            view = self._view(connector_id)
+            if view is not None and view.session is None:
+                self._shown[connector_id] = _Shown()
+                self._station.set_display_extra(connector_id, ())
 
-        old = self._clear_timers.pop(connector.id, None)
+        old = self._clear_timers.pop(connector_id, None)
         if old is not None:
             old.cancel()
-        self._clear_timers[connector.id] = self._svc.clock.call_later(FINAL_COST_SHOWN_S, clear)
+        self._clear_timers[connector_id] = self._svc.clock.call_later(FINAL_COST_SHOWN_S, clear)
 
     def default_price(self) -> str | None:
         """DefaultPrice (JSON: priceText / priceTextOffline / chargingPrice) or DefaultPriceText."""
@@ -258,17 +265,17 @@ class CaliforniaPricing:
     def _on_event(self, event: StationEvent) -> None:
         try:
             if isinstance(event, TokenPresented) and event.accepted and event.connector_id is not None:
-                connector = self._connectors.get(event.connector_id)
+                connector = self._view(event.connector_id)
                 price = self._user_price.get(event.id_tag.upper()) or self.default_price()
                 if connector is not None and price and connector.session is None:
                     self._shown[connector.id] = _Shown(price=price)
-                    self._show(connector)
+                    self._show(connector.id)
             elif isinstance(event, SessionStarted):
-                connector = self._connectors.get(event.connector_id)
-                if connector is not None:
+                cid = event.connector_id
+                if cid in self._station.connector_ids():
                     price = self._user_price.get(event.session.id_tag.upper())
-                    self._shown[connector.id] = _Shown(price=price or self._shown_price(connector))
-                    self._show(connector)
+                    self._shown[cid] = _Shown(price=price or self._shown_price(cid))
+                    self._show(cid)
             elif isinstance(event, MeterUpdate):
                 self._check_meter(event)
             elif isinstance(event, StatusChanged):
@@ -276,20 +283,21 @@ class CaliforniaPricing:
         except Exception:  # pricing is display only: it must never disturb the station
             log.exception("pricing: handling %s failed", type(event).__name__)
 
-    def _shown_price(self, connector: Connector) -> str | None:
-        shown = self._shown.get(connector.id)
+    def _shown_price(self, connector_id: int) -> str | None:
+        shown = self._shown.get(connector_id)
         return shown.price if shown else None
 
     # -- triggerMeterValue ---------------------------------------------------------------------------
 
-    def _set_triggers(self, connector: Connector, trigger: dict[str, Any]) -> None:
-        self._drop_triggers(connector.id)
+    def _set_triggers(self, connector_id: int, trigger: dict[str, Any]) -> None:
+        self._drop_triggers(connector_id)
+        connector = self._view(connector_id)
         t = Triggers()
         if "atEnergykWh" in trigger:
             t.at_energy_wh = to_minor_units(trigger["atEnergykWh"], 3)  # kWh -> Wh
         if "atPowerkW" in trigger:
             t.at_power_w = to_minor_units(trigger["atPowerkW"], 3)
-            sample = connector.last_sample
+            sample = connector.last_sample if connector is not None else None
             t.power_above = sample.power_w >= t.at_power_w if sample else None
         if "atCPStatus" in trigger:
             statuses = trigger["atCPStatus"]
@@ -298,8 +306,8 @@ class CaliforniaPricing:
             at = IdTagInfo.from_ocpp({"status": "Accepted", "expiryDate": trigger["atTime"]}).expiry_wall
             assert at is not None
             delay = max(0.0, at - self._svc.wall())
-            t.timer = self._svc.clock.call_later(delay, lambda: self._fire(connector, "atTime"))
-        self._triggers[connector.id] = t
+            t.timer = self._svc.clock.call_later(delay, lambda: self._fire(connector_id, "atTime"))
+        self._triggers[connector_id] = t
 
     def _drop_triggers(self, connector_id: int) -> None:
         old = self._triggers.pop(connector_id, None)
@@ -308,33 +316,34 @@ class CaliforniaPricing:
 
     def _check_meter(self, event: MeterUpdate) -> None:
         t = self._triggers.get(event.connector_id)
-        connector = self._connectors.get(event.connector_id)
-        if t is None or connector is None:
+        if t is None:
             return
         if t.at_energy_wh is not None and event.sample.energy_import_wh >= t.at_energy_wh:
             t.at_energy_wh = None
-            self._fire(connector, "atEnergykWh")
+            self._fire(event.connector_id, "atEnergykWh")
         if t.at_power_w is not None:
             above = event.sample.power_w >= t.at_power_w
             if t.power_above is not None and above != t.power_above:
                 t.at_power_w = None
-                self._fire(connector, "atPowerkW")
+                self._fire(event.connector_id, "atPowerkW")
             t.power_above = above
 
     def _check_status(self, event: StatusChanged) -> None:
         t = self._triggers.get(event.connector_id)
-        connector = self._connectors.get(event.connector_id)
-        if t is not None and connector is not None and event.status.value in t.at_status:
+        if t is not None and event.status.value in t.at_status:
             t.at_status = frozenset()
-            self._fire(connector, "atCPStatus")
+            self._fire(event.connector_id, "atCPStatus")
 
-    def _fire(self, connector: Connector, why: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._send_meter_values(connector, why))
+    def _fire(self, connector_id: int, why: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._send_meter_values(connector_id, why))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send_meter_values(self, connector: Connector, why: str) -> None:
+    async def _send_meter_values(self, connector_id: int, why: str) -> None:
         """One MeterValues (context Trigger) as the CSMS asked; a triggered one is not queued offline."""
+        connector = self._view(connector_id)
+        if connector is None:
+            return
         sample = connector.last_sample
         session = connector.session
         if sample is None:
@@ -353,13 +362,13 @@ class CaliforniaPricing:
 
     # -- lookups -------------------------------------------------------------------------------------
 
-    def _by_transaction(self, transaction_id: int, *, finished_too: bool = False) -> Connector | None:
-        for connector in self._connectors.values():
+    def _by_transaction(self, transaction_id: int, *, finished_too: bool = False) -> ConnectorView | None:
+        for connector in self._station.connector_views().values():
             session = connector.session
             if session is not None and self._svc.outbox.transaction_id(session.ref) == transaction_id:
                 return connector
         if finished_too:
-            for session in self._svc.station.sessions.recent(20):
+            for session in self._station.shared.sessions.recent(20):
                 if session.transaction_id == transaction_id:
-                    return self._connectors.get(session.connector_id)
+                    return self._view(session.connector_id)
         return None

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent.authcache import IdTagInfo
-from agent.connector import Connector, ConnectorReservation
 from agent.db import Migration, StorageError, migrate
 from agent.events import ConnectorStatus, SessionStarted, SessionStopped, StationEvent, StatusChanged
 from agent.sessions import Session
+from agent.station_api import ConnectorReservation, ConnectorView, StationPort
 from hal.clock import TimerHandle
 
 if TYPE_CHECKING:
@@ -64,8 +64,8 @@ class Reservation:
 
     def __init__(self, service: OcppService) -> None:
         self._svc = service
-        self._conn: sqlite3.Connection = service.station.db
-        self._connectors: dict[int, Connector] = service.station.connectors
+        self._conn: sqlite3.Connection = service.station.shared.db
+        self._station: StationPort = service.station
         migrate(self._conn, COMPONENT, MIGRATIONS)
         self._active: dict[int, Held] = {}
         self._timers: dict[int, TimerHandle] = {}
@@ -98,7 +98,7 @@ class Reservation:
         if connector_id == 0:
             if not self._svc.store.get_bool("ReserveConnectorZeroSupported"):
                 return {"status": "Rejected"}
-        elif connector_id not in self._connectors:
+        elif connector_id not in self._station.connector_ids():
             return {"status": "Rejected"}
         try:
             expiry = parse_expiry(expiry_date)
@@ -137,8 +137,8 @@ class Reservation:
     def _availability(self, connector_id: int, *, replacing: Held | None) -> str:
         """Accepted, or why not: Faulted / Unavailable / Occupied (section 5.13)."""
         if connector_id != 0:
-            c = self._connectors[connector_id]
-            status = c.status()
+            c = self._station.connector_view(connector_id)
+            status = c.status
             if status is ConnectorStatus.FAULTED:
                 return "Faulted"
             if status is ConnectorStatus.UNAVAILABLE:
@@ -150,8 +150,9 @@ class Reservation:
             if status is not ConnectorStatus.AVAILABLE or self._specific(connector_id, replacing) is not None:
                 return "Occupied"
             return "Accepted"
-        statuses = [c.status() for c in self._connectors.values()]
-        free = sum(1 for c in self._connectors.values() if self._idle(c) and self._specific(c.id, replacing) is None)
+        views = self._station.connector_views().values()
+        statuses = [c.status for c in views]
+        free = sum(1 for c in views if self._idle(c) and self._specific(c.id, replacing) is None)
         zero = sum(1 for h in self._active.values() if h.connector_id == 0 and h != replacing)
         if free > zero:
             return "Accepted"
@@ -168,11 +169,11 @@ class Reservation:
         return None
 
     @staticmethod
-    def _idle(c: Connector) -> bool:
+    def _idle(c: ConnectorView) -> bool:
         return (
             c.session is None
             and c.pending_id_tag is None
-            and c.status() in (ConnectorStatus.AVAILABLE, ConnectorStatus.RESERVED)
+            and c.status in (ConnectorStatus.AVAILABLE, ConnectorStatus.RESERVED)
         )
 
     def _apply(self) -> None:
@@ -181,19 +182,19 @@ class Reservation:
             return
         self._applying = True
         try:
-            want: dict[int, ConnectorReservation | None] = {cid: None for cid in self._connectors}
+            views = self._station.connector_views()
+            want: dict[int, ConnectorReservation | None] = {cid: None for cid in views}
             for held in self._active.values():
                 if held.connector_id in want:
                     want[held.connector_id] = held.hold
             zero = sorted((h for h in self._active.values() if h.connector_id == 0), key=lambda h: h.reservation_id)
-            idle = [c for c in self._connectors.values() if want[c.id] is None and self._idle(c)]
+            idle = [c for c in views.values() if want[c.id] is None and self._idle(c)]
             if zero and len(idle) <= len(zero):
                 for c, held in zip(idle, zero, strict=False):
                     want[c.id] = held.hold
             for cid, hold in want.items():
-                connector = self._connectors[cid]
-                if connector.reservation != hold:
-                    connector.set_reservation(hold)
+                if self._station.connector_view(cid).reservation != hold:
+                    self._station.set_reservation(cid, hold)
         finally:
             self._applying = False
 
@@ -240,8 +241,10 @@ class Reservation:
     # -- station side --------------------------------------------------------------------------------
 
     def _used_by(self, session: Session) -> int | None:
-        connector = self._connectors.get(session.connector_id)
-        used = connector.used_reservation if connector is not None else None
+        try:
+            used = self._station.connector_view(session.connector_id).used_reservation
+        except KeyError:
+            used = None
         return used[1].ref if used is not None and used[0] == session.ref else None
 
     def _start_fields(self, session: Session) -> dict[str, Any]:

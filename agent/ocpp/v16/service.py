@@ -25,7 +25,6 @@ from typing import Any
 from ocpp.v16 import call
 
 from agent.authcache import AuthorizationCache, LocalAuthList
-from agent.charge_control import NON_BLOCKING
 from agent.config import AgentConfig
 from agent.db import StorageError
 from agent.events import (
@@ -57,7 +56,7 @@ from agent.ocpp.v16.rpc import (
 from agent.ocpp.v16.transactions import TransactionMessages
 from agent.outbox import Outbox
 from agent.sdnotify import EXIT_RESTART_REQUESTED
-from agent.station import Station
+from agent.station_api import NON_BLOCKING_FAULTS, ConnectorSettings, StationPort
 from hal.clock import Clock
 from hal.tasks import cancel_and_wait
 from hal.types import Fault
@@ -97,7 +96,7 @@ def parse_time(text: str) -> float:
 class OcppService:
     def __init__(
         self,
-        station: Station,
+        station: StationPort,
         config: AgentConfig,
         clock: Clock | None = None,
         *,
@@ -108,14 +107,14 @@ class OcppService:
             raise ValueError("OcppService needs ocpp.endpoint in the configuration")
         self.station = station
         self.config = config
-        self.clock: Clock = clock or station.clock
+        self.clock: Clock = clock or station.shared.clock
         self.boot_retry_s = boot_retry_s
-        db = station.db
+        db = station.shared.db
         feature_classes = load_feature_classes()
         self.store = ConfigurationStore(
             db,
             config.ocpp.keys,
-            number_of_connectors=len(station.connectors),
+            number_of_connectors=len(station.connector_ids()),
             enabled_profiles=(CORE, SECURITY, *(cls.profile for cls in feature_classes)),
             clock=self.clock,
             supported_measurands=SUPPORTED_MEASURANDS,
@@ -146,8 +145,8 @@ class OcppService:
         self.tx = TransactionMessages(
             self.outbox,
             self.store,
-            station.sessions,
-            station.connectors,
+            station.shared.sessions,
+            station,
             self.clock,
             wall=self.wall,
             wake=self._wake,
@@ -164,7 +163,7 @@ class OcppService:
         self._link_handlers: dict[str, Handler] = {}
         self._link_after: dict[str, Handler] = {}
         self.features: dict[str, Any] = {cls.__name__: cls(self) for cls in feature_classes}
-        station.ocpp_diagnostics = OcppDiagnosticsAdapter(self)
+        station.attach_network_diagnostics(OcppDiagnosticsAdapter(self))
         on, after = handlers_from_object(self.handlers)
         for feature in self.features.values():
             more_on, more_after = handlers_from_object(feature)
@@ -177,9 +176,7 @@ class OcppService:
         self._link_handlers = {action: self._gated(h) for action, h in on.items()}
         self._link_after = after
         self.link = self._make_link()
-        station.authorizer = self.authorizer
-        for connector in station.connectors.values():
-            connector.stop_check = self.authorizer.may_stop
+        station.register_authority(self.authorizer)
         self._apply_connector_keys()
         self.store.subscribe(self._on_config_change)
         station.subscribe(self._on_event)
@@ -250,8 +247,8 @@ class OcppService:
             asyncio.create_task(self._run_link(), name="ocpp-link"),
             asyncio.create_task(self.tx.aligned_sampler(), name="ocpp-aligned"),
             *(
-                asyncio.create_task(self.tx.periodic_sampler(c), name=f"ocpp-sampler-{c.id}")
-                for c in self.station.connectors.values()
+                asyncio.create_task(self.tx.periodic_sampler(cid), name=f"ocpp-sampler-{cid}")
+                for cid in self.station.connector_ids()
             ),
             *(
                 asyncio.create_task(feature.run(), name=f"ocpp-{name}")
@@ -282,10 +279,10 @@ class OcppService:
 
     def apply_availability(self) -> None:
         """Bring each connector to its persisted operative state; Inoperative waits for a running session."""
-        for cid, connector in self.station.connectors.items():
+        for cid, connector in self.station.connector_views().items():
             want = self.availability.operative(cid)
             if connector.available != want and (want or connector.session is None):
-                connector.set_available(want)
+                self.station.set_available(cid, want)
         self._queue_status(0)
 
     # -- events ------------------------------------------------------------------------------------
@@ -304,10 +301,13 @@ class OcppService:
 
     def _apply_connector_keys(self) -> None:
         """Hand the keys every connector follows from the store to the connectors (start and on change)."""
-        for connector in self.station.connectors.values():
-            connector.connection_timeout_s = float(self.store.get_int("ConnectionTimeOut"))
-            connector.stop_on_ev_disconnect = self.store.get_bool("StopTransactionOnEVSideDisconnect")
-            connector.unlock_on_ev_disconnect = self.store.get_bool("UnlockConnectorOnEVSideDisconnect")
+        settings = ConnectorSettings(
+            connection_timeout_s=float(self.store.get_int("ConnectionTimeOut")),
+            stop_on_ev_disconnect=self.store.get_bool("StopTransactionOnEVSideDisconnect"),
+            unlock_on_ev_disconnect=self.store.get_bool("UnlockConnectorOnEVSideDisconnect"),
+        )
+        for cid in self.station.connector_ids():
+            self.station.configure_connector(cid, settings)
 
     def _on_config_change(self, key: str, value: str) -> None:
         if key in CONNECTOR_KEYS:
@@ -337,10 +337,10 @@ class OcppService:
     ) -> dict[str, Any]:
         if cid == 0:
             status = ConnectorStatus.AVAILABLE if self.availability.operative(0) else ConnectorStatus.UNAVAILABLE
-            faults = frozenset(self.station.reader_faults)  # the reader serves the whole charge point
-        else:
-            connector = self.station.connectors[cid]
-            status = connector.status() if status is None else status
+            faults = self.station.facts().reader_faults  # the reader serves the whole charge point
+        elif status is None or faults is None:
+            connector = self.station.connector_view(cid)
+            status = connector.status if status is None else status
             faults = connector.faults if faults is None else faults
         payload: dict[str, Any] = {
             "connectorId": cid,
@@ -351,7 +351,7 @@ class OcppService:
         # A fault that does not stop charging (silent meter or reader) is still reported, with the status.
         if status is ConnectorStatus.FAULTED or faults:
             # The fault that stops charging names the error, not a silent meter that happens to sort first.
-            fi = fault_info(min(faults, key=lambda f: (f in NON_BLOCKING, f)) if faults else Fault.INTERNAL)
+            fi = fault_info(min(faults, key=lambda f: (f in NON_BLOCKING_FAULTS, f)) if faults else Fault.INTERNAL)
             payload.update(errorCode=fi.ocpp_error_code, vendorErrorCode=fi.vendor_error_code[:50],
                            info=fi.explanation[:50])
         return payload
@@ -389,7 +389,7 @@ class OcppService:
             self._reported.clear()
         self._status_queue.clear()
         now = self.clock.monotonic()
-        for cid in [0, *self.station.connectors]:
+        for cid in [0, *self.station.connector_ids()]:
             payload = self._status_payload(cid)
             if self._reported.get(cid) != (payload["status"], payload["errorCode"]):
                 self._status_queue.append((cid, payload, now, False))
@@ -562,7 +562,7 @@ class OcppService:
 
     def trigger_statuses(self, connector_id: int | None = None) -> str:
         """Queue the current StatusNotification of one connector (or all, connector 0 included)."""
-        for cid in [0, *self.station.connectors] if connector_id is None else [connector_id]:
+        for cid in [0, *self.station.connector_ids()] if connector_id is None else [connector_id]:
             self._reported.pop(cid, None)
             self._queue_status(cid)
         return "Accepted"
@@ -594,7 +594,7 @@ def _chain(first: Handler, second: Handler) -> Handler:
 
 
 async def run_until_stopped(
-    station: Station, config: AgentConfig, stop: asyncio.Event, service: OcppService | None = None
+    station: StationPort, config: AgentConfig, stop: asyncio.Event, service: OcppService | None = None
 ) -> int:
     """For ``cpagent run``: run the OCPP service (when ``ocpp.endpoint`` is set) until ``stop`` is set or
     the CSMS asks for a Reset. Returns the exit status: RESTART_EXIT_STATUS after a Reset, 1 when the OCPP

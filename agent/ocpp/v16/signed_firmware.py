@@ -146,7 +146,7 @@ class SignedFirmware:
 
     def __init__(self, service: OcppService) -> None:
         self._svc = service
-        self.pending = PendingInstall(service.station.db)
+        self.pending = PendingInstall(service.station.shared.db)
         self.firmware_status = "Idle"
         self.firmware_request_id: int | None = None
         self.log_status = "Idle"

@@ -23,8 +23,8 @@ from agent.events import SessionStarted, SessionStopped, StationEvent
 from agent.ocpp.v16.meter_values import ocpp_time
 
 if TYPE_CHECKING:
-    from agent.connector import Connector
     from agent.ocpp.v16.service import OcppService
+    from agent.station_api import ConnectorView
 
 log = logging.getLogger("cpagent.ocpp.v16.smart_charging")
 
@@ -111,7 +111,7 @@ class SmartCharging:
 
     def __init__(self, service: OcppService) -> None:
         self._svc = service
-        self._db = service.station.db
+        self._db = service.station.shared.db
         migrate(self._db, COMPONENT, MIGRATIONS)
         self.profiles: list[sc.Profile] = self._load()
         self.applied: dict[int, float | None] = {}  # connector -> limit last given to its controller
@@ -154,8 +154,8 @@ class SmartCharging:
     # -- station facts -----------------------------------------------------------------------------
 
     @property
-    def _connectors(self) -> dict[int, Connector]:
-        return self._svc.station.connectors
+    def _connectors(self) -> Mapping[int, ConnectorView]:
+        return self._svc.station.connector_views()
 
     def limits(self) -> sc.Limits:
         store = self._svc.store
@@ -167,25 +167,25 @@ class SmartCharging:
             max_installed=store.get_int("MaxChargingProfilesInstalled"),
         )
 
-    def _transaction_id(self, connector: Connector) -> int | None:
+    def _transaction_id(self, connector: ConnectorView) -> int | None:
         session = connector.session
         return self._svc.outbox.transaction_id(session.ref) if session is not None else None
 
     def situation(self, connector_id: int) -> sc.Situation:
         if connector_id == 0:
-            total = sum(c.config.max_current_a for c in self._connectors.values())
+            total = sum(c.max_current_a for c in self._connectors.values())
             return sc.Situation(0, sc.Electrical(total, 3, self._voltage(None)))
-        connector = self._connectors[connector_id]
+        connector = self._svc.station.connector_view(connector_id)
         session = connector.session
         return sc.Situation(
             connector_id,
-            sc.Electrical(connector.config.max_current_a, connector.config.phases, self._voltage(connector)),
+            sc.Electrical(connector.max_current_a, connector.phases, self._voltage(connector)),
             transaction_id=self._transaction_id(connector),
             tx_start=session.start_wall + self._svc.clock_offset_s if session is not None else None,
             cp_share=sum(1 for c in self._connectors.values() if c.session is not None),
         )
 
-    def _voltage(self, connector: Connector | None) -> float:
+    def _voltage(self, connector: ConnectorView | None) -> float:
         """Measured phase voltage (whole volts, so noise does not move the limit), else 230 V."""
         connectors = [connector] if connector is not None else list(self._connectors.values())
         volts = [
@@ -211,7 +211,7 @@ class SmartCharging:
         except (KeyError, TypeError, ValueError, ArithmeticError) as exc:  # OverflowError: 10^400 as a float
             log.warning("charging profile rejected: malformed (%.200s)", exc)
             return None
-        found = sc.problems(profile, limits, self._connectors)
+        found = sc.problems(profile, limits, self._svc.station.connector_ids())
         if found:
             log.warning("charging profile %d rejected: %s", profile.id, "; ".join(found))
             return None
@@ -224,7 +224,7 @@ class SmartCharging:
         if profile is None:
             return {"status": "Rejected"}
         if profile.purpose is sc.Purpose.TX:
-            connector = self._connectors[profile.connector_id]
+            connector = self._svc.station.connector_view(profile.connector_id)
             current = self._transaction_id(connector)
             if connector.session is None or (
                 profile.transaction_id is not None and profile.transaction_id != current
@@ -265,7 +265,7 @@ class SmartCharging:
         """1.6 section 5.7: the schedule from the moment the request is received (scheduleStart, with the
         milliseconds), whole-second startPeriods from there. Clipped to ChargingScheduleMaxPeriods periods
         and ``sc.MAX_COMPOSITE_S``: the reply's duration says how much it covers."""
-        if connector_id != 0 and connector_id not in self._connectors:
+        if connector_id != 0 and connector_id not in self._svc.station.connector_ids():
             return {"status": "Rejected"}
         units = {u.value: u for u in sc.RateUnit}
         unit = units.get(charging_rate_unit or "A")
@@ -339,11 +339,11 @@ class SmartCharging:
         for cid, connector in self._connectors.items():
             situation = self.situation(cid)
             amps = sc.limit_at(self.profiles, situation, now).amps
-            limit = None if amps >= connector.config.max_current_a else round(amps, 1)
+            limit = None if amps >= connector.max_current_a else round(amps, 1)
             if cid not in self.applied or self.applied[cid] != limit:
                 self.applied[cid] = limit
                 log.info("connector %d: charging limit %s", cid, "none" if limit is None else f"{limit} A")
-                connector.set_current_limit(limit)
+                self._svc.station.set_current_limit(cid, limit)
             upcoming = sc.next_change(self.profiles, situation, now)
             if upcoming is not None:
                 wait = min(wait, upcoming - now)

@@ -22,14 +22,13 @@ from ocpp.charge_point import camel_to_snake_case
 from ocpp.v16 import call
 
 from agent.authcache import IdTagInfo
-from agent.charge_control import EnergyHold
-from agent.connector import Connector
 from agent.events import MeterUpdate, SessionStarted, SessionStopped, StopReason
 from agent.ocpp.v16 import meter_values as mv
 from agent.ocpp.v16.configuration import ConfigurationStore
 from agent.ocpp.v16.rpc import CallErrorReceived, CallTimeout, ConnectionLost, InvalidPayload, OcppSession
 from agent.outbox import METER_VALUES, START, STOP, DuplicateStop, Outbox, OutboxEntry, UnboundTransaction
 from agent.sessions import Session, SessionStore
+from agent.station_api import ConnectorView, EnergyHold, StationPort
 from hal.clock import Clock
 
 log = logging.getLogger("cpagent.ocpp.v16.transactions")
@@ -70,7 +69,7 @@ class TransactionMessages:
         outbox: Outbox,
         store: ConfigurationStore,
         sessions: SessionStore,
-        connectors: dict[int, Connector],
+        station: StationPort,
         clock: Clock,
         *,
         wall: Callable[[], float],
@@ -80,7 +79,7 @@ class TransactionMessages:
         self.outbox = outbox
         self._store = store
         self._sessions = sessions
-        self._connectors = connectors
+        self._station = station
         self._clock = clock
         self._wall = wall  # the CSMS-corrected wall clock
         self._wake = wake
@@ -97,6 +96,12 @@ class TransactionMessages:
         store.subscribe(self._on_sampling_key)
 
     # -- events -> outbox -----------------------------------------------------------------------------
+
+    def _view(self, connector_id: int) -> ConnectorView | None:
+        try:
+            return self._station.connector_view(connector_id)
+        except KeyError:
+            return None
 
     def offset(self, wall: float) -> float:
         """A local wall time corrected by the CSMS clock offset."""
@@ -125,7 +130,7 @@ class TransactionMessages:
                 log.exception("a StartTransaction extension failed; sending the Start without it")
         self.outbox.append(START, payload, tx_ref=session.ref)
         if self._store.get_csl("StopTxnSampledData"):
-            connector = self._connectors.get(session.connector_id)
+            connector = self._view(session.connector_id)
             sample = connector.last_sample if connector else None
             begin = (
                 mv.meter_value(self._wall(), sample, self._store.get_csl("StopTxnSampledData"), mv.TX_BEGIN)
@@ -170,19 +175,18 @@ class TransactionMessages:
     def on_session_started(self, event: SessionStarted) -> None:
         self.queue_start(event.session)
         self._poke_samplers()  # sampled values count from this transaction's start
-        connector = self._connectors.get(event.session.connector_id)
-        signing = connector.signed_reading(event.session.ref, "start") if connector else None
-        if signing is not None:
-            ref = event.session.ref
+        ref, cid = event.session.ref, event.session.connector_id
+        if self._station.signed_reading_pending(cid, ref, "start"):
+            signing = asyncio.ensure_future(self._station.signed_reading(cid, ref, "start"))
             self._signing_tasks[ref] = asyncio.create_task(self._queue_signed_begin(ref, signing))
 
     def on_session_stopped(self, event: SessionStopped) -> None:
         self._energy_caps.pop(event.session.ref, None)
-        connector = self._connectors.get(event.session.connector_id)
-        signing = connector.signed_reading(event.session.ref, "stop") if connector else None
-        if signing is None:
+        ref, cid = event.session.ref, event.session.connector_id
+        if not self._station.signed_reading_pending(cid, ref, "stop"):
             self.queue_stop(event.session, event.reason.value)
             return
+        signing = asyncio.ensure_future(self._station.signed_reading(cid, ref, "stop"))
         # The StopTransaction waits (bounded) for the signed end reading; a crash meanwhile is covered by
         # recover(), which queues the Stop of a closed session that has none.
         task = asyncio.create_task(self._queue_signed_stop(event.session, event.reason.value, signing))
@@ -236,7 +240,7 @@ class TransactionMessages:
     def recover(self) -> None:
         """After a restart: an open session whose Start never got queued gets one; a closed session whose
         Start was queued but whose Stop was not gets its Stop (crash between the two writes)."""
-        for connector in self._connectors.values():
+        for connector in self._station.connector_views().values():
             session = connector.session
             if session is not None and not self._known(session.ref):
                 log.warning("session %s was never announced to the CSMS; queueing its StartTransaction", session.ref)
@@ -249,7 +253,7 @@ class TransactionMessages:
 
     # -- meter values ---------------------------------------------------------------------------------
 
-    def sample(self, connector: Connector, context: str, *, wall: float | None = None) -> None:
+    def sample(self, connector: ConnectorView, context: str, *, wall: float | None = None) -> None:
         """One MeterValues for the connector's running session (periodic or clock-aligned); ``wall``: its
         timestamp (a clock-aligned value bears its boundary), else now."""
         session = connector.session
@@ -262,7 +266,7 @@ class TransactionMessages:
             else ("MeterValuesAlignedData", "StopTxnAlignedData")
         )
         now = self._wall() if wall is None else wall
-        offered = connector.controller.offered_current_a
+        offered = connector.offered_current_a
         value = mv.meter_value(now, sample, self._store.get_csl(key), context, offered_a=offered)
         if value is not None:
             self.outbox.append(
@@ -293,11 +297,11 @@ class TransactionMessages:
                 return True
         return False
 
-    async def periodic_sampler(self, connector: Connector) -> None:
+    async def periodic_sampler(self, connector_id: int) -> None:
         """Sample.Periodic MeterValues of the connector's transaction every MeterValueSampleInterval seconds
         counted from the transaction's start; a changed interval (or a new transaction) is picked up at once
         and applies from the next sample. Runs online and offline alike (the outbox keeps the values)."""
-        event = self._sampler_events.setdefault(f"periodic-{connector.id}", asyncio.Event())
+        event = self._sampler_events.setdefault(f"periodic-{connector_id}", asyncio.Event())
         ref: str | None = None
         start_mono = 0.0
         due: tuple[int, float] | None = None  # (interval it was computed for, monotonic due time)
@@ -305,6 +309,7 @@ class TransactionMessages:
         while True:
             event.clear()
             try:
+                connector = self._station.connector_view(connector_id)
                 session = connector.session
                 interval = mv.effective_interval(self._store.get_int("MeterValueSampleInterval"))
                 if session is None or interval == 0:
@@ -326,7 +331,7 @@ class TransactionMessages:
                 failing = False
             except Exception:
                 if not failing:
-                    log.exception("connector %d: periodic meter values failed", connector.id)
+                    log.exception("connector %d: periodic meter values failed", connector_id)
                 failing = True
                 due = None
                 await asyncio.sleep(1.0)
@@ -353,7 +358,7 @@ class TransactionMessages:
                 last = boundary
                 if self._wall() - boundary > max(interval, MAX_ALIGNED_LATE_S):
                     continue  # the clock jumped ahead past the boundary: not a reading taken at it
-                for connector in self._connectors.values():
+                for connector in self._station.connector_views().values():
                     try:
                         self.sample(connector, mv.CLOCK, wall=boundary)
                     except Exception:
@@ -436,28 +441,28 @@ class TransactionMessages:
         return info
 
     def _invalid_id(self, tx_ref: str, info: IdTagInfo) -> None:
-        for connector in self._connectors.values():
+        for connector in self._station.connector_views().values():
             if connector.session is not None and connector.session.ref == tx_ref:
                 if self._store.get_bool("StopTransactionOnInvalidId"):
                     log.warning("connector %d: idTag %s by the CSMS: stopping (DeAuthorized)", connector.id,
                                 info.status)
-                    connector.stop_session(StopReason.DEAUTHORIZED)
+                    self._station.stop_session(connector.id, StopReason.DEAUTHORIZED)
                 else:
                     self._limit_energy(connector, info)
 
-    def _limit_energy(self, connector: Connector, info: IdTagInfo) -> None:
+    def _limit_energy(self, connector: ConnectorView, info: IdTagInfo) -> None:
         """StopTransactionOnInvalidId false: the transaction stays; energy stops once the transaction has
         delivered MaxEnergyOnInvalidId Wh (at once when it already has, or the key is 0)."""
         session = connector.session
         assert session is not None
         limit_wh = self._store.get_int("MaxEnergyOnInvalidId")
-        if limit_wh > 0 and connector.session_energy_wh() < limit_wh:
+        if limit_wh > 0 and connector.session_energy_wh < limit_wh:
             log.warning("connector %d: idTag %s by the CSMS: transaction kept, energy stops after %d Wh",
                         connector.id, info.status, limit_wh)
             self._energy_caps[session.ref] = session.start_energy_wh + limit_wh
             return
         log.warning("connector %d: idTag %s by the CSMS: energy stopped, transaction kept", connector.id, info.status)
-        connector.hold_energy(EnergyHold.INVALID_ID)
+        self._station.hold_energy(connector.id, EnergyHold.INVALID_ID)
 
     def on_meter_update(self, event: MeterUpdate) -> None:
         """Stop energy once a transaction with an invalidated idTag reaches MaxEnergyOnInvalidId."""
@@ -466,10 +471,10 @@ class TransactionMessages:
         if ref is None or cap is None or event.sample.energy_import_wh < cap:
             return
         del self._energy_caps[ref]
-        connector = self._connectors.get(event.connector_id)
+        connector = self._view(event.connector_id)
         if connector is not None and connector.session is not None and connector.session.ref == ref:
             log.warning("connector %d: MaxEnergyOnInvalidId reached: energy stopped, transaction kept", connector.id)
-            connector.hold_energy(EnergyHold.INVALID_ID)
+            self._station.hold_energy(connector.id, EnergyHold.INVALID_ID)
 
 
 def signed_value(record: str, context: str) -> dict[str, str]:

@@ -42,7 +42,7 @@ def connector_problem(service: OcppService, requested: str, connector_id: int | 
         return None  # ignored for station-wide messages
     if requested == "MeterValues" and connector_id == 0:
         return "no main meter on connector 0"
-    if connector_id != 0 and connector_id not in service.station.connectors:
+    if connector_id != 0 and connector_id not in service.station.connector_ids():
         return f"no connector {connector_id}"
     return None
 
@@ -59,7 +59,7 @@ async def send_heartbeat(service: OcppService) -> None:
 
 async def send_statuses(service: OcppService, connector_id: int | None) -> None:
     """The current StatusNotification of one connector, or of connector 0 and every connector."""
-    targets = [0, *service.station.connectors] if connector_id is None else [connector_id]
+    targets = [0, *service.station.connector_ids()] if connector_id is None else [connector_id]
     for cid in targets:
         payload = service._status_payload(cid)
         await send_now(service, call.StatusNotification(
@@ -75,12 +75,12 @@ async def send_statuses(service: OcppService, connector_id: int | None) -> None:
 
 def triggered_meter_values(service: OcppService, connector_id: int) -> dict[str, Any] | None:
     """MeterValues.req payload (context Trigger) for one connector, or None without a meter sample."""
-    connector = service.station.connectors[connector_id]
+    connector = service.station.connector_view(connector_id)
     sample = connector.last_sample
     if sample is None:
         return None
     value = mv.meter_value(service.wall(), sample, service.store.get_csl("MeterValuesSampledData"), TRIGGER,
-                           offered_a=connector.controller.offered_current_a)
+                           offered_a=connector.offered_current_a)
     if value is None:
         return None
     payload: dict[str, Any] = {"connectorId": connector_id, "meterValue": [value]}
@@ -93,7 +93,7 @@ def triggered_meter_values(service: OcppService, connector_id: int) -> dict[str,
 
 
 async def send_meter_values(service: OcppService, connector_id: int | None) -> None:
-    for cid in list(service.station.connectors) if connector_id is None else [connector_id]:
+    for cid in service.station.connector_ids() if connector_id is None else [connector_id]:
         payload = triggered_meter_values(service, cid)
         if payload is None:
             log.info("triggered MeterValues: connector %d has no meter reading yet", cid)
