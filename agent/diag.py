@@ -7,6 +7,9 @@ group exists) speaking versioned JSON lines. One request per line, one reply per
 
 Reading is open to anyone who can open the socket. Commands that actuate hardware (relay, pwm) are
 refused unless the connector is in maintenance mode and no EV is connected.
+
+This is the network side: it sees the station only through ``agent.station_api.StationPort`` (frozen
+views, commands, the shared event log and session records), never a connector or its controller.
 """
 
 from __future__ import annotations
@@ -20,14 +23,11 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
 from agent import __version__
 from agent.faults import FAULTS
-
-if TYPE_CHECKING:
-    from agent.connector import Connector
-    from agent.station import Station
+from agent.station_api import ConnectorView, NetworkDiagnostics, StationPort
 
 PROTOCOL_VERSION = 1
 log = logging.getLogger("cpagent.diag")
@@ -41,14 +41,7 @@ class DiagUsage(Exception):
     """The request is malformed."""
 
 
-class OcppDiagnostics(Protocol):
-    """What the OCPP service offers to the diagnostic server."""
-
-    def diag_status(self) -> dict[str, Any]: ...
-    def diag_config_get(self, keys: list[str] | None) -> dict[str, Any]: ...
-    def diag_config_set(self, key: str, value: str) -> str: ...
-    def diag_outbox(self, limit: int) -> dict[str, Any]: ...
-    async def diag_trigger(self, what: str) -> str: ...
+OcppDiagnostics = NetworkDiagnostics  # what the OCPP service offers to the diagnostic server
 
 
 def mask(id_tag: str | None) -> str | None:
@@ -58,7 +51,7 @@ def mask(id_tag: str | None) -> str | None:
 
 
 class DiagServer:
-    def __init__(self, station: Station, path: Path, ocpp: OcppDiagnostics | None = None) -> None:
+    def __init__(self, station: StationPort, path: Path, ocpp: OcppDiagnostics | None = None) -> None:
         self.station = station
         self.path = path
         self._ocpp = ocpp
@@ -83,7 +76,7 @@ class DiagServer:
     @property
     def ocpp(self) -> OcppDiagnostics | None:
         # The OCPP service may come up after the diagnostic server: look it up on every request.
-        return self._ocpp or self.station.ocpp_diagnostics
+        return self._ocpp or self.station.network_diagnostics()
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -147,58 +140,75 @@ class DiagServer:
             return {"v": PROTOCOL_VERSION, "ok": False, "problem": "internal", "error": f"{type(exc).__name__}: {exc}"}
 
     # ----------------------------------------------------------------- helpers
-    def _connector(self, request: dict[str, Any]) -> Connector:
+    def _connector(self, request: dict[str, Any]) -> ConnectorView:
         try:
             n = int(request["connector"])
         except (KeyError, TypeError, ValueError) as exc:
             raise DiagUsage("missing or bad 'connector'") from exc
-        connector = self.station.connectors.get(n)
-        if connector is None:
-            raise DiagUsage(f"no connector {n} (this station has 1..{len(self.station.connectors)})")
-        return connector
+        ids = self.station.connector_ids()
+        if n not in ids:
+            raise DiagUsage(f"no connector {n} (this station has 1..{len(ids)})")
+        return self.station.connector_view(n)
 
-    def _connector_status(self, c: Connector) -> dict[str, Any]:
-        snap = c.snapshot()
-        snap["id_tag"] = mask(c.session.id_tag if c.session else None)
-        snap["maintenance"] = c.maintenance
+    def _connector_status(self, c: ConnectorView) -> dict[str, Any]:
+        sample = c.last_sample
+        session = c.session
         # The CSMS's id arrives after the session began: read it from the store, not the in-memory copy.
-        stored = self.station.sessions.get(c.session.ref) if c.session else None
-        snap["transaction_id"] = stored.transaction_id if stored else None
-        snap["session_energy_wh"] = round(c.session_energy_wh(), 1)
-        snap["display_extra"] = dict(c.display_extra)  # e.g. price / running or final cost from the CSMS
-        return snap
+        stored = self.station.shared.sessions.get(session.ref) if session else None
+        return {
+            "connector": c.id,
+            "status": c.status.value,
+            "cp_state": c.cp_state.value if c.cp_state else None,
+            "charge_state": c.charge_state,
+            "offered_a": c.offered_current_a,
+            "duty": c.duty_percent,
+            "relay_commanded": c.relay_commanded_closed,
+            "relay_feedback": c.relay_feedback_closed,
+            "power_w": sample.power_w if sample else None,
+            "energy_wh": sample.energy_import_wh if sample else None,
+            "session": session.ref if session else None,
+            "id_tag": mask(session.id_tag if session else None),
+            "faults": sorted(f.value for f in c.faults),
+            "energy_holds": sorted(h.value for h in c.energy_holds),
+            "maintenance": c.maintenance,
+            "transaction_id": stored.transaction_id if stored else None,
+            "session_energy_wh": round(c.session_energy_wh, 1),
+            "display_extra": dict(c.display_extra),  # e.g. price / running or final cost from the CSMS
+        }
 
     def _fault_list(self) -> list[dict[str, Any]]:
         out = []
-        for c in self.station.connectors.values():
+        facts = self.station.facts()
+        for c in self.station.connector_views().values():
             for fault in sorted(c.faults):
                 fi = FAULTS[fault]
                 out.append({"connector": c.id, "fault": fault.value, "error_code": fi.ocpp_error_code,
                             "explanation": fi.explanation, "remedy": fi.remedy})
-        for fault in sorted(self.station.reader_faults):
+        for fault in sorted(facts.reader_faults):
             fi = FAULTS[fault]
             out.append({"connector": 0, "fault": fault.value, "error_code": fi.ocpp_error_code,
                         "explanation": fi.explanation, "remedy": fi.remedy})
-        for name, task in self.station.supervisor.tasks.items():
+        for task in facts.tasks:
             if task.gave_up:
                 out.append({"connector": 0, "fault": "task-down", "error_code": "InternalError",
-                            "explanation": f"task {name} crashed repeatedly and was left down: {task.last_error}",
+                            "explanation": f"task {task.name} crashed repeatedly and was left down: {task.last_error}",
                             "remedy": "See `cpctl events`; restart the service (systemctl restart cpagent)."})
         return out
 
     # ----------------------------------------------------------------- read-only commands
     async def _status(self, request: dict[str, Any]) -> dict[str, Any]:
-        st = self.station
+        facts = self.station.facts()
         station: dict[str, Any] = {
-            "id": st.config.station.charge_point_id,
+            "id": facts.charge_point_id,
             "version": __version__,
-            "uptime_s": round(time.time() - st.started_wall, 1),
-            "tasks": {n: ("down" if t.gave_up else "alive" if t.alive else "restarting")
-                      for n, t in st.supervisor.tasks.items()},
+            "uptime_s": round(time.time() - facts.started_wall, 1),
+            "tasks": {t.name: ("down" if t.gave_up else "alive" if t.alive else "restarting")
+                      for t in facts.tasks},
             "faults": len(self._fault_list()),
         }
         station["ocpp"] = self.ocpp.diag_status() if self.ocpp else {"link": "not configured"}
-        return {"station": station, "connectors": [self._connector_status(c) for c in st.connectors.values()]}
+        views = self.station.connector_views().values()
+        return {"station": station, "connectors": [self._connector_status(c) for c in views]}
 
     async def _faults(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         return self._fault_list()
@@ -206,32 +216,33 @@ class DiagServer:
     async def _events(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         since = request.get("since")
         limit = int(request.get("limit", 200))
-        return [e.as_dict() for e in self.station.eventlog.query(
+        return [e.as_dict() for e in self.station.shared.eventlog.query(
             since_wall=float(since) if since is not None else None, limit=limit)]
 
     async def _stream_events(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         since = request.get("since")
-        events = self.station.eventlog.query(since_wall=float(since) if since is not None else None, limit=50)
+        eventlog = self.station.shared.eventlog
+        events = eventlog.query(since_wall=float(since) if since is not None else None, limit=50)
         last = events[-1].id if events else max(0, self._last_event_id())
         for e in events:
             writer.write(json.dumps(e.as_dict()).encode() + b"\n")
         await writer.drain()
         while True:
             await asyncio.sleep(0.5)
-            for e in self.station.eventlog.query(after_id=last, limit=500):
+            for e in eventlog.query(after_id=last, limit=500):
                 last = e.id
                 writer.write(json.dumps(e.as_dict()).encode() + b"\n")
             await writer.drain()
 
     def _last_event_id(self) -> int:
-        events = self.station.eventlog.query(limit=1)
+        events = self.station.shared.eventlog.query(limit=1)
         return events[-1].id if events else 0
 
     async def _meter(self, request: dict[str, Any]) -> dict[str, Any]:
         c = self._connector(request)
-        if c.meter is None:
+        if not c.has_meter:
             raise DiagRefused(f"connector {c.id} has no meter configured")
-        s = c.meter.latest
+        s = c.meter_latest
         if s is None:
             return {"connector": c.id, "fresh": False, "explanation": "the meter is silent: no fresh value"}
         return {"connector": c.id, "fresh": True, "timestamp": s.timestamp, "energy_import_wh": s.energy_import_wh,
@@ -242,7 +253,7 @@ class DiagServer:
         last = int(request.get("last", 10))
         return [{"ref": s.ref, "connector": s.connector_id, "id_tag": mask(s.id_tag), "start": s.start_wall,
                  "stop": s.stop_wall, "energy_wh": round(s.energy_wh, 1), "reason": s.stop_reason,
-                 "transaction_id": s.transaction_id} for s in self.station.sessions.recent(last)]
+                 "transaction_id": s.transaction_id} for s in self.station.shared.sessions.recent(last)]
 
     def _need_ocpp(self) -> OcppDiagnostics:
         if self.ocpp is None:
@@ -267,24 +278,25 @@ class DiagServer:
 
     async def _selftest(self, request: dict[str, Any]) -> dict[str, Any]:
         checks: list[dict[str, Any]] = []
-        for c in self.station.connectors.values():
-            board_ok = c.controller.cp_state is not None
+        for c in self.station.connector_views().values():
+            board_ok = c.cp_state is not None
             checks.append({"check": f"connector {c.id} pilot board", "ok": board_ok,
-                           "detail": f"CP state {c.controller.cp_state}" if board_ok else "no answer from the board"})
-            if c.meter is not None:
-                s = c.meter.latest
+                           "detail": f"CP state {c.cp_state}" if board_ok else "no answer from the board"})
+            if c.has_meter:
+                s = c.meter_latest
                 checks.append({"check": f"connector {c.id} meter", "ok": s is not None,
                                "detail": f"{s.energy_import_wh:.0f} Wh" if s else "no fresh value"})
-            if c.controller.ev_connected():
+            if c.ev_connected:
                 checks.append({"check": f"connector {c.id} relay weld", "ok": True, "skipped": True,
                                "detail": "EV connected: weld check skipped"})
             else:
-                fb = c.controller.relay_feedback_closed
+                fb = c.relay_feedback_closed
                 checks.append({"check": f"connector {c.id} relay weld", "ok": fb is not True,
                                "detail": "contactor open as commanded" if fb is False
                                else "contactor reports CLOSED while commanded open" if fb else "no feedback"})
-        if self.station.reader is not None:
-            ok = not self.station.reader_faults
+        facts = self.station.facts()
+        if facts.has_reader:
+            ok = not facts.reader_faults
             checks.append({"check": "card reader", "ok": ok, "detail": "ok" if ok else "reader silent"})
         return {"ok": all(ch["ok"] for ch in checks), "checks": checks}
 
@@ -294,15 +306,17 @@ class DiagServer:
         on = request.get("on")
         if not isinstance(on, bool):
             raise DiagUsage("maintenance needs 'on': true|false")
-        c.set_maintenance(on)
-        self.station.eventlog.add(time.time(), "info", "diag", f"connector {c.id} maintenance {'on' if on else 'off'}")
-        return {"connector": c.id, "maintenance": c.maintenance, "status": c.status().value}
+        self.station.set_maintenance(c.id, on)
+        self.station.shared.eventlog.add(time.time(), "info", "diag",
+                                         f"connector {c.id} maintenance {'on' if on else 'off'}")
+        c = self.station.connector_view(c.id)
+        return {"connector": c.id, "maintenance": c.maintenance, "status": c.status.value}
 
-    def _actuation_allowed(self, c: Connector) -> None:
+    def _actuation_allowed(self, c: ConnectorView) -> None:
         if not c.maintenance:
             raise DiagRefused(f"connector {c.id} is not in maintenance mode (cpctl maintenance on {c.id})")
         # The controller remembers the EV through state F (where the pilot cannot see it) and uses PP.
-        if c.controller.cp_state is None or c.controller.ev_connected():
+        if c.cp_state is None or c.ev_connected:
             raise DiagRefused(f"connector {c.id}: an EV is connected (or the CP state is unknown); refusing")
 
     async def _relay(self, request: dict[str, Any]) -> dict[str, Any]:
@@ -313,10 +327,11 @@ class DiagServer:
         # Both directions: outside maintenance the controller owns the relay and "open" would be a no-op
         # reported as done; in maintenance with an EV the controller already holds it open.
         self._actuation_allowed(c)
-        c.manual_relay(action == "close")
-        self.station.eventlog.add(time.time(), "warning", "diag", f"connector {c.id} relay {action} (manual)")
+        self.station.manual_relay(c.id, action == "close")
+        self.station.shared.eventlog.add(time.time(), "warning", "diag", f"connector {c.id} relay {action} (manual)")
         await asyncio.sleep(0.3)
-        return {"connector": c.id, "commanded": action, "feedback_closed": c.controller.relay_feedback_closed}
+        feedback = self.station.connector_view(c.id).relay_feedback_closed
+        return {"connector": c.id, "commanded": action, "feedback_closed": feedback}
 
     async def _pwm(self, request: dict[str, Any]) -> dict[str, Any]:
         c = self._connector(request)
@@ -327,18 +342,19 @@ class DiagServer:
         if not 0.0 <= duty <= 100.0:
             raise DiagUsage("duty must be within 0..100")
         self._actuation_allowed(c)
-        c.manual_pwm(duty)
-        self.station.eventlog.add(time.time(), "warning", "diag", f"connector {c.id} PWM {duty:g} % (manual)")
+        self.station.manual_pwm(c.id, duty)
+        self.station.shared.eventlog.add(time.time(), "warning", "diag", f"connector {c.id} PWM {duty:g} % (manual)")
         return {"connector": c.id, "duty": duty}
 
     async def _clear(self, request: dict[str, Any]) -> dict[str, Any]:
         """Operator clear of latched faults (RCD, ground, weld, over-current) once the cause is checked."""
         c = self._connector(request)
-        cleared = c.controller.clear_faults()  # those whose cause persists stay latched
+        cleared = self.station.clear_faults(c.id)  # those whose cause persists stay latched
+        c = self.station.connector_view(c.id)
         left = sorted(f.value for f in c.faults)
-        self.station.eventlog.add(time.time(), "warning", "diag",
-                                  f"connector {c.id} faults cleared by operator; still active: {left or 'none'}")
-        return {"connector": c.id, "cleared": cleared, "faults": left, "status": c.status().value}
+        self.station.shared.eventlog.add(time.time(), "warning", "diag",
+                                         f"connector {c.id} faults cleared by operator; still active: {left or 'none'}")
+        return {"connector": c.id, "cleared": cleared, "faults": left, "status": c.status.value}
 
     async def _trigger(self, request: dict[str, Any]) -> dict[str, Any]:
         what = request.get("what")

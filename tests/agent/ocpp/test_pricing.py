@@ -80,7 +80,8 @@ async def test_user_price_running_cost_and_final_cost(octt: Octt, tmp_path: Path
     await eventually(lambda: screen_extra(octt).get("cost") == "1.23", what="running cost shown")
     assert screen_extra(octt)["price"] == "0.27/kWh + 0.50/h + 0.00 flat"
     assert octt.agent is not None and octt.agent.station is not None
-    status = DiagServer(octt.agent.station, tmp_path / "ctl.sock")._connector_status(agent.connector)
+    station = octt.agent.station
+    status = DiagServer(station, tmp_path / "ctl.sock")._connector_status(station.connector_view(agent.connector.id))
     assert status["display_extra"] == {"price": "0.27/kWh + 0.50/h + 0.00 flat", "cost": "1.23"}
     # triggerMeterValue atCPStatus: the EV pauses -> one MeterValues with context Trigger.
     octt.ctl("ev", connector=1, action="pause")
