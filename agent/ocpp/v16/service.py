@@ -3,7 +3,8 @@
 Per connection (``Link`` hands us each new ``OcppSession``): the boot state machine, then one sender
 loop (Outbox entries in order, then status notifications; one outstanding CALL) and a heartbeat.
 Station events become Outbox entries (transactions) or queued StatusNotifications. The service also
-installs itself as the station's authorizer and answers the Core CS->CP requests (``handlers``).
+installs itself as the station's token authority and answers the Core CS->CP requests (``handlers``).
+It and its features see the station only as an ``agent.station_api.StationPort``.
 
     service = OcppService(station, config)
     task = asyncio.create_task(service.run())
