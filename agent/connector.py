@@ -261,7 +261,7 @@ class Connector:
                 self.stop_session(StopReason.LOCAL)
                 return AuthDecision(True)
             if self.stop_check is not None and await self.stop_check(self.session, id_tag):
-                self.stop_session(StopReason.LOCAL)
+                self.stop_session(StopReason.LOCAL, stop_id_tag=id_tag)
                 return AuthDecision(True)
             return AuthDecision(False, "Invalid")
         if self.lock_held_for is not None and self.lock_held_for.upper() == id_tag.upper():
@@ -374,7 +374,10 @@ class Connector:
         self.controller.release_energy(EnergyHold.NOT_AUTHORIZED)
         self._publish_status()
 
-    def stop_session(self, reason: StopReason, *, energy_wh: float | None = None) -> Session | None:
+    def stop_session(
+        self, reason: StopReason, *, energy_wh: float | None = None, stop_id_tag: str | None = None
+    ) -> Session | None:
+        """End the running session; ``stop_id_tag``: the card that ended it when it is not the session's own."""
         session = self.session
         if session is None:
             return None
@@ -393,7 +396,8 @@ class Connector:
             self._resume_timer = None
         energy = self._energy_now() if energy_wh is None else energy_wh
         try:
-            finished = self._sessions.finish(session.ref, self._clock.wall(), energy, reason.value)
+            finished = self._sessions.finish(session.ref, self._clock.wall(), energy, reason.value,
+                                             stop_id_tag=stop_id_tag)
         except StorageError as exc:
             log.error("connector %d: %s", self.id, exc)
             finished = None

@@ -31,6 +31,10 @@ MIGRATIONS: list[db.Migration] = [
     ALTER TABLE sessions ADD COLUMN start_signed TEXT;
     ALTER TABLE sessions ADD COLUMN stop_signed TEXT
     """,
+    # The idTag that ended the session, when it is not the one that started it (another card of its group).
+    """
+    ALTER TABLE sessions ADD COLUMN stop_id_tag TEXT
+    """,
 ]
 
 
@@ -49,6 +53,7 @@ class Session:
     transaction_id: int | None = None
     start_signed: str | None = None
     stop_signed: str | None = None
+    stop_id_tag: str | None = None  # who ended it, when not id_tag (a card of the same parentIdTag)
 
     @property
     def energy_wh(self) -> float:
@@ -62,7 +67,7 @@ class Session:
 
 _COLUMNS = (
     "ref, connector_id, id_tag, start_wall, start_energy_wh, last_wall, last_energy_wh, "
-    "stop_wall, stop_energy_wh, stop_reason, transaction_id, start_signed, stop_signed"
+    "stop_wall, stop_energy_wh, stop_reason, transaction_id, start_signed, stop_signed, stop_id_tag"
 )
 
 
@@ -79,7 +84,7 @@ class SessionStore:
         ref = uuid.uuid4().hex
         try:
             self._conn.execute(
-                f"INSERT INTO sessions ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,NULL,NULL,NULL,NULL,NULL,NULL)",
+                f"INSERT INTO sessions ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,NULL,NULL,NULL,NULL,NULL,NULL,NULL)",
                 (ref, connector_id, id_tag, wall, energy_wh, wall, energy_wh),
             )
         except sqlite3.Error as exc:
@@ -99,13 +104,16 @@ class SessionStore:
         except sqlite3.Error as exc:
             raise db.StorageError(f"cannot record session progress: {exc}") from exc
 
-    def finish(self, ref: str, wall: float, energy_wh: float, reason: str) -> Session | None:
+    def finish(
+        self, ref: str, wall: float, energy_wh: float, reason: str, *, stop_id_tag: str | None = None
+    ) -> Session | None:
         """Close an open session once; a second call returns None (a stop is never recorded twice)."""
         try:
             cur = self._conn.execute(
                 "UPDATE sessions SET stop_wall = ?, stop_energy_wh = MAX(last_energy_wh, ?), "
-                "last_energy_wh = MAX(last_energy_wh, ?), stop_reason = ? WHERE ref = ? AND stop_wall IS NULL",
-                (wall, energy_wh, energy_wh, reason, ref),
+                "last_energy_wh = MAX(last_energy_wh, ?), stop_reason = ?, stop_id_tag = ? "
+                "WHERE ref = ? AND stop_wall IS NULL",
+                (wall, energy_wh, energy_wh, reason, stop_id_tag, ref),
             )
         except sqlite3.Error as exc:
             raise db.StorageError(f"cannot record the session stop: {exc}") from exc

@@ -155,7 +155,9 @@ class TransactionMessages:
             "reason": reason,
         }
         if reason in (StopReason.LOCAL, StopReason.DEAUTHORIZED):
-            payload["idTag"] = session.id_tag
+            # §6.49 (StopTransaction.req idTag): the identifier that requested the stop, e.g. another card
+            # of the session's group (OCTT 069).
+            payload["idTag"] = session.stop_id_tag or session.id_tag
         data = self._tx_data.pop(session.ref, None)
         values = list(data.values) if data else []
         if self._store.get_csl("StopTxnSampledData"):

@@ -73,6 +73,8 @@ async def test_069_sibling_card_from_the_csms_stops_the_transaction(octt: Octt) 
     assert (await agent.tap("CARDB2")).accepted
     stop = await octt.wait("StopTransaction")
     assert stop.payload["reason"] == "Local"
+    # 1.6 section 6.49: StopTransaction.req idTag is "the identifier which requested to stop the charging"
+    assert stop.payload["idTag"] == "CARDB2"
 
 
 async def test_expired_cache_entry_is_not_used_and_authorize_is_sent(octt: Octt) -> None:
@@ -115,6 +117,8 @@ async def test_later_conf_without_parent_keeps_the_known_parent(octt: Octt) -> N
     assert (await agent.tap("CARDB2")).accepted
     stop = await octt.wait("StopTransaction")
     assert stop.payload["reason"] == "Local"
+    # 1.6 section 6.49: StopTransaction.req idTag is "the identifier which requested to stop the charging"
+    assert stop.payload["idTag"] == "CARDB2"
 
 
 async def test_remote_start_for_member_of_reservation_parent_sends_authorize(octt: Octt) -> None:
