@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import json
+import os
 import signal
 import sys
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,9 @@ NEAR_CAP = MAX_FRAME - 256  # bytes of a "just under the cap" frame
 BIG_FRAME = 1024 * 1024
 BIG_FRAME_EVERY_S = 10.0
 TRIGGER_RATE = 1000.0
+# Which lanes run (comma-separated), to see which load hurts: all of them unless HOSTILE_LANES says otherwise.
+ALL_LANES = ("composite", "frames", "triggers", "local_list", "diagnostics")
+LANES = [lane for lane in os.environ.get("HOSTILE_LANES", ",".join(ALL_LANES)).split(",") if lane]
 LOCAL_LIST_RATE = 10.0
 COMPOSITE_DURATION = 2**31 - 1
 CALL_TIMEOUT_S = 30.0
@@ -177,7 +183,12 @@ class HostileCsms:
             if peer is None:
                 continue
             try:
-                return await peer.call(action, payload, pad_to=pad_to)
+                answer = await peer.call(action, payload, pad_to=pad_to)
+                if "_error" in answer:  # CALLERROR, e.g. GenericError "too many CALLs"
+                    self.counters[f"callerror {action} {answer['_error']}"] += 1
+                else:
+                    self.counters["answered_" + action] += 1
+                return answer
             except (ConnectionClosed, ConnectionError):
                 self.counters["calls_lost_" + action] += 1
                 return None
@@ -231,8 +242,8 @@ class HostileCsms:
                 self.counters["composite_accepted"] += 1
                 periods = len(answer.get("chargingSchedule", {}).get("chargingSchedulePeriod", []))
                 self.counters["composite_periods_max"] = max(self.counters["composite_periods_max"], periods)
-            elif answer is not None:
-                self.counters["composite_other"] += 1
+            elif answer is not None and "_error" not in answer:
+                self.counters["composite_rejected"] += 1
 
     async def frame_lane(self) -> None:
         last_big = time.monotonic()
@@ -249,7 +260,7 @@ class HostileCsms:
                 continue
             answer = await self.call("DataTransfer", {"vendorId": "bench.hostile", "messageId": "fill"},
                                      pad_to=NEAR_CAP)
-            if answer is not None:
+            if answer is not None and "_error" not in answer:
                 self.counters["near_cap_frames"] += 1
 
     async def trigger_lane(self) -> None:
@@ -265,8 +276,8 @@ class HostileCsms:
             if connector_id is not None:
                 payload["connectorId"] = connector_id
             answer = await self.call("TriggerMessage", payload)
-            if answer is not None:
-                self.counters["triggers_" + str(answer.get("status", "error"))] += 1
+            if answer is not None and "_error" not in answer:
+                self.counters["triggers_" + str(answer.get("status"))] += 1
 
     async def local_list_lane(self) -> None:
         size = self.limits.get("SendLocalListMaxLength", 100)
@@ -281,8 +292,8 @@ class HostileCsms:
                 for i in range(size - 1)]
             answer = await self.call("SendLocalList", {"listVersion": version, "updateType": "Full",
                                                        "localAuthorizationList": entries})
-            if answer is not None:
-                self.counters["local_lists_" + str(answer.get("status", "error"))] += 1
+            if answer is not None and "_error" not in answer:
+                self.counters["local_lists_" + str(answer.get("status"))] += 1
             self.counters["local_list_entries"] = size
             if (wait := 1.0 / LOCAL_LIST_RATE - (time.monotonic() - started)) > 0:
                 await asyncio.sleep(wait)
@@ -315,9 +326,11 @@ class HostileCsms:
 
                 async def start_lanes() -> None:
                     await self.setup()
-                    lanes.extend(asyncio.create_task(c) for c in (
-                        self.composite_lane(), self.frame_lane(), self.trigger_lane(), self.local_list_lane(),
-                        self.diagnostics_lane(http.url("/diag/"), ftp.url("/"))))
+                    coroutines: dict[str, Callable[[], Coroutine[Any, Any, None]]] = {
+                        "composite": self.composite_lane, "frames": self.frame_lane, "triggers": self.trigger_lane,
+                        "local_list": self.local_list_lane,
+                        "diagnostics": functools.partial(self.diagnostics_lane, http.url("/diag/"), ftp.url("/"))}
+                    lanes.extend(asyncio.create_task(coroutines[lane]()) for lane in LANES)
 
                 starter = asyncio.create_task(start_lanes())
                 await stop.wait()
@@ -337,6 +350,7 @@ class HostileCsms:
             return round(n / window, 1) if window > 0 else 0.0
 
         return {
+            **({} if LANES == list(ALL_LANES) else {"lanes": ",".join(LANES) or "none"}),
             "load_window_s": round(window, 1),
             "frames_in_per_s": rate(c["frames_in"]),
             "frames_out_per_s": rate(c["frames_out"] + c["big_frames"]),
@@ -350,7 +364,8 @@ class HostileCsms:
             "profiles_accepted": c["profiles_Accepted"],
             "composite_per_s": rate(c["composite_accepted"]),
             "composite_periods_max": c["composite_periods_max"],
-            "triggers_per_s": rate(sum(v for k, v in c.items() if k.startswith("triggers_"))),
+            "triggers_per_s": rate(c["answered_TriggerMessage"]),
+            "triggers_accepted": c["triggers_Accepted"],
             "triggered_messages_in": sum(c["in_" + a] for a in ("Heartbeat", "MeterValues", "StatusNotification")),
             "local_lists_accepted": c["local_lists_Accepted"],
             "local_list_entries": c["local_list_entries"],
@@ -363,6 +378,8 @@ class HostileCsms:
             "stop_transactions_received": c["in_StopTransaction"],
             "calls_lost": sum(v for k, v in c.items() if k.startswith("calls_lost_")),
             "calls_timed_out": sum(v for k, v in c.items() if k.startswith("calls_timed_out_")),
+            "callerrors": sum(v for k, v in c.items() if k.startswith("callerror ")),
+            "callerrors_by_kind": {k.removeprefix("callerror "): v for k, v in c.items() if k.startswith("callerror ")},
         }
 
 
