@@ -12,7 +12,8 @@ uploads over HTTP and FTP. The agent (bench/_hostile_agent.py) runs the OCPP ser
 does. Same JSON, plus the load the CSMS achieved and the agent's event-loop lag; a relay that does not
 open within 5 s is counted (relay_open_timeouts) and its sample is the time waited. The events stop
 at HOSTILE_DEADLINE_S (completed: false then) so that the run stays under 6 minutes.
-``--events N`` overrides LATENCY_EVENTS (for trying it out).
+``--events N`` overrides LATENCY_EVENTS (for trying it out); HOSTILE_LANES=triggers,frames,... runs only
+those parts of the hostile load (composite, frames, triggers, local_list, diagnostics; empty: none).
 """
 
 from __future__ import annotations
