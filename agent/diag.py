@@ -327,7 +327,7 @@ class DiagServer:
         # Both directions: outside maintenance the controller owns the relay and "open" would be a no-op
         # reported as done; in maintenance with an EV the controller already holds it open.
         self._actuation_allowed(c)
-        self.station.manual_relay(c.id, action == "close")
+        await self.station.manual_relay(c.id, action == "close")
         self.station.shared.eventlog.add(time.time(), "warning", "diag", f"connector {c.id} relay {action} (manual)")
         await asyncio.sleep(0.3)
         feedback = self.station.connector_view(c.id).relay_feedback_closed
@@ -342,14 +342,14 @@ class DiagServer:
         if not 0.0 <= duty <= 100.0:
             raise DiagUsage("duty must be within 0..100")
         self._actuation_allowed(c)
-        self.station.manual_pwm(c.id, duty)
+        await self.station.manual_pwm(c.id, duty)
         self.station.shared.eventlog.add(time.time(), "warning", "diag", f"connector {c.id} PWM {duty:g} % (manual)")
         return {"connector": c.id, "duty": duty}
 
     async def _clear(self, request: dict[str, Any]) -> dict[str, Any]:
         """Operator clear of latched faults (RCD, ground, weld, over-current) once the cause is checked."""
         c = self._connector(request)
-        cleared = self.station.clear_faults(c.id)  # those whose cause persists stay latched
+        cleared = await self.station.clear_faults(c.id)  # those whose cause persists stay latched
         c = self.station.connector_view(c.id)
         left = sorted(f.value for f in c.faults)
         self.station.shared.eventlog.add(time.time(), "warning", "diag",

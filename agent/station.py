@@ -144,7 +144,7 @@ class Station:
     def set_maintenance(self, connector_id: int, on: bool) -> None:
         self.connectors[connector_id].set_maintenance(on)
 
-    def unlock(self, connector_id: int) -> bool:
+    async def unlock(self, connector_id: int) -> bool:
         return self.connectors[connector_id].unlock()
 
     def hold_energy(self, connector_id: int, reason: EnergyHold) -> None:
@@ -178,13 +178,13 @@ class Station:
             return None
         return await asyncio.shield(task)
 
-    def manual_relay(self, connector_id: int, closed: bool) -> None:
+    async def manual_relay(self, connector_id: int, closed: bool) -> None:
         self.connectors[connector_id].manual_relay(closed)
 
-    def manual_pwm(self, connector_id: int, duty_percent: float) -> None:
+    async def manual_pwm(self, connector_id: int, duty_percent: float) -> None:
         self.connectors[connector_id].manual_pwm(duty_percent)
 
-    def clear_faults(self, connector_id: int) -> bool:
+    async def clear_faults(self, connector_id: int) -> bool:
         return self.connectors[connector_id].controller.clear_faults()
 
     def attach_network_diagnostics(self, provider: NetworkDiagnostics) -> None:

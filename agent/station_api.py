@@ -13,9 +13,17 @@ sessions), owned by ``agent.station.Station``. Network side: OCPP (``agent/ocpp/
 - events out: ``subscribe(listener)`` delivers the ``agent.events`` events (StatusChanged, SessionStarted,
   SessionStopped, MeterUpdate, TokenPresented).
 
-Everything that crosses is a frozen dataclass, an enum or a plain value, so the interface can later be
-carried over IPC between two processes unchanged, and it is protocol-neutral: the OCPP 1.6 adapter uses it
-today and an OCPP 2.0.1 adapter will use the same. ``tests/test_station_boundary.py`` fails when a
+Commands whose answer only the control side can know at the time (``unlock``, ``clear_faults``, and
+``manual_relay`` / ``manual_pwm``, which refuse outside maintenance) are coroutines, so that carried over IPC
+(``agent.ipc.station_proxy.StationProxy``) they await the control side's reply. The other commands are plain
+calls: over IPC they are sent in order without waiting, and the values they return are exact from the
+network side's mirror of the views (``begin_authorized`` refuses exactly when the mirrored reservation does
+not admit the idTag; ``stop_session`` returns the session being stopped, whose finished record follows in
+``SessionStopped``).
+
+Everything that crosses is a frozen dataclass, an enum or a plain value, so the interface can be
+carried over IPC between two processes unchanged (``agent/ipc/``), and it is protocol-neutral: the OCPP
+1.6 adapter uses it today and an OCPP 2.0.1 adapter will use the same. ``tests/test_station_boundary.py`` fails when a
 network-side module imports the control side (``agent.connector``, ``agent.charge_control``,
 ``agent.station``, ...) or reaches into its objects (``.controller``, ``.connectors[...]``, an attribute of
 the station that is not part of ``StationPort``).
@@ -237,7 +245,7 @@ class StationPort(Protocol):
 
     def set_maintenance(self, connector_id: int, on: bool) -> None: ...
 
-    def unlock(self, connector_id: int) -> bool:
+    async def unlock(self, connector_id: int) -> bool:
         """Command the lock open (ending a hold after an EV-side disconnect). False if the command failed;
         the position shows later in ``ConnectorView.locked``."""
         ...
@@ -268,15 +276,15 @@ class StationPort(Protocol):
         """That signed reading (the meter's record), or None if there is none or it failed."""
         ...
 
-    def manual_relay(self, connector_id: int, closed: bool) -> None:
+    async def manual_relay(self, connector_id: int, closed: bool) -> None:
         """Maintenance only (RuntimeError otherwise)."""
         ...
 
-    def manual_pwm(self, connector_id: int, duty_percent: float) -> None:
+    async def manual_pwm(self, connector_id: int, duty_percent: float) -> None:
         """Maintenance only (RuntimeError otherwise)."""
         ...
 
-    def clear_faults(self, connector_id: int) -> bool:
+    async def clear_faults(self, connector_id: int) -> bool:
         """Operator clear of latched faults whose cause is gone; True once none is left."""
         ...
 

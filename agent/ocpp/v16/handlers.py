@@ -188,7 +188,7 @@ class CoreHandlers:
             return {"status": "NotSupported"}
         if connector.session is not None:
             self._station.stop_session(connector_id, StopReason.UNLOCK_COMMAND)
-        if not self._station.unlock(connector_id):
+        if not await self._station.unlock(connector_id):
             return {"status": "UnlockFailed"}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + UNLOCK_WAIT_S
