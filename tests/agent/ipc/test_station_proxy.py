@@ -1,0 +1,365 @@
+"""StationPort carried over the station socket (agent/ipc): a real Station on the bus-level simulator
+behind a ControlServer on a real Unix socket, and a StationProxy using it as the network side would."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import socket
+import stat
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from agent.authorize import AuthDecision
+from agent.events import (
+    ConnectorStatus,
+    MeterUpdate,
+    SessionStarted,
+    SessionStopped,
+    StationEvent,
+    StatusChanged,
+    StopReason,
+)
+from agent.ipc.codec import MAX_LINE_BYTES, encode
+from agent.ipc.control_server import ControlServer
+from agent.ipc.protocol import StationUnavailable
+from agent.ipc.station_proxy import LINK_TASK, StationProxy
+from agent.sessions import Session
+from agent.station_api import ConnectorReservation, ConnectorSettings, EnergyHold, StationPort
+from hal.types import Fault
+from tests.integration.conftest import Bench, start_bench, stop_bench
+
+TAG = "DEADBEEF01"  # in the rig's allow-list
+STRANGER = "CAFE000001"  # known only to the network side's authority
+
+
+@dataclass
+class Ipc:
+    bench: Bench
+    server: ControlServer
+    proxy: StationProxy
+    sock: Path
+    events: list[StationEvent] = field(default_factory=list)
+
+    async def until(self, predicate: Callable[[], object], limit_s: float = 8.0, what: str = "condition") -> float:
+        return await self.bench.wait_for(predicate, limit_s, what)
+
+    async def new_server(self, **options: float) -> ControlServer:
+        self.server = ControlServer(self.bench.station, self.sock, refresh_s=0.1, **options)  # type: ignore[arg-type]
+        await self.server.start()
+        return self.server
+
+
+@pytest.fixture
+async def ipc(tmp_path: Path) -> AsyncIterator[Ipc]:
+    bench = await start_bench(tmp_path / "rig")
+    short = Path(tempfile.mkdtemp(prefix="cpipc", dir="/tmp"))  # Unix socket paths are limited to 107 bytes
+    sock = short / "station.sock"
+    server = ControlServer(bench.station, sock, refresh_s=0.1, ask_timeout_s=1.0)
+    await server.start()
+    proxy = StationProxy(sock, bench.station.config.state_dir / "state.db", reconnect_min_s=0.05, reconnect_max_s=0.2)
+    h = Ipc(bench, server, proxy, sock)
+    proxy.subscribe(h.events.append)
+    await proxy.start(timeout_s=5)
+    try:
+        yield h
+    finally:
+        await proxy.close()
+        await h.server.stop()
+        await stop_bench(bench)
+        shutil.rmtree(short, ignore_errors=True)
+
+
+async def test_the_socket_is_private_and_the_proxy_mirrors_the_station(ipc: Ipc) -> None:
+    mode = os.stat(ipc.sock).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    assert [p.name for p in ipc.sock.parent.iterdir()] == ["station.sock"]  # no scratch left behind
+    port: StationPort = ipc.proxy
+    station = ipc.bench.station
+    assert port.facts().charge_point_id == station.facts().charge_point_id
+    assert port.connector_ids() == station.connector_ids() == (1,)
+    assert port.connector_view(1).id == 1
+    assert port.connector_view(1).max_current_a == station.connector_view(1).max_current_a
+    with pytest.raises(KeyError):
+        port.connector_view(9)
+    with pytest.raises(KeyError):
+        port.set_available(9, False)
+    with pytest.raises(KeyError, match="9"):
+        await port.clear_faults(9)  # the control side's own KeyError, carried back
+
+
+async def test_a_session_through_the_proxy(ipc: Ipc) -> None:
+    port: StationPort = ipc.proxy
+    station = ipc.bench.station
+    ipc.bench.ctl(cmd="plug", connector=1)
+    await ipc.until(lambda: port.connector_view(1).status is ConnectorStatus.PREPARING, 5, "Preparing at the proxy")
+    assert port.begin_authorized(1, TAG) is True
+    await ipc.until(lambda: port.connector_view(1).relay_feedback_closed is True, 8, "relay closed (proxy view)")
+    started = [e for e in ipc.events if isinstance(e, SessionStarted)]
+    assert len(started) == 1 and started[0].session.id_tag == TAG
+    ref = started[0].session.ref
+    assert port.connector_view(1).session is not None and port.connector_view(1).session.ref == ref  # type: ignore[union-attr]
+    # Energy flows, and the meter samples come through as events with the session's ref.
+    await ipc.until(lambda: sum(1 for e in ipc.events if isinstance(e, MeterUpdate) and e.session_ref == ref
+                                and e.sample.power_w > 1000) >= 2, 8, "MeterUpdates while charging")
+    await ipc.until(lambda: port.connector_view(1).session_energy_wh > 0, 8, "session energy rises in the mirror")
+    assert port.connector_view(1).status is ConnectorStatus.CHARGING
+
+    # An energy hold given through the proxy acts on the real connector; its release too.
+    port.hold_energy(1, EnergyHold.INVALID_ID)
+    await ipc.until(lambda: EnergyHold.INVALID_ID in station.connector_view(1).energy_holds, 2, "hold at the station")
+    await ipc.until(lambda: port.connector_view(1).offered_current_a == 0
+                    and port.connector_view(1).status is ConnectorStatus.SUSPENDED_EVSE, 3, "hold in the mirror")
+    port.release_energy(1, EnergyHold.INVALID_ID)
+    await ipc.until(lambda: EnergyHold.INVALID_ID not in port.connector_view(1).energy_holds, 3, "released")
+
+    stopped = port.stop_session(1, StopReason.REMOTE)
+    assert stopped is not None and stopped.ref == ref
+    await ipc.until(lambda: any(isinstance(e, SessionStopped) for e in ipc.events), 3, "SessionStopped at the proxy")
+    stop = next(e for e in ipc.events if isinstance(e, SessionStopped))
+    assert stop.reason is StopReason.REMOTE and stop.session.ref == ref and stop.session.stop_reason == "Remote"
+    assert stop.session.energy_wh > 0
+    await ipc.until(lambda: port.connector_view(1).session is None, 2, "no session in the mirror")
+    assert station.connector_view(1).session is None
+    assert port.stop_session(1, StopReason.REMOTE) is None  # nothing left to stop
+    await ipc.until(lambda: ipc.bench.rig.connectors[1].plant.relay_closed is False, 5, "plant relay open")
+    # The proxy's own connection to the state database sees the finished record.
+    record = port.shared.sessions.get(ref)
+    assert record is not None and record.stop_wall is not None and record.stop_reason == "Remote"
+
+
+async def test_availability_reservation_settings_and_awaited_commands(ipc: Ipc) -> None:
+    port: StationPort = ipc.proxy
+    station = ipc.bench.station
+    port.set_available(1, False)
+    await ipc.until(lambda: port.connector_view(1).status is ConnectorStatus.UNAVAILABLE, 3, "Unavailable")
+    assert EnergyHold.UNAVAILABLE in station.connector_view(1).energy_holds
+    assert any(isinstance(e, StatusChanged) and e.status is ConnectorStatus.UNAVAILABLE for e in ipc.events)
+    # Technician actuation waits for the control side's verdict: allowed in maintenance without an EV...
+    port.set_maintenance(1, True)
+    await ipc.until(lambda: port.connector_view(1).maintenance, 3, "maintenance")
+    await port.manual_pwm(1, 100.0)
+    await port.manual_relay(1, False)
+    port.set_maintenance(1, False)
+    port.set_available(1, True)
+    await ipc.until(lambda: port.connector_view(1).status is ConnectorStatus.AVAILABLE, 3, "Available again")
+    # ... and refused (the station's RuntimeError, carried back) outside maintenance.
+    with pytest.raises(RuntimeError, match="manual"):
+        await port.manual_relay(1, True)
+
+    hold = ConnectorReservation(42, "OTHERTAG")
+    port.set_reservation(1, hold)
+    assert port.begin_authorized(1, TAG) is False  # exact at once: the mirror took the reservation when sent
+    await ipc.until(lambda: port.connector_view(1).status is ConnectorStatus.RESERVED, 3, "Reserved")
+    assert station.connector_view(1).reservation == hold
+    port.set_reservation(1, None)
+    await ipc.until(lambda: station.connector_view(1).reservation is None
+                    and port.connector_view(1).status is ConnectorStatus.AVAILABLE, 3, "reservation cleared")
+
+    settings = ConnectorSettings(connection_timeout_s=0.3, stop_on_ev_disconnect=False, unlock_on_ev_disconnect=False)
+    port.configure_connector(1, settings)
+    port.set_display_extra(1, (("price", "0.30/kWh"),))
+    port.set_current_limit(1, 10.0)
+    assert port.begin_authorized(1, TAG) is True
+    await ipc.until(lambda: port.connector_view(1).pending_id_tag == TAG, 3, "authorization pending")
+    assert station.connector_view(1).settings == settings == port.connector_view(1).settings
+    assert port.connector_view(1).display_extra == (("price", "0.30/kWh"),)
+    await ipc.until(lambda: port.connector_view(1).pending_id_tag is None, 3, "authorization expired (0.3 s)")
+
+    assert await port.clear_faults(1) is True
+    assert await port.unlock(1) is station.connector_view(1).has_lock
+
+
+async def test_token_decisions_are_asked_over_the_socket(ipc: Ipc) -> None:
+    asked: list[str] = []
+
+    class Authority:
+        async def authorize(self, id_tag: str) -> AuthDecision:
+            asked.append(id_tag)
+            if id_tag == STRANGER:
+                return AuthDecision(True, "Accepted", "GROUP")
+            return AuthDecision(False, "Invalid")
+
+        async def may_stop(self, session: Session, id_tag: str) -> bool:
+            asked.append(f"stop:{id_tag}")
+            return id_tag == "GROUPMATE1"
+
+    port: StationPort = ipc.proxy
+    port.register_authority(Authority())
+    station = ipc.bench.station
+    ipc.bench.ctl(cmd="plug", connector=1)
+    await ipc.until(lambda: port.connector_view(1).status is ConnectorStatus.PREPARING, 5, "Preparing")
+    # The allow-list knows TAG but the network side's authority is asked and refuses it...
+    assert (await station.present_token(TAG)).accepted is False
+    # ... and accepts a card the allow-list does not know.
+    assert (await station.present_token(STRANGER)).accepted is True
+    assert asked[:2] == [TAG, STRANGER]
+    await ipc.until(lambda: any(isinstance(e, SessionStarted) and e.session.id_tag == STRANGER for e in ipc.events),
+                    3, "session for the card the network side accepted")
+    # Another card of the group stops it: the station asks may_stop over the socket.
+    assert (await station.present_token("GROUPMATE1")).accepted
+    assert "stop:GROUPMATE1" in asked
+    await ipc.until(lambda: any(isinstance(e, SessionStopped) for e in ipc.events), 3, "stopped by the group mate")
+
+
+async def test_a_slow_or_absent_network_side_does_not_hold_token_decisions(ipc: Ipc) -> None:
+    class Slow:
+        async def authorize(self, id_tag: str) -> AuthDecision:
+            await asyncio.sleep(30)
+            return AuthDecision(True)
+
+        async def may_stop(self, session: Session, id_tag: str) -> bool:
+            await asyncio.sleep(30)
+            return True
+
+    ipc.proxy.register_authority(Slow())
+    station = ipc.bench.station
+    await ipc.until(lambda: ipc.server.connected, 2, "client registered")
+    await asyncio.sleep(0.1)  # the registration has reached the server
+    t0 = time.monotonic()
+    assert (await station.present_token(STRANGER)).accepted is False  # the allow-list decides after the timeout
+    assert 0.9 <= time.monotonic() - t0 < 2.0  # ask_timeout_s = 1.0
+    assert (await station.present_token(TAG)).accepted is True
+    # No client at all: the station decides at once, as it does without an authority.
+    await ipc.proxy.close()
+    await ipc.until(lambda: not ipc.server.connected, 2, "client gone")
+    t0 = time.monotonic()
+    assert (await station.present_token("ANOTHER001")).accepted is False
+    assert time.monotonic() - t0 < 0.2
+
+
+async def test_control_side_restart_proxy_reconnects_and_resyncs(ipc: Ipc) -> None:
+    port: StationPort = ipc.proxy
+    station = ipc.bench.station
+    settings = ConnectorSettings(connection_timeout_s=7.0, stop_on_ev_disconnect=True, unlock_on_ev_disconnect=False)
+    port.configure_connector(1, settings)
+    port.set_current_limit(1, 8.0)
+    await ipc.until(lambda: station.connector_view(1).settings == settings, 2, "settings applied")
+    assert port.connector_view(1).status is ConnectorStatus.AVAILABLE
+
+    await ipc.server.stop()
+    # Disconnected: every connector is reported Faulted (InternalError), commands fail fast.
+    await ipc.until(lambda: port.connector_view(1).status is ConnectorStatus.FAULTED, 2, "Faulted while disconnected")
+    assert Fault.INTERNAL in port.connector_view(1).faults
+    faulted = [e for e in ipc.events if isinstance(e, StatusChanged) and e.status is ConnectorStatus.FAULTED]
+    assert faulted and Fault.INTERNAL in faulted[-1].faults
+    assert any(t.name == LINK_TASK and not t.alive for t in port.facts().tasks)
+    t0 = time.monotonic()
+    with pytest.raises(StationUnavailable, match="not connected"):
+        port.set_available(1, False)
+    with pytest.raises(StationUnavailable):
+        await port.clear_faults(1)
+    assert time.monotonic() - t0 < 0.1
+
+    # A restarted control side starts without what the network side configured.
+    station.configure_connector(1, ConnectorSettings())
+    events_before = len(ipc.events)
+    await ipc.new_server()
+    await ipc.until(lambda: ipc.proxy.connected and port.connector_view(1).status is ConnectorStatus.AVAILABLE,
+                    5, "reconnected and resynced")
+    assert Fault.INTERNAL not in port.connector_view(1).faults
+    assert any(isinstance(e, StatusChanged) and e.status is ConnectorStatus.AVAILABLE and not e.faults
+               for e in ipc.events[events_before:])
+    assert not any(t.name == LINK_TASK for t in port.facts().tasks)
+    await ipc.until(lambda: station.connector_view(1).settings == settings, 2, "settings given again")
+    await ipc.until(lambda: port.connector_view(1).settings == settings, 2, "and mirrored")
+    port.set_available(1, False)  # commands work again
+    await ipc.until(lambda: port.connector_view(1).status is ConnectorStatus.UNAVAILABLE, 2, "Unavailable")
+
+
+def _raw_client(path: Path) -> socket.socket:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.connect(str(path))
+    s.setblocking(False)
+    return s
+
+
+async def _read_until_closed(s: socket.socket, limit_s: float = 3.0) -> bytes:
+    loop = asyncio.get_running_loop()
+    data = b""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        try:
+            chunk = await asyncio.wait_for(loop.sock_recv(s, 65536), deadline - time.monotonic())
+        except (TimeoutError, ConnectionResetError):
+            break
+        if not chunk:
+            return data + b"<EOF>"
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        b"this is not json\n",
+        b"[1, 2, 3]\n",
+        b'{"k": "call", "id": 1, "op": "os.system", "args": {"command": "true"}}\n',
+        b'{"k": "call", "id": 1, "op": "set_available", "args": {"connector_id": 1, "available": "no"}}\n',
+        b'{"k": "call", "id": 1, "op": "set_reservation", "args": {"connector_id": 1, "reservation": '
+        b'{"$t": "subprocess.Popen", "args": ["sh"]}}}\n',
+        b'{"k": "call", "id": 1, "op": "hold_energy", "args": {"connector_id": 1, "reason": "pizza"}}\n',
+        b'{"k": "answer", "id": 99, "result": true}\n',
+        b'{"k": "call", "id": 1, "op": "set_available", "args": {"connector_id": 1, "available": NaN}}\n',
+        b"x" * (MAX_LINE_BYTES + 10),
+    ],
+    ids=["text", "array", "unknown-op", "bad-arg", "unknown-type", "bad-enum", "stray-answer", "nan", "too-long"],
+)
+async def test_a_client_sending_garbage_is_dropped_and_the_server_survives(ipc: Ipc, garbage: bytes) -> None:
+    await ipc.proxy.close()
+    await ipc.until(lambda: not ipc.server.connected, 2, "proxy gone")
+    loop = asyncio.get_running_loop()
+    s = _raw_client(ipc.sock)
+    try:
+        await loop.sock_sendall(s, garbage)
+        received = await _read_until_closed(s)
+    finally:
+        s.close()
+    assert received.startswith(b'{"k":"hello"') and received.endswith(b"<EOF>")  # the hello, then closed
+    assert ipc.bench.station.connector_view(1).available  # nothing happened at the station
+    # The server goes on serving: a well-behaved client gets a reply, including to a refused command.
+    s = _raw_client(ipc.sock)
+    try:
+        call = {"k": "call", "id": 7, "op": "set_available", "args": {"connector_id": 9, "available": False}}
+        await loop.sock_sendall(s, json.dumps(call).encode() + b"\n")
+        reply = b""
+        deadline = time.monotonic() + 3
+        while b'"k":"reply"' not in reply and time.monotonic() < deadline:
+            reply += await asyncio.wait_for(loop.sock_recv(s, 65536), 3)
+        line = next(x for x in reply.split(b"\n") if b'"k":"reply"' in x)
+        assert json.loads(line) == {"k": "reply", "id": 7, "error": {"type": "KeyError", "message": "9"}}
+        ok = {"k": "call", "id": 8, "op": "set_reservation",
+              "args": {"connector_id": 1, "reservation": encode(ConnectorReservation(5, "ABC"))}}
+        await loop.sock_sendall(s, json.dumps(ok).encode() + b"\n")
+        await ipc.until(lambda: ipc.bench.station.connector_view(1).reservation == ConnectorReservation(5, "ABC"),
+                        2, "a valid command after the garbage")
+    finally:
+        s.close()
+
+
+async def test_a_client_that_does_not_read_is_dropped_not_buffered(ipc: Ipc) -> None:
+    await ipc.proxy.close()
+    await ipc.server.stop()
+    await ipc.new_server(max_buffer=64 * 1024)
+    ipc.server.refresh_s = 0.005
+    s = _raw_client(ipc.sock)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        await ipc.until(lambda: ipc.server.clients_served == 1 and not ipc.server.connected, 20,
+                        "the reader-less client dropped")
+    finally:
+        s.close()
+    # The loop was never blocked and the server still serves.
+    proxy = StationProxy(ipc.sock, ipc.bench.station.config.state_dir / "state.db")
+    try:
+        await proxy.start(timeout_s=3)
+        assert proxy.connector_view(1).id == 1
+    finally:
+        await proxy.close()
