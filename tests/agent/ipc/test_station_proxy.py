@@ -98,6 +98,18 @@ async def test_the_socket_is_private_and_the_proxy_mirrors_the_station(ipc: Ipc)
 async def test_a_session_through_the_proxy(ipc: Ipc) -> None:
     port: StationPort = ipc.proxy
     station = ipc.bench.station
+    seen: list[str] = []
+
+    def consistent(event: StationEvent) -> None:
+        """A listener reading the mirror sees the state the event describes (the view comes with it)."""
+        if isinstance(event, StatusChanged) and event.connector_id == 1:
+            seen.append("ok" if port.connector_view(1).status is event.status else f"stale {event.status}")
+        elif isinstance(event, SessionStarted | SessionStopped):
+            session = port.connector_view(1).session
+            expected = event.session.ref if isinstance(event, SessionStarted) else None
+            seen.append("ok" if (session.ref if session else None) == expected else f"stale {type(event).__name__}")
+
+    port.subscribe(consistent)
     ipc.bench.ctl(cmd="plug", connector=1)
     await ipc.until(lambda: port.connector_view(1).status is ConnectorStatus.PREPARING, 5, "Preparing at the proxy")
     assert port.begin_authorized(1, TAG) is True
@@ -129,6 +141,7 @@ async def test_a_session_through_the_proxy(ipc: Ipc) -> None:
     await ipc.until(lambda: port.connector_view(1).session is None, 2, "no session in the mirror")
     assert station.connector_view(1).session is None
     assert port.stop_session(1, StopReason.REMOTE) is None  # nothing left to stop
+    assert len(seen) >= 5 and set(seen) == {"ok"}, seen
     await ipc.until(lambda: ipc.bench.rig.connectors[1].plant.relay_closed is False, 5, "plant relay open")
     # The proxy's own connection to the state database sees the finished record.
     record = port.shared.sessions.get(ref)
