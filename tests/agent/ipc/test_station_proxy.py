@@ -4,6 +4,7 @@ behind a ControlServer on a real Unix socket, and a StationProxy using it as the
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import shutil
@@ -376,3 +377,53 @@ async def test_a_client_that_does_not_read_is_dropped_not_buffered(ipc: Ipc) -> 
         assert proxy.connector_view(1).id == 1
     finally:
         await proxy.close()
+
+
+async def test_the_proxy_survives_a_bad_control_side_and_times_out_commands(tmp_path: Path) -> None:
+    """A control side that sends garbage is dropped and redialled; one that never answers makes an awaited
+    command fail with StationUnavailable after command_timeout_s, not hang."""
+    from tests.agent.ipc.test_codec import FACTS, VIEW
+
+    short = Path(tempfile.mkdtemp(prefix="cpipc", dir="/tmp"))
+    sock = short / "s.sock"
+    mode = {"garbage": True}
+    connections: list[asyncio.StreamWriter] = []
+    received: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        connections.append(writer)
+        if mode["garbage"]:
+            writer.write(b'{"k": "hello", "v": 1, "facts": {"$t": "Popen"}, "views": []}\n')
+            await reader.read()  # until the proxy hangs up
+            return
+        hello = {"k": "hello", "v": 1, "facts": encode(FACTS), "views": [encode(dataclasses.replace(VIEW, id=1))]}
+        writer.write(json.dumps(hello).encode() + b"\n")
+        while line := await reader.readline():
+            received.append(line)  # read, never answer
+
+    server = await asyncio.start_unix_server(serve, path=str(sock))
+    proxy = StationProxy(sock, tmp_path / "state.db", command_timeout_s=0.3, reconnect_min_s=0.05,
+                         reconnect_max_s=0.1)
+    try:
+        await proxy.start()
+        await asyncio.sleep(0.6)
+        assert len(connections) >= 3 and not proxy.connected  # dropped and redialled, never accepted the hello
+        assert "unknown type 'Popen'" in proxy.last_error
+        with pytest.raises(StationUnavailable):
+            proxy.facts()
+        with pytest.raises(StationUnavailable):
+            await proxy.unlock(1)
+        mode["garbage"] = False
+        await proxy.wait_connected(3)
+        assert proxy.facts() == FACTS and proxy.connector_view(1).status is VIEW.status
+        t0 = time.monotonic()
+        with pytest.raises(StationUnavailable, match="no answer"):
+            await proxy.clear_faults(1)
+        assert 0.25 <= time.monotonic() - t0 < 1.0
+        assert any(b'"op":"clear_faults"' in line for line in received)
+    finally:
+        await proxy.close()
+        server.close()
+        for w in connections:
+            w.transport.abort()
+        shutil.rmtree(short, ignore_errors=True)
