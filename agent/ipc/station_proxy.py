@@ -113,6 +113,10 @@ class StationProxy:
         self._task: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._answers: set[asyncio.Task[None]] = set()
+        # set_reservation sent but not yet answered: (request id, reservation) per connector, laid over the
+        # views that arrive meanwhile (a refresh already in flight must not undo it in the mirror)
+        self._reserving: dict[int, tuple[int, ConnectorReservation | None]] = {}
+        self._closing = False
         self.last_error = "not connected yet"
         self.connects = 0  # hellos received so far
 
@@ -125,6 +129,7 @@ class StationProxy:
             await asyncio.wait_for(self._ready.wait(), timeout_s)
 
     async def close(self) -> None:
+        self._closing = True
         if self._task is not None:
             await cancel_and_wait(self._task)
             self._task = None
@@ -201,7 +206,7 @@ class StationProxy:
             if "facts" in message:
                 self._facts = decode(message["facts"], StationFacts, "event.facts")
             if view is not None:
-                self._views[view.id] = view
+                self._take(view)
             signing = message.get("signing")
             session: Session | None = getattr(event, "session", None)
             if isinstance(signing, bool) and session is not None and event.connector_id is not None:
@@ -214,7 +219,7 @@ class StationProxy:
                 self._facts = decode(message["facts"], StationFacts, "refresh.facts")
             for view in decode(message.get("views"), tuple[ConnectorView, ...], "refresh.views"):
                 if view.id in self._views:
-                    self._views[view.id] = view
+                    self._take(view)
         elif kind == "reply":
             self._on_reply(message)
         elif kind == "ask":
@@ -227,6 +232,7 @@ class StationProxy:
         self._facts = facts
         self._views = {v.id: v for v in views}
         self._signing.clear()
+        self._reserving.clear()
         self.connects += 1
         self.last_error = ""
         self._ready.set()
@@ -246,6 +252,9 @@ class StationProxy:
         if entry is None:
             raise CodecError("reply to no outstanding command")
         op, future = entry
+        for cid, (reserving_id, _) in list(self._reserving.items()):
+            if reserving_id == request_id:
+                del self._reserving[cid]
         error = message.get("error")
         if error is not None:
             if not isinstance(error, dict):
@@ -262,6 +271,8 @@ class StationProxy:
         result = decode(message.get("result"), COMMANDS[op].result if op in COMMANDS else None, f"reply.{op}")
         if future is not None and not future.done():
             future.set_result(result)
+        elif op == "begin_authorized" and result is False:
+            log.warning("station proxy: the control side refused begin_authorized (reservation changed meanwhile)")
 
     def _on_ask(self, message: dict[str, Any]) -> None:
         ask_id = message.get("id")
@@ -309,10 +320,11 @@ class StationProxy:
         self._writer = None
         self._ready.clear()
         pending, self._pending = self._pending, {}
+        self._reserving.clear()
         for op, future in pending.values():
             if future is not None and not future.done():
                 future.set_exception(StationUnavailable(f"{op}: the control side went away ({why})"))
-        if not was_connected:
+        if not was_connected or self._closing:
             return
         log.error("station proxy: lost the control side (%s); connectors reported Faulted", why)
         for cid, view in list(self._views.items()):
@@ -338,16 +350,17 @@ class StationProxy:
             raise StationUnavailable("the control side does not read its socket")
         writer.write(data)
 
-    def _send_call(self, op: str, args: dict[str, Any], future: asyncio.Future[Any] | None = None) -> None:
+    def _send_call(self, op: str, args: dict[str, Any], future: asyncio.Future[Any] | None = None) -> int:
         request_id = next(self._ids)
         self._write({"k": "call", "id": request_id, "op": op, "args": {k: encode(v) for k, v in args.items()}})
         self._pending[request_id] = (op, future)
+        return request_id
 
-    def _send(self, op: str, **args: Any) -> None:
+    def _send(self, op: str, **args: Any) -> int:
         """A command sent without waiting (StationUnavailable at once when not connected)."""
         if not self.connected:
             raise StationUnavailable(f"{op}: the control side is not connected ({self.last_error})")
-        self._send_call(op, args)
+        return self._send_call(op, args)
 
     async def _call(self, op: str, **args: Any) -> Any:
         """A command whose reply is awaited."""
@@ -363,6 +376,12 @@ class StationProxy:
 
     def _mirror(self, connector_id: int) -> ConnectorView:
         return self._views[connector_id]
+
+    def _take(self, view: ConnectorView) -> None:
+        reserving = self._reserving.get(view.id)
+        if reserving is not None and view.reservation != reserving[1]:
+            view = dataclasses.replace(view, reservation=reserving[1])
+        self._views[view.id] = view
 
     # ----------------------------------------------------------------------------------- StationPort: state
     @property
@@ -430,7 +449,8 @@ class StationProxy:
 
     def set_reservation(self, connector_id: int, reservation: ConnectorReservation | None) -> None:
         view = self._mirror(connector_id)
-        self._send("set_reservation", connector_id=connector_id, reservation=reservation)
+        request_id = self._send("set_reservation", connector_id=connector_id, reservation=reservation)
+        self._reserving[connector_id] = (request_id, reservation)
         self._views[connector_id] = dataclasses.replace(view, reservation=reservation)
 
     def set_display_extra(self, connector_id: int, extra: tuple[tuple[str, str], ...]) -> None:

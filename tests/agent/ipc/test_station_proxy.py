@@ -427,3 +427,22 @@ async def test_the_proxy_survives_a_bad_control_side_and_times_out_commands(tmp_
         for w in connections:
             w.transport.abort()
         shutil.rmtree(short, ignore_errors=True)
+
+
+async def test_a_reservation_holds_in_the_mirror_while_older_views_are_in_flight(ipc: Ipc) -> None:
+    """begin_authorized answers from the mirror: a view sent before the control side applied a
+    set_reservation must not undo it there (views stream back to back here)."""
+    port: StationPort = ipc.proxy
+    ipc.server.refresh_s = 0.0
+    hold = ConnectorReservation(7, "OTHERTAG")
+    for _ in range(40):
+        port.set_reservation(1, hold)
+        for _ in range(30):  # every loop iteration: each may have processed a view
+            await asyncio.sleep(0)
+            assert port.connector_view(1).reservation == hold
+            assert port.begin_authorized(1, TAG) is False
+        port.set_reservation(1, None)
+        for _ in range(30):
+            await asyncio.sleep(0)
+            assert port.connector_view(1).reservation is None
+    await ipc.until(lambda: ipc.bench.station.connector_view(1).reservation is None, 2, "last clear applied")
