@@ -446,3 +446,35 @@ async def test_a_reservation_holds_in_the_mirror_while_older_views_are_in_flight
             await asyncio.sleep(0)
             assert port.connector_view(1).reservation is None
     await ipc.until(lambda: ipc.bench.station.connector_view(1).reservation is None, 2, "last clear applied")
+
+
+async def test_charging_goes_on_while_the_network_side_is_gone(ipc: Ipc) -> None:
+    """The network side going away is no reason to stop: the session keeps its energy, and a new network
+    side finds it running (and gets its meter values)."""
+    port: StationPort = ipc.proxy
+    station = ipc.bench.station
+    ipc.bench.ctl(cmd="plug", connector=1)
+    await ipc.until(lambda: port.connector_view(1).status is ConnectorStatus.PREPARING, 5, "Preparing")
+    port.begin_authorized(1, TAG)
+    await ipc.until(lambda: port.connector_view(1).status is ConnectorStatus.CHARGING, 8, "Charging")
+    ref = port.connector_view(1).session.ref  # type: ignore[union-attr]
+    await ipc.proxy.close()
+    await ipc.until(lambda: not ipc.server.connected, 2, "network side gone")
+    energy = station.connector_view(1).session_energy_wh
+    await asyncio.sleep(1.5)
+    view = station.connector_view(1)
+    assert view.status is ConnectorStatus.CHARGING and view.relay_feedback_closed is True
+    assert view.session is not None and view.session.ref == ref and view.session_energy_wh > energy
+
+    again = StationProxy(ipc.sock, station.config.state_dir / "state.db")
+    samples: list[StationEvent] = []
+    again.subscribe(samples.append)
+    try:
+        await again.start(timeout_s=3)
+        mirrored = again.connector_view(1)
+        assert mirrored.status is ConnectorStatus.CHARGING and mirrored.session is not None
+        assert mirrored.session.ref == ref
+        await ipc.until(lambda: any(isinstance(e, MeterUpdate) and e.session_ref == ref for e in samples), 5,
+                        "meter values to the new network side")
+    finally:
+        await again.close()
