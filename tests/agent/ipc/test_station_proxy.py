@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import random
 import shutil
 import socket
 import stat
@@ -478,3 +479,89 @@ async def test_charging_goes_on_while_the_network_side_is_gone(ipc: Ipc) -> None
                         "meter values to the new network side")
     finally:
         await again.close()
+
+
+def _random_frame(rng: random.Random) -> bytes:
+    from agent.ipc.protocol import COMMANDS
+
+    def value(depth: int = 0) -> object:
+        pick = rng.randrange(12 if depth < 3 else 7)
+        if pick == 0:
+            return None
+        if pick == 1:
+            return rng.choice([True, False])
+        if pick == 2:
+            return rng.choice([0, 1, -1, 9, 2**31, 2**70, 1.5, -0.0])
+        if pick == 3:
+            return rng.choice(["", "x", "rcd", "Charging", "Remote", "reserved", "DEADBEEF01", "\u0000", "é" * 50])
+        if pick == 4:
+            return encode(rng.choice([ConnectorReservation(1, "A"), ConnectorSettings(0.1), EnergyHold.MAINTENANCE,
+                                      StopReason.LOCAL, (("a", "b"),)]))
+        if pick == 5:
+            return {"$t": rng.choice(["ConnectorReservation", "Session", "Nope", "ConnectorSettings"])}
+        if pick == 6:
+            return {"$float": rng.choice(["nan", "inf", "x"])}
+        if pick in (7, 8):
+            return [value(depth + 1) for _ in range(rng.randrange(4))]
+        keys = ["connector_id", "reservation", "settings", "reason", "amps", "available", "on", "extra", "id_tag",
+                "closed", "duty_percent", "which", "session_ref", "$t", "zz"]
+        return {rng.choice(keys): value(depth + 1) for _ in range(rng.randrange(4))}
+
+    if rng.random() < 0.4:  # a well-formed call with typed arguments (some of them refused by the station)
+        samples: dict[object, list[object]] = {
+            int: [1, 1, 2, 0], str: ["DEADBEEF01", "x", "start", "stop"], bool: [True, False],
+            float: [0.0, 6.0, 100.0, 55.5], float | None: [None, 10.0], str | None: [None, "GROUP"],
+            StopReason: list(StopReason), EnergyHold: list(EnergyHold),
+            ConnectorReservation | None: [None, ConnectorReservation(3, "ABC")],
+            ConnectorSettings: [ConnectorSettings(), ConnectorSettings(0.2, False, False)],
+            tuple[tuple[str, str], ...]: [(), (("price", "1"),)],
+        }
+        name = rng.choice(sorted(COMMANDS))
+        call_args = {p: encode(rng.choice(samples[tp])) for p, tp in COMMANDS[name].params.items()}
+        return json.dumps({"k": "call", "id": rng.randrange(1, 100), "op": name, "args": call_args}).encode() + b"\n"
+    ops = [*COMMANDS, "register_authority", "os.system", "", None, 3]
+    message: dict[str, object] = {"k": rng.choice(["call", "call", "call", "answer", "ask", "hello", None, 5])}
+    if rng.random() < 0.9:
+        message["id"] = rng.choice([1, 2, -5, "1", None, 1.0, True])
+    if rng.random() < 0.9:
+        message["op"] = rng.choice(ops)
+    if rng.random() < 0.9:
+        args = {k: value() for k in rng.sample(["connector_id", "reservation", "settings", "reason", "amps",
+                                                 "available", "on", "extra", "id_tag", "closed", "duty_percent",
+                                                 "which", "session_ref", "parent_id_tag", "zz"], rng.randrange(5))}
+        if rng.random() < 0.7:
+            args["connector_id"] = rng.choice([1, 1, 1, 0, 2, "1"])
+        message["args"] = args if rng.random() < 0.95 else [args]
+    if rng.random() < 0.2:
+        message["result"] = value()
+    return json.dumps(message).encode() + b"\n"
+
+
+async def test_fuzzed_frames_never_raise_out_of_the_server(ipc: Ipc, caplog: pytest.LogCaptureFixture) -> None:
+    """Random frames, one connection each: the server answers or drops that connection, never fails
+    internally, and keeps serving the station."""
+    await ipc.proxy.close()
+    await ipc.until(lambda: not ipc.server.connected, 2, "proxy gone")
+    loop = asyncio.get_running_loop()
+    rng = random.Random(12)
+    outcomes = {"reply": 0, "dropped": 0}
+    for _ in range(int(os.environ.get("CPAGENT_IPC_FUZZ", "150"))):
+        s = _raw_client(ipc.sock)
+        try:
+            await loop.sock_sendall(s, _random_frame(rng))
+            data = b""
+            while b"<EOF>" not in data and b'"k":"reply"' not in data:
+                chunk = await asyncio.wait_for(loop.sock_recv(s, 65536), 3)
+                data += chunk or b"<EOF>"
+            outcomes["reply" if b'"k":"reply"' in data else "dropped"] += 1
+        finally:
+            s.close()
+    assert outcomes["reply"] > 10 and outcomes["dropped"] > 10, outcomes
+    assert not [r for r in caplog.records if r.name.startswith("cpagent.ipc") and r.exc_info], "internal failure"
+    proxy = StationProxy(ipc.sock, ipc.bench.station.config.state_dir / "state.db")
+    try:
+        await proxy.start(timeout_s=3)
+        assert proxy.connector_ids() == (1,)
+        assert await proxy.clear_faults(1) in (True, False)
+    finally:
+        await proxy.close()
