@@ -310,15 +310,18 @@ class Station:
                 log.exception("handling token failed")
 
     # ----------------------------------------------------------------- lifecycle
-    async def run(self, ready: Callable[[], None] | None = None) -> None:
+    async def run(self, ready: Callable[[], None] | None = None, *, serve_diag: bool = True) -> None:
+        """Run the devices until cancelled. ``serve_diag``: also serve the technician's socket here (one
+        process); the split agent serves it on the network side instead (agent/split.py)."""
         from agent.diag import DiagServer
 
-        self.diag = DiagServer(self, self.config.diag_socket, self.ocpp_diagnostics)
-        try:
-            await self.diag.start()
-        except OSError as exc:
-            # The charger must charge even if the technician's socket cannot be created.
-            log.error("diagnostic socket %s unavailable: %s", self.config.diag_socket, exc)
+        diag = DiagServer(self, self.config.diag_socket, self.ocpp_diagnostics) if serve_diag else None
+        if diag is not None:
+            try:
+                await diag.start()
+            except OSError as exc:
+                # The charger must charge even if the technician's socket cannot be created.
+                log.error("diagnostic socket %s unavailable: %s", self.config.diag_socket, exc)
         for name, device in self.devices.items():
             self.supervisor.spawn(f"device:{name}", device.run)
         if self.reader is not None:
@@ -329,7 +332,8 @@ class Station:
             await asyncio.Event().wait()
         finally:
             await self.supervisor.stop()
-            await self.diag.stop()
+            if diag is not None:
+                await diag.stop()
 
     def close(self) -> None:
         # Leave the hardware safe: nothing energised when the agent stops.
