@@ -4,6 +4,7 @@ behind a ControlServer on a real Unix socket, and a StationProxy using it as the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import os
@@ -61,7 +62,13 @@ class Ipc:
 
 @pytest.fixture
 async def ipc(tmp_path: Path) -> AsyncIterator[Ipc]:
-    bench = await start_bench(tmp_path / "rig")
+    async with running_ipc(tmp_path) as h:
+        yield h
+
+
+@contextlib.asynccontextmanager
+async def running_ipc(tmp_path: Path, **rig_options: object) -> AsyncIterator[Ipc]:
+    bench = await start_bench(tmp_path / "rig", **rig_options)
     short = Path(tempfile.mkdtemp(prefix="cpipc", dir="/tmp"))  # Unix socket paths are limited to 107 bytes
     sock = short / "station.sock"
     server = ControlServer(bench.station, sock, refresh_s=0.1, ask_timeout_s=1.0)
@@ -565,3 +572,34 @@ async def test_fuzzed_frames_never_raise_out_of_the_server(ipc: Ipc, caplog: pyt
         assert await proxy.clear_faults(1) in (True, False)
     finally:
         await proxy.close()
+
+
+async def test_signed_meter_readings_through_the_proxy(tmp_path: Path) -> None:
+    """With a signing (OCMF) meter: the proxy knows a signed start/stop reading is in progress when the
+    session event arrives, and awaits the record from the control side."""
+    async with running_ipc(tmp_path, meter_model="ocmf") as ipc:
+        port: StationPort = ipc.proxy
+        pending_at_event: list[tuple[str, bool]] = []
+
+        def on_event(event: StationEvent) -> None:
+            if isinstance(event, SessionStarted):
+                pending_at_event.append(("start", port.signed_reading_pending(1, event.session.ref, "start")))
+            elif isinstance(event, SessionStopped):
+                pending_at_event.append(("stop", port.signed_reading_pending(1, event.session.ref, "stop")))
+
+        port.subscribe(on_event)
+        ipc.bench.ctl(cmd="plug", connector=1)
+        await ipc.until(lambda: port.connector_view(1).plugged_in, 5, "EV plugged in")
+        port.begin_authorized(1, TAG)
+        await ipc.until(lambda: port.connector_view(1).session is not None, 5, "session")
+        ref = port.connector_view(1).session.ref  # type: ignore[union-attr]
+        start = await port.signed_reading(1, ref, "start")
+        assert start is not None and start.startswith("OCMF|")
+        assert port.signed_reading_pending(1, ref, "stop") is False
+        await ipc.until(lambda: port.connector_view(1).status is ConnectorStatus.CHARGING, 8, "Charging")
+        port.stop_session(1, StopReason.LOCAL)
+        await ipc.until(lambda: len(pending_at_event) == 2, 5, "SessionStopped")
+        assert pending_at_event == [("start", True), ("stop", True)]
+        end = await port.signed_reading(1, ref, "stop")
+        assert end is not None and end.startswith("OCMF|") and end != start
+        assert await port.signed_reading(1, "no-such-session", "stop") is None
