@@ -247,14 +247,14 @@ async def test_a_slow_or_absent_network_side_does_not_hold_token_decisions(ipc: 
     await asyncio.sleep(0.1)  # the registration has reached the server
     t0 = time.monotonic()
     assert (await station.present_token(STRANGER)).accepted is False  # the allow-list decides after the timeout
-    assert 0.9 <= time.monotonic() - t0 < 2.0  # ask_timeout_s = 1.0
+    assert 0.9 <= time.monotonic() - t0 < 2.5  # ask_timeout_s = 1.0, not the authority's 30 s
     assert (await station.present_token(TAG)).accepted is True
     # No client at all: the station decides at once, as it does without an authority.
     await ipc.proxy.close()
     await ipc.until(lambda: not ipc.server.connected, 2, "client gone")
     t0 = time.monotonic()
     assert (await station.present_token("ANOTHER001")).accepted is False
-    assert time.monotonic() - t0 < 0.2
+    assert time.monotonic() - t0 < 0.5  # not the 1 s ask timeout
 
 
 async def test_control_side_restart_proxy_reconnects_and_resyncs(ipc: Ipc) -> None:
@@ -278,7 +278,7 @@ async def test_control_side_restart_proxy_reconnects_and_resyncs(ipc: Ipc) -> No
         port.set_available(1, False)
     with pytest.raises(StationUnavailable):
         await port.clear_faults(1)
-    assert time.monotonic() - t0 < 0.1
+    assert time.monotonic() - t0 < 0.5  # not the 5 s command timeout
 
     # A restarted control side starts without what the network side configured.
     station.configure_connector(1, ConnectorSettings())
