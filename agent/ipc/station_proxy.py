@@ -430,6 +430,8 @@ class StationProxy:
     def set_available(self, connector_id: int, available: bool) -> None:
         self._mirror(connector_id)
         self._send("set_available", connector_id=connector_id, available=available)
+        # Replayed after a control-side restart: an Unavailable connector (ChangeAvailability) stays so.
+        self._replay[("set_available", connector_id)] = {"connector_id": connector_id, "available": available}
 
     def set_maintenance(self, connector_id: int, on: bool) -> None:
         self._mirror(connector_id)

@@ -296,6 +296,20 @@ async def test_control_side_restart_proxy_reconnects_and_resyncs(ipc: Ipc) -> No
     await ipc.until(lambda: port.connector_view(1).status is ConnectorStatus.UNAVAILABLE, 2, "Unavailable")
 
 
+async def test_availability_is_given_again_to_a_restarted_control_side(ipc: Ipc) -> None:
+    """A connector the CSMS made Unavailable stays so when the control side restarts (it starts Available)."""
+    port: StationPort = ipc.proxy
+    station = ipc.bench.station
+    port.set_available(1, False)
+    await ipc.until(lambda: station.connector_view(1).status is ConnectorStatus.UNAVAILABLE, 2, "Unavailable")
+    await ipc.server.stop()
+    await ipc.until(lambda: port.connector_view(1).status is ConnectorStatus.FAULTED, 2, "Faulted while disconnected")
+    station.set_available(1, True)  # as a restarted control side would start
+    await ipc.new_server()
+    await ipc.until(lambda: station.connector_view(1).status is ConnectorStatus.UNAVAILABLE, 5, "Unavailable again")
+    await ipc.until(lambda: port.connector_view(1).status is ConnectorStatus.UNAVAILABLE, 2, "and mirrored")
+
+
 def _raw_client(path: Path) -> socket.socket:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.connect(str(path))
