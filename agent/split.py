@@ -89,9 +89,18 @@ def child_notifier() -> Notifier:
     return Notifier.from_env()
 
 
+NETWORK_NICENESS = 5  # the network side yields the CPU to the control side when both want it
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     with contextlib.suppress(Exception):
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def _network_child() -> None:
+    _die_with_parent()
+    with contextlib.suppress(OSError):
+        os.nice(NETWORK_NICENESS)
 
 
 @dataclass
@@ -142,9 +151,10 @@ class ProcessSupervisor:
         env[HEALTH_FD_ENV] = str(write_fd)
         env[CHECKED_ENV] = str(self.config_path)
         env["WATCHDOG_USEC"] = str(int(CHILD_PET_S * 2 * 1e6))  # children report every CHILD_PET_S
+        before_exec = _network_child if child.role == "network" else _die_with_parent
         try:
             child.process = await asyncio.create_subprocess_exec(
-                *child.argv, env=env, pass_fds=(write_fd,), preexec_fn=_die_with_parent,
+                *child.argv, env=env, pass_fds=(write_fd,), preexec_fn=before_exec,
                 stdin=asyncio.subprocess.DEVNULL,
             )
         finally:
