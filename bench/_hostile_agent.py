@@ -10,6 +10,7 @@ import asyncio
 import json
 import signal
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,8 +18,10 @@ from pathlib import Path
 from agent.charge_control import ChargeState
 from agent.config import load
 from agent.events import ConnectorStatus
+from agent.ipc.control_server import ControlServer
 from agent.logsetup import setup_logging
 from agent.ocpp.v16.service import OcppService
+from agent.split import station_socket
 from agent.station import Station
 
 LAG_TICK_S = 0.010
@@ -42,16 +45,25 @@ def lag_figures(lags: list[float]) -> dict[str, object]:
             "agent_loop_lag_samples": len(ordered)}
 
 
-async def main(config_path: Path, tag: str) -> dict[str, object]:
+async def main(config_path: Path, tag: str, split: bool) -> dict[str, object]:
+    """``split``: as `cpagent run` runs it, the OCPP side in its own process (`cpagent network`) on the
+    station socket this process serves; else both in this process and event loop (`--single-process`)."""
     config = load(config_path)
     setup_logging(config.log_levels)
     station = Station(config)
-    service = OcppService(station, config)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     lags: list[float] = []
-    tasks = [asyncio.create_task(station.run()), asyncio.create_task(service.run()),
-             asyncio.create_task(sample_lag(lags))]
+    tasks = [asyncio.create_task(station.run()), asyncio.create_task(sample_lag(lags))]
+    network: subprocess.Popen[bytes] | None = None
+    if split:
+        server = ControlServer(station, station_socket(config))
+        await server.start()
+        network = subprocess.Popen(  # noqa: ASYNC220 - started once, before the measured events
+            [sys.executable, "-m", "agent.cli", "network", "--config", str(config_path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    else:
+        tasks.append(asyncio.create_task(OcppService(station, config).run()))
     while not stop.is_set() and not any(t.done() for t in tasks):
         for c in station.connectors.values():
             if c.session is None and c.status() is ConnectorStatus.PREPARING and c.pending_id_tag is None:
@@ -59,7 +71,11 @@ async def main(config_path: Path, tag: str) -> dict[str, object]:
             elif c.controller.state is ChargeState.FAULT:
                 c.controller.clear_faults()
         await asyncio.sleep(0.05)
+    if network is not None:
+        network.terminate()
+        network.wait(10)
     figures = lag_figures(lags)
+    figures["agent_processes"] = 2 if split else 1
     for t in tasks:
         if t.done() and not t.cancelled() and t.exception() is not None:
             figures["agent_task_died"] = repr(t.exception())
@@ -67,4 +83,5 @@ async def main(config_path: Path, tag: str) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    Path(sys.argv[3]).write_text(json.dumps(asyncio.run(main(Path(sys.argv[1]), sys.argv[2]))))
+    single = "--single-process" in sys.argv[4:]
+    Path(sys.argv[3]).write_text(json.dumps(asyncio.run(main(Path(sys.argv[1]), sys.argv[2], not single))))

@@ -204,7 +204,7 @@ async def play_hostile(board: BoardPlayer, count: int, offset: int, stalls: list
                 board.trip_t0 = None
 
 
-async def run(hostile: bool = False) -> dict[str, object]:
+async def run(hostile: bool = False, single_process: bool = False) -> dict[str, object]:
     loop = asyncio.get_running_loop()
     boards = [BoardPlayer(n) for n in range(1, CONNECTORS + 1)]
     meters = [MeterEmulator(Plant(), transport="tcp") for _ in boards]
@@ -232,7 +232,7 @@ async def run(hostile: bool = False) -> dict[str, object]:
             port = json.loads(await asyncio.to_thread(csms.stdout.readline))["port"]
             lines += ["[ocpp]", f'endpoint = "ws://127.0.0.1:{port}"', "reconnect_cap_s = 2", ""]
             agent_cmd = [sys.executable, str(Path(__file__).with_name("_hostile_agent.py")), str(config), TAG,
-                         str(Path(tmp) / "lag.json")]
+                         str(Path(tmp) / "lag.json"), *(["--single-process"] if single_process else [])]
         config.write_text("\n".join(lines))
         for b in boards:
             loop.add_reader(b.fd, b.on_readable)
@@ -328,7 +328,9 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--hostile", action="store_true", help="a hostile CSMS keeps the network side busy")
     parser.add_argument("--events", type=int, help=f"number of events (default LATENCY_EVENTS or {EVENTS})")
+    parser.add_argument("--single-process", action="store_true",
+                        help="with --hostile: the OCPP side in the control side's process and loop (the old design)")
     args = parser.parse_args()
     if args.events:
         EVENTS = args.events
-    print(json.dumps(asyncio.run(run(hostile=args.hostile))))
+    print(json.dumps(asyncio.run(run(hostile=args.hostile, single_process=args.single_process))))
