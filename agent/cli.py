@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 from pathlib import Path
 
-from agent import __version__, split_env
+from agent import __version__
 from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load
 from hal import DeviceError
 from hal.tasks import cancel_and_wait
@@ -33,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
         side.add_argument("-v", "--verbose", action="store_true")
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
+    preflight = sub.add_parser("preflight", help="the checks `cpagent run` makes before starting (no devices)")
+    preflight.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
     sim = sub.add_parser("sim", help="start the simulator and the agent and play a charging session")
     sim.add_argument("--connectors", type=int, default=1)
     sim.add_argument("--charge-seconds", type=float, default=20.0)
@@ -43,10 +44,11 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load_checked(path: Path) -> AgentConfig:
+def _parse_or_exit(path: Path) -> AgentConfig:
+    """The parsed configuration without the pre-flight checks (see `main`)."""
     try:
         return load(path)
-    except ConfigError as exc:  # changed since the supervisor checked it
+    except ConfigError as exc:
         print(f"cpagent: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(2) from exc
 
@@ -113,11 +115,15 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{args.config}: ok ({len(config.connectors)} connector(s), {len(config.devices)} device(s))")
         return 0
+    if args.command == "preflight":  # what `cpagent run` checks, in a process of its own (agent/split.py)
+        load_or_exit(args.config)
+        return 0
     if args.command in ("run", "control", "network"):
-        # The sides started by `cpagent run` skip the pre-flight checks the supervisor has just made (they
-        # import the OCPP stack; a side starts ~0.35 s sooner without them).
-        checked = args.command != "run" and os.environ.get(split_env.CHECKED_ENV) == str(args.config)
-        config = _load_checked(args.config) if checked else load_or_exit(args.config)
+        # The two-process agent makes the pre-flight checks (OCPP key presets, TLS files, state_dir) in a
+        # `cpagent preflight` process while the sides import their code; the sides start only once it passed.
+        # So neither the supervisor nor the control side carries the OCPP stack the checks import.
+        split_side = args.command != "run" or not args.single_process
+        config = _parse_or_exit(args.config) if split_side else load_or_exit(args.config)
         from agent.logsetup import setup_logging
 
         setup_logging(config.log_levels, verbose=args.verbose)
@@ -127,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command == "run":
             return asyncio.run(split.run_supervised(args.config))
+        if not split.prepare(args.command):
+            return 0  # the supervisor stopped before giving the go (a failed pre-flight check)
         try:
             return asyncio.run(split.run_control(config) if args.command == "control" else split.run_network(config))
         except (DeviceError, ConfigError) as exc:

@@ -38,9 +38,11 @@ from pathlib import Path
 
 from agent.config import AgentConfig
 from agent.sdnotify import EXIT_RESTART_REQUESTED, Notifier, watchdog_interval
-from agent.split_env import CHECKED_ENV, HEALTH_FD_ENV
 
 log = logging.getLogger("cpagent.split")
+
+HEALTH_FD_ENV = "CPAGENT_HEALTH_FD"  # the pipe a side reports READY/WATCHDOG/STATUS on
+GO_FD_ENV = "CPAGENT_GO_FD"  # the pipe a side waits on (after importing its code) until the checks passed
 
 CHILD_PET_S = 1.0  # children report this often (WATCHDOG_USEC given to them = 2x this)
 HANG_AFTER_S = 10.0  # a child that was ready and has not reported for this long is hung: kill -9, restart
@@ -53,6 +55,28 @@ RESTART_MAX_S = 30.0
 STABLE_AFTER_S = 60.0  # a child that ran this long restarts with the minimum back-off again
 STOP_GRACE_S = 10.0
 PR_SET_PDEATHSIG = 1
+
+
+def prepare(role: str) -> bool:
+    """In a side started by the supervisor: import the side's code, then wait for the supervisor's go
+    (given once `cpagent preflight` passed). False: no go (the checks failed, or the supervisor is gone)."""
+    if role == "control":
+        import agent.ipc.control_server
+        import agent.station
+    else:
+        import agent.diag
+        import agent.ipc.station_proxy
+        import agent.ocpp.v16.service  # noqa: F401
+    fd = os.environ.get(GO_FD_ENV)
+    if not fd or not fd.isascii() or not fd.isdigit():
+        return True  # started by hand
+    try:
+        return os.read(int(fd), 1) == b"g"
+    except OSError:
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(int(fd))
 
 
 def station_socket(config: AgentConfig) -> Path:
@@ -113,6 +137,7 @@ class Child:
     started: float = 0.0
     status: str = ""
     restarts: int = 0
+    go_fd: int | None = None  # the write end of the side's go pipe until the go is given
     backoff_s: float = RESTART_MIN_S
     reader: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -133,8 +158,30 @@ class ProcessSupervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
+        # The sides import their code while `cpagent preflight` checks the configuration; they start only
+        # once it passed (a failed check has printed its one line and nothing else ran).
+        preflight = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agent.cli", "preflight", "--config", str(self.config_path),
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=_die_with_parent)
         for child in self.children.values():
-            await self._spawn(child)
+            await self._spawn(child, go=False)
+        _, complaint = await preflight.communicate()
+        checked = preflight.returncode or 0
+        if complaint:  # the checks' one line, as `cpagent run` itself says it
+            sys.stderr.write(complaint.decode("utf-8", "replace"))
+            sys.stderr.flush()
+        if checked != 0:
+            for child in self.children.values():
+                if child.process is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        child.process.kill()
+                    await child.process.wait()
+            return checked
+        for child in self.children.values():
+            self._go(child)
+            assert child.process is not None
+            log.info("%s side started (pid %d)", child.role, child.process.pid)
         try:
             while not self._stopping.is_set():
                 await self._tick()
@@ -145,24 +192,35 @@ class ProcessSupervisor:
             await self._stop_all()
         return self.exit_status
 
-    async def _spawn(self, child: Child) -> None:
+    def _go(self, child: Child) -> None:
+        if child.go_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(child.go_fd, b"g")
+                os.close(child.go_fd)
+            child.go_fd = None
+
+    async def _spawn(self, child: Child, *, go: bool = True) -> None:
         read_fd, write_fd = os.pipe()
+        go_read, child.go_fd = os.pipe()
         env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC")}
         env[HEALTH_FD_ENV] = str(write_fd)
-        env[CHECKED_ENV] = str(self.config_path)
+        env[GO_FD_ENV] = str(go_read)
         env["WATCHDOG_USEC"] = str(int(CHILD_PET_S * 2 * 1e6))  # children report every CHILD_PET_S
         before_exec = _network_child if child.role == "network" else _die_with_parent
         try:
             child.process = await asyncio.create_subprocess_exec(
-                *child.argv, env=env, pass_fds=(write_fd,), preexec_fn=before_exec,
+                *child.argv, env=env, pass_fds=(write_fd, go_read), preexec_fn=before_exec,
                 stdin=asyncio.subprocess.DEVNULL,
             )
         finally:
             os.close(write_fd)
+            os.close(go_read)
         child.ready = False
         child.started = child.last_report = time.monotonic()
         child.reader = asyncio.create_task(self._read_health(child, read_fd), name=f"health-{child.role}")
-        log.info("%s side started (pid %d)", child.role, child.process.pid)
+        if go:
+            self._go(child)
+            log.info("%s side started (pid %d)", child.role, child.process.pid)
 
     async def _read_health(self, child: Child, fd: int) -> None:
         loop = asyncio.get_running_loop()
