@@ -44,7 +44,7 @@ log = logging.getLogger("cpagent.split")
 HEALTH_FD_ENV = "CPAGENT_HEALTH_FD"  # the pipe a side reports READY/WATCHDOG/STATUS on
 GO_FD_ENV = "CPAGENT_GO_FD"  # the pipe a side waits on (after importing its code) until the checks passed
 
-CHILD_PET_S = 1.0  # children report this often (WATCHDOG_USEC given to them = 2x this)
+CHILD_PET_S = 2.0  # children report this often (WATCHDOG_USEC given to them = 2x this)
 HANG_AFTER_S = 10.0  # a child that was ready and has not reported for this long is hung: kill -9, restart
 RESTART_MIN_S = 0.5
 # A control side that died is restarted only after the pilot boards' keep-alive (2 s) has surely lapsed: the

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cpagent.ipc.server")
 
-REFRESH_S = 1.0
+REFRESH_S = 5.0  # views also go out with every event; this refresh only carries slow drifts (meter, lock)
 ASK_TIMEOUT_S = 5.0
 MAX_BUFFER = 1024 * 1024
 
@@ -293,14 +293,19 @@ class ControlServer:
         client.send(message)
 
     async def _refresh(self) -> None:
+        last: dict[str, Any] | None = None
+        last_client: _Client | None = None
         while True:
             await asyncio.sleep(self.refresh_s)
             client = self._client
             if client is None or client.closed:
                 continue
             try:
-                client.send({"k": "refresh", "facts": encode(self.station.facts()),
-                             "views": [encode(v) for v in self.station.connector_views().values()]})
+                message = {"k": "refresh", "facts": encode(self.station.facts()),
+                           "views": [encode(v) for v in self.station.connector_views().values()]}
+                if message != last or client is not last_client:  # nothing changed: nothing to send or decode
+                    client.send(message)
+                    last, last_client = message, client
             except Exception:
                 log.exception("station socket: refresh failed")
 

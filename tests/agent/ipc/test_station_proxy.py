@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import os
 import random
@@ -385,6 +386,13 @@ async def test_a_client_that_does_not_read_is_dropped_not_buffered(ipc: Ipc) -> 
     await ipc.server.stop()
     await ipc.new_server(max_buffer=64 * 1024)
     ipc.server.refresh_s = 0.005
+
+    async def keep_changing() -> None:  # an unchanged refresh is not sent again: give it news every time
+        for n in itertools.count():
+            ipc.bench.station.set_display_extra(1, (("n", str(n)),))
+            await asyncio.sleep(0.002)
+
+    changing = asyncio.create_task(keep_changing())
     s = _raw_client(ipc.sock)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     try:
@@ -392,6 +400,7 @@ async def test_a_client_that_does_not_read_is_dropped_not_buffered(ipc: Ipc) -> 
                         "the reader-less client dropped")
     finally:
         s.close()
+        changing.cancel()
     # The loop was never blocked and the server still serves.
     proxy = StationProxy(ipc.sock, ipc.bench.station.config.state_dir / "state.db")
     try:
