@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.reliability.harness import CP, close_world, open_world
+from tests.reliability.harness import CP, agent_processes, close_world, open_world
 
 WINDOW_S = 20.0
 TICK = os.sysconf("SC_CLK_TCK")
@@ -44,24 +44,6 @@ def pss_mb(pid: int) -> float:
 def cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
-
-
-def agent_processes(supervisor: int) -> dict[str, int]:
-    """The supervisor and its children by role ("control", "network")."""
-    found = {"supervisor": supervisor}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if int(stat.rsplit(")", 1)[1].split()[1]) == supervisor:
-            for role in ("control", "network"):
-                if role.encode() in argv:
-                    found[role] = int(entry)
-    return found
 
 
 async def measure(connectors: int) -> dict[str, float]:

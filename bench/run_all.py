@@ -22,10 +22,12 @@ ROOT = HERE.parent
 BEGIN, END = "<!-- BENCH:BEGIN -->", "<!-- BENCH:END -->"
 # script -> (result name, extra arguments) of each run; scripts not listed run once without arguments.
 MODES: dict[str, list[tuple[str, list[str]]]] = {
-    "safety_latency.py": [("safety_latency", []), ("safety_latency_hostile", ["--hostile"])],
+    "safety_latency.py": [("safety_latency", []), ("safety_latency_hostile", ["--hostile"]),
+                          ("safety_latency_hostile_single", ["--hostile", "--single-process"])],
 }
 # Result names shown in one table, one column each, instead of in the main table.
-SIDE_BY_SIDE = {"safety_latency": {"safety_latency": "default", "safety_latency_hostile": "--hostile"}}
+SIDE_BY_SIDE = {"safety_latency": {"safety_latency": "default", "safety_latency_hostile": "--hostile",
+                                    "safety_latency_hostile_single": "--hostile --single-process"}}
 
 
 def machine() -> dict[str, object]:

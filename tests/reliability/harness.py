@@ -36,6 +36,24 @@ TAP_SPACING_S = 2.5
 FRAME_LOG = "csms-frames.jsonl"
 
 
+def agent_processes(supervisor: int) -> dict[str, int]:
+    """`cpagent run` (the supervisor, agent/split.py) and its sides by role: "supervisor", "control", "network"."""
+    found = {"supervisor": supervisor}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == supervisor and b"agent.cli" in argv:
+            for role in ("control", "network"):
+                if role.encode() in argv:
+                    found[role] = int(entry)
+    return found
+
+
 def trials(reduced: int, full: int) -> int:
     return full if SOAK else reduced
 

@@ -16,30 +16,17 @@ import asyncio
 import os
 import signal
 import time
-from pathlib import Path
 
-from tests.reliability.harness import CP, TAG, TAP_SPACING_S, World, eventually
+from tests.reliability.harness import CP, TAG, TAP_SPACING_S, World, agent_processes, eventually
 
 IEC_RELAY_OPEN_S = 0.100
 BOARD_KEEPALIVE_S = 2.0  # the pilot board opens its relays when the agent's keep-alives stop
 
 
 def child_pid(world: World, role: str) -> int | None:
-    """The pid of the supervisor's `role` child ("control" or "network"), if it runs."""
+    """The pid of the supervisor's `role` side ("control" or "network"), if it runs."""
     assert world.agent.proc is not None
-    parent = world.agent.proc.pid
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        if ppid == parent and role.encode() in argv and b"agent.cli" in argv:
-            return int(entry)
-    return None
+    return agent_processes(world.agent.proc.pid).get(role)
 
 
 def connector(world: World) -> dict[str, object]:
