@@ -364,7 +364,8 @@ class Security(CertificateHandlers):
 
     async def run(self) -> None:
         undo = self._install_redaction()
-        self.event("StartupOfTheDevice", f"firmware {self._svc.config.station.firmware_version}")
+        if not self._svc.boot_resumed:  # a restart of the network side alone is not a startup of the device
+            self.event("StartupOfTheDevice", f"firmware {self._svc.config.station.firmware_version}")
         try:
             await asyncio.gather(self._watch_link(), self._watch_reset())
         finally:

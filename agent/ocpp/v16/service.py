@@ -39,6 +39,7 @@ from agent.events import (
 from agent.faults import info as fault_info
 from agent.ocpp.v16.authorization import OcppAuthorizer
 from agent.ocpp.v16.availability import AvailabilityStore
+from agent.ocpp.v16.boot_record import BootRecord
 from agent.ocpp.v16.configuration import CORE, SECURITY, ConfigurationStore
 from agent.ocpp.v16.diagnostics import OcppDiagnosticsAdapter
 from agent.ocpp.v16.features import load_feature_classes
@@ -126,11 +127,18 @@ class OcppService:
         self.cache = AuthorizationCache(db, self.clock, self.local_list)
         self.availability = AvailabilityStore(db)
         self.boot_status = BootStatus.NONE
+        # A restart of this (network) side while the station goes on is a reconnect, not a boot (boot_record.py).
+        self._boot_record = BootRecord(db)
+        self._control_started = station.facts().started_wall
+        self.boot_resumed = self._boot_record.accepted_for(self._control_started, self._boot_fields())
         self.clock_offset_s = 0.0  # CSMS time - local wall time; the system clock is never set
         self._clock_refusal_logged = False  # one warning per run of unusable currentTimes
         self.restart_requested = asyncio.Event()
         self.restart_kind: str | None = None
         self._booted_fields: dict[str, str] | None = None
+        if self.boot_resumed:
+            self.boot_status = BootStatus.ACCEPTED
+            self._booted_fields = self._boot_fields()
         self._not_rejected = asyncio.Event()
         self._not_rejected.set()
         self._wake_event = asyncio.Event()
@@ -458,6 +466,10 @@ class OcppService:
             if status is BootStatus.ACCEPTED:
                 self.boot_status = status
                 self._booted_fields = fields
+                try:
+                    self._boot_record.save(self._control_started, fields)
+                except StorageError as exc:  # then a restart of this side boots again: harmless
+                    log.error("%s", exc)
                 if interval > 0 and interval != self.store.get_int("HeartbeatInterval"):
                     self.store.change("HeartbeatInterval", str(interval), source="local")
                 return True
