@@ -149,14 +149,16 @@ class WatchdogFeeder:
         *,
         max_lag_s: float = MAX_LOOP_LAG_S,
         lag_window_s: float = 2.0,
+        tick_s: float | None = None,
     ) -> None:
         self.notifier = notifier
         self.interval_s = interval_s
         self.problem = problem
         self.max_lag_s = max_lag_s
         self.lag_window_s = lag_window_s
-        # Short ticks so that the lag of a blocked loop shows up however the block lines up with a pet.
-        self.tick_s = min(0.25, interval_s / 2)
+        # Short ticks so that the lag of a blocked loop shows up however the block lines up with a pet
+        # (a side of the two-process agent may tick slower: its supervisor judges a hang by silence).
+        self.tick_s = tick_s if tick_s is not None else min(0.25, interval_s / 2)
         self.pets = 0
         self.withheld = 0
         self.withheld_reason: str | None = None
@@ -248,8 +250,10 @@ class SystemdIntegration:
         *,
         watchdog_s: float | None = None,
         status_refresh_s: float = STATUS_REFRESH_S,
+        feeder_tick_s: float | None = None,
     ) -> None:
         self.station = station
+        self.feeder_tick_s = feeder_tick_s
         self.notifier = notifier or Notifier.from_env()
         self.watchdog_s = watchdog_interval() if watchdog_s is None else watchdog_s
         self.status_refresh_s = status_refresh_s
@@ -263,7 +267,8 @@ class SystemdIntegration:
         self.notifier.ready(self._last_status)
         if self.watchdog_s:
             self.feeder = WatchdogFeeder(self.notifier, self.watchdog_s,
-                                         lambda: supervisor_problem(self.station.supervisor))
+                                         lambda: supervisor_problem(self.station.supervisor),
+                                         tick_s=self.feeder_tick_s)
             self._tasks.append(asyncio.create_task(self.feeder.run(), name="systemd-watchdog"))
         if self.notifier.enabled:
             self._tasks.append(asyncio.create_task(self._refresh_status(), name="systemd-status"))

@@ -105,6 +105,12 @@ class PipeNotifier(Notifier):
             os.close(self._fd)
 
 
+def _child_tick() -> float | None:
+    """A side reporting to the supervisor ticks only as often as it reports (the supervisor judges a hang by
+    silence); started by hand under systemd it keeps the feeder's short ticks."""
+    return CHILD_PET_S if os.environ.get(HEALTH_FD_ENV) else None
+
+
 def child_notifier() -> Notifier:
     """What a child reports to: the supervisor's pipe when started by it, else systemd (or nothing)."""
     fd = os.environ.get(HEALTH_FD_ENV)
@@ -329,7 +335,7 @@ async def run_control(config: AgentConfig) -> int:
     stop = _stop_event()
     server = ControlServer(station, station_socket(config))
     await server.start()
-    systemd = SystemdIntegration(station, notifier=child_notifier())
+    systemd = SystemdIntegration(station, notifier=child_notifier(), feeder_tick_s=_child_tick())
     task = asyncio.create_task(station.run(ready=systemd.ready, serve_diag=False), name="station")
     try:
         await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
@@ -378,7 +384,7 @@ async def run_network(config: AgentConfig) -> int:
     notifier.ready()
     interval = watchdog_interval()
     feeder = None if interval is None else asyncio.create_task(
-        WatchdogFeeder(notifier, interval, problem=lambda: None).run(), name="watchdog")
+        WatchdogFeeder(notifier, interval, problem=lambda: None, tick_s=_child_tick()).run(), name="watchdog")
     try:
         return await run_until_stopped(proxy, config, stop, service)
     finally:

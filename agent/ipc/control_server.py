@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.authorize import AllowList, AuthDecision
-from agent.events import SessionStarted, SessionStopped, StationEvent, StatusChanged
+from agent.events import MeterUpdate, SessionStarted, SessionStopped, StationEvent, StatusChanged
 from agent.ipc.codec import MAX_LINE_BYTES, CodecError, decode, decode_line, encode, encode_line
 from agent.ipc.protocol import ASK_OPS, COMMANDS, PROTOCOL_VERSION, REGISTER_AUTHORITY
 from agent.sessions import Session
@@ -280,7 +280,9 @@ class ControlServer:
         try:
             message: dict[str, Any] = {"k": "event", "event": encode(event), "view": None}
             cid = event.connector_id
-            if cid is not None and cid in self.station.connectors:
+            if isinstance(event, MeterUpdate) and event.session_ref is None:
+                pass  # an idle meter reading (2 Hz): the client updates its view from the sample itself
+            elif cid is not None and cid in self.station.connectors:
                 message["view"] = encode(self.station.connector_view(cid))
             elif cid == 0 and isinstance(event, StatusChanged):
                 message["facts"] = encode(self.station.facts())

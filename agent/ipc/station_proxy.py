@@ -36,7 +36,7 @@ from typing import Any
 
 from agent import db
 from agent.eventlog import EventLog
-from agent.events import ConnectorStatus, EventListener, StationEvent, StatusChanged, StopReason
+from agent.events import ConnectorStatus, EventListener, MeterUpdate, StationEvent, StatusChanged, StopReason
 from agent.ipc.codec import (
     MAX_LINE_BYTES,
     STATION_EVENT,
@@ -207,6 +207,10 @@ class StationProxy:
                 self._facts = decode(message["facts"], StationFacts, "event.facts")
             if view is not None:
                 self._take(view)
+            elif isinstance(event, MeterUpdate) and event.connector_id in self._views:
+                # An idle reading comes without a view (see ControlServer._on_event): it is the newest sample.
+                mirror = self._views[event.connector_id]
+                self._take(dataclasses.replace(mirror, last_sample=event.sample, meter_latest=event.sample))
             signing = message.get("signing")
             session: Session | None = getattr(event, "session", None)
             if isinstance(signing, bool) and session is not None and event.connector_id is not None:
