@@ -32,8 +32,6 @@ def _parser() -> argparse.ArgumentParser:
         side.add_argument("-v", "--verbose", action="store_true")
     check = sub.add_parser("check-config", help="validate a configuration file and exit")
     check.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
-    preflight = sub.add_parser("preflight", help="the checks `cpagent run` makes before starting (no devices)")
-    preflight.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH)
     sim = sub.add_parser("sim", help="start the simulator and the agent and play a charging session")
     sim.add_argument("--connectors", type=int, default=1)
     sim.add_argument("--charge-seconds", type=float, default=20.0)
@@ -115,13 +113,10 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{args.config}: ok ({len(config.connectors)} connector(s), {len(config.devices)} device(s))")
         return 0
-    if args.command == "preflight":  # what `cpagent run` checks, in a process of its own (agent/split.py)
-        load_or_exit(args.config)
-        return 0
     if args.command in ("run", "control", "network"):
-        # The two-process agent makes the pre-flight checks (OCPP key presets, TLS files, state_dir) in a
-        # `cpagent preflight` process while the sides import their code; the sides start only once it passed.
-        # So neither the supervisor nor the control side carries the OCPP stack the checks import.
+        # In the two-process agent the network side makes the pre-flight checks (OCPP key presets, TLS files,
+        # state_dir) with the code it imports anyway, before either side starts (agent/split.py), so neither
+        # the supervisor nor the control side carries the OCPP stack the checks import.
         split_side = args.command != "run" or not args.single_process
         config = _parse_or_exit(args.config) if split_side else load_or_exit(args.config)
         from agent.logsetup import setup_logging
@@ -133,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.command == "run":
             return asyncio.run(split.run_supervised(args.config))
-        if not split.prepare(args.command):
+        if not split.prepare(args.command, config):
             return 0  # the supervisor stopped before giving the go (a failed pre-flight check)
         try:
             return asyncio.run(split.run_control(config) if args.command == "control" else split.run_network(config))

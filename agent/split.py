@@ -43,6 +43,8 @@ log = logging.getLogger("cpagent.split")
 
 HEALTH_FD_ENV = "CPAGENT_HEALTH_FD"  # the pipe a side reports READY/WATCHDOG/STATUS on
 GO_FD_ENV = "CPAGENT_GO_FD"  # the pipe a side waits on (after importing its code) until the checks passed
+PREFLIGHT_WORD = "PREFLIGHT="  # the network side's verdict on the pre-flight checks: "ok" or the error line
+PREFLIGHT_TIMEOUT_S = 60.0
 
 CHILD_PET_S = 2.0  # children report this often (WATCHDOG_USEC given to them = 2x this)
 HANG_AFTER_S = 10.0  # a child that was ready and has not reported for this long is hung: kill -9, restart
@@ -57,9 +59,10 @@ STOP_GRACE_S = 10.0
 PR_SET_PDEATHSIG = 1
 
 
-def prepare(role: str) -> bool:
-    """In a side started by the supervisor: import the side's code, then wait for the supervisor's go
-    (given once `cpagent preflight` passed). False: no go (the checks failed, or the supervisor is gone)."""
+def prepare(role: str, config: AgentConfig) -> bool:
+    """In a side started by the supervisor: import the side's code (the network side then makes the pre-flight
+    checks, which need that code anyway, and reports them on the health pipe), then wait for the supervisor's
+    go. False: no go (the checks failed, or the supervisor is gone)."""
     if role == "control":
         import agent.ipc.control_server
         import agent.station
@@ -70,6 +73,16 @@ def prepare(role: str) -> bool:
     fd = os.environ.get(GO_FD_ENV)
     if not fd or not fd.isascii() or not fd.isdigit():
         return True  # started by hand
+    if role == "network":
+        from agent import preflight
+        from agent.config import ConfigError
+
+        try:
+            preflight.check(config)
+            verdict = "ok"
+        except ConfigError as exc:
+            verdict = f"cpagent: configuration error: {exc}"
+        child_notifier().send(f"{PREFLIGHT_WORD}{verdict}")
     try:
         return os.read(int(fd), 1) == b"g"
     except OSError:
@@ -144,6 +157,8 @@ class Child:
     status: str = ""
     restarts: int = 0
     go_fd: int | None = None  # the write end of the side's go pipe until the go is given
+    preflight: str | None = None  # the network side's verdict on the pre-flight checks
+    verdict: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # set with it (or when it died)
     backoff_s: float = RESTART_MIN_S
     reader: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -164,26 +179,27 @@ class ProcessSupervisor:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stopping.set)
-        # The sides import their code while `cpagent preflight` checks the configuration; they start only
-        # once it passed (a failed check has printed its one line and nothing else ran).
-        preflight = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "agent.cli", "preflight", "--config", str(self.config_path),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-            preexec_fn=_die_with_parent)
+        # The sides import their code; the network side then makes the pre-flight checks (OCPP key presets,
+        # TLS files, state_dir) and reports them. Both start only on the go; a failed check prints its one
+        # line here and nothing else has run.
         for child in self.children.values():
             await self._spawn(child, go=False)
-        _, complaint = await preflight.communicate()
-        checked = preflight.returncode or 0
-        if complaint:  # the checks' one line, as `cpagent run` itself says it
-            sys.stderr.write(complaint.decode("utf-8", "replace"))
-            sys.stderr.flush()
-        if checked != 0:
+        network = self.children["network"]
+        waits = [asyncio.create_task(network.verdict.wait()), asyncio.create_task(self._stopping.wait())]
+        await asyncio.wait(waits, timeout=PREFLIGHT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+        for waiting in waits:
+            waiting.cancel()
+        if network.preflight != "ok":
             for child in self.children.values():
-                if child.process is not None:
+                if child.process is not None and child.process.returncode is None:
                     with contextlib.suppress(ProcessLookupError):
                         child.process.kill()
                     await child.process.wait()
-            return checked
+            if self._stopping.is_set():
+                return 0
+            sys.stderr.write((network.preflight or "cpagent: the network side did not start") + "\n")
+            sys.stderr.flush()
+            return 2
         for child in self.children.values():
             self._go(child)
             assert child.process is not None
@@ -245,11 +261,15 @@ class ProcessSupervisor:
                 for word in line.decode("utf-8", "replace").strip().split("\x1f"):
                     if word == "READY=1":
                         child.ready = True
+                    elif word.startswith(PREFLIGHT_WORD):
+                        child.preflight = word[len(PREFLIGHT_WORD):]
+                        child.verdict.set()
                     elif word.startswith("STATUS="):
                         child.status = word[len("STATUS="):]
                         if child.role == "control":
                             self.notifier.status(child.status)
         finally:
+            child.verdict.set()  # a side that went away gives no verdict
             transport.close()
 
     async def _tick(self) -> None:
