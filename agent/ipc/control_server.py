@@ -280,9 +280,9 @@ class ControlServer:
         try:
             message: dict[str, Any] = {"k": "event", "event": encode(event), "view": None}
             cid = event.connector_id
-            if isinstance(event, MeterUpdate) and event.session_ref is None:
-                pass  # an idle meter reading (2 Hz): the client updates its view from the sample itself
-            elif cid is not None and cid in self.station.connectors:
+            # An idle meter reading (2 Hz) goes without a view: the client updates its view from the sample.
+            idle_reading = isinstance(event, MeterUpdate) and event.session_ref is None
+            if not idle_reading and cid is not None and cid in self.station.connectors:
                 message["view"] = encode(self.station.connector_view(cid))
             elif cid == 0 and isinstance(event, StatusChanged):
                 message["facts"] = encode(self.station.facts())
