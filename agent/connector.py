@@ -17,7 +17,6 @@ from agent.authorize import AuthDecision, Authorizer
 from agent.charge_control import ChargeController, ChargeState, ControlLimits
 from agent.config import ConnectorConfig
 from agent.db import StorageError
-from agent.diag import mask
 from agent.events import (
     ConnectorStatus,
     MeterUpdate,
@@ -28,6 +27,7 @@ from agent.events import (
     StopReason,
 )
 from agent.faults import info as fault_info
+from agent.redact import mask
 from agent.sessions import Session, SessionStore
 from agent.station_api import ConnectorReservation, ConnectorSettings, ConnectorView, EnergyHold
 from hal import (

@@ -27,6 +27,7 @@ from typing import Any
 
 from agent import __version__
 from agent.faults import FAULTS
+from agent.redact import mask
 from agent.station_api import ConnectorView, NetworkDiagnostics, StationPort
 
 PROTOCOL_VERSION = 1
@@ -42,12 +43,6 @@ class DiagUsage(Exception):
 
 
 OcppDiagnostics = NetworkDiagnostics  # what the OCPP service offers to the diagnostic server
-
-
-def mask(id_tag: str | None) -> str | None:
-    if id_tag is None:
-        return None
-    return "*" * max(0, len(id_tag) - 4) + id_tag[-4:]
 
 
 class DiagServer:

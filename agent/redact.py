@@ -11,7 +11,7 @@ In a logged frame
 * a member whose name resembles a secret (``SECRET_WORDS``, any case, ``_``/``-`` ignored), and every
   member but ``key``/``readonly`` of an object whose ``key`` names a secret (ChangeConfiguration.req,
   GetConfiguration.conf entries) read ``"***"``;
-* ``idTag``/``parentIdTag`` values are masked like cpctl masks them (``agent.diag.mask``; also
+* ``idTag``/``parentIdTag`` values are masked like cpctl masks them (``mask``; also
   ``mask_id_tags`` / ``mask_id_tags_in_text`` for the diagnostics archive);
 * a string holding JSON that mentions a secret is redacted inside; other strings mentioning a secret go
   through ``redact_text``;
@@ -27,9 +27,18 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import Any, overload
 
-from agent.diag import mask
+
+@overload
+def mask(id_tag: str) -> str: ...
+@overload
+def mask(id_tag: None) -> None: ...
+def mask(id_tag: str | None) -> str | None:
+    """idTags are personal data: show only the last four characters (logs, cpctl, diagnostics archives)."""
+    if id_tag is None:
+        return None
+    return "*" * max(0, len(id_tag) - 4) + id_tag[-4:]
 
 REDACTED = "***"
 SECRET_WORDS = ("authorizationkey", "password", "passwd", "passphrase", "secret", "private")

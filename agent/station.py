@@ -24,6 +24,7 @@ from agent.events import (
     TokenPresented,
 )
 from agent.faults import FAULTS
+from agent.redact import mask
 from agent.sessions import Session, SessionStore
 from agent.station_api import (
     ConnectorReservation,
@@ -354,8 +355,3 @@ class _Delegate:
 
     async def authorize(self, id_tag: str) -> AuthDecision:
         return await self._station.authorizer.authorize(id_tag)
-
-
-def mask(id_tag: str) -> str:
-    """idTags are personal data: show only the last four characters in logs and the CLI."""
-    return "*" * max(0, len(id_tag) - 4) + id_tag[-4:]

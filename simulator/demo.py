@@ -21,7 +21,8 @@ from typing import Any
 
 from agent.config import load
 from agent.events import SessionStarted, SessionStopped, StationEvent, StatusChanged, TokenPresented
-from agent.station import Station, mask
+from agent.redact import mask
+from agent.station import Station
 from hal.tasks import cancel_and_wait
 
 DEMO_TAG = "DEADBEEF01"

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.config import load
-from agent.station import Station, mask
+from agent.redact import mask
+from agent.station import Station
 from hal.tasks import cancel_and_wait
 from simulator.demo import DEMO_TAG, Timeline, _ctl, _show_wire, _wait_for
 

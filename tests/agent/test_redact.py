@@ -9,9 +9,8 @@ import logging
 
 import pytest
 
-from agent.diag import mask
 from agent.ocpp.v16.rpc import RedactingFilter
-from agent.redact import LoggedFrame, frame_for_log, redact_text
+from agent.redact import LoggedFrame, frame_for_log, mask, redact_text
 
 SECRET = "Sixteen-Char-Key-0001"
 

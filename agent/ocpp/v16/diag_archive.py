@@ -20,8 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.diag import mask
-from agent.redact import SECRET_WORDS, mask_id_tags, mask_id_tags_in_text
+from agent.redact import SECRET_WORDS, mask, mask_id_tags, mask_id_tags_in_text
 
 if TYPE_CHECKING:
     from agent.ocpp.v16.service import OcppService

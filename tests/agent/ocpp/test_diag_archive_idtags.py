@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.diag import mask
 from agent.logsetup import PLAIN_FORMAT
+from agent.redact import mask
 from tests.agent.ocpp.conftest import CP, TAG, Octt
 from tests.agent.ocpp.fileservers import http_server
 from tests.agent.ocpp.firmware_support import archive_members, configure, now_iso, wait_statuses

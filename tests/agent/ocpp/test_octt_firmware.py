@@ -7,7 +7,7 @@ import asyncio
 import json
 from pathlib import Path
 
-from agent.diag import mask
+from agent.redact import mask
 from tests.agent.ocpp.conftest import CP, TAG, Octt, eventually
 from tests.agent.ocpp.fileservers import HttpFiles, ftp_server, http_server
 from tests.agent.ocpp.firmware_support import (
