@@ -620,26 +620,6 @@ class Connector:
             settings=self.settings,
         )
 
-    def snapshot(self) -> dict[str, object]:
-        c = self.controller
-        sample = self.last_sample
-        return {
-            "connector": self.id,
-            "status": self.status().value,
-            "cp_state": c.cp_state.value if c.cp_state else None,
-            "charge_state": c.state.value,
-            "offered_a": c.offered_current_a,
-            "duty": c.duty_percent,
-            "relay_commanded": c.relay_commanded_closed,
-            "relay_feedback": c.relay_feedback_closed,
-            "power_w": sample.power_w if sample else None,
-            "energy_wh": sample.energy_import_wh if sample else None,
-            "session": self.session.ref if self.session else None,
-            "id_tag": self.session.id_tag if self.session else None,
-            "faults": sorted(f.value for f in self.faults),
-            "energy_holds": sorted(h.value for h in self.energy_holds),
-        }
-
 
 # Energy holds that belong to one session and end with it.
 _SESSION_HOLDS = (EnergyHold.INVALID_ID,)
