@@ -5,13 +5,22 @@ Nothing in here does I/O. Drivers (``drivers/``) implement these roles over real
 """
 
 from hal.device import Device, DeviceError, DeviceFactory, Listener
-from hal.roles import ConnectorLock, ControlPilot, Display, Meter, PowerSwitch, TokenReader
+from hal.roles import (
+    ConnectorLock,
+    ControlPilot,
+    Display,
+    Meter,
+    PowerSwitch,
+    SiteMeter,
+    TokenReader,
+)
 from hal.types import (
     CpState,
     DeviceFault,
     DeviceFaultChanged,
     Fault,
     FaultFlagsChanged,
+    GridSample,
     HalEvent,
     IdToken,
     LockFeedback,
@@ -36,6 +45,7 @@ __all__ = [
     "Display",
     "Fault",
     "FaultFlagsChanged",
+    "GridSample",
     "HalEvent",
     "IdToken",
     "Listener",
@@ -49,5 +59,6 @@ __all__ = [
     "Role",
     "Screen",
     "ScreenState",
+    "SiteMeter",
     "TokenReader",
 ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import abc
 from collections.abc import AsyncIterator
 
-from hal.types import CpState, IdToken, MeterSample, Screen
+from hal.types import CpState, GridSample, IdToken, MeterSample, Screen
 
 
 class ControlPilot(abc.ABC):
@@ -79,6 +79,15 @@ class SignedMeter(abc.ABC):
     @abc.abstractmethod
     async def stop_signed(self, tx_ref: str) -> str:
         """A signed reading for its end; raises DeviceError."""
+
+
+class SiteMeter(abc.ABC):
+    """The meter at the grid connection point (local energy management)."""
+
+    @abc.abstractmethod
+    def latest(self) -> GridSample | None:
+        """Last reading (signed per-phase current and power), None before the first one. The
+        caller judges staleness from ``GridSample.timestamp``."""
 
 
 class TokenReader(abc.ABC):

@@ -13,6 +13,7 @@ class Role(StrEnum):
     LOCK = "lock"
     TOKEN_READER = "token_reader"
     DISPLAY = "display"
+    SITE_METER = "site_meter"
 
 
 class CpState(StrEnum):
@@ -120,6 +121,19 @@ class MeterSample:
     timestamp: float = 0.0
     signed_data: str | None = None
     soc_percent: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GridSample:
+    """One reading of the site (grid connection point) meter, per phase L1, L2, L3.
+
+    Signed: positive = import from the grid, negative = export. ``timestamp`` is when the meter
+    answered (UTC epoch s).
+    """
+
+    current_a: tuple[float, float, float]
+    power_w: tuple[float, float, float]
+    timestamp: float
 
 
 @dataclass(frozen=True, slots=True)
