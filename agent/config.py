@@ -50,6 +50,9 @@ class ConnectorConfig:
     overcurrent_time_s: float = 7.0
 
 
+OCPP_VERSIONS = ("1.6", "2.0.1", "auto")
+
+
 @dataclass(frozen=True)
 class OcppConfig:
     endpoint: str | None
@@ -62,6 +65,8 @@ class OcppConfig:
     ca_file: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
+    # "1.6" | "2.0.1" | "auto" (offer ocpp2.0.1 and ocpp1.6, speak what the CSMS selects)
+    version: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -294,15 +299,20 @@ def parse(data: Mapping[str, Any]) -> AgentConfig:
     security_profile = ocpp_t.integer("security_profile", 0, low=0, high=3)
     if security_profile >= 2 and endpoint is not None and not endpoint.startswith("wss://"):
         raise ConfigError("ocpp.security_profile", f"profile {security_profile} needs a wss:// endpoint")
+    ocpp_version = ocpp_t.string("version") or "auto"
+    if ocpp_version not in OCPP_VERSIONS:
+        raise ConfigError("ocpp.version", f"expected one of {', '.join(OCPP_VERSIONS)}, got {ocpp_version!r}")
     ocpp = OcppConfig(
         endpoint=endpoint,
         password=ocpp_t.string("password"),
         security_profile=security_profile,
         reconnect_cap_s=ocpp_t.number("reconnect_cap_s", 300.0, low=1.0, high=86400.0),
         keys=keys,
+        version=ocpp_version,
         **tls_files,
     )
-    ocpp_t.reject_unknown({"endpoint", "password", "security_profile", "reconnect_cap_s", "keys", *tls_files})
+    ocpp_t.reject_unknown({"endpoint", "password", "security_profile", "reconnect_cap_s", "keys", "version",
+                           *tls_files})
 
     firmware = _firmware(root.table_("firmware"))
 
