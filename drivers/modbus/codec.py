@@ -13,7 +13,7 @@ from importlib import resources
 from typing import Any
 
 from drivers.modbus.ocmf import OcmfError, SigningLayout, parse_signing
-from hal.types import MeterSample
+from hal.types import GridSample, MeterSample
 
 MODBUS_MAX_REGISTERS = 125  # protocol limit for one FC03/FC04 read
 FUNCTIONS = frozenset({3, 4})
@@ -349,5 +349,48 @@ def build_sample(values: Mapping[str, float | None], timestamp: float) -> MeterS
         power_w=power,
         voltage_v=(values.get("voltage_l1"), values.get("voltage_l2"), values.get("voltage_l3")),
         current_a=(values.get("current_l1"), values.get("current_l2"), values.get("current_l3")),
+        timestamp=timestamp,
+    )
+
+
+# ---------------------------------------------------------------- site (grid connection point) meter
+
+GRID_CURRENT_LIMIT_A = 2000.0  # beyond this a reading is nonsense for any connection point we serve
+
+
+def supports_grid(register_map: RegisterMap) -> bool:
+    """Whether a map can serve as a site meter: per-phase current and signed per-phase power on three
+    phases, or a single-phase meter (current_l1 and the signed total power, nothing on L2/L3)."""
+    present = {spec.quantity for spec in register_map.registers}
+    three = {f"{q}_l{i}" for q in ("current", "power") for i in (1, 2, 3)}
+    if three <= present:
+        return True
+    return "current_l1" in present and "current_l2" not in present and "current_l3" not in present
+
+
+def build_grid_sample(values: Mapping[str, float | None], timestamp: float) -> GridSample:
+    """A GridSample from decoded canonical values. Current registers are magnitudes; the sign comes
+    from the phase's active power (import +, export -). Raises IncompleteReading when a phase's
+    current or power is missing, or a value is beyond any connection point."""
+    single = "current_l2" not in values and "power_l1" not in values
+    currents: list[float] = []
+    powers: list[float] = []
+    for index in (1, 2, 3):
+        if single and index > 1:
+            currents.append(0.0)
+            powers.append(0.0)
+            continue
+        current = values.get(f"current_l{index}")
+        power = values.get("power" if single else f"power_l{index}")
+        if current is None or power is None:
+            raise IncompleteReading(f"site meter did not report current and power of L{index}")
+        if abs(current) > GRID_CURRENT_LIMIT_A:
+            raise IncompleteReading(f"site meter reports {current:g} A on L{index}")
+        signed = -abs(current) if power < 0 else abs(current)
+        currents.append(signed)
+        powers.append(power)
+    return GridSample(
+        current_a=(currents[0], currents[1], currents[2]),
+        power_w=(powers[0], powers[1], powers[2]),
         timestamp=timestamp,
     )

@@ -18,10 +18,12 @@ from drivers.modbus.codec import (
     MapError,
     ReadRequest,
     RegisterMap,
+    build_grid_sample,
     build_sample,
     decode_batch,
     load_map,
     plan_reads,
+    supports_grid,
 )
 from drivers.modbus.ocmf import (
     COMMAND_BEGIN,
@@ -42,9 +44,9 @@ from drivers.modbus.transport import (
     RtuLink,
     TcpLink,
 )
-from hal import Device, DeviceError, DeviceFaultChanged, Fault, Meter, MeterSample, Role
+from hal import Device, DeviceError, DeviceFaultChanged, Fault, GridSample, Meter, MeterSample, Role
 from hal.clock import Clock, SystemClock, TimerHandle
-from hal.roles import SignedMeter
+from hal.roles import SignedMeter, SiteMeter
 from hal.tasks import raise_if_cancelling
 
 log = logging.getLogger("cpagent.drivers.modbus")
@@ -84,6 +86,10 @@ class ModbusMeter(Device, Meter, SignedMeter):
         self.clock: Clock = clock or SystemClock()
         self._plan: tuple[ReadRequest, ...] = plan_reads(register_map)
         self._latest: MeterSample | None = None
+        self._grid_capable = supports_grid(register_map)
+        self._grid: GridSample | None = None
+        self._grid_incomplete_logged = False
+        self._site_view = _SiteMeterView(self)
         self._last_answer: float | None = None  # clock.monotonic() of the last valid answer
         self._accepted_energy_wh: float | None = None
         self._silent = False
@@ -97,7 +103,21 @@ class ModbusMeter(Device, Meter, SignedMeter):
 
     @property
     def roles(self) -> frozenset[Role]:
+        if self._grid_capable:
+            return frozenset({Role.METER, Role.SITE_METER})
         return frozenset({Role.METER})
+
+    def role(self, role: Role) -> Any:
+        """The SiteMeter role is a small view object (its ``latest()`` is a method, the Meter role's
+        ``latest`` a property, so one object cannot be both)."""
+        provided = super().role(role)
+        return self._site_view if role is Role.SITE_METER else provided
+
+    def grid_latest(self) -> GridSample | None:
+        """The SiteMeter reading: signed per-phase current and power, None while silent or implausible."""
+        if self._last_answer is None or self.clock.monotonic() - self._last_answer > self.silent_after_s:
+            return None
+        return self._grid
 
     @property
     def latest(self) -> MeterSample | None:
@@ -242,6 +262,8 @@ class ModbusMeter(Device, Meter, SignedMeter):
         except IncompleteReading as exc:
             self._set_implausible(str(exc))
             return None
+        if self._grid_capable:
+            self._grid = self._grid_sample(values, sample.timestamp)
         previous = self._accepted_energy_wh
         if previous is not None and sample.energy_import_wh < previous:
             self._set_implausible(f"energy went backwards: {sample.energy_import_wh:.1f} Wh after {previous:.1f} Wh")
@@ -257,9 +279,21 @@ class ModbusMeter(Device, Meter, SignedMeter):
         self.emit(sample)
         return sample
 
+    def _grid_sample(self, values: dict[str, float | None], timestamp: float) -> GridSample | None:
+        try:
+            grid = build_grid_sample(values, timestamp)
+        except IncompleteReading as exc:
+            if not self._grid_incomplete_logged:
+                self._grid_incomplete_logged = True
+                log.warning("meter %s: no site reading: %s", self.name, exc)
+            return None
+        self._grid_incomplete_logged = False
+        return grid
+
     def _set_implausible(self, detail: str) -> None:
         self._counters["implausible"] += 1
         self._latest = None
+        self._grid = None
         if not self._implausible:
             self._implausible = True
             log.warning("meter %s: %s", self.name, detail)
@@ -281,11 +315,22 @@ class ModbusMeter(Device, Meter, SignedMeter):
     def _went_silent(self) -> None:
         self._silence_timer = None
         self._latest = None
+        self._grid = None
         if not self._silent:
             self._silent = True
             detail = f"no answer for {self.silent_after_s:g} s"
             log.warning("meter %s: %s", self.name, detail)
             self.emit(DeviceFaultChanged(Fault.METER_SILENT, True, detail))
+
+
+class _SiteMeterView(SiteMeter):
+    """The SiteMeter role of a ModbusMeter (see ``ModbusMeter.role``)."""
+
+    def __init__(self, meter: ModbusMeter) -> None:
+        self.meter = meter
+
+    def latest(self) -> GridSample | None:
+        return self.meter.grid_latest()
 
 
 # ---------------------------------------------------------------------- settings
