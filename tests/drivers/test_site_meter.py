@@ -34,7 +34,9 @@ def three_phase(**values: float | None) -> dict[str, float | None]:
 
 def test_current_takes_the_sign_of_the_phase_power() -> None:
     grid = build_grid_sample(
-        three_phase(current_l1=10.0, power_l1=2300.0, current_l2=4.0, power_l2=-920.0, current_l3=-3.0, power_l3=-690.0),
+        three_phase(
+            current_l1=10.0, power_l1=2300.0, current_l2=4.0, power_l2=-920.0, current_l3=-3.0, power_l3=-690.0
+        ),
         timestamp=12.5,
     )
     assert grid == GridSample(current_a=(10.0, -4.0, -3.0), power_w=(2300.0, -920.0, -690.0), timestamp=12.5)
@@ -96,7 +98,8 @@ def exporting(emulator: MeterEmulator) -> None:
 async def test_site_meter_role_over_modbus_tcp() -> None:
     async with MeterEmulator(Plant(), "sdm630", transport="tcp") as emulator:
         exporting(emulator)
-        meter = create("grid", {"transport": "tcp", "port": emulator.tcp_port, "poll_interval_s": 0.1, "timeout_s": 0.5})
+        settings = {"transport": "tcp", "port": emulator.tcp_port, "poll_interval_s": 0.1, "timeout_s": 0.5}
+        meter = create("grid", settings)
         assert Role.SITE_METER in meter.roles
         site = meter.role(Role.SITE_METER)
         assert isinstance(site, SiteMeter) and site.latest() is None
