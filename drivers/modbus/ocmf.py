@@ -7,11 +7,13 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+# cryptography (~6 MB resident) is imported by the functions that sign or verify: the meter driver on the
+# control side only parses records and never loads it.
 
 COMMAND_BEGIN = 1
 COMMAND_END = 2
@@ -132,6 +134,9 @@ def parse_ocmf(record: str) -> OcmfRecord:
 
 
 def sign_ocmf(payload: Mapping[str, Any], private_key: ec.EllipticCurvePrivateKey) -> str:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     payload_text = json.dumps(payload, separators=(",", ":"))
     der = private_key.sign(payload_text.encode(), ec.ECDSA(hashes.SHA256()))
     signature = {"SA": SIGNATURE_ALGORITHM, "SD": der.hex().upper()}
@@ -140,6 +145,10 @@ def sign_ocmf(payload: Mapping[str, Any], private_key: ec.EllipticCurvePrivateKe
 
 def verify_ocmf(record: str, public_key_der: bytes) -> bool:
     """True when the record's signature verifies with this DER SubjectPublicKeyInfo key."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     parsed = parse_ocmf(record)
     if parsed.signature.get("SA", SIGNATURE_ALGORITHM) != SIGNATURE_ALGORITHM:
         return False
@@ -154,6 +163,8 @@ def verify_ocmf(record: str, public_key_der: bytes) -> bool:
 
 
 def public_key_der(private_key: ec.EllipticCurvePrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return private_key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
