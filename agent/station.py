@@ -314,9 +314,11 @@ class Station:
     async def run(self, ready: Callable[[], None] | None = None, *, serve_diag: bool = True) -> None:
         """Run the devices until cancelled. ``serve_diag``: also serve the technician's socket here (one
         process); the split agent serves it on the network side instead (agent/split.py)."""
-        from agent.diag import DiagServer
+        diag = None
+        if serve_diag:  # the control side of the split agent never imports the technician's socket
+            from agent.diag import DiagServer
 
-        diag = DiagServer(self, self.config.diag_socket, self.ocpp_diagnostics) if serve_diag else None
+            diag = DiagServer(self, self.config.diag_socket, self.ocpp_diagnostics)
         if diag is not None:
             try:
                 await diag.start()
