@@ -36,6 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--ca", type=Path, help="CA certificate (PEM) that signed the CSMS's TLS certificate")
     up.add_argument("--client-cert", type=Path, help="client certificate (PEM) for profile 3")
     up.add_argument("--client-key", type=Path, help="its private key (PEM) for profile 3")
+    up.add_argument("--ev-phases", type=int, choices=[1, 3], default=3, help="phases each simulated EV charges on")
+    up.add_argument("--site-fuse", type=float, metavar="A",
+                    help="simulate the grid connection (main fuse A per phase) with a site meter, and write [site]")
+    up.add_argument("--site-meter", choices=["tcp", "rtu"], default="tcp",
+                    help="site meter transport (rtu: on the connector meters' line when --meter rtu)")
+    up.add_argument("--site-mode", choices=["off", "grid-limit", "solar", "solar+min"], default="grid-limit")
     up.add_argument("-v", "--verbose", action="store_true")
 
     ctl = sub.add_parser("ctl", help="drive a running simulator")
@@ -46,11 +52,20 @@ def _parser() -> argparse.ArgumentParser:
     csub.add_parser("tap").add_argument("id_tag")
     ev = csub.add_parser("ev")
     ev.add_argument("connector", type=int)
-    ev.add_argument("mode", choices=["charge", "pause", "ventilation", "soc"])
+    ev.add_argument("mode", choices=["charge", "pause", "ventilation", "soc", "phases"])
     ev.add_argument("value", nargs="?", type=float)
     fault = csub.add_parser("fault")
     fault.add_argument("connector", type=int)
     fault.add_argument("name", choices=sorted(FAULTS))
+    site = csub.add_parser("site", help="the grid connection: house load, PV (kW), a time,kW profile, meter silent")
+    site_sub = site.add_subparsers(dest="site_action", required=True)
+    site_sub.add_parser("load").add_argument("kw", type=float)
+    site_sub.add_parser("pv").add_argument("kw", type=float)
+    profile = site_sub.add_parser("profile", help="time,kW rows (house load) or time,load_kW,pv_kW rows")
+    profile.add_argument("file", type=Path)
+    profile.add_argument("--pv", action="store_true", help="a time,kW file is the PV production")
+    profile.add_argument("--speed", type=float, default=1.0, help="profile seconds per real second")
+    site_sub.add_parser("silent").add_argument("on", choices=["on", "off"])
     csub.add_parser("state")
     return p
 
@@ -69,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
                             format="%(asctime)s cpsim %(levelname)s %(name)s: %(message)s")
         if args.connectors < 1 or args.connectors > 16:
             print("cpsim up: --connectors must be 1..16", file=sys.stderr)
+            return 2
+        if args.site_fuse is not None and not 6 <= args.site_fuse <= 1000:
+            print("cpsim up: --site-fuse must be 6..1000 A", file=sys.stderr)
             return 2
         options = RigOptions(
             directory=args.dir.resolve(),
@@ -89,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
             ca_file=args.ca.resolve() if args.ca else None,
             client_cert=args.client_cert.resolve() if args.client_cert else None,
             client_key=args.client_key.resolve() if args.client_key else None,
+            site_fuse_a=args.site_fuse,
+            site_meter=args.site_meter,
+            site_mode=args.site_mode,
+            ev_phases=args.ev_phases,
         )
         problem = options.security_problem()
         if problem:
@@ -108,13 +130,22 @@ def main(argv: list[str] | None = None) -> int:
         request["id_tag"] = args.id_tag
     elif args.action == "ev":
         request.update(connector=args.connector, action=args.mode)
-        if args.mode == "soc":
+        if args.mode in ("soc", "phases"):
             if args.value is None:
-                print("cpsim ctl ev N soc PCT: missing PCT", file=sys.stderr)
+                print(f"cpsim ctl ev N {args.mode} {'PCT' if args.mode == 'soc' else '1|3'}: missing value",
+                      file=sys.stderr)
                 return 2
             request["value"] = args.value
     elif args.action == "fault":
         request.update(connector=args.connector, name=args.name)
+    elif args.action == "site":
+        request["action"] = args.site_action
+        if args.site_action in ("load", "pv"):
+            request["value"] = args.kw
+        elif args.site_action == "profile":
+            request.update(file=str(args.file.resolve()), pv=args.pv, speed=args.speed)
+        elif args.site_action == "silent":
+            request["value"] = args.on == "on"
     try:
         reply = send(args.dir, request)
     except RigUnreachable as exc:

@@ -17,6 +17,7 @@ import logging
 import os
 import time
 import tty
+from collections.abc import Callable
 from types import TracebackType
 
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -50,7 +51,7 @@ FREQUENCY_HZ = 50.0
 def values_from_plant(plant: Plant) -> dict[str, float]:
     """What an ideal meter between supply and EV would read, in canonical units."""
     voltage = plant.voltage_v
-    phases = max(1, min(3, plant.ev.phases))
+    phases = plant.phases_in_use
     current = plant.current_a if plant.relay_closed else 0.0
     values: dict[str, float] = {
         "power": current * voltage * phases,
@@ -71,20 +72,25 @@ def values_from_plant(plant: Plant) -> dict[str, float]:
 class MeterEmulator:
     def __init__(
         self,
-        plant: Plant,
+        plant: Plant | None,
         model: str = "sdm630",
         *,
         device_id: int = 1,
         transport: str | None = None,
         bus: RtuBusEmulator | None = None,
+        source: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         """``transport``: "tcp", "rtu" or None for both at once. RTU is served on ``bus`` (a pty shared
-        with other emulators) or, without one, on a pty of its own."""
+        with other emulators) or, without one, on a pty of its own. ``source``: where the values come
+        from instead of a plant (the site meter at the grid connection point, simulator/site.py)."""
+        if plant is None and source is None:
+            raise ValueError("a meter emulator needs a plant or a source of values")
         if transport not in (None, "tcp", "rtu"):
             raise ValueError(f"transport must be 'tcp', 'rtu' or None, got {transport!r}")
         if bus is not None and transport == "tcp":
             raise ValueError("a bus is for RTU; transport 'tcp' takes none")
         self.plant = plant
+        self.source = source
         self.register_map: RegisterMap = load_map(model)
         self.device_id = device_id
         self.serve_tcp = transport in (None, "tcp")
@@ -148,7 +154,8 @@ class MeterEmulator:
         return None
 
     def _fill(self, function: int, start: int, address: int, count: int, registers: list[int]) -> None:
-        values: dict[str, float | None] = {**values_from_plant(self.plant), **self.overrides}
+        measured = self.source() if self.source is not None else values_from_plant(self.plant) if self.plant else {}
+        values: dict[str, float | None] = {**measured, **self.overrides}
         for spec in self.register_map.registers:
             if spec.function != function or spec.end <= address or spec.address >= address + count:
                 continue
@@ -266,7 +273,7 @@ class OcmfSigner:
                 {
                     "TM": stamp,
                     "TX": "B" if command == COMMAND_BEGIN else "E",
-                    "RV": round(self.meter.plant.energy_wh / 1000.0, 4),
+                    "RV": round((self.meter.plant.energy_wh if self.meter.plant else 0.0) / 1000.0, 4),
                     "RI": "1-b:1.8.0",
                     "RU": "kWh",
                     "RT": "AC",

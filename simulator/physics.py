@@ -68,7 +68,13 @@ class Plant:
     lock_jammed: bool = False
     faults: set[Fault] = field(default_factory=set)
     energy_wh: float = 0.0
-    current_a: float = 0.0  # per phase actually flowing
+    current_a: float = 0.0  # per phase actually flowing, on each phase in use
+    # Phase contactor of the board (1 or 3 phases switched through to the socket); a 1-phase EV or a
+    # 1-phase supply loads socket L1 only. ``site_phases``: site phase (1..3) behind socket L1, L2, L3.
+    supply_phases: int = 3
+    site_phases: tuple[int, ...] = (1, 2, 3)
+    phase_switches: int = 0
+    phase_switches_under_load: int = 0  # a switch while current flowed: the board must never do that
     s2_closed: bool = False
     _pwm_seen_since: float | None = None
     _last_step: float | None = None
@@ -115,8 +121,37 @@ class Plant:
     def diode_ok(self) -> bool:
         return Fault.DIODE not in self.faults
 
+    @property
+    def phases_in_use(self) -> int:
+        """Phases the EV draws on: what the EV can take and the supply gives (1 or 3)."""
+        return max(1, min(self.ev.phases, self.supply_phases, 3))
+
+    def phase_currents(self) -> tuple[float, float, float]:
+        """Current on socket L1, L2, L3 now."""
+        current = self.current_a if self.relay_closed else 0.0
+        n = self.phases_in_use
+        return (current, current if n >= 2 else 0.0, current if n >= 3 else 0.0)
+
+    def site_currents(self) -> tuple[float, float, float]:
+        """The same currents on the site phases (``site_phases`` maps socket phase -> site phase)."""
+        out = [0.0, 0.0, 0.0]
+        for socket_phase, amps in enumerate(self.phase_currents()):
+            site_phase = self.site_phases[socket_phase] if socket_phase < len(self.site_phases) else socket_phase + 1
+            out[site_phase - 1] += amps
+        return (out[0], out[1], out[2])
+
+    def set_supply_phases(self, phases: int) -> None:
+        """The board's phase contactor moves (1 or 3); a move while current flows is counted as a failure."""
+        if phases not in (1, 3):
+            raise ValueError(f"supply phases must be 1 or 3, got {phases}")
+        if phases != self.supply_phases:
+            self.phase_switches += 1
+            if self.relay_closed and self.current_a > 0:
+                self.phase_switches_under_load += 1
+            self.supply_phases = phases
+
     def power_w(self) -> float:
-        return self.current_a * self.voltage_v * self.ev.phases
+        return self.current_a * self.voltage_v * self.phases_in_use
 
     def step(self, now: float) -> None:
         """Advance the EV and the energy integration to ``now``."""

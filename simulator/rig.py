@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from simulator.physics import EvMode, Plant
 from simulator.pilot_board import PilotBoardEmulator
 from simulator.pn532 import Pn532Emulator
 from simulator.rdm6300 import Rdm6300Emulator
+from simulator.site import Site, load_profiles
 
 log = logging.getLogger("cpsim")
 
@@ -68,6 +70,11 @@ class RigOptions:
     ca_file: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
+    # Local energy management (issue 15): a grid connection with a site meter; None = no site.
+    site_fuse_a: float | None = None
+    site_meter: str = "tcp"  # "tcp" or "rtu" (on the connector meters' RS-485 line when they are RTU too)
+    site_mode: str = "grid-limit"
+    ev_phases: int = 3  # phases each simulated EV charges on (1 or 3)
 
     def security_problem(self) -> str | None:
         """Why these security options cannot work (names the option), or None."""
@@ -109,6 +116,8 @@ class Rig:
         self._can_server: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
         self._server: asyncio.AbstractServer | None = None
+        self.site: Site | None = None
+        self.site_meter: MeterEmulator | None = None
 
     # ----------------------------------------------------------------- persistence of meter registers
     @property
@@ -129,6 +138,8 @@ class Rig:
             "plugged": {str(n): c.plant.plugged for n, c in self.connectors.items()},
             "soc": {str(n): c.plant.ev.soc_percent for n, c in self.connectors.items()},
         }
+        if self.site is not None:
+            data["site_wh"] = {"import": self.site.import_wh, "export": self.site.export_wh}
         _atomic_write(self.state_file, json.dumps(data))
 
     # ----------------------------------------------------------------- lifecycle
@@ -141,6 +152,7 @@ class Rig:
             plant.energy_wh = float(saved.get("energy_wh", {}).get(str(n), 0.0))
             plant.plugged = bool(saved.get("plugged", {}).get(str(n), False))
             plant.ev.soc_percent = float(saved.get("soc", {}).get(str(n), plant.ev.soc_percent))
+            plant.ev.phases = self.options.ev_phases
             board: PilotBoardEmulator | OpenEvseEmulator | CanPilotBoardEmulator
             if self.options.board == "openevse":
                 board = OpenEvseEmulator(plant, max_current_a=round(self.options.max_current_a))
@@ -154,6 +166,8 @@ class Rig:
         for c in self.connectors.values():
             self._tasks.append(asyncio.create_task(c.board.run()))
             await c.meter.start()
+        if self.options.site_fuse_a is not None:
+            await self._start_site(bus, saved)
         self.csms = None
         if self.options.bundled_csms and not self.options.csms_url:
             from simulator.csms import Csms
@@ -178,6 +192,22 @@ class Rig:
         if self.options.password:
             os.chmod(self.dir / "agent.toml", 0o600)  # it holds the Basic-auth password
 
+    async def _start_site(self, bus: RtuBusEmulator | None, saved: dict[str, Any]) -> None:
+        """The grid connection and its meter (SDM630 map): on the connectors' RS-485 line (next free id)
+        when both are RTU, else on a pty or a TCP port of its own."""
+        o = self.options
+        loop = asyncio.get_running_loop()
+        site = Site(lambda: [c.plant for c in self.connectors.values()], fuse_a=o.site_fuse_a)
+        site.profile_origin = _now()
+        wh = saved.get("site_wh", {})
+        site.import_wh, site.export_wh = float(wh.get("import", 0.0)), float(wh.get("export", 0.0))
+        shared = bus if o.site_meter == "rtu" else None
+        device_id = o.connectors + 1 if shared is not None else 1
+        self.site = site
+        self.site_meter = MeterEmulator(None, "sdm630", device_id=device_id, transport=o.site_meter, bus=shared,
+                                        source=lambda: site.meter_values(loop.time()))
+        await self.site_meter.start()
+
     def _start_can_server(self) -> None:
         """Serve the rig's virtual CAN bus over python-can-remote on 127.0.0.1 (each client joins it)."""
         import threading
@@ -198,6 +228,8 @@ class Rig:
         await cancel_and_wait(*self._tasks)
         for c in self.connectors.values():
             await c.meter.stop()
+        if self.site_meter is not None:
+            await self.site_meter.stop()
         if self.csms is not None:
             await self.csms.stop()
         self.save_state()
@@ -259,6 +291,7 @@ class Rig:
                 lines += ['transport = "rtu"', f'serial_port = "{c.meter.port_path}"', "baudrate = 9600"]
                 lines += [f"device_id = {c.meter.device_id}"]
             lines += ["poll_interval_s = 0.5", ""]
+        lines += self._site_toml()
         for n in self.connectors:
             if o.board == "openevse":  # tethered cable; the board is pilot, relay and meter
                 lines += ["[[connectors]]", f"id = {n}", f"max_current_a = {o.max_current_a}", "phases = 3"]
@@ -277,6 +310,22 @@ class Rig:
                 "",
             ]
         return "\n".join(lines) + o.extra_toml
+
+    def _site_toml(self) -> list[str]:
+        """``[devices.grid]`` (the site meter) and ``[site]`` for the agent; nothing without a site."""
+        m, o = self.site_meter, self.options
+        if m is None or o.site_fuse_a is None:
+            return []
+        lines = ["[devices.grid]", 'driver = "modbus-meter"', 'model = "sdm630"']
+        if m.serve_tcp:
+            lines += ['transport = "tcp"', 'host = "127.0.0.1"', f"port = {m.port}"]
+        else:
+            lines += ['transport = "rtu"', f'serial_port = "{m.port_path}"', "baudrate = 9600"]
+            lines += [f"device_id = {m.device_id}"]
+        lines += ["poll_interval_s = 0.5", ""]
+        lines += ["[site]", 'meter = "grid"', f"main_fuse_a = {o.site_fuse_a:g}", "phases = 3",
+                  f'mode = "{o.site_mode}"', ""]
+        return lines
 
     # ----------------------------------------------------------------- control
     async def _serve_control(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -313,6 +362,11 @@ class Rig:
             action = request["action"]
             if action == "soc":
                 plant.ev.soc_percent = float(request["value"])
+            elif action == "phases":
+                phases = int(request["value"])
+                if phases not in (1, 3):
+                    raise ValueError(f"an EV charges on 1 or 3 phases, not {phases}")
+                plant.ev.phases = phases
             else:
                 plant.ev.mode = EvMode(action)
         elif cmd == "fault":
@@ -321,11 +375,32 @@ class Rig:
             c = self._conn(request)
             for name in FAULTS:
                 self._set_fault(c, name, False)
+        elif cmd == "site":
+            self._control_site(request)
         elif cmd == "state":
             pass
         else:
             raise ValueError(f"unknown command {cmd!r}")
         return {"ok": True, "state": self.state()}
+
+    def _control_site(self, request: dict[str, Any]) -> None:
+        site = self.site
+        if site is None:
+            raise ValueError("this rig has no site (start it with cpsim up --site-fuse A)")
+        action = request.get("action")
+        if action == "load":
+            site.set_house_kw(float(request["value"]))
+        elif action == "pv":
+            site.set_pv_kw(float(request["value"]))
+        elif action == "profile":
+            load, pv = load_profiles(Path(str(request["file"])))
+            site.set_profile(load, pv, now=_now(), pv=bool(request.get("pv", False)),
+                             speed=float(request.get("speed", 1.0)))
+        elif action == "silent":  # the site meter stops answering (or answers again)
+            assert self.site_meter is not None
+            self.site_meter.silent = bool(request.get("value", True))
+        else:
+            raise ValueError(f"unknown site action {action!r}; known: load, pv, profile, silent")
 
     def _set_fault(self, c: SimConnector, name: str, on: bool) -> None:
         if name not in FAULTS:
@@ -358,6 +433,11 @@ class Rig:
                 "relay_closed": p.relay_closed,
                 "locked": p.locked,
                 "current_a": round(p.current_a, 2),
+                "ev_phases": p.ev.phases,
+                "supply_phases": p.supply_phases,
+                "phase_currents_a": [round(a, 2) for a in p.phase_currents()],
+                "phase_switches": p.phase_switches,
+                "phase_switches_under_load": p.phase_switches_under_load,
                 "power_w": round(p.power_w(), 1),
                 "energy_wh": round(p.energy_wh, 3),
                 "soc": round(p.ev.soc_percent, 2),
@@ -369,7 +449,18 @@ class Rig:
                 + (["overcurrent"] if p.ev.extra_draw_a else []),
             }
         out["reader_silent"] = self.reader.silent
+        if self.site is not None:
+            out["site"] = self.site.state(_now())
+            out["site"]["meter_silent"] = self.site_meter is not None and self.site_meter.silent
         return out
+
+
+def _now() -> float:
+    """The emulators' time base (the running loop's clock, monotonic)."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
 
 
 def _atomic_write(path: Path, text: str) -> None:
