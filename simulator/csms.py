@@ -1,4 +1,8 @@
-"""A small OCPP 1.6J central system for the demo and the tests, on the same ``ocpp`` library.
+"""A small OCPP 1.6J and 2.0.1 central system for the demo and the tests, on the same ``ocpp`` library.
+
+``Csms(version="1.6" | "2.0.1" | "auto")`` picks the websocket subprotocol per connection (auto: ocpp2.0.1
+when the charge point offers it, else ocpp1.6); the 2.0.1 side is ``simulator.csms201``. Both record
+into the same ``messages()/wait_for()`` and are driven by the same ``send()``.
 
 Answers every charge-point-initiated message, records what it received per charge point, logs every
 frame both ways as one JSON line ({"t", "dir": "in"|"out", "cp", "frame"}), sends CS->CP CALLs on
@@ -12,10 +16,10 @@ request and simulates outages. In tests::
     await csms.outage(5.0)                  # refuse connections and drop current ones for 5 s
     await csms.stop()
 
-As a process: ``cpsim csms --port P [--host H] [--log FILE] [--boot Accepted|Pending|Rejected]
+As a process: ``cpsim csms --port P [--ocpp 1.6|2.0.1|auto] [--host H] [--log FILE] [--boot Accepted|Pending|Rejected]
 [--interval S] [--accept TAG ...] [--password PW] [--control PATH]``; it prints {"port": P} on stdout.
 The control socket speaks JSON lines: {"cmd": "send", "cp", "action", "payload"}, {"cmd": "outage",
-"seconds"}, {"cmd": "messages", "cp"}, {"cmd": "status"}, {"cmd": "set", "boot"?, "interval"?}.
+"seconds"}, {"cmd": "messages", "cp"}, {"cmd": "status"}, {"cmd": "set", "boot"?, "interval"?, "ocpp"?}.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import ssl
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
@@ -47,13 +51,16 @@ from ocpp.v16 import ChargePoint as LibraryChargePoint
 from ocpp.v16 import call, call_result
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, NegotiationError
 from websockets.http11 import Request, Response
 from websockets.typing import Subprotocol
+
+from simulator.csms201 import SUBPROTOCOL_201, VERSION_201, CentralSystemSide201, is_201_action
 
 LOG = logging.getLogger("cpsim.csms")
 SUBPROTOCOL = Subprotocol("ocpp1.6")
 BOOT_STATUSES = ("Accepted", "Pending", "Rejected")
+VERSIONS = ("1.6", "2.0.1", "auto")
 
 
 def utc_now_iso() -> str:
@@ -222,7 +229,8 @@ class _CentralSystemSide(LibraryChargePoint):  # type: ignore[misc]
 @dataclass
 class _Peer:
     websocket: ServerConnection
-    side: _CentralSystemSide
+    side: _CentralSystemSide | CentralSystemSide201
+    version: str  # "1.6" or "2.0.1": the subprotocol this connection speaks
 
 
 @dataclass
@@ -246,9 +254,14 @@ class Csms:
         response_timeout: float = 30.0,
         ping_interval: float | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        version: str = "1.6",
     ) -> None:
         if boot_status not in BOOT_STATUSES:
             raise ValueError(f"boot status must be one of {BOOT_STATUSES}")
+        if version not in VERSIONS:
+            raise ValueError(f"version must be one of {VERSIONS}")
+        # Which OCPP the CSMS speaks: read at each handshake, so a test may change it between connections.
+        self.version = version
         self.host = host
         self.port = port
         self.boot_status = boot_status
@@ -263,6 +276,14 @@ class Csms:
         # TLS (wss://); a context with verify_mode CERT_REQUIRED also demands a client certificate.
         self.ssl_context = ssl_context
         self.data_transfer_status = "Accepted"
+        # 2.0.1: a whole idTokenInfo (wire form) per idToken, wins over auth_list; SignCertificate's status
+        # and, when a signer is set, the CertificateSigned sent after an accepted SignCertificate.
+        self.id_token_infos: dict[str, dict[str, Any]] = {}
+        self.sign_certificate_status = "Accepted"
+        self.certificate_signer: Callable[[str], str] | None = None
+        self.certificate_signed_delay = 0.0
+        self.certificate_signed_results: list[dict[str, Any]] = []
+        self._background: set[asyncio.Future[Any]] = set()
         self.frame_log = FrameLog(Path(log_path) if log_path else None)
         self._records = _Records()
         self._peers: dict[str, _Peer] = {}
@@ -283,7 +304,7 @@ class Csms:
             self._serve_connection,
             self.host,
             self.port,
-            subprotocols=[SUBPROTOCOL],
+            select_subprotocol=self._select_subprotocol,
             process_request=self._check_upgrade,
             ping_interval=self.ping_interval,
             compression=None,
@@ -296,6 +317,8 @@ class Csms:
         if self._outage_task is not None:
             self._outage_task.cancel()
             self._outage_task = None
+        for task in list(self._background):
+            task.cancel()
         await self._close_server()
         self.frame_log.close()
 
@@ -315,6 +338,11 @@ class Csms:
     def handshakes(self) -> list[Handshake]:
         return list(self._records.handshakes)
 
+    def version_of(self, charge_point_id: str) -> str | None:
+        """The OCPP version ("1.6" / "2.0.1") this charge point's current connection speaks, or None."""
+        peer = self._peers.get(charge_point_id)
+        return peer.version if peer is not None else None
+
     def messages(self, charge_point_id: str, action: str | None = None) -> list[Received]:
         received = self._records.received.get(charge_point_id, [])
         return [m for m in received if action is None or m.action == action]
@@ -333,11 +361,23 @@ class Csms:
 
     # -- CS -> CP ---------------------------------------------------------------------------------
 
-    async def send(self, charge_point_id: str, action: str, payload: Mapping[str, Any]) -> dict[str, Any]:
-        """Send a CALL of any 1.6 action; return the CALLRESULT payload (camelCase) or raise CsmsCallError."""
+    async def send(
+        self, charge_point_id: str, action: str, payload: Mapping[str, Any], *, validate: bool = True
+    ) -> dict[str, Any]:
+        """Send a CALL of any action of the connection's version; return the CALLRESULT payload (camelCase)
+        or raise CsmsCallError. 2.0.1 payloads go on the wire as given, validated unless ``validate=False``."""
         peer = self._peers.get(charge_point_id)
         if peer is None:
             raise LookupError(f"{charge_point_id} is not connected")
+        if isinstance(peer.side, CentralSystemSide201):
+            if not is_201_action(action):
+                raise ValueError(f"{action} is not an OCPP 2.0.1 action")
+            try:
+                return await peer.side.call_payload(action, dict(payload), validate=validate)
+            except OCPPError as error:
+                raise CsmsCallError(action, error.code, str(error.description)) from None
+            except UnknownCallErrorCodeError as error:
+                raise CsmsCallError(action, "Unknown", str(error)) from None
         request_class = getattr(call, action, None)
         if not isinstance(request_class, type):
             raise ValueError(f"{action} is not an OCPP 1.6 action")
@@ -419,6 +459,14 @@ class Csms:
         task = asyncio.ensure_future(wake())
         task.add_done_callback(lambda _: None)
 
+    def _select_subprotocol(self, _: ServerConnection, offered: Sequence[str]) -> Subprotocol | None:
+        """ocpp1.6 / ocpp2.0.1 per ``version``; auto prefers ocpp2.0.1. None offered in common: HTTP 400."""
+        wanted = {"1.6": [SUBPROTOCOL], "2.0.1": [SUBPROTOCOL_201]}.get(self.version, [SUBPROTOCOL_201, SUBPROTOCOL])
+        for subprotocol in wanted:
+            if subprotocol in offered:
+                return subprotocol
+        raise NegotiationError("no common subprotocol; this CSMS speaks " + ", ".join(wanted))
+
     def _check_upgrade(self, connection: ServerConnection, request: Request) -> Response | None:
         charge_point_id = _charge_point_id(request.path)
         offered = tuple(
@@ -439,13 +487,18 @@ class Csms:
 
     async def _serve_connection(self, websocket: ServerConnection) -> None:
         charge_point_id = _charge_point_id(websocket.request.path if websocket.request else "")
-        side = _CentralSystemSide(charge_point_id, _ObservedConnection(websocket, charge_point_id, self), self)
+        observed = _ObservedConnection(websocket, charge_point_id, self)
+        side: _CentralSystemSide | CentralSystemSide201
+        if websocket.subprotocol == SUBPROTOCOL_201:
+            side, version = CentralSystemSide201(charge_point_id, observed, self), VERSION_201
+        else:
+            side, version = _CentralSystemSide(charge_point_id, observed, self), "1.6"
         previous = self._peers.get(charge_point_id)
         if previous is not None:  # a charge point reconnecting replaces its stale connection
             previous.websocket.transport.abort()
-        self._peers[charge_point_id] = _Peer(websocket, side)
+        self._peers[charge_point_id] = _Peer(websocket, side, version)
         self._notify()
-        LOG.info("CSMS: %s connected", charge_point_id)
+        LOG.info("CSMS: %s connected (OCPP %s)", charge_point_id, version)
         try:
             await side.start()
         except ConnectionClosed:
@@ -475,7 +528,9 @@ def _basic_auth_ok(header: str | None, charge_point_id: str, password: str) -> b
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="cpsim csms", description="Small OCPP 1.6J central system")
+    p = argparse.ArgumentParser(prog="cpsim csms", description="Small OCPP 1.6J / 2.0.1 central system")
+    p.add_argument("--ocpp", choices=VERSIONS, default="1.6",
+                   help="OCPP version(s) spoken; auto selects ocpp2.0.1 when offered, else ocpp1.6")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on stdout)")
     p.add_argument("--log", type=Path, help="JSON-lines frame log")
@@ -505,7 +560,8 @@ async def _control_command(csms: Csms, request: Any) -> dict[str, Any]:
                 {"action": m.action, "payload": m.payload, "id": m.unique_id, "t": m.at} for m in received
             ]}
         if command == "status":
-            return {"ok": True, "port": csms.port, "connected": csms.connected_ids}
+            return {"ok": True, "port": csms.port, "connected": csms.connected_ids,
+                    "versions": {cp: csms.version_of(cp) for cp in csms.connected_ids}}
         if command == "set":
             if "boot" in request:
                 if request["boot"] not in BOOT_STATUSES:
@@ -513,6 +569,10 @@ async def _control_command(csms: Csms, request: Any) -> dict[str, Any]:
                 csms.boot_status = request["boot"]
             if "interval" in request:
                 csms.heartbeat_interval = int(request["interval"])
+            if "ocpp" in request:
+                if request["ocpp"] not in VERSIONS:
+                    return {"ok": False, "error": f"ocpp must be one of {VERSIONS}"}
+                csms.version = request["ocpp"]
             return {"ok": True}
     except CsmsCallError as error:
         return {"ok": False, "error": error.code, "description": error.description}
@@ -541,7 +601,7 @@ async def _serve_control(csms: Csms, path: Path) -> asyncio.Server:
 
 async def _run(args: argparse.Namespace) -> None:
     csms = Csms(args.host, args.port, log_path=args.log, boot_status=args.boot,
-                heartbeat_interval=args.interval, accept=args.accept, password=args.password)
+                heartbeat_interval=args.interval, accept=args.accept, password=args.password, version=args.ocpp)
     await csms.start()
     control = await _serve_control(csms, args.control) if args.control else None
     print(json.dumps({"port": csms.port, "url": csms.url}), flush=True)
