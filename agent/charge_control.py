@@ -82,6 +82,8 @@ class ControllerStatus:
     available: bool
     energy_holds: frozenset[EnergyHold]
     pilot_error: bool
+    binding_limit: str = "connector"
+    site_limit_a: float | None = None
 
 
 class _Timers:
@@ -150,6 +152,8 @@ class ChargeController:
         self._currents: tuple[float | None, ...] = (None, None, None)
         self._holds: set[EnergyHold] = {EnergyHold.NOT_AUTHORIZED}
         self._external_limit: float | None = None
+        self._site_limit: float | None = None  # the site allocation (agent/energy), None = no site limit
+        self._site_reason = "site-fuse"
         # maintenance mode (UNAVAILABLE, no EV): a technician drives relay and pilot by hand
         self._manual_relay = False
         self._manual_pilot: float | _Unset | None = _UNSET
@@ -260,6 +264,16 @@ class ChargeController:
         self._external_limit = _sane(amps)
         self._run()
 
+    def set_site_limit(self, amps: float | None, reason: str = "site-fuse") -> None:
+        """The site allocation (agent/energy): one more limit, min with the others; ``reason`` names it
+        when it binds ("site-fuse", "solar", "failsafe"). None lifts it. 0 pauses (X1)."""
+        amps = _sane(amps)
+        if amps == self._site_limit and reason == self._site_reason:
+            return
+        self._site_limit = amps
+        self._site_reason = reason
+        self._run()
+
     def set_available(self, available: bool) -> None:
         """Operator availability: releases or holds UNAVAILABLE only."""
         (self.release_energy if available else self.hold_energy)(EnergyHold.UNAVAILABLE)
@@ -329,12 +343,39 @@ class ChargeController:
     def active_faults(self) -> frozenset[Fault]:
         return frozenset(self._live_faults() | self._latched | self._until_unplug)
 
+    def _named_limits(self) -> list[tuple[str, float]]:
+        """Every limit that applies now, in the order that names a tie: the connector's own limits
+        first, the site allocation last (it binds only when it is strictly lower)."""
+        named: list[tuple[str, float | None]] = [("connector", self.limits.max_current_a)]
+        if not self.limits.fixed_cable:
+            named.append(("cable", self._ampacity))
+        named.append(("ocpp", self._external_limit))
+        named.append((self._site_reason, self._site_limit))
+        return [(name, amps) for name, amps in named if amps is not None]
+
     @property
     def current_limit_a(self) -> float:
-        limits = [self.limits.max_current_a, self._external_limit]
+        """The effective limit: the minimum of every limit (connector, cable, OCPP, site allocation)."""
+        return min(amps for _, amps in self._named_limits())
+
+    @property
+    def binding_limit(self) -> str:
+        """Which limit sets ``current_limit_a``: "connector", "cable", "ocpp" or the site's reason."""
+        limits = self._named_limits()
+        lowest = min(amps for _, amps in limits)
+        return next(name for name, amps in limits if amps == lowest)
+
+    @property
+    def own_limit_a(self) -> float:
+        """The effective limit without the site allocation (what this connector could take)."""
+        own = [self.limits.max_current_a, self._external_limit]
         if not self.limits.fixed_cable:
-            limits.append(self._ampacity)
-        return min(x for x in limits if x is not None)
+            own.append(self._ampacity)
+        return min(x for x in own if x is not None)
+
+    @property
+    def site_limit_a(self) -> float | None:
+        return self._site_limit
 
     def status(self) -> ControllerStatus:
         return ControllerStatus(
@@ -350,6 +391,8 @@ class ChargeController:
             available=self.available(),
             energy_holds=self.energy_holds,
             pilot_error=self._pilot_error(),
+            binding_limit=self.binding_limit,
+            site_limit_a=self._site_limit,
         )
 
     # ------------------------------------------------------------------ guards (named in the table)

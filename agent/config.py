@@ -48,6 +48,9 @@ class ConnectorConfig:
     overcurrent_margin_a: float = 0.5
     overcurrent_factor: float = 1.10
     overcurrent_time_s: float = 7.0
+    # [site] load sharing: the site (connection point) phases this connector's L1, L2, L3 are wired to;
+    # a 1-phase EV loads the first one
+    site_phases: tuple[int, ...] = (1, 2, 3)
 
 
 OCPP_VERSIONS = ("1.6", "2.0.1", "auto")
@@ -77,6 +80,33 @@ class FirmwareConfig:
     log_file: Path | None = None
 
 
+SITE_MODES = ("off", "grid-limit", "solar", "solar+min")
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    """[site]: local energy management (issue 15). ``meter`` None = no site limit at all."""
+
+    meter: str | None = None
+    main_fuse_a: float = 35.0
+    phases: int = 3
+    margin_a: float = 1.0
+    mode: str = "off"
+    min_current_a: float = 6.0
+    phase_switching: bool = False
+    failsafe_current_a: float = 6.0
+    stale_after_s: float = 2.0
+    solar_start_delay_s: float = 30.0
+    solar_stop_delay_s: float = 120.0
+    solar_min_run_s: float = 300.0
+    solar_min_pause_s: float = 120.0
+    solar_import_margin_w: float = 200.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.meter is not None and self.mode != "off"
+
+
 @dataclass(frozen=True)
 class StationConfig:
     charge_point_id: str
@@ -100,6 +130,7 @@ class AgentConfig:
     log_levels: Mapping[str, str] = field(default_factory=dict)
     source: Path | None = None
     firmware: FirmwareConfig = field(default_factory=FirmwareConfig)
+    site: SiteConfig = field(default_factory=SiteConfig)
 
 
 class _Reader:
@@ -255,6 +286,7 @@ def parse(data: Mapping[str, Any]) -> AgentConfig:
                 overcurrent_margin_a=c.number("overcurrent_margin_a", 0.5, low=0.0, high=10.0),
                 overcurrent_factor=c.number("overcurrent_factor", 1.10, low=1.0, high=2.0),
                 overcurrent_time_s=c.number("overcurrent_time_s", 7.0, low=1.0, high=60.0),
+                site_phases=_site_phases(c),
             )
         )
         c.reject_unknown()
@@ -315,6 +347,7 @@ def parse(data: Mapping[str, Any]) -> AgentConfig:
                            *tls_files})
 
     firmware = _firmware(root.table_("firmware"))
+    site = _site(root.table_("site"), devices)
 
     logging_t = root.table_("logging")
     levels: dict[str, str] = {}
@@ -322,7 +355,8 @@ def parse(data: Mapping[str, Any]) -> AgentConfig:
         if not isinstance(level, str) or level.upper() not in {"DEBUG", "INFO", "WARNING", "ERROR"}:
             raise ConfigError(f"logging.{component}", "expected one of debug, info, warning, error")
         levels[component] = level.upper()
-    root.reject_unknown({"station", "devices", "connectors", "authorization", "ocpp", "logging", "firmware"})
+    root.reject_unknown({"station", "devices", "connectors", "authorization", "ocpp", "logging", "firmware",
+                        "site"})
 
     return AgentConfig(
         station=station,
@@ -335,6 +369,7 @@ def parse(data: Mapping[str, Any]) -> AgentConfig:
         ocpp=ocpp,
         log_levels=levels,
         firmware=firmware,
+        site=site,
     )
 
 
@@ -351,3 +386,63 @@ def _firmware(table: _Reader) -> FirmwareConfig:
         installer=tuple(installer) if installer is not None else None,
         log_file=Path(log_file) if log_file is not None else None,
     )
+
+
+def _site_phases(c: _Reader) -> tuple[int, ...]:
+    phases = c._get("site_phases", (list,), "a list of site phases such as [1, 2, 3]", [1, 2, 3], False)
+    if (
+        not phases
+        or len(phases) > 3
+        or not all(isinstance(p, int) and not isinstance(p, bool) and 1 <= p <= 3 for p in phases)
+        or len(set(phases)) != len(phases)
+    ):
+        raise ConfigError(c.key("site_phases"), f"expected 1..3 distinct site phases out of 1, 2, 3, got {phases!r}")
+    return tuple(phases)
+
+
+def _site(table: _Reader, devices: Mapping[str, DeviceConfig]) -> SiteConfig:
+    """[site]; whether the named device provides the site_meter role is checked when devices exist."""
+    if not table.table:
+        return SiteConfig()
+    meter = table.string("meter")
+    if meter is not None and meter not in devices:
+        known = ", ".join(sorted(devices)) or "none"
+        raise ConfigError(table.key("meter"), f"names device {meter!r}, which is not in [devices] ({known})")
+    mode = table.string("mode", "grid-limit") or "grid-limit"
+    if mode not in SITE_MODES:
+        raise ConfigError(table.key("mode"), f"expected one of {', '.join(SITE_MODES)}, got {mode!r}")
+    if meter is None and mode != "off":
+        raise ConfigError(table.key("meter"), f'mode {mode!r} needs a site meter: meter = "<a [devices] name>"')
+    phases = table.integer("phases", 3, low=1, high=3)
+    if phases == 2:
+        raise ConfigError(table.key("phases"), "expected 1 or 3, got 2")
+    fuse = table.number("main_fuse_a", 35.0, low=6.0, high=2000.0)
+    margin = table.number("margin_a", 1.0, low=0.0, high=100.0)
+    if margin >= fuse - 6.0:
+        raise ConfigError(table.key("margin_a"), f"must leave at least 6 A of the {fuse:g} A fuse, got {margin:g}")
+    min_current = table.number("min_current_a", 6.0, low=6.0, high=80.0)
+    failsafe = table.number("failsafe_current_a", 6.0, low=0.0, high=80.0)
+    if 0.0 < failsafe < 6.0:
+        raise ConfigError(table.key("failsafe_current_a"), f"expected 0 (pause) or at least 6 A, got {failsafe:g}")
+    if failsafe > fuse - margin:
+        raise ConfigError(
+            table.key("failsafe_current_a"), f"must not exceed main_fuse_a - margin_a ({fuse - margin:g} A)"
+        )
+    site = SiteConfig(
+        meter=meter,
+        main_fuse_a=fuse,
+        phases=phases,
+        margin_a=margin,
+        mode=mode,
+        min_current_a=min_current,
+        phase_switching=table.boolean("phase_switching", False),
+        failsafe_current_a=failsafe,
+        stale_after_s=table.number("stale_after_s", 2.0, low=0.5, high=2.0),
+        solar_start_delay_s=table.number("solar_start_delay_s", 30.0, low=0.0, high=3600.0),
+        solar_stop_delay_s=table.number("solar_stop_delay_s", 120.0, low=0.0, high=3600.0),
+        solar_min_run_s=table.number("solar_min_run_s", 300.0, low=0.0, high=86400.0),
+        solar_min_pause_s=table.number("solar_min_pause_s", 120.0, low=0.0, high=86400.0),
+        solar_import_margin_w=table.number("solar_import_margin_w", 200.0, low=0.0, high=100_000.0),
+    )
+    table.reject_unknown()
+    return site

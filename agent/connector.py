@@ -312,6 +312,10 @@ class Connector:
         """An external current limit per phase (None = only the installation's and the cable's)."""
         self.controller.set_external_limit(amps)
 
+    def set_site_limit(self, amps: float | None, reason: str = "site-fuse") -> None:
+        """The site allocation (agent/energy/site.py, control side): min with every other limit; 0 pauses."""
+        self.controller.set_site_limit(amps, reason)
+
     def begin_authorized(self, id_tag: str, parent_id_tag: str | None = None) -> bool:
         """Start now if the EV is plugged in, else hold the authorization for ConnectionTimeOut.
         False if a reservation holds the connector for someone else."""
@@ -618,6 +622,9 @@ class Connector:
             phases=self.config.phases,
             fixed_cable=self.config.fixed_cable,
             settings=self.settings,
+            current_limit_a=c.current_limit_a,
+            binding_limit=c.binding_limit,
+            site_limit_a=c.site_limit_a,
         )
 
 
