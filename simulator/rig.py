@@ -70,6 +70,9 @@ class RigOptions:
     ca_file: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
+    # [ocpp] version written into agent.toml ("1.6" | "2.0.1" | "auto") and spoken by the bundled CSMS;
+    # None: no version line (the agent's default) and a bundled CSMS speaking 1.6.
+    ocpp_version: str | None = None
     # Local energy management (issue 15): a grid connection with a site meter; None = no site.
     site_fuse_a: float | None = None
     site_meter: str = "tcp"  # "tcp" or "rtu" (on the connector meters' RS-485 line when they are RTU too)
@@ -173,7 +176,7 @@ class Rig:
             from simulator.csms import Csms
 
             self.csms = Csms(log_path=self.dir / "csms.jsonl", accept=tuple(self.options.tokens),
-                             password=self.options.password)
+                             password=self.options.password, version=self.options.ocpp_version or "1.6")
             await self.csms.start()
             self.options.csms_url = self.csms.url
         if self.options.board == "can" and self.options.can_bus == "remote":
@@ -260,6 +263,8 @@ class Rig:
         ]
         if o.csms_url:
             lines += ["[ocpp]", f'endpoint = "{o.csms_url}"']
+            if o.ocpp_version:
+                lines += [f'version = "{o.ocpp_version}"']
             if o.security_profile:
                 lines += [f"security_profile = {o.security_profile}"]
             if o.password:
