@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--ca", type=Path, help="CA certificate (PEM) that signed the CSMS's TLS certificate")
     up.add_argument("--client-cert", type=Path, help="client certificate (PEM) for profile 3")
     up.add_argument("--client-key", type=Path, help="its private key (PEM) for profile 3")
+    up.add_argument("--ocpp", choices=["1.6", "2.0.1", "auto"],
+                    help="[ocpp] version written for the agent and spoken by the bundled CSMS "
+                         "(default: none written, the agent offers both, the bundled CSMS speaks 1.6)")
     up.add_argument("--ev-phases", type=int, choices=[1, 3], default=3, help="phases each simulated EV charges on")
     up.add_argument("--site-fuse", type=float, metavar="A",
                     help="simulate the grid connection (main fuse A per phase) with a site meter, and write [site]")
@@ -107,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             ca_file=args.ca.resolve() if args.ca else None,
             client_cert=args.client_cert.resolve() if args.client_cert else None,
             client_key=args.client_key.resolve() if args.client_key else None,
+            ocpp_version=args.ocpp,
             site_fuse_a=args.site_fuse,
             site_meter=args.site_meter,
             site_mode=args.site_mode,
