@@ -70,6 +70,9 @@ class OcppConfig:
     client_key: Path | None = None
     # "1.6" | "2.0.1" | "auto" (offer ocpp2.0.1 and ocpp1.6, speak what the CSMS selects)
     version: str = "auto"
+    # OCPP 2.0.1 device model presets "Component[.instance]/Variable[.instance]" -> value (as OCPP writes
+    # it); validated against the variable table by agent.preflight (agent/ocpp/v201/device_model.py)
+    variables: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -341,10 +344,11 @@ def parse(data: Mapping[str, Any]) -> AgentConfig:
         reconnect_cap_s=ocpp_t.number("reconnect_cap_s", 300.0, low=1.0, high=86400.0),
         keys=keys,
         version=ocpp_version,
+        variables=_ocpp_variables(ocpp_t.table_("variables")),
         **tls_files,
     )
     ocpp_t.reject_unknown({"endpoint", "password", "security_profile", "reconnect_cap_s", "keys", "version",
-                           *tls_files})
+                           "variables", *tls_files})
 
     firmware = _firmware(root.table_("firmware"))
     site = _site(root.table_("site"), devices)
@@ -371,6 +375,23 @@ def parse(data: Mapping[str, Any]) -> AgentConfig:
         firmware=firmware,
         site=site,
     )
+
+
+def _ocpp_variables(table: _Reader) -> dict[str, str]:
+    """[ocpp.variables]: "Component[.instance]/Variable[.instance]" = value, kept as OCPP's text."""
+    variables: dict[str, str] = {}
+    for key, value in table.table.items():
+        if "/" not in key:
+            raise ConfigError(table.key(key), 'expected a key "Component[.instance]/Variable[.instance]"')
+        if isinstance(value, bool):
+            variables[key] = "true" if value else "false"
+        elif isinstance(value, int | float | str):
+            variables[key] = str(value)
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            variables[key] = ",".join(value)
+        else:
+            raise ConfigError(table.key(key), "expected a string, number, boolean or list of strings")
+    return variables
 
 
 def _firmware(table: _Reader) -> FirmwareConfig:

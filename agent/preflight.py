@@ -19,6 +19,7 @@ from agent.config import AgentConfig, ConfigError
 def check(config: AgentConfig) -> None:
     """Raise ConfigError for the first problem found."""
     check_ocpp_keys(config)
+    check_ocpp_variables(config)
     check_tls(config)
     check_state_dir(config.state_dir)
 
@@ -36,6 +37,13 @@ def check_ocpp_keys(config: AgentConfig) -> None:
         enabled_profiles=profiles,
         supported_measurands=SUPPORTED_MEASURANDS,
     )
+
+
+def check_ocpp_variables(config: AgentConfig) -> None:
+    """[ocpp.variables] as the OCPP 2.0.1 device model validates them (each connector is an EVSE)."""
+    from agent.ocpp.v201.device_model import check_presets as check_variables
+
+    check_variables(config.ocpp.variables, evse_ids=tuple(c.id for c in config.connectors))
 
 
 def check_tls(config: AgentConfig) -> None:
