@@ -20,15 +20,17 @@ from drivers.serial.pilot_codec import (
     FaultReport,
     Hello,
     LockReport,
+    PhaseReport,
     ProximityReport,
     RelayReport,
     SetDuty,
     SetLock,
+    SetPhases,
     SetRelay,
     StatusRequest,
 )
 from hal.clock import Clock
-from hal.roles import ConnectorLock, ControlPilot, PowerSwitch
+from hal.roles import ConnectorLock, ControlPilot, PhaseSwitch, PowerSwitch
 from hal.types import (
     CpState,
     Fault,
@@ -41,7 +43,7 @@ from hal.types import (
 )
 
 
-class PilotBoardBase(BoardDevice, ControlPilot, PowerSwitch, ConnectorLock):
+class PilotBoardBase(BoardDevice, ControlPilot, PowerSwitch, ConnectorLock, PhaseSwitch):
     def __init__(
         self, name: str, *, keepalive_interval_s: float, silence_timeout_s: float, clock: Clock | None
     ) -> None:
@@ -53,6 +55,7 @@ class PilotBoardBase(BoardDevice, ControlPilot, PowerSwitch, ConnectorLock):
         self._relay_closed: bool | None = None
         self._locked: bool | None = None
         self._faults: frozenset[Fault] | None = None
+        self._phase_report: PhaseReport | None = None  # only boards with a phase contactor send one
         self.board_info: Hello | None = None
         self._desired: dict[type, Any] = {}
 
@@ -60,7 +63,7 @@ class PilotBoardBase(BoardDevice, ControlPilot, PowerSwitch, ConnectorLock):
 
     @property
     def roles(self) -> frozenset[Role]:
-        return frozenset({Role.PILOT, Role.POWER_SWITCH, Role.LOCK})
+        return frozenset({Role.PILOT, Role.POWER_SWITCH, Role.LOCK, Role.PHASE_SWITCH})
 
     @property
     def cp_state(self) -> CpState | None:
@@ -112,17 +115,30 @@ class PilotBoardBase(BoardDevice, ControlPilot, PowerSwitch, ConnectorLock):
     def request_status(self) -> None:
         self._send(StatusRequest())
 
+    def supports_phase_switching(self) -> bool:
+        return self._phase_report is not None
+
+    def set_phases(self, phases: int) -> None:
+        if phases not in (1, 3):
+            raise ValueError(f"phases must be 1 or 3, got {phases!r}")
+        self._send(SetPhases(phases))
+
+    def phases(self) -> int | None:
+        return self._phase_report.phases if self._phase_report is not None else None
+
     # ------------------------------------------------------------------------------------ commands
 
     def _send(self, message: Any) -> None:
-        if isinstance(message, SetDuty | SetRelay | SetLock):
+        if isinstance(message, SetDuty | SetRelay | SetLock | SetPhases):
             # Remember what the agent wants, to re-assert it when the transport (re)opens or the board
             # resets: a command given while it was down must not be lost (e.g. relay open at start-up).
             self._desired[type(message)] = message
         self._write(message)
 
     def _reassert(self) -> None:
-        for message in list(self._desired.values()):
+        # The phases first: a board moves its phase contactor only while the relay is open.
+        messages = sorted(self._desired.values(), key=lambda m: not isinstance(m, SetPhases))
+        for message in messages:
             self._write(message)
 
     def _write(self, message: Any) -> None:
@@ -169,6 +185,11 @@ class PilotBoardBase(BoardDevice, ControlPilot, PowerSwitch, ConnectorLock):
                 self._proximity = message
                 ohm, amps = message.resistance_ohm, message.ampacity_a
                 self._emit(ProximityChanged(None if ohm is None else float(ohm), None if amps is None else float(amps)))
+        elif isinstance(message, PhaseReport):
+            if message != self._phase_report:
+                if self._phase_report is None or message.phases != self._phase_report.phases:
+                    self.log.info("%s: phase contactor on %d phase(s)", self.name, message.phases)
+                self._phase_report = message
         elif isinstance(message, Hello):
             if self.board_info is not None:
                 # The board restarted (it says hello again): it forgot our commands and is lapsed until a
@@ -191,3 +212,4 @@ class PilotBoardBase(BoardDevice, ControlPilot, PowerSwitch, ConnectorLock):
 
     def _forget_reports(self) -> None:
         self._cp_state = self._proximity = self._relay_closed = self._locked = self._faults = None
+        self._phase_report = None

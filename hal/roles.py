@@ -45,6 +45,23 @@ class PowerSwitch(abc.ABC):
     def open_relay(self) -> None: ...
 
 
+class PhaseSwitch(abc.ABC):
+    """The board's phase contactor: the socket gets 1 or 3 phases (1p/3p switching, local energy management)."""
+
+    @abc.abstractmethod
+    def supports_phase_switching(self) -> bool:
+        """Whether this board can switch phases at all (as far as it has told us)."""
+
+    @abc.abstractmethod
+    def set_phases(self, phases: int) -> None:
+        """Switch to 1 or 3 phases. A command, never under load: the caller guarantees the relay is open
+        (boards refuse it while their relay is closed)."""
+
+    @abc.abstractmethod
+    def phases(self) -> int | None:
+        """What the board reports it has switched to; None while unknown."""
+
+
 class ConnectorLock(abc.ABC):
     @property
     @abc.abstractmethod

@@ -14,6 +14,7 @@ class Role(StrEnum):
     TOKEN_READER = "token_reader"
     DISPLAY = "display"
     SITE_METER = "site_meter"
+    PHASE_SWITCH = "phase_switch"
 
 
 class CpState(StrEnum):
@@ -67,6 +68,7 @@ class Fault(StrEnum):
     BOARD_SILENT = "board-silent"
     READER_SILENT = "reader-silent"
     INTERNAL = "internal"
+    SITE_METER = "site-meter"  # the grid connection point's meter is silent or implausible (station-level)
 
 
 @dataclass(frozen=True, slots=True)

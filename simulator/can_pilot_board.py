@@ -35,11 +35,13 @@ from drivers.serial.pilot_codec import (
     FaultReport,
     Hello,
     LockReport,
+    PhaseReport,
     ProximityReport,
     RelayReport,
     Reset,
     SetDuty,
     SetLock,
+    SetPhases,
     SetRelay,
     StatusRequest,
     pp_ampacity,
@@ -67,8 +69,12 @@ class CanPilotBoardEmulator:
         status_period_s: float = 0.25,
         keepalive_timeout_s: float = 2.0,
         firmware: tuple[int, int, int] = (1, 0, 0),
+        phase_switching: bool = True,
     ) -> None:
         self.plant = plant
+        self.phase_switching = phase_switching  # the board has a 1p/3p phase contactor
+        self.phases_commanded = plant.supply_phases
+        self.phase_commands_refused = 0  # SetPhases while the relay was closed
         self.interface = interface
         self.channel = channel
         self.node_id = node_id
@@ -148,15 +154,31 @@ class CanPilotBoardEmulator:
         elif isinstance(message, StatusRequest):
             self._send(self._hello())
             self._send_status()
+        elif isinstance(message, SetPhases):
+            self._set_phases(message.phases)
         elif isinstance(message, Reset):
             self._boot()
         self._report_changes()
+
+    def _set_phases(self, phases: int) -> None:
+        if not self.phase_switching:
+            self.decoder.counters["unknown_frames"] += 1  # a board without a phase contactor does not know it
+            return
+        if self.plant.relay_commanded_closed or self.plant.relay_closed:
+            self.phase_commands_refused += 1  # never under load
+            log.warning("CAN pilot board emulator: SetPhases(%d) refused, relay closed", phases)
+            return
+        self.phases_commanded = phases
+        self.plant.set_supply_phases(phases)
 
     def _boot(self) -> None:
         self.plant.relay_commanded_closed = False
         self.plant.pwm_duty = None
         self.keepalive_lapsed = True
         self._last_keepalive = None
+        if self.phase_switching:  # the phase contactor's rest position
+            self.phases_commanded = 3
+            self.plant.set_supply_phases(3)
         self._last_reported.clear()
         self._send(self._hello())
         self._send_status()
@@ -192,12 +214,14 @@ class CanPilotBoardEmulator:
         high = _CP_HIGH_MV[state.letter]
         low = high if not pwm_on else (-12_000 if plant.diode_ok() else -high)
         duty = plant.pwm_duty
+        phase = [PhaseReport(plant.supply_phases, self.phases_commanded)] if self.phase_switching else []
         return [
             CpStateReport(state),
             ProximityReport(None if ohm is None else round(ohm), pp_ampacity(ohm)),
             RelayReport(closed=plant.relay_closed, commanded=plant.relay_commanded_closed),
             LockReport(locked=plant.locked, commanded=plant.lock_commanded),
             FaultReport(frozenset(faults)),
+            *phase,
             TelemetryLevels(high, low, 850 if Fault.OVERTEMP in plant.faults else 250, round(plant.voltage_v * 10)),
             TelemetryStatus(
                 duty=DUTY_X1 if duty is None else round(duty * 100),

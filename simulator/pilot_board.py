@@ -21,12 +21,14 @@ from drivers.serial.pilot_codec import (
     KeepAlive,
     LockReport,
     Message,
+    PhaseReport,
     ProximityReport,
     RelayReport,
     Reset,
     Sender,
     SetDuty,
     SetLock,
+    SetPhases,
     SetRelay,
     StatusRequest,
     Telemetry,
@@ -53,8 +55,12 @@ class PilotBoardEmulator:
         status_period_s: float = 0.25,
         keepalive_timeout_s: float = 2.0,
         firmware: tuple[int, int, int] = (1, 0, 0),
+        phase_switching: bool = True,
     ) -> None:
         self.plant = plant
+        self.phase_switching = phase_switching  # the board has a 1p/3p phase contactor
+        self.phases_commanded = plant.supply_phases
+        self.phase_commands_refused = 0  # SetPhases while the relay was closed
         self.tick_s = tick_s
         self.status_period_s = status_period_s
         self.keepalive_timeout_s = keepalive_timeout_s
@@ -139,15 +145,32 @@ class PilotBoardEmulator:
         elif isinstance(message, StatusRequest):
             self._send(self._hello())
             self._send_status()
+        elif isinstance(message, SetPhases):
+            self._set_phases(message.phases)
         elif isinstance(message, Reset):
             self._boot()
         self._report_changes()
+
+    def _set_phases(self, phases: int) -> None:
+        if not self.phase_switching:
+            self.decoder.counters["unknown_frames"] += 1  # a board without a phase contactor does not know it
+            return
+        if self.plant.relay_commanded_closed or self.plant.relay_closed:
+            # Never under load: the phase contactor moves only while the main contactor is open.
+            self.phase_commands_refused += 1
+            log.warning("pilot board emulator: SetPhases(%d) refused, relay closed", phases)
+            return
+        self.phases_commanded = phases
+        self.plant.set_supply_phases(phases)
 
     def _boot(self) -> None:
         self.plant.relay_commanded_closed = False
         self.plant.pwm_duty = None
         self.keepalive_lapsed = True
         self._last_keepalive = None
+        if self.phase_switching:  # the phase contactor's rest position
+            self.phases_commanded = 3
+            self.plant.set_supply_phases(3)
         self._last_reported.clear()
         self._send(self._hello())
         self._send_status()
@@ -182,14 +205,16 @@ class PilotBoardEmulator:
             faults.add(Fault.LOCK)
         ohm = plant.pp_resistance_ohm
         state = plant.cp_state()
-        return [
+        reports: list[BoardMessage] = [
             CpStateReport(state),
             ProximityReport(None if ohm is None else round(ohm), pp_ampacity(ohm)),
             RelayReport(closed=plant.relay_closed, commanded=plant.relay_commanded_closed),
             LockReport(locked=plant.locked, commanded=plant.lock_commanded),
             FaultReport(frozenset(faults)),
-            self._telemetry(state, pwm_on),
         ]
+        if self.phase_switching:
+            reports.append(PhaseReport(plant.supply_phases, self.phases_commanded))
+        return [*reports, self._telemetry(state, pwm_on)]
 
     def _telemetry(self, state: CpState, pwm_on: bool) -> Telemetry:
         high = _CP_HIGH_MV[state.letter]

@@ -26,11 +26,13 @@ from drivers.serial.pilot_codec import (
     FaultReport,
     Hello,
     LockReport,
+    PhaseReport,
     ProximityReport,
     RelayReport,
     Reset,
     SetDuty,
     SetLock,
+    SetPhases,
     SetRelay,
     StatusRequest,
 )
@@ -82,9 +84,17 @@ class TelemetryStatus:
     NAME: ClassVar[str] = "TelemetryStatus"
 
 
-HostMessage = KeepAlive | SetDuty | SetRelay | SetLock | Reset | StatusRequest
+HostMessage = KeepAlive | SetDuty | SetRelay | SetLock | Reset | StatusRequest | SetPhases
 BoardMessage = (
-    Hello | CpStateReport | ProximityReport | RelayReport | LockReport | FaultReport | TelemetryLevels | TelemetryStatus
+    Hello
+    | CpStateReport
+    | ProximityReport
+    | RelayReport
+    | LockReport
+    | FaultReport
+    | TelemetryLevels
+    | TelemetryStatus
+    | PhaseReport
 )
 Message = HostMessage | BoardMessage
 
@@ -102,7 +112,10 @@ _FAULT_SIGNALS: dict[Fault, str] = {
 assert set(_FAULT_SIGNALS) == set(FAULT_BITS)
 
 _BOARD_NAMES = frozenset(
-    {"Hello", "CpState", "Proximity", "RelayState", "LockState", "FaultFlags", "TelemetryLevels", "TelemetryStatus"}
+    {
+        "Hello", "CpState", "Proximity", "RelayState", "LockState", "FaultFlags", "TelemetryLevels",
+        "TelemetryStatus", "PhaseState",
+    }
 )
 
 
@@ -132,6 +145,10 @@ def _signals(message: Message) -> tuple[str, dict[str, int]]:
             return "Reset", {}
         case StatusRequest():
             return "StatusRequest", {}
+        case SetPhases(phases):
+            return "SetPhases", {"PhaseCount": phases}
+        case PhaseReport(phases, commanded):
+            return "PhaseState", {"Phases": phases, "PhasesCommanded": commanded}
         case Hello():
             return "Hello", {
                 "FwMajor": message.fw_major,
@@ -189,6 +206,11 @@ def _build(name: str, s: dict[str, int]) -> Message:
         if s["CpState"] >= len(CP_STATE_CODES):
             raise MalformedFrame(f"unknown CP state code {s['CpState']}")
         return CpStateReport(CP_STATE_CODES[s["CpState"]])
+    if name in ("SetPhases", "PhaseState"):
+        values = [s[k] for k in ("PhaseCount",)] if name == "SetPhases" else [s["Phases"], s["PhasesCommanded"]]
+        if any(v not in (1, 3) for v in values):
+            raise MalformedFrame(f"{name}: phases must be 1 or 3, got {values}")
+        return SetPhases(values[0]) if name == "SetPhases" else PhaseReport(values[0], values[1])
     if name == "SetDuty":
         if s["Duty"] > DUTY_X1:
             raise MalformedFrame(f"duty {s['Duty']} above 10000")

@@ -208,6 +208,34 @@ class StatusRequest:
         return cls()
 
 
+PHASE_CHOICES = (1, 3)
+
+
+def _phases(value: int) -> int:
+    if value not in PHASE_CHOICES:
+        raise MalformedFrame(f"phases must be 1 or 3, got {value}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class SetPhases:
+    """Switch the phase contactor to 1 or 3 phases; the board ignores it while its relay is closed."""
+
+    phases: int
+    TYPE: ClassVar[int] = 0x07
+
+    def __post_init__(self) -> None:
+        if self.phases not in PHASE_CHOICES:
+            raise ValueError(f"phases must be 1 or 3, got {self.phases}")
+
+    def pack(self) -> bytes:
+        return bytes([self.phases])
+
+    @classmethod
+    def unpack(cls, body: bytes) -> SetPhases:
+        return cls(_phases(body[0]))
+
+
 @dataclass(frozen=True, slots=True)
 class Hello:
     """Board identity. Its layout is frozen across protocol versions so a mismatch can be explained."""
@@ -361,6 +389,22 @@ class FaultReport:
 
 
 @dataclass(frozen=True, slots=True)
+class PhaseReport:
+    """Phase contactor (boards that have one): phases switched through (mirror contact) and commanded."""
+
+    phases: int
+    commanded: int
+    TYPE: ClassVar[int] = 0x87
+
+    def pack(self) -> bytes:
+        return bytes([self.phases, self.commanded])
+
+    @classmethod
+    def unpack(cls, body: bytes) -> PhaseReport:
+        return cls(_phases(body[0]), _phases(body[1]))
+
+
+@dataclass(frozen=True, slots=True)
 class Telemetry:
     cp_high_mv: int
     cp_low_mv: int
@@ -392,8 +436,10 @@ class Telemetry:
         return cls(high, low, temp, supply, duty, bool(flags & 1), bad, unknown)
 
 
-HostMessage = KeepAlive | SetDuty | SetRelay | SetLock | Reset | StatusRequest
-BoardMessage = Hello | CpStateReport | ProximityReport | RelayReport | LockReport | FaultReport | Telemetry
+HostMessage = KeepAlive | SetDuty | SetRelay | SetLock | Reset | StatusRequest | SetPhases
+BoardMessage = (
+    Hello | CpStateReport | ProximityReport | RelayReport | LockReport | FaultReport | Telemetry | PhaseReport
+)
 Message = HostMessage | BoardMessage
 
 # type -> (body length, decoder). Extra trailing body bytes are ignored (compatible additions).
@@ -404,6 +450,7 @@ _HOST_TYPES: dict[int, tuple[int, Callable[[bytes], Message]]] = {
     SetLock.TYPE: (1, SetLock.unpack),
     Reset.TYPE: (0, Reset.unpack),
     StatusRequest.TYPE: (0, StatusRequest.unpack),
+    SetPhases.TYPE: (1, SetPhases.unpack),
 }
 _BOARD_TYPES: dict[int, tuple[int, Callable[[bytes], Message]]] = {
     Hello.TYPE: (8, Hello.unpack),
@@ -413,6 +460,7 @@ _BOARD_TYPES: dict[int, tuple[int, Callable[[bytes], Message]]] = {
     LockReport.TYPE: (2, LockReport.unpack),
     FaultReport.TYPE: (2, FaultReport.unpack),
     Telemetry.TYPE: (15, Telemetry.unpack),
+    PhaseReport.TYPE: (2, PhaseReport.unpack),
 }
 
 

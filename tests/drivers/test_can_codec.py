@@ -26,11 +26,13 @@ from drivers.serial.pilot_codec import (
     FaultReport,
     Hello,
     LockReport,
+    PhaseReport,
     ProximityReport,
     RelayReport,
     Reset,
     SetDuty,
     SetLock,
+    SetPhases,
     SetRelay,
     StatusRequest,
 )
@@ -59,6 +61,8 @@ MESSAGES = [
     FaultReport(frozenset({Fault.RCD, Fault.WELD, Fault.OVERCURRENT, Fault.LOCK})),
     TelemetryLevels(-12000, 9000, -55, 2300),
     TelemetryStatus(10000, True, 3, 65535),
+    SetPhases(1),
+    PhaseReport(phases=3, commanded=1),
 ]
 
 
@@ -76,6 +80,7 @@ def test_ids_and_layout_match_the_document() -> None:
         "Hello": 0x100, "CpState": 0x110, "Proximity": 0x120, "RelayState": 0x130, "LockState": 0x140,
         "FaultFlags": 0x150, "TelemetryLevels": 0x160, "TelemetryStatus": 0x170, "KeepAlive": 0x200,
         "SetDuty": 0x210, "SetRelay": 0x220, "SetLock": 0x230, "Reset": 0x240, "StatusRequest": 0x250,
+        "PhaseState": 0x180, "SetPhases": 0x260,
     }  # fmt: skip
     # docs/can-pilot-board.md worked examples
     assert encode_frame(DB, SetDuty(5333), 1) == (0x211, bytes.fromhex("D514"))
