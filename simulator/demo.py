@@ -2,6 +2,11 @@
 the two), run the agent against it, play plug -> tap card -> charge -> unplug, and print a timeline
 a person can read. Exit 0 only if the session completed with energy > 0.
 
+``--ocpp 2.0.1``: the same story in OCPP 2.0.1 messages (the rig's CSMS and the agent speak ocpp2.0.1:
+BootNotification, StatusNotification per EVSE/connector, TransactionEvent Started/Updated/Ended with the
+station's transactionId, seqNo, triggerReason and chargingState); exit 0 only with energy > 0 and the
+transaction Ended at the CSMS.
+
 ``--scenario smart-charging``: the demo runs the CSMS itself, charges a few seconds at full power, has the
 CSMS send a 10 A TxProfile, shows the power dropping, clears it and shows it coming back; exit 0 only if
 the measured power really dropped (meter and MeterValues at the CSMS)."""
@@ -19,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.config import load
+from agent.config import AgentConfig, load
 from agent.events import SessionStarted, SessionStopped, StationEvent, StatusChanged, TokenPresented
 from agent.redact import mask
 from agent.station import Station
@@ -49,6 +54,7 @@ async def _show_wire(log_path: Path, tl: Timeline) -> None:
                 continue
             if frame[0] == 2:
                 pending[frame[1]] = frame[2]
+                tl.note_call(frame[2], frame[3])
                 who = "agent -> CSMS" if record["dir"] == "in" else "CSMS -> agent"
                 tl.line(f"OCPP {who}: {frame[2]} {_brief(frame[3])}", at)
             elif frame[0] in (3, 4):
@@ -62,19 +68,34 @@ def _read_from(path: Path, offset: int) -> tuple[list[str], int]:
         return f.readlines(), f.tell()
 
 
+_BRIEF_KEYS = (
+    # 1.6
+    "status", "connectorId", "idTag", "transactionId", "meterStart", "meterStop", "reason", "errorCode",
+    "interval", "idTagInfo",
+    # 2.0.1 (transactionInfo's fields are shown as if they were top-level)
+    "eventType", "seqNo", "triggerReason", "chargingState", "stoppedReason", "offline", "evseId", "evse",
+    "connectorStatus", "idToken", "idTokenInfo",
+)
+
+
 def _brief(payload: Any) -> str:
     if not isinstance(payload, dict):
         return ""
-    keep = ("status", "connectorId", "idTag", "transactionId", "meterStart", "meterStop", "reason", "errorCode",
-            "interval", "idTagInfo")
+    flat = dict(payload)
+    if isinstance(payload.get("transactionInfo"), dict):
+        flat.update(payload["transactionInfo"])
     parts = []
-    for k in keep:
-        if k in payload:
-            v = payload[k]
+    for k in _BRIEF_KEYS:
+        if k in flat:
+            v = flat[k]
             if k == "idTag":
                 v = mask(str(v))
-            elif k == "idTagInfo" and isinstance(v, dict):
+            elif k == "idToken" and isinstance(v, dict):
+                v = mask(str(v.get("idToken", "")))
+            elif k in ("idTagInfo", "idTokenInfo") and isinstance(v, dict):
                 v = v.get("status")
+            elif k == "evse" and isinstance(v, dict):
+                v = v.get("id")
             parts.append(f"{k}={v}")
     return " ".join(parts)
 
@@ -83,6 +104,11 @@ class Timeline:
     def __init__(self) -> None:
         self.t0 = time.monotonic()
         self.t0_wall = time.time()
+        self.transaction_events: list[dict[str, Any]] = []  # 2.0.1 TransactionEvents as the CSMS got them
+
+    def note_call(self, action: Any, payload: Any) -> None:
+        if action == "TransactionEvent" and isinstance(payload, dict):
+            self.transaction_events.append(payload)
 
     def line(self, text: str, at_wall: float | None = None) -> None:
         t = time.monotonic() - self.t0 if at_wall is None else at_wall - self.t0_wall
@@ -103,7 +129,9 @@ async def _wait_for(predicate: Any, limit_s: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
-async def run_demo(connectors: int, charge_seconds: float, keep_dir: Path | None, scenario: str = "session") -> int:
+async def run_demo(
+    connectors: int, charge_seconds: float, keep_dir: Path | None, scenario: str = "session", ocpp: str = "1.6"
+) -> int:
     if scenario == "smart-charging":
         from simulator.demo_smart_charging import run_smart_charging_demo
 
@@ -113,11 +141,12 @@ async def run_demo(connectors: int, charge_seconds: float, keep_dir: Path | None
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "agent.toml").unlink(missing_ok=True)
         sim = subprocess.Popen(  # noqa: ASYNC220 - started once, before the agent runs
-            [sys.executable, "-m", "simulator.cli", "up", "--dir", str(directory), "--connectors", str(connectors)],
+            [sys.executable, "-m", "simulator.cli", "up", "--dir", str(directory), "--connectors", str(connectors),
+             "--ocpp", ocpp],
             stdout=subprocess.DEVNULL,
         )
         try:
-            return await _play(directory, charge_seconds, sim)
+            return await _play(directory, charge_seconds, sim, ocpp)
         finally:
             sim.terminate()
             try:
@@ -126,7 +155,20 @@ async def run_demo(connectors: int, charge_seconds: float, keep_dir: Path | None
                 sim.kill()
 
 
-async def _play(directory: Path, charge_seconds: float, sim: subprocess.Popen[bytes]) -> int:
+def _service(station: Station, config: AgentConfig, ocpp: str) -> Any:
+    """The OCPP side for this version, over the station (as the agent's single-process path builds it)."""
+    if not config.ocpp.endpoint:
+        return None
+    if ocpp == "2.0.1":
+        from agent.ocpp.v201.service import OcppService as OcppService201
+
+        return OcppService201(station, config)
+    from agent.ocpp.v16.service import OcppService
+
+    return OcppService(station, config)
+
+
+async def _play(directory: Path, charge_seconds: float, sim: subprocess.Popen[bytes], ocpp: str = "1.6") -> int:
     tl = Timeline()
     await _wait_for(lambda: (directory / "agent.toml").exists() or sim.poll() is not None, 20, "the simulator")
     if sim.poll() is not None:
@@ -134,9 +176,7 @@ async def _play(directory: Path, charge_seconds: float, sim: subprocess.Popen[by
         return 1
     config = load(directory / "agent.toml")
     station = Station(config)
-    from agent.ocpp.v16.service import OcppService
-
-    service = OcppService(station, config) if config.ocpp.endpoint else None
+    service = _service(station, config, ocpp)
     stopped: list[SessionStopped] = []
     started: list[SessionStarted] = []
 
@@ -213,6 +253,8 @@ async def _play(directory: Path, charge_seconds: float, sim: subprocess.Popen[by
         print("no session completed", file=sys.stderr)
         return 1
     s = final or stopped[-1].session
+    if ocpp == "2.0.1":
+        return _summary_201(s, tl.transaction_events)
     summary = {
         "session": s.ref,
         "transaction_id": s.transaction_id,
@@ -225,3 +267,21 @@ async def _play(directory: Path, charge_seconds: float, sim: subprocess.Popen[by
     }
     print("\nsession summary: " + json.dumps(summary, indent=2))
     return 0 if s.energy_wh > 0 else 1
+
+
+def _summary_201(session: Any, events: list[dict[str, Any]]) -> int:
+    """The 2.0.1 summary: the session as the station kept it and its transaction as the CSMS received it."""
+    ids = list(dict.fromkeys(e["transactionInfo"]["transactionId"] for e in events if "transactionInfo" in e))
+    mine = [e for e in events if ids and e["transactionInfo"]["transactionId"] == ids[-1]]
+    ended = [e for e in mine if e.get("eventType") == "Ended"]
+    summary = {
+        "session": session.ref,
+        "transaction_id": ids[-1] if ids else None,
+        "events": [f"{e['eventType']}#{e['seqNo']} {e['triggerReason']}" for e in mine],
+        "id_token": mask(session.id_tag),
+        "duration_s": round((session.stop_wall or session.start_wall) - session.start_wall, 1),
+        "energy_wh": round(session.energy_wh, 1),
+        "stopped_reason": ended[0]["transactionInfo"].get("stoppedReason") if ended else None,
+    }
+    print("\nsession summary (OCPP 2.0.1): " + json.dumps(summary, indent=2))
+    return 0 if session.energy_wh > 0 and len(ended) == 1 else 1
