@@ -38,6 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--dir", type=Path, help="keep the rig in this directory (default: a temp dir)")
     sim.add_argument("--scenario", choices=("session", "smart-charging"), default="session",
                      help="smart-charging: a CSMS TxProfile limits the running session, then is cleared")
+    sim.add_argument("--ocpp", choices=("1.6", "2.0.1"), default="1.6",
+                     help="the OCPP version the rig's CSMS and the agent speak in the demo")
     sim.add_argument("-v", "--verbose", action="store_true")
     return p
 
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     from simulator.demo import run_demo
 
     logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    return asyncio.run(run_demo(args.connectors, args.charge_seconds, args.dir, args.scenario))
+    return asyncio.run(run_demo(args.connectors, args.charge_seconds, args.dir, args.scenario, args.ocpp))
 
 
 if __name__ == "__main__":
