@@ -622,7 +622,7 @@ class Connector:
             phases=self.config.phases,
             fixed_cable=self.config.fixed_cable,
             settings=self.settings,
-            current_limit_a=c.current_limit_a,
+            effective_limit_a=c.current_limit_a,
             binding_limit=c.binding_limit,
             site_limit_a=c.site_limit_a,
         )

@@ -181,6 +181,10 @@ def render_status(data: dict[str, Any]) -> str:
             f"offer {c['offered_a']:.0f} A PWM {pwm:<6} relay {relay:<6} {power:>9} meter {energy}"
             + (" MAINTENANCE" if c.get("maintenance") else "")
         )
+        if c.get("binding_limit") is not None:
+            site = c.get("site_limit_a")
+            lines.append(f"     limit {c.get('limit_a', 0):.1f} A set by {c['binding_limit']}"
+                         + (f"  site allocation {site:.1f} A" if site is not None else ""))
         if c["session"]:
             lines.append(f"     session tx {c.get('transaction_id') or '-'} idTag {c['id_tag']} "
                          f"{c.get('session_energy_wh', 0):.0f} Wh")

@@ -29,6 +29,7 @@ from agent import __version__
 from agent.faults import FAULTS
 from agent.redact import mask
 from agent.station_api import ConnectorView, NetworkDiagnostics, StationPort
+from hal.types import Fault
 
 PROTOCOL_VERSION = 1
 log = logging.getLogger("cpagent.diag")
@@ -156,6 +157,9 @@ class DiagServer:
             "cp_state": c.cp_state.value if c.cp_state else None,
             "charge_state": c.charge_state,
             "offered_a": c.offered_current_a,
+            "limit_a": c.effective_limit_a,
+            "binding_limit": c.binding_limit,
+            "site_limit_a": c.site_limit_a,
             "duty": c.duty_percent,
             "relay_commanded": c.relay_commanded_closed,
             "relay_feedback": c.relay_feedback_closed,
@@ -291,7 +295,7 @@ class DiagServer:
                                else "contactor reports CLOSED while commanded open" if fb else "no feedback"})
         facts = self.station.facts()
         if facts.has_reader:
-            ok = not facts.reader_faults
+            ok = Fault.READER_SILENT not in facts.reader_faults  # reader_faults: every connector-0 fault
             checks.append({"check": "card reader", "ok": ok, "detail": "ok" if ok else "reader silent"})
         return {"ok": all(ch["ok"] for ch in checks), "checks": checks}
 

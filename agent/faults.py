@@ -64,6 +64,10 @@ _TABLE = [
     FaultInfo(Fault.READER_SILENT, "ReaderFailure", "READER_SILENT", "The card reader stopped answering.",
               "Check the reader's cable; charging by app still works.",
               "Card reader out of order. Start charging with the app."),
+    FaultInfo(Fault.SITE_METER, "PowerMeterFailure", "SITE_METER",
+              "The site (grid connection) meter is silent or implausible: every session runs at the failsafe current.",
+              "Check the site meter's wiring, address and supply ([site] meter); charging goes on at the safe current.",
+              "Reduced charging power: site meter problem."),
     FaultInfo(Fault.INTERNAL, "InternalError", "INTERNAL", "An internal software task failed repeatedly.",
               "See `cpctl events`; restart the service.", "Charger out of order. Please use another charger."),
 ]

@@ -8,6 +8,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING
 
 from agent import db
 from agent.authorize import AllowList, AuthDecision, Authorizer
@@ -43,6 +44,9 @@ from hal import Device, DeviceFaultChanged, Role, TokenReader
 from hal.clock import Clock, SystemClock
 from hal.registry import load_driver
 from hal.types import Fault
+
+if TYPE_CHECKING:
+    from agent.energy.site import SiteController
 
 log = logging.getLogger("cpagent.station")
 
@@ -100,6 +104,7 @@ class Station:
         self.ocpp_diagnostics: NetworkDiagnostics | None = None  # attached by the OCPP service when configured
         self.supervisor = Supervisor(on_crash=self._on_task_crash, on_give_up=self._on_task_give_up)
         self._shared = SharedResources(self.db, self.sessions, self.eventlog, self.clock)
+        self.site = self._site_controller(config)  # local energy management (issue 15), None when off
 
     # ----------------------------------------------------------------- the station interface (StationPort)
     @property
@@ -238,6 +243,30 @@ class Station:
             if self.reader_faults != before:  # connector 0 (the whole charge point) reports the reader
                 self._emit(StatusChanged(0, ConnectorStatus.AVAILABLE, frozenset(self.reader_faults)))
 
+    def _site_controller(self, config: AgentConfig) -> SiteController | None:
+        if not config.site.enabled:
+            return None
+        from agent.energy.site import SiteController, find_site_meter, load_of
+
+        site = SiteController(
+            config.site,
+            find_site_meter(config.site, self.devices),
+            self.clock,
+            loads=lambda: [load_of(c) for c in self.connectors.values()],
+            apply=lambda cid, amps, reason: self.connectors[cid].set_site_limit(amps, reason),
+            on_fault=self._on_site_fault,
+        )
+        site.step()  # the failsafe current until the site meter has answered: nothing starts above it
+        return site
+
+    def _on_site_fault(self, active: bool, detail: str) -> None:
+        """The site meter is a station-level fault (connector 0, like the reader's)."""
+        before = set(self.reader_faults)
+        (self.reader_faults.add if active else self.reader_faults.discard)(Fault.SITE_METER)
+        self.eventlog.add(self.clock.wall(), "warning" if active else "info", "site", detail)
+        if self.reader_faults != before:
+            self._emit(StatusChanged(0, ConnectorStatus.AVAILABLE, frozenset(self.reader_faults)))
+
     def _connectors_of(self, device_name: str) -> list[Connector]:
         return [
             c for c in self.connectors.values()
@@ -329,6 +358,8 @@ class Station:
             self.supervisor.spawn(f"device:{name}", device.run)
         if self.reader is not None:
             self.supervisor.spawn("tokens", self._read_tokens, critical=False)
+        if self.site is not None:
+            self.supervisor.spawn("site", self.site.run)
         if ready:
             ready()
         try:

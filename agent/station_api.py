@@ -59,7 +59,9 @@ __all__ = [
 
 
 # Faults that are reported (errorCode) but do not stop charging: the safety path does not depend on them.
-NON_BLOCKING_FAULTS = frozenset({Fault.METER_SILENT, Fault.METER_IMPLAUSIBLE, Fault.READER_SILENT})
+NON_BLOCKING_FAULTS = frozenset(
+    {Fault.METER_SILENT, Fault.METER_IMPLAUSIBLE, Fault.READER_SILENT, Fault.SITE_METER}
+)
 
 
 class EnergyHold(StrEnum):
@@ -135,7 +137,7 @@ class ConnectorView:
     phases: int
     fixed_cable: bool
     settings: ConnectorSettings
-    current_limit_a: float = 0.0  # the effective limit: min of connector, cable, OCPP and site limits
+    effective_limit_a: float = 0.0  # the effective limit: min of connector, cable, OCPP and site limits
     binding_limit: str = "connector"  # which one sets it: connector | cable | ocpp | site-fuse | solar | failsafe
     site_limit_a: float | None = None  # the site allocation (local energy management), None = none
 
