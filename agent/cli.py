@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agent import __version__
-from agent.config import DEFAULT_CONFIG_PATH, AgentConfig, ConfigError, load
-from hal import DeviceError
-from hal.tasks import cancel_and_wait
+from agent.paths import DEFAULT_CONFIG_PATH
+
+# The rest is imported where it is used: `cpagent run` is a supervisor process for the agent's whole life
+# and imports almost nothing (agent/split_supervisor.py).
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
 
 log = logging.getLogger("cpagent")
 
@@ -44,12 +47,17 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _parse_or_exit(path: Path) -> AgentConfig:
+def _parse_or_exit(path: Path, role: str) -> AgentConfig:
     """The parsed configuration without the pre-flight checks (see `main`)."""
+    from agent.config import ConfigError, load
+    from agent.split_supervisor import side_config_error
+
     try:
         return load(path)
     except ConfigError as exc:
-        print(f"cpagent: configuration error: {exc}", file=sys.stderr)
+        line = f"cpagent: configuration error: {exc}"
+        if not side_config_error(role, line):  # under `cpagent run` the supervisor prints it, once
+            print(line, file=sys.stderr)
         raise SystemExit(2) from exc
 
 
@@ -57,6 +65,7 @@ def load_or_exit(path: Path) -> AgentConfig:
     """The parsed configuration, checked against what it refers to (OCPP key presets, TLS files, the
     state directory): a configuration that cannot run exits 2 here, for check-config and run alike."""
     from agent import preflight
+    from agent.config import ConfigError, load
 
     try:
         config = load(path)
@@ -68,7 +77,12 @@ def load_or_exit(path: Path) -> AgentConfig:
 
 
 async def run_agent(config: AgentConfig) -> int:
+    import asyncio
+
+    from agent.config import ConfigError
     from agent.station import Station
+    from hal import DeviceError
+    from hal.tasks import cancel_and_wait
 
     try:
         station = Station(config)
@@ -105,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "check-config":
+        from hal import DeviceError
+
         config = load_or_exit(args.config)
         try:
             from agent.station import build_devices
@@ -115,21 +131,27 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{args.config}: ok ({len(config.connectors)} connector(s), {len(config.devices)} device(s))")
         return 0
+    if args.command == "run" and not args.single_process:
+        from agent.split_supervisor import run_supervised
+
+        return run_supervised(args.config, verbose=args.verbose)
+    import asyncio
+
     if args.command in ("run", "control", "network"):
         # In the two-process agent the network side makes the pre-flight checks (OCPP key presets, TLS files,
         # state_dir) with the code it imports anyway, before either side starts (agent/split.py), so neither
         # the supervisor nor the control side carries the OCPP stack the checks import.
         split_side = args.command != "run" or not args.single_process
-        config = _parse_or_exit(args.config) if split_side else load_or_exit(args.config)
+        config = _parse_or_exit(args.config, args.command) if split_side else load_or_exit(args.config)
         from agent.logsetup import setup_logging
 
         setup_logging(config.log_levels, verbose=args.verbose)
         if args.command == "run" and args.single_process:
             return asyncio.run(run_agent(config))
         from agent import split
+        from agent.config import ConfigError
+        from hal import DeviceError
 
-        if args.command == "run":
-            return asyncio.run(split.run_supervised(args.config))
         if not split.prepare(args.command, config):
             return 0  # the supervisor stopped before giving the go (a failed pre-flight check)
         try:

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DEFAULT_CONFIG_PATH = Path("/etc/cpagent/agent.toml")
+from agent.paths import DEFAULT_CONFIG_PATH as DEFAULT_CONFIG_PATH  # defined there: cli.py reads it cheaply
+
 DEFAULT_STATE_DIR = Path("/var/lib/cpagent")
 DEFAULT_DIAG_SOCKET = Path("/run/cpagent/diag.sock")
 ROLE_KEYS = ("pilot", "power_switch", "lock", "meter", "display")
@@ -51,6 +52,9 @@ class ConnectorConfig:
     # [site] load sharing: the site (connection point) phases this connector's L1, L2, L3 are wired to;
     # a 1-phase EV loads the first one
     site_phases: tuple[int, ...] = (1, 2, 3)
+    # 1p/3p switching (boards with a phase contactor): pause between relay open and close, cap per session
+    phase_switch_settle_s: float = 5.0
+    max_phase_switches: int = 4
 
 
 OCPP_VERSIONS = ("1.6", "2.0.1", "auto")
@@ -290,6 +294,8 @@ def parse(data: Mapping[str, Any]) -> AgentConfig:
                 overcurrent_factor=c.number("overcurrent_factor", 1.10, low=1.0, high=2.0),
                 overcurrent_time_s=c.number("overcurrent_time_s", 7.0, low=1.0, high=60.0),
                 site_phases=_site_phases(c),
+                phase_switch_settle_s=c.number("phase_switch_settle_s", 5.0, low=1.0, high=120.0),
+                max_phase_switches=c.integer("max_phase_switches", 4, low=0, high=100),
             )
         )
         c.reject_unknown()

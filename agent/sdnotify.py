@@ -6,17 +6,19 @@ Everything is a no-op when $NOTIFY_SOCKET is unset (a developer's shell, the sim
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import contextlib
 import logging
 import os
 import socket
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
+# No asyncio or dataclasses at import: `cpagent run`'s supervisor (agent/split_supervisor.py) uses Notifier
+# and stays small; the asyncio parts import it where they run (it is loaded by then anyway).
 if TYPE_CHECKING:
+    import asyncio
+
     from agent.station import Station
     from agent.supervisor import Supervisor
 
@@ -179,6 +181,8 @@ class WatchdogFeeder:
             return f"health check failed: {type(exc).__name__}: {exc}"
 
     async def run(self) -> None:
+        import asyncio
+
         loop = asyncio.get_running_loop()
         last_pet = float("-inf")
         while True:
@@ -204,8 +208,7 @@ class WatchdogFeeder:
 
 
 # ----------------------------------------------------------------- STATUS= line
-@dataclass(frozen=True)
-class ConnectorLine:
+class ConnectorLine(NamedTuple):
     id: int
     status: str
     power_w: float | None = None
@@ -263,6 +266,8 @@ class SystemdIntegration:
 
     def ready(self) -> None:
         """Pass as Station.run(ready=...): runs in the event loop once hardware and outbox are up."""
+        import asyncio
+
         self._last_status = self._status()
         self.notifier.ready(self._last_status)
         if self.watchdog_s:
@@ -281,6 +286,8 @@ class SystemdIntegration:
             return "running"
 
     async def _refresh_status(self) -> None:
+        import asyncio
+
         while True:
             await asyncio.sleep(self.status_refresh_s)
             text = self._status()
@@ -289,6 +296,8 @@ class SystemdIntegration:
                 self._last_status = text
 
     async def stop(self) -> None:
+        import asyncio
+
         self.notifier.stopping()
         for task in self._tasks:
             task.cancel()

@@ -1,6 +1,6 @@
 """`cpagent run`: the control side and the network side as two processes under a small supervisor.
 
-    cpagent run (supervisor: no hardware, no network; imports little)
+    cpagent run (supervisor, agent/split_supervisor.py: no hardware, no network, no asyncio; imports little)
       ├── cpagent control   drivers, IEC 61851 controller, connectors, sessions; serves the station socket
       └── cpagent network   OCPP, outbox, diagnostic socket, file transfers; a StationProxy on that socket
 
@@ -27,36 +27,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
 import os
 import signal
 import sys
-import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from agent.config import AgentConfig
-from agent.sdnotify import EXIT_RESTART_REQUESTED, Notifier, watchdog_interval
+from agent.sdnotify import Notifier, watchdog_interval
+from agent.split_supervisor import CHILD_PET_S, GO_FD_ENV, HEALTH_FD_ENV, PREFLIGHT_WORD
+
+if TYPE_CHECKING:
+    from agent.config import AgentConfig
 
 log = logging.getLogger("cpagent.split")
 
-HEALTH_FD_ENV = "CPAGENT_HEALTH_FD"  # the pipe a side reports READY/WATCHDOG/STATUS on
-GO_FD_ENV = "CPAGENT_GO_FD"  # the pipe a side waits on (after importing its code) until the checks passed
-PREFLIGHT_WORD = "PREFLIGHT="  # the network side's verdict on the pre-flight checks: "ok" or the error line
-PREFLIGHT_TIMEOUT_S = 60.0
+# A directory: each side writes the names of the modules it imported to `<dir>/<role>.modules` as it stops
+# (tests/test_imports_split.py checks that the control side never carries the OCPP/network stack).
+DUMP_MODULES_ENV = "CPAGENT_DUMP_MODULES"
 
-CHILD_PET_S = 2.0  # children report this often (WATCHDOG_USEC given to them = 2x this)
-HANG_AFTER_S = 10.0  # a child that was ready and has not reported for this long is hung: kill -9, restart
-RESTART_MIN_S = 0.5
-# A control side that died is restarted only after the pilot boards' keep-alive (2 s) has surely lapsed: the
-# boards have then opened their relays, and the new control side starts from that safe state instead of
-# taking over a session whose last seconds nobody watched.
-CONTROL_RESTART_MIN_S = 3.0
-RESTART_MAX_S = 30.0
-STABLE_AFTER_S = 60.0  # a child that ran this long restarts with the minimum back-off again
-STOP_GRACE_S = 10.0
-PR_SET_PDEATHSIG = 1
+
+def dump_modules(role: str) -> None:
+    where = os.environ.get(DUMP_MODULES_ENV)
+    if where:
+        with contextlib.suppress(OSError):
+            Path(where, f"{role}.modules").write_text("\n".join(sorted(sys.modules)) + "\n")
 
 
 def prepare(role: str, config: AgentConfig) -> bool:
@@ -132,210 +127,6 @@ def child_notifier() -> Notifier:
     return Notifier.from_env()
 
 
-NETWORK_NICENESS = 5  # the network side yields the CPU to the control side when both want it
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _network_child() -> None:
-    _die_with_parent()
-    with contextlib.suppress(OSError):
-        os.nice(NETWORK_NICENESS)
-
-
-@dataclass
-class Child:
-    role: str  # "control" or "network"
-    argv: list[str]
-    process: asyncio.subprocess.Process | None = None
-    ready: bool = False
-    last_report: float = 0.0
-    started: float = 0.0
-    status: str = ""
-    restarts: int = 0
-    go_fd: int | None = None  # the write end of the side's go pipe until the go is given
-    preflight: str | None = None  # the network side's verdict on the pre-flight checks
-    verdict: asyncio.Event = field(default_factory=asyncio.Event, repr=False)  # set with it (or when it died)
-    backoff_s: float = RESTART_MIN_S
-    reader: asyncio.Task[None] | None = field(default=None, repr=False)
-
-
-class ProcessSupervisor:
-    def __init__(self, config_path: Path, *, notifier: Notifier | None = None) -> None:
-        self.config_path = config_path
-        self.notifier = notifier or Notifier.from_env()
-        self.systemd_watchdog_s = watchdog_interval()
-        python = [sys.executable, "-m", "agent.cli"]
-        self.children = {role: Child(role, [*python, role, "--config", str(config_path)])
-                         for role in ("control", "network")}
-        self._announced_ready = False
-        self._stopping = asyncio.Event()
-        self.exit_status = 0
-
-    async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stopping.set)
-        # The sides import their code; the network side then makes the pre-flight checks (OCPP key presets,
-        # TLS files, state_dir) and reports them. Both start only on the go; a failed check prints its one
-        # line here and nothing else has run.
-        for child in self.children.values():
-            await self._spawn(child, go=False)
-        network = self.children["network"]
-        waits = [asyncio.create_task(network.verdict.wait()), asyncio.create_task(self._stopping.wait())]
-        await asyncio.wait(waits, timeout=PREFLIGHT_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
-        for waiting in waits:
-            waiting.cancel()
-        if network.preflight != "ok":
-            for child in self.children.values():
-                if child.process is not None and child.process.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        child.process.kill()
-                    await child.process.wait()
-            if self._stopping.is_set():
-                return 0
-            sys.stderr.write((network.preflight or "cpagent: the network side did not start") + "\n")
-            sys.stderr.flush()
-            return 2
-        for child in self.children.values():
-            self._go(child)
-            assert child.process is not None
-            log.info("%s side started (pid %d)", child.role, child.process.pid)
-        try:
-            while not self._stopping.is_set():
-                await self._tick()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), CHILD_PET_S / 2)
-        finally:
-            self.notifier.stopping()
-            await self._stop_all()
-        return self.exit_status
-
-    def _go(self, child: Child) -> None:
-        if child.go_fd is not None:
-            with contextlib.suppress(OSError):
-                os.write(child.go_fd, b"g")
-                os.close(child.go_fd)
-            child.go_fd = None
-
-    async def _spawn(self, child: Child, *, go: bool = True) -> None:
-        read_fd, write_fd = os.pipe()
-        go_read, child.go_fd = os.pipe()
-        env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC")}
-        env[HEALTH_FD_ENV] = str(write_fd)
-        env[GO_FD_ENV] = str(go_read)
-        env["WATCHDOG_USEC"] = str(int(CHILD_PET_S * 2 * 1e6))  # children report every CHILD_PET_S
-        before_exec = _network_child if child.role == "network" else _die_with_parent
-        try:
-            child.process = await asyncio.create_subprocess_exec(
-                *child.argv, env=env, pass_fds=(write_fd, go_read), preexec_fn=before_exec,
-                stdin=asyncio.subprocess.DEVNULL,
-            )
-        finally:
-            os.close(write_fd)
-            os.close(go_read)
-        child.ready = False
-        child.started = child.last_report = time.monotonic()
-        child.reader = asyncio.create_task(self._read_health(child, read_fd), name=f"health-{child.role}")
-        if go:
-            self._go(child)
-            log.info("%s side started (pid %d)", child.role, child.process.pid)
-
-    async def _read_health(self, child: Child, fd: int) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=8192)
-        transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
-                                                    os.fdopen(fd, "rb", buffering=0))
-        try:
-            while True:
-                try:
-                    line = await reader.readline()
-                except ValueError:  # over the limit: not our child's words
-                    continue
-                if not line:
-                    return
-                child.last_report = time.monotonic()
-                for word in line.decode("utf-8", "replace").strip().split("\x1f"):
-                    if word == "READY=1":
-                        child.ready = True
-                    elif word.startswith(PREFLIGHT_WORD):
-                        child.preflight = word[len(PREFLIGHT_WORD):]
-                        child.verdict.set()
-                    elif word.startswith("STATUS="):
-                        child.status = word[len("STATUS="):]
-                        if child.role == "control":
-                            self.notifier.status(child.status)
-        finally:
-            child.verdict.set()  # a side that went away gives no verdict
-            transport.close()
-
-    async def _tick(self) -> None:
-        now = time.monotonic()
-        for child in self.children.values():
-            process = child.process
-            if process is None:
-                continue
-            if process.returncode is not None:
-                await self._exited(child, process.returncode)
-            elif child.ready and now - child.last_report > HANG_AFTER_S:
-                log.error("%s side stopped reporting for %.0f s: killing it", child.role, now - child.last_report)
-                with contextlib.suppress(ProcessLookupError):
-                    process.kill()
-        if not self._announced_ready and all(c.ready for c in self.children.values()):
-            self._announced_ready = True
-            self.notifier.ready(self.children["control"].status or None)
-            log.info("both sides ready")
-        if self.systemd_watchdog_s is not None:
-            self.notifier.watchdog()  # this loop runs; the children's health is handled above
-
-    async def _exited(self, child: Child, code: int) -> None:
-        if child.reader is not None:
-            await asyncio.wait({child.reader}, timeout=1)
-        child.process = None
-        if code in (2, EXIT_RESTART_REQUESTED):
-            log.warning("%s side exited with %d: stopping the agent with it", child.role, code)
-            self.exit_status = code
-            self._stopping.set()
-            return
-        ran = time.monotonic() - child.started
-        if ran >= STABLE_AFTER_S:
-            child.backoff_s = RESTART_MIN_S
-        delay = max(child.backoff_s, CONTROL_RESTART_MIN_S) if child.role == "control" else child.backoff_s
-        log.error("%s side exited (%s) after %.1f s; restarting it in %.1f s", child.role, _describe(code), ran, delay)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), delay)
-        if self._stopping.is_set():
-            return
-        child.backoff_s = min(RESTART_MAX_S, child.backoff_s * 2)
-        child.restarts += 1
-        await self._spawn(child)
-
-    async def _stop_all(self) -> None:
-        # The network side first (its last words still find the station), then the control side, which
-        # opens the relays as it stops.
-        for role in ("network", "control"):
-            child = self.children[role]
-            process = child.process
-            if process is not None and process.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    process.terminate()
-                try:
-                    await asyncio.wait_for(process.wait(), STOP_GRACE_S)
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        process.kill()
-                    await process.wait()
-            if child.reader is not None:
-                await asyncio.wait({child.reader}, timeout=1)
-
-
-def _describe(code: int) -> str:
-    return f"signal {-code}" if code < 0 else f"status {code}"
-
-
 def _stop_event() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -364,6 +155,7 @@ async def run_control(config: AgentConfig) -> int:
         await server.stop()
         await cancel_and_wait(task)
         station.close()  # relays open: nothing stays energised when the control side stops
+        dump_modules("control")
     if task.done() and not task.cancelled() and task.exception() is not None:
         log.critical("the station ended unexpectedly", exc_info=task.exception())
         return 1
@@ -412,7 +204,5 @@ async def run_network(config: AgentConfig) -> int:
             feeder.cancel()
         await diag.stop()
         await proxy.close()
+        dump_modules("network")
 
-
-async def run_supervised(config_path: Path) -> int:
-    return await ProcessSupervisor(config_path).run()
