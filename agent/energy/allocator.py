@@ -211,7 +211,7 @@ def allocate(
 
     for want in running:
         current = max(_round_down(want.current), floor)
-        binding = BINDING_CONNECTOR if current >= want.limit - 0.05 else binding_reason
+        binding = BINDING_CONNECTOR if want.current >= want.limit - 1e-6 else binding_reason
         result[want.index] = Allocation(want.demand.connector_id, current, binding)
     for want in paused:
         result[want.index] = Allocation(want.demand.connector_id, 0.0, binding_reason)
@@ -230,7 +230,10 @@ def ev_capacity(
     house then seems larger: also the safe side).
     """
     fuse = _sane(fuse_a)
-    margin = margin_a if isinstance(margin_a, (int, float)) and math.isfinite(margin_a) and margin_a >= 0 else fuse
+    margin_ok = isinstance(margin_a, (int, float)) and math.isfinite(margin_a) and 0 <= margin_a <= fuse
+    if not margin_ok:
+        fuse = 0.0
+    margin = margin_a if margin_ok else 0.0
     out: list[float] = []
     for phase in range(3):
         try:
