@@ -45,7 +45,14 @@ REPO = Path(__file__).resolve().parents[4]
 # Device-model presets every start gets unless a test overrides them: short waits keep the suite fast.
 # ("Component[.instance]/Variable[.instance]" = value, as in [ocpp.variables]; tests override what they
 # exercise). Only variables of the 2.0.1 device model (agent/ocpp/v201/device_model.py) may appear here.
-FAST_VARIABLES: dict[str, object] = {}
+FAST_VARIABLES: dict[str, object] = {
+    "OCPPCommCtrlr/RetryBackOffWaitMinimum": 1,  # redial 1 s after a lost connection, no doubling, no random
+    "OCPPCommCtrlr/RetryBackOffRandomRange": 0,
+    "OCPPCommCtrlr/RetryBackOffRepeatTimes": 0,
+    "OCPPCommCtrlr/MessageAttemptInterval.TransactionEvent": 1,
+    "SampledDataCtrlr/TxUpdatedInterval": 0,  # no periodic meter values unless a test asks for them
+    "TxCtrlr/EVConnectionTimeOut": 30,
+}
 
 
 async def eventually(predicate: Callable[[], Any], within: float = 8.0, what: str = "condition") -> Any:
