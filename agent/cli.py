@@ -93,19 +93,19 @@ async def run_agent(config: AgentConfig) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    from agent.ocpp.v16.service import OcppService, run_until_stopped
+    from agent.ocpp.runner import make_runner, run_until_stopped
     from agent.sdnotify import SystemdIntegration
 
     # The outbox opens (in the service) before READY=1 is sent.
     try:
-        service = OcppService(station, config) if config.ocpp.endpoint else None
+        service = make_runner(station, config)  # the OCPP version's service ([ocpp] version)
     except ConfigError as exc:  # preflight.check found none; never a traceback and exit 1 for one
         station.close()
         print(f"cpagent: configuration error: {exc}", file=sys.stderr)
         return 2
     systemd = SystemdIntegration(station)  # READY=1, watchdog and STATUS= when run by systemd
     task = asyncio.create_task(station.run(ready=systemd.ready))
-    status = await run_until_stopped(station, config, stop, service)  # OCPP 1.6J when ocpp.endpoint is set
+    status = await run_until_stopped(station, config, stop, service)  # OCPP when ocpp.endpoint is set
     await systemd.stop()
     await cancel_and_wait(task)
     station.close()

@@ -64,6 +64,7 @@ def prepare(role: str, config: AgentConfig) -> bool:
     else:
         import agent.diag
         import agent.ipc.station_proxy
+        import agent.ocpp.runner
         import agent.ocpp.v16.service  # noqa: F401
     fd = os.environ.get(GO_FD_ENV)
     if not fd or not fd.isascii() or not fd.isdigit():
@@ -166,7 +167,7 @@ async def run_network(config: AgentConfig) -> int:
     """The network side: OCPP and the technician's socket, on a StationProxy of the control side."""
     from agent.diag import DiagServer
     from agent.ipc.station_proxy import StationProxy
-    from agent.ocpp.v16.service import OcppService, run_until_stopped
+    from agent.ocpp.runner import make_runner, run_until_stopped
     from agent.sdnotify import WatchdogFeeder
 
     stop = _stop_event()
@@ -186,7 +187,7 @@ async def run_network(config: AgentConfig) -> int:
         waiting.cancel()
         await proxy.close()
         return 0
-    service = OcppService(proxy, config) if config.ocpp.endpoint else None
+    service = make_runner(proxy, config)  # the OCPP version's service ([ocpp] version)
     diag = DiagServer(proxy, config.diag_socket)
     try:
         await diag.start()

@@ -25,7 +25,7 @@ import inspect
 import logging
 import random
 import ssl
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from urllib.parse import quote, urlsplit
@@ -34,12 +34,26 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
-from agent.ocpp.v16.rpc import MAX_FRAME_BYTES, Handler, OcppSession, RedactingFilter, install_redaction
+from agent.ocpp.v16.rpc import (
+    MAX_FRAME_BYTES,
+    V16,
+    V201,
+    Dialect,
+    Handler,
+    OcppSession,
+    RedactingFilter,
+    install_redaction,
+)
 from agent.ocpp.v16.tls import probe_server_tls_version
 from hal.clock import Clock, SystemClock
 
 LOG = logging.getLogger("cpagent.ocpp.v16.link")
 SUBPROTOCOL = Subprotocol("ocpp1.6")
+# Every version we can speak, by websocket subprotocol (OCPP-J Part 4 section 3.1.2).
+DIALECTS: dict[str, Dialect] = {V16.subprotocol: V16, V201.subprotocol: V201}
+# What the CSMS selected when it is one we offered but not the one this link speaks; the link hands the open
+# connection over (``on_other_version``) and dials no more until stopped.
+OtherVersionHook = Callable[[str, ClientConnection], None]
 
 ConnectedHook = Callable[[OcppSession], Awaitable[None]]
 DisconnectedHook = Callable[[str], Awaitable[None] | None]
@@ -89,7 +103,11 @@ def basic_credentials(charge_point_id: str, password: str) -> str:
 
 
 class SubprotocolRefused(Exception):
-    """The server completed the upgrade without selecting ocpp1.6."""
+    """The server completed the upgrade without selecting a subprotocol we offered."""
+
+
+class OtherVersionSelected(Exception):
+    """The CSMS selected another offered version: the connection went to ``on_other_version``."""
 
 
 class Link:
@@ -114,8 +132,18 @@ class Link:
         clock: Clock | None = None,
         sleep: Sleeper | None = None,
         rng: random.Random | None = None,
+        subprotocols: Sequence[str] = (SUBPROTOCOL,),
+        speaks: str = SUBPROTOCOL,
+        on_other_version: OtherVersionHook | None = None,
     ) -> None:
         self.url = build_url(endpoint, charge_point_id)
+        if speaks not in DIALECTS or speaks not in subprotocols or not set(subprotocols) <= set(DIALECTS):
+            raise ValueError(f"cannot speak {speaks!r} offering {list(subprotocols)}")
+        # Offered in this order (preference first); this link's sessions speak ``speaks``.
+        self.subprotocols = tuple(subprotocols)
+        self.speaks = speaks
+        self.on_other_version = on_other_version
+        self._adopted: ClientConnection | None = None
         scheme = urlsplit(self.url).scheme
         if scheme not in ("ws", "wss"):
             raise ValueError(f"CSMS endpoint must be ws:// or wss://, got {endpoint!r}")
@@ -175,6 +203,11 @@ class Link:
         """The session of the current connection, if connected."""
         return self._session
 
+    def adopt(self, connection: ClientConnection) -> None:
+        """Use this open connection (its subprotocol is ours) instead of dialling, once: another link dialled
+        it and the CSMS selected our version."""
+        self._adopted = connection
+
     def secrets(self) -> list[str]:
         """Values that must never reach a log: the password and the Basic credentials built from it."""
         password = self._password() if self._password is not None else None
@@ -229,6 +262,10 @@ class Link:
         self._state = LinkState.CONNECTING
         try:
             connection = await self._dial()
+        except OtherVersionSelected:
+            self._state = LinkState.DISCONNECTED
+            await asyncio.Event().wait()  # until stopped: the connection belongs to the other version now
+            return None
         except Exception as exc:
             self._state = LinkState.DISCONNECTED
             error = _describe_dial_failure(exc, tls=self._ssl_context is not None)
@@ -249,6 +286,7 @@ class Link:
             after=self._after,
             message_timeout=self.message_timeout,
             on_activity=self._touch,
+            dialect=DIALECTS[self.speaks],
         )
         self._session = session
         self._state = LinkState.CONNECTED
@@ -279,6 +317,9 @@ class Link:
         return up_since
 
     async def _dial(self) -> ClientConnection:
+        if self._adopted is not None:
+            connection, self._adopted = self._adopted, None
+            return connection
         headers: dict[str, str] = {}
         if self.security_profile in (1, 2):
             password = self._password() if self._password is not None else None
@@ -289,7 +330,7 @@ class Link:
         ping_timeout = self.ping_timeout if self.ping_timeout is not None else ping_interval
         connection = await connect(
             self.url,
-            subprotocols=[SUBPROTOCOL],
+            subprotocols=[Subprotocol(name) for name in self.subprotocols],
             additional_headers=headers,
             ssl=self._ssl_context,
             proxy=None,  # a charge point talks to its CSMS directly; ignore *_proxy variables
@@ -300,12 +341,20 @@ class Link:
             close_timeout=self.close_timeout,
             max_size=MAX_FRAME_BYTES,  # a bigger frame closes the connection with 1009 (message too big)
         )
-        if connection.subprotocol != SUBPROTOCOL:
-            await connection.close(1002, "ocpp1.6 subprotocol required")
-            raise SubprotocolRefused(
-                f"server did not accept subprotocol ocpp1.6 (selected {connection.subprotocol!r})"
-            )
-        return connection
+        selected = connection.subprotocol
+        if selected == self.speaks:
+            return connection
+        if selected in self.subprotocols and self.on_other_version is not None:
+            LOG.info("%s: the CSMS selected %s: handing the connection to the OCPP %s side",
+                     self.charge_point_id, selected, DIALECTS[selected].version)
+            self.on_other_version(selected, connection)
+            raise OtherVersionSelected(selected)
+        offered = ", ".join(self.subprotocols)
+        await connection.close(1002, f"subprotocol required: {offered}"[:120])
+        if len(self.subprotocols) == 1:  # the 1.6 wording, kept
+            raise SubprotocolRefused(f"server did not accept subprotocol {offered} (selected {selected!r})")
+        raise SubprotocolRefused(f"the CSMS selected none of the offered subprotocols {offered} "
+                                 f"(selected {selected!r}): refused")
 
     async def _run_connected_hook(self, session: OcppSession, connection: ClientConnection) -> None:
         try:

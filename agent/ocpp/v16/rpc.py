@@ -33,6 +33,10 @@ Example::
 
 Normally ``agent.ocpp.v16.link.Link`` creates the session per connection and hands it to the
 service's ``on_connected`` hook.
+
+The machinery is version-neutral: a ``Dialect`` says what differs between OCPP-J versions on the wire
+(actions, schemas, error-code spellings, what to answer to an unknown message type). Sessions default to
+``V16``; ``V201`` is the 2.0.1 dialect over the same code (used by agent/ocpp/v201/).
 """
 
 from __future__ import annotations
@@ -52,11 +56,14 @@ from typing import Any, Protocol, TypeAlias
 
 from jsonschema.exceptions import ValidationError as SchemaError
 from jsonschema.exceptions import best_match
+from ocpp.charge_point import ChargePoint as LibraryBaseChargePoint
 from ocpp.charge_point import camel_to_snake_case, remove_nones, serialize_as_dict, snake_to_camel_case
 from ocpp.exceptions import OCPPError, UnknownCallErrorCodeError
 from ocpp.messages import Call, CallError, CallResult, MessageType, get_validator
 from ocpp.v16 import ChargePoint as LibraryChargePoint
 from ocpp.v16.enums import Action
+from ocpp.v201 import ChargePoint as LibraryChargePoint201
+from ocpp.v201.enums import Action as Action201
 from websockets.exceptions import ConnectionClosed
 
 from agent.redact import LoggedFrame, redact_text
@@ -178,9 +185,10 @@ class Connection(Protocol):
 
 @dataclass
 class FrameError(Exception):
-    """An incoming frame we cannot route. ``unique_id`` is set when the sender can be answered."""
+    """An incoming frame we cannot route. ``unique_id`` is set when the sender can be answered.
+    ``code`` is a 1.6 ``ErrorCode`` or a code only later versions have; the dialect spells it on the wire."""
 
-    code: ErrorCode
+    code: str
     description: str
     unique_id: str | None = None
     # Set when the broken frame is a CALLRESULT/CALLERROR whose id is readable: the CALL it answers fails.
@@ -191,17 +199,20 @@ class FrameError(Exception):
 Frame: TypeAlias = Any
 
 
-def decode_frame(raw: str | bytes) -> Frame:
+def decode_frame(raw: str | bytes, dialect: Dialect | None = None) -> Frame:
     """Parse one OCPP-J frame into the library's message objects; raise FrameError if malformed.
 
-    Only a malformed CALL whose unique id is recoverable gets ``FrameError.unique_id``: results,
-    errors and unknown message types are never answered (OCPP-J: ignore them).
+    1.6: only a malformed CALL whose unique id is recoverable gets ``FrameError.unique_id``: results,
+    errors and unknown message types are never answered (OCPP-J: ignore them). 2.0.1 (Part 4 4.2.3, 4.4)
+    also answers an unknown message type (MessageTypeNotSupported) and a frame whose MessageId cannot be
+    read (RpcFrameworkError, MessageId "-1"), never a broken CALLRESULT/CALLERROR.
     """
+    unreadable = dialect.unreadable_id if dialect is not None else None
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")
         except UnicodeDecodeError:
-            raise FrameError(ErrorCode.FORMATION_VIOLATION, "frame is not UTF-8") from None
+            raise FrameError(ErrorCode.FORMATION_VIOLATION, "frame is not UTF-8", unreadable) from None
     try:
         data = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:  # RecursionError: nesting deeper than the parser's stack
@@ -209,12 +220,18 @@ def decode_frame(raw: str | bytes) -> Frame:
         uid = match.group(1) if match else None
         answer = _ANSWER_ID_PREFIX.match(raw)
         why = str(exc) if isinstance(exc, _NotJson) else "frame is not valid JSON"
+        if uid is None and answer is None and unreadable is not None:
+            raise FrameError(RPC_FRAMEWORK_ERROR, why, unreadable) from None
         raise FrameError(ErrorCode.FORMATION_VIOLATION, why, uid, answer.group(1) if answer else None) from None
     if not isinstance(data, list) or not data:
-        raise FrameError(ErrorCode.PROTOCOL_ERROR, "frame is not a non-empty JSON array")
+        raise FrameError(RPC_FRAMEWORK_ERROR if unreadable else ErrorCode.PROTOCOL_ERROR,
+                         "frame is not a non-empty JSON array", unreadable)
     message_type, uid = data[0], data[1] if len(data) > 1 else None
     if not isinstance(uid, str) or not uid:
-        raise FrameError(ErrorCode.PROTOCOL_ERROR, "frame has no unique id")
+        if message_type in (MessageType.CallResult, MessageType.CallError):
+            unreadable = None
+        raise FrameError(RPC_FRAMEWORK_ERROR if unreadable else ErrorCode.PROTOCOL_ERROR,
+                         "frame has no unique id", unreadable)
     if message_type == MessageType.Call:
         return _decode_call(data, uid)
     if message_type == MessageType.CallResult:
@@ -226,6 +243,9 @@ def decode_frame(raw: str | bytes) -> Frame:
             raise FrameError(ErrorCode.PROTOCOL_ERROR, "malformed CALLERROR", answers=uid)
         details = data[4] if len(data) == 5 and isinstance(data[4], dict) else {}
         return CallError(uid, data[2], data[3], details)
+    if dialect is not None and dialect.answer_unknown_message_type:
+        raise FrameError(MESSAGE_TYPE_NOT_SUPPORTED, f"unknown message type {message_type!r}"[:100],
+                         uid[:MAX_UNIQUE_ID_LENGTH])
     raise FrameError(ErrorCode.PROTOCOL_ERROR, f"unknown message type {message_type!r}")
 
 
@@ -263,16 +283,21 @@ def number_violation(payload: Any) -> FrameError | None:
     return None
 
 
-def schema_violation(message_type_id: int, action: str, payload: Mapping[str, Any]) -> FrameError | None:
-    """Check a payload against the 1.6 schema; return the 1.6 error for the most relevant failure.
+def schema_violation(
+    message_type_id: int, action: str, payload: Mapping[str, Any], dialect: Dialect | None = None
+) -> FrameError | None:
+    """Check a payload against the dialect's (default 1.6) schema; return the error for the most relevant
+    failure (1.6 spelling; the dialect spells it on the wire).
     Never raises for any parsed JSON: numbers the checks cannot compute with are PropertyConstraintViolation."""
-    use_decimal = (message_type_id, action) in _DECIMAL_SCHEMAS
+    version = dialect.version if dialect is not None else OCPP_VERSION
+    decimal_schemas = dialect.decimal_schemas if dialect is not None else _DECIMAL_SCHEMAS
+    use_decimal = (message_type_id, action) in decimal_schemas
     try:
         validator = get_validator(
-            message_type_id, action, OCPP_VERSION, parse_float=decimal.Decimal if use_decimal else float
+            message_type_id, action, version, parse_float=decimal.Decimal if use_decimal else float
         )
     except (OSError, ValueError):
-        return FrameError(ErrorCode.NOT_SUPPORTED, f"no 1.6 schema for {action}")
+        return FrameError(ErrorCode.NOT_SUPPORTED, f"no {version} schema for {action}")
     instance: Any = payload
     try:
         if use_decimal:
@@ -313,15 +338,59 @@ def to_16_error_code(code: str) -> ErrorCode:
     return ErrorCode(code) if code in _KNOWN_CODES else ErrorCode.GENERIC_ERROR
 
 
+# Codes OCPP 2.0.1 added (Part 4 table 8); 1.6 never sends them.
+MESSAGE_TYPE_NOT_SUPPORTED = "MessageTypeNotSupported"
+RPC_FRAMEWORK_ERROR = "RpcFrameworkError"
+_201_CODES = frozenset({
+    "FormatViolation", "GenericError", "InternalError", MESSAGE_TYPE_NOT_SUPPORTED, "NotImplemented",
+    "NotSupported", "OccurrenceConstraintViolation", "PropertyConstraintViolation", "ProtocolError",
+    RPC_FRAMEWORK_ERROR, "SecurityError", "TypeConstraintViolation",
+})
+_201_ALIASES = {
+    ErrorCode.FORMATION_VIOLATION.value: "FormatViolation",
+    ErrorCode.OCCURENCE_CONSTRAINT_VIOLATION.value: "OccurrenceConstraintViolation",
+}
+
+
+def to_201_error_code(code: str) -> str:
+    """An error code in any spelling as OCPP 2.0.1 spells it; codes 2.0.1 lacks become GenericError."""
+    code = _201_ALIASES.get(code, code)
+    return code if code in _201_CODES else "GenericError"
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """What differs between OCPP-J versions on the wire; the session and codec are otherwise the same."""
+
+    version: str  # the library's name for the version (schemas): "1.6", "2.0.1"
+    subprotocol: str  # the websocket subprotocol
+    actions: frozenset[str]
+    library_charge_point: type[Any]  # the library's ChargePoint (outgoing CALLs, response classes)
+    wire_code: Callable[[str], str]  # an error code in any spelling -> this version's spelling
+    answer_unknown_message_type: bool = False  # 2.0.1: CALLERROR MessageTypeNotSupported
+    unreadable_id: str | None = None  # 2.0.1: "-1", the MessageId of an answer to a frame without a readable id
+    decimal_schemas: frozenset[tuple[int, str]] = frozenset()
+
+
+V16 = Dialect("1.6", "ocpp1.6", OCPP16_ACTIONS, LibraryChargePoint, to_16_error_code,
+              decimal_schemas=frozenset(_DECIMAL_SCHEMAS))
+V201 = Dialect("2.0.1", "ocpp2.0.1", frozenset(action.value for action in Action201), LibraryChargePoint201,
+               to_201_error_code, answer_unknown_message_type=True, unreadable_id="-1",
+               decimal_schemas=frozenset({(MessageType.Call, "SetChargingProfile"),
+                                          (MessageType.Call, "RequestStartTransaction")}))
+
+
 def _snake_name(action: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", action).lower()
 
 
-def handlers_from_object(service: object) -> tuple[dict[str, Handler], dict[str, Handler]]:
-    """Collect ``on_<snake_action>`` and ``after_<snake_action>`` methods for every 1.6 action."""
+def handlers_from_object(
+    service: object, actions: Iterable[str] = OCPP16_ACTIONS
+) -> tuple[dict[str, Handler], dict[str, Handler]]:
+    """Collect ``on_<snake_action>`` and ``after_<snake_action>`` methods for every action (default 1.6)."""
     handlers: dict[str, Handler] = {}
     after: dict[str, Handler] = {}
-    for action in sorted(OCPP16_ACTIONS):
+    for action in sorted(actions):
         for prefix, registry in (("on_", handlers), ("after_", after)):
             method = getattr(service, prefix + _snake_name(action), None)
             if method is not None and callable(method):
@@ -329,11 +398,14 @@ def handlers_from_object(service: object) -> tuple[dict[str, Handler], dict[str,
     return handlers, after
 
 
-class _WireChargePoint(LibraryChargePoint):  # type: ignore[misc]
+class _WireMixin:
     """The library's ChargePoint used for outgoing CALLs; incoming frames are routed by the session."""
 
+    id: str
+    _connection: Connection
+
     def __init__(self, charge_point_id: str, connection: Connection, session: OcppSession) -> None:
-        super().__init__(charge_point_id, connection, response_timeout=30, logger=LOG)
+        LibraryBaseChargePoint.__init__(self, charge_point_id, connection, response_timeout=30, logger=LOG)
         self.route_map: dict[str, Any] = {}
         self._session = session
         self.last_call_error: CallError | None = None
@@ -346,6 +418,18 @@ class _WireChargePoint(LibraryChargePoint):  # type: ignore[misc]
         # format, redact and write each one. Frames are DEBUG here, like the incoming ones in serve().
         LOG.debug("%s > %s", self.id, LoggedFrame(message))
         await self._connection.send(message)
+
+
+class _WireChargePoint(_WireMixin, LibraryChargePoint):  # type: ignore[misc]
+    pass
+
+
+class _WireChargePoint201(_WireMixin, LibraryChargePoint201):  # type: ignore[misc]
+    pass
+
+
+_WIRE_CLASSES: dict[type[Any], type[Any]] = {LibraryChargePoint: _WireChargePoint,
+                                             LibraryChargePoint201: _WireChargePoint201}
 
 
 @dataclass
@@ -369,10 +453,12 @@ class OcppSession:
         after: Mapping[str, Handler] | None = None,
         message_timeout: float = 30.0,
         on_activity: Callable[[], None] | None = None,
+        dialect: Dialect = V16,
     ) -> None:
-        unknown = set(handlers) - OCPP16_ACTIONS
+        unknown = set(handlers) - dialect.actions
         if unknown:
-            raise ValueError(f"handlers for actions unknown to OCPP 1.6: {sorted(unknown)}")
+            raise ValueError(f"handlers for actions unknown to OCPP {dialect.version}: {sorted(unknown)}")
+        self.dialect = dialect
         self.charge_point_id = charge_point_id
         self.message_timeout = message_timeout
         self.stats = SessionStats()
@@ -380,7 +466,7 @@ class OcppSession:
         self._handlers = dict(handlers)
         self._after = dict(after or {})
         self._on_activity = on_activity
-        self._wire = _WireChargePoint(charge_point_id, connection, self)
+        self._wire = _WIRE_CLASSES[dialect.library_charge_point](charge_point_id, connection, self)
         self._request_lock = asyncio.Lock()
         self._closed = asyncio.Event()
         # Resolved when serve() ends; each request waits on it next to its CALL (no extra task per CALL).
@@ -419,7 +505,8 @@ class OcppSession:
                 task.cancel()
 
     async def request(self, payload: Any, *, response_timeout: float | None = None) -> Any:
-        """Send one CALL (an ``ocpp.v16.call`` dataclass) and return its ``call_result`` dataclass.
+        """Send one CALL (an ``ocpp.v16.call`` / ``ocpp.v201.call`` dataclass, per the dialect) and return
+        its ``call_result`` dataclass.
 
         One CALL outstanding at a time: concurrent requests queue up here.
         """
@@ -480,7 +567,7 @@ class OcppSession:
 
     def _route(self, raw: str | bytes) -> None:
         try:
-            frame = decode_frame(raw)
+            frame = decode_frame(raw, self.dialect)
         except FrameError as error:
             self._bad_frame(error, raw)
             return
@@ -560,12 +647,14 @@ class OcppSession:
                 LOG.exception("%s: after-hook for %s failed", self.charge_point_id, call.action)
 
     async def _dispatch(self, call: Call) -> dict[str, Any]:
-        if call.action not in OCPP16_ACTIONS:
-            raise FrameError(ErrorCode.NOT_IMPLEMENTED, f"{call.action} is not an OCPP 1.6 action")
+        if call.action not in self.dialect.actions:
+            raise FrameError(ErrorCode.NOT_IMPLEMENTED,
+                             f"{call.action} is not an OCPP {self.dialect.version} action")
         handler = self._handlers.get(call.action)
         if handler is None:
             raise FrameError(ErrorCode.NOT_SUPPORTED, f"{call.action} is not supported by this charge point")
-        violation = number_violation(call.payload) or schema_violation(MessageType.Call, call.action, call.payload)
+        violation = number_violation(call.payload) or schema_violation(
+            MessageType.Call, call.action, call.payload, self.dialect)
         if violation is not None:
             raise violation
         try:
@@ -574,12 +663,12 @@ class OcppSession:
         except asyncio.CancelledError:
             raise
         except OCPPError as refusal:  # a deliberate refusal by the handler
-            raise FrameError(to_16_error_code(refusal.code), str(refusal.description)) from None
+            raise FrameError(self.dialect.wire_code(refusal.code), str(refusal.description)) from None
         except Exception:
             self.stats.handler_failures += 1
             LOG.exception("%s: handler for %s failed", self.charge_point_id, call.action)
             raise FrameError(ErrorCode.INTERNAL_ERROR, f"{call.action} handler failed") from None
-        invalid_reply = schema_violation(MessageType.CallResult, call.action, payload)
+        invalid_reply = schema_violation(MessageType.CallResult, call.action, payload, self.dialect)
         if invalid_reply is not None:
             self.stats.handler_failures += 1
             LOG.error("%s: our %s reply breaks the schema: %s", self.charge_point_id, call.action,
@@ -587,9 +676,9 @@ class OcppSession:
             raise FrameError(ErrorCode.INTERNAL_ERROR, f"{call.action} produced an invalid reply")
         return payload
 
-    async def _send_error(self, unique_id: str, code: ErrorCode, description: str) -> None:
+    async def _send_error(self, unique_id: str, code: str, description: str) -> None:
         self.stats.call_errors_sent += 1
-        await self._send(CallError(unique_id, code.value, description, {}).to_json())
+        await self._send(CallError(unique_id, self.dialect.wire_code(code), description, {}).to_json())
 
     async def _send(self, text: str) -> None:
         LOG.debug("%s > %s", self.charge_point_id, LoggedFrame(text))

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import ssl
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -44,7 +44,7 @@ from agent.ocpp.v16.configuration import CORE, SECURITY, ConfigurationStore
 from agent.ocpp.v16.diagnostics import OcppDiagnosticsAdapter
 from agent.ocpp.v16.features import load_feature_classes
 from agent.ocpp.v16.handlers import CoreHandlers
-from agent.ocpp.v16.link import Backoff, Link
+from agent.ocpp.v16.link import SUBPROTOCOL, Backoff, Link, OtherVersionHook
 from agent.ocpp.v16.meter_values import SUPPORTED_MEASURANDS, ocpp_time
 from agent.ocpp.v16.rpc import (
     CallErrorReceived,
@@ -104,9 +104,14 @@ class OcppService:
         *,
         backoff: Backoff | None = None,
         boot_retry_s: float = BOOT_RETRY_S,
+        subprotocols: Sequence[str] = (SUBPROTOCOL,),
+        on_other_version: OtherVersionHook | None = None,
     ) -> None:
         if not config.ocpp.endpoint:
             raise ValueError("OcppService needs ocpp.endpoint in the configuration")
+        # What the link offers ("auto": ocpp2.0.1 too) and whom it hands a connection of the other version.
+        self.subprotocols = tuple(subprotocols)
+        self.on_other_version = on_other_version
         self.station = station
         self.config = config
         self.clock: Clock = clock or station.shared.clock
@@ -228,6 +233,8 @@ class OcppService:
             message_timeout=float(self.store.get_int("MessageTimeout")),
             backoff=self._backoff,
             clock=self.clock,
+            subprotocols=self.subprotocols,
+            on_other_version=self.on_other_version,
         )
 
     async def relink(self) -> None:

@@ -1,0 +1,30 @@
+"""2.0.1 functional blocks beyond the service's own (boot, heartbeat, status, availability, reset, trigger,
+unlock, data transfer: agent/ocpp/v201/handlers.py). Each is one class, listed here as "module:Class" and
+imported when the service starts. A feature class:
+
+    class Transactions:
+        def __init__(self, service: OcppService) -> None: ...
+        async def on_request_start_transaction(self, id_token, remote_start_id, **_) -> dict: ...
+        async def after_request_start_transaction(self, ...) -> None: ...  # optional, once the answer is sent
+        async def run(self) -> None: ...                                    # optional background task
+
+Handlers take the library's snake_case keyword arguments and return a camelCase dict or an
+``ocpp.v201.call_result`` dataclass. Handlers of two features must not share an action name. Each helper adds
+ONE line for its class.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+FEATURES: tuple[str, ...] = (
+)
+
+
+def load_feature_classes() -> list[type[Any]]:
+    classes: list[type[Any]] = []
+    for path in FEATURES:
+        module, _, name = path.partition(":")
+        classes.append(getattr(importlib.import_module(module), name))
+    return classes

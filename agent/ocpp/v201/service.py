@@ -1,0 +1,579 @@
+"""The OCPP 2.0.1 charging-station service: the station as a 2.0.1 charging station, sibling of
+agent/ocpp/v16/service.py over the same ``StationPort``, outbox and state database.
+
+Per connection (``Link`` hands us each new ``OcppSession``): BootNotification until Accepted (B01-B03:
+Pending keeps the connection and sends nothing else; Rejected answers every CSMS request with CALLERROR
+SecurityError until ``interval`` has passed), then the status of the connectors (all after a boot or an
+offline period longer than OfflineThreshold, else the ones that changed), one sender loop (outbox entries in
+order, then StatusNotifications; one outstanding CALL) and Heartbeats every HeartbeatInterval.
+
+What features get (see features.py): ``station``, ``variables`` (the device model), ``clock``, ``db``,
+``outbox``, ``online``, ``accepted``, ``request()``, ``enqueue()``, ``security_event()``, ``wall()``,
+``register_trigger()`` (TriggerMessage for their messages), ``deliverers`` (how an outbox action is sent).
+
+    service = OcppService(station, config)
+    task = asyncio.create_task(service.run())
+    await service.restart_requested.wait()     # Reset: the caller restarts the agent
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from ocpp.charge_point import camel_to_snake_case
+from ocpp.exceptions import SecurityError
+from ocpp.v201 import call
+from websockets.asyncio.client import ClientConnection
+
+from agent.config import AgentConfig
+from agent.db import StorageError
+from agent.events import ConnectorStatus, SessionStopped, StationEvent, StatusChanged
+from agent.ocpp.v16.meter_values import ocpp_time
+from agent.ocpp.v16.service import CSMS_TIME_MAX, CSMS_TIME_MIN, MAX_HEARTBEAT_S, SETTING_SYSTEM_TIME_S, parse_time
+from agent.ocpp.v201.availability import AvailabilityStore
+from agent.ocpp.v201.boot_record import BootRecord
+from agent.ocpp.v201.device_model import DeviceModel, DeviceModelError
+from agent.ocpp.v201.features import load_feature_classes
+from agent.ocpp.v201.handlers import CoreHandlers
+from agent.ocpp.v201.link import SUBPROTOCOL, Link, RetryBackOff
+from agent.ocpp.v201.rpc import (
+    ACTIONS,
+    CallErrorReceived,
+    CallTimeout,
+    ConnectionLost,
+    Handler,
+    InvalidPayload,
+    OcppSession,
+    handlers_from_object,
+)
+from agent.outbox import Outbox, OutboxEntry
+from agent.sdnotify import EXIT_RESTART_REQUESTED
+from agent.station_api import StationPort
+from hal.clock import Clock
+from hal.tasks import cancel_and_wait
+
+log = logging.getLogger("cpagent.ocpp.v201.service")
+
+BOOT_RETRY_S = 30.0  # when the CSMS gives no usable interval or does not answer BootNotification
+MESSAGE_ATTEMPTS = 3  # a non-transaction outbox message (SecurityEventNotification) is sent at most this often
+MESSAGE_RETRY_S = 30.0
+RESTART_EXIT_STATUS = EXIT_RESTART_REQUESTED
+
+# StatusNotification.connectorStatus from the station's (1.6-grained) connector status.
+CONNECTOR_STATUS: Mapping[ConnectorStatus, str] = {
+    ConnectorStatus.AVAILABLE: "Available",
+    ConnectorStatus.PREPARING: "Occupied",
+    ConnectorStatus.CHARGING: "Occupied",
+    ConnectorStatus.SUSPENDED_EV: "Occupied",
+    ConnectorStatus.SUSPENDED_EVSE: "Occupied",
+    ConnectorStatus.FINISHING: "Occupied",
+    ConnectorStatus.RESERVED: "Reserved",
+    ConnectorStatus.UNAVAILABLE: "Unavailable",
+    ConnectorStatus.FAULTED: "Faulted",
+}
+
+
+class BootStatus(StrEnum):
+    NONE = "None"  # not (yet) accepted in this process
+    PENDING = "Pending"
+    ACCEPTED = "Accepted"
+    REJECTED = "Rejected"
+
+
+# TriggerMessage hooks: ``accept(evse)`` says Accepted / Rejected / NotImplemented before the answer goes
+# out, ``send(evse)`` runs once it has (evse: the request's {"id", "connectorId"} or None).
+TriggerAccept = Callable[[Mapping[str, Any] | None], str]
+TriggerSend = Callable[[Mapping[str, Any] | None], Awaitable[None]]
+# Sends one outbox entry; returns normally once acked/deferred/dropped, raises ConnectionLost.
+Deliverer = Callable[[OcppSession, OutboxEntry], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Trigger:
+    accept: TriggerAccept
+    send: TriggerSend
+
+
+def connector_status(status: ConnectorStatus) -> str:
+    return CONNECTOR_STATUS[status]
+
+
+class OcppService:
+    version = "2.0.1"
+
+    def __init__(
+        self,
+        station: StationPort,
+        config: AgentConfig,
+        clock: Clock | None = None,
+        *,
+        variables: DeviceModel | None = None,
+        boot_retry_s: float = BOOT_RETRY_S,
+        subprotocols: Sequence[str] = (SUBPROTOCOL,),
+        on_other_version: Callable[[str, ClientConnection], None] | None = None,
+    ) -> None:
+        if not config.ocpp.endpoint:
+            raise ValueError("OcppService needs ocpp.endpoint in the configuration")
+        self.station = station
+        self.config = config
+        self.clock: Clock = clock or station.shared.clock
+        self.db = station.shared.db
+        self.boot_retry_s = boot_retry_s
+        presets: Mapping[str, object] = getattr(config.ocpp, "variables", None) or {}
+        self.variables = variables or DeviceModel(self.db, presets, station=station, clock=self.clock)
+        self.outbox = Outbox(self.db, self.clock)
+        self.outbox.on_full = lambda detail: self.security_event("MemoryExhaustion", detail)
+        self.availability = AvailabilityStore(self.db)
+        self.boot_status = BootStatus.NONE
+        self._boot_record = BootRecord(self.db)
+        self._control_started = station.facts().started_wall
+        self.boot_resumed = self._boot_record.accepted_for(self._control_started, self._boot_fields())
+        if self.boot_resumed:
+            self.boot_status = BootStatus.ACCEPTED
+        self.clock_offset_s = 0.0  # CSMS time - local wall time; the system clock is never set
+        self._clock_refusal_logged = False
+        self.restart_requested = asyncio.Event()
+        self.restart_kind: str | None = None
+        self._wake_event = asyncio.Event()
+        self._heartbeat_changed = asyncio.Event()
+        self._accepted_event = asyncio.Event()
+        # (evse, connector) -> connectorStatus the CSMS last acknowledged on this connection's watch
+        self._reported: dict[tuple[int, int], str] = {}
+        self._status_queue: deque[tuple[int, str]] = deque()  # (evse, connectorStatus)
+        self._offline_since: float | None = None  # monotonic, when the last connection ended
+        self._stopping = False
+        self.security_sinks: list[Callable[[str, str | None, str], None]] = []
+        self.triggers: dict[str, Trigger] = {}
+        self.deliverers: dict[str, Deliverer] = {}
+        self.data_transfer_handlers: dict[str, Callable[[str | None, Any], Awaitable[dict[str, Any]]]] = {}
+        self.subprotocols = tuple(subprotocols)
+        self.on_other_version = on_other_version
+        self.handlers = CoreHandlers(self)
+        self.features: dict[str, Any] = {cls.__name__: cls(self) for cls in load_feature_classes()}
+        on, after = handlers_from_object(self.handlers)
+        for feature in self.features.values():
+            more_on, more_after = handlers_from_object(feature)
+            clash = set(on) & set(more_on)
+            if clash:
+                raise RuntimeError(f"{type(feature).__name__} redefines handlers for {sorted(clash)}")
+            on.update(more_on)
+            for action, hook in more_after.items():
+                after[action] = _chain(after[action], hook) if action in after else hook
+        self._link_handlers = {action: self._gated(action, h) for action, h in on.items()}
+        self._link_after = after
+        self.link = self._make_link()
+        self.variables.on_change(self._on_variable_change)
+        station.subscribe(self._on_event)
+
+    # -- state -------------------------------------------------------------------------------------
+
+    @property
+    def accepted(self) -> bool:
+        return self.boot_status is BootStatus.ACCEPTED
+
+    @property
+    def online(self) -> bool:
+        session = self.link.session
+        return self.accepted and session is not None and not session.closed
+
+    def wall(self) -> float:
+        """Wall time as the CSMS sees it (local clock + the offset learnt from its currentTime)."""
+        return self.clock.wall() + self.clock_offset_s
+
+    def setting(self, component: str, variable: str, default: int) -> int:
+        """An integer setting of the device model (``default`` if it has none)."""
+        try:
+            return self.variables.integer(component, variable)
+        except (DeviceModelError, TypeError):
+            return default
+
+    def message_timeout(self) -> float:
+        return float(self.setting("OCPPCommCtrlr", "MessageTimeout.Default", 30))
+
+    def backoff(self) -> RetryBackOff:
+        return RetryBackOff(
+            wait_minimum=float(self.setting("OCPPCommCtrlr", "RetryBackOffWaitMinimum", 3)),
+            random_range=float(self.setting("OCPPCommCtrlr", "RetryBackOffRandomRange", 10)),
+            repeat_times=self.setting("OCPPCommCtrlr", "RetryBackOffRepeatTimes", 5),
+        )
+
+    def _make_link(self) -> Link:
+        assert self.config.ocpp.endpoint is not None
+        ping = self.setting("OCPPCommCtrlr", "WebSocketPingInterval", 60)
+        password = self.config.ocpp.password
+        return Link(
+            self.config.ocpp.endpoint,
+            self.config.station.charge_point_id,
+            on_connected=self._connected,
+            on_disconnected=self._disconnected,
+            handlers=self._link_handlers,
+            after=self._link_after,
+            security_profile=min(self.config.ocpp.security_profile, 1),
+            password=(lambda: password) if password else None,
+            ping_interval=float(ping) if ping > 0 else None,
+            message_timeout=self.message_timeout(),
+            backoff=self.backoff(),
+            clock=self.clock,
+            subprotocols=self.subprotocols,
+            speaks=SUBPROTOCOL,
+            on_other_version=self.on_other_version,
+        )
+
+    def _wake(self) -> None:
+        self._wake_event.set()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self.apply_availability()
+        tasks = [
+            asyncio.create_task(self.link.run(), name="ocpp201-link"),
+            *(
+                asyncio.create_task(feature.run(), name=f"ocpp201-{name}")
+                for name, feature in self.features.items()
+                if hasattr(feature, "run")
+            ),
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            await cancel_and_wait(*tasks)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await self.link.stop()
+
+    def request_restart(self, kind: str, boot_reason: str = "RemoteReset") -> None:
+        log.warning("%s reset requested by the CSMS: restarting the agent", kind)
+        try:
+            self._boot_record.set_next_reason(boot_reason)
+        except StorageError as exc:
+            log.error("%s", exc)
+        self.restart_kind = kind
+        self.restart_requested.set()
+
+    async def wait_delivered(self, timeout_s: float) -> None:
+        """Wait (bounded) until the outbox is empty, if we are online at all."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.online and self.outbox.depth() > 0 and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+
+    def apply_availability(self) -> None:
+        """Bring each EVSE to its persisted operative state; Inoperative waits for a running transaction."""
+        for cid, connector in self.station.connector_views().items():
+            want = self.availability.operative(cid)
+            if connector.available != want and (want or connector.session is None):
+                self.station.set_available(cid, want)
+
+    # -- events ------------------------------------------------------------------------------------
+
+    def _on_event(self, event: StationEvent) -> None:
+        if isinstance(event, StatusChanged):
+            self._queue_status(event.connector_id, connector_status(event.status))
+        elif isinstance(event, SessionStopped):
+            # A scheduled change of availability takes effect once the transaction has ended (G03.FR.05);
+            # so does a scheduled Reset (B11/B12 OnIdle).
+            asyncio.get_running_loop().call_soon(self.apply_availability)
+            asyncio.get_running_loop().call_soon(self.handlers.idle_check)
+
+    def _on_variable_change(self, component: str, variable: str, value: object) -> None:
+        if component != "OCPPCommCtrlr":
+            return
+        if variable == "HeartbeatInterval":
+            self._heartbeat_changed.set()
+        elif variable == "MessageTimeout.Default" or variable == "MessageTimeout":
+            self.link.message_timeout = self.message_timeout()
+        elif variable == "WebSocketPingInterval" and isinstance(value, int):
+            self.link.ping_interval = float(value) if value > 0 else None  # from the next connection
+        elif variable.startswith("RetryBackOff"):
+            self.link.backoff = self.backoff()
+
+    def _gated(self, action: str, handler: Handler) -> Handler:
+        """While the boot is Rejected every CSMS request is answered with SecurityError (B03.FR.xx)."""
+
+        async def gated(**kwargs: Any) -> Any:
+            if self.boot_status is BootStatus.REJECTED:
+                raise SecurityError(description=f"{action}: the CSMS rejected our BootNotification")
+            return await handler(**kwargs)
+
+        return gated
+
+    # -- status notifications ----------------------------------------------------------------------
+
+    def status_of(self, evse: int) -> str:
+        return connector_status(self.station.connector_view(evse).status)
+
+    def _queue_status(self, evse: int, status: str | None = None) -> None:
+        self._status_queue.append((evse, status or self.status_of(evse)))
+        self._wake()
+
+    def queue_all_statuses(self, evse: int | None = None, *, force: bool = True) -> None:
+        """Queue the StatusNotification of every connector (or one EVSE's); ``force`` sends it even if the
+        CSMS knows it (TriggerMessage)."""
+        for cid in self.station.connector_ids() if evse is None else [evse]:
+            if force:
+                self._reported.pop((cid, 1), None)
+            self._queue_status(cid)
+
+    def _refresh_statuses(self, fresh_boot: bool) -> None:
+        """On a new connection: every connector after a boot or after being offline longer than
+        OfflineThreshold (G01.FR.?, B04), else the ones whose status changed meanwhile."""
+        threshold = float(self.setting("OCPPCommCtrlr", "OfflineThreshold", 60))
+        offline = None if self._offline_since is None else self.clock.monotonic() - self._offline_since
+        if fresh_boot or offline is None or offline > threshold:
+            self._reported.clear()
+        self._status_queue.clear()
+        for cid in self.station.connector_ids():
+            self._queue_status(cid)
+
+    async def _send_status(self, session: OcppSession, evse: int, status: str) -> None:
+        if self._reported.get((evse, 1)) == status:
+            return
+        request = call.StatusNotification(timestamp=ocpp_time(self.wall()), connector_status=status,
+                                          evse_id=evse, connector_id=1)
+        try:
+            await session.request(request)
+        except (CallErrorReceived, CallTimeout, InvalidPayload) as exc:
+            log.warning("StatusNotification for EVSE %d failed: %s", evse, exc)
+            return
+        self._reported[(evse, 1)] = status
+
+    # -- per connection ----------------------------------------------------------------------------
+
+    def _boot_fields(self) -> dict[str, object]:
+        s = self.config.station
+        return {"model": s.model[:20], "vendor_name": s.vendor[:50], "serial_number": s.serial_number[:25],
+                "firmware_version": s.firmware_version[:50]}
+
+    def boot_reason(self) -> str:
+        return self._boot_record.next_reason() or "PowerUp"
+
+    def _disconnected(self, reason: str) -> None:
+        self._offline_since = self.clock.monotonic()
+
+    async def _connected(self, session: OcppSession) -> None:
+        try:
+            fresh_boot = await self._boot(session)
+            self._refresh_statuses(fresh_boot)
+            self._wake()
+            heartbeat = asyncio.create_task(self._heartbeat(session))
+            try:
+                await self._sender(session)
+            finally:
+                heartbeat.cancel()
+                await asyncio.gather(heartbeat, return_exceptions=True)
+        except ConnectionLost:
+            log.info("connection lost; the outbox keeps %d message(s)", self.outbox.depth())
+
+    async def _boot(self, session: OcppSession) -> bool:
+        """BootNotification until Accepted. True if this was a (new) boot, False for a reconnect."""
+        if self.accepted:
+            return False
+        while True:
+            try:
+                conf = await session.request(self.boot_request())
+            except (CallErrorReceived, CallTimeout, InvalidPayload) as exc:
+                log.warning("BootNotification failed (%s); retry in %.0f s", exc, self.boot_retry_s)
+                await asyncio.sleep(self.boot_retry_s)
+                continue
+            if self._boot_answer(conf):
+                return True
+            wait = float(conf.interval) if int(conf.interval) > 0 else self.boot_retry_s
+            self._accepted_event.clear()
+            with contextlib.suppress(TimeoutError):  # a triggered BootNotification may be Accepted meanwhile
+                async with asyncio.timeout(wait):
+                    await self._accepted_event.wait()
+            if self.accepted:
+                return True
+            self.boot_status = BootStatus.PENDING if self.boot_status is BootStatus.PENDING else BootStatus.NONE
+
+    def boot_request(self) -> Any:
+        fields = self._boot_fields()
+        station = {camel: fields[snake] for snake, camel in (
+            ("model", "model"), ("vendor_name", "vendorName"), ("serial_number", "serialNumber"),
+            ("firmware_version", "firmwareVersion")) if fields[snake]}
+        return call.BootNotification(charging_station=station, reason=self.boot_reason())
+
+    def _boot_answer(self, conf: Any) -> bool:
+        """Take a BootNotificationResponse; True when Accepted."""
+        self._sync_clock(conf.current_time)
+        interval = int(conf.interval)
+        status = BootStatus(conf.status)
+        log.info("BootNotification: %s (interval %d s)", status.value, interval)
+        self.boot_status = status
+        if status is not BootStatus.ACCEPTED:
+            return False
+        try:
+            self._boot_record.save(self._control_started, self._boot_fields())
+        except StorageError as exc:  # then a restart of this side boots again: harmless
+            log.error("%s", exc)
+        if interval > 0 and interval != self.setting("OCPPCommCtrlr", "HeartbeatInterval", 0):
+            result = self.variables.set("OCPPCommCtrlr", "HeartbeatInterval", str(interval), source="internal")
+            if result.status not in ("Accepted", "RebootRequired"):
+                log.warning("HeartbeatInterval %d s from the CSMS not taken: %s", interval, result.status)
+        self._accepted_event.set()
+        self._wake()
+        return True
+
+    def _sync_clock(self, current_time: str) -> None:
+        """Follow the CSMS clock (currentTime of Boot/Heartbeat answers), unless its time is unusable."""
+        try:
+            csms_wall = parse_time(current_time)
+            usable = CSMS_TIME_MIN <= csms_wall < CSMS_TIME_MAX
+        except (ValueError, TypeError, OverflowError, AttributeError):
+            usable = False
+        if not usable:
+            if not self._clock_refusal_logged:
+                log.warning("CSMS sent an unusable currentTime %.40r; keeping the clock offset of %.0f s",
+                            current_time, self.clock_offset_s)
+                self._clock_refusal_logged = True
+            return
+        self._clock_refusal_logged = False
+        offset = csms_wall - self.clock.wall()
+        jump = offset - self.clock_offset_s
+        self.clock_offset_s = offset
+        if abs(jump) > SETTING_SYSTEM_TIME_S:
+            self.security_event("SettingSystemTime", f"time set from the CSMS clock: moved by {jump:+.0f} s")
+
+    async def _sender(self, session: OcppSession) -> None:
+        """One loop, one outstanding CALL: outbox entries first (in order), then status notifications."""
+        while not session.closed:
+            self._wake_event.clear()
+            entry, wait = self._ready_head()
+            if entry is not None:
+                await self._deliver(session, entry)
+                continue
+            if self._status_queue:
+                evse, status = self._status_queue.popleft()
+                await self._send_status(session, evse, status)
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._wake_event.wait()
+
+    def _ready_head(self) -> tuple[OutboxEntry | None, float | None]:
+        head = self.outbox.head()
+        if head is None:
+            return None, None
+        if head.not_before_mono is not None:
+            wait = head.not_before_mono - self.clock.monotonic()
+            if wait > 0:
+                return None, wait
+        return head, None
+
+    async def _deliver(self, session: OcppSession, entry: OutboxEntry) -> None:
+        deliverer = self.deliverers.get(entry.action)
+        if deliverer is not None:
+            await deliverer(session, entry)
+            return
+        if entry.action not in ACTIONS:
+            # Queued by the 1.6 side and no 2.0.1 form registered for it: given up on loudly (in the
+            # outbox's dropped list and the log), never silently.
+            self.outbox.drop(entry.id, f"{entry.action} was queued under OCPP 1.6 and has no 2.0.1 form")
+            log.error("outbox entry #%d (%s) has no OCPP 2.0.1 form: dropped", entry.id, entry.action)
+            return
+        request = getattr(call, entry.action)(**camel_to_snake_case(self.outbox.payload_for_send(entry)))
+        attempts = self.outbox.record_attempt(entry.id)
+        try:
+            await session.request(request)
+        except (CallErrorReceived, CallTimeout, InvalidPayload) as exc:
+            if attempts >= MESSAGE_ATTEMPTS:
+                self.outbox.drop(entry.id, f"{exc} (after {attempts} attempts)")
+                log.error("gave up on %s #%d after %d attempts: %s", entry.action, entry.id, attempts, exc)
+            else:
+                self.outbox.defer(entry.id, Outbox.retry_delay(attempts, MESSAGE_RETRY_S))
+            return
+        self.outbox.ack(entry.id)
+
+    async def _heartbeat(self, session: OcppSession) -> None:
+        while not session.closed:
+            interval = self.setting("OCPPCommCtrlr", "HeartbeatInterval", 3600)
+            period = min(interval, MAX_HEARTBEAT_S) if interval > 0 else MAX_HEARTBEAT_S
+            self._heartbeat_changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(period):
+                    await self._heartbeat_changed.wait()
+                continue  # interval changed: start the new period now
+            await self.heartbeat(session)
+
+    async def heartbeat(self, session: OcppSession | None = None) -> None:
+        try:
+            conf = await (session.request(call.Heartbeat()) if session is not None
+                          else self.request(call.Heartbeat()))
+        except (CallErrorReceived, CallTimeout, InvalidPayload) as exc:
+            log.warning("Heartbeat failed: %s", exc)
+            return
+        self._sync_clock(conf.current_time)
+
+    # -- for features ------------------------------------------------------------------------------
+
+    async def request(self, payload: Any) -> Any:
+        """One CALL (an ``ocpp.v201.call`` dataclass) now; ConnectionLost when not online. One outstanding
+        CALL: it waits for the sender's. Raises CallErrorReceived / CallTimeout / InvalidPayload."""
+        session = self.link.session
+        if session is None or session.closed or not self.accepted:
+            raise ConnectionLost("not connected to the CSMS")
+        return await session.request(payload)
+
+    def enqueue(self, action: str, payload: dict[str, Any], tx_ref: str | None = None) -> int:
+        """Queue a message (camelCase payload) in the durable outbox; sent in order once accepted."""
+        entry = self.outbox.append(action, payload, tx_ref=tx_ref)
+        self._wake()
+        return entry
+
+    def register_trigger(self, message: str, accept: TriggerAccept, send: TriggerSend) -> None:
+        """TriggerMessage for ``message`` (MessageTriggerEnum) is answered by ``accept`` and then ``send``."""
+        self.triggers[message] = Trigger(accept, send)
+
+    def security_event(self, kind: str, tech_info: str | None = None) -> None:
+        """Queue a SecurityEventNotification (A04) through the durable outbox: delivered once the CSMS has
+        accepted us, in order, surviving restarts."""
+        payload: dict[str, Any] = {"type": kind[:50], "timestamp": ocpp_time(self.wall())}
+        if tech_info:
+            payload["techInfo"] = tech_info[:255]
+        for sink in self.security_sinks:
+            try:
+                sink(kind, tech_info, payload["timestamp"])
+            except Exception:
+                log.exception("security log sink failed for %s", kind)
+        try:
+            self.outbox.append("SecurityEventNotification", payload)
+        except StorageError as exc:
+            log.error("security event %s could not be queued: %s", kind, exc)
+        log.info("security event %s%s", kind, f": {tech_info}" if tech_info else "")
+        self._wake()
+
+    async def data_transfer(
+        self, vendor_id: str, message_id: str | None = None, data: Any = None
+    ) -> tuple[str, Any]:
+        """Station -> CSMS DataTransfer (P01): the CSMS's (status, data)."""
+        conf = await self.request(call.DataTransfer(vendor_id=vendor_id, message_id=message_id, data=data))
+        return str(conf.status), conf.data
+
+    async def trigger_boot(self) -> None:
+        """A triggered BootNotification (F06 while Pending)."""
+        try:
+            session = self.link.session
+            if session is None or session.closed:
+                raise ConnectionLost("not connected")
+            conf = await session.request(self.boot_request())
+        except (CallErrorReceived, CallTimeout, InvalidPayload, ConnectionLost) as exc:
+            log.warning("triggered BootNotification failed: %s", exc)
+            return
+        self._boot_answer(conf)
+
+
+def _chain(first: Handler, second: Handler) -> Handler:
+    async def both(**kwargs: Any) -> Any:
+        await first(**kwargs)
+        return await second(**kwargs)
+
+    return both
