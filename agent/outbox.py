@@ -32,6 +32,7 @@ COMPONENT = "outbox"
 START = "StartTransaction"
 STOP = "StopTransaction"
 METER_VALUES = "MeterValues"
+TRANSACTION_EVENT = "TransactionEvent"  # OCPP 2.0.1: one action for Started / Updated / Ended
 # A CSMS transactionId is an OCPP 1.6 "integer": 32 bit (31 bit resolution, 1 sign bit).
 MIN_TRANSACTION_ID, MAX_TRANSACTION_ID = -(2**31), 2**31 - 1
 
@@ -71,6 +72,11 @@ MIGRATIONS: list[Migration] = [
     );
     CREATE INDEX outbox_by_tx ON outbox(tx_ref, action)
     """,
+    # v3: OCPP 2.0.1 seqNo: the next sequence number of each transaction, taken in the commit that queues
+    # the message (a crash can neither skip nor repeat one).
+    """
+    ALTER TABLE outbox_tx ADD COLUMN seq_no INTEGER NOT NULL DEFAULT 0
+    """,
 ]
 
 
@@ -96,6 +102,11 @@ class OutboxEntry:
 
 def _is_stop_flagged(row: tuple[Any, ...] | None) -> bool:
     return bool(row and (row[0] or row[1]))
+
+
+def is_stop(action: str, payload: dict[str, Any]) -> bool:
+    """The message that ends a transaction: StopTransaction (1.6), TransactionEvent Ended (2.0.1)."""
+    return action == STOP or (action == TRANSACTION_EVENT and payload.get("eventType") == "Ended")
 
 
 class Outbox:
@@ -125,12 +136,24 @@ class Outbox:
 
     # -- writing -------------------------------------------------------------------------------------
 
-    def append(self, action: str, payload: dict[str, Any], *, tx_ref: str | None = None) -> int:
+    def append(
+        self,
+        action: str,
+        payload: dict[str, Any],
+        *,
+        tx_ref: str | None = None,
+        seq_field: str | None = None,
+        also: Callable[[sqlite3.Connection], object] | None = None,
+    ) -> int:
         """Queue a message; durable when this returns. Returns the entry id (its place in the FIFO).
+
+        ``seq_field`` (with ``tx_ref``): the payload gets the transaction's next sequence number under that
+        key (OCPP 2.0.1 seqNo: 0, 1, 2 ... per transaction). ``also`` runs in the same SQLite transaction
+        (e.g. to persist the state that produced the message), so both commit or neither.
 
         When the outbox is full, intermediate MeterValues are thinned; if nothing can be thinned, a new
         MeterValues is dropped (recorded, returns -1) while every other action is still accepted."""
-        entry_id = self._append(action, payload, tx_ref)
+        entry_id = self._append(action, payload, tx_ref, seq_field, also)
         if self._depth >= self.max_messages and not self._full_reported:  # after the commit: on_full may append
             self._full_reported = True
             if self.on_full is not None:
@@ -140,12 +163,29 @@ class Outbox:
                     log.exception("reporting the full outbox failed")
         return entry_id
 
-    def _append(self, action: str, payload: dict[str, Any], tx_ref: str | None) -> int:
-        if action in (START, STOP) and tx_ref is None:
+    def _append(
+        self,
+        action: str,
+        payload: dict[str, Any],
+        tx_ref: str | None,
+        seq_field: str | None = None,
+        also: Callable[[sqlite3.Connection], object] | None = None,
+    ) -> int:
+        stop = is_stop(action, payload)
+        if (action in (START, STOP, TRANSACTION_EVENT) or seq_field is not None) and tx_ref is None:
             raise ValueError(f"{action} needs a tx_ref")
         body = json.dumps(payload, separators=(",", ":"), sort_keys=True)
         with self._storage(f"append {action}"), self._transaction():
-            if action == STOP:
+            if seq_field is not None:
+                self._conn.execute("INSERT INTO outbox_tx(tx_ref) VALUES (?) ON CONFLICT(tx_ref) DO NOTHING", (tx_ref,))
+                row = self._conn.execute(
+                    "UPDATE outbox_tx SET seq_no = seq_no + 1 WHERE tx_ref = ? RETURNING seq_no - 1", (tx_ref,)
+                ).fetchone()
+                payload = {**payload, seq_field: int(row[0])}
+                body = json.dumps(payload, separators=(",", ":"), sort_keys=True)
+            if also is not None:
+                also(self._conn)
+            if stop:
                 row = self._conn.execute(
                     "SELECT stop_queued, stop_delivered FROM outbox_tx WHERE tx_ref = ?", (tx_ref,)
                 ).fetchone()
@@ -168,7 +208,7 @@ class Outbox:
             )
             if tx_ref is not None:
                 self._conn.execute("INSERT INTO outbox_tx(tx_ref) VALUES (?) ON CONFLICT(tx_ref) DO NOTHING", (tx_ref,))
-                if action == STOP:
+                if stop:
                     self._conn.execute("UPDATE outbox_tx SET stop_queued = 1 WHERE tx_ref = ?", (tx_ref,))
         self._depth += 1 - thinned
         return entry_id
@@ -186,11 +226,12 @@ class Outbox:
             # Refused before touching the store (SQLite raised OverflowError beyond 64 bits, mid-ack).
             raise ValueError(f"transactionId {str(transaction_id)[:24]} is no OCPP 1.6 integer (32 bit)")
         with self._storage(f"ack entry {entry_id}"):
-            row = self._conn.execute("SELECT action, tx_ref FROM outbox WHERE id = ?", (entry_id,)).fetchone()
+            row = self._conn.execute("SELECT action, tx_ref, payload FROM outbox WHERE id = ?", (entry_id,)).fetchone()
         if row is None:
             return  # already acked or thinned: acking twice is harmless
-        action, tx_ref = row
-        durable = transaction_id is not None or action in (START, STOP)
+        action, tx_ref, body = row
+        stop = action == STOP or (action == TRANSACTION_EVENT and is_stop(action, json.loads(body)))
+        durable = transaction_id is not None or action in (START, STOP) or stop
         # The read above and this transaction run with no await in between, on the one connection that
         # writes the outbox: the row cannot change in between; the DELETE's rowcount still checks it.
         with self._storage(f"ack entry {entry_id}"), self._transaction(durable=durable):
@@ -200,7 +241,7 @@ class Outbox:
                 if tx_ref is None:
                     raise ValueError(f"entry {entry_id} has no tx_ref to bind a transaction id to")
                 self._bind(tx_ref, transaction_id)
-            if action == STOP and tx_ref is not None:
+            if stop and tx_ref is not None:
                 self._conn.execute("UPDATE outbox_tx SET stop_delivered = 1 WHERE tx_ref = ?", (tx_ref,))
                 self._prune_delivered()
         self._removed(entry_id)
@@ -295,6 +336,16 @@ class Outbox:
         row = self._tx_row(tx_ref, "start_dropped")
         return bool(row and row[0])
 
+    def queued_for(self, tx_ref: str) -> int:
+        """How many messages of this transaction wait in the queue (2.0.1 GetTransactionStatus)."""
+        with self._storage(f"count messages of {tx_ref}"):
+            return int(self._conn.execute("SELECT COUNT(*) FROM outbox WHERE tx_ref = ?", (tx_ref,)).fetchone()[0])
+
+    def next_seq_no(self, tx_ref: str) -> int:
+        """The seqNo the transaction's next message gets (0 before its first)."""
+        row = self._tx_row(tx_ref, "seq_no")
+        return int(row[0]) if row else 0
+
     def has_stop(self, tx_ref: str) -> bool:
         """A StopTransaction for this transaction was queued or delivered: never queue another."""
         return _is_stop_flagged(self._tx_row(tx_ref, "stop_queued, stop_delivered"))
@@ -310,8 +361,8 @@ class Outbox:
     def payload_for_send(self, entry: OutboxEntry) -> dict[str, Any]:
         """The payload to put on the wire: transactionId filled from the binding (real id, or -1 only if
         the Start was dropped). FIFO order means a message's Start is always sent before it."""
-        if entry.tx_ref is None or entry.action == START:
-            return dict(entry.payload)
+        if entry.tx_ref is None or entry.action in (START, TRANSACTION_EVENT):
+            return dict(entry.payload)  # a 2.0.1 transactionId is the station's own, in the payload
         transaction_id = self.transaction_id(entry.tx_ref)
         if transaction_id is None:
             if self.is_start_dropped(entry.tx_ref):

@@ -309,7 +309,7 @@ def test_migrates_v1_fixture_database(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     shutil.copy(FIXTURES / "state_v1.db", path)
     conn, box = open_outbox(path)
-    assert db.schema_version(conn, "outbox") == 2
+    assert db.schema_version(conn, "outbox") == 3
     entries = box.entries(10)
     assert [(e.action, e.tx_ref, e.attempts) for e in entries] == [
         ("StartTransaction", "tx-1", 2),
