@@ -1,0 +1,348 @@
+"""OCPP 2.0.1 provisioning of the device model (B05-B08): GetVariables, SetVariables, GetBaseReport
+(ConfigurationInventory, FullInventory, SummaryInventory) and GetReport (componentVariable and
+componentCriteria filters), the reports sent as NotifyReport messages in ``tbc`` / ``seqNo`` chunks.
+
+Cost is bounded for any request: a Get/SetVariables request with more entries than
+DeviceDataCtrlr.ItemsPerMessage.<Action> or more bytes than BytesPerMessage.<Action> is refused with a
+CALLERROR (OccurrenceConstraintViolation / FormatViolation) before anything is looked at, a GetReport
+with more componentVariable entries than ItemsPerMessage.GetReport likewise; each NotifyReport carries
+at most ItemsPerMessage.GetReport entries and BytesPerMessage.GetReport bytes; at most
+``MAX_QUEUED_REPORTS`` reports wait to be sent (more are Rejected).
+
+Each setting the CSMS changes takes effect through ``DeviceModel.on_change`` listeners (the heartbeat
+timer, connection retries, transaction points, connector settings ...), at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from ocpp.charge_point import snake_to_camel_case
+from ocpp.exceptions import FormatViolationError, OccurrenceConstraintViolationError
+from ocpp.v201 import call
+
+from agent.ocpp.v201.device_model import ACTUAL, DeviceModel, Entry, Mutability
+
+if TYPE_CHECKING:
+    from agent.ocpp.v201.service import OcppService
+
+log = logging.getLogger("cpagent.ocpp.v201.configuration")
+
+MAX_QUEUED_REPORTS = 2
+SUMMARY_VARIABLES = frozenset({"AvailabilityState", "Available", "Problem"})
+SUMMARY_COMPONENTS = frozenset({"ChargingStation", "EVSE", "Connector"})
+CRITERIA = ("Active", "Available", "Enabled", "Problem")
+_ENVELOPE_BYTES = 200  # a NotifyReport frame without its reportData entries: [2,"<id>","NotifyReport",{...}]
+
+
+# -- pure parts ------------------------------------------------------------------------------------------
+
+
+def request_size(payload: Mapping[str, Any]) -> int:
+    """Bytes of a request payload as it came on the wire (camelCase JSON, compact)."""
+    return len(json.dumps(snake_to_camel_case(dict(payload)), separators=(",", ":")).encode())
+
+
+def check_request(dm: DeviceModel, action: str, items: Sequence[object], payload: Mapping[str, Any]) -> None:
+    """CALLERROR for a request larger than ItemsPerMessage.<action> / BytesPerMessage.<action>."""
+    limit = dm.integer("DeviceDataCtrlr", "ItemsPerMessage", instance=action)
+    if len(items) > limit:
+        raise OccurrenceConstraintViolationError(
+            description=f"{len(items)} entries, ItemsPerMessage{action} is {limit}"
+        )
+    max_bytes = dm.integer("DeviceDataCtrlr", "BytesPerMessage", instance=action)
+    size = request_size(payload)
+    if size > max_bytes:
+        raise FormatViolationError(description=f"{size} bytes, BytesPerMessage{action} is {max_bytes}")
+
+
+def _status_info(reason: str | None, info: str | None) -> dict[str, str] | None:
+    if reason is None:
+        return None
+    out = {"reasonCode": reason}
+    if info:
+        out["additionalInfo"] = info[:500]
+    return out
+
+
+def _address(component: Mapping[str, Any], variable: Mapping[str, Any]) -> dict[str, Any]:
+    evse = component.get("evse") or {}
+    return {
+        "component": str(component.get("name", "")),
+        "variable": str(variable.get("name", "")),
+        "component_instance": component.get("instance"),
+        "evse": evse.get("id"),
+        "connector": evse.get("connector_id"),
+        "instance": variable.get("instance"),
+    }
+
+
+def get_variables(dm: DeviceModel, data: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """getVariableResult for each getVariableData entry (snake_case in, camelCase out)."""
+    results: list[dict[str, Any]] = []
+    for item in data:
+        component, variable = item["component"], item["variable"]
+        attribute = item.get("attribute_type")
+        got = dm.get(attribute=attribute, **_address(component, variable))
+        result: dict[str, Any] = {
+            "attributeStatus": got.status,
+            "component": snake_to_camel_case(dict(component)),
+            "variable": snake_to_camel_case(dict(variable)),
+        }
+        if attribute is not None:
+            result["attributeType"] = attribute
+        if got.value is not None:
+            result["attributeValue"] = got.value
+        info = _status_info(got.reason, got.info)
+        if info is not None:
+            result["attributeStatusInfo"] = info
+        results.append(result)
+    return results
+
+
+def set_variables(dm: DeviceModel, data: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """setVariableResult for each setVariableData entry, applied in order."""
+    results: list[dict[str, Any]] = []
+    for item in data:
+        component, variable = item["component"], item["variable"]
+        attribute = item.get("attribute_type")
+        done = dm.set(value=str(item["attribute_value"]), attribute=attribute, **_address(component, variable))
+        result: dict[str, Any] = {
+            "attributeStatus": done.status,
+            "component": snake_to_camel_case(dict(component)),
+            "variable": snake_to_camel_case(dict(variable)),
+        }
+        if attribute is not None:
+            result["attributeType"] = attribute
+        info = _status_info(done.reason, done.info)
+        if info is not None:
+            result["attributeStatusInfo"] = info
+        results.append(result)
+    return results
+
+
+def base_entries(dm: DeviceModel, report_base: str) -> list[Entry]:
+    entries = list(dm.entries())
+    if report_base == "ConfigurationInventory":
+        return [e for e in entries if e.spec.mutability is not Mutability.READ_ONLY]
+    if report_base == "SummaryInventory":
+        return [e for e in entries if e.spec.component in SUMMARY_COMPONENTS and e.spec.name in SUMMARY_VARIABLES]
+    return entries  # FullInventory
+
+
+def _matches(entry: Entry, selector: Mapping[str, Any]) -> bool:
+    component = selector.get("component") or {}
+    if str(component.get("name", "")).lower() != entry.spec.component.lower():
+        return False
+    if component.get("instance"):
+        return False  # no component of this station has instances other than EVSE / connector ids
+    evse = component.get("evse")
+    if evse is not None:
+        if entry.evse != evse.get("id"):
+            return False
+        if evse.get("connector_id") is not None and entry.connector != evse.get("connector_id"):
+            return False
+    variable = selector.get("variable")
+    if variable is None:
+        return True
+    if str(variable.get("name", "")).lower() != entry.spec.name.lower():
+        return False
+    instance = variable.get("instance")
+    return instance is None or str(instance).lower() == (entry.spec.instance or "").lower()
+
+
+def _instance(entry: Entry) -> tuple[str, int | None, int | None]:
+    return entry.spec.component, entry.evse, entry.connector
+
+
+def select_entries(
+    dm: DeviceModel,
+    component_variable: Sequence[Mapping[str, Any]] | None,
+    component_criteria: Sequence[str] | None,
+) -> list[Entry]:
+    """GetReport: the entries of the components matching every criterion (a component matches "Enabled"
+    when its Enabled variable is true, likewise Active / Available / Problem), narrowed to the
+    componentVariable selectors if any."""
+    entries = list(dm.entries())
+    if component_criteria:
+        flags: dict[tuple[str, int | None, int | None], set[str]] = {}
+        for entry in entries:
+            if entry.spec.name in CRITERIA and entry.spec.instance is None:
+                if dm.attribute_value(entry) == "true":
+                    flags.setdefault(_instance(entry), set()).add(entry.spec.name)
+        wanted = set(component_criteria)
+        entries = [e for e in entries if wanted & flags.get(_instance(e), set())]
+    if component_variable:
+        entries = [e for e in entries if any(_matches(e, s) for s in component_variable)]
+    return entries
+
+
+def report_item(dm: DeviceModel, entry: Entry, *, characteristics: bool = True) -> dict[str, Any]:
+    """One ReportDataType (camelCase) for an entry. Write-only values are never included."""
+    spec = entry.spec
+    component: dict[str, Any] = {"name": spec.component}
+    if entry.evse is not None:
+        component["evse"] = {"id": entry.evse}
+        if entry.connector is not None:
+            component["evse"]["connectorId"] = entry.connector
+    variable: dict[str, Any] = {"name": spec.name}
+    if spec.instance:
+        variable["instance"] = spec.instance
+    limit = dm.integer("DeviceDataCtrlr", "ReportingValueSize")
+    attributes: list[dict[str, Any]] = []
+    for attribute in spec.attributes:
+        mutability = spec.mutability.value if attribute == ACTUAL else Mutability.READ_ONLY.value
+        item: dict[str, Any] = {
+            "type": attribute,
+            "mutability": mutability,
+            "persistent": spec.source is None,
+            "constant": spec.source is None and spec.mutability is Mutability.READ_ONLY,
+        }
+        if not spec.secret:
+            item["value"] = (dm.attribute_value(entry, attribute) or "")[:limit]
+        attributes.append(item)
+    out: dict[str, Any] = {"component": component, "variable": variable, "variableAttribute": attributes}
+    if characteristics:
+        chars: dict[str, Any] = {"dataType": spec.type.value, "supportsMonitoring": False}
+        if spec.unit:
+            chars["unit"] = spec.unit
+        if spec.min is not None:
+            chars["minLimit"] = spec.min
+        max_limit = dm.max_limit(entry)
+        if max_limit is not None:
+            chars["maxLimit"] = max_limit
+        values = dm.values_list(spec)
+        if values is not None:
+            chars["valuesList"] = ",".join(values)[:1000]
+        out["variableCharacteristics"] = chars
+    return out
+
+
+def chunks(items: Sequence[dict[str, Any]], max_items: int, max_bytes: int) -> list[list[dict[str, Any]]]:
+    """Split report entries into NotifyReport bodies of at most ``max_items`` entries and about
+    ``max_bytes`` bytes (an entry larger than that alone still goes, alone)."""
+    out: list[list[dict[str, Any]]] = []
+    current: list[dict[str, Any]] = []
+    size = _ENVELOPE_BYTES
+    for item in items:
+        item_size = len(json.dumps(item, separators=(",", ":")).encode()) + 1
+        if current and (len(current) >= max_items or size + item_size > max_bytes):
+            out.append(current)
+            current, size = [], _ENVELOPE_BYTES
+        current.append(item)
+        size += item_size
+    if current:
+        out.append(current)
+    return out
+
+
+def notify_reports(
+    dm: DeviceModel, request_id: int, entries: Iterable[Entry], generated_at: str, *, summary: bool = False
+) -> list[call.NotifyReport]:
+    items = [report_item(dm, e, characteristics=not summary) for e in entries]
+    parts = chunks(
+        items,
+        dm.integer("DeviceDataCtrlr", "ItemsPerMessage", instance="GetReport"),
+        dm.integer("DeviceDataCtrlr", "BytesPerMessage", instance="GetReport"),
+    )
+    return [
+        call.NotifyReport(
+            request_id=request_id, generated_at=generated_at, seq_no=seq, tbc=seq < len(parts) - 1, report_data=part
+        )
+        for seq, part in enumerate(parts)
+    ]
+
+
+# -- the feature -----------------------------------------------------------------------------------------
+
+
+class Provisioning:
+    """Get/SetVariables, GetBaseReport, GetReport over the service's DeviceModel."""
+
+    def __init__(self, service: OcppService) -> None:
+        self.service = service
+        self._reports: dict[int, tuple[list[Entry], bool]] = {}  # accepted, waiting for its after-hook
+        self._in_flight: set[int] = set()  # being sent
+        self._sending = asyncio.Lock()
+
+    @property
+    def dm(self) -> DeviceModel:
+        return self.service.variables
+
+    async def on_get_variables(self, get_variable_data: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        check_request(self.dm, "GetVariables", get_variable_data, {"get_variable_data": get_variable_data, **extra})
+        return {"getVariableResult": get_variables(self.dm, get_variable_data)}
+
+    async def on_set_variables(self, set_variable_data: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        check_request(self.dm, "SetVariables", set_variable_data, {"set_variable_data": set_variable_data, **extra})
+        return {"setVariableResult": set_variables(self.dm, set_variable_data)}
+
+    async def on_get_base_report(self, request_id: int, report_base: str, **_: Any) -> dict[str, Any]:
+        entries = base_entries(self.dm, report_base)
+        return self._accept(request_id, entries, summary=report_base == "SummaryInventory")
+
+    async def after_get_base_report(self, request_id: int, **_: Any) -> None:
+        await self._send_report(request_id)
+
+    async def on_get_report(
+        self,
+        request_id: int,
+        component_variable: list[dict[str, Any]] | None = None,
+        component_criteria: list[str] | None = None,
+        **_: Any,
+    ) -> dict[str, Any]:
+        if component_variable:
+            limit = self.dm.integer("DeviceDataCtrlr", "ItemsPerMessage", instance="GetReport")
+            if len(component_variable) > limit:
+                raise OccurrenceConstraintViolationError(
+                    description=f"{len(component_variable)} componentVariable entries, ItemsPerMessageGetReport "
+                    f"is {limit}"
+                )
+        entries = select_entries(self.dm, component_variable, component_criteria)
+        if not entries:
+            return {"status": "EmptyResultSet"}
+        return self._accept(request_id, entries, summary=False)
+
+    async def after_get_report(self, request_id: int, **_: Any) -> None:
+        await self._send_report(request_id)
+
+    def _accept(self, request_id: int, entries: list[Entry], *, summary: bool) -> dict[str, Any]:
+        if request_id in self._reports or request_id in self._in_flight:
+            return {"status": "Rejected", "statusInfo": {"reasonCode": "DuplicateRequestId"}}
+        if len(self._reports) + len(self._in_flight) >= MAX_QUEUED_REPORTS:
+            return {"status": "Rejected", "statusInfo": {"reasonCode": "OutOfMemory",
+                                                         "additionalInfo": "a report is still being sent"}}
+        self._reports[request_id] = (entries, summary)
+        return {"status": "Accepted"}
+
+    async def _send_report(self, request_id: int) -> None:
+        pending = self._reports.pop(request_id, None)
+        if pending is None:
+            return
+        self._in_flight.add(request_id)
+        try:
+            async with self._sending:
+                entries, summary = pending
+                generated_at = datetime.fromtimestamp(self.service.wall(), UTC).isoformat(timespec="seconds")
+                messages = notify_reports(self.dm, request_id, entries, generated_at.replace("+00:00", "Z"),
+                                          summary=summary)
+                for message in messages:
+                    await self.service.request(message)
+                log.info("report %d sent: %d entries in %d NotifyReport", request_id, len(entries), len(messages))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # offline or refused: a report is not queued (the CSMS asks again)
+            log.warning("report %d not completed: %s", request_id, exc)
+        finally:
+            self._in_flight.discard(request_id)
+
+
+__all__ = [
+    "CRITERIA", "MAX_QUEUED_REPORTS", "Provisioning", "base_entries", "check_request", "chunks",
+    "get_variables", "notify_reports", "report_item", "request_size", "select_entries", "set_variables",
+]

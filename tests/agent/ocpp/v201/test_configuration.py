@@ -1,0 +1,162 @@
+"""OCPP 2.0.1 provisioning, pure parts: Get/SetVariables results, report selection, NotifyReport chunks
+(every message checked against the 2.0.1 JSON schemas of the ``ocpp`` library), request bounds."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import ocpp.v201
+import pytest
+from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
+from ocpp.exceptions import FormatViolationError, OccurrenceConstraintViolationError
+
+from agent.db import connect
+from agent.ocpp.v201.configuration import (
+    base_entries,
+    check_request,
+    chunks,
+    get_variables,
+    notify_reports,
+    select_entries,
+    set_variables,
+)
+from agent.ocpp.v201.device_model import DeviceModel
+
+SCHEMAS = Path(ocpp.v201.__file__).parent / "schemas"
+
+
+def schema_check(name: str, payload: dict[str, Any]) -> None:
+    schema = json.loads((SCHEMAS / f"{name}.json").read_text())
+    jsonschema.validate(payload, schema)
+
+
+def model(presets: dict[str, object] | None = None) -> DeviceModel:
+    return DeviceModel(connect(":memory:", durable=False), presets, evse_ids=(1, 2))
+
+
+def cv(component: str, variable: str, evse: int | None = None, connector: int | None = None,
+       instance: str | None = None) -> dict[str, Any]:
+    comp: dict[str, Any] = {"name": component}
+    if evse is not None:
+        comp["evse"] = {"id": evse} if connector is None else {"id": evse, "connector_id": connector}
+    var: dict[str, Any] = {"name": variable}
+    if instance is not None:
+        var["instance"] = instance
+    return {"component": comp, "variable": var}
+
+
+def test_get_and_set_variables_answers_fit_the_schema() -> None:
+    dm = model()
+    sets = [
+        {**cv("OCPPCommCtrlr", "HeartbeatInterval"), "attribute_value": "42"},
+        {**cv("OCPPCommCtrlr", "HeartbeatInterval"), "attribute_value": "-1"},
+        {**cv("SecurityCtrlr", "Identity"), "attribute_value": "X"},
+        {**cv("OCPPCommCtrlr", "NetworkConfigurationPriority"), "attribute_value": "1"},
+        {**cv("TxCtrlr", "TxStartPoint"), "attribute_value": "EVConnected", "attribute_type": "Target"},
+        {**cv("NoCtrlr", "Enabled"), "attribute_value": "true"},
+    ]
+    answer = {"setVariableResult": set_variables(dm, sets)}
+    schema_check("SetVariablesResponse", answer)
+    assert [r["attributeStatus"] for r in answer["setVariableResult"]] == [
+        "Accepted", "Rejected", "Rejected", "RebootRequired", "NotSupportedAttributeType", "UnknownComponent",
+    ]
+    assert answer["setVariableResult"][1]["attributeStatusInfo"]["reasonCode"] == "ValueOutOfRange"
+
+    gets = [
+        cv("OCPPCommCtrlr", "HeartbeatInterval"),
+        cv("OCPPCommCtrlr", "MessageAttempts", instance="TransactionEvent"),
+        cv("SecurityCtrlr", "BasicAuthPassword"),
+        cv("EVSE", "AllowReset", evse=2),
+        cv("Connector", "Available", evse=1, connector=2),
+        cv("TxCtrlr", "Nope"),
+    ]
+    answer = {"getVariableResult": get_variables(dm, gets)}
+    schema_check("GetVariablesResponse", answer)
+    results = answer["getVariableResult"]
+    assert [r["attributeStatus"] for r in results] == [
+        "Accepted", "Accepted", "Rejected", "Accepted", "UnknownComponent", "UnknownVariable",
+    ]
+    assert results[0]["attributeValue"] == "42"
+    assert results[1]["variable"] == {"name": "MessageAttempts", "instance": "TransactionEvent"}
+    assert "attributeValue" not in results[2]
+    assert results[3]["component"] == {"name": "EVSE", "evse": {"id": 2}}
+
+
+def test_request_bounds_raise_call_errors() -> None:
+    dm = model(
+        {"DeviceDataCtrlr/ItemsPerMessage.GetVariables": 2, "DeviceDataCtrlr/BytesPerMessage.SetVariables": 1000}
+    )
+    items = [cv("OCPPCommCtrlr", "HeartbeatInterval")] * 3
+    with pytest.raises(OccurrenceConstraintViolationError):
+        check_request(dm, "GetVariables", items, {"get_variable_data": items})
+    check_request(dm, "GetVariables", items[:2], {"get_variable_data": items[:2]})
+    big = [{**cv("OCPPCommCtrlr", "HeartbeatInterval"), "attribute_value": "1" * 400}] * 3
+    with pytest.raises(FormatViolationError):
+        check_request(dm, "SetVariables", big, {"set_variable_data": big})
+
+
+def test_base_reports() -> None:
+    dm = model()
+    full = base_entries(dm, "FullInventory")
+    config = base_entries(dm, "ConfigurationInventory")
+    summary = base_entries(dm, "SummaryInventory")
+    assert len(full) == len(list(dm.entries()))
+    assert config and all(e.spec.mutability.value != "ReadOnly" for e in config)
+    assert {e.spec.name for e in summary} == {"AvailabilityState", "Available", "Problem"}
+    assert {(e.spec.component, e.evse) for e in summary if e.spec.component == "EVSE"} == {("EVSE", 1), ("EVSE", 2)}
+
+
+def test_notify_report_chunks_fit_the_bounds_and_the_schema() -> None:
+    dm = model({"DeviceDataCtrlr/ItemsPerMessage.GetReport": 7, "DeviceDataCtrlr/BytesPerMessage.GetReport": 3000})
+    dm.set("SecurityCtrlr", "BasicAuthPassword", "0123456789abcdefSECRET")
+    entries = base_entries(dm, "FullInventory")
+    messages = notify_reports(dm, 5, entries, "2027-01-01T00:00:00Z")
+    assert len(messages) > len(entries) / 7
+    assert [m.seq_no for m in messages] == list(range(len(messages)))
+    assert [m.tbc for m in messages] == [True] * (len(messages) - 1) + [False]
+    reported = 0
+    for message in messages:
+        payload = snake_to_camel_case(dataclasses.asdict(message))
+        payload = {k: v for k, v in payload.items() if v is not None}
+        schema_check("NotifyReportRequest", payload)
+        assert len(message.report_data) <= 7
+        assert len(json.dumps(payload, separators=(",", ":"))) <= 3000 or len(message.report_data) == 1
+        reported += len(message.report_data)
+        assert "SECRET" not in json.dumps(payload)
+    assert reported == len(entries)
+    password = next(
+        item for m in messages for item in m.report_data if item["variable"]["name"] == "BasicAuthPassword"
+    )
+    assert password["variableAttribute"] == [
+        {"type": "Actual", "mutability": "WriteOnly", "persistent": True, "constant": False}
+    ]
+
+
+def test_chunks_by_items_and_bytes() -> None:
+    items = [{"k": "x" * 50} for _ in range(10)]
+    assert [len(c) for c in chunks(items, 4, 100_000)] == [4, 4, 2]
+    assert [len(c) for c in chunks(items, 100, 200 + 3 * 61)] == [3, 3, 3, 1]
+    assert [len(c) for c in chunks(items, 100, 10)] == [1] * 10  # one entry larger than the bound goes alone
+    assert chunks([], 5, 1000) == []
+
+
+def test_get_report_selection() -> None:
+    dm = model()
+    selected = select_entries(dm, camel_to_snake_case([{"component": {"name": "OCPPCommCtrlr"}}]), None)
+    assert selected and {e.spec.component for e in selected} == {"OCPPCommCtrlr"}
+    one = select_entries(dm, [cv("OCPPCommCtrlr", "messageattempts", instance="TransactionEvent")], None)
+    assert [e.spec.key for e in one] == ["OCPPCommCtrlr/MessageAttempts.TransactionEvent"]
+    evse2 = select_entries(dm, [{"component": {"name": "EVSE", "evse": {"id": 2}}}], None)
+    assert evse2 and {e.evse for e in evse2} == {2}
+    assert select_entries(dm, [cv("NoCtrlr", "X")], None) == []
+    enabled = select_entries(dm, None, ["Enabled"])
+    assert {e.spec.component for e in enabled} >= {"OCPPCommCtrlr", "TxCtrlr", "AuthCtrlr", "SampledDataCtrlr"}
+    dm.set("AuthCacheCtrlr", "Enabled", "false")
+    assert "AuthCacheCtrlr" not in {e.spec.component for e in select_entries(dm, None, ["Enabled"])}
+    both = select_entries(dm, [{"component": {"name": "AuthCtrlr"}}], ["Enabled"])
+    assert {e.spec.component for e in both} == {"AuthCtrlr"}
+    assert select_entries(dm, None, ["Problem"]) == []  # nothing is faulted
