@@ -27,6 +27,7 @@ from agent.events import (
     StopReason,
 )
 from agent.faults import info as fault_info
+from agent.phase_switch import PhaseSwitcher
 from agent.redact import mask
 from agent.sessions import Session, SessionStore
 from agent.station_api import ConnectorReservation, ConnectorSettings, ConnectorView, EnergyHold
@@ -100,6 +101,14 @@ class Connector:
                 overcurrent_time_s=config.overcurrent_time_s,
             ),
             on_change=self._on_controller_change,
+        )
+        self.phase_switcher = PhaseSwitcher(
+            self.id,
+            self.controller,
+            switch_dev.role(Role.PHASE_SWITCH) if Role.PHASE_SWITCH in switch_dev.roles else None,
+            installed_phases=config.phases,
+            settle_s=config.phase_switch_settle_s,
+            max_switches=config.max_phase_switches,
         )
         self.session: Session | None = None
         self.last_sample: MeterSample | None = None
@@ -364,6 +373,7 @@ class Connector:
             log.error("connector %d: refusing to start: %s", self.id, exc)
             return
         self.session = session
+        self.phase_switcher.new_session()
         self._finished_plugged = False
         self._last_persist = self._clock.monotonic()
         if self.reservation is not None:  # admitted in begin_authorized: this session uses it up
@@ -457,6 +467,12 @@ class Connector:
     def signed_reading(self, ref: str, which: str) -> asyncio.Task[str | None] | None:
         """The signed "start"/"stop" reading of session ``ref`` in progress (or just done), if any."""
         return self._signing.get((ref, which))
+
+    async def switch_phases(self, phases: int) -> bool:
+        """Switch the supply between 1 and 3 phases in the IEC 61851 order (agent/phase_switch.py): pause,
+        relay open, switch, settle, resume. False if already there; raises PhaseSwitchRefused (board cannot,
+        cap of ``max_phase_switches`` per session reached, ...) or PhaseSwitchFailed."""
+        return await self.phase_switcher.switch(phases)
 
     def set_available(self, available: bool) -> None:
         self.available = available

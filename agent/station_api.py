@@ -74,6 +74,7 @@ class EnergyHold(StrEnum):
     UNAVAILABLE = "unavailable"  # the operator took the connector out of service (pilot F)
     MAINTENANCE = "maintenance"  # a technician drives relay and pilot by hand (pilot F)
     RESERVED = "reserved"  # held for a reservation that no session has used yet
+    PHASE_SWITCH = "phase_switch"  # paused while the board switches between 1 and 3 phases (agent/phase_switch.py)
 
 
 @dataclass(frozen=True)
