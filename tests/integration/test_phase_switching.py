@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from agent.charge_control import ChargeState
-from agent.config import load
+from agent.config import ConfigError, load, parse
 from agent.events import ConnectorStatus
 from agent.phase_switch import PhaseSwitcher, PhaseSwitchRefused
 from agent.station import Station
@@ -104,3 +104,16 @@ async def test_refusals(board: Any, installed: int, phases: int, why: str) -> No
     with pytest.raises(PhaseSwitchRefused, match=why):
         await switcher.switch(phases)
     assert board is None or board.sent == []
+
+
+def test_config_keys_default_and_errors_name_the_key() -> None:
+    base: dict[str, Any] = {
+        "station": {"id": "CP1", "state_dir": "/tmp/x"},
+        "devices": {"b": {"driver": "pilot-board-serial", "port": "/dev/null"}},
+    }
+    default = parse({**base, "connectors": [{"id": 1, "pilot": "b"}]}).connectors[0]
+    assert (default.phase_switch_settle_s, default.max_phase_switches) == (5.0, 4)
+    for key, bad in (("phase_switch_settle_s", 0.5), ("max_phase_switches", -1), ("max_phase_switches", 2.5)):
+        with pytest.raises(ConfigError) as err:
+            parse({**base, "connectors": [{"id": 1, "pilot": "b", key: bad}]})
+        assert err.value.key == f"connectors[0].{key}"
