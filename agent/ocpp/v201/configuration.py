@@ -311,6 +311,15 @@ class Provisioning:
     async def after_get_report(self, request_id: int, **_: Any) -> None:
         await self._send_report(request_id)
 
+    async def _request(self, message: call.NotifyReport) -> Any:
+        service = self.service
+        session = service.link.session
+        if not service.accepted and session is not None and not session.closed:
+            # B02 (TC_B_02_CS): while the boot is Pending the CSMS may ask for reports, and the station
+            # sends the NotifyReport messages it asked for (handlers are never reached while Rejected).
+            return await session.request(message)
+        return await service.request(message)
+
     def _accept(self, request_id: int, entries: list[Entry], *, summary: bool) -> dict[str, Any]:
         if request_id in self._reports or request_id in self._in_flight:
             return {"status": "Rejected", "statusInfo": {"reasonCode": "DuplicateRequestId"}}
@@ -332,7 +341,7 @@ class Provisioning:
                 messages = notify_reports(self.dm, request_id, entries, generated_at.replace("+00:00", "Z"),
                                           summary=summary)
                 for message in messages:
-                    await self.service.request(message)
+                    await self._request(message)
                 log.info("report %d sent: %d entries in %d NotifyReport", request_id, len(entries), len(messages))
         except asyncio.CancelledError:
             raise

@@ -19,6 +19,7 @@ import importlib
 from typing import Any
 
 FEATURES: tuple[str, ...] = (
+    "agent.ocpp.v201.configuration:Provisioning",
 )
 
 

@@ -1,0 +1,91 @@
+"""OCTT 2.0.1 provisioning cases (Part 6, B05-B08) over real websockets against the bundled CSMS, the
+simulator's hardware underneath: SetVariables / GetVariables (TC_B_05_CS .. TC_B_16_CS style), a value
+set over OCPP taking effect at once (HeartbeatInterval), GetBaseReport / GetReport answered by
+NotifyReport in tbc / seqNo chunks."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tests.agent.ocpp.v201.conftest import Octt201, eventually
+
+
+def cv(component: str, variable: str, **extra: Any) -> dict[str, Any]:
+    return {"component": {"name": component}, "variable": {"name": variable}, **extra}
+
+
+async def report(octt: Octt201, request_id: int, within: float = 8.0) -> list[dict[str, Any]]:
+    """The NotifyReport payloads of one request, once the last (tbc false) has arrived."""
+
+    def done() -> list[dict[str, Any]] | None:
+        parts = [m.payload for m in octt.msgs("NotifyReport") if m.payload["requestId"] == request_id]
+        return parts if any(not p.get("tbc", False) for p in parts) else None
+
+    parts: list[dict[str, Any]] = await eventually(done, within, f"NotifyReport {request_id}")
+    return parts
+
+
+async def test_tc_b_05_06_set_then_get_variables_and_heartbeat_interval_takes_effect(octt: Octt201) -> None:
+    await octt.start_agent()
+    await octt.booted()
+    answer = await octt.send("SetVariables", {"setVariableData": [
+        cv("OCPPCommCtrlr", "HeartbeatInterval", attributeValue="1"),
+        cv("OCPPCommCtrlr", "OfflineThreshold", attributeValue="300"),
+        cv("SecurityCtrlr", "Identity", attributeValue="someone-else"),  # TC_B_07_CS-like: read-only
+        cv("TxCtrlr", "TxStartPoint", attributeValue="Sometimes"),  # not in the values list
+        cv("NoSuchCtrlr", "Enabled", attributeValue="true"),
+        {**cv("OCPPCommCtrlr", "HeartbeatInterval", attributeValue="5"), "attributeType": "MaxSet"},
+    ]})
+    statuses = [(r["attributeStatus"], r.get("attributeStatusInfo", {}).get("reasonCode"))
+                for r in answer["setVariableResult"]]
+    assert statuses == [("Accepted", None), ("Accepted", None), ("Rejected", "ReadOnly"),
+                        ("Rejected", "InvalidValue"), ("UnknownComponent", None), ("NotSupportedAttributeType", None)]
+    set_at = time.monotonic()
+
+    answer = await octt.send("GetVariables", {"getVariableData": [
+        cv("OCPPCommCtrlr", "HeartbeatInterval"), cv("OCPPCommCtrlr", "OfflineThreshold"),
+        cv("SecurityCtrlr", "BasicAuthPassword"), cv("TxCtrlr", "NoSuchVariable"),
+        {"component": {"name": "EVSE", "evse": {"id": 1}}, "variable": {"name": "AvailabilityState"}},
+    ]})
+    results = answer["getVariableResult"]
+    assert [(r["attributeStatus"], r.get("attributeValue")) for r in results] == [
+        ("Accepted", "1"), ("Accepted", "300"), ("Rejected", None), ("UnknownVariable", None),
+        ("Accepted", "Available"),
+    ]
+    # The new interval is used at once: two heartbeats about a second apart, not 300 s from the boot.
+    first = await octt.wait("Heartbeat", count=1, within=5)
+    second = await octt.wait("Heartbeat", count=2, within=5)
+    assert time.monotonic() - set_at < 6
+    assert first is not second
+
+
+async def test_tc_b_07_08_base_report_and_custom_report_in_chunks(octt: Octt201) -> None:
+    await octt.start_agent({"DeviceDataCtrlr/ItemsPerMessage.GetReport": 12})
+    await octt.booted()
+    assert (await octt.send("GetBaseReport", {"requestId": 7, "reportBase": "FullInventory"}))["status"] == "Accepted"
+    parts = await report(octt, 7)
+    assert [p["seqNo"] for p in parts] == list(range(len(parts)))
+    assert [p.get("tbc", False) for p in parts] == [True] * (len(parts) - 1) + [False]
+    assert all(len(p["reportData"]) <= 12 for p in parts)
+    items = [item for p in parts for item in p["reportData"]]
+    names = {(i["component"]["name"], i["variable"]["name"]) for i in items}
+    assert ("OCPPCommCtrlr", "HeartbeatInterval") in names and ("EVSE", "Power") in names
+    password = next(i for i in items if i["variable"]["name"] == "BasicAuthPassword")
+    assert "value" not in password["variableAttribute"][0]
+    power = next(i for i in items if i["component"]["name"] == "EVSE" and i["variable"]["name"] == "Power")
+    assert power["variableCharacteristics"]["unit"] == "W" and power["component"]["evse"] == {"id": 1}
+
+    answer = await octt.send("GetReport", {"requestId": 8, "componentVariable": [
+        {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}},
+        {"component": {"name": "EVSE", "evse": {"id": 1}}},
+    ]})
+    assert answer["status"] == "Accepted"
+    items = [item for p in await report(octt, 8) for item in p["reportData"]]
+    assert {i["component"]["name"] for i in items} == {"OCPPCommCtrlr", "EVSE"}
+    assert len([i for i in items if i["component"]["name"] == "OCPPCommCtrlr"]) == 1
+
+    answer = await octt.send("GetReport", {"requestId": 9, "componentCriteria": ["Problem"],
+                                           "componentVariable": [{"component": {"name": "NoSuchCtrlr"}}]})
+    assert answer["status"] == "EmptyResultSet"
+    assert not [m for m in octt.msgs("NotifyReport") if m.payload["requestId"] == 9]
