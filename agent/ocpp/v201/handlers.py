@@ -146,12 +146,12 @@ class CoreHandlers:
     async def _send_firmware_idle(self, evse: Mapping[str, Any] | None) -> None:
         from ocpp.v201 import call
 
-        await self._svc.request(call.FirmwareStatusNotification(status="Idle"))
+        await self._svc.triggered(call.FirmwareStatusNotification(status="Idle"))
 
     async def _send_log_idle(self, evse: Mapping[str, Any] | None) -> None:
         from ocpp.v201 import call
 
-        await self._svc.request(call.LogStatusNotification(status="Idle"))
+        await self._svc.triggered(call.LogStatusNotification(status="Idle"))
 
     # -- unlock (F05) ---------------------------------------------------------------------------------
 

@@ -506,14 +506,23 @@ class OcppService:
 
     async def heartbeat(self, session: OcppSession | None = None) -> None:
         try:
-            conf = await (session.request(call.Heartbeat()) if session is not None
-                          else self.request(call.Heartbeat()))
-        except (CallErrorReceived, CallTimeout, InvalidPayload) as exc:
+            conf = await (session or self._current_session()).request(call.Heartbeat())
+        except (CallErrorReceived, CallTimeout, InvalidPayload, ConnectionLost) as exc:
             log.warning("Heartbeat failed: %s", exc)
             return
         self._sync_clock(conf.current_time)
 
     # -- for features ------------------------------------------------------------------------------
+
+    def _current_session(self) -> OcppSession:
+        session = self.link.session
+        if session is None or session.closed:
+            raise ConnectionLost("not connected to the CSMS")
+        return session
+
+    async def triggered(self, payload: Any) -> Any:
+        """A CALL the CSMS asked for with TriggerMessage: allowed while Pending too (B02)."""
+        return await self._current_session().request(payload)
 
     async def request(self, payload: Any) -> Any:
         """One CALL (an ``ocpp.v201.call`` dataclass) now; ConnectionLost when not online. One outstanding
@@ -561,10 +570,7 @@ class OcppService:
     async def trigger_boot(self) -> None:
         """A triggered BootNotification (F06 while Pending)."""
         try:
-            session = self.link.session
-            if session is None or session.closed:
-                raise ConnectionLost("not connected")
-            conf = await session.request(self.boot_request())
+            conf = await self.triggered(self.boot_request())
         except (CallErrorReceived, CallTimeout, InvalidPayload, ConnectionLost) as exc:
             log.warning("triggered BootNotification failed: %s", exc)
             return

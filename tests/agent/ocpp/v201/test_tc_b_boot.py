@@ -1,0 +1,120 @@
+"""OCTT 2.0.1 Provisioning, boot and reset (TC_B_01_CS .. TC_B_03_CS, TC_B_20_CS .. for Reset) over real
+websockets against the bundled CSMS, with the simulator's hardware underneath."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from agent.ocpp.v201.service import OcppService
+from simulator.csms import CsmsCallError
+from tests.agent.ocpp.v201.conftest import Octt201, eventually
+
+
+async def test_tc_b_01_cs_cold_boot_accepted(octt: Octt201) -> None:
+    """B01: BootNotification (PowerUp, the station's identity), Accepted -> HeartbeatInterval from interval,
+    then the status of every connector."""
+    octt.csms.heartbeat_interval = 123
+    await octt.start_agent()
+    boot = await octt.wait("BootNotification", within=10)
+    assert boot.payload["reason"] == "PowerUp"
+    assert boot.payload["chargingStation"]["vendorName"] == "cpsim"
+    assert boot.payload["chargingStation"]["model"]
+    status = await octt.wait_status("Available", evse_id=1, connector_id=1)
+    assert status.payload["timestamp"].endswith("Z")
+    assert octt.msgs()[0].action == "BootNotification"
+    service = octt.agent.service  # type: ignore[union-attr]
+    assert service.variables.integer("OCPPCommCtrlr", "HeartbeatInterval") == 123
+
+
+async def test_tc_b_02_cs_cold_boot_pending(octt: Octt201) -> None:
+    """B02: while Pending nothing but BootNotification is sent, again after ``interval``; a triggered
+    BootNotification (F06) may bring the Accepted early."""
+    octt.csms.boot_status = "Pending"
+    octt.csms.heartbeat_interval = 1
+    await octt.start_agent()
+    await octt.wait("BootNotification", count=2, within=5)  # the retry after interval (1 s)
+    assert {m.action for m in octt.msgs()} == {"BootNotification"}
+    octt.csms.boot_status = "Accepted"
+    octt.csms.heartbeat_interval = 300
+    answer = await octt.send("TriggerMessage", {"requestedMessage": "BootNotification"})
+    assert answer["status"] == "Accepted"
+    await octt.wait_status("Available", evse_id=1)
+    boots = octt.msgs("BootNotification")
+    assert len(boots) == 3  # the triggered one was Accepted: no retry at the 1 s interval any more
+    # Once Accepted, a triggered BootNotification is Rejected (F06.FR.17).
+    assert (await octt.send("TriggerMessage", {"requestedMessage": "BootNotification"}))["status"] == "Rejected"
+
+
+async def test_tc_b_03_cs_cold_boot_rejected(octt: Octt201) -> None:
+    """B03: Rejected -> every CSMS request is answered with SecurityError, nothing is sent until the
+    interval has passed, then BootNotification again."""
+    octt.csms.boot_status = "Rejected"
+    octt.csms.heartbeat_interval = 2
+    agent = await octt.start_agent()
+    await eventually(lambda: agent.service.boot_status == "Rejected", what="boot Rejected")
+    with pytest.raises(CsmsCallError) as refused:
+        await octt.send("TriggerMessage", {"requestedMessage": "Heartbeat"})
+    assert refused.value.code == "SecurityError"
+    assert {m.action for m in octt.msgs()} == {"BootNotification"}
+    octt.csms.boot_status = "Accepted"
+    second = await octt.wait("BootNotification", count=2, within=5)
+    first = octt.msgs("BootNotification")[0]
+    assert second.at - first.at >= 1.5  # waited for the interval
+    await octt.wait_status("Available", evse_id=1)
+    assert (await octt.send("TriggerMessage", {"requestedMessage": "Heartbeat"}))["status"] == "Accepted"
+
+
+async def test_network_side_restart_is_no_new_boot(octt: Octt201) -> None:
+    """A new 2.0.1 network side for the same run of the station (agent/ocpp/v16/boot_record.py) reconnects
+    without a BootNotification; it still reports the connectors' status."""
+    agent = await octt.start_agent()
+    await octt.booted()
+    first = agent.service
+    await first.stop()
+    first_task = agent._tasks[1]
+    first_task.cancel()
+    await asyncio.wait({first_task})
+    assert agent.station is not None
+    second = OcppService(agent.station, agent.config())
+    agent.service = second
+    agent._tasks[1] = asyncio.create_task(second.run())
+    assert second.boot_resumed
+    await octt.wait_status("Available", evse_id=1, count=2)
+    assert len(octt.msgs("BootNotification")) == 1
+
+
+async def test_tc_b_11_cs_reset_without_ongoing_transaction(octt: Octt201) -> None:
+    """B11: Reset OnIdle (and Immediate) of the station with no transaction: Accepted, the agent restarts and
+    boots with reason RemoteReset."""
+    agent = await octt.start_agent()
+    await octt.booted()
+    assert (await octt.send("Reset", {"type": "OnIdle"}))["status"] == "Accepted"
+    await asyncio.wait_for(agent.service.restart_requested.wait(), 5)
+    assert agent.service.restart_kind == "OnIdle"
+    await octt.restart_agent()
+    boot = await octt.wait("BootNotification", count=2, within=10)
+    assert boot.payload["reason"] == "RemoteReset"
+
+
+async def test_tc_b_12_cs_reset_evse(octt: Octt201) -> None:
+    """B12: Reset of one EVSE: Accepted, the EVSE goes out of service for a moment and comes back; an
+    unknown EVSE is Rejected. The station itself does not restart."""
+    agent = await octt.start_agent()
+    await octt.booted()
+    assert (await octt.send("Reset", {"type": "Immediate", "evseId": 9}))["status"] == "Rejected"
+    assert (await octt.send("Reset", {"type": "Immediate", "evseId": 1}))["status"] == "Accepted"
+    await octt.wait_status("Unavailable", evse_id=1)
+    await octt.wait_status("Available", evse_id=1, count=2)
+    assert not agent.service.restart_requested.is_set()
+
+
+async def test_security_event_goes_through_the_outbox(octt: Octt201) -> None:
+    """A04: SecurityEventNotification is queued durably (outbox) and delivered once Accepted."""
+    agent = await octt.start_agent()
+    agent.service.security_event("ReconfigurationOfSecurityParameters", "test")
+    event = await octt.wait("SecurityEventNotification", within=10)
+    assert event.payload["type"] == "ReconfigurationOfSecurityParameters"
+    assert event.payload["techInfo"] == "test"
+    await eventually(lambda: agent.service.outbox.depth() == 0, what="outbox drained")
