@@ -45,6 +45,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--site-meter", choices=["tcp", "rtu"], default="tcp",
                     help="site meter transport (rtu: on the connector meters' line when --meter rtu)")
     up.add_argument("--site-mode", choices=["off", "grid-limit", "solar", "solar+min"], default="grid-limit")
+    up.add_argument("--site-rotation", action="store_true",
+                    help="wire connector n's L1 to site phase n (mod 3), written as connectors[].site_phases")
     up.add_argument("-v", "--verbose", action="store_true")
 
     ctl = sub.add_parser("ctl", help="drive a running simulator")
@@ -115,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             site_meter=args.site_meter,
             site_mode=args.site_mode,
             ev_phases=args.ev_phases,
+            site_rotation=args.site_rotation,
         )
         problem = options.security_problem()
         if problem:

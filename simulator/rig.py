@@ -78,6 +78,12 @@ class RigOptions:
     site_meter: str = "tcp"  # "tcp" or "rtu" (on the connector meters' RS-485 line when they are RTU too)
     site_mode: str = "grid-limit"
     ev_phases: int = 3  # phases each simulated EV charges on (1 or 3)
+    site_rotation: bool = False  # connector n's L1 on site phase n (mod 3): 1-phase EVs spread over the phases
+
+    def site_phases(self, n: int) -> tuple[int, ...]:
+        """Site phases behind connector ``n``'s L1, L2, L3."""
+        k = (n - 1) % 3 if self.site_rotation else 0
+        return tuple((k + i) % 3 + 1 for i in range(3))
 
     def security_problem(self) -> str | None:
         """Why these security options cannot work (names the option), or None."""
@@ -156,6 +162,7 @@ class Rig:
             plant.plugged = bool(saved.get("plugged", {}).get(str(n), False))
             plant.ev.soc_percent = float(saved.get("soc", {}).get(str(n), plant.ev.soc_percent))
             plant.ev.phases = self.options.ev_phases
+            plant.site_phases = self.options.site_phases(n)
             board: PilotBoardEmulator | OpenEvseEmulator | CanPilotBoardEmulator
             if self.options.board == "openevse":
                 board = OpenEvseEmulator(plant, max_current_a=round(self.options.max_current_a))
@@ -312,8 +319,10 @@ class Rig:
                 f'lock = "board{n}"' if not o.fixed_cable else "fixed_cable = true",
                 f'meter = "meter{n}"',
                 'display = "display"',
-                "",
             ]
+            if o.site_fuse_a is not None:
+                lines += ["site_phases = [" + ", ".join(map(str, o.site_phases(n))) + "]"]
+            lines += [""]
         return "\n".join(lines) + o.extra_toml
 
     def _site_toml(self) -> list[str]:

@@ -115,7 +115,7 @@ async def _read_site_meter(config: dict[str, Any], check: Callable[[tuple[float,
 @pytest.mark.parametrize("transport", ["tcp", "rtu"])
 async def test_rig_site_meter_read_by_the_driver(tmp_path: Path, transport: str) -> None:
     options = RigOptions(directory=tmp_path, connectors=2, meter_transport=transport, site_fuse_a=35.0,
-                         site_meter=transport, site_mode="solar", ev_phases=1)
+                         site_meter=transport, site_mode="solar", ev_phases=1, site_rotation=True)
     rig = Rig(options)
     await rig.start()
     try:
@@ -124,14 +124,16 @@ async def test_rig_site_meter_read_by_the_driver(tmp_path: Path, transport: str)
         if transport == "rtu":  # on the connector meters' line, next device id
             assert config["devices"]["grid"]["serial_port"] == config["devices"]["meter1"]["serial_port"]
             assert config["devices"]["grid"]["device_id"] == 3
-        plant = rig.connectors[1].plant
-        plant.plugged = plant.relay_commanded_closed = True
-        plant.current_a = 16.0  # a 1-phase EV: site L1 only
+        assert [c["site_phases"] for c in config["connectors"]] == [[1, 2, 3], [2, 3, 1]]
+        for n, amps in ((1, 16.0), (2, 10.0)):  # 1-phase EVs: site L1 and, rotated, site L2
+            plant = rig.connectors[n].plant
+            plant.plugged = plant.relay_commanded_closed = True
+            plant.current_a = amps
         assert rig.control({"cmd": "site", "action": "load", "value": 6.9})["ok"]
         reply = rig.control({"cmd": "site", "action": "pv", "value": 13.8})  # -10 A per phase net of the house
-        assert reply["state"]["site"]["grid_current_a"] == pytest.approx([6.0, -10.0, -10.0])
-        assert reply["state"]["connectors"]["1"]["phase_currents_a"] == [16.0, 0.0, 0.0]
-        await _read_site_meter(config, lambda amps: amps == pytest.approx((6.0, -10.0, -10.0), abs=0.01))
+        assert reply["state"]["site"]["grid_current_a"] == pytest.approx([6.0, 0.0, -10.0])
+        assert reply["state"]["connectors"]["2"]["phase_currents_a"] == [10.0, 0.0, 0.0]
+        await _read_site_meter(config, lambda amps: amps == pytest.approx((6.0, 0.0, -10.0), abs=0.01))
     finally:
         await rig.stop()
 
