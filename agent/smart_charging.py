@@ -428,6 +428,20 @@ def composite(
     return Composite(begin, covered, tuple(out))
 
 
+def capped(schedule: Composite, amps: float | None) -> Composite:
+    """``schedule`` with no period above ``amps`` (an external limit such as the site allocation of local
+    energy management: a profile can lower the result, never raise it above that); equal neighbours merge."""
+    if amps is None or not math.isfinite(amps):
+        return schedule
+    out: list[CompositePeriod] = []
+    for period in schedule.periods:
+        period = CompositePeriod(period.start, min(period.amps, max(0.0, amps)), period.phases)
+        if out and (round(out[-1].amps, 3), out[-1].phases) == (round(period.amps, 3), period.phases):
+            continue
+        out.append(period)
+    return Composite(schedule.begin, schedule.duration_s, tuple(out))
+
+
 def next_change(profiles: Sequence[Profile], situation: Situation, after: float) -> float | None:
     """The first time after ``after`` at which some profile's contribution may change."""
     relevant = [p for p in profiles if not (p.kind is Kind.RELATIVE and situation.tx_start is None)]

@@ -185,6 +185,16 @@ class SmartCharging:
             cp_share=sum(1 for c in self._connectors.values() if c.session is not None),
         )
 
+    def _site_limit(self, connector_id: int) -> float | None:
+        """The site allocation now (local energy management, an external limit the composite includes);
+        for connector 0 the sum over the connectors. None: no site limit."""
+        views = self._connectors
+        if connector_id != 0:
+            return views[connector_id].site_limit_a
+        if all(c.site_limit_a is None for c in views.values()):
+            return None
+        return sum(c.max_current_a if c.site_limit_a is None else c.site_limit_a for c in views.values())
+
     def _voltage(self, connector: ConnectorView | None) -> float:
         """Measured phase voltage (whole volts, so noise does not move the limit), else 230 V."""
         connectors = [connector] if connector is not None else list(self._connectors.values())
@@ -274,7 +284,8 @@ class SmartCharging:
             return {"status": "Rejected"}
         now = round(self._svc.wall(), 3)  # as scheduleStart says it
         situation = self.situation(connector_id)
-        schedule = sc.composite(self.profiles, situation, now, duration, limits.max_periods)
+        schedule = sc.capped(sc.composite(self.profiles, situation, now, duration, limits.max_periods),
+                             self._site_limit(connector_id))
         try:
             start = ocpp_time(now)
         except (ValueError, OverflowError) as exc:  # a clock beyond what a timestamp can say
