@@ -28,14 +28,13 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509 import ocsp
-from cryptography.x509.oid import NameOID
+# cryptography (~8 MB resident) is imported by the functions that use it: the network side loads it only
+# when a certificate is handled, not to start.
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
 
 log = logging.getLogger("cpagent.certificates")
 
@@ -44,11 +43,7 @@ MANUFACTURER_ROOT = "ManufacturerRootCertificate"
 CHARGE_POINT = "ChargePointCertificate"
 ROOT_USES = (CENTRAL_SYSTEM_ROOT, MANUFACTURER_ROOT)
 
-HASH_ALGORITHMS: Mapping[str, type[hashes.HashAlgorithm]] = {
-    "SHA256": hashes.SHA256,
-    "SHA384": hashes.SHA384,
-    "SHA512": hashes.SHA512,
-}
+HASH_ALGORITHMS = ("SHA256", "SHA384", "SHA512")  # the classes of these names in cryptography's hashes
 
 InstallStatus = Literal["Accepted", "Rejected", "Failed"]
 DeleteStatus = Literal["Accepted", "Failed", "NotFound"]
@@ -86,11 +81,15 @@ class HashData:
 
 
 def fingerprint(cert: x509.Certificate) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
 
 def parse_pem_chain(text: str) -> list[x509.Certificate]:
     """All certificates of a PEM text, in order; CertificateError if there are none or one is broken."""
+    from cryptography import x509
+
     try:
         certs = x509.load_pem_x509_certificates(text.encode("ascii"))
     except (ValueError, UnicodeEncodeError) as exc:
@@ -110,6 +109,8 @@ def read_pem_file(path: Path) -> list[x509.Certificate]:
 
 
 def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
     if cert.issuer != issuer.subject:
         return False
     try:
@@ -121,8 +122,10 @@ def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 
 def hash_data(cert: x509.Certificate, issuer: x509.Certificate, algorithm: str = "SHA256") -> HashData:
     """The whitepaper's certificateHashData, computed as OCSP does (RFC 6960 CertID)."""
+    from cryptography.x509 import ocsp
+
     request = (
-        ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, HASH_ALGORITHMS[algorithm]()).build()
+        ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, _hash_algorithm(algorithm)).build()
     )
     return HashData(
         algorithm,
@@ -132,12 +135,23 @@ def hash_data(cert: x509.Certificate, issuer: x509.Certificate, algorithm: str =
     )
 
 
+def _hash_algorithm(name: str) -> hashes.HashAlgorithm:
+    from cryptography.hazmat.primitives import hashes
+
+    if name not in HASH_ALGORITHMS:
+        raise KeyError(name)
+    algorithm: hashes.HashAlgorithm = getattr(hashes, name)()
+    return algorithm
+
+
 def _valid_at(cert: x509.Certificate, now: float) -> bool:
     moment = dt.datetime.fromtimestamp(now, dt.UTC)
     return cert.not_valid_before_utc <= moment <= cert.not_valid_after_utc
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
+    from cryptography import x509
+
     try:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
     except x509.ExtensionNotFound:
@@ -180,6 +194,8 @@ class CertificateStore:
 
     def pem_bundle(self, use: str) -> str:
         """Every installed certificate of ``use`` as one PEM text ("" if none)."""
+        from cryptography.hazmat.primitives import serialization
+
         return "".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii") for c in self.installed(use))
 
     def count(self) -> int:
@@ -187,6 +203,8 @@ class CertificateStore:
 
     def install(self, use: str, pem: str, *, now: float) -> InstallStatus:
         """InstallCertificate: a single, currently valid CA certificate. Full store -> Failed."""
+        from cryptography.hazmat.primitives import serialization
+
         if use not in ROOT_USES:
             return "Rejected"
         try:
@@ -311,6 +329,11 @@ class CertificateStore:
 
     def create_csr(self, *, cpo_name: str, serial_number: str) -> str:
         """A new P-256 key (kept 0600 as the pending key) and its CSR: O = CpoName, CN = serial number."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
         key = ec.generate_private_key(ec.SECP256R1())
         _write_atomic(
             self.pending_key_path,
@@ -333,6 +356,9 @@ class CertificateStore:
         serial number, or does not lead to a trusted CentralSystemRootCertificate: one installed over OCPP
         or one of ``configured_roots`` (``[ocpp] ca_file``).
         """
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.x509.oid import NameOID
+
         if len(chain_pem) > max_size:
             raise CertificateError(f"chain longer than CertificateSignedMaxChainSize ({max_size})")
         chain = parse_pem_chain(chain_pem)

@@ -9,13 +9,14 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
 from ocpp.v16 import call
 
 from agent.certificates import CENTRAL_SYSTEM_ROOT, CertificateError, CertificateStore, HashData, read_pem_file
 from agent.ocpp.v16.rpc import OcppRpcError
 
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from agent.ocpp.v16.service import OcppService
 
 log = logging.getLogger("cpagent.ocpp.v16.certificates")

@@ -18,10 +18,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from ocpp.v16 import call
 
 from agent.ocpp.v16 import trigger
@@ -41,7 +37,10 @@ from agent.ocpp.v16.firmware import (
 from agent.ocpp.v16.transfer import TransferError, check_url, download, redact, upload
 from hal.tasks import cancel_and_wait
 
+# cryptography (~8 MB resident) is imported where a signature or certificate is checked, not to start.
 if TYPE_CHECKING:
+    from cryptography import x509
+
     from agent.ocpp.v16.service import OcppService
 
 log = logging.getLogger("cpagent.ocpp.v16.signed_firmware")
@@ -59,6 +58,8 @@ _WHITESPACE = re.compile(r"[ \t\r\n\f\v]+")
 
 
 def load_roots(directory: Path) -> list[x509.Certificate]:
+    from cryptography import x509
+
     roots: list[x509.Certificate] = []
     for path in sorted(directory.glob("*.pem")) if directory.is_dir() else []:
         try:
@@ -73,6 +74,8 @@ def _valid_at(cert: x509.Certificate, when: datetime) -> bool:
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    from cryptography.exceptions import InvalidSignature
+
     if cert.issuer != issuer.subject:
         return False
     try:
@@ -85,6 +88,8 @@ def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
 def certificate_problem(chain_pem: str, roots: list[x509.Certificate], when: datetime) -> str | None:
     """None if the leaf of ``chain_pem`` (optionally followed by intermediates) chains to one of ``roots``
     with every certificate valid at ``when``; otherwise why not."""
+    from cryptography import x509
+
     try:
         chain = x509.load_pem_x509_certificates(chain_pem.encode())
     except ValueError as exc:
@@ -123,6 +128,11 @@ def decode_signature(text: str) -> bytes:
 def signature_valid(chain_pem: str, signature_b64: str, digest: bytes) -> bool:
     """SHA-256 signature (base64, possibly wrapped in lines) by the signing certificate's key (RSA PKCS#1
     v1.5 or ECDSA) over the file whose SHA-256 is ``digest``."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+
     try:
         signature = decode_signature(signature_b64)
         key = x509.load_pem_x509_certificates(chain_pem.encode())[0].public_key()
