@@ -130,9 +130,12 @@ class _ObservedConnection:
         self._csms = csms
 
     async def recv(self) -> str | bytes:
-        raw = await self.websocket.recv()
-        self._csms._frame_in(self._id, raw)
-        return raw
+        while True:
+            raw = await self.websocket.recv()
+            self._csms._frame_in(self._id, raw)
+            # Answers to send_raw CALLs and hostile replies never reach the library.
+            if not await self._csms._intercepted(self._id, raw, self.send):
+                return raw
 
     async def send(self, message: str) -> None:
         self._csms.frame_log.write("out", self._id, message)
@@ -284,6 +287,12 @@ class Csms:
         self.certificate_signed_delay = 0.0
         self.certificate_signed_results: list[dict[str, Any]] = []
         self._background: set[asyncio.Future[Any]] = set()
+        # Tests of the station's robustness: ``hostile_reply(cp, action, unique_id, payload)`` may return
+        # the raw text answering a station CALL instead of the normal answer (None: answer normally);
+        # answers to CALLs put on the wire by ``send_raw`` are collected per unique id in ``raw_answers``.
+        self.hostile_reply: Callable[[str, str, str, dict[str, Any]], str | None] | None = None
+        self.raw_answers: dict[str, list[Any]] = defaultdict(list)
+        self._raw_call_ids: set[str] = set()
         self.frame_log = FrameLog(Path(log_path) if log_path else None)
         self._records = _Records()
         self._peers: dict[str, _Peer] = {}
@@ -396,6 +405,10 @@ class Csms:
         peer = self._peers.get(charge_point_id)
         if peer is None:
             raise LookupError(f"{charge_point_id} is not connected")
+        with contextlib.suppress(ValueError, TypeError, IndexError):
+            frame = json.loads(text)
+            if isinstance(frame, list) and frame[0] not in (3, 4) and isinstance(frame[1], str):
+                self._raw_call_ids.update((frame[1], "-1"))  # "-1": a 2.0.1 answer to an unreadable id
         self.frame_log.write("out", charge_point_id, text)
         await peer.websocket.send(text)
 
@@ -450,6 +463,28 @@ class Csms:
                 Received(str(frame[2]), frame[3], str(frame[1]), time.time())
             )
             self._notify()
+
+    async def _intercepted(self, charge_point_id: str, raw: str | bytes, send: Callable[[str], Any]) -> bool:
+        """Whether this frame was handled here: an answer to a send_raw CALL, or a CALL answered by
+        ``hostile_reply``."""
+        if self.hostile_reply is None and not self._raw_call_ids:
+            return False
+        try:
+            frame = json.loads(raw)
+        except ValueError:
+            return False
+        if not isinstance(frame, list) or len(frame) < 3 or not isinstance(frame[1], str):
+            return False
+        if frame[0] in (3, 4) and frame[1] in self._raw_call_ids:
+            self.raw_answers[frame[1]].append(frame)
+            self._notify()
+            return True
+        if frame[0] == 2 and self.hostile_reply is not None and len(frame) == 4 and isinstance(frame[3], dict):
+            text = self.hostile_reply(charge_point_id, str(frame[2]), frame[1], frame[3])
+            if text is not None:
+                await send(text)
+                return True
+        return False
 
     def _notify(self) -> None:
         async def wake() -> None:

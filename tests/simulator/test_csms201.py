@@ -241,3 +241,29 @@ async def test_process_speaks_the_version_asked_for(tmp_path: Path) -> None:
         if control.exists():
             os.unlink(control)
         control.parent.rmdir()
+
+
+async def test_hostile_replies_and_answers_to_raw_calls(csms: Csms, station: RawChargePoint) -> None:
+    await station.call("BootNotification", BOOT)
+    csms.hostile_reply = lambda cp, action, uid, payload: (
+        json_text([4, uid, "SecurityError", "no", {}]) if action == "Heartbeat" else None)
+    assert (await station.call("Heartbeat", {}))[2:] == ["SecurityError", "no", {}]
+    assert (await station.call("StatusNotification", {"timestamp": T, "connectorStatus": "Available", "evseId": 1,
+                                                      "connectorId": 1}))[0] == 3  # None: answered normally
+    assert [m.action for m in csms.messages("CS1")] == ["BootNotification", "Heartbeat", "StatusNotification"]
+    await csms.send_raw("CS1", json_text([2, "raw-1", "Reset", {"type": "Hard"}]))
+    await csms.send_raw("CS1", json_text([7, "raw-2", "Heartbeat", {}]))
+    first = json.loads(await asyncio.wait_for(station.connection.recv(), WAIT))
+    second = json.loads(await asyncio.wait_for(station.connection.recv(), WAIT))
+    assert (first[1], second[1]) == ("raw-1", "raw-2")
+    await station.connection.send(json_text([4, "raw-1", "FormatViolation", "", {}]))
+    await station.connection.send(json_text([4, "raw-2", "MessageTypeNotSupported", "", {}]))
+    await station.connection.send(json_text([4, "-1", "RpcFrameworkError", "", {}]))
+    await eventually(lambda: len(csms.raw_answers) == 3, WAIT, "the answers")
+    assert csms.raw_answers["raw-1"] == [[4, "raw-1", "FormatViolation", "", {}]]
+    assert csms.raw_answers["raw-2"][0][2] == "MessageTypeNotSupported"
+    assert csms.raw_answers["-1"][0][2] == "RpcFrameworkError"
+
+
+def json_text(frame: list[Any]) -> str:
+    return json.dumps(frame)
