@@ -484,6 +484,11 @@ class OcppSession:
     def closed(self) -> bool:
         return self._closed.is_set()
 
+    @property
+    def busy(self) -> bool:
+        """A CALL of ours is outstanding (or waiting for its turn)."""
+        return self._request_lock.locked()
+
     async def serve(self) -> None:
         """Receive and dispatch frames until the connection closes; then fail any pending request."""
         try:

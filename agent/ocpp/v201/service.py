@@ -183,6 +183,12 @@ class OcppService:
         session = self.link.session
         return self.accepted and session is not None and not session.closed
 
+    def session_idle(self) -> bool:
+        """Online with nothing to send and no CALL outstanding (everything so far was answered)."""
+        session = self.link.session
+        return (self.online and session is not None and not session.busy and not self._status_queue
+                and self.outbox.depth() == 0)
+
     def wall(self) -> float:
         """Wall time as the CSMS sees it (local clock + the offset learnt from its currentTime)."""
         return self.clock.wall() + self.clock_offset_s

@@ -1,0 +1,105 @@
+"""OCTT 2.0.1 Availability (TC_G_xx_CS): StatusNotification per EVSE/connector, Heartbeat, ChangeAvailability
+of an EVSE and of the station, the OfflineThreshold rule on reconnect; and UnlockConnector (F05), over real
+websockets against the bundled CSMS with the simulator's hardware underneath."""
+
+from __future__ import annotations
+
+from tests.agent.ocpp.v201.conftest import Octt201, eventually
+
+
+async def test_tc_g_01_cs_status_notification_on_change(octt: Octt201) -> None:
+    """G01: plugging the EV in is reported as Occupied on EVSE 1 connector 1, unplugging as Available."""
+    await octt.start_agent()
+    await octt.booted()
+    await octt.plugged()
+    occupied = await octt.wait_status("Occupied", evse_id=1)
+    assert set(occupied.payload) == {"timestamp", "connectorStatus", "evseId", "connectorId"}
+    octt.ctl("unplug", connector=1)
+    await octt.wait_status("Available", evse_id=1, count=2)
+
+
+async def test_tc_g_02_cs_heartbeat(octt: Octt201) -> None:
+    """G02: a Heartbeat every HeartbeatInterval (the interval of the accepted BootNotification)."""
+    octt.csms.heartbeat_interval = 1
+    await octt.start_agent()
+    await octt.booted()
+    first = await octt.wait("Heartbeat", within=4)
+    second = await octt.wait("Heartbeat", count=2, within=4)
+    assert 0.7 <= second.at - first.at <= 3.0
+
+
+async def test_tc_g_03_cs_change_availability_evse(octt: Octt201) -> None:
+    """G03: an EVSE to Inoperative -> Unavailable, back to Operative -> Available; it persists across a
+    restart; an unknown EVSE is Rejected."""
+    await octt.start_agent()
+    await octt.booted()
+    answer = await octt.send("ChangeAvailability", {"operationalStatus": "Inoperative", "evse": {"id": 1}})
+    assert answer["status"] == "Accepted"
+    await octt.wait_status("Unavailable", evse_id=1)
+    await octt.restart_agent()
+    await octt.wait("BootNotification", count=2, within=10)
+    await octt.wait_status("Unavailable", evse_id=1, count=2)
+    assert (await octt.send("ChangeAvailability", {"operationalStatus": "Operative", "evse": {"id": 1}}))[
+        "status"] == "Accepted"
+    await octt.wait_status("Available", evse_id=1, count=2)
+    unknown = await octt.send("ChangeAvailability", {"operationalStatus": "Inoperative", "evse": {"id": 7}})
+    assert unknown["status"] == "Rejected"
+
+
+async def test_tc_g_04_cs_change_availability_station(octt: Octt201) -> None:
+    """G04: the whole station Inoperative -> every EVSE Unavailable; Operative again -> Available. A change
+    to the state the station is already in is Accepted."""
+    await octt.start_agent()
+    await octt.booted()
+    assert (await octt.send("ChangeAvailability", {"operationalStatus": "Inoperative"}))["status"] == "Accepted"
+    await octt.wait_status("Unavailable", evse_id=1)
+    assert (await octt.send("ChangeAvailability", {"operationalStatus": "Operative"}))["status"] == "Accepted"
+    await octt.wait_status("Available", evse_id=1, count=2)
+    assert (await octt.send("ChangeAvailability", {"operationalStatus": "Operative"}))["status"] == "Accepted"
+
+
+async def test_offline_threshold_status_refresh(octt: Octt201) -> None:
+    """B04 / OfflineThreshold: offline longer than the threshold (0 s here) -> the status of every connector
+    again on reconnect, without a new BootNotification; RetryBackOff* gives the redial (1 s)."""
+    await octt.start_agent({"OCPPCommCtrlr/OfflineThreshold": 0})
+    await octt.booted()
+    await octt.csms.drop("CP1")
+    await octt.wait_status("Available", evse_id=1, count=2, within=6)
+    assert len(octt.msgs("BootNotification")) == 1
+
+
+async def test_offline_shorter_than_threshold_reports_only_changes(octt: Octt201) -> None:
+    """Offline shorter than OfflineThreshold: on reconnect only the connectors whose status changed."""
+    agent = await octt.start_agent({"OCPPCommCtrlr/OfflineThreshold": 600})
+    await octt.booted()
+    # The CSMS's answer has reached the station (else the status is rightly sent again).
+    await eventually(lambda: agent.service.session_idle(), what="no CALL outstanding")
+    before = len(octt.msgs("StatusNotification"))
+    await octt.csms.drop("CP1")
+    await eventually(lambda: agent.service.online and len(octt.csms.handshakes) >= 2, within=6,
+                     what="reconnected")
+    await octt.send("TriggerMessage", {"requestedMessage": "Heartbeat"})
+    await octt.wait("Heartbeat")
+    assert len(octt.msgs("StatusNotification")) == before
+
+
+async def test_tc_f_05_cs_unlock_connector(octt: Octt201) -> None:
+    """F05: UnlockConnector of the cable lock -> Unlocked (the lock really reports open); an unknown
+    connector -> UnknownConnector."""
+    await octt.start_agent()
+    await octt.booted()
+    answer = await octt.send("UnlockConnector", {"evseId": 1, "connectorId": 1})
+    assert answer["status"] == "Unlocked"
+    assert (await octt.send("UnlockConnector", {"evseId": 5, "connectorId": 1}))["status"] == "UnknownConnector"
+
+
+async def test_data_transfer_both_ways(octt: Octt201) -> None:
+    """P01/P02: the CSMS's DataTransfer to an unknown vendor -> UnknownVendorId; the station's DataTransfer
+    gets the CSMS's answer."""
+    agent = await octt.start_agent()
+    await octt.booted()
+    assert (await octt.send("DataTransfer", {"vendorId": "com.example"}))["status"] == "UnknownVendorId"
+    status, _ = await agent.service.data_transfer("com.example", "ping", {"n": 1})
+    assert status == "Accepted"
+    sent = await octt.wait("DataTransfer")
+    assert sent.payload == {"vendorId": "com.example", "messageId": "ping", "data": {"n": 1}}
