@@ -122,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     add("faults", "active faults with explanation and remedy")
     m = add("meter", "latest meter reading of a connector")
     m.add_argument("connector", type=int)
-    cfg = add("config", "OCPP configuration keys")
+    cfg = add("config", "OCPP configuration keys (1.6) or device model variables (2.0.1: Component/Variable)")
     csub = cfg.add_subparsers(dest="config_action", required=True)
     g = csub.add_parser("get")
     g.add_argument("key", nargs="?")

@@ -268,7 +268,7 @@ class DiagServer:
         if not isinstance(key, str) or not isinstance(value, str):
             raise DiagUsage("config_set needs string 'key' and 'value'")
         result = self._need_ocpp().diag_config_set(key, value)
-        if result in ("Rejected", "NotSupported"):
+        if result not in ("Accepted", "RebootRequired"):  # 1.6 Rejected/NotSupported; 2.0.1 also Unknown*
             raise DiagRefused(f"{key}: {result}")
         return {"key": key, "result": result}
 

@@ -258,6 +258,60 @@ def notify_reports(
     ]
 
 
+# -- cpctl config get / set ----------------------------------------------------------------------------
+
+
+def _diag_entry(dm: DeviceModel, key: str) -> Entry | str:
+    """``Component[@evse[.connector]]/Variable[.instance]`` (as ``DeviceModel.export`` names them)."""
+    component, sep, variable = key.partition("/")
+    if not sep or not component or not variable:
+        return "UnknownComponent"
+    name, _, where = component.partition("@")
+    evse_text, _, connector_text = where.partition(".")
+    try:
+        evse = int(evse_text) if evse_text else None
+        connector = int(connector_text) if connector_text else None
+    except ValueError:
+        return "UnknownComponent"
+    return dm.resolve(name, variable, evse=evse, connector=connector)
+
+
+def diag_config_get(dm: DeviceModel, keys: Sequence[str] | None) -> dict[str, Any]:
+    """cpctl config get: every readable variable, or the ones named (write-only ones without a value)."""
+    if not keys:
+        rows = [{"key": key, "readonly": _readonly(dm, key), "value": value} for key, value in dm.export().items()]
+        return {"configurationKey": rows, "unknownKey": []}
+    known: list[dict[str, Any]] = []
+    unknown: list[str] = []
+    for key in keys[:100]:
+        entry = _diag_entry(dm, key)
+        if not isinstance(entry, Entry):
+            unknown.append(key)
+            continue
+        row: dict[str, Any] = {"key": entry.storage_key, "readonly": entry.spec.mutability is Mutability.READ_ONLY}
+        got = dm.get_entry(entry)
+        if got.value is not None:
+            row["value"] = got.value
+        known.append(row)
+    return {"configurationKey": known, "unknownKey": unknown}
+
+
+def _readonly(dm: DeviceModel, key: str) -> bool:
+    entry = _diag_entry(dm, key)
+    return not isinstance(entry, Entry) or entry.spec.mutability is Mutability.READ_ONLY
+
+
+def diag_config_set(dm: DeviceModel, key: str, value: str) -> str:
+    """cpctl config set: validated as SetVariables; a local technician may do what the CSMS may."""
+    entry = _diag_entry(dm, key)
+    if not isinstance(entry, Entry):
+        return entry
+    result = dm.set_entry(entry, value, source="local")
+    if result.status == "Rejected":
+        return f"Rejected ({result.reason}: {result.info})" if result.info else f"Rejected ({result.reason})"
+    return result.status
+
+
 # -- the feature -----------------------------------------------------------------------------------------
 
 
@@ -265,7 +319,11 @@ class Provisioning:
     """Get/SetVariables, GetBaseReport, GetReport over the service's DeviceModel."""
 
     def __init__(self, service: OcppService) -> None:
+        from agent.ocpp.v201.diagnostics import OcppDiagnosticsAdapter
+
         self.service = service
+        # cpctl (the diagnostic socket, on this network side) reads and sets the device model through this.
+        service.station.attach_network_diagnostics(OcppDiagnosticsAdapter(service))
         self._reports: dict[int, tuple[list[Entry], bool]] = {}  # accepted, waiting for its after-hook
         self._in_flight: set[int] = set()  # being sent
         self._sending = asyncio.Lock()
@@ -312,13 +370,11 @@ class Provisioning:
         await self._send_report(request_id)
 
     async def _request(self, message: call.NotifyReport) -> Any:
-        service = self.service
-        session = service.link.session
-        if not service.accepted and session is not None and not session.closed:
-            # B02 (TC_B_02_CS): while the boot is Pending the CSMS may ask for reports, and the station
-            # sends the NotifyReport messages it asked for (handlers are never reached while Rejected).
-            return await session.request(message)
-        return await service.request(message)
+        if self.service.accepted:
+            return await self.service.request(message)
+        # B02 (TC_B_02_CS): while the boot is Pending the CSMS may ask for reports, and the station sends
+        # the NotifyReport messages it asked for (handlers are never reached while Rejected).
+        return await self.service.triggered(message)
 
     def _accept(self, request_id: int, entries: list[Entry], *, summary: bool) -> dict[str, Any]:
         if request_id in self._reports or request_id in self._in_flight:
@@ -352,6 +408,7 @@ class Provisioning:
 
 
 __all__ = [
-    "CRITERIA", "MAX_QUEUED_REPORTS", "Provisioning", "base_entries", "check_request", "chunks",
+    "CRITERIA", "MAX_QUEUED_REPORTS", "Provisioning", "base_entries", "check_request", "chunks", "diag_config_get",
+    "diag_config_set",
     "get_variables", "notify_reports", "report_item", "request_size", "select_entries", "set_variables",
 ]

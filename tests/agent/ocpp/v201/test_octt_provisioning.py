@@ -5,8 +5,12 @@ NotifyReport in tbc / seqNo chunks."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from typing import Any
+
+import pytest
 
 from tests.agent.ocpp.v201.conftest import Octt201, eventually
 
@@ -89,3 +93,36 @@ async def test_tc_b_07_08_base_report_and_custom_report_in_chunks(octt: Octt201)
                                            "componentVariable": [{"component": {"name": "NoSuchCtrlr"}}]})
     assert answer["status"] == "EmptyResultSet"
     assert not [m for m in octt.msgs("NotifyReport") if m.payload["requestId"] == 9]
+
+
+async def test_cpctl_config_get_set_reach_the_device_model(octt: Octt201, capsys: pytest.CaptureFixture[str]) -> None:
+    from agent.ctl import main as cpctl_main
+
+    agent = await octt.start_agent()
+    await octt.booted()
+    sock = str(octt.rig.dir / "diag.sock")
+
+    async def cpctl(*args: str) -> tuple[int, str, str]:
+        code = await asyncio.to_thread(cpctl_main, ["--socket", sock, *args])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, out, _ = await cpctl("config", "get", "OCPPCommCtrlr/HeartbeatInterval")
+    assert code == 0 and out.strip() == "OCPPCommCtrlr/HeartbeatInterval = 300"  # the boot's interval
+    code, out, _ = await cpctl("config", "set", "OCPPCommCtrlr/HeartbeatInterval", "45")
+    assert code == 0 and out.strip() == "OCPPCommCtrlr/HeartbeatInterval: Accepted"
+    assert agent.service.variables.value("OCPPCommCtrlr", "HeartbeatInterval") == 45
+    code, _, err = await cpctl("config", "set", "SecurityCtrlr/Identity", "other")
+    assert code == 1 and "ReadOnly" in err
+    code, _, err = await cpctl("config", "set", "TxCtrlr/EVConnectionTimeOut", "0")
+    assert code == 1 and "ValueOutOfRange" in err
+    code, _, err = await cpctl("config", "set", "NoSuchCtrlr/Enabled", "true")
+    assert code == 1 and "UnknownComponent" in err
+    code, out, _ = await cpctl("config", "get", "EVSE@1/AvailabilityState")
+    assert code == 0 and out.strip() == "EVSE@1/AvailabilityState = Available (read-only)"
+    code, out, _ = await cpctl("config", "get", "NoSuchCtrlr/Enabled")
+    assert code == 1 and "unknown key" in out
+    code, out, _ = await cpctl("--json", "config", "get")
+    keys = {row["key"] for row in json.loads(out)["configurationKey"]}
+    assert {"TxCtrlr/TxStartPoint", "Connector@1.1/ConnectorType"} <= keys
+    assert "SecurityCtrlr/BasicAuthPassword" not in keys
