@@ -104,6 +104,7 @@ class Station:
         self.ocpp_diagnostics: NetworkDiagnostics | None = None  # attached by the OCPP service when configured
         self.supervisor = Supervisor(on_crash=self._on_task_crash, on_give_up=self._on_task_give_up)
         self._shared = SharedResources(self.db, self.sessions, self.eventlog, self.clock)
+        self._site_tasks: set[asyncio.Task[None]] = set()
         self.site = self._site_controller(config)  # local energy management (issue 15), None when off
 
     # ----------------------------------------------------------------- the station interface (StationPort)
@@ -255,9 +256,26 @@ class Station:
             loads=lambda: [load_of(c) for c in self.connectors.values()],
             apply=lambda cid, amps, reason: self.connectors[cid].set_site_limit(amps, reason),
             on_fault=self._on_site_fault,
+            switch=self._site_phase_switch,
         )
         site.step()  # the failsafe current until the site meter has answered: nothing starts above it
         return site
+
+    def _site_phase_switch(self, connector_id: int, phases: int) -> None:
+        """The solar rules ask for a 1/3-phase switch: run the IEC sequence in its own task."""
+
+        async def switch() -> None:
+            try:
+                await self.connectors[connector_id].switch_phases(phases)
+            except Exception as exc:  # refused or failed: logged by the switcher; the rules try again later
+                log.info("connector %d: phase switch to %d not done: %s", connector_id, phases, exc)
+
+        try:
+            task = asyncio.get_running_loop().create_task(switch())
+        except RuntimeError:  # no loop yet (the first step runs in __init__): the rules ask again
+            return
+        self._site_tasks.add(task)
+        task.add_done_callback(self._site_tasks.discard)
 
     def _on_site_fault(self, active: bool, detail: str) -> None:
         """The site meter is a station-level fault (connector 0, like the reader's)."""

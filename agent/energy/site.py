@@ -72,13 +72,18 @@ class ConnectorLoad:
     site_phases: tuple[int, ...]  # site phase of the connector's L1, L2, L3 (as wired)
     measured_a: tuple[float | None, ...] | None  # per connector phase; None without a (fresh) meter
     started_s: float = 0.0  # session start (wall), for the pause order
+    supply_phases: int = 3  # phases the board supplies now (a phase switch changes it)
+    can_switch: bool = False  # the board can switch 1/3 phases for this session now (cap not reached)
 
 
 def load_of(connector: Connector) -> ConnectorLoad:
     c = connector.controller
     sample = connector.meter.latest if connector.meter is not None else None
     session = connector.session
-    wired = connector.config.site_phases[: connector.config.phases] or connector.config.site_phases
+    switcher = connector.phase_switcher
+    supply = switcher.active_phases()
+    supplied = min(connector.config.phases, supply)
+    wired = connector.config.site_phases[:supplied] or connector.config.site_phases
     return ConnectorLoad(
         connector_id=connector.id,
         active=session is not None and c.ev_connected() and connector.available and not connector.maintenance,
@@ -88,6 +93,8 @@ def load_of(connector: Connector) -> ConnectorLoad:
         site_phases=tuple(wired),
         measured_a=sample.current_a if sample is not None else None,
         started_s=session.start_wall if session is not None else 0.0,
+        supply_phases=supply,
+        can_switch=switcher.refusal(1 if supply == 3 else 3) is None,
     )
 
 
@@ -165,7 +172,7 @@ class SiteController:
         loads: Callable[[], Sequence[ConnectorLoad]],
         apply: Callable[[int, float | None, str], None],
         on_fault: Callable[[bool, str], None],
-        solar: Any = None,
+        switch: Callable[[int, int], None] | None = None,
     ) -> None:
         self.config = config
         self.meter = meter
@@ -173,7 +180,8 @@ class SiteController:
         self.loads = loads
         self.apply = apply
         self.on_fault = on_fault
-        self.solar = solar  # agent.energy.solar.SolarPolicy for the solar modes (see _solar_capacity)
+        self.switch = switch  # asks a connector for a 1/3-phase switch (solar modes with phase_switching)
+        self.solar: Any = None  # agent.energy.solar.SolarSite in the solar modes, made on first use
         self.failsafe = False
         self.fault_raised = False
         self.started_at = clock.monotonic()
@@ -250,12 +258,7 @@ class SiteController:
         if cfg.phases == 1:
             capacity = (capacity[0], 0.0, 0.0)
         reason = REASON_FUSE
-        solar = self._solar_capacity(grid, loads, now)
-        if solar is not None:
-            limited = tuple(min(a, b) for a, b in zip(capacity, solar, strict=True))
-            if any(s < c for s, c in zip(solar, capacity, strict=True)):
-                reason = REASON_SOLAR
-            capacity = (limited[0], limited[1], limited[2])
+        solar = self._solar_caps(grid, loads, now)  # connector -> solar current (0 = paused), None: no solar
         self.last_capacity = capacity
         overloaded = any(grid.current_a[p] > cfg.main_fuse_a for p in range(cfg.phases))
         demands: list[Demand] = []
@@ -269,42 +272,69 @@ class SiteController:
                     load.offered_a, NOT_FOLLOWING_PAUSE_S,
                 )
             paused = self._paused_until.get(load.connector_id, -math.inf) > now
+            cap = solar.get(load.connector_id) if solar is not None else None
             demands.append(
                 Demand(
                     connector_id=load.connector_id,
-                    limit_a=load.own_limit_a,
+                    limit_a=load.own_limit_a if cap is None else min(load.own_limit_a, cap),
                     phases=phases,
                     drawn_a=self._drawn_if_settled(load, now),
-                    active=load.active and not paused,
+                    active=load.active and not paused and (cap is None or cap > 0),
                     offered_a=load.offered_a if load.relay_closed else None,
                     started_s=load.started_s,
                 )
             )
         allocations = allocate(capacity, demands, min_current_a=IEC_MIN_A, binding_reason=reason)
         for load, demand, allocation in zip(loads, demands, allocations, strict=True):
+            cap = solar.get(load.connector_id) if solar is not None else None
+            solar_binds = cap is not None and cap < load.own_limit_a and allocation.binding == "connector"
             if demand.active:
-                self._set(load.connector_id, allocation.current_a, reason)
+                self._set(load.connector_id, allocation.current_a, REASON_SOLAR if solar_binds else reason)
+            elif load.active and cap == 0.0 and self._paused_until.get(load.connector_id, -math.inf) <= now:
+                self._set(load.connector_id, 0.0, REASON_SOLAR)  # no surplus: paused by the solar rules
             elif load.active:  # paused for not following
                 self._set(load.connector_id, 0.0, REASON_FUSE, force=True)
             else:
                 phases = load.site_phases if cfg.phases == 3 else (1,)
                 self._set(load.connector_id, idle_limit(capacity, allocations, demands, phases), reason, force=True)
 
-    def _solar_capacity(
-        self, grid: GridSample, loads: Sequence[ConnectorLoad], now: float
-    ) -> tuple[float, float, float] | None:
-        """Per-phase current the solar policy grants the EVs, or None outside the solar modes."""
-        if self.config.mode not in ("solar", "solar+min") or self.solar is None:
+    def _solar_caps(self, grid: GridSample, loads: Sequence[ConnectorLoad], now: float) -> dict[int, float] | None:
+        """Per connector with a session: the current the solar rules grant (0 = pause), None outside the
+        solar modes. Asks for a phase switch when the rules want one and the board can."""
+        if self.config.mode not in ("solar", "solar+min"):
             return None
-        ev_power = sum(ev_currents(loads)) * VOLTAGE_V
-        surplus_w = ev_power - sum(grid.power_w)
-        running = any(load.active and load.relay_closed and load.offered_a > 0 for load in loads)
-        phases = self.config.phases
-        decision = self.solar.step(now, surplus_w, running, phases, self.config.phase_switching)
-        if not decision.run:
-            return (0.0, 0.0, 0.0)
-        amps = max(0.0, float(decision.current_a))
-        return (amps, amps if phases == 3 else 0.0, amps if phases == 3 else 0.0)
+        from agent.energy.solar import SolarSession, SolarSettings, SolarSite
+
+        if self.solar is None:
+            c = self.config
+            self.solar = SolarSite(SolarSettings(
+                mode=c.mode, min_current_a=c.min_current_a, phase_switching=c.phase_switching,
+                solar_start_delay_s=c.solar_start_delay_s, solar_stop_delay_s=c.solar_stop_delay_s,
+                solar_min_run_s=c.solar_min_run_s, solar_min_pause_s=c.solar_min_pause_s,
+                solar_import_margin_w=c.solar_import_margin_w, voltage_v=VOLTAGE_V,
+            ))
+        active = sorted((x for x in loads if x.active), key=lambda x: (x.started_s, x.connector_id))
+        sessions = [
+            SolarSession(
+                connector_id=x.connector_id,
+                running=x.relay_closed and x.offered_a > 0,
+                phases=x.supply_phases,
+                drawn_w=sum(a for a in (x.measured_a or ()) if a is not None and _finite(a)) * VOLTAGE_V
+                if x.measured_a is not None else (x.offered_a * x.supply_phases * VOLTAGE_V if x.relay_closed else 0.0),
+                limit_a=x.own_limit_a,
+                phase_switching=x.can_switch,
+            )
+            for x in active
+        ]
+        decisions = self.solar.step(now, sum(grid.power_w), sessions)
+        caps: dict[int, float] = {}
+        for x in active:
+            decision = decisions[x.connector_id]
+            if decision.phases != x.supply_phases and x.can_switch and self.switch is not None:
+                self.switch(x.connector_id, decision.phases)
+            amps = float(decision.current_a) if decision.run else 0.0
+            caps[x.connector_id] = math.floor(amps * 10) / 10 if math.isfinite(amps) else x.own_limit_a
+        return caps
 
     def _track_offers(self, loads: Sequence[ConnectorLoad], now: float) -> None:
         for load in loads:

@@ -78,7 +78,8 @@ class Harness:
         self.loads = loads
         self.applied: dict[int, tuple[float | None, str]] = {}
         self.faults: list[tuple[bool, str]] = []
-        config = SiteConfig(meter="grid", main_fuse_a=site.pop("fuse", 16.0), mode="grid-limit", **site)
+        fuse, mode = site.pop("fuse", 16.0), site.pop("mode", "grid-limit")
+        config = SiteConfig(meter="grid", main_fuse_a=fuse, mode=mode, **site)
         self.site = SiteController(
             config, self.meter, self.clock, lambda: self.loads,
             lambda cid, amps, reason: self.applied.__setitem__(cid, (amps, reason)),
@@ -151,6 +152,31 @@ def test_an_idle_connector_is_offered_only_what_is_free() -> None:
     assert h.applied[1] == (11.0, "site-fuse") and h.applied[2] == (0.0, "site-fuse")  # 0 A free
     assert idle_limit((20.0, 20.0, 20.0), [], [], (1, 2, 3)) == 20.0
     assert idle_limit((20.0, 5.0, 20.0), [], [], (1, 2, 3)) == 0.0
+
+
+def exporting(watts_per_phase: float) -> tuple[float, float, float]:
+    amps = -watts_per_phase / 230.0
+    return (amps, amps, amps)
+
+
+def test_solar_mode_starts_after_the_delay_and_follows_the_surplus() -> None:
+    h = Harness([load(1)], mode="solar", solar_start_delay_s=10.0, solar_min_pause_s=0.0)
+    h.run(5.0, answer=exporting(2300.0))  # 6.9 kW export: 10 A per phase of surplus
+    assert h.applied[1] == (0.0, "solar"), "waiting for the start delay"
+    h.run(6.0, answer=exporting(2300.0))
+    assert h.applied[1] == (10.0, "solar")  # the surplus, below the 16 A fuse share
+    # The EV draws its 10 A: the export is gone, the surplus stays (export + what the EV draws).
+    h.loads = [load(1, offered=10.0, measured=10.0)]
+    h.run(1.0, answer=(0.0, 0.0, 0.0))
+    assert h.applied[1] == (10.0, "solar")
+
+
+def test_solar_plus_min_never_pauses_and_the_fuse_still_binds() -> None:
+    h = Harness([load(1, offered=6.0, measured=6.0)], mode="solar+min", min_current_a=6.0)
+    h.run(1.0, answer=(6.0, 6.0, 6.0))  # no sun: the minimum from the grid
+    assert h.applied[1] == (6.0, "solar")
+    h.run(1.0, answer=(20.0, 20.0, 20.0))  # the house takes 14 A of the 15: the minimum does not fit
+    assert h.applied[1] == (0.0, "site-fuse")
 
 
 # ----------------------------------------------------------------------------- [site] configuration
