@@ -45,7 +45,7 @@ class CoreHandlers:
         if evse is None or int(evse.get("id", 0)) == 0:
             level, targets = (0, 0), list(ids)
         else:
-            evse_id, connector_id = int(evse["id"]), evse.get("connectorId")
+            evse_id, connector_id = int(evse["id"]), evse.get("connector_id")
             if evse_id not in ids or connector_id not in (None, 1):
                 return {"status": "Rejected", "statusInfo": {"reasonCode": "UnknownEvse"}}
             level, targets = (evse_id, 0 if connector_id is None else 1), [evse_id]
@@ -135,7 +135,7 @@ class CoreHandlers:
         await self._svc.heartbeat()
 
     def _accept_status(self, evse: Mapping[str, Any] | None) -> str:
-        if evse is not None and evse.get("connectorId") not in (None, 1):
+        if evse is not None and evse.get("connector_id") not in (None, 1):
             return "Rejected"
         return "Accepted"
 

@@ -88,7 +88,8 @@ class BootStatus(StrEnum):
 
 
 # TriggerMessage hooks: ``accept(evse)`` says Accepted / Rejected / NotImplemented before the answer goes
-# out, ``send(evse)`` runs once it has (evse: the request's {"id", "connectorId"} or None).
+# out, ``send(evse)`` runs once it has. evse: the request's {"id", "connector_id"} (snake_case, as handlers
+# get it) or None.
 TriggerAccept = Callable[[Mapping[str, Any] | None], str]
 TriggerSend = Callable[[Mapping[str, Any] | None], Awaitable[None]]
 # Sends one outbox entry; returns normally once acked/deferred/dropped, raises ConnectionLost.
