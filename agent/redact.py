@@ -10,7 +10,9 @@ In a logged frame
 
 * a member whose name resembles a secret (``SECRET_WORDS``, any case, ``_``/``-`` ignored), and every
   member but ``key``/``readonly`` of an object whose ``key`` names a secret (ChangeConfiguration.req,
-  GetConfiguration.conf entries) read ``"***"``;
+  GetConfiguration.conf entries) read ``"***"``; likewise the value members (``attributeValue``,
+  ``value``, ``actualValue``, ``variableAttribute``) of an object whose ``variable.name`` names a secret
+  (OCPP 2.0.1 SetVariables / GetVariables / NotifyReport entries of SecurityCtrlr.BasicAuthPassword);
 * ``idTag``/``parentIdTag`` values are masked like cpctl masks them (``mask``; also
   ``mask_id_tags`` / ``mask_id_tags_in_text`` for the diagnostics archive);
 * a string holding JSON that mentions a secret is redacted inside; other strings mentioning a secret go
@@ -44,6 +46,8 @@ REDACTED = "***"
 SECRET_WORDS = ("authorizationkey", "password", "passwd", "passphrase", "secret", "private")
 ID_TAG_MEMBERS = frozenset({"idtag", "parentidtag"})
 _KEEP_BESIDE_SECRET_KEY = frozenset({"key", "readonly"})
+# OCPP 2.0.1: members holding the value of the variable named beside them (folded names)
+_VALUES_OF_SECRET_VARIABLE = frozenset({"attributevalue", "value", "actualvalue", "variableattribute"})
 
 _UNICODE_ESCAPE = re.compile(r"\\+u([0-9a-fA-F]{4})")
 _QUOTED_OR_BARE = r"""(?:(["'])(?:\\.|(?!\2).)*?\2|[^\s,;}\])]+)"""
@@ -102,10 +106,18 @@ def redact_json(value: Any) -> Any:
             isinstance(k, str) and k.casefold() == "key" and isinstance(v, str) and is_secret_name(v)
             for k, v in value.items()
         )
+        variable = value.get("variable")
+        secret_variable = (
+            isinstance(variable, dict) and isinstance(variable.get("name"), str) and is_secret_name(variable["name"])
+        )
         out: dict[Any, Any] = {}
         for k, v in value.items():
             name = str(k)
-            if is_secret_name(name) or (names_secret and name.casefold() not in _KEEP_BESIDE_SECRET_KEY):
+            if (
+                is_secret_name(name)
+                or (names_secret and name.casefold() not in _KEEP_BESIDE_SECRET_KEY)
+                or (secret_variable and _folded(name) in _VALUES_OF_SECRET_VARIABLE)
+            ):
                 out[k] = REDACTED
             elif _folded(name) in ID_TAG_MEMBERS and isinstance(v, str):
                 out[k] = mask(v)

@@ -5,6 +5,7 @@ read side, since only views are read)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -329,3 +330,18 @@ def test_bound_facts_from_other_parts() -> None:
     assert dm.value("LocalAuthListCtrlr", "Entries") == 12
     dm.bind("certificate_entries", lambda: 3)
     assert dm.value("SecurityCtrlr", "CertificateEntries") == 3
+
+
+def test_frames_never_show_the_basic_auth_password() -> None:
+    from agent.redact import LoggedFrame
+
+    set_request = [2, "1", "SetVariables", {"setVariableData": [
+        {"attributeValue": "0123456789abcdefSECRET", "component": {"name": "SecurityCtrlr"},
+         "variable": {"name": "BasicAuth\\u0050assword"}},
+        {"attributeValue": "60", "component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}},
+    ]}]
+    text = str(LoggedFrame(json.dumps(set_request).replace("\\\\u0050", "\\u0050")))
+    assert "SECRET" not in text and '"attributeValue":"60"' in text and "SecurityCtrlr" in text
+    report = [2, "2", "NotifyReport", {"reportData": [{"component": {"name": "SecurityCtrlr"},
+              "variable": {"name": "BasicAuthPassword"}, "variableAttribute": [{"value": "0123456789abcdefSECRET"}]}]}]
+    assert "SECRET" not in str(LoggedFrame(json.dumps(report)))
