@@ -119,14 +119,19 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if args.command == "check-config":
+        from agent.config import ConfigError
         from hal import DeviceError
 
         config = load_or_exit(args.config)
         try:
             from agent.station import build_devices
 
-            build_devices(config)
-        except DeviceError as exc:
+            devices = build_devices(config)
+            if config.site.enabled:  # the [site] meter must provide the site_meter role
+                from agent.energy.site import find_site_meter
+
+                find_site_meter(config.site, devices)
+        except (DeviceError, ConfigError) as exc:
             print(f"cpagent: configuration error: {exc}", file=sys.stderr)
             return 2
         print(f"{args.config}: ok ({len(config.connectors)} connector(s), {len(config.devices)} device(s))")
