@@ -125,7 +125,7 @@ class VersionRunner:
                 subprotocol, connection = self._switch
                 self._switch = None
                 self._switched.clear()
-                log.warning("the CSMS selected %s: switching from %s", subprotocol, self.speaks)
+                log.info("the CSMS selected %s: switching from %s", subprotocol, self.speaks)
                 self.port.detach()
                 self.port = DetachablePort(self.station)
                 self.speaks = subprotocol
