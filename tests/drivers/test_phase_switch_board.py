@@ -100,3 +100,24 @@ async def test_a_board_without_phase_contactor_says_so() -> None:
         board.set_phases(1)
         await wait_for(lambda: emulator.decoder.counters["unknown_frames"] == 1, what="ignored as unknown")
         assert emulator.plant.supply_phases == 3
+
+
+async def test_can_board_switches_phases_over_the_bus() -> None:
+    from tests.drivers.test_can_pilot_board import Pair
+
+    pair = Pair()
+    tasks = [asyncio.create_task(pair.emulator.run()), asyncio.create_task(pair.board.run())]
+    try:
+        board, plant = pair.board, pair.plant
+        await wait_for(board.supports_phase_switching, what="PhaseState over CAN")
+        board.set_phases(1)
+        await wait_for(lambda: board.phases() == 1 and plant.supply_phases == 1, what="1 phase")
+        board.close_relay()
+        await wait_for(lambda: board.feedback_closed is True, what="relay closed")
+        board.set_phases(3)
+        await wait_for(lambda: pair.emulator.phase_commands_refused == 1, what="refused under load")
+        assert board.phases() == 1 and plant.phase_switches_under_load == 0
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
