@@ -165,7 +165,8 @@ VARIABLES: tuple[VariableSpec, ...] = (
     _v("OCPPCommCtrlr", "MessageAttemptInterval", INT, "60", instance="TransactionEvent", unit="s", min=0,
        max=86400, required=True),
     _v("OCPPCommCtrlr", "MessageAttempts", INT, "3", instance="TransactionEvent", min=1, max=100, required=True),
-    _v("OCPPCommCtrlr", "NetworkConfigurationPriority", SEQ, "0", values=tuple(str(i) for i in range(8)),
+    # configuration slots; slot 1 is the [ocpp] endpoint of the TOML (SetNetworkProfile may fill others)
+    _v("OCPPCommCtrlr", "NetworkConfigurationPriority", SEQ, "1", values=("1", "2", "3", "4", "5"),
        required=True, reboot_required=True, min_items=1),
     _v("OCPPCommCtrlr", "NetworkProfileConnectionAttempts", INT, "3", min=1, max=100, required=True),
     _v("OCPPCommCtrlr", "OfflineThreshold", INT, "60", unit="s", min=0, max=86400 * 7, required=True),
@@ -220,7 +221,7 @@ VARIABLES: tuple[VariableSpec, ...] = (
     _v("SecurityCtrlr", "Enabled", B, "true", RO),
     _v("SecurityCtrlr", "AdditionalRootCertificateCheck", B, "false", RO, presettable=True),
     _v("SecurityCtrlr", "BasicAuthPassword", S, None, WO, min=16, max=40),
-    _v("SecurityCtrlr", "CertificateEntries", INT, None, RO, source="certificate_entries", required=True),
+    _v("SecurityCtrlr", "CertificateEntries", INT, None, RO, source="certificate_entries", max=50, required=True),
     _v("SecurityCtrlr", "CertSigningRepeatTimes", INT, "3", min=0, max=100),
     _v("SecurityCtrlr", "CertSigningWaitMinimum", INT, "60", unit="s", min=1, max=86400),
     _v("SecurityCtrlr", "Identity", S, None, RO, source="identity", max=48),

@@ -21,6 +21,7 @@ from agent.ocpp.v201.configuration import (
     chunks,
     get_variables,
     notify_reports,
+    report_item,
     select_entries,
     set_variables,
 )
@@ -55,7 +56,7 @@ def test_get_and_set_variables_answers_fit_the_schema() -> None:
         {**cv("OCPPCommCtrlr", "HeartbeatInterval"), "attribute_value": "42"},
         {**cv("OCPPCommCtrlr", "HeartbeatInterval"), "attribute_value": "-1"},
         {**cv("SecurityCtrlr", "Identity"), "attribute_value": "X"},
-        {**cv("OCPPCommCtrlr", "NetworkConfigurationPriority"), "attribute_value": "1"},
+        {**cv("OCPPCommCtrlr", "NetworkConfigurationPriority"), "attribute_value": "2,1"},
         {**cv("TxCtrlr", "TxStartPoint"), "attribute_value": "EVConnected", "attribute_type": "Target"},
         {**cv("NoCtrlr", "Enabled"), "attribute_value": "true"},
     ]
@@ -160,3 +161,81 @@ def test_get_report_selection() -> None:
     both = select_entries(dm, [{"component": {"name": "AuthCtrlr"}}], ["Enabled"])
     assert {e.spec.component for e in both} == {"AuthCtrlr"}
     assert select_entries(dm, None, ["Problem"]) == []  # nothing is faulted
+
+
+# OCTT TC_B_53_CS (Part 6): the Core variables a FullInventory must report, with mutability and dataType
+# ("RW|RO": either is accepted), and maxLimit > 0 where the test case says so.
+TC_B_53_REQUIRED = """
+AlignedDataCtrlr Interval - RW integer s
+AlignedDataCtrlr Measurands - RW MemberList max
+AlignedDataCtrlr TxEndedInterval - RW integer s
+AlignedDataCtrlr TxEndedMeasurands - RW MemberList max
+AuthCtrlr AuthorizeRemoteStart - RW|RO boolean
+AuthCtrlr LocalAuthorizeOffline - RW boolean
+AuthCtrlr LocalPreAuthorize - RW boolean
+ChargingStation AvailabilityState - RO OptionList
+ChargingStation Available - RO boolean
+ChargingStation SupplyPhases - RO integer
+ClockCtrlr DateTime - RO dateTime
+ClockCtrlr TimeSource - RW SequenceList
+Connector AvailabilityState - RO OptionList
+Connector Available - RO boolean
+Connector ConnectorType - RO string
+Connector SupplyPhases - RO integer
+DeviceDataCtrlr BytesPerMessage GetReport RO integer
+DeviceDataCtrlr BytesPerMessage GetVariables RO integer
+DeviceDataCtrlr BytesPerMessage SetVariables RO integer
+DeviceDataCtrlr ItemsPerMessage GetReport RO integer
+DeviceDataCtrlr ItemsPerMessage GetVariables RO integer
+DeviceDataCtrlr ItemsPerMessage SetVariables RO integer
+EVSE AvailabilityState - RO OptionList
+EVSE Available - RO boolean
+EVSE Power - RO decimal W
+EVSE SupplyPhases - RO integer
+OCPPCommCtrlr FileTransferProtocols - RO MemberList
+OCPPCommCtrlr MessageTimeout Default RO integer s
+OCPPCommCtrlr MessageAttemptInterval TransactionEvent RW integer s
+OCPPCommCtrlr MessageAttempts TransactionEvent RW integer
+OCPPCommCtrlr NetworkConfigurationPriority - RW SequenceList
+OCPPCommCtrlr NetworkProfileConnectionAttempts - RW integer
+OCPPCommCtrlr OfflineThreshold - RW integer s
+OCPPCommCtrlr ResetRetries - RW integer
+OCPPCommCtrlr UnlockOnEVSideDisconnect - RW|RO boolean
+SampledDataCtrlr TxEndedInterval - RW integer s
+SampledDataCtrlr TxEndedMeasurands - RW MemberList max
+SampledDataCtrlr TxStartedMeasurands - RW MemberList max
+SampledDataCtrlr TxUpdatedInterval - RW integer s
+SampledDataCtrlr TxUpdatedMeasurands - RW MemberList max
+SecurityCtrlr CertificateEntries - RO integer max
+SecurityCtrlr OrganizationName - RW string
+SecurityCtrlr SecurityProfile - RO integer
+TxCtrlr EVConnectionTimeOut - RW integer s
+TxCtrlr StopTxOnEVSideDisconnect - RW|RO boolean
+TxCtrlr StopTxOnInvalidId - RW boolean
+TxCtrlr TxStartPoint - RW|RO MemberList
+TxCtrlr TxStopPoint - RW|RO MemberList
+LocalAuthListCtrlr BytesPerMessage - RO integer
+LocalAuthListCtrlr Entries - RO integer max
+LocalAuthListCtrlr ItemsPerMessage - RO integer
+"""
+
+
+def test_full_inventory_reports_every_variable_tc_b_53_cs_requires() -> None:
+    dm = model()
+    items = [report_item(dm, e) for e in base_entries(dm, "FullInventory")]
+    by_key = {(i["component"]["name"], i["variable"]["name"], i["variable"].get("instance")): i for i in items}
+    mutabilities = {"RW": "ReadWrite", "RO": "ReadOnly"}
+    for line in TC_B_53_REQUIRED.strip().splitlines():
+        component, variable, instance, mutability, data_type, *other = line.split()
+        item = by_key.get((component, variable, None if instance == "-" else instance))
+        assert item is not None, line
+        actual = item["variableAttribute"][0]
+        assert actual["mutability"] in {mutabilities[m] for m in mutability.split("|")}, line
+        chars = item["variableCharacteristics"]
+        assert chars["dataType"] == data_type, line
+        if "s" in other or "W" in other:
+            assert chars["unit"] in other, line
+        if "max" in other:
+            assert chars["maxLimit"] > 0, line
+        if data_type in ("OptionList", "MemberList", "SequenceList"):
+            assert chars["valuesList"], line

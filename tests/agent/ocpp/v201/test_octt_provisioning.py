@@ -79,6 +79,7 @@ async def test_tc_b_07_08_base_report_and_custom_report_in_chunks(octt: Octt201)
     assert "value" not in password["variableAttribute"][0]
     power = next(i for i in items if i["component"]["name"] == "EVSE" and i["variable"]["name"] == "Power")
     assert power["variableCharacteristics"]["unit"] == "W" and power["component"]["evse"] == {"id": 1}
+    assert power["variableCharacteristics"]["maxLimit"] > 0  # the installation limit x phases x 230 V
 
     answer = await octt.send("GetReport", {"requestId": 8, "componentVariable": [
         {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}},
