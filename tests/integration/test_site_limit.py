@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.ctl import Client
+from agent.ctl import Client, render_status
 from tests.integration.conftest import start_bench, stop_bench
 
 FUSE_A = 16.0
@@ -63,6 +63,7 @@ async def test_two_evs_share_a_16_a_site_fail_safe_and_recover(tmp_path: Path) -
         status = await asyncio.to_thread(client.request, "status")
         shown = status["data"]["connectors"][0]
         assert shown["binding_limit"] == "failsafe" and shown["site_limit_a"] == 6.0
+        assert "limit 6.0 A set by failsafe  site allocation 6.0 A" in render_status(status["data"])
 
         # It answers again: the fault clears and the sharing takes over from the failsafe.
         bench.ctl(cmd="site", action="silent", value=False)
