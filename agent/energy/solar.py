@@ -123,7 +123,9 @@ class SolarPolicy:
         if self._pending is not None:
             if (phases == self._pending and running) or now - self._pending_at > SWITCH_TIMEOUT_S:
                 self._pending = None
-                self._observed, self._observed_since = running, now
+                if not self._observed:  # a switch before a start: the run starts now
+                    self._observed, self._observed_since = running, now
+                # a switch while running is no new run: the min run and a running stop delay go on
             else:
                 return SolarDecision(True, self._current(surplus, self._pending), self._pending, "phase-switch")
         if running != self._observed:
@@ -178,7 +180,7 @@ class SolarPolicy:
         self.phase_switches += 1
         self._last_switch_at = self._pending_at = now
         self._pending = target
-        self._low_since = self._three_ok_since = None
+        self._three_ok_since = None
         return SolarDecision(True, self._current(surplus_w, target), target, reason)
 
 
