@@ -147,6 +147,15 @@ def test_a_running_three_phase_session_goes_to_one_phase_instead_of_stopping() -
     out = [policy.step(1.0 + i, 3000.0, True, 3, True) for i in range(70)]
     switched = next(i for i, x in enumerate(out) if x.phases == 1)
     assert switched == 60 and all(x.run for x in out)
+    # a switch while running is no new run: if 1 phase does not help either, the stop follows at once
+    policy = SolarPolicy(SolarSettings(phase_switching=True, solar_start_delay_s=0.0, solar_stop_delay_s=60.0,
+                                       solar_min_run_s=100.0))  # fmt: skip
+    policy.step(0.0, 6000.0, False, 3, True)
+    out = [policy.step(1.0 + i, 500.0, True, 3, True) for i in range(61)]
+    assert out[-1].phases == 1 and out[-1].run and policy.phase_switches == 1  # at t=61: below 3 x 6 A for 60 s
+    assert policy.step(70.0, 500.0, False, 3, True).reason == "phase-switch"  # under way: relay open, no stop
+    assert policy.step(75.0, 500.0, True, 1, True).reason == "min run time"  # done; the run began at t=1
+    assert policy.step(101.0, 500.0, True, 1, True).run is False  # min run over, import since t=1: pause
     # a board that cannot switch: the same surplus stops it instead
     policy = SolarPolicy(s)
     policy.step(0.0, 6000.0, False, 3, False)
