@@ -281,6 +281,24 @@ class Outbox:
         self._removed(entry_id)
         log.warning("outbox: dropped %s #%d (tx %s) after %d attempts: %s", action, entry_id, tx_ref, attempts, reason)
 
+    def rewrite(self, entry_id: int, action: str, payload: dict[str, Any], *, seq_field: str | None = None) -> None:
+        """Replace a queued entry's message in place (same place in the FIFO, same transaction): an entry
+        queued under one OCPP version is sent in the other's form after a version change. ``seq_field``
+        numbers it as ``append`` does."""
+        with self._storage(f"rewrite entry {entry_id}"), self._transaction():
+            row = self._conn.execute("SELECT tx_ref FROM outbox WHERE id = ?", (entry_id,)).fetchone()
+            if row is None:
+                return
+            tx_ref = row[0]
+            if seq_field is not None and tx_ref is not None:
+                self._conn.execute("INSERT INTO outbox_tx(tx_ref) VALUES (?) ON CONFLICT(tx_ref) DO NOTHING", (tx_ref,))
+                seq = self._conn.execute(
+                    "UPDATE outbox_tx SET seq_no = seq_no + 1 WHERE tx_ref = ? RETURNING seq_no - 1", (tx_ref,)
+                ).fetchone()
+                payload = {**payload, seq_field: int(seq[0])}
+            body = json.dumps(payload, separators=(",", ":"), sort_keys=True)
+            self._conn.execute("UPDATE outbox SET action = ?, payload = ? WHERE id = ?", (action, body, entry_id))
+
     def bind_transaction(self, tx_ref: str, transaction_id: int) -> None:
         """StartTransaction.conf arrived: remember the CSMS id for the local reference."""
         with self._storage(f"bind transaction {tx_ref}"), self._transaction():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -27,7 +28,6 @@ from ocpp.v201 import call
 
 from agent.authcache import AuthorizationCache, IdTagInfo, LocalAuthList
 from agent.authorize import AuthDecision
-from agent.ocpp.v201.transactions import IdToken
 from agent.sessions import Session
 
 log = logging.getLogger("cpagent.ocpp.v201.authorization")
@@ -35,6 +35,38 @@ log = logging.getLogger("cpagent.ocpp.v201.authorization")
 STATUSES = frozenset({"Accepted", "Blocked", "ConcurrentTx", "Expired", "Invalid", "NoCredit",
                       "NotAllowedTypeEVSE", "NotAtThisLocation", "NotAtThisTime", "Unknown"})
 READER_TYPE = "ISO14443"  # what the station's RFID reader reads
+ID_TOKEN_TYPES = frozenset(
+    {"Central", "eMAID", "ISO14443", "ISO15693", "KeyCode", "Local", "MacAddress", "NoAuthorization"}
+)
+
+
+@dataclass(frozen=True)
+class IdToken:
+    id_token: str
+    type: str = "ISO14443"
+
+    def __post_init__(self) -> None:
+        if self.type not in ID_TOKEN_TYPES:
+            raise ValueError(f"idToken type {self.type!r} is not an IdTokenEnumType")
+        if not isinstance(self.id_token, str) or len(self.id_token) > 36:
+            raise ValueError("idToken is not a string of at most 36 characters")
+
+    def to_ocpp(self) -> dict[str, str]:
+        return {"idToken": self.id_token, "type": self.type}
+
+    @classmethod
+    def from_ocpp(cls, value: Mapping[str, Any]) -> IdToken:
+        """From an IdTokenType object, wire form (``idToken``) or the library's (``id_token``)."""
+        if not isinstance(value, Mapping):
+            raise ValueError(f"idToken is not an object: {type(value).__name__}")
+        token = value.get("idToken", value.get("id_token"))
+        return cls(str(token) if token is not None else "", str(value.get("type", "")))
+
+    def same(self, other: IdToken | None) -> bool:
+        """idTokens compare case-insensitively (IdToken is a CiString36 / identifier string)."""
+        return other is not None and other.id_token.upper() == self.id_token.upper()
+
+
 
 
 class Variables(Protocol):

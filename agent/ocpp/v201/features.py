@@ -20,6 +20,7 @@ from typing import Any
 
 FEATURES: tuple[str, ...] = (
     "agent.ocpp.v201.configuration:Provisioning",
+    "agent.ocpp.v201.transactions:Transactions",
 )
 
 

@@ -29,14 +29,41 @@ own state is persisted by the caller after every step (``TxState.to_json``), in 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+import logging
+import sqlite3
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
+from ocpp.charge_point import camel_to_snake_case
+from ocpp.v201 import call
+
+from agent.authcache import AuthorizationCache, LocalAuthList
+from agent.db import Migration, migrate
+from agent.events import (
+    ConnectorStatus,
+    MeterUpdate,
+    SessionStarted,
+    SessionStopped,
+    StationEvent,
+    StatusChanged,
+    StopReason,
+    TokenPresented,
+)
+from agent.ocpp import outbox_convert as convert
 from agent.ocpp.v16.meter_values import ocpp_time
+from agent.ocpp.v16.rpc import CallErrorReceived, CallTimeout, InvalidPayload
+from agent.ocpp.v201 import meter_values as mv
+from agent.ocpp.v201.authorization import READER_TYPE, Authorizer201, IdToken
+from agent.outbox import METER_VALUES, START, STOP, TRANSACTION_EVENT, DuplicateStop, Outbox, OutboxEntry
+from agent.sessions import Session
+from agent.station_api import ConnectorView, EnergyHold, StationPort
+from hal.types import CpState
 
 
 class ChargingState(StrEnum):
@@ -107,9 +134,6 @@ class Reason(StrEnum):
 
 
 STARTED, UPDATED, ENDED = "Started", "Updated", "Ended"
-ID_TOKEN_TYPES = frozenset(
-    {"Central", "eMAID", "ISO14443", "ISO15693", "KeyCode", "Local", "MacAddress", "NoAuthorization"}
-)
 TRANSACTION_ID_MAX = 36
 
 
@@ -125,33 +149,6 @@ def parse_points(text: str, *, key: str = "TxStartPoint") -> frozenset[TxPoint]:
         except ValueError:
             raise ValueError(f"{key}: {item!r} is not one of {', '.join(p.value for p in TxPoint)}") from None
     return frozenset(points)
-
-
-@dataclass(frozen=True)
-class IdToken:
-    id_token: str
-    type: str = "ISO14443"
-
-    def __post_init__(self) -> None:
-        if self.type not in ID_TOKEN_TYPES:
-            raise ValueError(f"idToken type {self.type!r} is not an IdTokenEnumType")
-        if not isinstance(self.id_token, str) or len(self.id_token) > 36:
-            raise ValueError("idToken is not a string of at most 36 characters")
-
-    def to_ocpp(self) -> dict[str, str]:
-        return {"idToken": self.id_token, "type": self.type}
-
-    @classmethod
-    def from_ocpp(cls, value: Mapping[str, Any]) -> IdToken:
-        """From an IdTokenType object, wire form (``idToken``) or the library's (``id_token``)."""
-        if not isinstance(value, Mapping):
-            raise ValueError(f"idToken is not an object: {type(value).__name__}")
-        token = value.get("idToken", value.get("id_token"))
-        return cls(str(token) if token is not None else "", str(value.get("type", "")))
-
-    def same(self, other: IdToken | None) -> bool:
-        """idTokens compare case-insensitively (IdToken is a CiString36 / identifier string)."""
-        return other is not None and other.id_token.upper() == self.id_token.upper()
 
 
 @dataclass(frozen=True)
@@ -529,3 +526,632 @@ class TxMachine:
 
     def snapshot(self) -> TxState:
         return replace(self.state, held=list(self.state.held))
+
+
+# ==================================================================================================
+# The feature: station events -> TxMachine -> TransactionEvent in the durable outbox, and back.
+# ==================================================================================================
+
+log = logging.getLogger("cpagent.ocpp.v201.transactions")
+
+COMPONENT = "ocpp201_tx"
+MIGRATIONS: list[Migration] = [
+    "CREATE TABLE ocpp201_tx (evse_id INTEGER PRIMARY KEY, state TEXT NOT NULL)",
+]
+MAX_NAP_S = 3600.0  # the scheduler looks at its timers at least this often
+SIGNED_WAIT_S = 15.0
+
+# StopReason of the station's session -> (triggerReason, stoppedReason); None: EV-side disconnect.
+_SESSION_STOP: dict[StopReason, tuple[Trigger, Reason] | None] = {
+    StopReason.LOCAL: (Trigger.STOP_AUTHORIZED, Reason.LOCAL),
+    StopReason.REMOTE: (Trigger.REMOTE_STOP, Reason.REMOTE),
+    StopReason.EV_DISCONNECTED: None,
+    StopReason.POWER_LOSS: (Trigger.ABNORMAL_CONDITION, Reason.POWER_LOSS),
+    StopReason.REBOOT: (Trigger.RESET_COMMAND, Reason.REBOOT),
+    StopReason.HARD_RESET: (Trigger.RESET_COMMAND, Reason.IMMEDIATE_RESET),
+    StopReason.SOFT_RESET: (Trigger.RESET_COMMAND, Reason.IMMEDIATE_RESET),
+    StopReason.DEAUTHORIZED: (Trigger.DEAUTHORIZED, Reason.DEAUTHORIZED),
+    StopReason.EMERGENCY_STOP: (Trigger.ABNORMAL_CONDITION, Reason.EMERGENCY_STOP),
+    StopReason.UNLOCK_COMMAND: (Trigger.UNLOCK_COMMAND, Reason.OTHER),
+    StopReason.OTHER: (Trigger.ABNORMAL_CONDITION, Reason.OTHER),
+}
+_ENDS = {Trigger.ABNORMAL_CONDITION, Trigger.RESET_COMMAND}
+
+
+def ev_present(view: ConnectorView) -> bool:
+    """Is an EV connected? The pilot says so (B, C, D) at once; through E/F (or no pilot reading yet) the
+    controller's judgement holds; pilot A is no EV."""
+    return view.plugged_in or (view.ev_connected and view.cp_state is not CpState.A)
+
+
+def charging_state_of(view: ConnectorView) -> ChargingState:
+    """transactionInfo.chargingState from the station's view of the connector."""
+    if not ev_present(view):
+        return ChargingState.IDLE
+    if view.status is ConnectorStatus.CHARGING:
+        return ChargingState.CHARGING
+    if view.status is ConnectorStatus.SUSPENDED_EV:
+        return ChargingState.SUSPENDED_EV
+    if view.status is ConnectorStatus.SUSPENDED_EVSE or view.session is not None:
+        return ChargingState.SUSPENDED_EVSE
+    return ChargingState.EV_CONNECTED
+
+
+class Transactions:
+    """E01-E15, F01-F04, J01-J03 on the 2.0.1 service (agent/ocpp/v201/features.py)."""
+
+    def __init__(self, service: Any) -> None:
+        self._svc = service
+        self._station: StationPort = service.station
+        self._vars = service.variables
+        self._clock = service.clock
+        self._db: sqlite3.Connection = service.db
+        self.outbox: Outbox = service.outbox
+        migrate(self._db, COMPONENT, MIGRATIONS)
+        saved = {int(e): s for e, s in self._db.execute("SELECT evse_id, state FROM ocpp201_tx")}
+        self.machines: dict[int, TxMachine] = {}
+        for cid in self._station.connector_ids():
+            state = None
+            if cid in saved:
+                try:
+                    state = TxState.from_json(saved[cid])
+                except (ValueError, TypeError, KeyError) as exc:
+                    log.error("EVSE %d: saved transaction state unreadable (%s); starting afresh", cid, exc)
+            self.machines[cid] = TxMachine(cid, 1, wall=service.wall, monotonic=self._clock.monotonic,
+                                           settings=self.settings, state=state)
+        shared = self._station.shared
+        local_list = LocalAuthList(self._db, self._clock)
+        self.authorizer = Authorizer201(
+            self._vars, local_list, AuthorizationCache(self._db, self._clock, local_list),
+            online=lambda: bool(service.online), request=service.request, wall=service.wall,
+        )
+        self._sessions = shared.sessions
+        self.ended_values = mv.EndedValues()
+        self._anchors: dict[int, float] = {}  # EVSE -> monotonic start of its running transaction
+        self._due: dict[tuple[str, int], tuple[int, float]] = {}  # (kind, EVSE) -> (interval, monotonic due)
+        self._pending_starts: dict[int, int] = {}  # remoteStartId -> EVSE chosen for it
+        self._aligned_last: float | None = None
+        self._energy_caps: dict[str, float] = {}  # session ref -> register (Wh) at which energy stops
+        self._poke = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._station.register_authority(self.authorizer)
+        self._station.subscribe(self._on_event)
+        service.deliverers[TRANSACTION_EVENT] = self._deliver
+        for action in (START, STOP, METER_VALUES):
+            service.deliverers[action] = self._deliver_converted
+        service.register_trigger("TransactionEvent", self._accept_trigger, self._send_trigger_tx)
+        service.register_trigger("MeterValues", self._accept_trigger_mv, self._send_trigger_mv)
+        self._recover()
+
+    # -- settings ------------------------------------------------------------------------------------
+
+    def _int(self, component: str, variable: str, default: int, instance: str | None = None) -> int:
+        try:
+            return int(self._vars.integer(component, variable, instance=instance))
+        except Exception:
+            return default
+
+    def _bool(self, component: str, variable: str, default: bool) -> bool:
+        try:
+            return bool(self._vars.boolean(component, variable))
+        except Exception:
+            return default
+
+    def _members(self, component: str, variable: str) -> tuple[str, ...]:
+        try:
+            return mv.measurands(self._vars.members(component, variable))
+        except Exception:
+            return (mv.ENERGY,)
+
+    def settings(self) -> TxSettings:
+        def points(variable: str, default: str) -> frozenset[TxPoint]:
+            try:
+                raw = self._vars.value("TxCtrlr", variable)
+                return parse_points(",".join(raw) if isinstance(raw, tuple) else str(raw), key=variable)
+            except Exception:
+                return parse_points(default, key=variable)
+
+        return TxSettings(
+            points("TxStartPoint", "PowerPathClosed"),
+            points("TxStopPoint", "EVConnected,Authorized"),
+            self._bool("TxCtrlr", "StopTxOnEVSideDisconnect", True),
+            float(self._int("TxCtrlr", "EVConnectionTimeOut", 60)),
+        )
+
+    # -- station events -> machines --------------------------------------------------------------------
+
+    def _view(self, cid: int) -> ConnectorView | None:
+        try:
+            return self._station.connector_view(cid)
+        except KeyError:
+            return None
+
+    def _on_event(self, event: StationEvent) -> None:
+        try:
+            if isinstance(event, StatusChanged):
+                self._sync(event.connector_id)
+            elif isinstance(event, SessionStarted):
+                self._session_started(event)
+            elif isinstance(event, SessionStopped):
+                self._session_stopped(event)
+            elif isinstance(event, TokenPresented):
+                self._token(event)
+            elif isinstance(event, MeterUpdate):
+                self._meter(event)
+        except Exception:
+            log.exception("transaction events for %s failed", type(event).__name__)
+
+    def _sync(self, cid: int, view: ConnectorView | None = None) -> None:
+        """Bring the machine to what the connector shows: EV connected or not, charging state."""
+        machine = self.machines.get(cid)
+        view = view or self._view(cid)
+        if machine is None or view is None:
+            return
+        state = charging_state_of(view)
+        if ev_present(view) and not machine.state.ev_connected:
+            self._emit(machine, machine.plug(state), view)
+        elif not ev_present(view) and machine.state.ev_connected:
+            self._emit(machine, machine.unplug(), view)
+        elif ev_present(view):
+            self._emit(machine, machine.charging(state), view)
+        self._poke.set()
+
+    def _session_started(self, event: SessionStarted) -> None:
+        machine = self.machines.get(event.connector_id)
+        view = self._view(event.connector_id)
+        if machine is None:
+            return
+        if view is not None and ev_present(view) and not machine.state.ev_connected:
+            self._emit(machine, machine.plug(charging_state_of(view)), view)
+        token = self.authorizer.token(event.session.id_tag)
+        if not token.same(machine.state.id_token):
+            self._emit(machine, machine.authorize(token, group_id=self._group(event.session.id_tag)), view)
+        ref = event.session.ref
+        if self._station.signed_reading_pending(event.connector_id, ref, "start"):
+            self._spawn(self._signed(event.connector_id, ref, "start"))
+        self._sync(event.connector_id)
+
+    def _session_stopped(self, event: SessionStopped) -> None:
+        cid = event.connector_id
+        machine = self.machines.get(cid)
+        if machine is None:
+            return
+        self._energy_caps.pop(event.session.ref, None)
+        view = self._view(cid)
+        mapped = _SESSION_STOP.get(event.reason, (Trigger.ABNORMAL_CONDITION, Reason.OTHER))
+        if mapped is None:  # the EV left (StopTxOnEVSideDisconnect)
+            events = machine.unplug() if machine.state.ev_connected else machine.deauthorize(
+                Trigger.EV_COMMUNICATION_LOST, Reason.EV_DISCONNECTED)
+        else:
+            trigger, reason = mapped
+            by = None
+            if event.session.stop_id_tag:
+                by = self.authorizer.token(event.session.stop_id_tag)
+                if self.authorizer.is_master_pass(event.session.stop_id_tag):
+                    reason = Reason.MASTER_PASS
+            if trigger is Trigger.RESET_COMMAND:
+                events = machine.reset(reason)
+            elif trigger in _ENDS:
+                events = machine.abnormal(reason)
+            else:
+                events = machine.deauthorize(trigger, reason, by=by)
+        self._emit(machine, events, view, session=event.session)
+        if self._station.signed_reading_pending(cid, event.session.ref, "stop"):
+            self._spawn(self._signed(cid, event.session.ref, "stop"))
+        self._sync(cid)
+
+    def _token(self, event: TokenPresented) -> None:
+        if not event.accepted or event.connector_id is None:
+            return
+        machine = self.machines.get(event.connector_id)
+        view = self._view(event.connector_id)
+        if machine is None or view is None:
+            return
+        if view.session is None and view.pending_id_tag is not None and \
+                view.pending_id_tag.upper() == event.id_tag.upper():
+            token = self.authorizer.token(event.id_tag)
+            if not token.same(machine.state.id_token):  # authorized, waiting for the EV (E03)
+                self._emit(machine, machine.authorize(token, group_id=self._group(event.id_tag)), view)
+                self._poke.set()
+
+    def _group(self, id_tag: str) -> IdToken | None:
+        group = self.authorizer.group_of(id_tag)
+        return IdToken(group, "Central") if group else None
+
+    def _meter(self, event: MeterUpdate) -> None:
+        """MaxEnergyOnInvalidId: energy stops once a transaction with a refused idToken reached it."""
+        ref = event.session_ref
+        cap = self._energy_caps.get(ref) if ref is not None else None
+        if ref is None or cap is None or event.sample.energy_import_wh < cap:
+            return
+        del self._energy_caps[ref]
+        log.warning("EVSE %d: MaxEnergyOnInvalidId reached: energy stopped", event.connector_id)
+        self._station.hold_energy(event.connector_id, EnergyHold.INVALID_ID)
+
+    async def _signed(self, cid: int, ref: str, which: str) -> None:
+        try:
+            async with asyncio.timeout(SIGNED_WAIT_S):
+                record = await self._station.signed_reading(cid, ref, which)
+        except Exception:
+            log.warning("EVSE %d: no signed %s reading", cid, which)
+            return
+        machine = self.machines.get(cid)
+        if record is None or machine is None:
+            return
+        session = self._sessions.get(ref)
+        energy = 0.0
+        if session is not None:
+            energy = session.start_energy_wh if which == "start" else (session.stop_energy_wh or session.last_energy_wh)
+        context = mv.TX_BEGIN if which == "start" else mv.TX_END
+        value = {"timestamp": mv.ocpp_time(self._svc.wall()),
+                 "sampledValue": [mv.signed_value(record, context, energy)]}
+        self._emit(machine, machine.signed_data(which), self._view(cid), extra=[value])
+
+    # -- events -> outbox ----------------------------------------------------------------------------
+
+    def _emit(self, machine: TxMachine, events: list[TxEvent], view: ConnectorView | None, *,
+              session: Session | None = None, extra: list[dict[str, Any]] | None = None,
+              meter: list[dict[str, Any]] | None = None) -> None:
+        """Queue the events (durable, numbered) together with the machine's new state; with no event
+        only the state is saved."""
+        state = machine.state.to_json()
+
+        def save(conn: sqlite3.Connection) -> None:
+            conn.execute("INSERT INTO ocpp201_tx(evse_id, state) VALUES (?, ?) ON CONFLICT(evse_id) "
+                         "DO UPDATE SET state = excluded.state", (machine.evse_id, state))
+
+        if not events:
+            save(self._db)
+            return
+        for event in events:
+            values = list(meter or []) + self._values_for(event, view, session) + list(extra or [])
+            payload = event.payload(offline=not self._svc.online, meter_value=values)
+            payload["evse"] = {"id": event.evse_id, "connectorId": event.connector_id}
+            try:
+                self.outbox.append(TRANSACTION_EVENT, payload, tx_ref=event.transaction_id, seq_field="seqNo",
+                                   also=save)
+            except DuplicateStop:
+                log.info("transaction %s already ended; no second Ended", event.transaction_id)
+                save(self._db)
+            if event.event_type == STARTED:
+                self._anchors[machine.evse_id] = self._clock.monotonic()
+            elif event.event_type == ENDED:
+                self._anchors.pop(machine.evse_id, None)
+            log.info("EVSE %d: TransactionEvent %s (%s) queued for %s", event.evse_id, event.event_type,
+                     event.trigger_reason.value, event.transaction_id)
+        self._svc._wake()
+        self._poke.set()
+
+    def _values_for(self, event: TxEvent, view: ConnectorView | None,
+                    session: Session | None) -> list[dict[str, Any]]:
+        sample = (view.last_sample or view.meter_latest) if view is not None else None
+        wall = self._svc.wall()
+        offered = view.offered_current_a if view is not None else None
+        if event.event_type == STARTED:
+            names = self._members("SampledDataCtrlr", "TxStartedMeasurands")
+            if sample is not None:
+                value = mv.meter_value(wall, sample, names, mv.TX_BEGIN, offered_a=offered)
+                return [value] if value else []
+            return []
+        if event.event_type == ENDED:
+            values = self.ended_values.take(event.transaction_id)
+            names = self._members("SampledDataCtrlr", "TxEndedMeasurands")
+            if sample is not None:
+                value = mv.meter_value(wall, sample, names, mv.TX_END, offered_a=offered)
+                if value:
+                    values.append(value)
+            elif session is not None:
+                energy = session.stop_energy_wh if session.stop_energy_wh is not None else session.last_energy_wh
+                values.append(mv.energy_only(wall, energy, mv.TX_END))
+            return values
+        return []
+
+    # -- delivery ------------------------------------------------------------------------------------
+
+    async def _deliver(self, session: Any, entry: OutboxEntry) -> None:
+        """Send one TransactionEvent; ack, retry (MessageAttempts / MessageAttemptInterval
+        .TransactionEvent: wait interval x previous sends) or give up. ConnectionLost propagates."""
+        payload = self.outbox.payload_for_send(entry)
+        request = call.TransactionEvent(**{_snake(k): v for k, v in payload.items()})
+        attempts = self.outbox.record_attempt(entry.id)
+        try:
+            conf = await session.request(request)
+        except (CallErrorReceived, CallTimeout, InvalidPayload) as exc:
+            limit = max(1, self._int("OCPPCommCtrlr", "MessageAttempts", 3, "TransactionEvent"))
+            if attempts >= limit:
+                self.outbox.drop(entry.id, f"{exc} (after {attempts} attempts)")
+                log.error("gave up on TransactionEvent #%d after %d attempts: %s", entry.id, attempts, exc)
+                return
+            interval = self._int("OCPPCommCtrlr", "MessageAttemptInterval", 60, "TransactionEvent")
+            delay = Outbox.retry_delay(attempts, interval)
+            log.warning("TransactionEvent #%d failed (%s); retry %d/%d in %.0f s", entry.id, exc, attempts + 1,
+                        limit, delay)
+            self.outbox.defer(entry.id, delay)
+            return
+        self.outbox.ack(entry.id)
+        info = getattr(conf, "id_token_info", None)
+        token = payload.get("idToken")
+        if info is not None and isinstance(token, dict) and token.get("idToken"):
+            record = self.authorizer.learn(str(token["idToken"]), info)
+            if record is not None and not record.accepted:
+                self._invalid(str(payload["transactionInfo"]["transactionId"]), record.status)
+
+    def _invalid(self, transaction_id: str, status: str) -> None:
+        """The CSMS refused the idToken of a transaction (E05/C15): StopTxOnInvalidId deauthorizes it;
+        otherwise it goes on and energy stops at MaxEnergyOnInvalidId."""
+        for cid, machine in self.machines.items():
+            if machine.transaction_id != transaction_id:
+                continue
+            view = self._view(cid)
+            if self._bool("TxCtrlr", "StopTxOnInvalidId", True):
+                log.warning("EVSE %d: idToken %s by the CSMS: deauthorizing the transaction", cid, status)
+                if view is not None and view.session is not None:
+                    self._station.stop_session(cid, StopReason.DEAUTHORIZED)
+                else:
+                    self._emit(machine, machine.deauthorize(Trigger.DEAUTHORIZED, Reason.DEAUTHORIZED), view)
+                return
+            limit = self._int("TxCtrlr", "MaxEnergyOnInvalidId", 0)
+            if view is not None and view.session is not None and limit > 0 and view.session_energy_wh < limit:
+                self._energy_caps[view.session.ref] = view.session.start_energy_wh + limit
+                log.warning("EVSE %d: idToken %s: energy stops after %d Wh", cid, status, limit)
+            else:
+                log.warning("EVSE %d: idToken %s: energy stopped, transaction kept", cid, status)
+                self._station.hold_energy(cid, EnergyHold.INVALID_ID)
+            return
+
+    async def _deliver_converted(self, session: Any, entry: OutboxEntry) -> None:
+        """An entry queued under OCPP 1.6 goes out as its 2.0.1 equivalent (rewritten in place, keeping
+        its place in the queue), or is given up on loudly when it has none."""
+        bound = self.outbox.transaction_id(entry.tx_ref) if entry.tx_ref else None
+        converted = convert.to_201(entry.action, entry.payload, entry.tx_ref, bound)
+        if converted is None:
+            self.outbox.drop(entry.id, f"{entry.action} queued under OCPP 1.6 has no 2.0.1 form")
+            return
+        action, payload = converted
+        seq = "seqNo" if action == TRANSACTION_EVENT else None
+        self.outbox.rewrite(entry.id, action, payload, seq_field=seq)
+        head = self.outbox.head()
+        if head is None or head.id != entry.id:
+            return
+        if action == TRANSACTION_EVENT:
+            await self._deliver(session, head)
+            return
+        attempts = self.outbox.record_attempt(head.id)
+        try:
+            await session.request(call.MeterValues(**{_snake(k): v for k, v in head.payload.items()}))
+        except (CallErrorReceived, CallTimeout, InvalidPayload) as exc:
+            if attempts >= 3:
+                self.outbox.drop(head.id, f"{exc} (after {attempts} attempts)")
+            else:
+                self.outbox.defer(head.id, Outbox.retry_delay(attempts, 30))
+            return
+        self.outbox.ack(head.id)
+
+    # -- CSMS requests (F01-F04, E14) ------------------------------------------------------------------
+
+    def _evse_for_start(self, evse_id: int | None) -> int | None:
+        if evse_id is not None:
+            return evse_id if evse_id in self.machines else None
+        views = self._station.connector_views()
+        free = [c for c, v in views.items() if v.available and v.session is None and not self.machines[c].authorized]
+        plugged = [c for c in free if ev_present(views[c])]
+        choice = plugged or free
+        return choice[0] if choice else None
+
+    async def on_request_start_transaction(self, id_token: dict[str, Any], remote_start_id: int,
+                                           evse_id: int | None = None, group_id_token: Any = None,
+                                           **_: Any) -> dict[str, Any]:
+        cid = self._evse_for_start(evse_id)
+        if cid is None:
+            return {"status": "Rejected", "statusInfo": {"reasonCode": "UnknownEvse" if evse_id else "NoEvse"}}
+        view = self._view(cid)
+        machine = self.machines[cid]
+        if view is None or not view.available or view.session is not None or machine.authorized:
+            return {"status": "Rejected", "statusInfo": {"reasonCode": "OccupiedEvse"}}
+        out: dict[str, Any] = {"status": "Accepted"}
+        if machine.transaction_id is not None:
+            out["transactionId"] = machine.transaction_id  # started already (EVConnected): F02.FR.xx
+        self._pending_starts[remote_start_id] = cid
+        return out
+
+    async def after_request_start_transaction(self, id_token: dict[str, Any], remote_start_id: int,
+                                              group_id_token: Any = None, **_: Any) -> None:
+        cid = self._pending_starts.pop(remote_start_id, None)
+        if cid is None:
+            return
+        token, group = IdToken.from_ocpp(id_token), group_id_token
+        if token.type != READER_TYPE:
+            self.authorizer.types[token.id_token.upper()] = token.type
+        if self._bool("AuthCtrlr", "AuthorizeRemoteStart", True) and self._bool("AuthCtrlr", "Enabled", True) \
+                and token.type != "NoAuthorization":
+            answer = await self.authorizer.authorize(token.id_token)
+            if not answer.accepted:
+                log.warning("RequestStartTransaction: idToken %s; no transaction", answer.status)
+                return
+        machine = self.machines[cid]
+        group_token = IdToken.from_ocpp(group) if isinstance(group, dict) else self._group(token.id_token)
+        self._emit(machine, machine.authorize(token, remote_start_id=remote_start_id, group_id=group_token),
+                   self._view(cid))
+        parent = group_token.id_token if group_token is not None else None
+        if not self._station.begin_authorized(cid, token.id_token, parent):
+            log.warning("EVSE %d: reserved for another idToken; remote start not taken", cid)
+            self._emit(machine, machine.deauthorize(Trigger.DEAUTHORIZED, Reason.DEAUTHORIZED), self._view(cid))
+        self._poke.set()
+
+    async def on_request_stop_transaction(self, transaction_id: str, **_: Any) -> dict[str, Any]:
+        for machine in self.machines.values():
+            if machine.transaction_id == transaction_id:
+                return {"status": "Accepted"}
+        return {"status": "Rejected"}
+
+    async def after_request_stop_transaction(self, transaction_id: str, **_: Any) -> None:
+        for cid, machine in self.machines.items():
+            if machine.transaction_id != transaction_id:
+                continue
+            view = self._view(cid)
+            if view is not None and view.session is not None:
+                self._station.stop_session(cid, StopReason.REMOTE)
+            else:
+                self._emit(machine, machine.deauthorize(Trigger.REMOTE_STOP, Reason.REMOTE), view)
+
+    async def on_get_transaction_status(self, transaction_id: str | None = None, **_: Any) -> dict[str, Any]:
+        if transaction_id is None:
+            queued = any(e.action == TRANSACTION_EVENT for e in self.outbox.entries(100_000))
+            return {"messagesInQueue": queued}
+        ongoing = any(m.transaction_id == transaction_id for m in self.machines.values())
+        return {"ongoingIndicator": ongoing, "messagesInQueue": self.outbox.queued_for(transaction_id) > 0}
+
+    # -- TriggerMessage (F06) ------------------------------------------------------------------------------
+
+    def _targets(self, evse: Mapping[str, Any] | None) -> list[int]:
+        if evse is None or int(evse.get("id", 0)) == 0:
+            return list(self.machines)
+        return [int(evse["id"])] if int(evse["id"]) in self.machines else []
+
+    def _accept_trigger(self, evse: Mapping[str, Any] | None) -> str:
+        running = [c for c in self._targets(evse) if self.machines[c].transaction_id is not None]
+        return "Accepted" if running else "Rejected"
+
+    async def _send_trigger_tx(self, evse: Mapping[str, Any] | None) -> None:
+        for cid in self._targets(evse):
+            machine = self.machines[cid]
+            view = self._view(cid)
+            values = self._sample(view, self._members("SampledDataCtrlr", "TxUpdatedMeasurands"), mv.TRIGGER)
+            self._emit(machine, machine.update(Trigger.TRIGGER), view, meter=values)
+
+    def _accept_trigger_mv(self, evse: Mapping[str, Any] | None) -> str:
+        return "Accepted" if self._targets(evse) else "Rejected"
+
+    async def _send_trigger_mv(self, evse: Mapping[str, Any] | None) -> None:
+        for cid in self._targets(evse):
+            values = self._sample(self._view(cid), self._members("AlignedDataCtrlr", "Measurands"), mv.TRIGGER)
+            if values:
+                try:
+                    await self._svc.request(call.MeterValues(evse_id=cid, meter_value=values))
+                except Exception as exc:
+                    log.warning("triggered MeterValues for EVSE %d failed: %s", cid, exc)
+
+    def _sample(self, view: ConnectorView | None, names: Iterable[str], context: str) -> list[dict[str, Any]]:
+        sample = (view.last_sample or view.meter_latest) if view is not None else None
+        if sample is None or view is None:
+            return []
+        value = mv.meter_value(self._svc.wall(), sample, names, context, offered_a=view.offered_current_a)
+        return [value] if value else []
+
+    # -- the scheduler: periodic and clock-aligned values, EVConnectionTimeOut -----------------------------
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _tick(self) -> float | None:
+        """Do what is due now; the monotonic time of the next thing due (None: nothing)."""
+        now = self._clock.monotonic()
+        nexts: list[float] = []
+        for cid, machine in self.machines.items():
+            for event_list in (machine.check_timeout(),):
+                if event_list:
+                    self._emit(machine, event_list, self._view(cid))
+            deadline = machine.timeout_due()
+            if deadline is not None:
+                nexts.append(deadline)
+            if machine.transaction_id is None:
+                self._due.pop(("updated", cid), None)
+                self._due.pop(("ended", cid), None)
+                continue
+            anchor = self._anchors.setdefault(cid, now)
+            for kind, interval, names_of, context in (
+                ("updated", self._int("SampledDataCtrlr", "TxUpdatedInterval", 0), "TxUpdatedMeasurands",
+                 mv.PERIODIC),
+                ("ended", self._int("SampledDataCtrlr", "TxEndedInterval", 0), "TxEndedMeasurands", mv.PERIODIC),
+            ):
+                interval = mv.effective_interval(interval)
+                key = (kind, cid)
+                if interval == 0:
+                    self._due.pop(key, None)
+                    continue
+                known = self._due.get(key)
+                due = known[1] if known is not None and known[0] == interval else mv.next_sample_due(
+                    anchor, interval, now)
+                if now >= due:
+                    view = self._view(cid)
+                    values = self._sample(view, self._members("SampledDataCtrlr", names_of), context)
+                    if kind == "updated":
+                        self._emit(machine, machine.update(Trigger.METER_VALUE_PERIODIC), view, meter=values)
+                    else:
+                        for value in values:
+                            self.ended_values.add(machine.transaction_id or "", value)
+                    due = mv.next_sample_due(anchor, interval, max(now, due))
+                self._due[key] = (interval, due)
+                nexts.append(due)
+        aligned = mv.effective_interval(self._int("AlignedDataCtrlr", "Interval", 0))
+        if aligned:
+            wall = self._svc.wall()
+            last = self._aligned_last
+            if last is None or last - wall > aligned:  # first look, or the clock went back: start afresh
+                last = mv.next_aligned_boundary(wall, aligned) - aligned
+            boundary = mv.next_aligned_boundary(last, aligned)
+            if wall >= boundary:
+                if wall - boundary <= max(float(aligned), 60.0):  # not a clock jump past it
+                    self._aligned(boundary)
+                last = boundary
+                boundary = mv.next_aligned_boundary(max(wall, boundary), aligned)
+            self._aligned_last = last
+            nexts.append(now + (boundary - wall))
+        return min(nexts) if nexts else None
+
+    def _aligned(self, boundary: float) -> None:
+        for cid, machine in self.machines.items():
+            if machine.transaction_id is None:
+                continue
+            view = self._view(cid)
+            names = self._members("AlignedDataCtrlr", "Measurands")
+            sample = (view.last_sample or view.meter_latest) if view is not None else None
+            if sample is None or view is None:
+                continue
+            value = mv.meter_value(boundary, sample, names, mv.CLOCK, offered_a=view.offered_current_a)
+            self._emit(machine, machine.update(Trigger.METER_VALUE_CLOCK), view, meter=[value] if value else [])
+
+    async def run(self) -> None:
+        failing = False
+        while True:
+            self._poke.clear()
+            try:
+                due = self._tick()
+                failing = False
+            except Exception:
+                if not failing:
+                    log.exception("transaction scheduler failed")
+                failing = True
+                due = self._clock.monotonic() + 1.0
+            wait = MAX_NAP_S if due is None else min(MAX_NAP_S, max(0.0, due - self._clock.monotonic()) + 0.001)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._poke.wait()
+
+    # -- restart -------------------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """After a restart: what changed while we were away reaches the machines (a session closed by a
+        power loss ends its transaction; an EV unplugged meanwhile is reported)."""
+        for cid, machine in self.machines.items():
+            view = self._view(cid)
+            if view is None:
+                continue
+            if machine.authorized and view.session is None and view.pending_id_tag is None:
+                last = next((s for s in self._sessions.recent(20) if s.connector_id == cid and not s.open), None)
+                reason = StopReason.POWER_LOSS
+                if last is not None and last.stop_reason in StopReason.__members__.values():
+                    reason = StopReason(last.stop_reason)
+                if last is not None:
+                    self._session_stopped(SessionStopped(cid, last, reason))
+                else:
+                    self._emit(machine, machine.abnormal(Reason.POWER_LOSS), view)
+            elif view.session is not None and not machine.authorized:
+                self._session_started(SessionStarted(cid, view.session))
+            self._sync(cid, view)
+
+
+def _snake(key: str) -> str:
+    return str(next(iter(camel_to_snake_case({key: None}))))

@@ -1,0 +1,128 @@
+"""OCTT 2.0.1 transaction cases (E, F01-F04, C, J) over real websockets against the bundled CSMS, with the
+simulator's hardware underneath: TransactionEvent Started / Updated / Ended exactly once per transaction,
+seqNo 0.. without gaps, triggerReason / stoppedReason from the real cause."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.agent.ocpp.v201.conftest import TAG, TAG2, Octt201, eventually
+
+
+def check_sequence(events: list[dict[str, Any]]) -> None:
+    """One transaction's events: one Started first, one Ended last, seqNo 0..n-1 without gaps or repeats."""
+    kinds = [e["eventType"] for e in events]
+    assert kinds[0] == "Started" and kinds.count("Started") == 1, kinds
+    assert kinds[-1] == "Ended" and kinds.count("Ended") == 1, kinds
+    assert sorted(e["seqNo"] for e in events) == list(range(len(events)))
+
+
+async def test_tc_e_03_cs_cable_first_then_stop_by_the_same_card(octt: Octt201) -> None:
+    agent = await octt.start_agent()
+    await octt.booted()
+    await octt.plugged()
+    await octt.wait_status("Occupied")
+    assert octt.tx_events() == []  # TxStartPoint PowerPathClosed: the cable alone starts nothing
+    assert (await agent.tap(TAG)).accepted
+    started = await octt.wait_tx_event("Started")
+    assert started["triggerReason"] == "Authorized" and started["idToken"] == {"idToken": TAG, "type": "ISO14443"}
+    assert started["evse"] == {"id": 1, "connectorId": 1} and "offline" not in started
+    assert len(started["transactionInfo"]["transactionId"]) <= 36
+    assert started["meterValue"][0]["sampledValue"][0]["context"] == "Transaction.Begin"
+    charging = await octt.wait_charging_state("Charging")
+    assert charging["triggerReason"] == "ChargingStateChanged" and charging["eventType"] == "Updated"
+    await agent.tap(TAG)  # the same card again: StopAuthorized
+    ended = await octt.wait_tx_event("Ended")
+    assert ended["triggerReason"] == "StopAuthorized" and ended["transactionInfo"]["stoppedReason"] == "Local"
+    assert any(s["context"] == "Transaction.End" for v in ended["meterValue"] for s in v["sampledValue"])
+    check_sequence(octt.tx_events(started["transactionInfo"]["transactionId"]))
+
+
+async def test_tc_e_09_cs_ev_connected_start_and_ev_side_disconnect(octt: Octt201) -> None:
+    agent = await octt.start_agent({"TxCtrlr/TxStartPoint": "EVConnected", "TxCtrlr/TxStopPoint": "EVConnected"})
+    await octt.booted()
+    await octt.plugged()
+    started = await octt.wait_tx_event("Started")
+    assert started["triggerReason"] == "CablePluggedIn" and "idToken" not in started
+    assert (await agent.tap(TAG)).accepted
+    auth = await octt.wait_tx_event("Updated", where=lambda p: p["triggerReason"] == "Authorized")
+    assert auth["idToken"]["idToken"] == TAG
+    await octt.wait_charging_state("Charging")
+    octt.ctl("unplug", connector=1)
+    ended = await octt.wait_tx_event("Ended")
+    assert ended["triggerReason"] == "EVCommunicationLost"
+    assert ended["transactionInfo"]["stoppedReason"] == "EVDisconnected"
+    assert ended["transactionInfo"]["chargingState"] == "Idle"
+    check_sequence(octt.tx_events(started["transactionInfo"]["transactionId"]))
+
+
+async def test_tc_f_01_f_03_cs_remote_start_and_stop(octt: Octt201) -> None:
+    await octt.start_agent()
+    await octt.booted()
+    await octt.plugged()
+    answer = await octt.send("RequestStartTransaction", {"idToken": {"idToken": TAG2, "type": "Central"},
+                                                         "remoteStartId": 7, "evseId": 1})
+    assert answer["status"] == "Accepted"
+    await octt.wait("Authorize")  # AuthorizeRemoteStart true
+    started = await octt.wait_tx_event("Started")
+    assert started["triggerReason"] == "RemoteStart" and started["transactionInfo"]["remoteStartId"] == 7
+    assert started["idToken"] == {"idToken": TAG2, "type": "Central"}
+    tx = started["transactionInfo"]["transactionId"]
+    await octt.wait_charging_state("Charging")
+    status = await octt.send("GetTransactionStatus", {"transactionId": tx})
+    assert status["ongoingIndicator"] is True
+    assert (await octt.send("RequestStopTransaction", {"transactionId": "no-such"}))["status"] == "Rejected"
+    assert (await octt.send("RequestStopTransaction", {"transactionId": tx}))["status"] == "Accepted"
+    ended = await octt.wait_tx_event("Ended")
+    assert ended["triggerReason"] == "RemoteStop" and ended["transactionInfo"]["stoppedReason"] == "Remote"
+    check_sequence(octt.tx_events(tx))
+    status = await octt.send("GetTransactionStatus", {"transactionId": tx})
+    assert status == {"ongoingIndicator": False, "messagesInQueue": False}
+
+
+async def test_tc_e_04_cs_started_offline_delivered_in_order_with_offline_flag(octt: Octt201) -> None:
+    agent = await octt.start_agent({"AuthCtrlr/OfflineTxForUnknownIdEnabled": True})
+    await octt.booted()
+    await octt.csms.outage(3.0)
+    await eventually(lambda: not agent.service.online, what="offline")
+    await octt.plugged()
+    assert (await agent.tap(TAG)).accepted  # unknown offline, allowed by OfflineTxForUnknownIdEnabled
+    await eventually(lambda: agent.connector.session is not None, what="session")
+    started = await octt.wait_tx_event("Started", within=15)
+    assert started["offline"] is True and started["seqNo"] == 0
+    tx = started["transactionInfo"]["transactionId"]
+    await octt.wait_charging_state("Charging", within=10)
+    await agent.tap(TAG)
+    await octt.wait_tx_event("Ended")
+    check_sequence(octt.tx_events(tx))
+
+
+async def test_tc_e_16_cs_invalid_id_in_the_answer_deauthorizes(octt: Octt201) -> None:
+    octt.csms.auth_list["BADCARD"] = "Invalid"
+    agent = await octt.start_agent({"AuthCtrlr/OfflineTxForUnknownIdEnabled": True})
+    await octt.booted()
+    await octt.csms.outage(2.0)
+    await eventually(lambda: not agent.service.online, what="offline")
+    await octt.plugged()
+    assert (await agent.tap("BADCARD")).accepted
+    ended = await octt.wait_tx_event("Ended", within=15)
+    assert ended["triggerReason"] == "Deauthorized" and ended["transactionInfo"]["stoppedReason"] == "DeAuthorized"
+    check_sequence(octt.tx_events(ended["transactionInfo"]["transactionId"]))
+    await eventually(lambda: agent.connector.session is None, what="session stopped")
+
+
+async def test_tc_j_02_cs_periodic_values_and_trigger(octt: Octt201) -> None:
+    await octt.start_agent({"SampledDataCtrlr/TxUpdatedInterval": 1,
+                            "SampledDataCtrlr/TxUpdatedMeasurands": "Energy.Active.Import.Register,Voltage"})
+    await octt.booted()
+    started = await octt.charging()
+    periodic = await octt.wait_tx_event("Updated", where=lambda p: p["triggerReason"] == "MeterValuePeriodic")
+    values = periodic["meterValue"][0]["sampledValue"]
+    assert {v["measurand"] for v in values} <= {"Energy.Active.Import.Register", "Voltage"}
+    assert all(v["context"] == "Sample.Periodic" and "unitOfMeasure" in v for v in values)
+    answer = await octt.send("TriggerMessage", {"requestedMessage": "TransactionEvent", "evse": {"id": 1}})
+    assert answer["status"] == "Accepted"
+    await octt.wait_tx_event("Updated", where=lambda p: p["triggerReason"] == "Trigger")
+    tx = started["transactionInfo"]["transactionId"]
+    events = octt.tx_events(tx)
+    assert sorted(e["seqNo"] for e in events) == list(range(len(events)))
