@@ -2,10 +2,11 @@
 (ConfigurationInventory, FullInventory, SummaryInventory) and GetReport (componentVariable and
 componentCriteria filters), the reports sent as NotifyReport messages in ``tbc`` / ``seqNo`` chunks.
 
-Cost is bounded for any request: a Get/SetVariables request with more entries than
-DeviceDataCtrlr.ItemsPerMessage.<Action> or more bytes than BytesPerMessage.<Action> is refused with a
-CALLERROR (OccurrenceConstraintViolation / FormatViolation) before anything is looked at, a GetReport
-with more componentVariable entries than ItemsPerMessage.GetReport likewise; each NotifyReport carries
+Cost is bounded for any request: a Get/SetVariables request of more bytes than
+DeviceDataCtrlr.BytesPerMessage.<Action> is refused with a CALLERROR FormatViolation before anything is
+looked at, its entries beyond ItemsPerMessage.<Action> are Rejected (TooManyElements) unread (B06.FR.05,
+TC_B_08_CS); a GetReport with more componentVariable entries than ItemsPerMessage.GetReport is refused
+with a CALLERROR OccurrenceConstraintViolation; each NotifyReport carries
 at most ItemsPerMessage.GetReport entries and BytesPerMessage.GetReport bytes; at most
 ``MAX_QUEUED_REPORTS`` reports wait to be sent (more are Rejected).
 
@@ -26,7 +27,7 @@ from ocpp.charge_point import snake_to_camel_case
 from ocpp.exceptions import FormatViolationError, OccurrenceConstraintViolationError
 from ocpp.v201 import call
 
-from agent.ocpp.v201.device_model import ACTUAL, DeviceModel, Entry, Mutability
+from agent.ocpp.v201.device_model import ACTUAL, DeviceModel, Entry, GetResult, Mutability, SetResult
 
 if TYPE_CHECKING:
     from agent.ocpp.v201.service import OcppService
@@ -48,13 +49,8 @@ def request_size(payload: Mapping[str, Any]) -> int:
     return len(json.dumps(snake_to_camel_case(dict(payload)), separators=(",", ":")).encode())
 
 
-def check_request(dm: DeviceModel, action: str, items: Sequence[object], payload: Mapping[str, Any]) -> None:
-    """CALLERROR for a request larger than ItemsPerMessage.<action> / BytesPerMessage.<action>."""
-    limit = dm.integer("DeviceDataCtrlr", "ItemsPerMessage", instance=action)
-    if len(items) > limit:
-        raise OccurrenceConstraintViolationError(
-            description=f"{len(items)} entries, ItemsPerMessage{action} is {limit}"
-        )
+def check_request(dm: DeviceModel, action: str, payload: Mapping[str, Any]) -> None:
+    """CALLERROR FormatViolation for a request larger than BytesPerMessage.<action>."""
     max_bytes = dm.integer("DeviceDataCtrlr", "BytesPerMessage", instance=action)
     size = request_size(payload)
     if size > max_bytes:
@@ -82,20 +78,28 @@ def _address(component: Mapping[str, Any], variable: Mapping[str, Any]) -> dict[
     }
 
 
+def _too_many(action: str, limit: int) -> str:
+    return f"more than ItemsPerMessage{action}={limit} entries"
+
+
 def get_variables(dm: DeviceModel, data: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """getVariableResult for each getVariableData entry (snake_case in, camelCase out)."""
+    """getVariableResult for each getVariableData entry (snake_case in, camelCase out). Entries beyond
+    ItemsPerMessage.GetVariables are Rejected with TooManyElements, unread (B06.FR.05, TC_B_08_CS)."""
+    limit = dm.integer("DeviceDataCtrlr", "ItemsPerMessage", instance="GetVariables")
     results: list[dict[str, Any]] = []
-    for item in data:
+    for index, item in enumerate(data):
         component, variable = item["component"], item["variable"]
-        attribute = item.get("attribute_type")
-        got = dm.get(attribute=attribute, **_address(component, variable))
+        attribute = item.get("attribute_type") or ACTUAL
+        if index >= limit:
+            got = GetResult("Rejected", None, "TooManyElements", _too_many("GetVariables", limit))
+        else:
+            got = dm.get(attribute=attribute, **_address(component, variable))
         result: dict[str, Any] = {
             "attributeStatus": got.status,
+            "attributeType": attribute,
             "component": snake_to_camel_case(dict(component)),
             "variable": snake_to_camel_case(dict(variable)),
         }
-        if attribute is not None:
-            result["attributeType"] = attribute
         if got.value is not None:
             result["attributeValue"] = got.value
         info = _status_info(got.reason, got.info)
@@ -106,19 +110,23 @@ def get_variables(dm: DeviceModel, data: Sequence[Mapping[str, Any]]) -> list[di
 
 
 def set_variables(dm: DeviceModel, data: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """setVariableResult for each setVariableData entry, applied in order."""
+    """setVariableResult for each setVariableData entry, applied in order; entries beyond
+    ItemsPerMessage.SetVariables are Rejected with TooManyElements, not applied."""
+    limit = dm.integer("DeviceDataCtrlr", "ItemsPerMessage", instance="SetVariables")
     results: list[dict[str, Any]] = []
-    for item in data:
+    for index, item in enumerate(data):
         component, variable = item["component"], item["variable"]
-        attribute = item.get("attribute_type")
-        done = dm.set(value=str(item["attribute_value"]), attribute=attribute, **_address(component, variable))
+        attribute = item.get("attribute_type") or ACTUAL
+        if index >= limit:
+            done = SetResult("Rejected", "TooManyElements", _too_many("SetVariables", limit))
+        else:
+            done = dm.set(value=str(item["attribute_value"]), attribute=attribute, **_address(component, variable))
         result: dict[str, Any] = {
             "attributeStatus": done.status,
+            "attributeType": attribute,
             "component": snake_to_camel_case(dict(component)),
             "variable": snake_to_camel_case(dict(variable)),
         }
-        if attribute is not None:
-            result["attributeType"] = attribute
         info = _status_info(done.reason, done.info)
         if info is not None:
             result["attributeStatusInfo"] = info
@@ -333,11 +341,11 @@ class Provisioning:
         return self.service.variables
 
     async def on_get_variables(self, get_variable_data: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        check_request(self.dm, "GetVariables", get_variable_data, {"get_variable_data": get_variable_data, **extra})
+        check_request(self.dm, "GetVariables", {"get_variable_data": get_variable_data, **extra})
         return {"getVariableResult": get_variables(self.dm, get_variable_data)}
 
     async def on_set_variables(self, set_variable_data: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
-        check_request(self.dm, "SetVariables", set_variable_data, {"set_variable_data": set_variable_data, **extra})
+        check_request(self.dm, "SetVariables", {"set_variable_data": set_variable_data, **extra})
         return {"setVariableResult": set_variables(self.dm, set_variable_data)}
 
     async def on_get_base_report(self, request_id: int, report_base: str, **_: Any) -> dict[str, Any]:

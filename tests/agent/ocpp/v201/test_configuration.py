@@ -12,7 +12,7 @@ import jsonschema
 import ocpp.v201
 import pytest
 from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
-from ocpp.exceptions import FormatViolationError, OccurrenceConstraintViolationError
+from ocpp.exceptions import FormatViolationError
 
 from agent.db import connect
 from agent.ocpp.v201.configuration import (
@@ -82,22 +82,31 @@ def test_get_and_set_variables_answers_fit_the_schema() -> None:
         "Accepted", "Accepted", "Rejected", "Accepted", "UnknownComponent", "UnknownVariable",
     ]
     assert results[0]["attributeValue"] == "42"
+    assert {r["attributeType"] for r in results} == {"Actual"}  # TC_B_06_CS: Actual also when omitted
     assert results[1]["variable"] == {"name": "MessageAttempts", "instance": "TransactionEvent"}
     assert "attributeValue" not in results[2]
     assert results[3]["component"] == {"name": "EVSE", "evse": {"id": 2}}
 
 
-def test_request_bounds_raise_call_errors() -> None:
+def test_request_bounds() -> None:
+    """TC_B_08_CS: entries beyond ItemsPerMessage are Rejected (TooManyElements), the others answered;
+    a request over BytesPerMessage is a CALLERROR FormatViolation."""
     dm = model(
-        {"DeviceDataCtrlr/ItemsPerMessage.GetVariables": 2, "DeviceDataCtrlr/BytesPerMessage.SetVariables": 1000}
+        {"DeviceDataCtrlr/ItemsPerMessage.GetVariables": 2, "DeviceDataCtrlr/ItemsPerMessage.SetVariables": 1,
+         "DeviceDataCtrlr/BytesPerMessage.SetVariables": 1000}
     )
     items = [cv("OCPPCommCtrlr", "HeartbeatInterval")] * 3
-    with pytest.raises(OccurrenceConstraintViolationError):
-        check_request(dm, "GetVariables", items, {"get_variable_data": items})
-    check_request(dm, "GetVariables", items[:2], {"get_variable_data": items[:2]})
+    results = get_variables(dm, items)
+    assert [(r["attributeStatus"], r.get("attributeStatusInfo", {}).get("reasonCode")) for r in results] == [
+        ("Accepted", None), ("Accepted", None), ("Rejected", "TooManyElements"),
+    ]
+    sets = [{**cv("OCPPCommCtrlr", "HeartbeatInterval"), "attribute_value": value} for value in ("7", "8")]
+    assert [r["attributeStatus"] for r in set_variables(dm, sets)] == ["Accepted", "Rejected"]
+    assert dm.value("OCPPCommCtrlr", "HeartbeatInterval") == 7  # the refused entry was not applied
+    check_request(dm, "GetVariables", {"get_variable_data": items})
     big = [{**cv("OCPPCommCtrlr", "HeartbeatInterval"), "attribute_value": "1" * 400}] * 3
     with pytest.raises(FormatViolationError):
-        check_request(dm, "SetVariables", big, {"set_variable_data": big})
+        check_request(dm, "SetVariables", {"set_variable_data": big})
 
 
 def test_base_reports() -> None:

@@ -30,8 +30,8 @@ async def report(octt: Octt201, request_id: int, within: float = 8.0) -> list[di
     return parts
 
 
-async def test_tc_b_05_06_set_then_get_variables_and_heartbeat_interval_takes_effect(octt: Octt201) -> None:
-    await octt.start_agent()
+async def test_tc_b_06_to_11_32_to_39_set_get_variables_heartbeat_interval_takes_effect(octt: Octt201) -> None:
+    await octt.start_agent({"DeviceDataCtrlr/ItemsPerMessage.GetVariables": 5})
     await octt.booted()
     answer = await octt.send("SetVariables", {"setVariableData": [
         cv("OCPPCommCtrlr", "HeartbeatInterval", attributeValue="1"),
@@ -57,6 +57,11 @@ async def test_tc_b_05_06_set_then_get_variables_and_heartbeat_interval_takes_ef
         ("Accepted", "1"), ("Accepted", "300"), ("Rejected", None), ("UnknownVariable", None),
         ("Accepted", "Available"),
     ]
+    assert {r["attributeType"] for r in results} == {"Actual"}
+    # TC_B_08_CS: one entry more than ItemsPerMessageGetVariables: that one Rejected, TooManyElements
+    answer = await octt.send("GetVariables", {"getVariableData": [cv("OCPPCommCtrlr", "OfflineThreshold")] * 6})
+    assert [(r["attributeStatus"], r.get("attributeStatusInfo", {}).get("reasonCode"))
+            for r in answer["getVariableResult"]] == [("Accepted", None)] * 5 + [("Rejected", "TooManyElements")]
     # The new interval is used at once: two heartbeats about a second apart, not 300 s from the boot.
     first = await octt.wait("Heartbeat", count=1, within=5)
     second = await octt.wait("Heartbeat", count=2, within=5)
@@ -64,7 +69,7 @@ async def test_tc_b_05_06_set_then_get_variables_and_heartbeat_interval_takes_ef
     assert first is not second
 
 
-async def test_tc_b_07_08_base_report_and_custom_report_in_chunks(octt: Octt201) -> None:
+async def test_tc_b_12_13_53_base_reports_and_get_report_in_chunks(octt: Octt201) -> None:
     await octt.start_agent({"DeviceDataCtrlr/ItemsPerMessage.GetReport": 12})
     await octt.booted()
     assert (await octt.send("GetBaseReport", {"requestId": 7, "reportBase": "FullInventory"}))["status"] == "Accepted"
@@ -80,6 +85,13 @@ async def test_tc_b_07_08_base_report_and_custom_report_in_chunks(octt: Octt201)
     power = next(i for i in items if i["component"]["name"] == "EVSE" and i["variable"]["name"] == "Power")
     assert power["variableCharacteristics"]["unit"] == "W" and power["component"]["evse"] == {"id": 1}
     assert power["variableCharacteristics"]["maxLimit"] > 0  # the installation limit x phases x 230 V
+
+    # TC_B_12_CS: ConfigurationInventory lists only writable variables, each with its characteristics
+    answer = await octt.send("GetBaseReport", {"requestId": 6, "reportBase": "ConfigurationInventory"})
+    assert answer["status"] == "Accepted"
+    settings = [item for p in await report(octt, 6) for item in p["reportData"]]
+    assert settings and all(i["variableAttribute"][0]["mutability"] in ("ReadWrite", "WriteOnly") for i in settings)
+    assert all("variableCharacteristics" in i for i in settings)
 
     answer = await octt.send("GetReport", {"requestId": 8, "componentVariable": [
         {"component": {"name": "OCPPCommCtrlr"}, "variable": {"name": "HeartbeatInterval"}},
