@@ -222,15 +222,21 @@ class SolarSite:
     """Shares one site's surplus between sessions, each with its own ``SolarPolicy``.
 
     ``step`` takes the sessions in priority order (first = kept running longest). Each policy sees the surplus
-    left after the minimum power of the higher-priority sessions that run, so when the sun fades the
-    lowest-priority session pauses first (after its own delays); the sessions that run then share the whole
-    surplus with the same current per phase as far as their limits allow. A connector missing from a step's
-    list has no session any more: its policy (and its phase-switch count) is dropped.
+    left after the minimum power of the higher-priority sessions that run (or what such a session's EV draws
+    plus 1.5 A when that is less: a full battery does not hold the sun from the others), so when the sun fades
+    the lowest-priority session pauses first (after its own delays); the sessions that run then share the
+    whole surplus with the same current per phase as far as their limits allow, an EV that draws more than
+    1 A below what it was granted being held at its draw + 1.5 A while the others need it. A connector
+    missing from a step's list has no session any more: its policy (and its phase-switch count) is dropped.
     """
+
+    HOLD_HEADROOM_A = 1.5
+    UNUSED_BELOW_A = 1.0
 
     def __init__(self, settings: SolarSettings) -> None:
         self.settings = settings
         self.policies: dict[int, SolarPolicy] = {}
+        self._granted: dict[int, float] = {}
 
     def step(self, now_s: float, grid_power_w: float, sessions: Sequence[SolarSession]) -> dict[int, SolarDecision]:
         """``grid_power_w``: total signed power at the connection point (import positive)."""
@@ -238,9 +244,10 @@ class SolarSite:
         ids = {session.connector_id for session in sessions}
         for gone in [cid for cid in self.policies if cid not in ids]:
             del self.policies[gone]
+            self._granted.pop(gone, None)
         grid = grid_power_w if math.isfinite(grid_power_w) else 0.0
-        drawn = sum(max(x.drawn_w, 0.0) for x in sessions if math.isfinite(x.drawn_w))
-        available = drawn - grid
+        draws = {x.connector_id: max(x.drawn_w, 0.0) if math.isfinite(x.drawn_w) else 0.0 for x in sessions}
+        available = sum(draws.values()) - grid
         decisions: dict[int, SolarDecision] = {}
         reserved = 0.0
         for session in sessions:
@@ -249,14 +256,29 @@ class SolarSite:
                                    session.phase_switching)  # fmt: skip
             decisions[session.connector_id] = decision
             if decision.run:
-                reserved += s.min_power_w(decision.phases)
+                need = s.min_power_w(decision.phases)
+                if session.running:
+                    headroom = self.HOLD_HEADROOM_A * decision.phases * s.voltage_v
+                    need = min(need, draws[session.connector_id] + headroom)
+                reserved += need
         if s.mode not in SOLAR_MODES:
             return decisions
         running = [x for x in sessions if decisions[x.connector_id].run]
-        items = []
+        bounds: list[tuple[float, float, int]] = []
+        held: list[tuple[float, float, int]] = []
         for x in running:
-            limit = x.limit_a if math.isfinite(x.limit_a) else s.min_current_a
-            items.append((s.min_current_a, max(limit, s.min_current_a), decisions[x.connector_id].phases))
-        for x, current in zip(running, _split(available, items, s.voltage_v), strict=True):
+            phases = decisions[x.connector_id].phases
+            limit = max(x.limit_a if math.isfinite(x.limit_a) else s.min_current_a, s.min_current_a)
+            bounds.append((s.min_current_a, limit, phases))
+            drawn_a = draws[x.connector_id] / (phases * s.voltage_v)
+            granted = self._granted.get(x.connector_id)
+            if x.running and granted is not None and drawn_a < granted - self.UNUSED_BELOW_A:
+                limit = min(limit, max(s.min_current_a, drawn_a + self.HOLD_HEADROOM_A))
+            held.append((s.min_current_a, limit, phases))
+        currents = _split(available, held, s.voltage_v)
+        if sum(c * p * s.voltage_v for c, (_, _, p) in zip(currents, held, strict=True)) < available - 1.0:
+            currents = _split(available, bounds, s.voltage_v)  # room for all: nobody is held back
+        for x, current in zip(running, currents, strict=True):
             decisions[x.connector_id] = replace(decisions[x.connector_id], current_a=current)
+        self._granted = {x.connector_id: c for x, c in zip(running, currents, strict=True)}
         return decisions
