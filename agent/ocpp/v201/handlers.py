@@ -27,6 +27,8 @@ class CoreHandlers:
         self._station = service.station
         # A Reset OnIdle waiting for transactions to end: (type, evse id or None for the station)
         self.scheduled_reset: tuple[str, int | None] | None = None
+        # EVSEs a ChangeAvailability left as they were: their status is reported anyway (G03.FR.04, TC_G_10_CS)
+        self._unchanged: list[int] = []
         self._tasks: set[asyncio.Task[None]] = set()
         service.register_trigger("BootNotification", self._accept_boot, self._send_boot)
         service.register_trigger("Heartbeat", lambda evse: "Accepted", self._send_heartbeat)
@@ -51,6 +53,7 @@ class CoreHandlers:
             level, targets = (evse_id, 0 if connector_id is None else 1), [evse_id]
         was = self._svc.availability.own(*level)
         self._svc.availability.set(*level, operative)
+        self._unchanged = targets if was == operative else []
         busy = [cid for cid in targets if self._station.connector_view(cid).session is not None]
         if not operative and busy and was:
             return {"status": "Scheduled"}
@@ -58,6 +61,9 @@ class CoreHandlers:
 
     async def after_change_availability(self, **_: Any) -> None:
         self._svc.apply_availability()
+        unchanged, self._unchanged = self._unchanged, []
+        for cid in unchanged:
+            self._svc.queue_all_statuses(cid, force=True)
 
     # -- reset (B11, B12) ---------------------------------------------------------------------------
 

@@ -240,6 +240,8 @@ class OcppService:
 
     async def run(self) -> None:
         self.apply_availability()
+        if not self.boot_resumed:  # a restart of the network side alone is not a startup of the device (A04)
+            self.security_event("StartupOfTheDevice", f"firmware {self.config.station.firmware_version}")
         tasks = [
             asyncio.create_task(self.link.run(), name="ocpp201-link"),
             *(
@@ -259,6 +261,7 @@ class OcppService:
 
     def request_restart(self, kind: str, boot_reason: str = "RemoteReset") -> None:
         log.warning("%s reset requested by the CSMS: restarting the agent", kind)
+        self.security_event("ResetOrReboot", f"{kind} reset requested by the CSMS")
         try:
             self._boot_record.set_next_reason(boot_reason)
         except StorageError as exc:

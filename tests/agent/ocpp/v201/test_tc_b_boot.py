@@ -1,5 +1,6 @@
-"""OCTT 2.0.1 Provisioning, boot and reset (TC_B_01_CS .. TC_B_03_CS, TC_B_20_CS .. for Reset) over real
-websockets against the bundled CSMS, with the simulator's hardware underneath."""
+"""OCTT 2.0.1 Provisioning: cold boot (TC_B_01_CS .. TC_B_03_CS) and Reset (TC_B_20_CS .. TC_B_23_CS,
+TC_B_25_CS), security events at start-up and reset (A04), over real websockets against the bundled CSMS,
+with the simulator's hardware underneath."""
 
 from __future__ import annotations
 
@@ -85,9 +86,9 @@ async def test_network_side_restart_is_no_new_boot(octt: Octt201) -> None:
     assert len(octt.msgs("BootNotification")) == 1
 
 
-async def test_tc_b_11_cs_reset_without_ongoing_transaction(octt: Octt201) -> None:
-    """B11: Reset OnIdle (and Immediate) of the station with no transaction: Accepted, the agent restarts and
-    boots with reason RemoteReset."""
+async def test_tc_b_20_cs_reset_without_ongoing_transaction_on_idle(octt: Octt201) -> None:
+    """B11: Reset OnIdle of the station with no transaction: Accepted, the agent restarts and boots with
+    reason RemoteReset; StartupOfTheDevice at the first start and ResetOrReboot go out as security events."""
     agent = await octt.start_agent()
     await octt.booted()
     assert (await octt.send("Reset", {"type": "OnIdle"}))["status"] == "Accepted"
@@ -96,15 +97,21 @@ async def test_tc_b_11_cs_reset_without_ongoing_transaction(octt: Octt201) -> No
     await octt.restart_agent()
     boot = await octt.wait("BootNotification", count=2, within=10)
     assert boot.payload["reason"] == "RemoteReset"
+    # At least once: the ResetOrReboot sent just before the restart may come again from the outbox.
+    kinds = await eventually(lambda: [m.payload["type"] for m in octt.msgs("SecurityEventNotification")]
+                             if len(octt.msgs("SecurityEventNotification")) >= 3 else None, what="events")
+    assert kinds[0] == "StartupOfTheDevice" and "ResetOrReboot" in kinds
+    await eventually(lambda: [m.payload["type"] for m in octt.msgs("SecurityEventNotification")].count(
+        "StartupOfTheDevice") == 2, what="second StartupOfTheDevice")
 
 
-async def test_tc_b_12_cs_reset_evse(octt: Octt201) -> None:
-    """B12: Reset of one EVSE: Accepted, the EVSE goes out of service for a moment and comes back; an
+async def test_tc_b_25_cs_reset_evse_without_ongoing_transaction(octt: Octt201) -> None:
+    """B11.FR.08: Reset of one EVSE: Accepted, the EVSE goes out of service for a moment and comes back; an
     unknown EVSE is Rejected. The station itself does not restart."""
     agent = await octt.start_agent()
     await octt.booted()
-    assert (await octt.send("Reset", {"type": "Immediate", "evseId": 9}))["status"] == "Rejected"
-    assert (await octt.send("Reset", {"type": "Immediate", "evseId": 1}))["status"] == "Accepted"
+    assert (await octt.send("Reset", {"type": "OnIdle", "evseId": 9}))["status"] == "Rejected"
+    assert (await octt.send("Reset", {"type": "OnIdle", "evseId": 1}))["status"] == "Accepted"
     await octt.wait_status("Unavailable", evse_id=1)
     await octt.wait_status("Available", evse_id=1, count=2)
     assert not agent.service.restart_requested.is_set()
@@ -118,3 +125,29 @@ async def test_security_event_goes_through_the_outbox(octt: Octt201) -> None:
     assert event.payload["type"] == "ReconfigurationOfSecurityParameters"
     assert event.payload["techInfo"] == "test"
     await eventually(lambda: agent.service.outbox.depth() == 0, what="outbox drained")
+
+
+async def test_tc_b_21_cs_reset_on_idle_with_ongoing_transaction(octt: Octt201) -> None:
+    """B11.FR.01/03: Reset OnIdle while charging -> Scheduled; the station restarts once the transaction
+    has ended (here: the EV is unplugged), not before."""
+    agent = await octt.start_agent()
+    await octt.booted()
+    await octt.charging()
+    assert (await octt.send("Reset", {"type": "OnIdle"}))["status"] == "Scheduled"
+    await asyncio.sleep(0.3)
+    assert not agent.service.restart_requested.is_set() and agent.connector.session is not None
+    octt.ctl("unplug", connector=1)
+    await octt.wait_tx_event("Ended")
+    await asyncio.wait_for(agent.service.restart_requested.wait(), 8)
+
+
+async def test_tc_b_22_cs_reset_immediate_with_ongoing_transaction(octt: Octt201) -> None:
+    """B11.FR.04: Reset Immediate while charging -> Accepted, the transaction ends (stoppedReason
+    ImmediateReset), then the station restarts."""
+    agent = await octt.start_agent()
+    await octt.booted()
+    await octt.charging()
+    assert (await octt.send("Reset", {"type": "Immediate"}))["status"] == "Accepted"
+    ended = await octt.wait_tx_event("Ended")
+    assert ended["transactionInfo"].get("stoppedReason") == "ImmediateReset"
+    await asyncio.wait_for(agent.service.restart_requested.wait(), 8)

@@ -1,4 +1,4 @@
-"""OCTT 2.0.1 TriggerMessage (TC_F_06_CS and the F06 cases for each message the core service owns), over
+"""OCTT 2.0.1 TriggerMessage (use case F06: TC_F_15_CS .. TC_F_27_CS for each message the core service owns), over
 real websockets against the bundled CSMS; and the hook other blocks use to add their messages."""
 
 from __future__ import annotations
@@ -9,9 +9,10 @@ from typing import Any
 from tests.agent.ocpp.v201.conftest import Octt201
 
 
-async def test_tc_f_06_cs_trigger_core_messages(octt: Octt201) -> None:
-    """Heartbeat, StatusNotification (all EVSEs, one EVSE/connector), FirmwareStatusNotification and
-    LogStatusNotification (Idle: nothing in progress): Accepted, then sent even though nothing changed."""
+async def test_tc_f_15_f_17_f_18_f_20_f_23_cs_trigger_core_messages(octt: Octt201) -> None:
+    """Heartbeat (F_20), StatusNotification (one EVSE/connector F_23, all EVSEs), FirmwareStatusNotification
+    (F_18; with an EVSE that does not matter for it F_17) and LogStatusNotification (F_15; Idle: nothing in
+    progress): Accepted, then sent even though nothing changed."""
     await octt.start_agent()
     await octt.booted()
     assert (await octt.send("TriggerMessage", {"requestedMessage": "Heartbeat"}))["status"] == "Accepted"
@@ -24,9 +25,12 @@ async def test_tc_f_06_cs_trigger_core_messages(octt: Octt201) -> None:
     for message in ("FirmwareStatusNotification", "LogStatusNotification"):
         assert (await octt.send("TriggerMessage", {"requestedMessage": message}))["status"] == "Accepted"
         assert (await octt.wait(message)).payload == {"status": "Idle"}
+    with_evse = {"requestedMessage": "FirmwareStatusNotification", "evse": {"id": 1}}
+    assert (await octt.send("TriggerMessage", with_evse))["status"] == "Accepted"
+    assert (await octt.wait("FirmwareStatusNotification", count=2)).payload == {"status": "Idle"}
 
 
-async def test_tc_f_06_cs_trigger_rejected_and_not_implemented(octt: Octt201) -> None:
+async def test_tc_f_26_f_27_cs_trigger_rejected_and_not_implemented(octt: Octt201) -> None:
     """BootNotification once Accepted -> Rejected; an unknown EVSE or connector -> Rejected; a message
     nobody registered -> NotImplemented. Nothing is sent for them."""
     await octt.start_agent()
