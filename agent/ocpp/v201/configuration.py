@@ -332,6 +332,12 @@ class Provisioning:
         self.service = service
         # cpctl (the diagnostic socket, on this network side) reads and sets the device model through this.
         service.station.attach_network_diagnostics(OcppDiagnosticsAdapter(service))
+        # The connectors follow EVConnectionTimeOut / StopTxOnEVSideDisconnect / UnlockOnEVSideDisconnect from
+        # the start (presets and stored values), and on every change (DeviceModel does that).
+        try:
+            service.variables.apply_connector_settings()
+        except Exception as exc:  # the control side not there (yet): its connectors keep their settings
+            log.warning("connector settings not applied: %s", exc)
         self._reports: dict[int, tuple[list[Entry], bool]] = {}  # accepted, waiting for its after-hook
         self._in_flight: set[int] = set()  # being sent
         self._sending = asyncio.Lock()

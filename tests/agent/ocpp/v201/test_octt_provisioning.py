@@ -31,11 +31,17 @@ async def report(octt: Octt201, request_id: int, within: float = 8.0) -> list[di
 
 
 async def test_tc_b_06_to_11_32_to_39_set_get_variables_heartbeat_interval_takes_effect(octt: Octt201) -> None:
-    await octt.start_agent({"DeviceDataCtrlr/ItemsPerMessage.GetVariables": 5})
+    agent = await octt.start_agent(
+        {"DeviceDataCtrlr/ItemsPerMessage.GetVariables": 5, "TxCtrlr/EVConnectionTimeOut": 33}
+    )
     await octt.booted()
+    assert agent.station is not None
+    assert agent.station.connector_view(1).settings.connection_timeout_s == 33  # the preset reached the connector
     answer = await octt.send("SetVariables", {"setVariableData": [
         cv("OCPPCommCtrlr", "HeartbeatInterval", attributeValue="1"),
         cv("OCPPCommCtrlr", "OfflineThreshold", attributeValue="300"),
+        cv("TxCtrlr", "EVConnectionTimeOut", attributeValue="44"),
+        cv("OCPPCommCtrlr", "UnlockOnEVSideDisconnect", attributeValue="false"),
         cv("SecurityCtrlr", "Identity", attributeValue="someone-else"),  # TC_B_07_CS-like: read-only
         cv("TxCtrlr", "TxStartPoint", attributeValue="Sometimes"),  # not in the values list
         cv("NoSuchCtrlr", "Enabled", attributeValue="true"),
@@ -43,9 +49,12 @@ async def test_tc_b_06_to_11_32_to_39_set_get_variables_heartbeat_interval_takes
     ]})
     statuses = [(r["attributeStatus"], r.get("attributeStatusInfo", {}).get("reasonCode"))
                 for r in answer["setVariableResult"]]
-    assert statuses == [("Accepted", None), ("Accepted", None), ("Rejected", "ReadOnly"),
+    assert statuses == [("Accepted", None), ("Accepted", None), ("Accepted", None), ("Accepted", None),
+                        ("Rejected", "ReadOnly"),
                         ("Rejected", "InvalidValue"), ("UnknownComponent", None), ("NotSupportedAttributeType", None)]
     set_at = time.monotonic()
+    settings = agent.station.connector_view(1).settings
+    assert (settings.connection_timeout_s, settings.unlock_on_ev_disconnect) == (44, False)  # at once
 
     answer = await octt.send("GetVariables", {"getVariableData": [
         cv("OCPPCommCtrlr", "HeartbeatInterval"), cv("OCPPCommCtrlr", "OfflineThreshold"),
