@@ -346,3 +346,31 @@ def test_frames_never_show_the_basic_auth_password() -> None:
     report = [2, "2", "NotifyReport", {"reportData": [{"component": {"name": "SecurityCtrlr"},
               "variable": {"name": "BasicAuthPassword"}, "variableAttribute": [{"value": "0123456789abcdefSECRET"}]}]}]
     assert "SECRET" not in str(LoggedFrame(json.dumps(report)))
+
+
+def test_ocpp_variables_table_in_the_toml(tmp_path: Path) -> None:
+    from agent.config import load
+    from agent.preflight import check_ocpp_variables
+
+    base = (
+        '[station]\nid = "CP1"\n[devices.b]\ndriver = "pilot-board-serial"\nport = "/dev/null"\n'
+        '[[connectors]]\npilot = "b"\n[ocpp]\nendpoint = "ws://127.0.0.1:9/ocpp"\n[ocpp.variables]\n'
+    )
+    path = tmp_path / "agent.toml"
+
+    def loaded(table: str) -> Any:
+        path.write_text(base + table)
+        return load(path)
+
+    config = loaded('"OCPPCommCtrlr/HeartbeatInterval" = 60\n"TxCtrlr/TxStopPoint" = ["EVConnected"]\n')
+    assert config.ocpp.variables == {"OCPPCommCtrlr/HeartbeatInterval": "60", "TxCtrlr/TxStopPoint": "EVConnected"}
+    check_ocpp_variables(config)
+    with pytest.raises(ConfigError) as error:
+        loaded('"OCPPCommCtrlr/HeartbeatInterval" = {a = 1}\n')
+    assert error.value.key == "ocpp.variables.OCPPCommCtrlr/HeartbeatInterval"
+    with pytest.raises(ConfigError) as error:
+        loaded("HeartbeatInterval = 60\n")
+    assert error.value.key == "ocpp.variables.HeartbeatInterval"
+    with pytest.raises(ConfigError) as error:
+        check_ocpp_variables(loaded('"EVSE/Power" = 60\n'))
+    assert error.value.key == "ocpp.variables.EVSE/Power"
