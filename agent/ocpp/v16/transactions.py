@@ -23,6 +23,7 @@ from ocpp.v16 import call
 
 from agent.authcache import IdTagInfo
 from agent.events import MeterUpdate, SessionStarted, SessionStopped, StopReason
+from agent.ocpp import outbox_convert as convert
 from agent.ocpp.v16 import meter_values as mv
 from agent.ocpp.v16.configuration import ConfigurationStore
 from agent.ocpp.v16.rpc import CallErrorReceived, CallTimeout, ConnectionLost, InvalidPayload, OcppSession
@@ -387,6 +388,15 @@ class TransactionMessages:
 
     async def deliver(self, session: OcppSession, entry: OutboxEntry) -> None:
         """Send one entry; ack, defer or drop it. Raises ConnectionLost when the link went away."""
+        if entry.action == convert.TRANSACTION_EVENT or (entry.action == METER_VALUES and "evseId" in entry.payload):
+            converted = self._from_201(entry)  # queued under OCPP 2.0.1 before a version change
+            if converted is None:
+                return
+            entry = converted
+        if entry.action not in _CALLS:  # queued under 2.0.1 (e.g. another message it queues): no 1.6 form
+            self.outbox.drop(entry.id, f"{entry.action} has no OCPP 1.6 form")
+            log.error("outbox entry #%d (%s) has no OCPP 1.6 form: dropped", entry.id, entry.action)
+            return
         try:
             payload = self.outbox.payload_for_send(entry)
         except UnboundTransaction:
@@ -404,6 +414,18 @@ class TransactionMessages:
             self._failed(entry, attempts, str(exc))
             return
         self._delivered(entry, payload, conf)
+
+    def _from_201(self, entry: OutboxEntry) -> OutboxEntry | None:
+        """A 2.0.1 entry rewritten in place as its 1.6 equivalent (agent/ocpp/outbox_convert.py), or given
+        up on with the reason when it has none (an Updated without meter values)."""
+        later = [e.payload for e in self.outbox.entries(10_000) if e.tx_ref == entry.tx_ref and e.id != entry.id]
+        converted = convert.to_16(entry.action, entry.payload, later)
+        if converted is None:
+            self.outbox.drop(entry.id, f"{entry.action} queued under OCPP 2.0.1 has no 1.6 form")
+            return None
+        self.outbox.rewrite(entry.id, *converted)
+        head = self.outbox.head()
+        return head if head is not None and head.id == entry.id else None
 
     def _failed(self, entry: OutboxEntry, attempts: int, why: str) -> None:
         limit = max(1, self._store.get_int("TransactionMessageAttempts"))
