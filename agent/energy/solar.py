@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from itertools import pairwise
 
 MODES = ("off", "grid-limit", "solar", "solar+min")
 SOLAR_MODES = ("solar", "solar+min")
@@ -206,16 +207,20 @@ def _split(available_w: float, items: list[tuple[float, float, int]], voltage: f
     def used(level: float) -> float:
         return sum(voltage * p * min(max(level, lo), hi) for lo, hi, p in items)
 
-    low, high = 0.0, max(hi for _, hi, _ in items)
-    if used(high) <= available_w:
-        return [hi for _, hi, _ in items]
-    for _ in range(60):
-        mid = (low + high) / 2
-        if used(mid) <= available_w:
-            low = mid
-        else:
-            high = mid
-    return [min(max(low, lo), hi) for lo, hi, _ in items]
+    # used() is piecewise linear and non-decreasing in the level: find the piece where it reaches available_w
+    points = sorted({x for lo, hi, _ in items for x in (lo, hi)})
+    level = points[-1]
+    if used(level) > available_w:
+        level = points[0]
+        for left, right in pairwise(points):
+            at_left, at_right = used(left), used(right)
+            if at_right > available_w:
+                if at_right > at_left and at_left < available_w:
+                    level = left + (right - left) * (available_w - at_left) / (at_right - at_left)
+                else:
+                    level = left
+                break
+    return [min(max(level, lo), hi) for lo, hi, _ in items]
 
 
 class SolarSite:

@@ -294,3 +294,38 @@ def test_no_oscillation_and_no_long_import_on_a_cloudy_day(seed: int, three_phas
         stretch = stretch + 1 if value - house >= need else 0
         longest_stretch = max(longest_stretch, stretch)
     assert bool(ev.toggles) == (longest_stretch > s.solar_start_delay_s)
+
+
+@settings(max_examples=3, deadline=None)
+@given(st.integers(0, 2**32 - 1))
+def test_two_sessions_share_without_oscillation(seed: int) -> None:
+    """SolarSite with a 1-phase and a switchable 3-phase session over 3 cloudy hours: each session's pauses and
+    runs last their minimum times, phase switches stay under the cap, the surplus is never exceeded for longer
+    than the min run (+ the EVs' settling), and when the sun allows it both charge."""
+    s = SolarSettings(phase_switching=True, solar_start_delay_s=30.0, solar_stop_delay_s=120.0,
+                      solar_min_run_s=300.0, solar_min_pause_s=120.0)  # fmt: skip
+    rng = random.Random(seed)
+    seconds = 3 * 3600
+    pv = cloudy_pv(rng, seconds, peak_w=rng.uniform(6000.0, 12000.0))
+    site, evs = SolarSite(s), {1: Ev(phases=1), 2: Ev(phases=3)}
+    import_since: int | None = None
+    longest_import = 0
+    for t in range(seconds):
+        draws = {cid: ev.current * ev.phases * 230.0 for cid, ev in evs.items()}
+        grid_w = 400.0 + sum(draws.values()) - pv[t]
+        sessions = [SolarSession(cid, ev.closed and ev.current > 0.5, ev.phases, draws[cid], 16.0,
+                                 phase_switching=cid == 2) for cid, ev in evs.items()]  # fmt: skip
+        decisions = site.step(float(t), grid_w, sessions)
+        for cid, ev in evs.items():
+            ev.apply(t, decisions[cid])
+        if min(grid_w, sum(draws.values())) > s.solar_import_margin_w:
+            import_since = t if import_since is None else import_since
+            longest_import = max(longest_import, t - import_since + 1)
+        else:
+            import_since = None
+    for ev in evs.values():
+        for (t_a, on_a), (t_b, _) in zip(ev.toggles, ev.toggles[1:], strict=False):
+            assert t_b - t_a >= (s.solar_min_run_s if on_a else s.solar_min_pause_s) - 1, ev.toggles
+    assert longest_import <= s.solar_min_run_s + 15
+    assert all(policy.phase_switches <= s.max_phase_switches for policy in site.policies.values())
+    assert evs[1].toggles and evs[2].toggles
