@@ -74,7 +74,8 @@ def _cases() -> list[tuple[str, str]]:
 
 def test_matrix_tables_match_the_agent() -> None:
     """The test's idea of which faults stop charging and which latch is the agent's own."""
-    assert {Fault(n) for n in NON_STOPPING} == NON_BLOCKING - {Fault.METER_IMPLAUSIBLE}
+    # site-meter is station-level, injected with `site silent` (tests/integration/test_site_limit.py)
+    assert {Fault(n) for n in NON_STOPPING} == NON_BLOCKING - {Fault.METER_IMPLAUSIBLE, Fault.SITE_METER}
     assert not {Fault(n) for n in NON_STOPPING} & _FAULTING
     assert {Fault(n) for n in FAULTS} - {Fault(n) for n in NON_STOPPING} <= _FAULTING
     from agent.charge_control import LATCHING as AGENT_LATCHING
