@@ -332,6 +332,14 @@ class Provisioning:
         self.service = service
         # cpctl (the diagnostic socket, on this network side) reads and sets the device model through this.
         service.station.attach_network_diagnostics(OcppDiagnosticsAdapter(service))
+        # What [ocpp] says about security is what the device model reports until the CSMS changes it.
+        ocpp = service.config.ocpp
+        try:
+            service.variables.preset("SecurityCtrlr", "SecurityProfile", str(ocpp.security_profile))
+            if ocpp.password:
+                service.variables.preset("SecurityCtrlr", "BasicAuthPassword", ocpp.password)
+        except ValueError as exc:  # e.g. a password shorter than the 16 characters 2.0.1 asks for
+            log.warning("[ocpp] setting not taken into the device model: %s", exc)  # names no value of a string
         # The connectors follow EVConnectionTimeOut / StopTxOnEVSideDisconnect / UnlockOnEVSideDisconnect from
         # the start (presets and stored values), and on every change (DeviceModel does that).
         try:

@@ -641,6 +641,19 @@ class DeviceModel:
 
         return unsubscribe
 
+    def preset(self, component: str, variable: str, value: str) -> None:
+        """A value the agent's own configuration gives (``[ocpp] security_profile``, ``password``): like a
+        ``[ocpp.variables]`` preset, never persisted; a value set over OCPP (or internally) wins. A preset in
+        ``[ocpp.variables]`` for the same variable wins too. ValueError for an invalid value."""
+        spec = self.spec(component, variable)
+        if spec is None or spec.source is not None:
+            raise DeviceModelError(f"{component}/{variable}: not a setting")
+        value = _normalise(spec, value)
+        bad = self._problem(spec, value)
+        if bad is not None:
+            raise ValueError(f"{spec.key}: {bad}")
+        self._presets.setdefault(spec.key, value)
+
     def bind(self, source: str, getter: Callable[[], object]) -> None:
         """Give the getter of a fact another part of the agent owns (``certificate_entries``,
         ``local_list_entries``, ``active_network_profile``: it gets no arguments;

@@ -374,3 +374,17 @@ def test_ocpp_variables_table_in_the_toml(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         check_ocpp_variables(loaded('"EVSE/Power" = 60\n'))
     assert error.value.key == "ocpp.variables.EVSE/Power"
+
+
+def test_agent_presets_from_the_ocpp_table() -> None:
+    dm = model({"SecurityCtrlr/OrganizationName": "ACME"})
+    dm.preset("SecurityCtrlr", "SecurityProfile", "2")
+    assert dm.value("SecurityCtrlr", "SecurityProfile") == 2
+    dm.preset("SecurityCtrlr", "OrganizationName", "Other")  # [ocpp.variables] wins
+    assert dm.value("SecurityCtrlr", "OrganizationName") == "ACME"
+    assert dm.set("SecurityCtrlr", "SecurityProfile", "3", source="internal").status == "Accepted"
+    assert dm.value("SecurityCtrlr", "SecurityProfile") == 3
+    with pytest.raises(ValueError, match="at least 16"):
+        dm.preset("SecurityCtrlr", "BasicAuthPassword", "short")
+    with pytest.raises(DeviceModelError):
+        dm.preset("EVSE", "Power", "1")

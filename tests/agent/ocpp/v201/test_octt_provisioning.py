@@ -32,7 +32,7 @@ async def report(octt: Octt201, request_id: int, within: float = 8.0) -> list[di
 
 async def test_tc_b_06_to_11_32_to_39_set_get_variables_heartbeat_interval_takes_effect(octt: Octt201) -> None:
     agent = await octt.start_agent(
-        {"DeviceDataCtrlr/ItemsPerMessage.GetVariables": 5, "TxCtrlr/EVConnectionTimeOut": 33}
+        {"DeviceDataCtrlr/ItemsPerMessage.GetVariables": 6, "TxCtrlr/EVConnectionTimeOut": 33}
     )
     await octt.booted()
     assert agent.station is not None
@@ -60,17 +60,18 @@ async def test_tc_b_06_to_11_32_to_39_set_get_variables_heartbeat_interval_takes
         cv("OCPPCommCtrlr", "HeartbeatInterval"), cv("OCPPCommCtrlr", "OfflineThreshold"),
         cv("SecurityCtrlr", "BasicAuthPassword"), cv("TxCtrlr", "NoSuchVariable"),
         {"component": {"name": "EVSE", "evse": {"id": 1}}, "variable": {"name": "AvailabilityState"}},
+        cv("SecurityCtrlr", "SecurityProfile"),
     ]})
     results = answer["getVariableResult"]
     assert [(r["attributeStatus"], r.get("attributeValue")) for r in results] == [
         ("Accepted", "1"), ("Accepted", "300"), ("Rejected", None), ("UnknownVariable", None),
-        ("Accepted", "Available"),
+        ("Accepted", "Available"), ("Accepted", str(agent.station.config.ocpp.security_profile)),
     ]
     assert {r["attributeType"] for r in results} == {"Actual"}
     # TC_B_08_CS: one entry more than ItemsPerMessageGetVariables: that one Rejected, TooManyElements
-    answer = await octt.send("GetVariables", {"getVariableData": [cv("OCPPCommCtrlr", "OfflineThreshold")] * 6})
+    answer = await octt.send("GetVariables", {"getVariableData": [cv("OCPPCommCtrlr", "OfflineThreshold")] * 7})
     assert [(r["attributeStatus"], r.get("attributeStatusInfo", {}).get("reasonCode"))
-            for r in answer["getVariableResult"]] == [("Accepted", None)] * 5 + [("Rejected", "TooManyElements")]
+            for r in answer["getVariableResult"]] == [("Accepted", None)] * 6 + [("Rejected", "TooManyElements")]
     # The new interval is used at once: two heartbeats about a second apart, not 300 s from the boot.
     first = await octt.wait("Heartbeat", count=1, within=5)
     second = await octt.wait("Heartbeat", count=2, within=5)
