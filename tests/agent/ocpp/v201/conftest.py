@@ -327,17 +327,14 @@ class Octt201:
         return await self.wait_tx_event("Started")
 
 
-@pytest.fixture
-async def csms() -> AsyncIterator[Csms]:
-    server = Csms(accept=[TAG, TAG2], heartbeat_interval=300, version="2.0.1")
-    await server.start()
-    yield server
-    await server.stop()
+def new_csms() -> Csms:
+    return Csms(accept=[TAG, TAG2], heartbeat_interval=300, version="2.0.1")
 
 
-@pytest.fixture
-async def octt(tmp_path: Path, csms: Csms) -> AsyncIterator[Octt201]:
-    rig = Rig(RigOptions(directory=tmp_path, csms_url=csms.url, charge_point_id=CP, ocpp_version="2.0.1"))
+@contextlib.asynccontextmanager
+async def octt_on(directory: Path, csms: Csms) -> AsyncIterator[Octt201]:
+    """The harness on a rig in ``directory`` against a started CSMS (for fixtures outside this directory)."""
+    rig = Rig(RigOptions(directory=directory, csms_url=csms.url, charge_point_id=CP, ocpp_version="2.0.1"))
     await rig.start()
     harness = Octt201(csms, rig)
     try:
@@ -348,3 +345,17 @@ async def octt(tmp_path: Path, csms: Csms) -> AsyncIterator[Octt201]:
         if harness.process is not None:
             harness.process.kill()
         await rig.stop()
+
+
+@pytest.fixture
+async def csms() -> AsyncIterator[Csms]:
+    server = new_csms()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+@pytest.fixture
+async def octt(tmp_path: Path, csms: Csms) -> AsyncIterator[Octt201]:
+    async with octt_on(tmp_path, csms) as harness:
+        yield harness
