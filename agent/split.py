@@ -61,6 +61,14 @@ def prepare(role: str, config: AgentConfig) -> bool:
     if role == "control":
         import agent.ipc.control_server
         import agent.station
+        from hal.registry import load_driver
+
+        # The configured drivers' code too (pymodbus, pyserial: ~0.2 s), while the network side still imports
+        # and checks, instead of after the go on the way to the BootNotification. A driver that does not load
+        # is reported by Station() as it builds the devices.
+        for device in config.devices.values():
+            with contextlib.suppress(Exception):
+                load_driver(device.driver)
     else:
         import agent.diag
         import agent.ipc.station_proxy
@@ -128,6 +136,9 @@ def child_notifier() -> Notifier:
     return Notifier.from_env()
 
 
+SOCKET_POLL_S = 0.01  # the network side waits for the station socket at start: on the way to the boot
+
+
 def _stop_event() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -176,7 +187,7 @@ async def run_network(config: AgentConfig) -> int:
     path = station_socket(config)
     while not path.exists() and not stop.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 0.05)
+            await asyncio.wait_for(stop.wait(), SOCKET_POLL_S)
     if stop.is_set():
         return 0
     proxy = StationProxy(path, config.state_dir / "state.db")
