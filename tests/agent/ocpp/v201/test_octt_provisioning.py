@@ -149,3 +149,21 @@ async def test_cpctl_config_get_set_reach_the_device_model(octt: Octt201, capsys
     keys = {row["key"] for row in json.loads(out)["configurationKey"]}
     assert {"TxCtrlr/TxStartPoint", "Connector@1.1/ConnectorType"} <= keys
     assert "SecurityCtrlr/BasicAuthPassword" not in keys
+
+
+async def test_tc_b_02_cs_pending_the_csms_configures_and_reads_the_device_model(octt: Octt201) -> None:
+    """TC_B_02_CS steps 3-10: while the boot is Pending the CSMS sets and gets variables and asks for a
+    FullInventory; the NotifyReport messages go out although nothing else may."""
+    octt.csms.boot_status = "Pending"
+    octt.csms.heartbeat_interval = 300
+    await octt.start_agent()
+    await octt.wait("BootNotification")
+    answer = await octt.send("SetVariables", {"setVariableData": [
+        cv("OCPPCommCtrlr", "OfflineThreshold", attributeValue="300")]})
+    assert answer["setVariableResult"][0]["attributeStatus"] == "Accepted"
+    answer = await octt.send("GetVariables", {"getVariableData": [cv("OCPPCommCtrlr", "OfflineThreshold")]})
+    assert answer["getVariableResult"][0]["attributeValue"] == "300"
+    assert (await octt.send("GetBaseReport", {"requestId": 3, "reportBase": "FullInventory"}))["status"] == "Accepted"
+    parts = await report(octt, 3)
+    assert [p["seqNo"] for p in parts] == list(range(len(parts)))
+    assert {m.action for m in octt.msgs()} == {"BootNotification", "NotifyReport"}
