@@ -4,12 +4,14 @@ in [ocpp.variables], and the agent boots over 2.0.1 (once the 2.0.1 service exis
 from __future__ import annotations
 
 import tomllib
+from pathlib import Path
 
 import pytest
 from websockets.asyncio.client import connect
 from websockets.typing import Subprotocol
 
 from agent.config import load
+from simulator.rig import Rig, RigOptions
 from tests.agent.ocpp.v201.conftest import CP, Octt201, toml_value, write_config
 
 
@@ -42,3 +44,22 @@ async def test_agent_boots_over_2_0_1(octt: Octt201) -> None:
     assert octt.csms.version_of(CP) == "2.0.1"
     assert "ocpp2.0.1" in octt.csms.handshakes[-1].subprotocols
     await octt.wait_status("Available", evse_id=1, connector_id=1)
+
+
+async def test_cpsim_rig_for_2_0_1_with_basic_auth_boots_the_agent(tmp_path: Path) -> None:
+    """What `cpsim up --ocpp 2.0.1 --security-profile 1 --password PW` builds: the agent boots over 2.0.1."""
+    rig = Rig(RigOptions(directory=tmp_path, bundled_csms=True, ocpp_version="2.0.1", security_profile=1,
+                         password="s3cret-pw-16chars", charge_point_id=CP))
+    await rig.start()
+    harness = Octt201(rig.csms, rig) if rig.csms is not None else None
+    try:
+        assert harness is not None
+        await harness.start_agent()
+        await harness.wait("BootNotification", within=10)
+        handshake = harness.csms.handshakes[-1]
+        assert handshake.authorization is not None and handshake.authorization.startswith("Basic ")
+        assert harness.csms.version_of(CP) == "2.0.1"
+    finally:
+        if harness is not None and harness.agent is not None:
+            await harness.agent.stop()
+        await rig.stop()
