@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Literal
 from agent.config import ConfigError
 from agent.db import Migration, StorageError, connect, migrate
 from agent.events import ConnectorStatus
+from agent.ocpp.v201 import meter_values
 from agent.redact import REDACTED
 
 if TYPE_CHECKING:
@@ -46,11 +47,9 @@ MIGRATIONS: list[Migration] = [
     "CREATE TABLE ocpp201_variables (key TEXT PRIMARY KEY, value TEXT NOT NULL, changed_wall REAL NOT NULL)",
 ]
 
-# Measurands the station's meters provide (agent/ocpp/v16/meter_values.SUPPORTED_MEASURANDS: the names
-# are the same in 2.0.1). The *Measurands variables accept only these.
-SUPPORTED_MEASURANDS: tuple[str, ...] = (
-    "Current.Import", "Current.Offered", "Energy.Active.Import.Register", "Power.Active.Import", "SoC", "Voltage",
-)  # fmt: skip
+# Measurands the station's meters provide (agent/ocpp/v201/meter_values.py builds them). The *Measurands
+# variables accept only these.
+SUPPORTED_MEASURANDS: tuple[str, ...] = tuple(sorted(meter_values.SUPPORTED_MEASURANDS))
 NOMINAL_VOLTAGE_V = 230.0  # EVSE.Power MaxSet: installation current x phases x nominal phase voltage
 
 
