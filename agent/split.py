@@ -30,29 +30,16 @@ import contextlib
 import logging
 import os
 import signal
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.sdnotify import Notifier, watchdog_interval
-from agent.split_supervisor import CHILD_PET_S, GO_FD_ENV, HEALTH_FD_ENV, PREFLIGHT_WORD
+from agent.split_supervisor import CHILD_PET_S, GO_FD_ENV, HEALTH_FD_ENV, PREFLIGHT_WORD, dump_modules
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
 
 log = logging.getLogger("cpagent.split")
-
-# A directory: each side writes the names of the modules it imported to `<dir>/<role>.modules` as it stops
-# (tests/test_imports_split.py checks that the control side never carries the OCPP/network stack).
-DUMP_MODULES_ENV = "CPAGENT_DUMP_MODULES"
-
-
-def dump_modules(role: str) -> None:
-    where = os.environ.get(DUMP_MODULES_ENV)
-    if where:
-        with contextlib.suppress(OSError):
-            Path(where, f"{role}.modules").write_text("\n".join(sorted(sys.modules)) + "\n")
-
 
 def prepare(role: str, config: AgentConfig) -> bool:
     """In a side started by the supervisor: import the side's code (the network side then makes the pre-flight

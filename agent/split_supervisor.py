@@ -46,6 +46,17 @@ NETWORK_NICENESS = 5  # the network side yields the CPU to the control side when
 MAX_HEALTH_LINE = 8192  # longer is not our child's words: dropped
 
 TICK_S = CHILD_PET_S / 2  # the loop's idle wake-up: hang checks, restarts that are due, systemd pets
+# A directory: each process of the agent writes the names of the modules it imported to `<dir>/<role>.modules`
+# as it stops (tests/test_imports_split.py: the supervisor stays small, the control side never carries the
+# OCPP/network stack, the network side no drivers).
+DUMP_MODULES_ENV = "CPAGENT_DUMP_MODULES"
+
+
+def dump_modules(role: str) -> None:
+    where = os.environ.get(DUMP_MODULES_ENV)
+    if where:
+        with contextlib.suppress(OSError):
+            Path(where, f"{role}.modules").write_text("\n".join(sorted(sys.modules)) + "\n")
 
 
 def started_by_supervisor() -> bool:
@@ -122,6 +133,7 @@ class SplitSupervisor:
         try:
             return self._run()
         finally:
+            dump_modules("supervisor")
             restore()
             self._selector.close()
             os.close(self._wake_r)
