@@ -208,12 +208,21 @@ def test_site_defaults_and_a_full_table() -> None:
         ({"meter": "grid", "failsafe_current_a": 3}, "site.failsafe_current_a"),
         ({"meter": "grid", "stale_after_s": 5}, "site.stale_after_s"),
         ({"meter": "grid", "fuse": 35}, "site.fuse"),
+        ({"meter": "grid", "main_fuse_a": 12, "margin_a": 1, "failsafe_current_a": 12}, "site.failsafe_current_a"),
     ],
 )
 def test_site_errors_name_the_key(site: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as caught:
         parse({**BASE, "site": site})
     assert caught.value.key == key
+
+
+def test_failsafe_current_of_every_connector_must_fit_under_the_fuse() -> None:
+    two = {**BASE, "connectors": [{"pilot": "board"}, {"pilot": "board"}]}
+    assert parse({**two, "site": {"meter": "grid", "main_fuse_a": 16}}).site.failsafe_current_a == 6.0
+    with pytest.raises(ConfigError) as caught:
+        parse({**two, "site": {"meter": "grid", "main_fuse_a": 16, "failsafe_current_a": 8}})
+    assert caught.value.key == "site.failsafe_current_a" and "2 connectors" in str(caught.value)
 
 
 def test_site_phases_errors_name_the_key() -> None:
