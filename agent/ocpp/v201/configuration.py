@@ -27,6 +27,7 @@ from ocpp.charge_point import snake_to_camel_case
 from ocpp.exceptions import FormatViolationError, OccurrenceConstraintViolationError
 from ocpp.v201 import call
 
+from agent.authcache import LocalAuthList
 from agent.ocpp.v201.device_model import ACTUAL, DeviceModel, Entry, GetResult, Mutability, SetResult
 
 if TYPE_CHECKING:
@@ -340,6 +341,10 @@ class Provisioning:
                 service.variables.preset("SecurityCtrlr", "BasicAuthPassword", ocpp.password)
         except ValueError as exc:  # e.g. a password shorter than the 16 characters 2.0.1 asks for
             log.warning("[ocpp] setting not taken into the device model: %s", exc)  # names no value of a string
+        # Facts other parts keep: the Local Authorization List's size, the installed CA certificates.
+        local_list = LocalAuthList(service.db, service.clock)
+        service.variables.bind("local_list_entries", lambda: len(local_list))
+        service.variables.bind("certificate_entries", self._certificate_entries)
         # The connectors follow EVConnectionTimeOut / StopTxOnEVSideDisconnect / UnlockOnEVSideDisconnect from
         # the start (presets and stored values), and on every change (DeviceModel does that).
         try:
@@ -349,6 +354,11 @@ class Provisioning:
         self._reports: dict[int, tuple[list[Entry], bool]] = {}  # accepted, waiting for its after-hook
         self._in_flight: set[int] = set()  # being sent
         self._sending = asyncio.Lock()
+
+    def _certificate_entries(self) -> int:
+        from agent.certificates import CertificateStore
+
+        return CertificateStore(self.service.config.state_dir / "certificates").count()
 
     @property
     def dm(self) -> DeviceModel:

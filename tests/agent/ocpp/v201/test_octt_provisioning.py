@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from agent.authcache import IdTagInfo, LocalAuthList
 from tests.agent.ocpp.v201.conftest import Octt201, eventually
 
 
@@ -145,6 +146,13 @@ async def test_cpctl_config_get_set_reach_the_device_model(octt: Octt201, capsys
     assert code == 0 and out.strip() == "EVSE@1/AvailabilityState = Available (read-only)"
     code, out, _ = await cpctl("config", "get", "NoSuchCtrlr/Enabled")
     assert code == 1 and "unknown key" in out
+    # facts kept elsewhere are read when asked: the Local Authorization List's size
+    code, out, _ = await cpctl("config", "get", "LocalAuthListCtrlr/Entries")
+    assert code == 0 and out.strip() == "LocalAuthListCtrlr/Entries = 0 (read-only)"
+    LocalAuthList(agent.service.db, agent.service.clock).replace_all(
+        1, {"TAG-A": IdTagInfo("Accepted"), "TAG-B": IdTagInfo("Blocked")})
+    code, out, _ = await cpctl("config", "get", "LocalAuthListCtrlr/Entries")
+    assert code == 0 and out.strip() == "LocalAuthListCtrlr/Entries = 2 (read-only)"
     code, out, _ = await cpctl("--json", "config", "get")
     keys = {row["key"] for row in json.loads(out)["configurationKey"]}
     assert {"TxCtrlr/TxStartPoint", "Connector@1.1/ConnectorType"} <= keys
