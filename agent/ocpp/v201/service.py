@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,11 +33,12 @@ from ocpp.exceptions import SecurityError
 from ocpp.v201 import call
 from websockets.asyncio.client import ClientConnection
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, ConfigError
 from agent.db import StorageError
 from agent.events import ConnectorStatus, SessionStopped, StationEvent, StatusChanged
 from agent.ocpp.v16.meter_values import ocpp_time
 from agent.ocpp.v16.service import CSMS_TIME_MAX, CSMS_TIME_MIN, MAX_HEARTBEAT_S, SETTING_SYSTEM_TIME_S, parse_time
+from agent.ocpp.v16.tls import TlsSetupError, build_client_context
 from agent.ocpp.v201.availability import AvailabilityStore
 from agent.ocpp.v201.boot_record import BootRecord
 from agent.ocpp.v201.device_model import DeviceModel, DeviceModelError
@@ -169,6 +171,13 @@ class OcppService:
                 after[action] = _chain(after[action], hook) if action in after else hook
         self._link_handlers = {action: self._gated(action, h) for action, h in on.items()}
         self._link_after = after
+        # Transport security (A00): profile 0-3 from [ocpp]; TLS trusts ocpp.ca_file, profile 3 presents
+        # ocpp.client_cert; the Basic-auth password is SecurityCtrlr.BasicAuthPassword once set, else
+        # ocpp.password. A security feature may replace these and call relink().
+        self.security_profile = config.ocpp.security_profile
+        self.ssl_context: ssl.SSLContext | None = self._tls_context()
+        self.password_source: Callable[[], str | None] = self._configured_password
+        self._relink = False
         self.link = self._make_link()
         self.variables.on_change(self._on_variable_change)
         station.subscribe(self._on_event)
@@ -211,10 +220,58 @@ class OcppService:
             repeat_times=self.setting("OCPPCommCtrlr", "RetryBackOffRepeatTimes", 5),
         )
 
+    def _password(self) -> str | None:
+        return self.password_source()
+
+    def _configured_password(self) -> str | None:
+        try:
+            password = self.variables.text("SecurityCtrlr", "BasicAuthPassword")
+        except DeviceModelError:
+            password = ""
+        return password or self.config.ocpp.password
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        ocpp = self.config.ocpp
+        if not (ocpp.endpoint or "").startswith("wss://"):
+            return None
+        if self.security_profile < 2 and ocpp.ca_file is None:
+            context = ssl.create_default_context()  # wss:// under profile 0/1: the system trust store
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+            return context
+        if self.security_profile == 3 and ocpp.client_cert is None:
+            raise ConfigError("ocpp.client_cert", "security profile 3 needs a client certificate and key")
+        if ocpp.ca_file is None:
+            context = ssl.create_default_context()
+            context.minimum_version = ssl.TLSVersion.TLSv1_2
+        else:
+            try:
+                context = build_client_context(ca_file=ocpp.ca_file)
+            except TlsSetupError as exc:
+                raise ConfigError("ocpp.ca_file", str(exc)) from None
+        if self.security_profile == 3 and ocpp.client_cert is not None:
+            try:
+                context.load_cert_chain(str(ocpp.client_cert), str(ocpp.client_key) if ocpp.client_key else None)
+            except (ssl.SSLError, OSError) as exc:  # names the file, never its content
+                raise ConfigError("ocpp.client_cert", f"cannot load {ocpp.client_cert}: {exc}") from None
+        return context
+
+    async def relink(self) -> None:
+        """Close the connection and dial again with the current security_profile / ssl_context / password.
+        The outbox and the boot state stay."""
+        self._relink = True
+        await self.link.stop()
+
+    async def _run_link(self) -> None:
+        while True:
+            await self.link.run()
+            if self._stopping or not self._relink:
+                return
+            self._relink = False
+            self.link = self._make_link()
+
     def _make_link(self) -> Link:
         assert self.config.ocpp.endpoint is not None
         ping = self.setting("OCPPCommCtrlr", "WebSocketPingInterval", 60)
-        password = self.config.ocpp.password
         return Link(
             self.config.ocpp.endpoint,
             self.config.station.charge_point_id,
@@ -222,8 +279,9 @@ class OcppService:
             on_disconnected=self._disconnected,
             handlers=self._link_handlers,
             after=self._link_after,
-            security_profile=min(self.config.ocpp.security_profile, 1),
-            password=(lambda: password) if password else None,
+            security_profile=self.security_profile,
+            password=self._password,
+            ssl_context=self.ssl_context,
             ping_interval=float(ping) if ping > 0 else None,
             message_timeout=self.message_timeout(),
             backoff=self.backoff(),
@@ -243,7 +301,7 @@ class OcppService:
         if not self.boot_resumed:  # a restart of the network side alone is not a startup of the device (A04)
             self.security_event("StartupOfTheDevice", f"firmware {self.config.station.firmware_version}")
         tasks = [
-            asyncio.create_task(self.link.run(), name="ocpp201-link"),
+            asyncio.create_task(self._run_link(), name="ocpp201-link"),
             *(
                 asyncio.create_task(feature.run(), name=f"ocpp201-{name}")
                 for name, feature in self.features.items()
