@@ -321,6 +321,10 @@ def diag_config_set(dm: DeviceModel, key: str, value: str) -> str:
     return result.status
 
 
+def _iso(wall: float) -> str:
+    return datetime.fromtimestamp(wall, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
 # -- the feature -----------------------------------------------------------------------------------------
 
 
@@ -345,6 +349,10 @@ class Provisioning:
         local_list = LocalAuthList(service.db, service.clock)
         service.variables.bind("local_list_entries", lambda: len(local_list))
         service.variables.bind("certificate_entries", self._certificate_entries)
+        # The time as the CSMS sees it (the local clock + the offset learnt from its currentTime); the network
+        # profile in use (slot 1, the [ocpp] endpoint, unless the service keeps others).
+        service.variables.bind("date_time", lambda: _iso(service.wall()))
+        service.variables.bind("active_network_profile", lambda: getattr(service, "active_network_profile", 1))
         # The connectors follow EVConnectionTimeOut / StopTxOnEVSideDisconnect / UnlockOnEVSideDisconnect from
         # the start (presets and stored values), and on every change (DeviceModel does that).
         try:
@@ -425,9 +433,7 @@ class Provisioning:
         try:
             async with self._sending:
                 entries, summary = pending
-                generated_at = datetime.fromtimestamp(self.service.wall(), UTC).isoformat(timespec="seconds")
-                messages = notify_reports(self.dm, request_id, entries, generated_at.replace("+00:00", "Z"),
-                                          summary=summary)
+                messages = notify_reports(self.dm, request_id, entries, _iso(self.service.wall()), summary=summary)
                 for message in messages:
                     await self._request(message)
                 log.info("report %d sent: %d entries in %d NotifyReport", request_id, len(entries), len(messages))

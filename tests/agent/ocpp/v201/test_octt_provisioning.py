@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -146,6 +147,11 @@ async def test_cpctl_config_get_set_reach_the_device_model(octt: Octt201, capsys
     assert code == 0 and out.strip() == "EVSE@1/AvailabilityState = Available (read-only)"
     code, out, _ = await cpctl("config", "get", "NoSuchCtrlr/Enabled")
     assert code == 1 and "unknown key" in out
+    code, out, _ = await cpctl("config", "get", "ClockCtrlr/DateTime")
+    shown = datetime.fromisoformat(out.strip().split(" = ")[1].split(" ")[0].replace("Z", "+00:00"))
+    assert code == 0 and abs(shown.timestamp() - agent.service.wall()) < 5
+    code, out, _ = await cpctl("config", "get", "OCPPCommCtrlr/ActiveNetworkProfile")
+    assert code == 0 and out.strip() == "OCPPCommCtrlr/ActiveNetworkProfile = 1 (read-only)"
     # facts kept elsewhere are read when asked: the Local Authorization List's size
     code, out, _ = await cpctl("config", "get", "LocalAuthListCtrlr/Entries")
     assert code == 0 and out.strip() == "LocalAuthListCtrlr/Entries = 0 (read-only)"
