@@ -218,6 +218,7 @@ class OcppService:
             wait_minimum=float(self.setting("OCPPCommCtrlr", "RetryBackOffWaitMinimum", 3)),
             random_range=float(self.setting("OCPPCommCtrlr", "RetryBackOffRandomRange", 10)),
             repeat_times=self.setting("OCPPCommCtrlr", "RetryBackOffRepeatTimes", 5),
+            cap=self.config.ocpp.reconnect_cap_s,
         )
 
     def _password(self) -> str | None:
