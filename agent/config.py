@@ -358,9 +358,6 @@ def parse(data: Mapping[str, Any]) -> AgentConfig:
 
     firmware = _firmware(root.table_("firmware"))
     site = _site(root.table_("site"), devices)
-    if site.enabled and site.failsafe_current_a * len(connectors) > site.main_fuse_a - site.margin_a:
-        raise ConfigError("site.failsafe_current_a", f"{site.failsafe_current_a:g} A on each of the {len(connectors)} "
-                          f"connectors exceeds main_fuse_a - margin_a ({site.main_fuse_a - site.margin_a:g} A)")
 
     logging_t = root.table_("logging")
     levels: dict[str, str] = {}

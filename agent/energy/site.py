@@ -160,6 +160,34 @@ def idle_limit(capacity: tuple[float, float, float], allocations: Sequence[Alloc
     return free if free >= IEC_MIN_A else 0.0
 
 
+def failsafe_limits(config: SiteConfig, loads: Sequence[ConnectorLoad]) -> dict[int, float]:
+    """Without a site reading: ``failsafe_current_a`` for every session, as far as the sessions alone fit
+    under main_fuse_a - margin_a (more sessions than that: the latest ones pause, as in the sharing); a
+    connector without a session gets what is left of that, at most the failsafe current."""
+    failsafe = config.failsafe_current_a
+    room = max(0.0, config.main_fuse_a - config.margin_a)
+    capacity = (room, room, room) if config.phases == 3 else (room, 0.0, 0.0)
+    demands = [
+        Demand(
+            connector_id=load.connector_id,
+            limit_a=min(load.own_limit_a, failsafe),
+            phases=load.site_phases if config.phases == 3 else (1,),  # as wired: the measurement may be stale
+            drawn_a=None,
+            active=load.active and failsafe > 0,
+            started_s=load.started_s,
+        )
+        for load in loads
+    ]
+    allocations = allocate(capacity, demands, min_current_a=IEC_MIN_A, binding_reason=REASON_FAILSAFE)
+    out: dict[int, float] = {}
+    for load, demand, allocation in zip(loads, demands, allocations, strict=True):
+        if load.active:
+            out[load.connector_id] = allocation.current_a
+        else:
+            out[load.connector_id] = min(failsafe, idle_limit(capacity, allocations, demands, demand.phases))
+    return out
+
+
 class SiteController:
     """See the module docstring. ``loads()`` reads the connectors, ``apply(id, amps, reason)`` sets a
     connector's site limit, ``on_fault(active, detail)`` raises/clears the station-level fault."""
@@ -244,12 +272,12 @@ class SiteController:
     def _apply_failsafe(self, loads: Sequence[ConnectorLoad], detail: str | None) -> None:
         if detail is not None and not self.failsafe:
             self.failsafe = True
-            log.warning("%s: failsafe %.1f A on every connector", detail, self.config.failsafe_current_a)
+            log.warning("%s: failsafe %.1f A on every session", detail, self.config.failsafe_current_a)
         if detail is not None and not self.fault_raised:
             self.fault_raised = True
             self.on_fault(True, detail)
-        for load in loads:
-            self._set(load.connector_id, self.config.failsafe_current_a, REASON_FAILSAFE, force=True)
+        for connector_id, amps in failsafe_limits(self.config, loads).items():
+            self._set(connector_id, amps, REASON_FAILSAFE, force=True)
 
     # ------------------------------------------------------------------ sharing
     def _share(self, grid: GridSample, loads: Sequence[ConnectorLoad], now: float) -> None:
