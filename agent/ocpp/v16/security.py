@@ -45,6 +45,9 @@ log = logging.getLogger("cpagent.ocpp.v16.security")
 
 FALLBACK_AFTER_FAILURES = 3
 WATCH_PERIOD_S = 0.1
+# Connected and not trying new settings, the watch looks once a second (an idle station wakes less); every
+# dial failure is still counted, however many fell between two looks.
+WATCH_STEADY_S = 1.0
 APPLY_LOCAL_CHANGE_AFTER_S = 1.0  # cpctl changes have no .conf to wait for
 # After the .conf, before closing: a CSMS busy with a crossing CALL may not have read the .conf yet, and
 # a close right behind it can make it drop the answer.
@@ -380,8 +383,9 @@ class Security(CertificateHandlers):
     async def _watch_link(self) -> None:
         loop = asyncio.get_running_loop()
         link, failures, bad_frames, session = None, 0, 0, None
+        period = WATCH_PERIOD_S
         while True:
-            await asyncio.sleep(WATCH_PERIOD_S)
+            await asyncio.sleep(period)
             if self._svc.link is not link:  # a redial made a new Link: its counters start at 0
                 link, failures = self._svc.link, 0
             if link is self._stale_link:
@@ -395,9 +399,11 @@ class Security(CertificateHandlers):
                     if loop.time() - self._last_invalid_messages >= INVALID_MESSAGES_EVERY_S:
                         self._last_invalid_messages = loop.time()
                         self.event("InvalidMessages", f"{bad_frames} malformed frame(s) from the CSMS")
-            if link.counters.failures > failures:
-                failures = link.counters.failures
+            while link.counters.failures > failures and self._svc.link is link:
+                failures += 1
                 await self._dial_failed(link.last_error)
+            steady = link.state is LinkState.CONNECTED and not self.in_trial
+            period = WATCH_STEADY_S if steady else WATCH_PERIOD_S
 
     def _connected(self) -> None:
         self._last_failure_kind = None
