@@ -359,6 +359,11 @@ class Outbox:
         with self._storage(f"count messages of {tx_ref}"):
             return int(self._conn.execute("SELECT COUNT(*) FROM outbox WHERE tx_ref = ?", (tx_ref,)).fetchone()[0])
 
+    def has_action(self, action: str) -> bool:
+        """Is any message of this action queued (2.0.1 GetTransactionStatus without a transactionId)?"""
+        with self._storage(f"look for {action}"):
+            return self._conn.execute("SELECT 1 FROM outbox WHERE action = ? LIMIT 1", (action,)).fetchone() is not None
+
     def next_seq_no(self, tx_ref: str) -> int:
         """The seqNo the transaction's next message gets (0 before its first)."""
         row = self._tx_row(tx_ref, "seq_no")

@@ -475,10 +475,10 @@ class TxMachine:
             s.stopped_reason = (cause or Reason.OTHER).value  # the energy stopped for this cause
         nothing_left = not (s.ev_connected or s.parking or s.id_token is not None)
         if end or lost or nothing_left:
-            return [self._end(trigger, cause)]
+            return [self._end(trigger, cause, token=report_token)]
         return [self._event(UPDATED, trigger, token=report_token)]
 
-    def _end(self, trigger: Trigger, reason: Reason | None) -> TxEvent:
+    def _end(self, trigger: Trigger, reason: Reason | None, *, token: IdToken | None = None) -> TxEvent:
         s = self.state
         if s.stopped_reason is not None:
             stopped = Reason(s.stopped_reason)
@@ -486,7 +486,7 @@ class TxMachine:
             stopped = reason
         else:
             stopped = _REASON_OF.get(trigger, Reason.OTHER)
-        event = self._event(ENDED, trigger, stopped=stopped)
+        event = self._event(ENDED, trigger, stopped=stopped, token=token)
         s.transaction_id = None
         s.held = []
         s.reported_state = None
@@ -601,8 +601,10 @@ class Transactions:
                                            settings=self.settings, state=state)
         shared = self._station.shared
         local_list = LocalAuthList(self._db, self._clock)
+        self.cache = AuthorizationCache(self._db, self._clock, local_list)
+        self._master_stops: set[int] = set()  # EVSEs whose session a master pass is stopping (C16)
         self.authorizer = Authorizer201(
-            self._vars, local_list, AuthorizationCache(self._db, self._clock, local_list),
+            self._vars, local_list, self.cache,
             online=lambda: bool(service.online), request=service.request, wall=service.wall,
         )
         self._sessions = shared.sessions
@@ -729,6 +731,10 @@ class Transactions:
                 by = self.authorizer.token(event.session.stop_id_tag)
                 if self.authorizer.is_master_pass(event.session.stop_id_tag):
                     reason = Reason.MASTER_PASS
+                    self._master_stop_all(cid)
+            if cid in self._master_stops:
+                self._master_stops.discard(cid)
+                reason = Reason.MASTER_PASS
             if trigger is Trigger.RESET_COMMAND:
                 events = machine.reset(reason)
             elif trigger in _ENDS:
@@ -739,6 +745,13 @@ class Transactions:
         if self._station.signed_reading_pending(cid, event.session.ref, "stop"):
             self._spawn(self._signed(cid, event.session.ref, "stop"))
         self._sync(cid)
+
+    def _master_stop_all(self, first: int) -> None:
+        """C16 (no UI to choose): a master pass stops every running transaction, not just one."""
+        for cid, view in self._station.connector_views().items():
+            if cid != first and view.session is not None:
+                self._master_stops.add(cid)
+                self._station.stop_session(cid, StopReason.LOCAL)
 
     def _token(self, event: TokenPresented) -> None:
         if not event.accepted or event.connector_id is None:
@@ -994,10 +1007,16 @@ class Transactions:
             else:
                 self._emit(machine, machine.deauthorize(Trigger.REMOTE_STOP, Reason.REMOTE), view)
 
+    async def on_clear_cache(self, **_: Any) -> dict[str, Any]:
+        """C11: ClearCache empties the Authorization Cache; Rejected while the cache is disabled."""
+        if not self._bool("AuthCacheCtrlr", "Enabled", True):
+            return {"status": "Rejected"}
+        self.cache.clear()
+        return {"status": "Accepted"}
+
     async def on_get_transaction_status(self, transaction_id: str | None = None, **_: Any) -> dict[str, Any]:
         if transaction_id is None:
-            queued = any(e.action == TRANSACTION_EVENT for e in self.outbox.entries(100_000))
-            return {"messagesInQueue": queued}
+            return {"messagesInQueue": self.outbox.has_action(TRANSACTION_EVENT)}
         ongoing = any(m.transaction_id == transaction_id for m in self.machines.values())
         return {"ongoingIndicator": ongoing, "messagesInQueue": self.outbox.queued_for(transaction_id) > 0}
 

@@ -57,7 +57,7 @@ async def test_tc_e_09_cs_ev_connected_start_and_ev_side_disconnect(octt: Octt20
 
 
 async def test_tc_f_01_f_03_cs_remote_start_and_stop(octt: Octt201) -> None:
-    await octt.start_agent()
+    agent = await octt.start_agent()
     await octt.booted()
     await octt.plugged()
     answer = await octt.send("RequestStartTransaction", {"idToken": {"idToken": TAG2, "type": "Central"},
@@ -76,6 +76,7 @@ async def test_tc_f_01_f_03_cs_remote_start_and_stop(octt: Octt201) -> None:
     ended = await octt.wait_tx_event("Ended")
     assert ended["triggerReason"] == "RemoteStop" and ended["transactionInfo"]["stoppedReason"] == "Remote"
     check_sequence(octt.tx_events(tx))
+    await eventually(lambda: agent.service.outbox.queued_for(tx) == 0, what="Ended acknowledged")
     status = await octt.send("GetTransactionStatus", {"transactionId": tx})
     assert status == {"ongoingIndicator": False, "messagesInQueue": False}
 
@@ -83,7 +84,7 @@ async def test_tc_f_01_f_03_cs_remote_start_and_stop(octt: Octt201) -> None:
 async def test_tc_e_04_cs_started_offline_delivered_in_order_with_offline_flag(octt: Octt201) -> None:
     agent = await octt.start_agent({"AuthCtrlr/OfflineTxForUnknownIdEnabled": True})
     await octt.booted()
-    await octt.csms.outage(3.0)
+    await octt.csms.outage(1.5)
     await eventually(lambda: not agent.service.online, what="offline")
     await octt.plugged()
     assert (await agent.tap(TAG)).accepted  # unknown offline, allowed by OfflineTxForUnknownIdEnabled
@@ -101,7 +102,7 @@ async def test_tc_e_16_cs_invalid_id_in_the_answer_deauthorizes(octt: Octt201) -
     octt.csms.auth_list["BADCARD"] = "Invalid"
     agent = await octt.start_agent({"AuthCtrlr/OfflineTxForUnknownIdEnabled": True})
     await octt.booted()
-    await octt.csms.outage(2.0)
+    await octt.csms.outage(1.5)
     await eventually(lambda: not agent.service.online, what="offline")
     await octt.plugged()
     assert (await agent.tap("BADCARD")).accepted
