@@ -106,7 +106,7 @@ async def _read_site_meter(config: dict[str, Any], check: Callable[[tuple[float,
     assert isinstance(site, SiteMeter)
     task = asyncio.create_task(meter.run())
     try:
-        await wait_for(lambda: (s := site.latest()) is not None and check(s.current_a))
+        await wait_for(lambda: (s := site.latest()) is not None and check(s.current_a), within_s=15.0)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -165,3 +165,23 @@ async def test_cpsim_ctl_site_verbs(tmp_path: Path, capsys: pytest.CaptureFixtur
         assert "row 2" in capsys.readouterr().out
     finally:
         await rig.stop()
+
+
+def test_cpsim_up_site_flags_reach_the_rig(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    import simulator.rig
+
+    seen: list[RigOptions] = []
+
+    async def capture(options: RigOptions) -> int:  # the rig itself runs in the tests above
+        seen.append(options)
+        return 0
+
+    monkeypatch.setattr(simulator.rig, "run_rig", capture)
+    assert main(["up", "--dir", str(tmp_path), "--no-csms", "--site-fuse", "35", "--site-meter", "rtu",
+                 "--site-mode", "solar+min", "--ev-phases", "1", "--site-rotation"]) == 0
+    (o,) = seen
+    assert (o.site_fuse_a, o.site_meter, o.site_mode, o.ev_phases, o.site_rotation) == (35.0, "rtu", "solar+min", 1,
+                                                                                        True)
+    assert main(["up", "--dir", str(tmp_path), "--site-fuse", "3"]) == 2
+    assert "--site-fuse must be 6..1000 A" in capsys.readouterr().err
