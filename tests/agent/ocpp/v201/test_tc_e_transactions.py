@@ -113,8 +113,8 @@ async def test_tc_e_16_cs_invalid_id_in_the_answer_deauthorizes(octt: Octt201) -
 
 
 async def test_tc_j_02_cs_periodic_values_and_trigger(octt: Octt201) -> None:
-    await octt.start_agent({"SampledDataCtrlr/TxUpdatedInterval": 1,
-                            "SampledDataCtrlr/TxUpdatedMeasurands": "Energy.Active.Import.Register,Voltage"})
+    agent = await octt.start_agent({"SampledDataCtrlr/TxUpdatedInterval": 1, "SampledDataCtrlr/TxEndedInterval": 1,
+                                    "SampledDataCtrlr/TxUpdatedMeasurands": "Energy.Active.Import.Register,Voltage"})
     await octt.booted()
     started = await octt.charging()
     periodic = await octt.wait_tx_event("Updated", where=lambda p: p["triggerReason"] == "MeterValuePeriodic")
@@ -124,6 +124,8 @@ async def test_tc_j_02_cs_periodic_values_and_trigger(octt: Octt201) -> None:
     answer = await octt.send("TriggerMessage", {"requestedMessage": "TransactionEvent", "evse": {"id": 1}})
     assert answer["status"] == "Accepted"
     await octt.wait_tx_event("Updated", where=lambda p: p["triggerReason"] == "Trigger")
-    tx = started["transactionInfo"]["transactionId"]
-    events = octt.tx_events(tx)
-    assert sorted(e["seqNo"] for e in events) == list(range(len(events)))
+    await agent.tap(TAG)
+    ended = await octt.wait_tx_event("Ended")
+    contexts = [v["sampledValue"][0]["context"] for v in ended["meterValue"]]
+    assert contexts[-1] == "Transaction.End" and "Sample.Periodic" in contexts  # TxEndedInterval samples (J02)
+    check_sequence(octt.tx_events(started["transactionInfo"]["transactionId"]))
