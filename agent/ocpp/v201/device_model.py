@@ -777,7 +777,6 @@ class DeviceModel:
         raise DeviceModelError(f"no getter for {source}")
 
     def _validate_presets(self, presets: Mapping[str, object]) -> None:
-        # Scalars first: ConfigurationValueSize and friends bound the others.
         for key, raw in presets.items():
             where = f"ocpp.variables.{key}"
             component, sep, variable = str(key).partition("/")
