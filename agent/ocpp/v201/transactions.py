@@ -618,6 +618,7 @@ class Transactions:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._station.register_authority(self.authorizer)
         self._station.subscribe(self._on_event)
+        self._vars.on_change(self._on_variable)
         service.deliverers[TRANSACTION_EVENT] = self._deliver
         for action in (START, STOP, METER_VALUES):
             service.deliverers[action] = self._deliver_converted
@@ -1059,8 +1060,18 @@ class Transactions:
 
     # -- the scheduler: periodic and clock-aligned values, EVConnectionTimeOut -----------------------------
 
+    def _on_variable(self, component: str, variable: str, value: object) -> None:
+        """A sampling interval, EVConnectionTimeOut or the like changed: the scheduler recomputes now."""
+        if component in ("SampledDataCtrlr", "AlignedDataCtrlr", "TxCtrlr"):
+            self._poke.set()
+
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.ensure_future(coro)
+        try:
+            task = asyncio.ensure_future(coro)
+        except RuntimeError:  # no running loop (constructed outside one): nothing to wait for then
+            coro.close()
+            log.warning("no event loop: a signed meter reading is not awaited")
+            return
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

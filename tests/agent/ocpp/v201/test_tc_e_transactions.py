@@ -113,10 +113,13 @@ async def test_tc_e_16_cs_invalid_id_in_the_answer_deauthorizes(octt: Octt201) -
 
 
 async def test_tc_j_02_cs_periodic_values_and_trigger(octt: Octt201) -> None:
-    agent = await octt.start_agent({"SampledDataCtrlr/TxUpdatedInterval": 1, "SampledDataCtrlr/TxEndedInterval": 1,
+    agent = await octt.start_agent({"SampledDataCtrlr/TxEndedInterval": 1,
                                     "SampledDataCtrlr/TxUpdatedMeasurands": "Energy.Active.Import.Register,Voltage"})
     await octt.booted()
     started = await octt.charging()
+    answer = await octt.send("SetVariables", {"setVariableData": [  # TxUpdatedInterval 0 -> 1 s, at once
+        {"attributeValue": "1", "component": {"name": "SampledDataCtrlr"}, "variable": {"name": "TxUpdatedInterval"}}]})
+    assert answer["setVariableResult"][0]["attributeStatus"] == "Accepted"
     periodic = await octt.wait_tx_event("Updated", where=lambda p: p["triggerReason"] == "MeterValuePeriodic")
     values = periodic["meterValue"][0]["sampledValue"]
     assert {v["measurand"] for v in values} <= {"Energy.Active.Import.Register", "Voltage"}
