@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -123,6 +124,14 @@ def child_notifier() -> Notifier:
     return Notifier.from_env()
 
 
+def settled() -> None:
+    """Once a side has started: what start-up allocated (modules, configuration, drivers) moves out of the
+    garbage collector's sight, so the collections of a running side scan only what it allocates since. A full
+    collection then takes a fraction of the time: shorter pauses of the control side's loop, less CPU.
+    (No collection first: that would pause the side now, on the way to the BootNotification.)"""
+    gc.freeze()
+
+
 SOCKET_POLL_S = 0.01  # the network side waits for the station socket at start: on the way to the boot
 
 
@@ -146,7 +155,12 @@ async def run_control(config: AgentConfig) -> int:
     server = ControlServer(station, station_socket(config))
     await server.start()
     systemd = SystemdIntegration(station, notifier=child_notifier(), feeder_tick_s=_child_tick())
-    task = asyncio.create_task(station.run(ready=systemd.ready, serve_diag=False), name="station")
+
+    def ready() -> None:
+        systemd.ready()
+        settled()
+
+    task = asyncio.create_task(station.run(ready=ready, serve_diag=False), name="station")
     try:
         await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -193,6 +207,7 @@ async def run_network(config: AgentConfig) -> int:
         log.error("diagnostic socket %s unavailable: %s", config.diag_socket, exc)
     notifier = child_notifier()
     notifier.ready()
+    settled()
     interval = watchdog_interval()
     feeder = None if interval is None else asyncio.create_task(
         WatchdogFeeder(notifier, interval, problem=lambda: None, tick_s=_child_tick()).run(), name="watchdog")
