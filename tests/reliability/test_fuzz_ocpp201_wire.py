@@ -35,7 +35,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from ocpp.exceptions import OCPPError
-from ocpp.messages import Call, CallResult, _validate_payload
+from ocpp.messages import Call, CallResult, validate_payload
 
 from simulator.csms import Csms, CsmsCallError
 from simulator.rig import Rig, RigOptions
@@ -241,9 +241,9 @@ class LogCounter(logging.Handler):
         self.recent.append(f"{record.name} {record.levelname} {message[:200]}")
 
 
-def schema_error(message: Call | CallResult) -> str | None:
+async def schema_error(message: Call | CallResult) -> str | None:
     try:
-        _validate_payload(message, "2.0.1")
+        await validate_payload(message, "2.0.1")
     except (OCPPError, NotImplementedError, RecursionError, ValueError) as error:
         return f"{type(error).__name__}: {str(error)[:200]}"
     return None
@@ -350,7 +350,7 @@ class Target:
             raise AssertionError(f"unanswered frames: {missing}; the agent's last log lines:\n{recent}") from None
         await asyncio.sleep(0.05)  # a second answer to one CALL would arrive right after the first
         for uid, expect in expected.items():
-            self.check_answer(uid, expect, answers[uid])
+            await self.check_answer(uid, expect, answers[uid])
         assert self.max_lag <= MAX_LOOP_LAG_S, f"event loop lag {self.max_lag:.2f} s"
         assert self.counter.bytes <= MAX_LOG_BYTES, f"{self.counter.bytes} bytes logged at INFO and above"
         agent = self.octt.agent
@@ -358,7 +358,7 @@ class Target:
         for task in agent._tasks:
             assert not task.done(), f"agent task ended: {task}"
 
-    def check_answer(self, uid: str, expect: Any, got: list[Any]) -> None:
+    async def check_answer(self, uid: str, expect: Any, got: list[Any]) -> None:
         assert len(got) == 1, f"{len(got)} answers to {str(expect)[:200]}: {got}"
         frame = got[0]
         if expect == "type":
@@ -371,10 +371,10 @@ class Target:
             assert isinstance(frame[4], dict), frame
             return
         assert len(frame) == 3 and isinstance(frame[2], dict), frame
-        request_problem = schema_error(Call(uid, action, payload))
+        request_problem = await schema_error(Call(uid, action, payload))
         assert request_problem is None, f"CALLRESULT {frame[2]} to {action} {str(payload)[:300]} that the " \
                                         f"request schema refuses ({request_problem})"
-        answer_problem = schema_error(CallResult(uid, frame[2], action))
+        answer_problem = await schema_error(CallResult(uid, frame[2], action))
         assert answer_problem is None, f"{action} {str(payload)[:300]} answered {frame[2]}: {answer_problem}"
 
     async def honest_again(self) -> None:
