@@ -915,16 +915,20 @@ class Transactions:
 
     async def _deliver_converted(self, session: Any, entry: OutboxEntry) -> None:
         """An entry queued under OCPP 1.6 goes out as its 2.0.1 equivalent (rewritten in place, keeping
-        its place in the queue), or is given up on loudly when it has none."""
-        bound = self.outbox.transaction_id(entry.tx_ref) if entry.tx_ref else None
-        converted = convert.to_201(entry.action, entry.payload, entry.tx_ref, bound)
-        if converted is None:
-            self.outbox.drop(entry.id, f"{entry.action} queued under OCPP 1.6 has no 2.0.1 form")
-            return
-        action, payload = converted
-        seq = "seqNo" if action == TRANSACTION_EVENT else None
-        self.outbox.rewrite(entry.id, action, payload, seq_field=seq)
-        head = self.outbox.head()
+        its place in the queue), or is given up on loudly when it has none. A 2.0.1 MeterValues (evseId,
+        e.g. AlignedDataCtrlr.SendDuringIdle) goes out as it is."""
+        head: OutboxEntry | None = entry
+        action = entry.action
+        if convert.is_v16(entry.action, entry.payload):
+            bound = self.outbox.transaction_id(entry.tx_ref) if entry.tx_ref else None
+            converted = convert.to_201(entry.action, entry.payload, entry.tx_ref, bound)
+            if converted is None:
+                self.outbox.drop(entry.id, f"{entry.action} queued under OCPP 1.6 has no 2.0.1 form")
+                return
+            action, payload = converted
+            seq = "seqNo" if action == TRANSACTION_EVENT else None
+            self.outbox.rewrite(entry.id, action, payload, seq_field=seq)
+            head = self.outbox.head()
         if head is None or head.id != entry.id:
             return
         if action == TRANSACTION_EVENT:
@@ -1132,8 +1136,11 @@ class Transactions:
         return min(nexts) if nexts else None
 
     def _aligned(self, boundary: float) -> None:
+        """Clock-aligned values (J01): in a TransactionEvent of a running transaction; outside one, a
+        MeterValues (durable) only with AlignedDataCtrlr.SendDuringIdle."""
+        idle = self._bool("AlignedDataCtrlr", "SendDuringIdle", False)
         for cid, machine in self.machines.items():
-            if machine.transaction_id is None:
+            if machine.transaction_id is None and not idle:
                 continue
             view = self._view(cid)
             names = self._members("AlignedDataCtrlr", "Measurands")
@@ -1141,6 +1148,10 @@ class Transactions:
             if sample is None or view is None:
                 continue
             value = mv.meter_value(boundary, sample, names, mv.CLOCK, offered_a=view.offered_current_a)
+            if machine.transaction_id is None:
+                if value:
+                    self._svc.enqueue(METER_VALUES, {"evseId": cid, "meterValue": [value]})
+                continue
             self._emit(machine, machine.update(Trigger.METER_VALUE_CLOCK), view, meter=[value] if value else [])
 
     async def run(self) -> None:

@@ -54,7 +54,8 @@ async def test_tc_c_39_group_stop_and_c_49_master_pass(octt: Octt201) -> None:
 
 async def test_tc_e_39_ev_connection_timeout_and_j_01_clock_aligned(octt: Octt201) -> None:
     agent = await octt.start_agent({"TxCtrlr/TxStartPoint": "Authorized", "TxCtrlr/TxStopPoint": "Authorized",
-                                    "TxCtrlr/EVConnectionTimeOut": 1, "AlignedDataCtrlr/Interval": 1})
+                                    "TxCtrlr/EVConnectionTimeOut": 1, "AlignedDataCtrlr/Interval": 1,
+                                    "AlignedDataCtrlr/SendDuringIdle": True})
     await octt.booted()
     assert (await agent.tap(TAG)).accepted  # no EV yet
     started = await octt.wait_tx_event("Started")
@@ -65,6 +66,9 @@ async def test_tc_e_39_ev_connection_timeout_and_j_01_clock_aligned(octt: Octt20
     ended = await octt.wait_tx_event("Ended", within=5)
     assert ended["triggerReason"] == "EVConnectTimeout" and ended["transactionInfo"]["stoppedReason"] == "Timeout"
     assert [e["eventType"] for e in octt.tx_events()].count("Started") == 1
+    idle = await octt.wait("MeterValues", within=5)  # SendDuringIdle: aligned values without a transaction
+    assert idle.payload["evseId"] == 1
+    assert idle.payload["meterValue"][0]["sampledValue"][0]["context"] == "Sample.Clock"
 
 
 async def test_tc_c_17_invalid_id_without_stop_suspends_the_energy(octt: Octt201) -> None:
