@@ -43,6 +43,9 @@ log = logging.getLogger("cpagent.charge_control")
 FAULT_HOLD_S = 0.3  # Table A.5: F at least 300 ms after a fault
 X1_HOLD_S = 3.0  # T_STEP_X1: X1 at least 3 s before PWM comes back
 DUTY_CHANGE_INTERVAL_S = 5.0  # at most one duty change per 5 s
+# A failsafe lowering (site meter lost) waits at most this long for the 5 s window; beyond it the
+# connector pauses in X1 at once (not a duty change) and offers the failsafe current after T_STEP_X1.
+FAILSAFE_WAIT_S = 0.5
 STOP_UNDER_LOAD_S = 6.0  # seq 10.2: PWM off while the EV keeps drawing -> open after 6 s
 WELD_CHECK_S = 1.0  # feedback still closed this long after opening -> welded
 
@@ -154,6 +157,7 @@ class ChargeController:
         self._external_limit: float | None = None
         self._site_limit: float | None = None  # the site allocation (agent/energy), None = no site limit
         self._site_reason = "site-fuse"
+        self._failsafe_pause = False  # X1 now: a failsafe lowering could not wait for the duty window
         # maintenance mode (UNAVAILABLE, no EV): a technician drives relay and pilot by hand
         self._manual_relay = False
         self._manual_pilot: float | _Unset | None = _UNSET
@@ -413,7 +417,7 @@ class ChargeController:
         return not self._holds
 
     def current_available(self) -> bool:
-        return duty_for_current(self.current_limit_a) is not None
+        return not self._failsafe_pause and duty_for_current(self.current_limit_a) is not None
 
     def pwm_restart_allowed(self) -> bool:
         return self._clock.monotonic() >= self._pwm_restart_at
@@ -523,8 +527,14 @@ class ChargeController:
             due = self._duty_changed_at + DUTY_CHANGE_INTERVAL_S
             if now >= due:
                 self._set_pilot(target)
+            elif target < self._duty and self.binding_limit == "failsafe" and due - now > FAILSAFE_WAIT_S:
+                self._failsafe_pause = True  # the safe current cannot wait for the window: X1 on the next pass
+                self._rerun = True
             elif not self._timers.armed("duty"):
                 self._timers.start("duty", due - now, self._run)  # the latest limit wins when it fires
+        if self._failsafe_pause and (self._duty is None or self._duty == _F):
+            self._failsafe_pause = False  # paused: PWM comes back at the failsafe current after the X1 hold
+            self._rerun = True
         if close and not self._relay_closed:
             self._relay_closed = True
             self._timers.cancel("weld")
