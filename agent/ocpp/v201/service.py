@@ -149,7 +149,8 @@ class OcppService:
         self._accepted_event = asyncio.Event()
         # (evse, connector) -> connectorStatus the CSMS last acknowledged on this connection's watch
         self._reported: dict[tuple[int, int], str] = {}
-        self._status_queue: deque[tuple[int, str]] = deque()  # (evse, connectorStatus)
+        # (evse, connectorStatus, forced: sent even if the CSMS has it, e.g. TriggerMessage)
+        self._status_queue: deque[tuple[int, str, bool]] = deque()
         self._offline_since: float | None = None  # monotonic, when the last connection ended
         self._stopping = False
         self.security_sinks: list[Callable[[str, str | None, str], None]] = []
@@ -380,17 +381,15 @@ class OcppService:
     def status_of(self, evse: int) -> str:
         return connector_status(self.station.connector_view(evse).status)
 
-    def _queue_status(self, evse: int, status: str | None = None) -> None:
-        self._status_queue.append((evse, status or self.status_of(evse)))
+    def _queue_status(self, evse: int, status: str | None = None, *, force: bool = False) -> None:
+        self._status_queue.append((evse, status or self.status_of(evse), force))
         self._wake()
 
     def queue_all_statuses(self, evse: int | None = None, *, force: bool = True) -> None:
         """Queue the StatusNotification of every connector (or one EVSE's); ``force`` sends it even if the
         CSMS knows it (TriggerMessage)."""
         for cid in self.station.connector_ids() if evse is None else [evse]:
-            if force:
-                self._reported.pop((cid, 1), None)
-            self._queue_status(cid)
+            self._queue_status(cid, force=force)
 
     def _refresh_statuses(self, fresh_boot: bool) -> None:
         """On a new connection: every connector after a boot or after being offline longer than
@@ -403,8 +402,8 @@ class OcppService:
         for cid in self.station.connector_ids():
             self._queue_status(cid)
 
-    async def _send_status(self, session: OcppSession, evse: int, status: str) -> None:
-        if self._reported.get((evse, 1)) == status:
+    async def _send_status(self, session: OcppSession, evse: int, status: str, force: bool = False) -> None:
+        if not force and self._reported.get((evse, 1)) == status:
             return
         request = call.StatusNotification(timestamp=ocpp_time(self.wall()), connector_status=status,
                                           evse_id=evse, connector_id=1)
@@ -464,12 +463,12 @@ class OcppService:
                 return True
             self.boot_status = BootStatus.PENDING if self.boot_status is BootStatus.PENDING else BootStatus.NONE
 
-    def boot_request(self) -> Any:
+    def boot_request(self, reason: str | None = None) -> Any:
         fields = self._boot_fields()
         station = {camel: fields[snake] for snake, camel in (
             ("model", "model"), ("vendor_name", "vendorName"), ("serial_number", "serialNumber"),
             ("firmware_version", "firmwareVersion")) if fields[snake]}
-        return call.BootNotification(charging_station=station, reason=self.boot_reason())
+        return call.BootNotification(charging_station=station, reason=reason or self.boot_reason())
 
     def _boot_answer(self, conf: Any) -> bool:
         """Take a BootNotificationResponse; True when Accepted."""
@@ -521,8 +520,8 @@ class OcppService:
                 await self._deliver(session, entry)
                 continue
             if self._status_queue:
-                evse, status = self._status_queue.popleft()
-                await self._send_status(session, evse, status)
+                evse, status, force = self._status_queue.popleft()
+                await self._send_status(session, evse, status, force)
                 continue
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(wait):
@@ -639,7 +638,7 @@ class OcppService:
     async def trigger_boot(self) -> None:
         """A triggered BootNotification (F06 while Pending)."""
         try:
-            conf = await self.triggered(self.boot_request())
+            conf = await self.triggered(self.boot_request("Triggered"))
         except (CallErrorReceived, CallTimeout, InvalidPayload, ConnectionLost) as exc:
             log.warning("triggered BootNotification failed: %s", exc)
             return
