@@ -367,11 +367,14 @@ class OcppService:
             self.link.backoff = self.backoff()
 
     def _gated(self, action: str, handler: Handler) -> Handler:
-        """While the boot is Rejected every CSMS request is answered with SecurityError (B03.FR.xx)."""
+        """While the boot is Rejected every CSMS request is answered with SecurityError (B03.FR.xx); until it
+        is Accepted (Pending) no transaction starts on request (B02, TC_B_02_CS step 12)."""
 
         async def gated(**kwargs: Any) -> Any:
             if self.boot_status is BootStatus.REJECTED:
                 raise SecurityError(description=f"{action}: the CSMS rejected our BootNotification")
+            if action == "RequestStartTransaction" and not self.accepted:
+                return {"status": "Rejected", "statusInfo": {"reasonCode": "BootPending"}}
             return await handler(**kwargs)
 
         return gated

@@ -42,6 +42,8 @@ async def test_tc_b_02_cs_cold_boot_pending(octt: Octt201) -> None:
     assert result["setVariableResult"][0]["attributeStatus"] == "Accepted"
     result = await octt.send("GetVariables", {"getVariableData": [offline]})
     assert result["getVariableResult"][0]["attributeValue"] == "300"
+    start = {"idToken": {"idToken": "DEADBEEF01", "type": "ISO14443"}, "remoteStartId": 1, "evseId": 1}
+    assert (await octt.send("RequestStartTransaction", start))["status"] == "Rejected"
     assert {m.action for m in octt.msgs()} == {"BootNotification"}
     octt.csms.boot_status = "Accepted"
     octt.csms.heartbeat_interval = 300
