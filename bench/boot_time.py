@@ -1,7 +1,9 @@
 """Boot time: `python -m agent.cli run` process start -> BootNotification on the wire at the CSMS, against
 the simulator rig (real ptys, Modbus TCP) and the bundled CSMS on 127.0.0.1. Median and max of N boots.
 
-Prints JSON: {"boot_p50_s", "boot_max_s", "n", "goals"}. Goal: p50 <= 1.0 s.
+Prints JSON: {"boot_p50_s", "boot_min_s", "boot_max_s", "n", "goals"}. Goal: p50 <= 1.0 s. The figure depends
+on what else the machine runs (the agent imports ~0.7 s of CPU across its two sides before it can dial):
+run it a few times and compare medians.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ async def main() -> None:
             await close_world(world)
     print(json.dumps({
         "boot_p50_s": round(statistics.median(samples), 3),
+        "boot_min_s": round(min(samples), 3),
         "boot_max_s": round(max(samples), 3),
         "n": N,
         "goals": {"boot_p50_s": "<= 1.0"},
