@@ -605,7 +605,7 @@ class Transactions:
         self._master_stops: set[int] = set()  # EVSEs whose session a master pass is stopping (C16)
         self.authorizer = Authorizer201(
             self._vars, local_list, self.cache,
-            online=lambda: bool(service.online), request=service.request, wall=service.wall,
+            online=self._online, request=service.request, wall=service.wall,
         )
         self._sessions = shared.sessions
         self.ended_values = mv.EndedValues()
@@ -624,7 +624,6 @@ class Transactions:
             service.deliverers[action] = self._deliver_converted
         service.register_trigger("TransactionEvent", self._accept_trigger, self._send_trigger_tx)
         service.register_trigger("MeterValues", self._accept_trigger_mv, self._send_trigger_mv)
-        self._recover()
 
     # -- settings ------------------------------------------------------------------------------------
 
@@ -819,7 +818,7 @@ class Transactions:
             return
         for event in events:
             values = list(meter or []) + self._values_for(event, view, session) + list(extra or [])
-            payload = event.payload(offline=not self._svc.online, meter_value=values)
+            payload = event.payload(offline=not self._online(), meter_value=values)
             payload["evse"] = {"id": event.evse_id, "connectorId": event.connector_id}
             try:
                 self.outbox.append(TRANSACTION_EVENT, payload, tx_ref=event.transaction_id, seq_field="seqNo",
@@ -1154,7 +1153,17 @@ class Transactions:
                 continue
             self._emit(machine, machine.update(Trigger.METER_VALUE_CLOCK), view, meter=[value] if value else [])
 
+    def _online(self) -> bool:
+        try:
+            return bool(self._svc.online)
+        except AttributeError:  # the service is still being built
+            return False
+
     async def run(self) -> None:
+        try:
+            self._recover()
+        except Exception:
+            log.exception("recovering the transactions after the restart failed")
         failing = False
         while True:
             self._poke.clear()
@@ -1191,7 +1200,15 @@ class Transactions:
                     self._emit(machine, machine.abnormal(Reason.POWER_LOSS), view)
             elif view.session is not None and not machine.authorized:
                 self._session_started(SessionStarted(cid, view.session))
-            self._sync(cid, view)
+            elif machine.transaction_id is not None and not machine.authorized and view.session is None \
+                    and not getattr(self._svc, "boot_resumed", True):
+                # The station itself restarted (not only the network side): a transaction nobody authorized
+                # (started at EVConnected / ParkingBayOccupancy) ends with the reboot, like the sessions did.
+                remote = getattr(self._svc, "boot_reason", lambda: "PowerUp")() == "RemoteReset"
+                self._emit(machine, machine.reset(Reason.IMMEDIATE_RESET) if remote
+                           else machine.abnormal(Reason.POWER_LOSS), view)
+            if view.cp_state is not None:  # without a pilot reading yet, the station's first status tells
+                self._sync(cid, view)
 
 
 def _snake(key: str) -> str:

@@ -132,3 +132,19 @@ async def test_tc_j_02_cs_periodic_values_and_trigger(octt: Octt201) -> None:
     contexts = [v["sampledValue"][0]["context"] for v in ended["meterValue"]]
     assert contexts[-1] == "Transaction.End" and "Sample.Periodic" in contexts  # TxEndedInterval samples (J02)
     check_sequence(octt.tx_events(started["transactionInfo"]["transactionId"]))
+
+
+async def test_power_loss_ends_a_transaction_nobody_authorized(octt: Octt201) -> None:
+    variables = {"TxCtrlr/TxStartPoint": "EVConnected", "TxCtrlr/TxStopPoint": "EVConnected"}
+    await octt.start_agent(variables)
+    await octt.booted()
+    await octt.plugged()
+    started = await octt.wait_tx_event("Started")
+    await eventually(lambda: not octt.agent.service.outbox.queued_for(started["transactionInfo"]["transactionId"]),
+                     what="Started acknowledged")
+    await octt.power_loss()
+    await octt.start_agent(variables)
+    ended = await octt.wait_tx_event("Ended")
+    assert ended["transactionInfo"]["transactionId"] == started["transactionInfo"]["transactionId"]
+    assert (ended["triggerReason"], ended["transactionInfo"]["stoppedReason"]) == ("AbnormalCondition", "PowerLoss")
+    check_sequence(octt.tx_events(started["transactionInfo"]["transactionId"]))
