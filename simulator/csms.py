@@ -564,8 +564,8 @@ def _basic_auth_ok(header: str | None, charge_point_id: str, password: str) -> b
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cpsim csms", description="Small OCPP 1.6J / 2.0.1 central system")
-    p.add_argument("--ocpp", choices=VERSIONS, default="1.6",
-                   help="OCPP version(s) spoken; auto selects ocpp2.0.1 when offered, else ocpp1.6")
+    p.add_argument("--ocpp", choices=VERSIONS, default="auto",
+                   help="OCPP version(s) spoken (default auto: ocpp2.0.1 when the station offers it, else ocpp1.6)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0 picks a free port (printed on stdout)")
     p.add_argument("--log", type=Path, help="JSON-lines frame log")
