@@ -75,14 +75,9 @@ class NetworkSide(Protocol):
 
 
 def make_service(station: Station, config: AgentConfig) -> NetworkSide:
-    """The 2.0.1 network side over this station, as the agent's single-process path builds it.
+    """The 2.0.1 network side over this station, as the agent's single-process path builds it."""
+    from agent.ocpp.v201.service import OcppService
 
-    V-CORE's entry point: agent.ocpp.v201.service.OcppService(station, config). Until it exists the
-    tests that need an agent are skipped (not passed)."""
-    try:
-        from agent.ocpp.v201.service import OcppService
-    except ImportError as error:
-        pytest.skip(f"the 2.0.1 agent side is not there yet: {error}")
     service: NetworkSide = OcppService(station, config)
     return service
 
