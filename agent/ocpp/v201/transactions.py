@@ -612,6 +612,7 @@ class Transactions:
         self._anchors: dict[int, float] = {}  # EVSE -> monotonic start of its running transaction
         self._due: dict[tuple[str, int], tuple[int, float]] = {}  # (kind, EVSE) -> (interval, monotonic due)
         self._pending_starts: dict[int, int] = {}  # remoteStartId -> EVSE chosen for it
+        self._held: dict[int, list[StationEvent]] = {}  # EVSE -> its events while a stop awaits its signature
         self._aligned_last: float | None = None
         self._energy_caps: dict[str, float] = {}  # session ref -> register (Wh) at which energy stops
         self._poke = asyncio.Event()
@@ -669,6 +670,10 @@ class Transactions:
             return None
 
     def _on_event(self, event: StationEvent) -> None:
+        held = self._held.get(getattr(event, "connector_id", None) or 0)
+        if held is not None and not isinstance(event, MeterUpdate):
+            held.append(event)  # after the stop that waits for its signed end reading
+            return
         try:
             if isinstance(event, StatusChanged):
                 self._sync(event.connector_id)
@@ -715,6 +720,41 @@ class Transactions:
 
     def _session_stopped(self, event: SessionStopped) -> None:
         cid = event.connector_id
+        if cid in self.machines and self._station.signed_reading_pending(cid, event.session.ref, "stop"):
+            # The meter signs the end reading: the stop (and what happens at the EVSE after it) waits for it,
+            # bounded, so that the event ending the energy carries it (J02 signed data, DataSigned).
+            self._held[cid] = []
+            self._spawn(self._stop_when_signed(event))
+            return
+        self._stop(event)
+
+    async def _stop_when_signed(self, event: SessionStopped) -> None:
+        cid, ref = event.connector_id, event.session.ref
+        record = None
+        try:
+            async with asyncio.timeout(SIGNED_WAIT_S):
+                record = await self._station.signed_reading(cid, ref, "stop")
+        except Exception:
+            log.warning("EVSE %d: no signed end reading in time; the transaction goes on without it", cid)
+        held = self._held.pop(cid, [])
+        try:
+            value = None
+            if record is not None:
+                session = self._sessions.get(ref) or event.session
+                energy = session.stop_energy_wh if session.stop_energy_wh is not None else session.last_energy_wh
+                value = {"timestamp": mv.ocpp_time(self._svc.wall()),
+                         "sampledValue": [mv.signed_value(record, mv.TX_END, energy)]}
+            self._stop(event, extra=[value] if value else None)
+            machine = self.machines[cid]
+            if record is not None and machine.transaction_id is not None:
+                self._emit(machine, machine.signed_data("stop"), self._view(cid))
+        except Exception:
+            log.exception("EVSE %d: the stop of session %s failed", cid, ref)
+        for later in held:
+            self._on_event(later)
+
+    def _stop(self, event: SessionStopped, extra: list[dict[str, Any]] | None = None) -> None:
+        cid = event.connector_id
         machine = self.machines.get(cid)
         if machine is None:
             return
@@ -741,9 +781,7 @@ class Transactions:
                 events = machine.abnormal(reason)
             else:
                 events = machine.deauthorize(trigger, reason, by=by)
-        self._emit(machine, events, view, session=event.session)
-        if self._station.signed_reading_pending(cid, event.session.ref, "stop"):
-            self._spawn(self._signed(cid, event.session.ref, "stop"))
+        self._emit(machine, events, view, session=event.session, extra=extra)
         self._sync(cid)
 
     def _master_stop_all(self, first: int) -> None:

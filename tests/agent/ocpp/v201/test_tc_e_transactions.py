@@ -4,9 +4,12 @@ seqNo 0.. without gaps, triggerReason / stoppedReason from the real cause."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from tests.agent.ocpp.v201.conftest import TAG, TAG2, Octt201, eventually
+from simulator.csms import Csms
+from simulator.rig import Rig, RigOptions
+from tests.agent.ocpp.v201.conftest import CP, TAG, TAG2, Octt201, eventually
 
 
 def check_sequence(events: list[dict[str, Any]]) -> None:
@@ -148,3 +151,31 @@ async def test_power_loss_ends_a_transaction_nobody_authorized(octt: Octt201) ->
     assert ended["transactionInfo"]["transactionId"] == started["transactionInfo"]["transactionId"]
     assert (ended["triggerReason"], ended["transactionInfo"]["stoppedReason"]) == ("AbnormalCondition", "PowerLoss")
     check_sequence(octt.tx_events(started["transactionInfo"]["transactionId"]))
+
+
+async def test_tc_e_11_cs_data_signed_start_and_signed_end_in_the_ended(tmp_path: Path, csms: Csms) -> None:
+    rig = Rig(RigOptions(directory=tmp_path / "ocmf", csms_url=csms.url, charge_point_id=CP, ocpp_version="2.0.1",
+                         meter_model="ocmf"))  # the rig's meter signs start and end readings (OCMF)
+    await rig.start()
+    octt = Octt201(csms, rig)
+    try:
+        agent = await octt.start_agent({"TxCtrlr/TxStartPoint": "DataSigned"})
+        await octt.booted()
+        await octt.plugged()
+        assert (await agent.tap(TAG)).accepted
+        started = await octt.wait_tx_event("Started", within=10)
+        assert started["triggerReason"] == "SignedDataReceived"
+        begin = [s for v in started["meterValue"] for s in v["sampledValue"] if "signedMeterValue" in s]
+        assert begin and begin[0]["context"] == "Transaction.Begin"
+        assert begin[0]["signedMeterValue"]["encodingMethod"] == "OCMF"
+        assert begin[0]["signedMeterValue"]["signedMeterData"].startswith("OCMF|")
+        await octt.wait_charging_state("Charging")
+        await agent.tap(TAG)
+        ended = await octt.wait_tx_event("Ended", within=20)
+        end = [s for v in ended["meterValue"] for s in v["sampledValue"] if "signedMeterValue" in s]
+        assert ended["triggerReason"] == "StopAuthorized" and end and end[0]["context"] == "Transaction.End"
+        check_sequence(octt.tx_events(started["transactionInfo"]["transactionId"]))
+    finally:
+        if octt.agent is not None:
+            await octt.agent.stop()
+        await rig.stop()
