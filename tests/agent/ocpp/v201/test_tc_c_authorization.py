@@ -20,7 +20,7 @@ async def test_tc_c_02_08_32_unknown_refused_then_cached_card_works_offline(octt
     started = await octt.wait_tx_event("Started")
     await agent.tap(TAG)
     await octt.wait_tx_event("Ended")
-    await octt.csms.outage(2.0)
+    await octt.csms.outage(1.5)
     await eventually(lambda: not agent.service.online, what="offline")
     assert not (await agent.tap("STRANGER2")).accepted  # TC_C_26: unknown offline, not allowed
     assert (await agent.tap(TAG)).accepted  # TC_C_08: from the cache, offline

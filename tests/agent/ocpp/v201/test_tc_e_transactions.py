@@ -84,31 +84,16 @@ async def test_tc_f_01_f_03_cs_remote_start_and_stop(octt: Octt201) -> None:
     assert status == {"ongoingIndicator": False, "messagesInQueue": False}
 
 
-async def test_tc_e_04_cs_started_offline_delivered_in_order_with_offline_flag(octt: Octt201) -> None:
-    agent = await octt.start_agent({"AuthCtrlr/OfflineTxForUnknownIdEnabled": True})
-    await octt.booted()
-    await octt.csms.outage(1.5)
-    await eventually(lambda: not agent.service.online, what="offline")
-    await octt.plugged()
-    assert (await agent.tap(TAG)).accepted  # unknown offline, allowed by OfflineTxForUnknownIdEnabled
-    await eventually(lambda: agent.connector.session is not None, what="session")
-    started = await octt.wait_tx_event("Started", within=15)
-    assert started["offline"] is True and started["seqNo"] == 0
-    tx = started["transactionInfo"]["transactionId"]
-    await octt.wait_charging_state("Charging", within=10)
-    await agent.tap(TAG)
-    await octt.wait_tx_event("Ended")
-    check_sequence(octt.tx_events(tx))
-
-
-async def test_tc_e_16_cs_invalid_id_in_the_answer_deauthorizes(octt: Octt201) -> None:
+async def test_tc_e_04_e_16_cs_started_offline_then_deauthorized_by_the_answer(octt: Octt201) -> None:
     octt.csms.auth_list["BADCARD"] = "Invalid"
     agent = await octt.start_agent({"AuthCtrlr/OfflineTxForUnknownIdEnabled": True})
     await octt.booted()
     await octt.csms.outage(1.5)
     await eventually(lambda: not agent.service.online, what="offline")
     await octt.plugged()
-    assert (await agent.tap("BADCARD")).accepted
+    assert (await agent.tap("BADCARD")).accepted  # unknown offline, allowed by OfflineTxForUnknownIdEnabled
+    started = await octt.wait_tx_event("Started", within=15)  # E04: queued offline, delivered in order
+    assert started["offline"] is True and started["seqNo"] == 0
     ended = await octt.wait_tx_event("Ended", within=15)
     assert ended["triggerReason"] == "Deauthorized" and ended["transactionInfo"]["stoppedReason"] == "DeAuthorized"
     check_sequence(octt.tx_events(ended["transactionInfo"]["transactionId"]))
