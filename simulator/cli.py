@@ -81,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
         from simulator.csms import main as csms_main
 
         return csms_main(argv[1:])
+    if argv and argv[0] == "fleet":
+        from simulator.fleet.cli import main as fleet_main
+
+        return fleet_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "up":
         from simulator.rig import RigOptions, run_rig

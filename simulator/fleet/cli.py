@@ -1,0 +1,64 @@
+"""`cpsim fleet --csms URL --stations N [--connectors M] [--ocpp 1.6|2.0.1|auto] [--id-prefix CP-] [--dir DIR]
+[--shard I/K] [--ramp PER_S] [--scenario FILE] [--start-sessions] [--metrics-port P]`"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="cpsim fleet", description="N real agents in one process against one CSMS")
+    p.add_argument("--csms", required=True, help="CSMS endpoint (ws:// or wss://); each station dials URL/<id>")
+    p.add_argument("--stations", required=True, type=int, help="N: the fleet's size (all shards together)")
+    p.add_argument("--connectors", type=int, default=1, help="connectors per station (1..4)")
+    p.add_argument("--ocpp", choices=["1.6", "2.0.1", "auto"], default="1.6")
+    p.add_argument("--id-prefix", default="CP-", help="station ids are PREFIX000001 ... (index 1..N)")
+    p.add_argument("--dir", type=Path, default=Path("fleet"), help="state: one SQLite file per station, the EVs")
+    p.add_argument("--shard", default="0/1", help="I/K: run the stations whose index %% K == I")
+    p.add_argument("--ramp", type=float, default=200.0, metavar="PER_S", help="stations started per second")
+    p.add_argument("--scenario", type=Path, help="automatic transaction generator (TOML or JSON)")
+    p.add_argument("--start-sessions", action="store_true",
+                   help="every station plugs an EV and starts one long session 1-10 s after its boot")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus text on this port")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of --metrics-port (0.0.0.0 in a pod)")
+    p.add_argument("--tag", default="FLEET-TAG", help="the card --start-sessions taps")
+    p.add_argument("--progress", type=float, default=5.0, metavar="S", help="progress line every S seconds")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p
+
+
+def main(argv: list[str]) -> int:
+    args = _parser().parse_args(argv)
+    from simulator.fleet.fleet import FleetOptions, parse_shard, run_fleet
+    from simulator.fleet.scenario import ScenarioError, load_scenario
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.ERROR,
+                        format="%(asctime)s fleet %(levelname)s %(name)s: %(message)s")
+    try:
+        shard = parse_shard(args.shard)
+        if not 1 <= args.stations <= 1_000_000:
+            raise ValueError("--stations must be 1..1000000")
+        if not 1 <= args.connectors <= 4:
+            raise ValueError("--connectors must be 1..4")
+        if args.ramp <= 0:
+            raise ValueError("--ramp must be > 0")
+        if not args.csms.startswith(("ws://", "wss://")):
+            raise ValueError(f"--csms must be a ws:// or wss:// URL, got {args.csms!r}")
+        if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
+            raise ValueError("--metrics-port must be 1..65535")
+        scenario = load_scenario(args.scenario) if args.scenario else None
+    except (ValueError, ScenarioError) as exc:
+        print(f"cpsim fleet: {exc}", file=sys.stderr)
+        return 2
+    options = FleetOptions(
+        csms_url=args.csms, stations=args.stations, directory=args.dir.resolve(), connectors=args.connectors,
+        ocpp=args.ocpp, id_prefix=args.id_prefix, shard=shard, ramp_per_s=args.ramp, scenario=scenario,
+        start_sessions=args.start_sessions, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
+        progress_s=args.progress, tags=(args.tag,), quiet=args.quiet,
+    )
+    return asyncio.run(run_fleet(options))
