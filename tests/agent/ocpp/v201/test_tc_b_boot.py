@@ -160,3 +160,22 @@ async def test_tc_b_22_cs_reset_immediate_with_ongoing_transaction(octt: Octt201
     ended = await octt.wait_tx_event("Ended")
     assert ended["transactionInfo"].get("stoppedReason") == "ImmediateReset"
     await asyncio.wait_for(agent.service.restart_requested.wait(), 8)
+
+
+async def test_tc_b_26_cs_reset_evse_with_ongoing_transaction_on_idle(octt: Octt201) -> None:
+    """B12: Reset OnIdle of the EVSE that charges -> Scheduled; once the transaction has ended the EVSE
+    resets (out of service for a moment) and the station itself does not restart."""
+    agent = await octt.start_agent()
+    await octt.booted()
+    await octt.charging()
+    assert (await octt.send("Reset", {"type": "OnIdle", "evseId": 1}))["status"] == "Scheduled"
+    octt.ctl("unplug", connector=1)
+    await octt.wait_tx_event("Ended")
+    unavailable = await octt.wait_status("Unavailable", evse_id=1)
+
+    def back() -> bool:
+        statuses = octt.msgs("StatusNotification")
+        return any(m.payload["connectorStatus"] == "Available" for m in statuses[statuses.index(unavailable):])
+
+    await eventually(back, what="Available after the EVSE reset")
+    assert not agent.service.restart_requested.is_set()

@@ -126,3 +126,38 @@ async def test_tc_g_11_f_05_cs_change_availability_scheduled_during_transaction(
     octt.ctl("unplug", connector=1)
     await octt.wait_tx_event("Ended")
     await octt.wait_status("Unavailable", evse_id=1)
+
+
+async def test_tc_g_07_g_08_g_15_g_16_g_19_cs_change_availability_connector(octt: Octt201) -> None:
+    """G03 for the connector of an EVSE: Inoperative -> Unavailable (G_07), again -> Accepted and reported
+    (G_16), persisted across a restart (G_19), Operative -> Available (G_08), again -> Accepted (G_15); a
+    connector the EVSE does not have is Rejected."""
+    await octt.start_agent()
+    await octt.booted()
+    connector = {"id": 1, "connectorId": 1}
+    inoperative = {"operationalStatus": "Inoperative", "evse": connector}
+    assert (await octt.send("ChangeAvailability", inoperative))["status"] == "Accepted"
+    await octt.wait_status("Unavailable", evse_id=1)
+    assert (await octt.send("ChangeAvailability", inoperative))["status"] == "Accepted"
+    await octt.wait_status("Unavailable", evse_id=1, count=2)
+    await octt.restart_agent()
+    await octt.wait_status("Unavailable", evse_id=1, count=3, within=10)
+    operative = {"operationalStatus": "Operative", "evse": connector}
+    assert (await octt.send("ChangeAvailability", operative))["status"] == "Accepted"
+    await octt.wait_status("Available", evse_id=1, count=2)
+    assert (await octt.send("ChangeAvailability", operative))["status"] == "Accepted"
+    missing = {"operationalStatus": "Inoperative", "evse": {"id": 1, "connectorId": 2}}
+    assert (await octt.send("ChangeAvailability", missing))["status"] == "Rejected"
+
+
+async def test_tc_g_13_g_14_cs_change_availability_station_during_transaction(octt: Octt201) -> None:
+    """G04: the station Inoperative while charging -> Scheduled (G_14), Unavailable once the transaction has
+    ended; Inoperative again -> Accepted (G_13)."""
+    await octt.start_agent()
+    await octt.booted()
+    await octt.charging()
+    assert (await octt.send("ChangeAvailability", {"operationalStatus": "Inoperative"}))["status"] == "Scheduled"
+    octt.ctl("unplug", connector=1)
+    await octt.wait_tx_event("Ended")
+    await octt.wait_status("Unavailable", evse_id=1)
+    assert (await octt.send("ChangeAvailability", {"operationalStatus": "Inoperative"}))["status"] == "Accepted"
