@@ -115,6 +115,10 @@ async def test_tc_j_02_cs_periodic_values_and_trigger(octt: Octt201) -> None:
     answer = await octt.send("TriggerMessage", {"requestedMessage": "TransactionEvent", "evse": {"id": 1}})
     assert answer["status"] == "Accepted"
     await octt.wait_tx_event("Updated", where=lambda p: p["triggerReason"] == "Trigger")
+    answer = await octt.send("TriggerMessage", {"requestedMessage": "MeterValues", "evse": {"id": 1}})
+    assert answer["status"] == "Accepted"
+    triggered = (await octt.wait("MeterValues")).payload
+    assert triggered["evseId"] == 1 and triggered["meterValue"][0]["sampledValue"][0]["context"] == "Trigger"
     await agent.tap(TAG)
     ended = await octt.wait_tx_event("Ended")
     contexts = [v["sampledValue"][0]["context"] for v in ended["meterValue"]]
