@@ -136,6 +136,10 @@ async def run_demo(
         from simulator.demo_smart_charging import run_smart_charging_demo
 
         return await run_smart_charging_demo(connectors, keep_dir)
+    if scenario == "solar":
+        from simulator.demo_solar import run_solar_demo
+
+        return await run_solar_demo(keep_dir)
     with contextlib.ExitStack() as stack:
         directory = keep_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cpagent-sim-")))
         directory.mkdir(parents=True, exist_ok=True)
