@@ -42,9 +42,9 @@ class Rig:
         self.events: list[TxEvent] = []
 
     def __call__(self, events: list[TxEvent]) -> list[TxEvent]:
-        self.events.extend(events)
-        for n, event in enumerate(self.events):  # every event is a valid TransactionEventRequest
-            validate_payload(Call("1", "TransactionEvent", event.payload(seq_no=n)), "2.0.1")
+        for event in events:  # every event is a valid TransactionEventRequest
+            validate_payload(Call("1", "TransactionEvent", event.payload(seq_no=len(self.events))), "2.0.1")
+            self.events.append(event)
         return events
 
     def kinds(self) -> list[tuple[str, str]]:
@@ -302,3 +302,45 @@ def test_payload_offline_flag_and_meter_values() -> None:
     assert payload["evse"] == {"id": 1, "connectorId": 1} and payload["idToken"] == CARD.to_ocpp()
     assert "offline" not in event.payload()
     validate_payload(Call("1", "TransactionEvent", payload), "2.0.1")
+
+
+def test_random_histories_keep_the_transaction_invariants() -> None:
+    """300 random histories of 40 inputs over random start/stop points (with restarts through JSON): every
+    transaction is Started once, first, Ended at most once, last; nothing of a transaction after its Ended;
+    an Updated only inside a running transaction; every event a valid TransactionEventRequest."""
+    import random
+
+    rnd = random.Random(2013)
+    points = [p.value for p in TxPoint]
+    for _ in range(300):
+        rig = Rig(",".join(rnd.sample(points, rnd.randint(1, 3))), ",".join(rnd.sample(points, rnd.randint(1, 3))),
+                  ev_side=rnd.random() < 0.5, timeout=5)
+        for _step in range(40):
+            m = rig.machine
+            choice = rnd.randrange(13)
+            if choice == 12:  # a restart: the persisted state is all that survives
+                rig.machine = TxMachine(1, 1, wall=rig.clock.wall, monotonic=rig.clock.monotonic,
+                                        settings=lambda r=rig: r.settings, state=TxState.from_json(m.state.to_json()),
+                                        new_id=m._new_id)
+                continue
+            steps = [m.plug, m.unplug, partial(m.authorize, rnd.choice([CARD, OTHER])), m.deauthorize,
+                     partial(m.deauthorize, Trigger.REMOTE_STOP), partial(m.charging, rnd.choice(list(ChargingState))),
+                     partial(m.parking_bay, rnd.random() < 0.5), partial(m.signed_data, rnd.choice(["start", "stop"])),
+                     partial(m.update, Trigger.METER_VALUE_PERIODIC), partial(m.abnormal, Reason.GROUND_FAULT),
+                     m.check_timeout, m.reset]
+            rig(steps[choice]())
+            rig.clock.advance(rnd.choice([0.1, 1.0, 6.0]))
+        ended: set[str] = set()
+        running: str | None = None
+        for event in rig.events:
+            tx = event.transaction_id
+            assert tx not in ended, rig.kinds()
+            if event.event_type == STARTED:
+                assert running is None, rig.kinds()
+                running = tx
+            else:
+                assert running == tx, rig.kinds()
+            if event.event_type == ENDED:
+                ended.add(tx)
+                running = None
+        assert running == rig.machine.transaction_id
