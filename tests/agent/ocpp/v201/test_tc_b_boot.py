@@ -179,3 +179,18 @@ async def test_tc_b_26_cs_reset_evse_with_ongoing_transaction_on_idle(octt: Octt
 
     await eventually(back, what="Available after the EVSE reset")
     assert not agent.service.restart_requested.is_set()
+
+
+async def test_outbox_entry_without_a_2_0_1_form_is_dropped_loudly(octt: Octt201,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """An entry the 2.0.1 side cannot send (an action 2.0.1 lacks, e.g. queued under 1.6 with no converter)
+    is dropped with a logged reason, kept in the outbox's dropped list, and does not block what follows."""
+    agent = await octt.start_agent()
+    await octt.booted()
+    agent.service.outbox.append("Frobnicate", {"connectorId": 1})
+    agent.service.security_event("SecurityLogWasCleared")
+    await eventually(lambda: "SecurityLogWasCleared" in [m.payload["type"]
+                                                        for m in octt.msgs("SecurityEventNotification")],
+                     what="the event queued after the undeliverable entry")
+    assert any(action == "Frobnicate" and "2.0.1" in reason for action, _, reason in agent.service.outbox.dropped())
+    assert any("Frobnicate" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
