@@ -61,7 +61,10 @@ def prepare(role: str, config: AgentConfig) -> bool:
         import agent.diag
         import agent.ipc.station_proxy
         import agent.ocpp.runner
-        import agent.ocpp.v16.service  # noqa: F401
+        import agent.ocpp.v16.service
+
+        if config.ocpp.version != "1.6":  # the 2.0.1 side too, while the control side starts
+            import agent.ocpp.v201.service  # noqa: F401
     fd = os.environ.get(GO_FD_ENV)
     if not fd or not fd.isascii() or not fd.isdigit():
         return True  # started by hand

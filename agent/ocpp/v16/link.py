@@ -236,6 +236,9 @@ class Link:
     async def stop(self) -> None:
         """Close the connection cleanly and end ``run()``."""
         self._stopping = True
+        adopted, self._adopted = self._adopted, None
+        if adopted is not None:  # handed over but never used (e.g. the link was replaced at once)
+            await adopted.close(1000, "charge point stopping")
         connection = self._connection
         if connection is not None:
             await connection.close(1000, "charge point stopping")
