@@ -284,6 +284,9 @@ VARIABLES: tuple[VariableSpec, ...] = (
     _v("ChargingStation", "Model", S, None, RO, source="model", max=20),
     _v("ChargingStation", "VendorName", S, None, RO, source="vendor", max=50),
     _v("ChargingStation", "Problem", B, None, RO, source="problem"),
+    # --- SmartChargingCtrlr: the site limit reported as an external limit (K11-K13, external_limits.py) -----
+    _v("SmartChargingCtrlr", "LimitChangeSignificance", DEC, "10", unit="Percent", min=0, max=100, required=True),
+    _v("SmartChargingCtrlr", "NotifyChargingLimitWithSchedules", B, "false"),
     # --- EVSE (one per EVSE) -------------------------------------------------------------------------
     _v("EVSE", "AvailabilityState", OPT, None, RO, values=AVAILABILITY_STATES, source="availability_state",
        scope=Scope.EVSE, required=True),

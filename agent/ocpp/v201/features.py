@@ -21,6 +21,7 @@ from typing import Any
 FEATURES: tuple[str, ...] = (
     "agent.ocpp.v201.configuration:Provisioning",
     "agent.ocpp.v201.transactions:Transactions",
+    "agent.ocpp.v201.external_limits:ExternalLimits",
 )
 
 

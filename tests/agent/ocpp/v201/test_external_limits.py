@@ -1,0 +1,108 @@
+"""OCPP 2.0.1 K11-K13: the site limit reported as an external charging limit (agent/ocpp/v201/external_limits.py).
+
+End to end: the bundled 2.0.1 CSMS (real websocket, the library's schemas), the simulated site (house load,
+the site meter as an SDM630 over Modbus TCP) on a 40 A connection, the agent's Station with its
+SiteController and the 2.0.1 service. Plus the pure rules (what binds, what is significant)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from agent.ocpp.v201.external_limits import ExternalLimit, external_limit, notify_payload, significant
+from simulator.csms import Csms
+from simulator.rig import Rig, RigOptions
+from tests.agent.ocpp.v201.conftest import CP, Octt201, eventually
+
+FUSE_A = 40.0  # 39 A for the EV: the connector's own 32 A binds while the house is quiet
+
+
+def test_only_a_binding_site_allocation_is_an_external_limit() -> None:
+    assert external_limit(25.7, "site-fuse") == ExternalLimit(25.7, "site-fuse")
+    assert external_limit(6.0, "failsafe") == ExternalLimit(6.0, "failsafe")
+    assert external_limit(0.0, "solar") == ExternalLimit(0.0, "solar")
+    assert external_limit(39.0, "connector") is None  # the allocation is above the connector's own limit
+    assert external_limit(20.0, "ocpp") is None  # a CSMS profile binds: not external
+    assert external_limit(None, "connector") is None
+    assert external_limit(float("nan"), "site-fuse") is None
+
+
+def test_what_is_significant() -> None:
+    fuse = ExternalLimit(20.0, "site-fuse")
+    assert significant(None, fuse, 10.0) and significant(fuse, None, 10.0)  # set / released
+    assert not significant(fuse, ExternalLimit(21.9, "site-fuse"), 10.0)  # 9.5 %
+    assert significant(fuse, ExternalLimit(17.9, "site-fuse"), 10.0)  # 10.5 %
+    assert significant(fuse, ExternalLimit(20.0, "solar"), 10.0)  # no longer grid critical
+    assert significant(ExternalLimit(0.0, "solar"), ExternalLimit(6.0, "solar"), 10.0)  # resume
+    assert significant(ExternalLimit(6.0, "solar"), ExternalLimit(0.0, "solar"), 100.0)  # pause
+    assert significant(fuse, ExternalLimit(20.1, "site-fuse"), 0.0)  # 0 %: every change
+    payload = notify_payload(1, ExternalLimit(12.5, "solar"), with_schedule=True, phases=3, start="T")
+    assert payload["chargingLimit"] == {"chargingLimitSource": "EMS", "isGridCritical": False}
+    assert payload["chargingSchedule"][0]["chargingSchedulePeriod"] == [
+        {"startPeriod": 0, "limit": 12.5, "numberPhases": 3}]
+    assert "chargingSchedule" not in notify_payload(1, ExternalLimit(12.5, "site-fuse"), with_schedule=False,
+                                                    phases=3, start="T")
+
+
+@pytest.fixture
+async def site_octt(tmp_path: Path, csms: Csms) -> AsyncIterator[Octt201]:
+    rig = Rig(RigOptions(directory=tmp_path, csms_url=csms.url, charge_point_id=CP, ocpp_version="2.0.1",
+                         site_fuse_a=FUSE_A, site_meter="tcp"))
+    await rig.start()
+    harness = Octt201(csms, rig)
+    try:
+        yield harness
+    finally:
+        if harness.agent is not None:
+            await harness.agent.stop()
+        await rig.stop()
+
+
+async def test_site_limit_notified_when_it_binds_and_changes_significantly_cleared_when_lifted(
+    site_octt: Octt201,
+) -> None:
+    octt = site_octt
+    agent = await octt.start_agent({"SmartChargingCtrlr/NotifyChargingLimitWithSchedules": True})
+    await octt.booted()
+    await octt.charging()
+    assert agent.station is not None
+    c1 = agent.station.connectors[1]
+    await eventually(lambda: c1.view().binding_limit == "connector", 8, "the connector's own 32 A binding")
+    await asyncio.sleep(1.5)
+    # Before the site meter's first reading the failsafe current binds: if the CSMS heard of it, it also
+    # heard of its release. Either way the CSMS now knows of no external limit.
+    before = len(octt.msgs("NotifyChargingLimit"))
+    assert len(octt.msgs("ClearedChargingLimit")) == before
+
+    # A 9.2 kW house load (13.3 A per phase): 40 - 1 - 13.3 = 25.7 A for the EV, the site binds (K11).
+    octt.ctl("site", action="load", value=9.2)
+    first = await octt.wait("NotifyChargingLimit", count=before + 1, within=10)
+    assert first.payload["evseId"] == 1
+    assert first.payload["chargingLimit"] == {"chargingLimitSource": "EMS", "isGridCritical": True}
+    (schedule,) = first.payload["chargingSchedule"]  # NotifyChargingLimitWithSchedules = true
+    assert schedule["chargingRateUnit"] == "A"
+    assert schedule["chargingSchedulePeriod"][0]["limit"] == pytest.approx(c1.view().site_limit_a, abs=0.05)
+    assert 24.0 < schedule["chargingSchedulePeriod"][0]["limit"] < 27.0
+
+    # 9.6 kW: 0.6 A less (2 %), below LimitChangeSignificance (10 %): applied, not reported.
+    octt.ctl("site", action="load", value=9.6)
+    await eventually(lambda: (c1.view().site_limit_a or 99.0) < schedule["chargingSchedulePeriod"][0]["limit"] - 0.3,
+                     8, "the lower allocation")
+    await asyncio.sleep(2.0)
+    assert len(octt.msgs("NotifyChargingLimit")) == before + 1
+
+    # The house is quiet again: the connector's own limit binds, the external limit is released (K13).
+    octt.ctl("site", action="load", value=0.0)
+    cleared = await octt.wait("ClearedChargingLimit", count=before + 1, within=10)
+    assert cleared.payload == {"chargingLimitSource": "EMS", "evseId": 1}
+    assert c1.view().binding_limit == "connector"
+
+    # The site meter goes silent: the failsafe current binds, grid critical (K11 again).
+    octt.ctl("site", action="silent", value=True)
+    await octt.wait("NotifyChargingLimit", count=before + 2, within=10)
+    failsafe = octt.msgs("NotifyChargingLimit")[-1].payload
+    assert failsafe["chargingLimit"]["isGridCritical"] is True
+    assert failsafe["chargingSchedule"][0]["chargingSchedulePeriod"][0]["limit"] == 6.0
