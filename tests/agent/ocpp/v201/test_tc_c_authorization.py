@@ -27,6 +27,7 @@ async def test_tc_c_02_08_32_unknown_refused_then_cached_card_works_offline(octt
     offline = await octt.wait_tx_event("Started", count=2, within=15)
     assert offline["offline"] is True and offline["triggerReason"] == "Authorized"
     assert offline["transactionInfo"]["transactionId"] != started["transactionInfo"]["transactionId"]
+    await eventually(lambda: agent.service.outbox.depth() == 0, what="queue drained")  # its answers learnt
     assert (await octt.send("ClearCache", {}))["status"] == "Accepted"  # TC_C_37
     assert len(agent.service.features["Transactions"].cache) == 0
 
