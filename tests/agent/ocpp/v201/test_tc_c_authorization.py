@@ -4,6 +4,7 @@ cache offline (TC_C_08/TC_C_32), unknown id (TC_C_02, TC_C_26), GroupId stop (TC
 
 from __future__ import annotations
 
+from agent.authcache import IdTagInfo
 from agent.station_api import EnergyHold
 from tests.agent.ocpp.v201.conftest import TAG, TAG2, Octt201, eventually
 
@@ -75,14 +76,14 @@ async def test_tc_e_39_ev_connection_timeout_and_j_01_clock_aligned(octt: Octt20
 async def test_tc_c_17_invalid_id_without_stop_suspends_the_energy(octt: Octt201) -> None:
     octt.csms.auth_list["BADCARD"] = "Invalid"
     agent = await octt.start_agent({"TxCtrlr/StopTxOnInvalidId": False, "TxCtrlr/MaxEnergyOnInvalidId": 0,
-                                    "AuthCtrlr/OfflineTxForUnknownIdEnabled": True})
+                                    "AuthCtrlr/LocalPreAuthorize": True})
+    agent.service.features["Transactions"].cache.update("BADCARD", IdTagInfo("Accepted"))  # IdTokenCached
     await octt.booted()
     await octt.plugged()
-    await octt.csms.outage(1.5)
-    await eventually(lambda: not agent.service.online, what="offline")
-    assert (await agent.tap("BADCARD")).accepted
-    started = await octt.wait_tx_event("Started", within=10)
-    assert started["offline"] is True and started["idToken"]["idToken"] == "BADCARD"
-    await octt.wait_charging_state("SuspendedEVSE", within=10)
-    assert EnergyHold.INVALID_ID in agent.connector.energy_holds  # energy stopped, transaction kept
+    assert (await agent.tap("BADCARD")).accepted  # from the cache, no Authorize
+    started = await octt.wait_tx_event("Started")
+    assert started["idToken"]["idToken"] == "BADCARD" and not octt.msgs("Authorize")
+    # The answer said Invalid: energy stopped, the transaction kept (SuspendedEVSE, no Ended).
+    await eventually(lambda: EnergyHold.INVALID_ID in agent.connector.energy_holds, what="energy held")
+    await octt.wait_charging_state("SuspendedEVSE")
     assert [e["eventType"] for e in octt.tx_events()].count("Ended") == 0
