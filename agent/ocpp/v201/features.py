@@ -22,6 +22,7 @@ FEATURES: tuple[str, ...] = (
     "agent.ocpp.v201.configuration:Provisioning",
     "agent.ocpp.v201.transactions:Transactions",
     "agent.ocpp.v201.external_limits:ExternalLimits",
+    "agent.ocpp.v201.security:Security",
 )
 
 

@@ -154,6 +154,7 @@ class OcppService:
         self._offline_since: float | None = None  # monotonic, when the last connection ended
         self._stopping = False
         self.security_sinks: list[Callable[[str, str | None, str], None]] = []
+        self.connection_listeners: list[Callable[[], None]] = []  # each new connection, first thing (security.py)
         self.triggers: dict[str, Trigger] = {}
         self.deliverers: dict[str, Deliverer] = {}
         self.data_transfer_handlers: dict[str, Callable[[str | None, Any], Awaitable[dict[str, Any]]]] = {}
@@ -179,6 +180,11 @@ class OcppService:
         self.ssl_context: ssl.SSLContext | None = self._tls_context()
         self.password_source: Callable[[], str | None] = self._configured_password
         self._relink = False
+        self.endpoint: str = config.ocpp.endpoint
+        for feature in self.features.values():  # network profiles (security.py) may choose another transport
+            configure = getattr(feature, "configure_transport", None)
+            if configure is not None:
+                configure()
         self.link = self._make_link()
         self.variables.on_change(self._on_variable_change)
         station.subscribe(self._on_event)
@@ -272,10 +278,9 @@ class OcppService:
             self.link = self._make_link()
 
     def _make_link(self) -> Link:
-        assert self.config.ocpp.endpoint is not None
         ping = self.setting("OCPPCommCtrlr", "WebSocketPingInterval", 60)
         return Link(
-            self.config.ocpp.endpoint,
+            self.endpoint,
             self.config.station.charge_point_id,
             on_connected=self._connected,
             on_disconnected=self._disconnected,
@@ -431,6 +436,8 @@ class OcppService:
         self._offline_since = self.clock.monotonic()
 
     async def _connected(self, session: OcppSession) -> None:
+        for listener in self.connection_listeners:
+            listener()
         try:
             fresh_boot = await self._boot(session)
             self._refresh_statuses(fresh_boot)
