@@ -66,6 +66,7 @@ log = logging.getLogger("cpagent.ocpp.v201.service")
 BOOT_RETRY_S = 30.0  # when the CSMS gives no usable interval or does not answer BootNotification
 MESSAGE_ATTEMPTS = 3  # a non-transaction outbox message (SecurityEventNotification) is sent at most this often
 MESSAGE_RETRY_S = 30.0
+DELIVERER_RETRY_S = 30.0  # a deliverer that raised (a bug) tries its entry again after this
 RESTART_EXIT_STATUS = EXIT_RESTART_REQUESTED
 
 # StatusNotification.connectorStatus from the station's (1.6-grained) connector status.
@@ -548,17 +549,28 @@ class OcppService:
         return head, None
 
     async def _deliver(self, session: OcppSession, entry: OutboxEntry) -> None:
+        """Send the outbox head; never raises but ConnectionLost (a poison entry must not take the connection
+        down again and again): a deliverer that fails is logged and its entry held back DELIVERER_RETRY_S."""
         deliverer = self.deliverers.get(entry.action)
         if deliverer is not None:
-            await deliverer(session, entry)
+            try:
+                await deliverer(session, entry)
+            except (ConnectionLost, asyncio.CancelledError):
+                raise
+            except Exception:
+                log.exception("delivering %s #%d failed; retry in %.0f s", entry.action, entry.id, DELIVERER_RETRY_S)
+                self.outbox.defer(entry.id, DELIVERER_RETRY_S)
             return
-        if entry.action not in ACTIONS:
-            # Queued by the 1.6 side and no 2.0.1 form registered for it: given up on loudly (in the
-            # outbox's dropped list and the log), never silently.
-            self.outbox.drop(entry.id, f"{entry.action} was queued under OCPP 1.6 and has no 2.0.1 form")
-            log.error("outbox entry #%d (%s) has no OCPP 2.0.1 form: dropped", entry.id, entry.action)
+        try:
+            if entry.action not in ACTIONS:
+                raise ValueError(f"{entry.action} was queued under OCPP 1.6 and has no 2.0.1 form")
+            request = getattr(call, entry.action)(**camel_to_snake_case(self.outbox.payload_for_send(entry)))
+        except Exception as exc:
+            # e.g. queued by the 1.6 side in its shape and no 2.0.1 form registered for it: given up on loudly
+            # (in the outbox's dropped list and the log), never silently, and never blocking the queue.
+            self.outbox.drop(entry.id, f"no OCPP 2.0.1 form: {exc}"[:200])
+            log.error("outbox entry #%d (%s) has no OCPP 2.0.1 form (%s): dropped", entry.id, entry.action, exc)
             return
-        request = getattr(call, entry.action)(**camel_to_snake_case(self.outbox.payload_for_send(entry)))
         attempts = self.outbox.record_attempt(entry.id)
         try:
             await session.request(request)
