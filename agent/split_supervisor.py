@@ -143,8 +143,8 @@ class SplitSupervisor:
         # The sides import their code; the network side then makes the pre-flight checks (OCPP key presets,
         # TLS files, state_dir) and reports them. Both start only on the go; a failed check prints its one
         # line here and nothing else has run.
-        for child in self.children.values():
-            self._spawn(child, go=False)
+        for role in ("network", "control"):  # the network side's imports and checks are the longer way
+            self._spawn(self.children[role], go=False)
         network = self.children["network"]
         deadline = time.monotonic() + PREFLIGHT_TIMEOUT_S
         while not self._stopping and network.preflight is None and network.health_fd is not None:
