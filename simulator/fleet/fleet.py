@@ -48,6 +48,7 @@ log = logging.getLogger("cpsim.fleet")
 
 DEFAULT_TAG = "FLEET-TAG"
 SQLITE_CACHE_KIB = 64  # per connection (the default is 2 MB): a station's working set is a few pages
+STATEMENT_CACHE = 16  # prepared statements per SQLite connection (sqlite3's default 128: ~100 kB per station)
 _PLANT_FAULTS = {"rcd": Fault.RCD, "ground": Fault.GROUND, "diode": Fault.DIODE, "overtemp": Fault.OVERTEMP,
                  "undervoltage": Fault.UNDERVOLTAGE, "overvoltage": Fault.OVERVOLTAGE}
 
@@ -220,6 +221,12 @@ class Fleet:
                 log.error("cannot save %s: %s", self.plants_file, exc)
 
     # ----------------------------------------------------------------- lifecycle
+    def _tune_storage(self) -> None:
+        """Two SQLite connections per station: a small statement cache (agent.db reads it at each connect)."""
+        import agent.db
+
+        agent.db.STATEMENT_CACHE = STATEMENT_CACHE
+
     def _take_lock(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.dir / "fleet.lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -249,6 +256,7 @@ class Fleet:
 
     async def run(self) -> int:
         self._take_lock()
+        self._tune_storage()
         self._observe_frames()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -397,8 +405,7 @@ class Fleet:
             if self.all_booted_s is None and len(self.stations) == expected and all(
                     fs.booted_at is not None for fs in self.stations.values()):
                 self.all_booted_s = max(fs.booted_at or 0.0 for fs in self.stations.values())
-                if not self.options.quiet:
-                    print(f"[fleet] all {expected} stations booted in {self.all_booted_s:.1f} s", flush=True)
+                print(f"[fleet] all {expected} stations booted in {self.all_booted_s:.1f} s", flush=True)
                 if self.options.scenario is None:
                     return
                 await asyncio.sleep(1.0)

@@ -52,7 +52,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, is_dataclass
 from enum import StrEnum
-from functools import cached_property
+from functools import cache, cached_property
 from typing import Any, Protocol, TypeAlias
 
 from jsonschema.exceptions import ValidationError as SchemaError
@@ -399,6 +399,7 @@ V201 = Dialect("2.0.1", "ocpp2.0.1", _load_201,
                                           (MessageType.Call, "RequestStartTransaction")}))
 
 
+@cache  # a few hundred names, asked by every service built (cpsim fleet builds thousands)
 def _snake_name(action: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", action).lower()
 
