@@ -8,9 +8,11 @@ import asyncio
 import json
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -84,10 +86,21 @@ async def _until(sock: Path, check: Any, within: float) -> dict[str, Any]:
     raise AssertionError(f"not reached within {within} s: {json.dumps(state)[:2000]}")
 
 
-async def _fleet(url: str, directory: Path) -> asyncio.subprocess.Process:
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return str(response.read().decode())
+
+
+async def _fleet(url: str, directory: Path, *more: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable, "-m", "simulator.cli", "fleet", "--csms", url, "--stations", str(N), "--dir", str(directory),
-        "--start-sessions", "--ramp", "500", "--progress", "1", "--tag", "FLEET-TAG",
+        "--start-sessions", "--ramp", "500", "--progress", "1", "--tag", "FLEET-TAG", *more,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, cwd=REPO,
     )
 
@@ -113,8 +126,16 @@ async def test_fifty_stations_kill_9_and_rerun_lose_nothing_and_start_nothing_tw
         await fleet.wait()
         assert fleet.returncode == -signal.SIGKILL
 
-        fleet = await _fleet(url, directory)
+        port = _free_port()
+        fleet = await _fleet(url, directory, "--metrics-port", str(port))
         await _until(sock, lambda s: s["sessions_active"] == N and s["queued_messages"] == 0, 40)
+        # The control API addresses one station; Prometheus text from prometheus_client on --metrics-port.
+        one = await _control(sock, {"cmd": "state", "station": "CP-000007"})
+        assert one["ok"] and one["state"]["connectors"]["1"]["plugged"] is True
+        assert (await _control(sock, {"cmd": "plug", "station": "CP-999999"}))["ok"] is False
+        text = await asyncio.to_thread(_get, f"http://127.0.0.1:{port}/metrics")
+        assert f"cpsim_fleet_booted {float(N)}" in text
+        assert 'cpsim_fleet_ocpp_call_latency_seconds_count{action="StartTransaction"}' in text
         fleet.send_signal(signal.SIGTERM)
         assert fleet.stdout is not None
         out, _ = await asyncio.wait_for(fleet.communicate(), 40)
