@@ -322,6 +322,8 @@ class SiteController:
                 self._set(load.connector_id, 0.0, REASON_SOLAR)  # no surplus: paused by the solar rules
             elif load.active:  # paused for not following
                 self._set(load.connector_id, 0.0, REASON_FUSE, force=True)
+            elif cfg.mode == "solar":  # no session: nothing before the solar rules start one (no PWM at first)
+                self._set(load.connector_id, 0.0, REASON_SOLAR, force=True)
             else:
                 phases = load.site_phases if cfg.phases == 3 else (1,)
                 self._set(load.connector_id, idle_limit(capacity, allocations, demands, phases), reason, force=True)

@@ -67,17 +67,16 @@ async def test_site_limit_notified_when_it_binds_and_changes_significantly_clear
     octt = site_octt
     agent = await octt.start_agent({"SmartChargingCtrlr/NotifyChargingLimitWithSchedules": True})
     await octt.booted()
-    await octt.charging()
-    assert agent.station is not None
+    assert agent.station is not None  # no transaction needed: K12 (an idle EVSE's allocation is what is free)
     c1 = agent.station.connectors[1]
     await eventually(lambda: c1.view().binding_limit == "connector", 8, "the connector's own 32 A binding")
-    await asyncio.sleep(1.5)
+    await asyncio.sleep(1.2)
     # Before the site meter's first reading the failsafe current binds: if the CSMS heard of it, it also
     # heard of its release. Either way the CSMS now knows of no external limit.
     before = len(octt.msgs("NotifyChargingLimit"))
     assert len(octt.msgs("ClearedChargingLimit")) == before
 
-    # A 9.2 kW house load (13.3 A per phase): 40 - 1 - 13.3 = 25.7 A for the EV, the site binds (K11).
+    # A 9.2 kW house load (13.3 A per phase): 40 - 1 - 13.3 = 25.7 A for an EV, the site binds.
     octt.ctl("site", action="load", value=9.2)
     first = await octt.wait("NotifyChargingLimit", count=before + 1, within=10)
     assert first.payload["evseId"] == 1
@@ -91,7 +90,7 @@ async def test_site_limit_notified_when_it_binds_and_changes_significantly_clear
     octt.ctl("site", action="load", value=9.6)
     await eventually(lambda: (c1.view().site_limit_a or 99.0) < schedule["chargingSchedulePeriod"][0]["limit"] - 0.3,
                      8, "the lower allocation")
-    await asyncio.sleep(2.0)
+    await asyncio.sleep(1.2)  # more than one look (POLL_S)
     assert len(octt.msgs("NotifyChargingLimit")) == before + 1
 
     # The house is quiet again: the connector's own limit binds, the external limit is released (K13).
@@ -99,10 +98,3 @@ async def test_site_limit_notified_when_it_binds_and_changes_significantly_clear
     cleared = await octt.wait("ClearedChargingLimit", count=before + 1, within=10)
     assert cleared.payload == {"chargingLimitSource": "EMS", "evseId": 1}
     assert c1.view().binding_limit == "connector"
-
-    # The site meter goes silent: the failsafe current binds, grid critical (K11 again).
-    octt.ctl("site", action="silent", value=True)
-    await octt.wait("NotifyChargingLimit", count=before + 2, within=10)
-    failsafe = octt.msgs("NotifyChargingLimit")[-1].payload
-    assert failsafe["chargingLimit"]["isGridCritical"] is True
-    assert failsafe["chargingSchedule"][0]["chargingSchedulePeriod"][0]["limit"] == 6.0
