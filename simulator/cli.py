@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ctl = sub.add_parser("ctl", help="drive a running simulator")
     ctl.add_argument("--dir", required=True, type=Path)
+    ctl.add_argument("--station", help="a station of a running `cpsim fleet` on DIR (e.g. CP-000042)")
     csub = ctl.add_subparsers(dest="action", required=True)
     for name in ("plug", "unplug", "clear"):
         csub.add_parser(name).add_argument("connector", type=int)
@@ -135,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     from simulator.control import RigUnreachable, send
 
     request: dict[str, object] = {"cmd": args.action}
+    if args.station:
+        request["station"] = args.station
     if args.action in ("plug", "unplug", "clear"):
         request["connector"] = args.connector
     elif args.action == "tap":
