@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from simulator.rig import Rig, RigOptions  # noqa: E402
 from simulator.site import Profile  # noqa: E402
 
-TOKENS = ["DEADBEEF01", "04A1B2C3D4"]
+TOKENS = [f"CAFE{n:06X}" for n in range(1, 17)]  # one card per EV: a card of a running session would stop it
 SAMPLE_S = 0.02
 WINDOW_S = 4.9
 SCENARIOS = {"s2_35a": (2, 35.0), "s4_35a": (4, 35.0), "s2_16a": (2, 16.0), "s4_16a": (4, 16.0)}
@@ -124,7 +124,8 @@ def start_agent(directory: Path) -> subprocess.Popen[bytes]:
 
 async def scenario(directory: Path, connectors: int, fuse_a: float, day_s: float, ev_phases: int) -> dict[str, Any]:
     rig = Rig(RigOptions(directory=directory, connectors=connectors, bundled_csms=False, max_current_a=32.0,
-                         site_fuse_a=fuse_a, site_rotation=True, ev_phases=ev_phases))
+                         site_fuse_a=fuse_a, site_rotation=True, ev_phases=ev_phases,
+                         tokens=TOKENS[:connectors]))
     await rig.start()
     assert rig.site is not None
     agent = start_agent(directory)
@@ -136,10 +137,10 @@ async def scenario(directory: Path, connectors: int, fuse_a: float, day_s: float
             c.plant.plugged = True
             await asyncio.sleep(0.5)
             for _attempt in range(5):
-                rig.reader.tap(TOKENS[n % 2])
+                rig.reader.tap(TOKENS[n - 1])
                 try:
-                    await wait_until(lambda c=c: c.plant.pwm_duty is not None or c.plant.relay_closed, 6,
-                                     f"connector {n} offered energy")
+                    # A session locks the cable; energy may wait for the site's allocation (16 A: not for all).
+                    await wait_until(lambda c=c: c.plant.lock_commanded, 6, f"connector {n} session")
                     break
                 except RuntimeError:
                     continue
