@@ -63,8 +63,11 @@ def prepare(role: str, config: AgentConfig) -> bool:
         import agent.ocpp.runner
         import agent.ocpp.v16.service
 
-        if config.ocpp.version != "1.6":  # the 2.0.1 side too, while the control side starts
-            import agent.ocpp.v201.service  # noqa: F401
+        # The 2.0.1 service too when the network side will start with it (while the control side starts). Not
+        # when it starts as 1.6 ("auto" with nothing or 1.6 remembered): ~0.4 s of imports before the go and
+        # ~4 MB for a station that may never switch; a switch imports it then (agent/ocpp/runner.py).
+        if _first_subprotocol(config) == agent.ocpp.runner.V201:
+            import agent.ocpp.v201.service
     fd = os.environ.get(GO_FD_ENV)
     if not fd or not fd.isascii() or not fd.isdigit():
         return True  # started by hand
@@ -85,6 +88,26 @@ def prepare(role: str, config: AgentConfig) -> bool:
     finally:
         with contextlib.suppress(OSError):
             os.close(int(fd))
+
+
+def _first_subprotocol(config: AgentConfig) -> str:
+    """The subprotocol the network side's VersionRunner starts with (agent/ocpp/runner.py), read before the
+    go: the one remembered in the state database (read-only here), else 1.6 if offered."""
+    import sqlite3
+
+    from agent.ocpp.runner import OFFERS, V16
+
+    offer = OFFERS[config.ocpp.version]
+    last = None
+    if len(offer) > 1:
+        try:
+            uri = (config.state_dir / "state.db").resolve().as_uri() + "?mode=ro"
+            with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+                row = conn.execute("SELECT subprotocol FROM ocpp_version WHERE id = 1").fetchone()
+            last = None if row is None else str(row[0])
+        except (sqlite3.Error, OSError, ValueError):  # no database or no table yet: nothing remembered
+            last = None
+    return last if last in offer else (V16 if V16 in offer else offer[0])
 
 
 def station_socket(config: AgentConfig) -> Path:
