@@ -23,6 +23,8 @@ FEATURES: tuple[str, ...] = (
     "agent.ocpp.v201.transactions:Transactions",
     "agent.ocpp.v201.external_limits:ExternalLimits",
     "agent.ocpp.v201.security:Security",
+    "agent.ocpp.v201.firmware:FirmwareManagement",
+    "agent.ocpp.v201.customer_information:CustomerInformation",
 )
 
 

@@ -18,8 +18,8 @@ connection opened once the SetVariablesResponse is on the wire; if it cannot con
 used again. Passwords are never logged (the device model reports the variable as write-only).
 
 Security events (A04) go through the service's outbox (``service.security_event``) and into the persistent
-security log ``<state_dir>/security201.log`` (JSON lines, 0600), which GetLog SecurityLog uploads
-(firmware.py) and ClearCustomerInformation leaves alone (it holds no idToken).
+security log ``<state_dir>/security.log`` (JSON lines, 0600, the same file and form as the 1.6 side's),
+which GetLog SecurityLog uploads (firmware.py) and ClearCustomerInformation leaves alone (it holds no idToken).
 
 Certificates (A02, A03, M-blocks for CSMS/Manufacturer roots) are in certificates.py, mixed in here."""
 
@@ -183,7 +183,7 @@ class Security(CertificateHandlers):
         state_dir = service.config.state_dir
         state_dir.mkdir(parents=True, exist_ok=True)
         self.certs = CertificateStore(state_dir / "certificates")
-        self.security_log = SecurityLog(state_dir / "security201.log")
+        self.security_log = SecurityLog(state_dir / "security.log")
         self.slots = NetworkSlots(service.db)
         self._state_path = state_dir / "security201-state.json"
         state = self._load_state()
