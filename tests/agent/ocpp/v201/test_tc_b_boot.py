@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from agent.ocpp.v201 import handlers
 from agent.ocpp.v201.service import OcppService
 from simulator.csms import CsmsCallError
 from tests.agent.ocpp.v201.conftest import Octt201, eventually
@@ -114,9 +115,11 @@ async def test_tc_b_20_cs_reset_without_ongoing_transaction_on_idle(octt: Octt20
         "StartupOfTheDevice") == 2, what="second StartupOfTheDevice")
 
 
-async def test_tc_b_25_cs_reset_evse_without_ongoing_transaction(octt: Octt201) -> None:
+async def test_tc_b_25_cs_reset_evse_without_ongoing_transaction(octt: Octt201,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """B11.FR.08: Reset of one EVSE: Accepted, the EVSE goes out of service for a moment and comes back; an
     unknown EVSE is Rejected. The station itself does not restart."""
+    monkeypatch.setattr(handlers, "EVSE_RESET_OFF_S", 0.1)
     agent = await octt.start_agent()
     await octt.booted()
     assert (await octt.send("Reset", {"type": "OnIdle", "evseId": 9}))["status"] == "Rejected"
@@ -162,9 +165,11 @@ async def test_tc_b_22_cs_reset_immediate_with_ongoing_transaction(octt: Octt201
     await asyncio.wait_for(agent.service.restart_requested.wait(), 8)
 
 
-async def test_tc_b_26_cs_reset_evse_with_ongoing_transaction_on_idle(octt: Octt201) -> None:
+async def test_tc_b_26_cs_reset_evse_with_ongoing_transaction_on_idle(octt: Octt201,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     """B12: Reset OnIdle of the EVSE that charges -> Scheduled; once the transaction has ended the EVSE
     resets (out of service for a moment) and the station itself does not restart."""
+    monkeypatch.setattr(handlers, "EVSE_RESET_OFF_S", 0.1)
     agent = await octt.start_agent()
     await octt.booted()
     await octt.charging()
