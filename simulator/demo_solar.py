@@ -190,13 +190,16 @@ async def run_solar_demo(keep_dir: Path | None) -> int:
             stdout=subprocess.DEVNULL,
         )
         try:
-            return await _play(directory, out_dir, sim)
+            played = await _play(directory, sim)
         finally:
-            sim.terminate()
+            sim.terminate()  # before the plot: the boards' keep-alive would time out meanwhile
             try:
                 sim.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 sim.kill()
+        if played is None:
+            return 1
+        return _summary(*played, out_dir)
 
 
 def demo_config(config: AgentConfig) -> AgentConfig:
@@ -204,12 +207,14 @@ def demo_config(config: AgentConfig) -> AgentConfig:
     return dataclasses.replace(config, site=dataclasses.replace(config.site, **DEMO_SOLAR))
 
 
-async def _play(directory: Path, out_dir: Path, sim: subprocess.Popen[bytes]) -> int:
+async def _play(directory: Path, sim: subprocess.Popen[bytes]
+                ) -> tuple[list[Sample], list[SessionStopped], bool] | None:
+    """Play the day; (samples, stopped sessions, played to the end), None if the simulator did not start."""
     tl = Timeline()
     await _wait_for(lambda: (directory / "agent.toml").exists() or sim.poll() is not None, 20, "the simulator")
     if sim.poll() is not None:
         print("simulator failed to start", file=sys.stderr)
-        return 1
+        return None
     config = demo_config(load(directory / "agent.toml"))
     station = Station(config)
     connectors = [station.connectors[n] for n in sorted(EV_PHASES)]
@@ -260,12 +265,12 @@ async def _play(directory: Path, out_dir: Path, sim: subprocess.Popen[bytes]) ->
     finally:
         await cancel_and_wait(*tasks)
         station.close()
-    return _summary(samples, stopped, out_dir, ok)
+    return samples, stopped, ok
 
 
 async def _watch(directory: Path, station: Station, tl: Timeline, samples: list[Sample]) -> None:
     """Sample the rig and the agent every SAMPLE_S; print the agent's decisions and a line per half-hour."""
-    shown: dict[int, str] = {}
+    shown: dict[int, tuple[float, str]] = {}  # per connector: the limit last printed and why / phases
     next_line = 0.0
     while True:
         reply = await _ctl(directory, cmd="state")
@@ -284,11 +289,14 @@ async def _watch(directory: Path, station: Station, tl: Timeline, samples: list[
         samples.append(sample)
         at = clock_text(sample.profile_s)
         for n, view, plant in zip(sorted(EV_PHASES), views, plants, strict=True):
-            text = (f"limit {view.effective_limit_a:4.1f} A ({view.binding_limit})" if view.site_limit_a != 0
-                    else f"paused ({view.binding_limit})") + f", supply {plant['supply_phases']}p"
-            if shown.get(n) != text:
-                shown[n] = text
-                tl.line(f"[{at}] agent: connector {n} {text}")
+            paused = view.site_limit_a == 0
+            kind = f"{'paused' if paused else 'limit'} ({view.binding_limit}), supply {plant['supply_phases']}p"
+            amps = 0.0 if paused else view.effective_limit_a
+            last = shown.get(n)
+            if last is None or last[1] != kind or abs(last[0] - amps) >= 1.0:  # not every 0.1 A of the sun
+                shown[n] = (amps, kind)
+                what = f"paused ({view.binding_limit})" if paused else f"limit {amps:4.1f} A ({view.binding_limit})"
+                tl.line(f"[{at}] agent: connector {n} {what}, supply {plant['supply_phases']}p")
         if sample.profile_s >= next_line:
             next_line = (sample.profile_s // 1800 + 1) * 1800
             evs = "  ".join(f"EV{n} {a:4.1f} A {w / 1000:4.1f} kW" for n, a, w in
@@ -298,7 +306,7 @@ async def _watch(directory: Path, station: Station, tl: Timeline, samples: list[
         await asyncio.sleep(SAMPLE_S)
 
 
-def _summary(samples: Sequence[Sample], stopped: Sequence[SessionStopped], out_dir: Path, ok: bool) -> int:
+def _summary(samples: Sequence[Sample], stopped: Sequence[SessionStopped], ok: bool, out_dir: Path) -> int:
     energy = {e.connector_id: e.session.energy_wh for e in stopped}
     ev_wh, share = solar_share(samples)
     baseline = uncontrolled_share(samples)
