@@ -391,8 +391,26 @@ class OcppService:
         return connector_status(self.station.connector_view(evse).status)
 
     def _queue_status(self, evse: int, status: str | None = None, *, force: bool = False) -> None:
-        self._status_queue.append((evse, status or self.status_of(evse), force))
+        status = status or self.status_of(evse)
+        if not force and not self.online and self._queue_all_messages():
+            # OCPPCommCtrlr.QueueAllMessages: a change while offline is kept in the durable outbox with the
+            # time it happened and sent in order after the reconnect (ahead of the status refresh, which then
+            # skips what the queued ones already reported).
+            payload = {"timestamp": ocpp_time(self.wall()), "connectorStatus": status, "evseId": evse,
+                       "connectorId": 1}
+            try:
+                self.outbox.append("StatusNotification", payload)
+                return
+            except StorageError as exc:
+                log.error("StatusNotification for EVSE %d not queued: %s", evse, exc)
+        self._status_queue.append((evse, status, force))
         self._wake()
+
+    def _queue_all_messages(self) -> bool:
+        try:
+            return self.variables.boolean("OCPPCommCtrlr", "QueueAllMessages")
+        except (DeviceModelError, TypeError):
+            return False
 
     def queue_all_statuses(self, evse: int | None = None, *, force: bool = True) -> None:
         """Queue the StatusNotification of every connector (or one EVSE's); ``force`` sends it even if the
@@ -582,6 +600,9 @@ class OcppService:
                 self.outbox.defer(entry.id, Outbox.retry_delay(attempts, MESSAGE_RETRY_S))
             return
         self.outbox.ack(entry.id)
+        if entry.action == "StatusNotification":  # queued offline (QueueAllMessages): the CSMS knows it now
+            sent = entry.payload
+            self._reported[(sent["evseId"], sent["connectorId"])] = sent["connectorStatus"]
 
     async def _heartbeat(self, session: OcppSession) -> None:
         while not session.closed:
