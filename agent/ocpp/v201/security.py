@@ -379,6 +379,10 @@ class Security(CertificateHandlers):
             return
         self.event(RECONFIGURED, "BasicAuthPassword changed")
         self._password = new
+        if self._svc.security_profile not in (1, 2):  # no Basic auth on this connection: nothing to try now
+            self._confirmed_password = new
+            self._save_state()
+            return
         self._trial = True
         self._trial_failures = 0
         log.warning("reconnecting with the new BasicAuthPassword")

@@ -131,6 +131,13 @@ async def test_tc_m_and_a_11_a_14_cs_certificates_then_profile_3(
     await eventually(lambda: agent.service.online and agent.service.security_profile == 3, 8, "profile 3")
     assert octt.csms.handshakes[-1].authorization is None and len(octt.csms.handshakes) > handshakes
     await eventually(lambda: not agent.service.features["Security"].in_trial, 5, "profile 3 confirmed")
+    # A02 under profile 3: a newly signed certificate is used from a new connection at once
+    handshakes = len(octt.csms.handshakes)
+    results = len(octt.csms.certificate_signed_results)
+    await octt.send("TriggerMessage", {"requestedMessage": "SignChargingStationCertificate"})
+    await eventually(lambda: len(octt.csms.certificate_signed_results) > results, 8, "second CertificateSigned")
+    assert octt.csms.certificate_signed_results[-1] == {"status": "Accepted"}
+    await eventually(lambda: len(octt.csms.handshakes) > handshakes and agent.service.online, 8, "reconnected")
 
 
 async def test_tc_a_23_cs_sign_certificate_repeated_and_expiry_renewal(
