@@ -14,10 +14,13 @@ the StationPort.
 - An external limit that no longer binds is released: ClearedChargingLimit with chargingLimitSource "EMS"
   (K13.FR.02).
 
+- During a transaction, a charging rate (the EVSE's effective limit) that an external limit set or released
+  and that moved by more than LimitChangeSignificance % is reported with a TransactionEvent Updated,
+  triggerReason ChargingRateChanged (K11.FR.04, K13.FR.03), through the transactions block's durable outbox.
+
 What is reported is the state now, not a history: the latest limit per EVSE waits while the CSMS is not
 reachable (no stale queue in the outbox) and goes out once it is; a CALLERROR or timeout is logged once per
 state and retried with the next change. Only with a ``[site]`` configured; it looks every ``POLL_S``.
-Not done here: the TransactionEvent with triggerReason ChargingRateChanged of K11.FR.04 / K13.FR.03.
 """
 
 from __future__ import annotations
@@ -101,6 +104,8 @@ class ExternalLimits:
         self.enabled: bool = bool(service.config.site.enabled)
         self.reported: dict[int, ExternalLimit | None] = {}  # what the CSMS has per EVSE (acknowledged)
         self._failed: dict[int, ExternalLimit | None] = {}  # the state whose sending failed (logged once)
+        # per EVSE with a transaction: (session ref, the charging rate last reported, external then)
+        self._rates: dict[int, tuple[str, float, bool]] = {}
 
     # -- settings ----------------------------------------------------------------------------------
 
@@ -125,8 +130,37 @@ class ExternalLimits:
             return  # no [site]: nothing external ever limits an EVSE
         while True:
             await asyncio.sleep(POLL_S)
+            self.rate_changes()
             if self._svc.online:
                 await self.report_changes()
+
+    def rate_changes(self) -> list[int]:
+        """K11.FR.04 / K13.FR.03: EVSEs whose transaction got a ChargingRateChanged Updated now."""
+        transactions = self._svc.features.get("Transactions")
+        threshold = self.significance_pct()
+        sent: list[int] = []
+        for evse_id, view in self._station.connector_views().items():
+            session = view.session
+            if session is None:
+                self._rates.pop(evse_id, None)
+                continue
+            rate = round(view.effective_limit_a, 1)
+            external = external_limit(view.site_limit_a, view.binding_limit) is not None
+            last = self._rates.get(evse_id)
+            if last is None or last[0] != session.ref:
+                self._rates[evse_id] = (session.ref, rate, external)  # the Started carried this rate
+                continue
+            _, last_rate, was_external = last
+            if not (external or was_external) or rate == last_rate:
+                continue
+            if abs(rate - last_rate) <= last_rate * max(0.0, threshold) / 100.0 and (rate == 0) == (last_rate == 0):
+                continue
+            self._rates[evse_id] = (session.ref, rate, external)
+            if transactions is not None and transactions.charging_rate_changed(evse_id):
+                sent.append(evse_id)
+                log.info("EVSE %d: charging rate %.1f -> %.1f A (%s): TransactionEvent ChargingRateChanged",
+                         evse_id, last_rate, rate, view.binding_limit)
+        return sent
 
     def pending(self) -> dict[int, ExternalLimit | None]:
         """EVSEs whose external limit now differs significantly from what the CSMS has."""

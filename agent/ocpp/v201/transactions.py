@@ -661,6 +661,16 @@ class Transactions:
             float(self._int("TxCtrlr", "EVConnectionTimeOut", 60)),
         )
 
+    def charging_rate_changed(self, evse_id: int) -> bool:
+        """K11.FR.04 / K13.FR.03: an Updated (triggerReason ChargingRateChanged) for the EVSE's running
+        transaction, asked for by agent/ocpp/v201/external_limits.py. False without a transaction."""
+        machine = self.machines.get(evse_id)
+        if machine is None:
+            return False
+        events = machine.update(Trigger.CHARGING_RATE_CHANGED)
+        self._emit(machine, events, self._view(evse_id))
+        return bool(events)
+
     # -- station events -> machines --------------------------------------------------------------------
 
     def _view(self, cid: int) -> ConnectorView | None:

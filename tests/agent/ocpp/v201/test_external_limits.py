@@ -67,7 +67,8 @@ async def test_site_limit_notified_when_it_binds_and_changes_significantly_clear
     octt = site_octt
     agent = await octt.start_agent({"SmartChargingCtrlr/NotifyChargingLimitWithSchedules": True})
     await octt.booted()
-    assert agent.station is not None  # no transaction needed: K12 (an idle EVSE's allocation is what is free)
+    await octt.charging()
+    assert agent.station is not None
     c1 = agent.station.connectors[1]
     await eventually(lambda: c1.view().binding_limit == "connector", 8, "the connector's own 32 A binding")
     await asyncio.sleep(1.2)
@@ -76,7 +77,7 @@ async def test_site_limit_notified_when_it_binds_and_changes_significantly_clear
     before = len(octt.msgs("NotifyChargingLimit"))
     assert len(octt.msgs("ClearedChargingLimit")) == before
 
-    # A 9.2 kW house load (13.3 A per phase): 40 - 1 - 13.3 = 25.7 A for an EV, the site binds.
+    # A 9.2 kW house load (13.3 A per phase): 40 - 1 - 13.3 = 25.7 A for the EV, the site binds (K11).
     octt.ctl("site", action="load", value=9.2)
     first = await octt.wait("NotifyChargingLimit", count=before + 1, within=10)
     assert first.payload["evseId"] == 1
@@ -85,6 +86,9 @@ async def test_site_limit_notified_when_it_binds_and_changes_significantly_clear
     assert schedule["chargingRateUnit"] == "A"
     assert schedule["chargingSchedulePeriod"][0]["limit"] == pytest.approx(c1.view().site_limit_a, abs=0.05)
     assert 24.0 < schedule["chargingSchedulePeriod"][0]["limit"] < 27.0
+    # 32 -> 25.7 A is a significant change of the charging rate: an Updated ChargingRateChanged (K11.FR.04).
+    rate_changed = await octt.wait_tx_event("Updated", where=lambda e: e["triggerReason"] == "ChargingRateChanged")
+    assert rate_changed["transactionInfo"]["transactionId"] == octt.transaction_ids()[-1]
 
     # 9.6 kW: 0.6 A less (2 %), below LimitChangeSignificance (10 %): applied, not reported.
     octt.ctl("site", action="load", value=9.6)
@@ -93,8 +97,15 @@ async def test_site_limit_notified_when_it_binds_and_changes_significantly_clear
     await asyncio.sleep(1.2)  # more than one look (POLL_S)
     assert len(octt.msgs("NotifyChargingLimit")) == before + 1
 
+    def rate_events() -> list[dict[str, object]]:
+        return [e for e in octt.tx_events() if e["triggerReason"] == "ChargingRateChanged"]
+
+    assert len(rate_events()) == 1
+
     # The house is quiet again: the connector's own limit binds, the external limit is released (K13).
     octt.ctl("site", action="load", value=0.0)
     cleared = await octt.wait("ClearedChargingLimit", count=before + 1, within=10)
     assert cleared.payload == {"chargingLimitSource": "EMS", "evseId": 1}
     assert c1.view().binding_limit == "connector"
+    # Back to the connector's 32 A: the rate changed by more than 10 % again (K13.FR.03).
+    await eventually(lambda: len(rate_events()) == 2, 5, "the second ChargingRateChanged")
