@@ -42,6 +42,25 @@ def optional_client_context(pki: Pki) -> ssl.SSLContext:
     return context
 
 
+def cross_signed_ca(pki: Pki, name: str) -> str:
+    """A CA certificate for a new key, issued by the test PKI's root (a root's successor)."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(pki.ca.cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(pki.ca.key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
 async def tls_harness(tmp_path: Path, pki: Pki) -> Octt201:
     csms = Csms(accept=["DEADBEEF01"], password=PASSWORD, version="2.0.1", ssl_context=optional_client_context(pki))
     await csms.start()
@@ -59,7 +78,8 @@ async def test_tc_m_and_a_11_a_14_cs_certificates_then_profile_3(
     ca_key = pki.ca.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                       serialization.NoEncryption())
     octt.csms.certificate_signer = CsrSigner(pki.ca.pem.encode(), ca_key)
-    agent = await octt.start_agent({"SecurityCtrlr/OrganizationName": "Test CPO"})
+    agent = await octt.start_agent({"SecurityCtrlr/OrganizationName": "Test CPO",
+                                    "SecurityCtrlr/AdditionalRootCertificateCheck": True})
     await octt.booted()
     security = agent.service.features["Security"]
     await eventually(lambda: not security.in_trial, 5, "profile 2 confirmed")
@@ -72,16 +92,24 @@ async def test_tc_m_and_a_11_a_14_cs_certificates_then_profile_3(
     not_ca = await octt.send("InstallCertificate", {"certificateType": "CSMSRootCertificate",
                                                     "certificate": pki.server.pem})
     assert not_ca["status"] == "Rejected"
+    # AdditionalRootCertificateCheck: a new CSMS root must be issued by one the station trusts
+    stranger = await octt.send("InstallCertificate", {"certificateType": "CSMSRootCertificate",
+                                                      "certificate": make_ca("Unrelated Root").pem})
+    assert stranger["status"] == "Rejected"
+    successor = await octt.send("InstallCertificate", {"certificateType": "CSMSRootCertificate",
+                                                       "certificate": cross_signed_ca(pki, "Next CPO Root")})
+    assert successor["status"] == "Accepted"
     v2g = await octt.send("InstallCertificate", {"certificateType": "V2GRootCertificate", "certificate": pki.ca.pem})
     assert v2g["status"] == "Rejected"
     # TC_M_12_CS / TC_M_17_CS / TC_M_18_CS / TC_M_19_CS
     expected = hash_data(pki.ca.cert, pki.ca.cert).as_ocpp()
     one = await octt.send("GetInstalledCertificateIds", {"certificateType": ["CSMSRootCertificate"]})
     assert one["status"] == "Accepted"
-    assert [c["certificateHashData"] for c in one["certificateHashDataChain"]] == [expected]  # ca_file = installed
+    listed = [c["certificateHashData"] for c in one["certificateHashDataChain"]]
+    assert listed[0] == expected and len(listed) == 2  # the ca_file's (= the installed copy) and its successor
     both = await octt.send("GetInstalledCertificateIds", {})
     assert sorted(c["certificateType"] for c in both["certificateHashDataChain"]) == [
-        "CSMSRootCertificate", "ManufacturerRootCertificate"]
+        "CSMSRootCertificate", "CSMSRootCertificate", "ManufacturerRootCertificate"]
     none = await octt.send("GetInstalledCertificateIds", {"certificateType": ["V2GRootCertificate"]})
     assert none["status"] == "NotFound"
 
