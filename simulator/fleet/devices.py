@@ -10,7 +10,8 @@ One ``Ticker`` for the whole process advances every plant that is not at rest (p
 closed) once per ``period_s`` and reports what changed as HAL events, like the board's change reports;
 commands (duty, relay, lock) step the plant and report on the next loop turn (``call_soon``), never inside
 the caller's own call chain. The meter answers ``latest`` from the plant itself (always fresh) and pushes
-a sample every ``meter_period_s`` while energy flows (every 60 s otherwise).
+a sample when the current changed, else every ``meter_period_s`` while energy flows (every 60 s
+otherwise, every tick during an over-current).
 """
 
 from __future__ import annotations
@@ -97,6 +98,7 @@ class SimBoard(Device, ControlPilot, PowerSwitch, ConnectorLock):
         self._reported: dict[type, Any] = {}
         self._report_pending = False
         self._last_meter_push = 0.0
+        self._pushed_current = 0.0  # the current of the last pushed sample: a change of it is pushed at once
 
     @property
     def roles(self) -> frozenset[Role]:
@@ -176,10 +178,17 @@ class SimBoard(Device, ControlPilot, PowerSwitch, ConnectorLock):
         self._report()
         meter = self.ticker.meters.get(id(plant))
         if meter is not None:
-            period = self.ticker.meter_period_s if plant.current_a > 0 else 60.0
-            if now - self._last_meter_push >= period:
+            # An over-current (fault injection) is measured every tick, as the agent's trip needs 7 s of samples.
+            period = self.period_for(plant)
+            if now - self._last_meter_push >= period or abs(plant.current_a - self._pushed_current) > 0.5:
                 self._last_meter_push = now
+                self._pushed_current = plant.current_a
                 meter.push()
+
+    def period_for(self, plant: Plant) -> float:
+        if plant.ev.extra_draw_a > 0:
+            return 0.0
+        return self.ticker.meter_period_s if plant.current_a > 0 else 60.0
 
     def report_all(self) -> None:
         self._reported.clear()

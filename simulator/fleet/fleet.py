@@ -70,7 +70,8 @@ class FleetOptions:
     progress_s: float = 5.0
     stop_timeout_s: float = 30.0
     tags: tuple[str, ...] = (DEFAULT_TAG,)
-    meter_period_s: float = 10.0
+    meter_period_s: float = 10.0  # meter samples pushed while charging (each may write session progress; a
+    # stop takes the energy of the last one, as with a slowly polled meter)
     quiet: bool = False
 
 

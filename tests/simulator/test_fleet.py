@@ -181,3 +181,53 @@ async def test_fifty_stations_kill_9_and_rerun_lose_nothing_and_start_nothing_tw
     # Energy flowed (a session begun in the last second before SIGTERM may not have drawn any yet).
     charged = [cp for cp in ids if stops[cp][0]["meterStop"] > json.loads(starts[cp][0])["meterStart"]]
     assert len(charged) >= N // 2
+
+
+async def test_in_process_board_and_meter_follow_the_plant_and_report_changes_once() -> None:
+    from hal.device import DeviceError
+    from hal.registry import load_driver
+    from hal.types import CpState, MeterSample, PilotStateChanged, RelayFeedback
+    from simulator.fleet import devices
+    from simulator.physics import Plant
+
+    plant = Plant()
+    devices.PLANTS["T-1/1"] = plant
+    ticker = devices.Ticker(period_s=3600.0, meter_period_s=5.0)
+    board = devices.SimBoard("board1", plant, ticker)
+    meter = devices.SimMeter("meter1", plant, ticker)
+    assert isinstance(load_driver("sim-board")("b", {"plant": "T-1/1"}), devices.SimBoard)
+    with pytest.raises(DeviceError, match="plant = 'T-9/1'"):
+        load_driver("sim-meter")("m", {"plant": "T-9/1"})
+    events: list[Any] = []
+    board.subscribe(events.append)
+    meter.subscribe(events.append)
+    tasks = [asyncio.create_task(board.run()), asyncio.create_task(meter.run())]
+    await asyncio.sleep(0)
+    assert PilotStateChanged(CpState.A) in events
+    events.clear()
+    plant.plugged = True
+    board.changed()
+    board.changed()  # one report for both
+    await asyncio.sleep(0)
+    assert [e for e in events if isinstance(e, PilotStateChanged)] == [PilotStateChanged(CpState.B1)]
+    board.set_duty(53.3)  # 32 A
+    board.close_relay()
+    assert plant.pwm_duty == 53.3 and plant.relay_commanded_closed
+    await asyncio.sleep(0)
+    assert RelayFeedback(True) in events
+    now = asyncio.get_running_loop().time()
+    for step in range(1, 12):  # the EV closes S2 after 1 s and ramps up; energy flows
+        board.tick(now + step)
+    assert plant.cp_state() is CpState.C2 and board.cp_state is CpState.C2
+    sample = meter.latest
+    assert sample is not None and sample.energy_import_wh > 0 and sample.current_a[0] == pytest.approx(31.98)
+    assert any(isinstance(e, MeterSample) for e in events)  # pushed while charging
+    meter.set_silent(True)
+    assert meter.latest is None
+    await cancel_tasks(tasks)
+
+
+async def cancel_tasks(tasks: list[asyncio.Task[Any]]) -> None:
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
