@@ -331,8 +331,7 @@ class Security(CertificateHandlers):
         svc.ssl_context = self.context_for(connection)
         svc.password_source = self.password
         svc.active_network_profile = slot  # type: ignore[attr-defined]  # read by OCPPCommCtrlr.ActiveNetworkProfile
-        if slot != self.confirmed_slot:
-            self._trial = True
+        self._trial = slot != self.confirmed_slot or self._password != self._confirmed_password
         self._trial_failures = 0
         with contextlib.suppress(DeviceModelError):
             svc.variables.set("SecurityCtrlr", "SecurityProfile", str(connection.security_profile),
