@@ -197,3 +197,9 @@ async def test_tc_a_23_cs_sign_certificate_repeated_and_expiry_renewal(
     security = agent.service.features["Security"]
     not_after = security.client_not_after()
     assert not_after is not None and not_after - agent.service.wall() > 300 * 86400
+
+    def installed() -> int:
+        return sum(m.payload.get("techInfo") == "new ChargingStationCertificate installed"
+                   for m in octt.msgs("SecurityEventNotification"))
+
+    await eventually(lambda: installed() >= 2, 5, "a security event for each new certificate")
