@@ -36,7 +36,7 @@ def test_the_profile_is_one_cpsim_accepts_with_clouds_and_the_oven_as_steps() ->
         t = hour * 3600.0
         assert pv.at(t - DAY_START_S) == pytest.approx(pv_kw(t), abs=0.01)
         assert load.at(t - DAY_START_S) == pytest.approx(house_kw(t), abs=0.01)
-    start, end, left = CLOUDS[1]
+    start, _end, left = CLOUDS[1]
     before, inside = pv.at(start - 1 - DAY_START_S), pv.at(start + 60 - DAY_START_S)
     assert inside == pytest.approx(pv_kw(start + 60), abs=0.05) and inside < before * (left + 0.05)
     assert load.at(12 * 3600 - DAY_START_S) == pytest.approx(3.5)  # base 0.5 + the oven
