@@ -189,12 +189,12 @@ async def test_tc_b_45_b_46_cs_migrate_to_new_profile_and_fallback(tmp_path: Pat
 # -- A05: security profile upgrade over real TLS -----------------------------------------------------
 
 
-async def test_tc_a_19_a_21_cs_upgrade_security_profile_1_to_2(
+async def test_tc_a_19_a_21_cs_upgrade_security_profile_1_to_2_with_fallback(
     tmp_path: Path, pki: Pki, closing: list[Octt201]
 ) -> None:
     octt = await harness(tmp_path, profile=1, pki=pki)  # wss:// with Basic auth, [ocpp] ca_file trusted
     closing.append(octt)
-    first = await octt.start_agent()
+    first = await octt.start_agent({"OCPPCommCtrlr/NetworkProfileConnectionAttempts": 1})
     await octt.booted()
     await eventually(lambda: not first.service.features["Security"].in_trial, 5, "profile 1 confirmed")
     url = octt.csms.url
@@ -202,12 +202,22 @@ async def test_tc_a_19_a_21_cs_upgrade_security_profile_1_to_2(
     # TC_A_21_CS: profile 3 without a ChargingStationCertificate
     no_cert = await octt.send("SetNetworkProfile", {"configurationSlot": 2, "connectionData": network_profile(url, 3)})
     assert no_cert["status"] == "Rejected"
+    # an upgrade that cannot connect (nobody listens there): back on profile 1 after the attempts
+    dead = f"wss://127.0.0.1:{closed_port()}"
+    answer = await octt.send("SetNetworkProfile", {"configurationSlot": 3, "connectionData": network_profile(dead, 2)})
+    assert answer["status"] == "Accepted"
+    assert await set_variable(octt, "OCPPCommCtrlr", "NetworkConfigurationPriority", "3,1") == "RebootRequired"
+    agent = await octt.restart_agent()
+    await eventually(lambda: agent.service.online and agent.service.endpoint == url, 8, "fallback to profile 1")
+    await octt.wait_status("Available", count=2)
+    assert await get_variable(octt, "SecurityCtrlr", "SecurityProfile") == "1"
+    # TC_A_19_CS
     answer = await octt.send("SetNetworkProfile", {"configurationSlot": 2, "connectionData": network_profile(url, 2)})
     assert answer["status"] == "Accepted"
     assert await set_variable(octt, "OCPPCommCtrlr", "NetworkConfigurationPriority", "2,1") == "RebootRequired"
     agent = await octt.restart_agent()
     await eventually(lambda: agent.service.online and agent.service.security_profile == 2, 8, "profile 2")
-    await octt.wait_status("Available", count=2)
+    await octt.wait_status("Available", count=3)
     await eventually(lambda: not agent.service.features["Security"].in_trial, 5, "profile 2 confirmed")
     assert await get_variable(octt, "SecurityCtrlr", "SecurityProfile") == "2"
     priority = await get_variable(octt, "OCPPCommCtrlr", "NetworkConfigurationPriority")
