@@ -109,3 +109,44 @@ async def test_site_limit_notified_when_it_binds_and_changes_significantly_clear
     assert c1.view().binding_limit == "connector"
     # Back to the connector's 32 A: the rate changed by more than 10 % again (K13.FR.03).
     await eventually(lambda: len(rate_events()) == 2, 5, "the second ChargingRateChanged")
+
+
+# ----------------------------------------------------------------------------- the class, on stubs
+
+
+class _View:
+    def __init__(self, site: float | None, binding: str, limit: float, session: str | None) -> None:
+        self.site_limit_a, self.binding_limit, self.effective_limit_a = site, binding, limit
+        self.session = None if session is None else type("S", (), {"ref": session})()
+        self.phases = 3
+
+
+class _Service:
+    def __init__(self) -> None:
+        self.views: dict[int, _View] = {}
+        self.rate_calls: list[int] = []
+        self.station = type("Station", (), {"connector_views": lambda _s: self.views})()
+        self.variables = type("Vars", (), {"value": lambda _s, *_a, **_k: 10.0})()
+        self.config = type("C", (), {"site": type("Site", (), {"enabled": True})()})()
+        self.features = {"Transactions": type("Tx", (), {
+            "charging_rate_changed": lambda _s, evse: self.rate_calls.append(evse) is None})()}
+
+
+def test_rate_changes_only_for_a_transaction_an_external_limit_moved_significantly() -> None:
+    from agent.ocpp.v201.external_limits import ExternalLimits
+
+    svc = _Service()
+    limits = ExternalLimits(svc)
+    svc.views = {1: _View(39.0, "connector", 32.0, "s1"), 2: _View(10.0, "site-fuse", 10.0, None)}
+    assert limits.rate_changes() == [] and set(limits.pending()) == {2}  # EVSE 2: idle but limited (K12)
+    svc.views[1] = _View(25.7, "site-fuse", 25.7, "s1")  # the site binds: 32 -> 25.7 A
+    assert limits.rate_changes() == [1]
+    svc.views[1] = _View(25.1, "site-fuse", 25.1, "s1")  # 2 %: not significant
+    assert limits.rate_changes() == []
+    svc.views[1] = _View(39.0, "connector", 32.0, "s1")  # released: 25.7 -> 32 A (K13.FR.03)
+    assert limits.rate_changes() == [1]
+    svc.views[1] = _View(39.0, "ocpp", 16.0, "s1")  # a CSMS limit is not external: no ChargingRateChanged here
+    assert limits.rate_changes() == []
+    svc.views[1] = _View(20.0, "site-fuse", 20.0, "s2")  # a new session starts from its own rate
+    assert limits.rate_changes() == []
+    assert svc.rate_calls == [1, 1]
