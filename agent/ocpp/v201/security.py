@@ -350,6 +350,9 @@ class Security(CertificateHandlers):
                 self.context_for(connection_of(configuration_slot, data))
             except TlsSetupError as exc:
                 problem = str(exc)
+        if problem is None and int(data["securityProfile"]) in (1, 2) and not self._password:
+            problem = f"securityProfile {data['securityProfile']} needs a BasicAuthPassword"
+
         if problem is not None:
             log.info("SetNetworkProfile slot %d rejected: %s", configuration_slot, problem)
             return {"status": "Rejected", "statusInfo": {"reasonCode": "InvalidNetworkConf",
