@@ -164,7 +164,8 @@ def render_status(data: dict[str, Any]) -> str:
     if o.get("link") == "not configured":
         lines.append("CSMS: not configured")
     else:
-        lines.append(f"CSMS: {o.get('link', '?')}  last contact {o.get('last_contact_age_s', '-')} s ago  "
+        ocpp = f" (OCPP {o['version']})" if o.get("version") else ""
+        lines.append(f"CSMS{ocpp}: {o.get('link', '?')}  last contact {o.get('last_contact_age_s', '-')} s ago  "
                      f"boot {o.get('boot_status', '?')}  outbox {o.get('outbox_depth', '?')} "
                      f"(oldest {_when(o.get('outbox_oldest_wall'))})")
     down = [n for n, s in st.get("tasks", {}).items() if s != "alive"]
@@ -191,6 +192,13 @@ def render_status(data: dict[str, Any]) -> str:
         if c["faults"]:
             lines.append(f"     FAULTS: {', '.join(c['faults'])}  (cpctl faults)")
     return "\n".join(lines)
+
+
+def _outbox_what(entry: dict[str, Any]) -> str:
+    """A 2.0.1 TransactionEvent by eventType, seqNo and transactionId; anything else by its session ref."""
+    if entry.get("seq_no") is not None:
+        return f"{entry.get('event_type') or '?':<7} seqNo {entry['seq_no']:<4} tx {entry.get('transaction_id') or '-'}"
+    return f"tx_ref {entry['tx_ref'] or '-'}"
 
 
 def _problem(data: dict[str, Any]) -> bool:
@@ -338,7 +346,7 @@ def _human(cmd: str, data: Any) -> str:
         return f"trigger {data['trigger']}: {data['result']}"
     if cmd == "outbox":
         head = f"outbox: {data['depth']} queued, oldest {_when(data['oldest_wall'])}"
-        return "\n".join([head, *(f"  #{e['id']} {e['action']:<18} tx_ref {e['tx_ref'] or '-'}  "
+        return "\n".join([head, *(f"  #{e['id']} {e['action']:<18} {_outbox_what(e)}  "
                                     f"attempts {e['attempts']}  queued {_when(e['created_wall'])}"
                                     for e in data["entries"])])
     if cmd == "maintenance":

@@ -50,7 +50,7 @@ class Session:
     stop_wall: float | None = None
     stop_energy_wh: float | None = None
     stop_reason: str | None = None
-    transaction_id: int | None = None
+    transaction_id: int | str | None = None  # the CSMS's (1.6, integer) or the station's (2.0.1, string)
     start_signed: str | None = None
     stop_signed: str | None = None
     stop_id_tag: str | None = None  # who ended it, when not id_tag (a card of the same parentIdTag)
@@ -119,7 +119,7 @@ class SessionStore:
             raise db.StorageError(f"cannot record the session stop: {exc}") from exc
         return self.get(ref) if cur.rowcount == 1 else None
 
-    def set_transaction_id(self, ref: str, transaction_id: int) -> None:
+    def set_transaction_id(self, ref: str, transaction_id: int | str) -> None:
         self._conn.execute("UPDATE sessions SET transaction_id = ? WHERE ref = ?", (transaction_id, ref))
 
     def set_signed(self, ref: str, *, start: str | None = None, stop: str | None = None) -> None:

@@ -36,7 +36,7 @@ async def test_status_shows_the_link(online: tuple[Bench, OcppService]) -> None:
     assert code == 0 and ocpp["link"] == "Connected" and ocpp["boot_status"] == "Accepted"
     assert ocpp["outbox_depth"] == 0 and ocpp["last_contact_age_s"] is not None
     code, out, _ = await cpctl(bench, "status")
-    assert "CSMS: Connected" in out and "boot Accepted" in out
+    assert "CSMS (OCPP 1.6): Connected" in out and "boot Accepted" in out
 
 
 async def test_config_get_set_same_rules_as_change_configuration(online: tuple[Bench, OcppService]) -> None:

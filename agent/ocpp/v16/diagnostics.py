@@ -19,6 +19,7 @@ class OcppDiagnosticsAdapter:
         s = self._service
         last = s.link.last_contact_wall
         return {
+            "version": "1.6",
             "link": s.link.state.value,
             "endpoint": s.config.ocpp.endpoint,
             "last_contact_wall": last,

@@ -47,7 +47,7 @@ class OcppDiagnosticsAdapter:
             "oldest_wall": s.outbox.oldest_wall(),
             "entries": [
                 {"id": e.id, "action": e.action, "tx_ref": e.tx_ref, "attempts": e.attempts,
-                 "created_wall": e.created_wall}
+                 "created_wall": e.created_wall, **_transaction_fields(e.payload)}
                 for e in s.outbox.entries(limit)
             ],
         }
@@ -64,3 +64,13 @@ class OcppDiagnosticsAdapter:
             return "Accepted"
         s.queue_all_statuses()
         return "Accepted"
+
+
+def _transaction_fields(payload: dict[str, Any]) -> dict[str, Any]:
+    """What `cpctl outbox` shows of a queued TransactionEvent: eventType, seqNo and the station's
+    transactionId (a 2.0.1 entry of another action has none of them)."""
+    info = payload.get("transactionInfo")
+    if "seqNo" not in payload or not isinstance(info, dict):
+        return {}
+    return {"event_type": payload.get("eventType"), "seq_no": payload["seqNo"],
+            "transaction_id": info.get("transactionId")}

@@ -501,7 +501,9 @@ class TxMachine:
                token: IdToken | None = None) -> TxEvent:
         s = self.state
         assert s.transaction_id is not None
-        state = s.charging_state if s.charging_state is not s.reported_state or kind == STARTED else None
+        # A triggered event reports the state even unchanged (OCTT TC_F_13/14_CS validate chargingState).
+        fresh = s.charging_state is not s.reported_state or kind == STARTED or trigger is Trigger.TRIGGER
+        state = s.charging_state if fresh else None
         s.reported_state = s.charging_state
         id_token = token
         if s.id_token is not None and not s.token_reported:
@@ -724,9 +726,18 @@ class Transactions:
         if not token.same(machine.state.id_token):
             self._emit(machine, machine.authorize(token, group_id=self._group(event.session.id_tag)), view)
         ref = event.session.ref
+        if machine.transaction_id is not None:  # started before the session (e.g. TxStartPoint EVConnected)
+            self._note_transaction(ref, machine.transaction_id)
         if self._station.signed_reading_pending(event.connector_id, ref, "start"):
             self._spawn(self._signed(event.connector_id, ref, "start"))
         self._sync(event.connector_id)
+
+    def _note_transaction(self, session_ref: str, transaction_id: str) -> None:
+        """The station's session record carries the 2.0.1 transactionId (`cpctl status`, `cpctl sessions`)."""
+        try:
+            self._sessions.set_transaction_id(session_ref, transaction_id)
+        except sqlite3.Error as exc:
+            log.warning("session %s: transactionId not recorded: %s", session_ref, exc)
 
     def _session_stopped(self, event: SessionStopped) -> None:
         cid = event.connector_id
@@ -876,6 +887,8 @@ class Transactions:
                 save(self._db)
             if event.event_type == STARTED:
                 self._anchors[machine.evse_id] = self._clock.monotonic()
+                if view is not None and view.session is not None:
+                    self._note_transaction(view.session.ref, event.transaction_id)
             elif event.event_type == ENDED:
                 self._anchors.pop(machine.evse_id, None)
             log.info("EVSE %d: TransactionEvent %s (%s) queued for %s", event.evse_id, event.event_type,

@@ -35,6 +35,7 @@ async def plug_and_unplug_offline(octt: Octt201, queued: int) -> float:
 async def test_queue_all_messages_keeps_offline_status_changes_in_order(octt: Octt201) -> None:
     agent = await octt.start_agent({"OCPPCommCtrlr/OfflineThreshold": 600})
     await octt.booted()
+    await eventually(lambda: agent.service.session_idle(), what="idle")  # the Available answered, not only sent
     assert statuses(octt) == ["Available"]
 
     await plug_and_unplug_offline(octt, queued=0)  # QueueAllMessages false: nothing kept
