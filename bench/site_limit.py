@@ -5,15 +5,16 @@ For 2 and 4 connectors on a 35 A and on a 16 A site (mode grid-limit): cpsim's r
 meter over Modbus TCP) in this process and the real agent (`python -m agent.cli run`, both processes) in
 another. Every EV starts a session, then a 24 h house-load profile (night base, morning and evening peaks,
 an oven and a kettle switching on as steps) plays compressed into ``--day-s`` seconds while the grid current
-per phase and the PWM duty of every connector are sampled every 20 ms.
+per phase is sampled every 20 ms and every PWM duty change is logged by the board emulators.
 
 Figures per scenario (s2_35a = 2 connectors on 35 A ...):
   overshoot_worst_as      the worst single excursion above the fuse on a phase, in A x s
   above_fuse_longest_s    the longest time a phase stayed above the fuse
   overshoot_max_a         the largest excess seen (A)
   overshoot_total_as      all excursions together
-  duty_changes_max_per_5s the most PWM duty changes of one connector within any 4.9 s (IEC: at most 1 per 5 s;
-                          0.1 s is left for the sampling)
+  duty_changes_max_per_5s the most PWM duty changes of one connector within any 4.9 s, timed when the board
+                          emulator receives each SetDuty (IEC: at most 1 per 5 s; 0.1 s is left for the jitter
+                          of the pty and of this process's loop); duty_change_min_interval_s the shortest gap
   energy_kwh              delivered to the EVs
 A compressed day changes the house load far faster than a real one (the evening peak's 1 h ramp takes seconds),
 so the excursions are an upper bound for what a real day gives: each house step above the headroom is
@@ -28,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -151,8 +153,6 @@ async def scenario(directory: Path, connectors: int, fuse_a: float, day_s: float
         loop = asyncio.get_running_loop()
         rig.site.set_profile(house_profile(fuse_a), None, now=loop.time(), speed=86_400.0 / day_s)
         excursions = Excursions(fuse_a)
-        duty: dict[int, float | None] = {n: c.plant.pwm_duty for n, c in rig.connectors.items()}
-        changes: dict[int, list[float]] = {n: [] for n in rig.connectors}
         energy_before = sum(c.plant.energy_wh for c in rig.connectors.values())
         peak_grid = 0.0
         started = last = loop.time()
@@ -160,17 +160,15 @@ async def scenario(directory: Path, connectors: int, fuse_a: float, day_s: float
             currents = rig.site.grid_currents(now)
             peak_grid = max(peak_grid, *currents)
             excursions.add(now, now - last, currents)
-            for n, c in rig.connectors.items():
-                d = c.plant.pwm_duty
-                if d != duty[n]:
-                    if d and duty[n]:  # a change of the offer; PWM start and stop are not duty changes
-                        changes[n].append(now)
-                    duty[n] = d
             last = now
             await asyncio.sleep(SAMPLE_S)
         if agent.poll() is not None:
             raise RuntimeError(f"the agent exited with {agent.returncode}; see {directory / 'agent.log'}")
         energy = sum(c.plant.energy_wh for c in rig.connectors.values()) - energy_before
+        # PWM duty changes as the boards received them (PWM start and stop are not duty changes)
+        changes = {n: [t for t in getattr(c.board, "duty_changes", ()) if t >= started]
+                   for n, c in rig.connectors.items()}
+        gaps = [b - a for t in changes.values() for a, b in itertools.pairwise(t)]
         return {
             "overshoot_worst_as": round(excursions.worst_as, 2),
             "above_fuse_longest_s": round(excursions.longest_s, 2),
@@ -180,6 +178,7 @@ async def scenario(directory: Path, connectors: int, fuse_a: float, day_s: float
             "peak_grid_a": round(peak_grid, 2),
             "duty_changes_max_per_5s": max(max_per_window(t, WINDOW_S) for t in changes.values()),
             "duty_changes": sum(len(t) for t in changes.values()),
+            "duty_change_min_interval_s": round(min(gaps), 3) if gaps else None,
             "energy_kwh": round(energy / 1000.0, 3),
         }
     finally:

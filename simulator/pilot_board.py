@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import Iterable
 
 from drivers.serial.pilot_codec import (
@@ -61,6 +63,7 @@ class PilotBoardEmulator:
         self.phase_switching = phase_switching  # the board has a 1p/3p phase contactor
         self.phases_commanded = plant.supply_phases
         self.phase_commands_refused = 0  # SetPhases while the relay was closed
+        self.duty_changes: deque[float] = deque(maxlen=1000)  # monotonic times of PWM duty changes, as received
         self.tick_s = tick_s
         self.status_period_s = status_period_s
         self.keepalive_timeout_s = keepalive_timeout_s
@@ -131,12 +134,15 @@ class PilotBoardEmulator:
             self._last_keepalive = self._now
             self.keepalive_lapsed = False
         elif isinstance(message, SetDuty):
+            before = plant.pwm_duty
             if message.duty == DUTY_X1:
                 plant.pwm_duty = None
             elif message.duty == DUTY_F:
                 plant.pwm_duty = 0.0
             else:
                 plant.pwm_duty = message.duty / 100.0
+            if before and plant.pwm_duty and before != plant.pwm_duty:  # a new offer under PWM (not start/stop)
+                self.duty_changes.append(time.monotonic())
         elif isinstance(message, SetRelay):
             # While the host is not proven alive the board keeps the relay open.
             plant.relay_commanded_closed = message.close and not self.keepalive_lapsed
