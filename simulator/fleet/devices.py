@@ -7,11 +7,12 @@ A device finds its ``Plant`` by the ``plant`` setting in ``PLANTS`` (filled by t
 the devices), and a reader its tag queue by ``reader``.
 
 One ``Ticker`` for the whole process advances every plant that is not at rest (plugged, PWM on or relay
-closed) once per ``period_s`` and reports what changed as HAL events, like the board's change reports;
-commands (duty, relay, lock) step the plant and report on the next loop turn (``call_soon``), never inside
-the caller's own call chain. The meter answers ``latest`` from the plant itself (always fresh) and pushes
-a sample when the current changed, else every ``meter_period_s`` while energy flows (every 60 s
-otherwise, every tick during an over-current).
+closed) once per ``period_s`` (a settled one, charging steadily or idle, every ``settled_period_s``) and
+reports what changed as HAL events, like the board's change reports; commands (duty, relay, lock) step the
+plant and report on the next loop turn (``call_soon``), never inside the caller's own call chain. The meter
+answers ``latest`` from the plant itself (always fresh) and pushes a sample when the current changed by more
+than 0.5 A, else every ``meter_period_s`` (every tick during an over-current); the fleet pushes one before it
+ends a session itself (unplug, SIGTERM).
 """
 
 from __future__ import annotations
@@ -52,9 +53,10 @@ READERS: dict[str, asyncio.Queue[str]] = {}  # "CP-000001" -> tags tapped on tha
 class Ticker:
     """Steps the plants of every in-process board of this process (one timer, no task per device)."""
 
-    def __init__(self, period_s: float = 1.0, meter_period_s: float = 10.0) -> None:
+    def __init__(self, period_s: float = 1.0, meter_period_s: float = 60.0, settled_period_s: float = 10.0) -> None:
         self.period_s = period_s
         self.meter_period_s = meter_period_s
+        self.settled_period_s = settled_period_s
         self.boards: set[SimBoard] = set()
         self.meters: dict[int, SimMeter] = {}  # id(plant) -> its meter
         self._handle: asyncio.TimerHandle | None = None
@@ -78,6 +80,8 @@ class Ticker:
         self._handle = loop.call_later(self.period_s, self._tick)
         now = loop.time()
         for board in list(self.boards):
+            if now < board.due:
+                continue
             try:
                 board.tick(now)
             except Exception:  # one station's failure must not stop the others' physics
@@ -98,6 +102,7 @@ class SimBoard(Device, ControlPilot, PowerSwitch, ConnectorLock):
         self._reported: dict[type, Any] = {}
         self._report_pending = False
         self._last_meter_push = 0.0
+        self.due = 0.0  # loop time of this board's next step by the ticker
         self._pushed_current = 0.0  # the current of the last pushed sample: a change of it is pushed at once
 
     @property
@@ -171,8 +176,14 @@ class SimBoard(Device, ControlPilot, PowerSwitch, ConnectorLock):
 
     def tick(self, now: float, force: bool = False) -> None:
         plant = self.plant
+        before = (plant.current_a, plant.s2_closed)
         if force or not self.at_rest():
             plant.step(now)
+        # Settled (nothing moved, the EV is not about to react to a new PWM, no over-current to measure): the
+        # next step in settled_period_s (energy integrates exactly over any step: the power is constant).
+        waiting = plant._pwm_seen_since is not None and not plant.s2_closed
+        settled = (plant.current_a, plant.s2_closed) == before and not waiting and not plant.ev.extra_draw_a
+        self.due = now + (self.ticker.settled_period_s if settled and not force else 0.0)
         if self.silent:
             return
         self._report()

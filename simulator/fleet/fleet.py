@@ -70,8 +70,9 @@ class FleetOptions:
     progress_s: float = 5.0
     stop_timeout_s: float = 30.0
     tags: tuple[str, ...] = (DEFAULT_TAG,)
-    meter_period_s: float = 10.0  # meter samples pushed while charging (each may write session progress; a
-    # stop takes the energy of the last one, as with a slowly polled meter)
+    # Meter samples pushed while the current is steady: each may write the session's progress (an fsync), and a
+    # stop takes the energy of the last one (the fleet pushes one before the stops it makes itself).
+    meter_period_s: float = 60.0
     quiet: bool = False
 
 
@@ -177,6 +178,7 @@ class Fleet:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handles: list[asyncio.TimerHandle] = []
         self._plants_dirty = False
+        self._plants_lock = asyncio.Lock()
         self._lock_fd: int | None = None
         self._server: asyncio.AbstractServer | None = None
         self.all_booted_s: float | None = None
@@ -195,31 +197,45 @@ class Fleet:
         return data if isinstance(data, dict) else {}
 
     def save_plants(self) -> None:
+        self._write_plants(self._plants_json())
+
+    def _plants_json(self) -> str:
         self._plants_dirty = False
         data = {
             fs.id: {str(n): [p.plugged, round(p.energy_wh, 3), round(p.ev.soc_percent, 3)]
                     for n, p in fs.plants.items()}
             for fs in self.stations.values()
         }
+        return json.dumps(data, separators=(",", ":"))
+
+    def _write_plants(self, text: str) -> None:
         tmp = self.plants_file.with_name(self.plants_file.name + ".tmp")
         with open(tmp, "w") as f:
-            json.dump(data, f, separators=(",", ":"))
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.plants_file)
 
+    async def _save_plants_async(self) -> None:
+        """The snapshot in the loop (consistent), the write and its fsync in a thread (the loop goes on)."""
+        async with self._plants_lock:
+            await asyncio.to_thread(self._write_plants, self._plants_json())
+
     def plants_changed(self) -> None:
-        """A plug state changed: written within 0.2 s (energy and SoC are written every 2 s anyway)."""
+        """A plug state changed: written within 0.2 s (energy and SoC are written every 10 s anyway)."""
         if not self._plants_dirty:
             self._plants_dirty = True
             self._handles.append(asyncio.get_running_loop().call_later(0.2, self._save_if_dirty))
 
     def _save_if_dirty(self) -> None:
         if self._plants_dirty:
-            try:
-                self.save_plants()
-            except OSError as exc:
-                log.error("cannot save %s: %s", self.plants_file, exc)
+            self._spawn(self._persist_once())
+
+    async def _persist_once(self) -> None:
+        try:
+            await self._save_plants_async()
+        except OSError as exc:
+            log.error("cannot save %s: %s", self.plants_file, exc)
 
     # ----------------------------------------------------------------- lifecycle
     def _tune_storage(self) -> None:
@@ -359,6 +375,8 @@ class Fleet:
             for cid, view in fs.station.connector_views().items():
                 if view.session is not None:
                     with contextlib.suppress(Exception):
+                        fs.plants[cid].step(asyncio.get_running_loop().time())
+                        fs.meter(cid).push()  # the session's last energy, fresh
                         fs.station.stop_session(cid, StopReason.LOCAL)
                         stopped += 1
         deadline = time.monotonic() + self.options.stop_timeout_s
@@ -387,11 +405,8 @@ class Fleet:
     # ----------------------------------------------------------------- background work
     async def _persist_loop(self) -> None:
         while True:
-            await asyncio.sleep(2.0)
-            try:
-                self.save_plants()
-            except OSError as exc:
-                log.error("cannot save %s: %s", self.plants_file, exc)
+            await asyncio.sleep(10.0)
+            await self._persist_once()
 
     async def _boot_watch(self) -> None:
         waiting = dict(self.stations)
@@ -523,6 +538,8 @@ class Fleet:
 
     # ----------------------------------------------------------------- the EVs and the control API
     def plug(self, fs: FleetStation, connector: int, on: bool) -> None:
+        if not on:
+            fs.meter(connector).push()  # the session's last energy, fresh
         fs.plants[connector].plugged = on
         fs.board(connector).changed()
         self.plants_changed()
