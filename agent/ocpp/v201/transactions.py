@@ -615,7 +615,7 @@ class Transactions:
         self._due: dict[tuple[str, int], tuple[int, float]] = {}  # (kind, EVSE) -> (interval, monotonic due)
         self._pending_starts: dict[int, int] = {}  # remoteStartId -> EVSE chosen for it
         self._held: dict[int, list[StationEvent]] = {}  # EVSE -> its events while a stop awaits its signature
-        self._aligned_last: float | None = None
+        self._aligned_last: dict[str, float] = {}  # AlignedDataCtrlr variable -> the last boundary handled
         self._energy_caps: dict[str, float] = {}  # session ref -> register (Wh) at which energy stops
         self._poke = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -1179,21 +1179,39 @@ class Transactions:
                     due = mv.next_sample_due(anchor, interval, max(now, due))
                 self._due[key] = (interval, due)
                 nexts.append(due)
-        aligned = mv.effective_interval(self._int("AlignedDataCtrlr", "Interval", 0))
-        if aligned:
+        # Clock-aligned: Interval (J01, sent at once) and TxEndedInterval (kept for the Ended event, TC_J_03_CS)
+        for variable, handle in (("Interval", self._aligned), ("TxEndedInterval", self._aligned_ended)):
+            aligned = mv.effective_interval(self._int("AlignedDataCtrlr", variable, 0))
+            if not aligned:
+                self._aligned_last.pop(variable, None)
+                continue
             wall = self._svc.wall()
-            last = self._aligned_last
+            last = self._aligned_last.get(variable)
             if last is None or last - wall > aligned:  # first look, or the clock went back: start afresh
                 last = mv.next_aligned_boundary(wall, aligned) - aligned
             boundary = mv.next_aligned_boundary(last, aligned)
             if wall >= boundary:
                 if wall - boundary <= max(float(aligned), 60.0):  # not a clock jump past it
-                    self._aligned(boundary)
+                    handle(boundary)
                 last = boundary
                 boundary = mv.next_aligned_boundary(max(wall, boundary), aligned)
-            self._aligned_last = last
+            self._aligned_last[variable] = last
             nexts.append(now + (boundary - wall))
         return min(nexts) if nexts else None
+
+    def _aligned_ended(self, boundary: float) -> None:
+        """AlignedDataCtrlr.TxEndedMeasurands at a TxEndedInterval boundary, kept for the Ended event of each
+        running transaction (context Sample.Clock, TC_J_03_CS)."""
+        for cid, machine in self.machines.items():
+            if machine.transaction_id is None:
+                continue
+            view = self._view(cid)
+            sample = (view.last_sample or view.meter_latest) if view is not None else None
+            if sample is None or view is None:
+                continue
+            names = self._members("AlignedDataCtrlr", "TxEndedMeasurands")
+            self.ended_values.add(machine.transaction_id,
+                                  mv.meter_value(boundary, sample, names, mv.CLOCK, offered_a=view.offered_current_a))
 
     def _aligned(self, boundary: float) -> None:
         """Clock-aligned values (J01): in a TransactionEvent of a running transaction; outside one, a

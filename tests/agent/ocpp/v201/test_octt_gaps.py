@@ -6,7 +6,6 @@ says which case (TC_x_nn_CS) and which Part 6 tool validation it checks."""
 from __future__ import annotations
 
 import asyncio
-import json
 from typing import Any
 
 from tests.agent.ocpp.v201.conftest import TAG, TAG2, Octt201, eventually
@@ -90,3 +89,51 @@ async def test_tc_b_23_g_21_cs_unavailable_persists_across_reset_and_reboot(octt
     assert after.payload["evseId"] != 0 and after.payload["connectorId"] != 0
     await eventually(lambda: [m.payload["type"] for m in octt.msgs("SecurityEventNotification")].count(
         "StartupOfTheDevice") >= 3, what="StartupOfTheDevice after the power cycle")
+
+
+FLEET = {"idToken": "FLEET", "type": "Central"}
+
+
+async def test_tc_e_04_c_04_c_42_f_14_g_17_j_03_cs_card_first_then_other_cards_trigger_and_inoperative(
+        octt: Octt201) -> None:
+    octt.csms.id_token_infos.update({TAG: {"status": "Accepted", "groupIdToken": FLEET},
+                                     "STOLEN": {"status": "Invalid", "groupIdToken": FLEET}})
+    agent = await octt.start_agent({"AlignedDataCtrlr/TxEndedInterval": 1})
+    await octt.booted()
+    # TC_E_04_CS: authorization first (Authorized local), then the cable (EnergyTransferStarted)
+    assert (await agent.tap(TAG)).accepted
+    await octt.plugged()
+    started = await octt.wait_tx_event("Started")
+    tx = started["transactionInfo"]["transactionId"]
+    assert started["idToken"]["idToken"] == TAG and started["evse"]["id"] == 1
+    await octt.wait_charging_state("Charging")
+    events = len(octt.tx_events())
+    # TC_C_04_CS: a different idToken (Accepted, no group) -> Authorize, but no stop and no TransactionEvent
+    await agent.tap(TAG2)
+    await eventually(lambda: [m.payload["idToken"]["idToken"] for m in octt.msgs("Authorize")][-1:] == [TAG2],
+                     what="Authorize of the other card")
+    # TC_C_42_CS: a card of the same group that the CSMS says is Invalid -> not stopped by the GroupId
+    await agent.tap("STOLEN")
+    await eventually(lambda: [m.payload["idToken"]["idToken"] for m in octt.msgs("Authorize")][-1:] == ["STOLEN"],
+                     what="Authorize of the invalid group member")
+    # TC_G_17_CS: the connector Inoperative while charging -> Scheduled, Unavailable once the EV has left
+    answer = await octt.send("ChangeAvailability", {"operationalStatus": "Inoperative",
+                                                    "evse": {"id": 1, "connectorId": 1}})
+    assert answer["status"] == "Scheduled"
+    await asyncio.sleep(1.2)  # J_03: at least one AlignedDataCtrlr.TxEndedInterval boundary in the transaction
+    assert len(octt.tx_events()) == events and agent.connector.session is not None  # C_04, C_42: no stop
+    assert not [m for m in octt.msgs("StatusNotification") if m.payload["connectorStatus"] == "Unavailable"]
+    # TC_F_14_CS: TriggerMessage TransactionEvent without an EVSE -> an Updated per EVSE with a transaction,
+    # chargingState reported although unchanged (the Part 6 validation; agent fixed for it)
+    assert (await octt.send("TriggerMessage", {"requestedMessage": "TransactionEvent"}))["status"] == "Accepted"
+    trig = await octt.wait_tx_event("Updated", where=lambda p: p["triggerReason"] == "Trigger")
+    assert trig["evse"]["id"] == 1 and trig["transactionInfo"]["chargingState"] == "Charging"
+    assert trig["meterValue"][0]["sampledValue"][0]["context"] == "Trigger"
+    assert (await agent.tap(TAG)).accepted  # StopAuthorized
+    ended = await octt.wait_tx_event("Ended")
+    assert ended["transactionInfo"]["transactionId"] == tx and ended["triggerReason"] == "StopAuthorized"
+    # TC_J_03_CS: the Ended carries the clock-aligned values of AlignedDataTxEndedInterval (Sample.Clock)
+    clock = [v for v in ended["meterValue"] if v["sampledValue"][0]["context"] == "Sample.Clock"]
+    assert clock and all(v["timestamp"].endswith(".000Z") for v in clock)
+    octt.ctl("unplug", connector=1)
+    await octt.wait_status("Unavailable")
