@@ -137,3 +137,49 @@ async def test_tc_e_04_c_04_c_42_f_14_g_17_j_03_cs_card_first_then_other_cards_t
     assert clock and all(v["timestamp"].endswith(".000Z") for v in clock)
     octt.ctl("unplug", connector=1)
     await octt.wait_status("Unavailable")
+
+
+PROFILE = {"id": 38, "stackLevel": 0, "chargingProfilePurpose": "TxProfile", "chargingProfileKind": "Relative",
+           "chargingSchedule": [{"id": 1, "chargingRateUnit": "A",
+                                 "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 6, "numberPhases": 1}]}]}
+
+
+async def test_tc_e_13_f_04_k_38_f_02_f_03_cs_remote_start_first(octt: Octt201) -> None:
+    central = {"idToken": TAG2, "type": "Central"}
+    agent = await octt.start_agent({"TxCtrlr/TxStartPoint": "Authorized", "TxCtrlr/EVConnectionTimeOut": 1})
+    await octt.booted()
+    # TC_E_13_CS: TxStartPoint Authorized, remote start: Authorize (AuthorizeRemoteStart true), then Started
+    # RemoteStart with the idToken and remoteStartId
+    answer = await octt.send("RequestStartTransaction", {"idToken": central, "remoteStartId": 13, "evseId": 1})
+    assert answer["status"] == "Accepted"
+    assert (await octt.wait("Authorize")).payload["idToken"] == central
+    started = await octt.wait_tx_event("Started")
+    assert started["triggerReason"] == "RemoteStart" and started["idToken"] == central
+    assert started["transactionInfo"]["remoteStartId"] == 13
+    # TC_F_04_CS: no cable within EVConnectionTimeOut -> Ended EVConnectTimeout (TxStopPoint has Authorized)
+    ended = await octt.wait_tx_event("Ended", within=5)
+    assert ended["triggerReason"] == "EVConnectTimeout" and ended["transactionInfo"]["stoppedReason"] == "Timeout"
+    # TC_K_38_CS: no Smart Charging profile: a remote start with a TxProfile is Accepted, the profile ignored;
+    # TC_F_02_CS: remote start first, then the cable -> charging
+    answer = await octt.send("RequestStartTransaction", {"idToken": central, "remoteStartId": 38, "evseId": 1,
+                                                         "chargingProfile": PROFILE})
+    assert answer["status"] == "Accepted"
+    await octt.wait("Authorize", count=2)
+    second = await octt.wait_tx_event("Started", count=2)
+    assert second["triggerReason"] == "RemoteStart" and second["transactionInfo"]["remoteStartId"] == 38
+    await octt.plugged()
+    await octt.wait_charging_state("Charging")
+    assert agent.station is not None
+    await eventually(lambda: (agent.station.connector_view(1).offered_current_a or 0) > 6,
+                     what="the offer is not the ignored profile's 6 A")
+    tx = second["transactionInfo"]["transactionId"]
+    assert (await octt.send("RequestStopTransaction", {"transactionId": tx}))["status"] == "Accepted"
+    await octt.wait_tx_event("Ended", count=2)
+    # TC_F_03_CS: AuthorizeRemoteStart false -> no Authorize, the transaction starts at once
+    answer = await octt.send("SetVariables", {"setVariableData": [
+        cv("AuthCtrlr", "AuthorizeRemoteStart", attributeValue="false")]})
+    assert answer["setVariableResult"][0]["attributeStatus"] == "Accepted"
+    assert (await octt.send("RequestStartTransaction", {"idToken": central, "remoteStartId": 3,
+                                                        "evseId": 1}))["status"] == "Accepted"
+    third = await octt.wait_tx_event("Started", count=3)
+    assert third["triggerReason"] == "RemoteStart" and len(octt.msgs("Authorize")) == 2
