@@ -35,7 +35,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from agent.sdnotify import Notifier, watchdog_interval
-from agent.split_supervisor import CHILD_PET_S, GO_FD_ENV, HEALTH_FD_ENV, PREFLIGHT_WORD, dump_modules
+from agent.split_supervisor import (
+    CHILD_PET_S,
+    GO_FD_ENV,
+    HEALTH_FD_ENV,
+    NETWORK_NICENESS,
+    PREFLIGHT_WORD,
+    dump_modules,
+)
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
@@ -88,6 +95,18 @@ def prepare(role: str, config: AgentConfig) -> bool:
     finally:
         with contextlib.suppress(OSError):
             os.close(int(fd))
+        if role == "network":
+            yield_to_control()
+
+
+def yield_to_control() -> None:
+    """The network side runs at NETWORK_NICENESS from the go on. Its first start imports and checks at the
+    normal priority (the control side is importing too and drives nothing yet: the sooner the go, the sooner
+    the boot); a restart is niced from its exec on (agent/split_supervisor.py), as a session may be running."""
+    with contextlib.suppress(OSError):
+        now = os.getpriority(os.PRIO_PROCESS, 0)
+        if now < NETWORK_NICENESS:
+            os.setpriority(os.PRIO_PROCESS, 0, NETWORK_NICENESS)
 
 
 def _first_subprotocol(config: AgentConfig) -> str:

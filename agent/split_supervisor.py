@@ -230,7 +230,10 @@ class SplitSupervisor:
         env[HEALTH_FD_ENV] = str(write_fd)
         env[GO_FD_ENV] = str(go_read)
         env["WATCHDOG_USEC"] = str(int(CHILD_PET_S * 2 * 1e6))  # children report every CHILD_PET_S
-        before_exec = _network_child if child.role == "network" else _die_with_parent
+        # The network side's first start imports at the normal priority and nices itself at the go (agent/split.py
+        # yield_to_control); a restart, perhaps in the middle of a session, is niced from its exec on.
+        niced = child.role == "network" and child.restarts > 0
+        before_exec = _network_child if niced else _die_with_parent
         try:
             child.process = subprocess.Popen(child.argv, env=env, pass_fds=(write_fd, go_read),
                                              preexec_fn=before_exec, stdin=subprocess.DEVNULL)
