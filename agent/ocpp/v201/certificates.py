@@ -127,6 +127,7 @@ class CertificateHandlers:
         if use is None:
             return {"status": "Rejected", "statusInfo": {"reasonCode": "NotSupported",
                                                          "additionalInfo": f"{certificate_type} is not kept"}}
+        successor = None
         if use == CENTRAL_SYSTEM_ROOT and self._additional_check():
             trusted = [*self.configured_roots(), *self.certs.installed(CENTRAL_SYSTEM_ROOT)]
             try:
@@ -138,10 +139,17 @@ class CertificateHandlers:
                          "(AdditionalRootCertificateCheck)")
                 return {"status": "Rejected", "statusInfo": {"reasonCode": "InvalidCertificate",
                                                              "additionalInfo": "not signed by the current root"}}
+            successor = new
         status = self.certs.install(use, certificate, now=self._svc.wall())
         if status == "Accepted":
             self.event(RECONFIGURED, f"{certificate_type} installed")
+            if successor is not None:
+                self.root_rollover(successor)
         return {"status": status}
+
+    def root_rollover(self, new_root: x509.Certificate) -> None:
+        """A CSMS root accepted under AdditionalRootCertificateCheck: the old one is the fallback."""
+        raise NotImplementedError
 
     async def on_get_installed_certificate_ids(self, certificate_type: Sequence[str] | None = None,
                                                **_: Any) -> dict[str, Any]:

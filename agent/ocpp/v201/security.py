@@ -198,6 +198,11 @@ class Security(CertificateHandlers):
         self._stale_link: object | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._last_failure_kind: str | None = None
+        # AdditionalRootCertificateCheck (M05): the CSMS roots a new one replaces, trusted again if a connection
+        # trusting the new one alone fails NetworkProfileConnectionAttempts times, removed once it succeeded
+        self._superseded: list[str] = []
+        self._root_trial = False
+        self._pending_rollover = False
         service.security_sinks.append(self.security_log.append)
         service.connection_listeners.append(self._connected)
         service.variables.on_change(self._on_variable)
@@ -260,7 +265,7 @@ class Security(CertificateHandlers):
             if profile >= 2:
                 raise TlsSetupError(f"profile {profile} needs a wss:// URL")
             return None
-        ca_pem = self.certs.pem_bundle(CENTRAL_SYSTEM_ROOT)
+        ca_pem = self._roots_pem()
         if profile < 2 and not ca_pem and ocpp.ca_file is None:
             context = ssl.create_default_context()
             context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -268,9 +273,51 @@ class Security(CertificateHandlers):
         client = self.client_files() if profile == 3 else None
         if profile == 3 and client is None:
             raise TlsSetupError("profile 3 needs a ChargingStationCertificate (or ocpp.client_cert)")
-        return build_client_context(ca_pem=ca_pem, ca_file=ocpp.ca_file,
-                                    client_cert=client[0] if client else None,
-                                    client_key=client[1] if client else None)
+        context = build_client_context(ca_pem=ca_pem, ca_file=ocpp.ca_file,
+                                       client_cert=client[0] if client else None,
+                                       client_key=client[1] if client else None)
+        # An installed CSMSRootCertificate is a trust anchor even when another CA issued it (a root's successor
+        # under AdditionalRootCertificateCheck): OpenSSL's partial-chain verification.
+        context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+        return context
+
+    def _roots_pem(self) -> str:
+        """The installed CSMS roots to trust (during a root trial: without the superseded ones)."""
+        if not self._root_trial:
+            return self.certs.pem_bundle(CENTRAL_SYSTEM_ROOT)
+        from cryptography.hazmat.primitives import serialization
+
+        from agent.certificates import fingerprint
+
+        return "".join(c.public_bytes(serialization.Encoding.PEM).decode("ascii")
+                       for c in self.certs.installed(CENTRAL_SYSTEM_ROOT) if fingerprint(c) not in self._superseded)
+
+    def root_rollover(self, new_root: Any) -> None:
+        from agent.certificates import fingerprint
+
+        new = fingerprint(new_root)
+        old = [fingerprint(c) for c in self.certs.installed(CENTRAL_SYSTEM_ROOT) if fingerprint(c) != new]
+        tls = self.active is not None and self.active.url.startswith("wss://")
+        if old and tls:
+            self._superseded = old
+            self._pending_rollover = True
+
+    async def after_install_certificate(self, **_: Any) -> None:
+        if not self._pending_rollover or self.active is None:
+            return
+        self._pending_rollover = False
+        self._root_trial = True
+        try:
+            context = self.context_for(self.active)
+        except TlsSetupError as exc:
+            log.error("new CSMS root not usable alone: %s", exc)
+            self._root_trial, self._superseded = False, []
+            return
+        log.warning("reconnecting trusting the new CSMSRootCertificate only (the old one is the fallback)")
+        self._svc.ssl_context = context
+        self._trial = True
+        self._trial_failures = 0
+        self._spawn(self._relink())
 
     def client_files(self) -> tuple[Path, Path] | None:
         if self.certs.has_client_certificate():
@@ -436,6 +483,9 @@ class Security(CertificateHandlers):
         """The link is up with the settings in use (called by the service on each new connection)."""
         self._last_failure_kind = None
         self._trial_failures = 0
+        if self._root_trial:
+            self._root_trial = False
+            self._remove_superseded_roots()
         if not self._trial:
             return
         self._trial = False
@@ -449,6 +499,17 @@ class Security(CertificateHandlers):
         self.confirmed_slot = slot
         self._confirmed_password = self._password
         self._save_state()
+
+    def _remove_superseded_roots(self) -> None:
+        removed = 0
+        for fp in self._superseded:
+            with contextlib.suppress(FileNotFoundError):
+                (self.certs.root / CENTRAL_SYSTEM_ROOT / f"{fp}.pem").unlink()
+                removed += 1
+        self._superseded = []
+        if removed:
+            log.info("connected trusting the new CSMSRootCertificate: %d old one(s) removed", removed)
+            self.event(RECONFIGURED, f"CSMSRootCertificate replaced ({removed} old removed)")
 
     def _drop_lower_profiles(self, profile: int) -> None:
         """A05.FR.05/06: once connected with a higher security profile, slots of a lower one leave
@@ -475,8 +536,15 @@ class Security(CertificateHandlers):
 
     async def _fall_back(self) -> None:
         """The settings on trial failed NetworkProfileConnectionAttempts dials: the old password, or the next
-        slot of the priority list (then the last one that worked)."""
-        if self._password != self._confirmed_password:
+        slot of the priority list (then the last one that worked), or the superseded CSMS root."""
+        if self._root_trial and self.active is not None:
+            log.error("the new CSMSRootCertificate alone failed %d dials: the old one is trusted again",
+                      self._trial_failures)
+            self.event(RECONFIGURED, "new CSMSRootCertificate could not connect; the old one kept as fallback")
+            self._root_trial, self._superseded = False, []
+            self._svc.ssl_context = self.context_for(self.active)
+            self._trial = self._password != self._confirmed_password or self.active.slot != self.confirmed_slot
+        elif self._password != self._confirmed_password:
             log.error("the new BasicAuthPassword failed %d dials: back to the previous one", self._trial_failures)
             self.event(RECONFIGURED, "new BasicAuthPassword could not connect; previous one restored")
             self._password = self._confirmed_password

@@ -18,7 +18,7 @@ from agent.ocpp.v201.certificates import renewal_due, sign_waits
 from simulator.csms import Csms
 from simulator.csms201 import CsrSigner
 from simulator.rig import Rig, RigOptions
-from tests.agent.ocpp.test_octt_security import PASSWORD, Pki, make_ca
+from tests.agent.ocpp.test_octt_security import PASSWORD, Issued, Pki, leaf, make_ca
 from tests.agent.ocpp.test_octt_security import pki as pki  # the fixture
 from tests.agent.ocpp.v201.conftest import CP, Octt201, eventually
 from tests.agent.ocpp.v201.test_tc_a_b_security import closing as closing  # the fixture
@@ -43,6 +43,11 @@ def optional_client_context(pki: Pki) -> ssl.SSLContext:
 
 
 def cross_signed_ca(pki: Pki, name: str) -> str:
+    """A CA certificate for a new key, issued by the test PKI's root (a root's successor), as PEM."""
+    return successor_ca(pki, name).pem
+
+
+def successor_ca(pki: Pki, name: str) -> Issued:
     """A CA certificate for a new key, issued by the test PKI's root (a root's successor)."""
     import datetime as dt
 
@@ -58,7 +63,7 @@ def cross_signed_ca(pki: Pki, name: str) -> str:
             .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(pki.ca.key, hashes.SHA256()))
-    return cert.public_bytes(serialization.Encoding.PEM).decode()
+    return Issued(key, cert)
 
 
 async def tls_harness(tmp_path: Path, pki: Pki) -> Octt201:
@@ -203,3 +208,54 @@ async def test_tc_a_23_cs_sign_certificate_repeated_and_expiry_renewal(
                    for m in octt.msgs("SecurityEventNotification"))
 
     await eventually(lambda: installed() >= 2, 5, "a security event for each new certificate")
+
+
+async def test_m05_additional_root_certificate_check_fallback_and_rollover(
+    tmp_path: Path, pki: Pki, closing: list[Octt201]
+) -> None:
+    """AdditionalRootCertificateCheck: the station trusts the new CSMS root alone from a new connection; if that
+    fails the old root is trusted again (and kept), once it succeeds the old root is removed."""
+    from agent.certificates import CENTRAL_SYSTEM_ROOT, CertificateStore
+
+    csms = Csms(accept=["DEADBEEF01"], password=PASSWORD, version="2.0.1", ssl_context=pki.server_context())
+    await csms.start()
+    rig = Rig(RigOptions(directory=tmp_path / "rig", csms_url=csms.url, charge_point_id=CP, ocpp_version="2.0.1",
+                         security_profile=2, password=PASSWORD, ca_file=pki.ca_file))
+    await rig.start()
+    octt = Octt201(csms, rig)
+    closing.append(octt)
+    # the CSMS root installed over OCPP earlier; no [ocpp] ca_file any more (only the store is trusted)
+    store = CertificateStore(rig.dir / "state" / "certificates")
+    assert store.install(CENTRAL_SYSTEM_ROOT, pki.ca.pem, now=__import__("time").time()) == "Accepted"
+    rig.options.ca_file = None
+    (rig.dir / "agent.toml").write_text(rig.agent_toml())
+    agent = await octt.start_agent({"SecurityCtrlr/AdditionalRootCertificateCheck": True,
+                                    "OCPPCommCtrlr/NetworkProfileConnectionAttempts": 1})
+    await octt.booted()
+    security = agent.service.features["Security"]
+    await eventually(lambda: not security.in_trial, 5, "confirmed")
+    new_root = successor_ca(pki, "Next CPO Root")
+
+    # the CSMS still presents a certificate of the old root: the trial fails, the old root is trusted again
+    installed = await octt.send("InstallCertificate", {"certificateType": "CSMSRootCertificate",
+                                                       "certificate": new_root.pem})
+    assert installed["status"] == "Accepted"
+    await eventually(lambda: "InvalidCsmsCertificate" in security_events(octt), 8, "the trial refused")
+    await eventually(lambda: not security.in_trial and agent.service.online, 8, "back with the old root")
+    assert len(store.installed(CENTRAL_SYSTEM_ROOT)) == 2
+
+    # the CSMS moves to a certificate under the new root: this time the old root goes
+    server = leaf(new_root, "csms.test", server=True)
+    chain = pki.dir / "next-server.pem"
+    key_file = pki.dir / "next-server.key"
+    server.write(pki.dir, "next-server")
+    chain.write_text(server.pem + new_root.pem)
+    assert csms.ssl_context is not None
+    csms.ssl_context.load_cert_chain(chain, key_file)
+    handshakes = len(csms.handshakes)
+    again = await octt.send("InstallCertificate", {"certificateType": "CSMSRootCertificate",
+                                                   "certificate": new_root.pem})
+    assert again["status"] == "Accepted"
+    await eventually(lambda: len(csms.handshakes) > handshakes and agent.service.online, 8, "new connection")
+    await eventually(lambda: len(store.installed(CENTRAL_SYSTEM_ROOT)) == 1, 5, "old root removed")
+    assert store.installed(CENTRAL_SYSTEM_ROOT)[0] == new_root.cert
