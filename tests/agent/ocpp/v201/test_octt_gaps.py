@@ -6,6 +6,7 @@ says which case (TC_x_nn_CS) and which Part 6 tool validation it checks."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from tests.agent.ocpp.v201.conftest import TAG, TAG2, Octt201, eventually
@@ -183,3 +184,64 @@ async def test_tc_e_13_f_04_k_38_f_02_f_03_cs_remote_start_first(octt: Octt201) 
                                                         "evseId": 1}))["status"] == "Accepted"
     third = await octt.wait_tx_event("Started", count=3)
     assert third["triggerReason"] == "RemoteStart" and len(octt.msgs("Authorize")) == 2
+
+
+async def test_tc_e_51_e_29_e_33_e_50_e_31_cs_transaction_event_retries_and_status_with_queue(
+        octt: Octt201) -> None:
+    refuse: dict[str, int] = {}  # "Started"/"Ended"/"Trigger": how many more sends to answer with a CALLERROR
+
+    def hostile(_cp: str, action: str, unique_id: str, payload: dict[str, Any]) -> str | None:
+        key = payload["triggerReason"] if payload.get("triggerReason") == "Trigger" else payload.get("eventType")
+        if action != "TransactionEvent" or not refuse.get(str(key)):
+            return None
+        refuse[str(key)] -= 1
+        return json.dumps([4, unique_id, "InternalError", "refused by the test", {}])
+
+    octt.csms.hostile_reply = hostile
+    agent = await octt.start_agent({"OCPPCommCtrlr/MessageAttempts.TransactionEvent": 3,
+                                    "OCPPCommCtrlr/MessageAttemptInterval.TransactionEvent": 1})
+    await octt.booted()
+    await octt.plugged()
+    # TC_E_51_CS: the first send of the Started gets a CALLERROR, the second (one interval later) is answered
+    refuse["Started"] = 1
+    assert (await agent.tap(TAG)).accepted
+    first = await octt.wait("TransactionEvent")
+    tx = first.payload["transactionInfo"]["transactionId"]
+    # TC_E_29_CS: ongoing, its event waiting in the queue; TC_E_33_CS: without a transactionId, the queue
+    assert await octt.send("GetTransactionStatus", {"transactionId": tx}) == {
+        "ongoingIndicator": True, "messagesInQueue": True}
+    assert await octt.send("GetTransactionStatus", {}) == {"messagesInQueue": True}
+    second = await octt.wait("TransactionEvent", count=2)
+    assert second.payload == first.payload and second.at - first.at >= 0.8
+    await eventually(lambda: agent.service.outbox.queued_for(tx) == 0, what="the Started acknowledged")
+    await octt.wait_charging_state("Charging")
+    # TC_E_50_CS: every send answered with a CALLERROR -> MessageAttempts sends (interval x previous sends
+    # apart), then given up: no further send
+    refuse["Trigger"] = 99
+    answer = await octt.send("SetVariables", {"setVariableData": [
+        {**cv("OCPPCommCtrlr", "MessageAttempts", attributeValue="2"), "variable": {
+            "name": "MessageAttempts", "instance": "TransactionEvent"}}]})
+    assert answer["setVariableResult"][0]["attributeStatus"] == "Accepted"
+    assert (await octt.send("TriggerMessage", {"requestedMessage": "TransactionEvent",
+                                               "evse": {"id": 1}}))["status"] == "Accepted"
+
+    def triggered() -> list[Any]:
+        return [m for m in octt.msgs("TransactionEvent") if m.payload["triggerReason"] == "Trigger"]
+
+    await eventually(lambda: len(triggered()) == 2, within=5, what="two sends of the triggered event")
+    await eventually(lambda: any(action == "TransactionEvent" for action, _, _ in agent.service.outbox.dropped()),
+                     what="the triggered event given up")
+    sends = triggered()
+    assert sends[1].at - sends[0].at >= 0.8
+    await asyncio.sleep(0.5)  # dropped already: no third send (it would be due 2 s after the second anyway)
+    assert len(triggered()) == 2
+    # TC_E_31_CS: ended, the Ended still waiting in the queue -> not ongoing, messagesInQueue true
+    refuse["Ended"] = 1
+    await agent.tap(TAG)
+    await octt.wait_tx_event("Ended")
+    assert await octt.send("GetTransactionStatus", {"transactionId": tx}) == {
+        "ongoingIndicator": False, "messagesInQueue": True}
+    await octt.wait_tx_event("Ended", count=2)
+    await eventually(lambda: agent.service.outbox.queued_for(tx) == 0, what="the Ended acknowledged")
+    assert await octt.send("GetTransactionStatus", {"transactionId": tx}) == {
+        "ongoingIndicator": False, "messagesInQueue": False}
