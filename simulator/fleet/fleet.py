@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import random
+import shutil
 import signal
 import sys
 import time
@@ -48,6 +49,7 @@ log = logging.getLogger("cpsim.fleet")
 
 DEFAULT_TAG = "FLEET-TAG"
 SQLITE_CACHE_KIB = 64  # per connection (the default is 2 MB): a station's working set is a few pages
+SECURITY_WATCH_S = 10.0  # see Fleet._tune_agent
 STATEMENT_CACHE = 16  # prepared statements per SQLite connection (sqlite3's default 128: ~100 kB per station)
 _PLANT_FAULTS = {"rcd": Fault.RCD, "ground": Fault.GROUND, "diode": Fault.DIODE, "overtemp": Fault.OVERTEMP,
                  "undervoltage": Fault.UNDERVOLTAGE, "overvoltage": Fault.OVERVOLTAGE}
@@ -180,6 +182,7 @@ class Fleet:
         self._plants_dirty = False
         self._plants_lock = asyncio.Lock()
         self._lock_fd: int | None = None
+        self._template = self.dir / ".template" / "state.db"
         self._server: asyncio.AbstractServer | None = None
         self.all_booted_s: float | None = None
         self.ramp_done_s: float | None = None
@@ -238,11 +241,17 @@ class Fleet:
             log.error("cannot save %s: %s", self.plants_file, exc)
 
     # ----------------------------------------------------------------- lifecycle
-    def _tune_storage(self) -> None:
-        """Two SQLite connections per station: a small statement cache (agent.db reads it at each connect)."""
+    def _tune_agent(self) -> None:
+        """Per-station costs that are settings of the agent's modules (read where they are used):
+        - two SQLite connections per station: a small statement cache (agent.db reads it at each connect);
+        - the 1.6 security watch looks at a connected link every SECURITY_WATCH_S instead of every second
+          (a dial failure is still counted and reported, at most that much later): 1000 wake-ups a second
+          would be most of an idle fleet's CPU."""
         import agent.db
+        import agent.ocpp.v16.security as security
 
         agent.db.STATEMENT_CACHE = STATEMENT_CACHE
+        security.WATCH_STEADY_S = max(security.WATCH_STEADY_S, SECURITY_WATCH_S)
 
     def _take_lock(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -273,7 +282,7 @@ class Fleet:
 
     async def run(self) -> int:
         self._take_lock()
-        self._tune_storage()
+        self._tune_agent()
         self._observe_frames()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -288,6 +297,7 @@ class Fleet:
         base = base_config(self.options)
         factories = {name: load_driver(name) for name in {d.driver for d in base.devices.values()}}
         saved = self._load_plants()
+        self._template = self._make_template(base, factories)
         self._spawn(self._progress_loop())
         self._spawn(self._persist_loop())
         self._spawn(self._boot_watch())
@@ -322,6 +332,44 @@ class Fleet:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _make_template(self, base: AgentConfig, factories: dict[str, Any]) -> Path:
+        """An empty state database made by the agent's own migrations (a station built and closed in
+        DIR/.template, never connected): copied for each new station, so that a fresh fleet does not pay each
+        migration's fsync per station (some 30 of them: most of a station's start-up on a real disk). A
+        station then opens its copy and its migrations find nothing to do; it holds no station's data (only
+        the schema and schema_version), and it is rebuilt at every start, so it always matches this agent."""
+        directory = self.dir / ".template"
+        shutil.rmtree(directory, ignore_errors=True)
+        cp_id = "TEMPLATE"
+        for n in range(1, self.options.connectors + 1):
+            simdev.PLANTS[f"{cp_id}/{n}"] = Plant()
+        simdev.READERS[cp_id] = asyncio.Queue()
+        config = self._station_config(base, cp_id, directory)
+        station = Station(config, clock=self.clock,
+                          devices={name: factories[d.driver](name, d.settings) for name, d in config.devices.items()})
+        try:
+            VersionRunner(station, config)  # the OCPP service's tables (outbox, configuration, ...)
+        finally:
+            station.close()
+        for n in range(1, self.options.connectors + 1):
+            simdev.PLANTS.pop(f"{cp_id}/{n}", None)
+        simdev.READERS.pop(cp_id, None)
+        return directory / "state.db"
+
+    def _station_config(self, base: AgentConfig, cp_id: str, directory: Path) -> AgentConfig:
+        devices_cfg = {
+            name: DeviceConfig(name, d.driver, {"reader": cp_id} if d.driver == "sim-reader"
+                               else {"plant": f"{cp_id}/{name.removeprefix('board').removeprefix('meter')}"})
+            for name, d in base.devices.items()
+        }
+        return replace(
+            base,
+            station=replace(base.station, charge_point_id=cp_id, serial_number=cp_id[-25:]),
+            state_dir=directory,
+            diag_socket=directory / "diag.sock",
+            devices=devices_cfg,
+        )
+
     def _start_station(self, index: int, cp_id: str, base: AgentConfig, factories: dict[str, Any],
                        saved: dict[str, Any]) -> None:
         plants: dict[int, Plant] = {}
@@ -336,20 +384,13 @@ class Fleet:
         fs = FleetStation(index, cp_id, plants)
         seed = self.options.scenario.seed if self.options.scenario else 1
         fs.rng = random.Random(f"{seed}/{cp_id}")
-        devices_cfg = {
-            name: DeviceConfig(name, d.driver, {"reader": cp_id} if d.driver == "sim-reader"
-                               else {"plant": f"{cp_id}/{name.removeprefix('board').removeprefix('meter')}"})
-            for name, d in base.devices.items()
-        }
         directory = self.dir / cp_id
-        config = replace(
-            base,
-            station=replace(base.station, charge_point_id=cp_id, serial_number=cp_id[-25:]),
-            state_dir=directory,
-            diag_socket=directory / "diag.sock",
-            devices=devices_cfg,
-        )
-        devices = {name: factories[d.driver](name, d.settings) for name, d in devices_cfg.items()}
+        config = self._station_config(base, cp_id, directory)
+        if not (directory / "state.db").exists():
+            directory.mkdir(parents=True, exist_ok=True, mode=0o750)
+            shutil.copyfile(self._template, directory / "state.db")
+            os.chmod(directory / "state.db", 0o600)
+        devices = {name: factories[d.driver](name, d.settings) for name, d in config.devices.items()}
         station = Station(config, clock=self.clock, devices=devices)
         for conn in (station.db, getattr(station, "_eventlog_db", None)):
             if conn is not None:
