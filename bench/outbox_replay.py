@@ -11,10 +11,17 @@ but do not end together (the agent boots first, the faster one finishes alone), 
 window where both were sending are printed too ("overlap_*"): that is the strictly like-for-like figure.
 
 Prints JSON: {"agent_msgs_per_s", "bare_msgs_per_s", "ratio", "overlap_...", "goals"}. Goal: ratio >= 0.8.
+
+``--ocpp 2.0.1``: the same with OCPP 2.0.1 TransactionEvent messages of one transaction (Started, Updated x
+N-2, Ended; the agent's outbox numbers seqNo 0..N-1 as it does for a real transaction): the agent (configured
+for 2.0.1, the CSMS answering in 2.0.1) drains its outbox; the bare client is an ``ocpp.v201.ChargePoint``
+sending the same payloads with ``await cp.call(call.TransactionEvent(...))``; both validate against the
+2.0.1 schemas.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import subprocess
@@ -27,6 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import websockets
 from ocpp.v16 import ChargePoint, call
+from ocpp.v201 import ChargePoint as ChargePoint201
+from ocpp.v201 import call as call201
 
 from agent import db
 from agent.outbox import Outbox
@@ -44,6 +53,34 @@ def meter_value(i: int, transaction_id: int) -> dict[str, Any]:
         "sampledValue": [{"value": str(i), "measurand": "Energy.Active.Import.Register", "unit": "Wh"}]}]}
 
 
+def transaction_event(i: int) -> dict[str, Any]:
+    """The i-th of N TransactionEvents of one transaction, camelCase, without seqNo (the outbox numbers it)."""
+    kind = "Started" if i == 0 else "Ended" if i == N - 1 else "Updated"
+    info: dict[str, Any] = {"transactionId": "bench-tx-201"}
+    if kind == "Ended":
+        info["stoppedReason"] = "Local"
+    return {"eventType": kind, "timestamp": "2026-01-01T00:00:00Z",
+            "triggerReason": {"Started": "CablePluggedIn", "Ended": "StopAuthorized"}.get(kind, "MeterValuePeriodic"),
+            "transactionInfo": info, "evse": {"id": 1, "connectorId": 1},
+            "meterValue": [{"timestamp": "2026-01-01T00:00:00Z", "sampledValue": [
+                {"value": float(i), "measurand": "Energy.Active.Import.Register", "unitOfMeasure": {"unit": "Wh"}}]}]}
+
+
+def snake(payload: dict[str, Any]) -> dict[str, Any]:
+    return {"".join("_" + c.lower() if c.isupper() else c for c in k): v for k, v in payload.items()}
+
+
+async def bare_library_201(url: str) -> None:
+    async with websockets.connect(f"{url}/BARE", subprotocols=["ocpp2.0.1"]) as ws:  # type: ignore[list-item]
+        cp = ChargePoint201("BARE", ws)
+        listener = asyncio.create_task(cp.start())
+        await cp.call(call201.BootNotification(charging_station={"model": "bare", "vendorName": "bare"},
+                                               reason="PowerUp"))
+        for i in range(N):
+            await cp.call(call201.TransactionEvent(**snake(transaction_event(i)), seq_no=i))
+        listener.cancel()
+
+
 async def control(path: Path, request: dict[str, Any]) -> dict[str, Any]:
     reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 28)
     writer.write(json.dumps(request).encode() + b"\n")
@@ -53,8 +90,11 @@ async def control(path: Path, request: dict[str, Any]) -> dict[str, Any]:
     return reply
 
 
+ACTION = "MeterValues"  # "TransactionEvent" with --ocpp 2.0.1
+
+
 async def count(ctl: Path, cp: str) -> list[dict[str, Any]]:
-    reply = await control(ctl, {"cmd": "messages", "cp": cp, "action": "MeterValues"})
+    reply = await control(ctl, {"cmd": "messages", "cp": cp, "action": ACTION})
     messages: list[dict[str, Any]] = reply["messages"]
     return messages
 
@@ -67,7 +107,7 @@ async def wait_count(ctl: Path, cp: str, n: int, within: float) -> list[dict[str
         if len(messages) >= n:
             return messages
         if loop.time() > deadline:
-            raise TimeoutError(f"{cp}: {len(messages)}/{n} MeterValues after {within} s")
+            raise TimeoutError(f"{cp}: {len(messages)}/{n} {ACTION} after {within} s")
         await asyncio.sleep(0.5)
 
 
@@ -97,31 +137,43 @@ def overlap_rates(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> tuple[flo
     return within[0] / (end - start), within[1] / (end - start), end - start
 
 
-async def main() -> None:
+async def main(ocpp: str = "1.6") -> None:
+    global ACTION
+    v201 = ocpp == "2.0.1"
+    ACTION = "TransactionEvent" if v201 else "MeterValues"
     with tempfile.TemporaryDirectory(dir=ROOT / "bench") as tmp:  # the agent's state on a real disk
         directory = Path(tmp)
         ctl = directory / "csms.sock"
         csms = subprocess.Popen(  # noqa: ASYNC220 - started once, before any timing
-            [sys.executable, "-m", "simulator.cli", "csms", "--control", str(ctl)], cwd=ROOT,
+            [sys.executable, "-m", "simulator.cli", "csms", "--control", str(ctl), "--ocpp", "auto"], cwd=ROOT,
                                 stdout=subprocess.PIPE, text=True)
         try:
             assert csms.stdout is not None
             url = json.loads(csms.stdout.readline())["url"]
-            rig = Rig(RigOptions(directory=directory / "rig", csms_url=url, charge_point_id="AGENT"))
+            rig = Rig(RigOptions(directory=directory / "rig", csms_url=url, charge_point_id="AGENT",
+                                 ocpp_version=ocpp))
             await rig.start()
             write_agent_toml(directory / "rig", {"MeterValueSampleInterval": "0", "HeartbeatInterval": "3600"})
+            if v201:
+                with (directory / "rig" / "agent.toml").open("a") as toml:
+                    toml.write('\n[ocpp.variables]\n"OCPPCommCtrlr/HeartbeatInterval" = 3600\n'
+                               '"SampledDataCtrlr/TxUpdatedInterval" = 0\n"AlignedDataCtrlr/Interval" = 0\n')
             state = directory / "rig" / "state"
             state.mkdir(exist_ok=True)
             conn = db.connect(state / "state.db", durable=True)
             outbox = Outbox(conn, SystemClock())
             conn.execute("PRAGMA synchronous=OFF")  # filling the queue fast; the replay runs fully durable
-            outbox.bind_transaction("bench-tx", 7)  # as if its StartTransaction.conf had said 7
-            for i in range(N):
-                outbox.append("MeterValues", {**meter_value(i, 7), "transactionId": 0}, tx_ref="bench-tx")
+            if v201:
+                for i in range(N):
+                    outbox.append("TransactionEvent", transaction_event(i), tx_ref="bench-tx-201", seq_field="seqNo")
+            else:
+                outbox.bind_transaction("bench-tx", 7)  # as if its StartTransaction.conf had said 7
+                for i in range(N):
+                    outbox.append("MeterValues", {**meter_value(i, 7), "transactionId": 0}, tx_ref="bench-tx")
             conn.close()
             agent = AgentProcess(directory / "rig" / "agent.toml", directory / "agent.log")
             agent.start()  # the agent and the bare client replay side by side
-            await bare_library(url)
+            await (bare_library_201(url) if v201 else bare_library(url))
             bare = await wait_count(ctl, "BARE", N, 120)
             replayed = await wait_count(ctl, "AGENT", N, 300)
             agent.terminate()
@@ -130,7 +182,11 @@ async def main() -> None:
             csms.terminate()
             csms.wait(10)
     agent_rate, bare_rate = rate(replayed), rate(bare)
-    assert all(m["payload"]["transactionId"] == 7 for m in replayed), "the bound transactionId was not filled in"
+    if v201:
+        assert [m["payload"]["seqNo"] for m in replayed] == list(range(N)), "seqNo not 0..N-1 in order"
+        assert [m["payload"] for m in replayed] == [m["payload"] for m in bare], "not the same messages"
+    else:
+        assert all(m["payload"]["transactionId"] == 7 for m in replayed), "the bound transactionId was not filled in"
     overlap_agent, overlap_bare, overlap_s = overlap_rates(replayed, bare)
     print(json.dumps({
         "agent_msgs_per_s": round(agent_rate, 1),
@@ -146,4 +202,9 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ocpp", choices=["1.6", "2.0.1"], default="1.6")
+    parser.add_argument("-n", type=int, default=N, help="messages each side sends")
+    arguments = parser.parse_args()
+    N = arguments.n
+    asyncio.run(main(arguments.ocpp))

@@ -1,6 +1,7 @@
 """`make bench`: run every benchmark in bench/, collect their JSON into bench/results.json and a table
 in the README (between the BENCH markers), with the machine described. Some scripts also run in other
-modes (MODES: safety_latency.py and safety_latency.py --hostile); those are shown side by side.
+modes (MODES: safety_latency.py and safety_latency.py --hostile; boot_time, outbox_replay and footprint with
+--ocpp 2.0.1 beside 1.6); those are shown side by side.
 
 ``--only NAME ...`` runs just those benchmarks (all their modes) and merges them into the existing
 results.json; the README then says which were measured on which day.
@@ -24,10 +25,16 @@ BEGIN, END = "<!-- BENCH:BEGIN -->", "<!-- BENCH:END -->"
 MODES: dict[str, list[tuple[str, list[str]]]] = {
     "safety_latency.py": [("safety_latency", []), ("safety_latency_hostile", ["--hostile"]),
                           ("safety_latency_hostile_single", ["--hostile", "--single-process"])],
+    # issue 13: the same figures with the agent speaking OCPP 2.0.1 (`--ocpp 2.0.1`), beside 1.6.
+    **{f"{stem}.py": [(stem, []), (f"{stem}_201", ["--ocpp", "2.0.1"])]
+       for stem in ("boot_time", "outbox_replay", "footprint")},
+    "send_path.py": [("send_path", ["--ocpp", "1.6"]), ("send_path_201", ["--ocpp", "2.0.1"])],
 }
 # Result names shown in one table, one column each, instead of in the main table.
 SIDE_BY_SIDE = {"safety_latency": {"safety_latency": "default", "safety_latency_hostile": "--hostile",
-                                    "safety_latency_hostile_single": "--hostile --single-process"}}
+                                    "safety_latency_hostile_single": "--hostile --single-process"},
+                **{stem: {stem: "OCPP 1.6", f"{stem}_201": "OCPP 2.0.1"}
+                   for stem in ("boot_time", "outbox_replay", "footprint", "send_path")}}
 
 
 def machine() -> dict[str, object]:

@@ -296,11 +296,13 @@ class World:
 
 
 async def open_world(directory: Path, *, connectors: int = 1, proxy: bool = False,
-                     keys: dict[str, str] | None = None) -> World:
+                     keys: dict[str, str] | None = None, ocpp_version: str | None = None) -> World:
+    """``ocpp_version`` "2.0.1": the CSMS speaks it and the agent's [ocpp] version says so."""
     os.makedirs(directory, exist_ok=True)
     # The frame log (one JSON line per frame, both ways, with time and message id) is the evidence the
     # duplicate checks read: it shows whether a CALLRESULT was sent before a kill or a drop.
-    csms = Csms(accept=[TAG], heartbeat_interval=300, log_path=directory / FRAME_LOG)
+    csms = Csms(accept=[TAG], heartbeat_interval=300, log_path=directory / FRAME_LOG,
+                version=ocpp_version or "1.6")
     await csms.start()
     fault_proxy: FaultProxy | None = None
     url = csms.url
@@ -308,7 +310,8 @@ async def open_world(directory: Path, *, connectors: int = 1, proxy: bool = Fals
         fault_proxy = FaultProxy(csms.port)
         await fault_proxy.start()
         url = fault_proxy.url
-    rig = Rig(RigOptions(directory=directory, connectors=connectors, csms_url=url, charge_point_id=CP))
+    rig = Rig(RigOptions(directory=directory, connectors=connectors, csms_url=url, charge_point_id=CP,
+                         ocpp_version=ocpp_version))
     await rig.start()
     write_agent_toml(directory, {**KEYS, **(keys or {})})
     agent = AgentProcess(directory / "agent.toml", directory / "agent.log")
