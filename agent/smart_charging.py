@@ -94,7 +94,7 @@ class Profile:
     recurrency: Recurrency | None = None
     valid_from: float | None = None
     valid_to: float | None = None
-    transaction_id: int | None = None
+    transaction_id: int | str | None = None  # 1.6: an integer; 2.0.1: a string
     installed_at: float = 0.0
 
 
@@ -138,7 +138,7 @@ class Situation:
 
     connector_id: int
     electrical: Electrical
-    transaction_id: int | None = None
+    transaction_id: int | str | None = None
     tx_start: float | None = None  # epoch s; None = no transaction
     cp_share: int = 1  # connectors sharing the ChargePointMaxProfile
 
@@ -452,5 +452,5 @@ def next_change(profiles: Sequence[Profile], situation: Situation, after: float)
     return None
 
 
-def for_transaction(profile: Profile, transaction_id: int) -> Profile:
+def for_transaction(profile: Profile, transaction_id: int | str) -> Profile:
     return replace(profile, transaction_id=transaction_id)

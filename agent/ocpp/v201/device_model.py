@@ -276,6 +276,10 @@ VARIABLES: tuple[VariableSpec, ...] = (
        presettable=True),
     _v("LocalAuthListCtrlr", "Storage", INT, "1000", RO, unit="B", min=0, presettable=True),
     _v("LocalAuthListCtrlr", "DisablePostAuthorize", B, "false"),
+    # --- ReservationCtrlr (H01-H04, reservation.py) ----------------------------------------------------
+    _v("ReservationCtrlr", "Enabled", B, "true"),
+    _v("ReservationCtrlr", "Available", B, "true", RO),
+    _v("ReservationCtrlr", "NonEvseSpecific", B, "true"),
     # --- ChargingStation (physical, station tier) ------------------------------------------------------
     _v("ChargingStation", "AvailabilityState", OPT, None, RO, values=AVAILABILITY_STATES, source="availability_state",
        required=True),
@@ -287,6 +291,16 @@ VARIABLES: tuple[VariableSpec, ...] = (
     # --- SmartChargingCtrlr: the site limit reported as an external limit (K11-K13, external_limits.py) -----
     _v("SmartChargingCtrlr", "LimitChangeSignificance", DEC, "10", unit="Percent", min=0, max=100, required=True),
     _v("SmartChargingCtrlr", "NotifyChargingLimitWithSchedules", B, "false"),
+    # Charging profiles (K01-K10, smart_charging.py; Entries maxLimit = smart_charging.MAX_PROFILES)
+    _v("SmartChargingCtrlr", "Enabled", B, "true"),
+    _v("SmartChargingCtrlr", "Available", B, "true", RO),
+    _v("SmartChargingCtrlr", "Entries", INT, None, RO, instance="ChargingProfiles", source="charging_profile_entries",
+       max=32, required=True),
+    _v("SmartChargingCtrlr", "PeriodsPerSchedule", INT, "24", RO, min=1, max=1024, required=True, presettable=True),
+    _v("SmartChargingCtrlr", "ProfileStackLevel", INT, "10", RO, min=0, max=1000, required=True, presettable=True),
+    _v("SmartChargingCtrlr", "RateUnit", MEM, "A,W", RO, values=("A", "W"), min_items=1, required=True,
+       presettable=True),
+    _v("SmartChargingCtrlr", "ExternalControlSignalsEnabled", B, "true", RO),  # the site controller: always
     # --- EVSE (one per EVSE) -------------------------------------------------------------------------
     _v("EVSE", "AvailabilityState", OPT, None, RO, values=AVAILABILITY_STATES, source="availability_state",
        scope=Scope.EVSE, required=True),

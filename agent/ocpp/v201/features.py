@@ -22,9 +22,12 @@ FEATURES: tuple[str, ...] = (
     "agent.ocpp.v201.configuration:Provisioning",
     "agent.ocpp.v201.transactions:Transactions",
     "agent.ocpp.v201.external_limits:ExternalLimits",
+    "agent.ocpp.v201.smart_charging:SmartCharging",
     "agent.ocpp.v201.security:Security",
     "agent.ocpp.v201.firmware:FirmwareManagement",
     "agent.ocpp.v201.customer_information:CustomerInformation",
+    "agent.ocpp.v201.local_list:LocalAuthListManagement",
+    "agent.ocpp.v201.reservation:Reservation",
 )
 
 

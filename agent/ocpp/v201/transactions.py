@@ -618,6 +618,8 @@ class Transactions:
         self._aligned_last: dict[str, float] = {}  # AlignedDataCtrlr variable -> the last boundary handled
         self._energy_caps: dict[str, float] = {}  # session ref -> register (Wh) at which energy stops
         self._poke = asyncio.Event()
+        # Other features add fields to each TransactionEvent payload (e.g. reservationId, reservation.py).
+        self.payload_extras: list[Callable[[ConnectorView | None, dict[str, Any]], None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._station.register_authority(self.authorizer)
         self._station.subscribe(self._on_event)
@@ -879,6 +881,8 @@ class Transactions:
             values = list(meter or []) + self._values_for(event, view, session) + list(extra or [])
             payload = event.payload(offline=not self._online(), meter_value=values)
             payload["evse"] = {"id": event.evse_id, "connectorId": event.connector_id}
+            for add in self.payload_extras:
+                add(view, payload)
             try:
                 self.outbox.append(TRANSACTION_EVENT, payload, tx_ref=event.transaction_id, seq_field="seqNo",
                                    also=save)
@@ -1018,6 +1022,7 @@ class Transactions:
 
     async def on_request_start_transaction(self, id_token: dict[str, Any], remote_start_id: int,
                                            evse_id: int | None = None, group_id_token: Any = None,
+                                           charging_profile: dict[str, Any] | None = None,
                                            **_: Any) -> dict[str, Any]:
         cid = self._evse_for_start(evse_id)
         if cid is None:
@@ -1026,6 +1031,11 @@ class Transactions:
         machine = self.machines[cid]
         if view is None or not view.available or view.session is not None or machine.authorized:
             return {"status": "Rejected", "statusInfo": {"reasonCode": "OccupiedEvse"}}
+        smart = self._svc.features.get("SmartCharging")
+        if charging_profile is not None and smart is not None:  # F01.FR.08-12: its TxProfile (smart_charging.py)
+            refused = smart.hold_for_remote_start(cid, IdToken.from_ocpp(id_token).id_token, charging_profile)
+            if refused is not None:
+                return {"status": "Rejected", "statusInfo": {"reasonCode": refused}}
         out: dict[str, Any] = {"status": "Accepted"}
         if machine.transaction_id is not None:
             out["transactionId"] = machine.transaction_id  # started already (EVConnected): F02.FR.xx
