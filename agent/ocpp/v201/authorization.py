@@ -193,8 +193,11 @@ class Authorizer201:
     async def _decide(self, id_tag: str) -> AuthDecision:
         if self._online():
             if self._flag("AuthCtrlr", "LocalPreAuthorize", False):
-                known = self._local(id_tag) or self._cached(id_tag)
-                if known is not None and known.accepted:
+                local = self._local(id_tag)  # the list has precedence over the cache (C14, D01)
+                known = local or self._cached(id_tag)
+                # A known id that is not Accepted is asked of the CSMS unless its store's DisablePostAuthorize.
+                store = "LocalAuthListCtrlr" if local is not None else "AuthCacheCtrlr"
+                if known is not None and (known.accepted or self._flag(store, "DisablePostAuthorize", False)):
                     return decision(known)
             try:
                 conf = await self._request(call.Authorize(id_token=self.token(id_tag).to_ocpp()))
