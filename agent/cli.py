@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--charge-seconds", type=float, default=20.0)
     sim.add_argument("--dir", type=Path, help="keep the rig in this directory (default: a temp dir)")
     sim.add_argument("--scenario", choices=("session", "smart-charging", "solar"), default="session",
-                     help="smart-charging: a CSMS TxProfile limits the running session, then is cleared; "
+                     help="smart-charging: a CSMS TxProfile limits the running session, then is cleared (with "
+                     "--ocpp 2.0.1: two EVSEs share a ChargingStationMaxProfile, a TxProfile lowers one); "
                      "solar: two EVs share the PV surplus of a compressed day (writes a plot)")
     sim.add_argument("--ocpp", choices=("1.6", "2.0.1"), default="1.6",
                      help="the OCPP version the rig's CSMS and the agent speak in the demo")

@@ -132,6 +132,10 @@ async def _wait_for(predicate: Any, limit_s: float, what: str) -> None:
 async def run_demo(
     connectors: int, charge_seconds: float, keep_dir: Path | None, scenario: str = "session", ocpp: str = "1.6"
 ) -> int:
+    if scenario == "smart-charging" and ocpp == "2.0.1":
+        from simulator.demo_smart_charging201 import run_smart_charging201_demo
+
+        return await run_smart_charging201_demo(keep_dir)
     if scenario == "smart-charging":
         from simulator.demo_smart_charging import run_smart_charging_demo
 
