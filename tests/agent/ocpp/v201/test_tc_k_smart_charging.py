@@ -227,3 +227,24 @@ async def test_tc_k_37_remote_start_with_charging_profile(octt: Octt201) -> None
     report = (await octt.wait("ReportChargingProfiles")).payload["chargingProfile"][0]
     assert (report["id"], report["transactionId"]) == (21, started["transactionInfo"]["transactionId"])
     await eventually(lambda: 4800 < rig_power(octt) < 6000, 10, "the EV at 8 A (5.5 kW)")
+
+
+async def test_tc_k_offline_relative_tx_default_follows_its_periods(octt: Octt201) -> None:
+    """K01 offline behaviour: a Relative TxDefaultProfile installed while online governs a transaction started
+    during an outage from its first PWM (8 A) and moves to its next period (13 A, 4 s after the start) with
+    no CSMS: the plant's power follows both."""
+    agent = await octt.start_agent({"AuthCtrlr/OfflineTxForUnknownIdEnabled": True})
+    await octt.booted()
+    body = profile(30, "TxDefaultProfile", [(0, 8.0), (4, 13.0)], kind="Relative")
+    assert (await set_profile(octt, 0, body))["status"] == "Accepted"
+    assert agent.service is not None
+    await octt.csms.outage(30)
+    await eventually(lambda: not agent.service.online, what="offline")
+    await octt.plugged()
+    assert (await agent.tap(TAG)).accepted
+    await eventually(lambda: agent.connector.session is not None, 5, "the session")
+    assert agent.connector.controller.offered_current_a == 8.0
+    await eventually(lambda: 4800 < rig_power(octt) < 6000, 8, "the EV at 8 A (5.5 kW)")
+    await eventually(lambda: agent.connector.controller.offered_current_a == 13.0, 10, "13 A from the 2nd period")
+    await eventually(lambda: 8300 < rig_power(octt) < 9700, 8, "the EV at 13 A (9 kW)")
+    assert not agent.service.online
