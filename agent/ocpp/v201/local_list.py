@@ -127,8 +127,8 @@ class LocalAuthListManagement:
     ) -> dict[str, Any]:
         if not self.enabled:
             return _failed("NotEnabled", "LocalAuthListCtrlr.Enabled is false")
-        if version_number <= 0:
-            return _failed("InvalidValue", "versionNumber must be greater than 0")
+        if not 0 < version_number < 2**63:
+            return _failed("InvalidValue", "versionNumber must be greater than 0 (and a 64-bit integer)")
         # The RPC layer hands nested objects over in snake_case; work on the wire form.
         items: list[Mapping[str, Any]] = snake_to_camel_case(local_authorization_list or [])
         per_message = self._setting("ItemsPerMessage", 100)

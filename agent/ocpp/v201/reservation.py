@@ -89,6 +89,8 @@ class Reservation:
     ) -> dict[str, Any]:
         if not self._flag("Enabled", True):
             return _rejected("NotEnabled", "ReservationCtrlr.Enabled is false")
+        if not -(2**63) <= id < 2**63:  # a row id of the state database (SQLite INTEGER)
+            return _rejected("InvalidValue", "id out of range")
         evses = self._station.connector_ids()
         if evse_id is None:
             if not self._flag("NonEvseSpecific", True):
