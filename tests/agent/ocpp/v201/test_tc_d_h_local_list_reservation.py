@@ -144,6 +144,10 @@ async def test_tc_h_reserve_specific_evse_group_cancel_and_refusals(octt: Octt20
     # H02 cancel: Reserved, then Available again.
     assert (await reserve(octt, 3, "RESV3", evseId=1))["status"] == "Accepted"
     await octt.wait_status("Reserved", count=2)
+    agent = await octt.restart_agent()  # kept in the state database: held again after a restart
+    await octt.wait("BootNotification", count=2)
+    await eventually(lambda: agent.station is not None and agent.connector.reservation is not None
+                     and agent.connector.reservation.ref == 3, what="reservation 3 restored")
     assert (await octt.send("CancelReservation", {"reservationId": 3}))["status"] == "Accepted"
     await octt.wait_status("Available", count=3)
     # ReservationCtrlr.Enabled false: Rejected.
