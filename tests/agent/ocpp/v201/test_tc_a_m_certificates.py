@@ -162,6 +162,7 @@ async def test_tc_m_and_a_11_a_14_cs_certificates_then_profile_3(
     octt.csms.password = None  # and no Basic auth
     agent = await octt.restart_agent()
     await eventually(lambda: agent.service.online and agent.service.security_profile == 3, 8, "profile 3")
+    await octt.wait_status("Available", count=2)  # the CSMS has the new connection (sends go there)
     assert octt.csms.handshakes[-1].authorization is None and len(octt.csms.handshakes) > handshakes
     await eventually(lambda: not agent.service.features["Security"].in_trial, 5, "profile 3 confirmed")
     # A02 under profile 3: a newly signed certificate is used from a new connection at once
