@@ -170,7 +170,8 @@ def parse_profile(evse_id: int, data: Mapping[str, Any], installed_at: float, se
 
 def problems(profile: sc.Profile, settings: Settings, evse_ids: Iterable[int]) -> list[str]:
     """Why this profile cannot be installed on its EVSE (empty = fine), state aside (running transactions)."""
-    found = [p.replace("ChargePointMaxProfile", "ChargingStationMaxProfile").replace("connector", "EVSE")
+    found = [p.replace("ChargePointMaxProfile", "ChargingStationMaxProfile").replace("a connector", "an EVSE")
+             .replace("connector", "EVSE")
              for p in sc.problems(profile, settings.limits(), evse_ids)]
     if profile.purpose is sc.Purpose.TX and profile.transaction_id is None:
         found.append("a TxProfile needs a transactionId")
@@ -207,7 +208,7 @@ def matches(profile: sc.Profile, evse_id: int | None, criterion: Mapping[str, An
         return False
     ids = criterion.get("chargingProfileId")
     if ids is not None:
-        return profile.id in {int(i) for i in ids}
+        return profile.id in (ids if isinstance(ids, frozenset) else {int(i) for i in ids})
     purpose = criterion.get("chargingProfilePurpose")
     if purpose is not None and PURPOSES.get(purpose) is not profile.purpose:
         return False
@@ -420,6 +421,9 @@ class SmartCharging:
         return {"status": "Accepted"}
 
     def selected(self, evse_id: int | None, criterion: Mapping[str, Any]) -> list[sc.Profile]:
+        ids = criterion.get("chargingProfileId")
+        if ids is not None:  # once per request, not per profile
+            criterion = {**criterion, "chargingProfileId": frozenset(int(i) for i in ids)}
         return [p for p in self.profiles if matches(p, evse_id, criterion)]
 
     async def on_get_charging_profiles(self, request_id: int, charging_profile: dict[str, Any],
@@ -548,6 +552,11 @@ class SmartCharging:
         """Give every EVSE its composite limit now; returns seconds until the next change."""
         now = self._svc.wall()
         wait = MAX_WAIT_S
+        stale = [p for p in self.profiles if p.purpose is sc.Purpose.TX and p.transaction_id is not None
+                 and p.transaction_id != self.transaction_id(p.connector_id)]
+        if stale:  # its transaction ended unseen (e.g. while the network side restarted)
+            log.info("TxProfile(s) %s removed: their transaction is over", sorted(p.id for p in stale))
+            self._store([p for p in self.profiles if p not in stale], self.bodies)
         enabled = self.settings().enabled
         profiles = self.profiles if enabled else []
         for evse_id, view in self._views().items():

@@ -63,7 +63,7 @@ def test_profile_validation() -> None:
     assert reason(1, profile(1, "TxProfile", [(0, 16.0)], transactionId="t1")) is None
     assert reason(1, profile(1, "TxProfile", [(0, 16.0)])) == "a TxProfile needs a transactionId"
     assert "EVSE 0 only" in str(reason(1, profile(1, "ChargingStationMaxProfile", [(0, 16.0)])))
-    assert "needs a EVSE" in str(reason(0, profile(1, "TxProfile", [(0, 16.0)], transactionId="t")))
+    assert "needs an EVSE" in str(reason(0, profile(1, "TxProfile", [(0, 16.0)], transactionId="t")))
     assert "no EVSE 3" in str(reason(3, profile(1, "TxDefaultProfile", [(0, 16.0)])))
     assert reason(0, profile(1, "ChargingStationExternalConstraints", [(0, 16.0)])) == "InvalidProfile"
     assert reason(0, profile(1, "TxDefaultProfile", [(0, 1000.0)], unit="W"),
