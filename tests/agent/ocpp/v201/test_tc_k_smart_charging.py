@@ -197,11 +197,15 @@ async def test_tc_k_tx_default_persistence_clear_and_disabled(octt: Octt201) -> 
         {"status": "Accepted"}
     assert await octt.send("ClearChargingProfile", {"chargingProfileCriteria": {"evseId": 1}}) == \
         {"status": "Unknown"}
+    smart = agent.service.features["SmartCharging"]
+    await eventually(lambda: smart.applied.get(1) == 20.0, 5, "EVSE 0's 20 A TxDefaultProfile given to EVSE 1")
     result = await octt.send("SetVariables", {"setVariableData": [
         {"component": {"name": "SmartChargingCtrlr"}, "variable": {"name": "Enabled"}, "attributeValue": "false"}]})
     assert result["setVariableResult"][0]["attributeStatus"] == "Accepted"
     off = await set_profile(octt, 0, profile(12, "TxDefaultProfile", [(0, 8.0)], stack=1))
     assert off["status"] == "Rejected" and off["statusInfo"]["reasonCode"] == "NotEnabled"
+    assert await composite(octt, 1, duration=60) == [(0, 32.0)]  # profile 10 (20 A) installed, limits nothing
+    await eventually(lambda: smart.applied.get(1, 0) is None, 5, "no limit given to the control side")
 
 
 async def test_tc_k_37_remote_start_with_charging_profile(octt: Octt201) -> None:
