@@ -833,7 +833,14 @@ class Transactions:
         return IdToken(group, "Central") if group else None
 
     def _meter(self, event: MeterUpdate) -> None:
-        """MaxEnergyOnInvalidId: energy stops once a transaction with a refused idToken reached it."""
+        """MaxEnergyOnInvalidId: energy stops once a transaction with a refused idToken reached it. And the
+        EV leaving / coming back under a transaction kept open (StopTxOnEVSideDisconnect false), which the
+        connector status does not show (SuspendedEV either way): EVCommunicationLost / CablePluggedIn (E10)."""
+        machine = self.machines.get(event.connector_id)
+        if machine is not None and machine.transaction_id is not None:
+            view = self._view(event.connector_id)
+            if view is not None and ev_present(view) != machine.state.ev_connected:
+                self._sync(event.connector_id, view)
         ref = event.session_ref
         cap = self._energy_caps.get(ref) if ref is not None else None
         if ref is None or cap is None or event.sample.energy_import_wh < cap:

@@ -140,12 +140,7 @@ async def test_tc_e_04_c_04_c_42_f_14_g_17_j_03_cs_card_first_then_other_cards_t
     await octt.wait_status("Unavailable")
 
 
-PROFILE = {"id": 38, "stackLevel": 0, "chargingProfilePurpose": "TxProfile", "chargingProfileKind": "Relative",
-           "chargingSchedule": [{"id": 1, "chargingRateUnit": "A",
-                                 "chargingSchedulePeriod": [{"startPeriod": 0, "limit": 6, "numberPhases": 1}]}]}
-
-
-async def test_tc_e_13_f_04_k_38_f_02_f_03_cs_remote_start_first(octt: Octt201) -> None:
+async def test_tc_e_13_f_04_f_02_f_03_cs_remote_start_first(octt: Octt201) -> None:
     central = {"idToken": TAG2, "type": "Central"}
     agent = await octt.start_agent({"TxCtrlr/TxStartPoint": "Authorized", "TxCtrlr/EVConnectionTimeOut": 1})
     await octt.booted()
@@ -160,10 +155,8 @@ async def test_tc_e_13_f_04_k_38_f_02_f_03_cs_remote_start_first(octt: Octt201) 
     # TC_F_04_CS: no cable within EVConnectionTimeOut -> Ended EVConnectTimeout (TxStopPoint has Authorized)
     ended = await octt.wait_tx_event("Ended", within=5)
     assert ended["triggerReason"] == "EVConnectTimeout" and ended["transactionInfo"]["stoppedReason"] == "Timeout"
-    # TC_K_38_CS: no Smart Charging profile: a remote start with a TxProfile is Accepted, the profile ignored;
     # TC_F_02_CS: remote start first, then the cable -> charging
-    answer = await octt.send("RequestStartTransaction", {"idToken": central, "remoteStartId": 38, "evseId": 1,
-                                                         "chargingProfile": PROFILE})
+    answer = await octt.send("RequestStartTransaction", {"idToken": central, "remoteStartId": 38, "evseId": 1})
     assert answer["status"] == "Accepted"
     await octt.wait("Authorize", count=2)
     second = await octt.wait_tx_event("Started", count=2)
@@ -171,8 +164,6 @@ async def test_tc_e_13_f_04_k_38_f_02_f_03_cs_remote_start_first(octt: Octt201) 
     await octt.plugged()
     await octt.wait_charging_state("Charging")
     assert agent.station is not None
-    await eventually(lambda: (agent.station.connector_view(1).offered_current_a or 0) > 6,
-                     what="the offer is not the ignored profile's 6 A")
     tx = second["transactionInfo"]["transactionId"]
     assert (await octt.send("RequestStopTransaction", {"transactionId": tx}))["status"] == "Accepted"
     await octt.wait_tx_event("Ended", count=2)
@@ -245,3 +236,105 @@ async def test_tc_e_51_e_29_e_33_e_50_e_31_cs_transaction_event_retries_and_stat
     await eventually(lambda: agent.service.outbox.queued_for(tx) == 0, what="the Ended acknowledged")
     assert await octt.send("GetTransactionStatus", {"transactionId": tx}) == {
         "ongoingIndicator": False, "messagesInQueue": False}
+
+
+async def test_tc_c_13_06_07_56_09_10_11_12_cs_local_start_with_the_cache(octt: Octt201) -> None:
+    from agent.authcache import IdTagInfo
+
+    octt.csms.auth_list.update({"BLOCKED": "Blocked", "EXPIRED": "Expired", "UNKNOWN": "Unknown",
+                                "C09": "Invalid", "C10": "Blocked", "C11": "Expired", "C12": "Accepted"})
+    agent = await octt.start_agent({"AuthCtrlr/LocalPreAuthorize": True})
+    cache = agent.service.features["Transactions"].cache
+    # Memory state of the cases: IdTokenCached (the cache as an earlier answer would have left it)
+    cache.update(TAG, IdTagInfo("Accepted"))
+    for token, status in (("C09", "Invalid"), ("C10", "Blocked"), ("C11", "Expired"), ("C12", "Invalid")):
+        cache.update(token, IdTagInfo(status))
+    await octt.booted()
+
+    def authorized() -> list[str]:
+        return [m.payload["idToken"]["idToken"] for m in octt.msgs("Authorize")]
+
+    # TC_C_13_CS: a cached Accepted card before the cable: no Authorize (LocalPreAuthorize), the transaction
+    # starts with the cable (TxStartPoint PowerPathClosed), triggerReason Authorized, energy flows
+    assert (await agent.tap(TAG)).accepted
+    await octt.plugged()
+    started = await octt.wait_tx_event("Started")
+    assert started["idToken"]["idToken"] == TAG and authorized() == []
+    await octt.wait_charging_state("Charging")
+    await agent.tap(TAG)
+    await octt.wait_tx_event("Ended")
+    octt.ctl("unplug", connector=1)
+    await octt.wait_status("Available", count=2)
+    await octt.plugged()
+    # TC_C_06_CS / TC_C_07_CS / TC_C_56_CS: unknown to the cache, Blocked / Expired / Unknown by the CSMS;
+    # TC_C_09_CS / TC_C_10_CS / TC_C_11_CS: cached Invalid / Blocked / Expired, the same answer again:
+    # an Authorize each time (a cached status other than Accepted is asked again), no transaction
+    for token in ("BLOCKED", "EXPIRED", "UNKNOWN", "C09", "C10", "C11"):
+        assert not (await agent.tap(token)).accepted, token
+        assert authorized()[-1] == token
+    assert len(octt.tx_events()) == len(octt.tx_events(started["transactionInfo"]["transactionId"]))
+    # TC_C_12_CS: cached Invalid, the CSMS now says Accepted -> Authorize, then the transaction and energy
+    assert (await agent.tap("C12")).accepted
+    assert authorized()[-1] == "C12"
+    second = await octt.wait_tx_event("Started", count=2)
+    assert second["idToken"]["idToken"] == "C12" and second["triggerReason"] == "Authorized"
+    await octt.wait_charging_state("Charging")
+    learnt = cache.lookup("C12")
+    assert learnt is not None and learnt.status == "Accepted"  # the cache learnt the new answer
+
+
+async def test_tc_e_24_e_25_e_17_e_26_cs_ev_side_disconnect(octt: Octt201) -> None:
+    agent = await octt.start_agent()  # TxStopPoint EVConnected,Authorized (default), detachable cable, a lock
+    plant = octt.rig.connectors[1].plant
+    plant.ev.pwm_reaction_s = 0.2  # a quick EV (S2 closed 0.2 s after the PWM): three sessions in the budget
+    await octt.booted()
+
+    async def set_variable(component: str, variable: str, value: str) -> None:
+        answer = await octt.send("SetVariables", {"setVariableData": [cv(component, variable, attributeValue=value)]})
+        assert answer["setVariableResult"][0]["attributeStatus"] == "Accepted"
+
+    # TC_E_24_CS: StopTxOnEVSideDisconnect true, UnlockOnEVSideDisconnect true: the EV leaves -> the
+    # transaction ends (EVCommunicationLost, chargingState Idle), the cable is released, Available
+    first = await octt.charging(TAG)
+    assert plant.locked
+    octt.ctl("unplug", connector=1)
+    ended = await octt.wait_tx_event("Ended")
+    assert ended["triggerReason"] == "EVCommunicationLost" and ended["transactionInfo"]["chargingState"] == "Idle"
+    assert ended["transactionInfo"]["transactionId"] == first["transactionInfo"]["transactionId"]
+    await octt.wait_status("Available", count=2)
+    await eventually(lambda: not plant.locked, what="the lock open")
+    # TC_E_25_CS / TC_E_17_CS: UnlockOnEVSideDisconnect false: the same Ended (Deauthorized by the EV side
+    # disconnect), but the cable stays locked in the socket until the idToken of the transaction is shown
+    await set_variable("OCPPCommCtrlr", "UnlockOnEVSideDisconnect", "false")
+    await octt.plugged()
+    assert (await agent.tap(TAG)).accepted
+    await octt.wait_charging_state("Charging")  # the first Charging was of the first transaction
+    await eventually(lambda: len([p for p in octt.tx_events() if p["eventType"] == "Started"]) == 2, what="Started")
+    octt.ctl("unplug", connector=1)
+    ended = await octt.wait_tx_event("Ended", count=2)
+    assert ended["triggerReason"] == "EVCommunicationLost" and ended["transactionInfo"]["chargingState"] == "Idle"
+    assert ended["transactionInfo"]["stoppedReason"] == "EVDisconnected"
+    await asyncio.sleep(0.3)
+    assert plant.locked
+    await agent.tap(TAG)
+    await eventually(lambda: not plant.locked, what="the lock opened by the card of the transaction")
+    # TC_E_26_CS: StopTxOnEVSideDisconnect false, TxStopPoint Authorized (EVConnected would end it whatever
+    # this says): the EV leaves -> the transaction is kept (Updated EVCommunicationLost); plugged back ->
+    # energy again; the card ends it
+    await set_variable("OCPPCommCtrlr", "UnlockOnEVSideDisconnect", "true")
+    await set_variable("TxCtrlr", "StopTxOnEVSideDisconnect", "false")
+    await set_variable("TxCtrlr", "TxStopPoint", "Authorized")
+    await octt.plugged()
+    assert (await agent.tap(TAG)).accepted
+    third = await octt.wait_tx_event("Started", count=3)
+    tx = third["transactionInfo"]["transactionId"]
+    octt.ctl("unplug", connector=1)  # (energy not flowing yet: the contactor's minimum off time runs)
+    lost = await octt.wait_tx_event("Updated", where=lambda p: p["triggerReason"] == "EVCommunicationLost")
+    assert lost["transactionInfo"]["transactionId"] == tx
+    await octt.plugged()
+    back = await octt.wait_tx_event("Updated", where=lambda p: p["triggerReason"] == "CablePluggedIn", within=10)
+    assert back["transactionInfo"]["transactionId"] == tx
+    assert [p["eventType"] for p in octt.tx_events(tx)].count("Ended") == 0
+    await agent.tap(TAG)
+    ended = await octt.wait_tx_event("Ended", count=3)
+    assert ended["transactionInfo"]["transactionId"] == tx and ended["triggerReason"] == "StopAuthorized"
