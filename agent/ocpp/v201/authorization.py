@@ -191,6 +191,11 @@ class Authorizer201:
         return answer
 
     async def _decide(self, id_tag: str) -> AuthDecision:
+        if self._flag("AuthCtrlr", "DisableRemoteAuthorization", False):
+            # No AuthorizeRequest at all: the local list and the cache decide, an id they lack is refused
+            # (AuthCtrlr.DisableRemoteAuthorization, TC_E_52_CS).
+            known = self._local(id_tag) or self._cached(id_tag)
+            return decision(known) if known is not None else AuthDecision(False, "Invalid")
         if self._online():
             if self._flag("AuthCtrlr", "LocalPreAuthorize", False):
                 local = self._local(id_tag)  # the list has precedence over the cache (C14, D01)

@@ -338,3 +338,37 @@ async def test_tc_e_24_e_25_e_17_e_26_cs_ev_side_disconnect(octt: Octt201) -> No
     await agent.tap(TAG)
     ended = await octt.wait_tx_event("Ended", count=3)
     assert ended["transactionInfo"]["transactionId"] == tx and ended["triggerReason"] == "StopAuthorized"
+
+
+async def test_tc_c_38_c_36_c_57_e_52_cs_cache_and_remote_authorization_settings(octt: Octt201) -> None:
+    from agent.authcache import IdTagInfo
+
+    octt.csms.auth_list.update({"C36": "Invalid", "E52": "Accepted"})
+    agent = await octt.start_agent({"AuthCacheCtrlr/Enabled": False})
+    cache = agent.service.features["Transactions"].cache
+    await octt.booted()
+
+    async def set_variable(component: str, variable: str, value: str) -> None:
+        answer = await octt.send("SetVariables", {"setVariableData": [cv(component, variable, attributeValue=value)]})
+        assert answer["setVariableResult"][0]["attributeStatus"] == "Accepted"
+
+    def authorized() -> list[str]:
+        return [m.payload["idToken"]["idToken"] for m in octt.msgs("Authorize")]
+
+    # TC_C_38_CS: the cache disabled -> ClearCache Rejected
+    assert (await octt.send("ClearCache", {}))["status"] == "Rejected"
+    await set_variable("AuthCacheCtrlr", "Enabled", "true")
+    cache.update("C36", IdTagInfo("Accepted"))  # memory state: IdTokenCached
+    cache.update("C57", IdTagInfo("Invalid"))
+    # TC_C_36_CS: LocalPreAuthorize false: a card Accepted in the cache is still authorized online (Invalid now)
+    assert not (await agent.tap("C36")).accepted
+    assert authorized() == ["C36"]
+    # TC_C_57_CS: LocalPreAuthorize and DisablePostAuthorize true: a card cached Invalid is refused, no Authorize
+    await set_variable("AuthCtrlr", "LocalPreAuthorize", "true")
+    await set_variable("AuthCacheCtrlr", "DisablePostAuthorize", "true")
+    assert not (await agent.tap("C57")).accepted
+    # TC_E_52_CS: DisableRemoteAuthorization true: a card unknown locally is refused without an Authorize
+    await set_variable("AuthCtrlr", "DisableRemoteAuthorization", "true")
+    assert not (await agent.tap("E52")).accepted
+    await asyncio.sleep(0.2)
+    assert authorized() == ["C36"] and octt.tx_events() == []
