@@ -14,9 +14,12 @@ the StationPort.
 - An external limit that no longer binds is released: ClearedChargingLimit with chargingLimitSource "EMS"
   (K13.FR.02).
 
-- During a transaction, a charging rate (the EVSE's effective limit) that an external limit set or released
-  and that moved by more than LimitChangeSignificance % is reported with a TransactionEvent Updated,
-  triggerReason ChargingRateChanged (K11.FR.04, K13.FR.03), through the transactions block's durable outbox.
+- During a transaction, a charging rate (the EVSE's effective limit) that an external limit or a CSMS
+  charging profile (binding_limit ``ocpp``: agent/ocpp/v201/smart_charging.py; a new, cleared or replaced
+  profile, or its next period) set or released and that moved by more than LimitChangeSignificance % is
+  reported with a TransactionEvent Updated, triggerReason ChargingRateChanged (K11.FR.04, K13.FR.03; E-block
+  triggerReason "rate of charging changed by more than LimitChangeSignificance"), through the transactions
+  block's durable outbox. This check runs with or without a ``[site]``.
 
 What is reported is the state now, not a history: the latest limit per EVSE waits while the CSMS is not
 reachable (no stale queue in the outbox) and goes out once it is; a CALLERROR or timeout is logged once per
@@ -41,6 +44,7 @@ POLL_S = 1.0
 SOURCE = "EMS"
 SITE_REASONS = frozenset({"site-fuse", "solar", "failsafe"})
 GRID_CRITICAL = frozenset({"site-fuse", "failsafe"})
+RATE_REASONS = SITE_REASONS | {"ocpp"}  # limits whose change of the charging rate is reported (not the cable's)
 DEFAULT_SIGNIFICANCE_PCT = 10.0
 COMPONENT = "SmartChargingCtrlr"
 
@@ -126,16 +130,15 @@ class ExternalLimits:
     # -- the loop ----------------------------------------------------------------------------------
 
     async def run(self) -> None:
-        if not self.enabled:
-            return  # no [site]: nothing external ever limits an EVSE
-        while True:
+        while True:  # without a [site] nothing external limits an EVSE, but CSMS profiles change rates
             await asyncio.sleep(POLL_S)
             self.rate_changes()
-            if self._svc.online:
+            if self.enabled and self._svc.online:
                 await self.report_changes()
 
     def rate_changes(self) -> list[int]:
-        """K11.FR.04 / K13.FR.03: EVSEs whose transaction got a ChargingRateChanged Updated now."""
+        """K11.FR.04 / K13.FR.03 (and a CSMS profile's change): EVSEs whose transaction got a
+        ChargingRateChanged Updated now."""
         transactions = self._svc.features.get("Transactions")
         threshold = self.significance_pct()
         sent: list[int] = []
@@ -145,7 +148,7 @@ class ExternalLimits:
                 self._rates.pop(evse_id, None)
                 continue
             rate = round(view.effective_limit_a, 1)
-            external = external_limit(view.site_limit_a, view.binding_limit) is not None
+            external = view.binding_limit in RATE_REASONS  # set by the site or by a CSMS profile
             last = self._rates.get(evse_id)
             if last is None or last[0] != session.ref:
                 self._rates[evse_id] = (session.ref, rate, external)  # the Started carried this rate

@@ -145,8 +145,14 @@ def test_rate_changes_only_for_a_transaction_an_external_limit_moved_significant
     assert limits.rate_changes() == []
     svc.views[1] = _View(39.0, "connector", 32.0, "s1")  # released: 25.7 -> 32 A (K13.FR.03)
     assert limits.rate_changes() == [1]
-    svc.views[1] = _View(39.0, "ocpp", 16.0, "s1")  # a CSMS limit is not external: no ChargingRateChanged here
+    svc.views[1] = _View(39.0, "ocpp", 16.0, "s1")  # a CSMS profile lowers it: 32 -> 16 A, reported too
+    assert limits.rate_changes() == [1]
+    svc.views[1] = _View(39.0, "ocpp", 15.0, "s1")  # 6 %: not significant
+    assert limits.rate_changes() == []
+    svc.views[1] = _View(39.0, "connector", 32.0, "s1")  # the profile cleared: 16 -> 32 A
+    assert limits.rate_changes() == [1]
+    svc.views[1] = _View(39.0, "cable", 20.0, "s1")  # the cable's own rating is no charging-rate change
     assert limits.rate_changes() == []
     svc.views[1] = _View(20.0, "site-fuse", 20.0, "s2")  # a new session starts from its own rate
     assert limits.rate_changes() == []
-    assert svc.rate_calls == [1, 1]
+    assert svc.rate_calls == [1, 1, 1, 1]

@@ -153,6 +153,9 @@ async def test_tc_k_01_k_02_max_and_tx_profile_limit_what_the_ev_draws(octt: Oct
     assert await composite(octt, evse=0) == [(0, 10.0)]
     await eventually(lambda: 4200 < rig_power(octt) < 5300, 10, "the EV at 7 A (4.8 kW)")
     assert agent.station is not None and agent.station.connectors[1].session is not None  # limited, not stopped
+    # the CSMS's TxProfile moved the rate 10 -> 7 A (> LimitChangeSignificance 10 %): Updated ChargingRateChanged
+    rate = await octt.wait_tx_event("Updated", where=lambda e: e["triggerReason"] == "ChargingRateChanged")
+    assert rate["transactionInfo"]["transactionId"] == tx
 
     answer = await octt.send("GetChargingProfiles", {"requestId": 5, "chargingProfile": {}})
     assert answer["status"] == "Accepted"
