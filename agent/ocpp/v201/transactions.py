@@ -404,7 +404,9 @@ class TxMachine:
         if self.state.transaction_id is None:
             self.state.id_token = None
             return []
-        return self._step(Trigger.RESET_COMMAND, id_token=None, reason=reason, end=True)
+        # The reset opens the power path: an EV still plugged in is EVConnected (TC_B_27_CS)
+        return self._step(Trigger.RESET_COMMAND, id_token=None, reason=reason, end=True,
+                          charging_state=ChargingState.EV_CONNECTED if self.state.ev_connected else None)
 
     def update(self, trigger: Trigger) -> list[TxEvent]:
         """An Updated for the running transaction with nothing changed (meter values, a trigger)."""
@@ -501,8 +503,9 @@ class TxMachine:
                token: IdToken | None = None) -> TxEvent:
         s = self.state
         assert s.transaction_id is not None
-        # A triggered event reports the state even unchanged (OCTT TC_F_13/14_CS validate chargingState).
-        fresh = s.charging_state is not s.reported_state or kind == STARTED or trigger is Trigger.TRIGGER
+        # Required when it changed; a triggered event and the Ended report it even unchanged (allowed; the
+        # OCTT validates it: TC_F_13/14_CS, TC_B_27_CS).
+        fresh = s.charging_state is not s.reported_state or kind in (STARTED, ENDED) or trigger is Trigger.TRIGGER
         state = s.charging_state if fresh else None
         s.reported_state = s.charging_state
         id_token = token

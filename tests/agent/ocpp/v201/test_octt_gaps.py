@@ -9,6 +9,8 @@ import asyncio
 import json
 from typing import Any
 
+import pytest
+
 from tests.agent.ocpp.v201.conftest import TAG, TAG2, Octt201, eventually
 
 
@@ -372,3 +374,32 @@ async def test_tc_c_38_c_36_c_57_e_52_cs_cache_and_remote_authorization_settings
     assert not (await agent.tap("E52")).accepted
     await asyncio.sleep(0.2)
     assert authorized() == ["C36"] and octt.tx_events() == []
+
+
+async def test_tc_b_27_c_32_cs_evse_reset_immediate_then_cache_after_reboot(
+        octt: Octt201, monkeypatch: pytest.MonkeyPatch) -> None:
+    from agent.ocpp.v201 import handlers
+
+    monkeypatch.setattr(handlers, "EVSE_RESET_OFF_S", 0.1)  # the EVSE's out-of-service moment, shortened
+    agent = await octt.start_agent({"AuthCtrlr/LocalPreAuthorize": True})
+    await octt.booted()
+    await octt.plugged()
+    assert (await agent.tap(TAG)).accepted  # online: Authorize Accepted -> cached
+    assert [m.payload["idToken"]["idToken"] for m in octt.msgs("Authorize")] == [TAG]
+    started = await octt.wait_tx_event("Started")
+    # TC_B_27_CS: Reset Immediate of the EVSE with a transaction -> Accepted; Ended ResetCommand /
+    # ImmediateReset, chargingState EVConnected (the EV is still plugged in); the station does not restart
+    assert (await octt.send("Reset", {"type": "Immediate", "evseId": 1}))["status"] == "Accepted"
+    ended = await octt.wait_tx_event("Ended")
+    assert ended["transactionInfo"]["transactionId"] == started["transactionInfo"]["transactionId"]
+    assert (ended["triggerReason"], ended["transactionInfo"]["stoppedReason"]) == ("ResetCommand", "ImmediateReset")
+    assert ended["transactionInfo"]["chargingState"] == "EVConnected"
+    assert not agent.service.restart_requested.is_set()
+    # TC_C_32_CS: the cache survives a reboot: after the restart the cached card starts a transaction at once
+    # (LocalPreAuthorize, no AuthorizeRequest), triggerReason Authorized
+    agent = await octt.restart_agent()
+    await octt.wait("BootNotification", count=2, within=10)
+    assert (await agent.tap(TAG)).accepted
+    second = await octt.wait_tx_event("Started", count=2)
+    assert second["triggerReason"] == "Authorized" and second["idToken"]["idToken"] == TAG
+    assert len(octt.msgs("Authorize")) == 1
