@@ -27,10 +27,11 @@ from agent.events import (
     StopReason,
 )
 from agent.faults import info as fault_info
+from agent.operator_messages import MAX_OPERATOR_MESSAGES, compose_screen
 from agent.phase_switch import PhaseSwitcher
 from agent.redact import mask
 from agent.sessions import Session, SessionStore
-from agent.station_api import ConnectorReservation, ConnectorSettings, ConnectorView, EnergyHold
+from agent.station_api import ConnectorReservation, ConnectorSettings, ConnectorView, EnergyHold, OperatorMessage
 from hal import (
     ConnectorLock,
     ControlPilot,
@@ -134,6 +135,7 @@ class Connector:
         self.used_reservation: tuple[str, ConnectorReservation] | None = None  # (session ref, what it used)
         # Extra (key, text) lines for the display, e.g. ("price", ...), ("cost", ...), set by a pricing feature.
         self.display_extra: tuple[tuple[str, str], ...] = ()
+        self.operator_messages: tuple[OperatorMessage, ...] = ()  # from the network side (agent/operator_messages.py)
         # Signed meter readings in progress: (session ref, "start"|"stop") -> task returning the record or None.
         self._signing: dict[tuple[str, str], asyncio.Task[str | None]] = {}
 
@@ -285,6 +287,11 @@ class Connector:
     def admits(self, id_tag: str, parent_id_tag: str | None = None) -> bool:
         """May this idTag start here (no reservation, or one that admits it)?"""
         return self.reservation is None or self.reservation.admits(id_tag, parent_id_tag)
+
+    def set_operator_messages(self, messages: tuple[OperatorMessage, ...]) -> None:
+        """Operator messages for the display (bounded); what is shown is decided at every screen."""
+        self.operator_messages = tuple(messages[:MAX_OPERATOR_MESSAGES])
+        self._refresh_display()
 
     def set_display_extra(self, extra: tuple[tuple[str, str], ...]) -> None:
         """Extra lines for the display (e.g. price and cost); shown at once and with every later screen."""
@@ -568,6 +575,7 @@ class Connector:
             screen = Screen(self.id, ScreenState.IDLE, message="Tap card or plug in")
         if self.display_extra:
             screen = dataclasses.replace(screen, extra=self.display_extra)
+        screen = compose_screen(screen, self.operator_messages)
         try:
             self.display.show(screen)
         except Exception:  # a display must never take the connector down

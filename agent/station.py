@@ -33,6 +33,7 @@ from agent.station_api import (
     ConnectorView,
     EnergyHold,
     NetworkDiagnostics,
+    OperatorMessage,
     SharedResources,
     StationFacts,
     StopReason,
@@ -165,6 +166,9 @@ class Station:
 
     def set_display_extra(self, connector_id: int, extra: tuple[tuple[str, str], ...]) -> None:
         self.connectors[connector_id].set_display_extra(extra)
+
+    def set_operator_messages(self, connector_id: int, messages: tuple[OperatorMessage, ...]) -> None:
+        self.connectors[connector_id].set_operator_messages(messages)
 
     def configure_connector(self, connector_id: int, settings: ConnectorSettings) -> None:
         self.connectors[connector_id].configure(settings)

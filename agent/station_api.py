@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from agent.authorize import AuthDecision
 from agent.events import ConnectorStatus, EventListener, StopReason
 from agent.sessions import Session, SessionStore
-from hal.types import CpState, Fault, MeterSample
+from hal.types import CpState, Fault, MeterSample, ScreenState
 
 if TYPE_CHECKING:
     from agent.eventlog import EventLog
@@ -93,6 +93,26 @@ class ConnectorReservation:
             and parent_id_tag is not None
             and parent_id_tag.upper() == self.parent_id_tag.upper()
         )
+
+
+class MessagePriority(StrEnum):
+    """How an operator message competes with the station's own guidance (OCPP 2.0.1 MessagePriorityEnumType)."""
+
+    ALWAYS_FRONT = "always_front"  # in place of the station's guidance text (never of a fault screen)
+    IN_FRONT = "in_front"  # before every normal message
+    NORMAL = "normal"
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorMessage:
+    """A message from the operator for a connector's display. The control side decides what is shown: the
+    most urgent message whose ``states`` admit the current screen (empty: any screen); a fault screen keeps
+    its fault text and code and only gains the message as an extra line."""
+
+    ref: int  # the message's identifier where it came from (e.g. OCPP MessageInfo.id)
+    text: str
+    priority: MessagePriority = MessagePriority.NORMAL
+    states: tuple[ScreenState, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +286,11 @@ class StationPort(Protocol):
 
     def set_display_extra(self, connector_id: int, extra: tuple[tuple[str, str], ...]) -> None:
         """Extra (key, text) lines for the connector's display, e.g. price and cost."""
+        ...
+
+    def set_operator_messages(self, connector_id: int, messages: tuple[OperatorMessage, ...]) -> None:
+        """The operator messages for the connector's display now (replacing the earlier ones; most urgent
+        first). The control side picks what is shown; a fault screen is never hidden."""
         ...
 
     def configure_connector(self, connector_id: int, settings: ConnectorSettings) -> None: ...

@@ -40,6 +40,8 @@ from agent.station_api import (
     ConnectorSettings,
     ConnectorView,
     EnergyHold,
+    MessagePriority,
+    OperatorMessage,
     StationFacts,
     TaskView,
 )
@@ -72,9 +74,10 @@ _DATACLASSES: tuple[type[Any], ...] = (
     ConnectorView, StationFacts, TaskView, ConnectorSettings, ConnectorReservation, Session, AuthDecision,
     StatusChanged, SessionStarted, SessionStopped, MeterUpdate, TokenPresented,
     MeterSample, PilotStateChanged, ProximityChanged, RelayFeedback, LockFeedback, FaultFlagsChanged,
-    DeviceFaultChanged, IdToken, DeviceFault, Screen,
+    DeviceFaultChanged, IdToken, DeviceFault, Screen, OperatorMessage,
 )
-_ENUMS: tuple[type[Enum], ...] = (ConnectorStatus, StopReason, EnergyHold, CpState, Fault, Role, ScreenState)
+_ENUMS: tuple[type[Enum], ...] = (ConnectorStatus, StopReason, EnergyHold, CpState, Fault, Role, ScreenState,
+                                  MessagePriority)
 
 # The allow-list: the only dataclasses a peer can make the receiver build, by name.
 REGISTRY: Mapping[str, type[Any]] = {cls.__name__: cls for cls in _DATACLASSES}

@@ -39,6 +39,7 @@ REGISTER_AUTHORITY = "register_authority"
 _COMMAND_NAMES = (
     "begin_authorized", "stop_session", "set_current_limit", "set_available", "set_maintenance", "unlock",
     "hold_energy", "release_energy", "set_reservation", "set_display_extra", "configure_connector",
+    "set_operator_messages",
     "signed_reading", "manual_relay", "manual_pwm", "clear_faults",
 )
 

@@ -61,6 +61,7 @@ from agent.station_api import (
     ConnectorView,
     EnergyHold,
     NetworkDiagnostics,
+    OperatorMessage,
     SharedResources,
     StationFacts,
     TaskView,
@@ -463,6 +464,11 @@ class StationProxy:
         self._mirror(connector_id)
         self._send("set_display_extra", connector_id=connector_id, extra=extra)
         self._replay[("set_display_extra", connector_id)] = {"connector_id": connector_id, "extra": extra}
+
+    def set_operator_messages(self, connector_id: int, messages: tuple[OperatorMessage, ...]) -> None:
+        self._mirror(connector_id)
+        self._send("set_operator_messages", connector_id=connector_id, messages=messages)
+        self._replay[("set_operator_messages", connector_id)] = {"connector_id": connector_id, "messages": messages}
 
     def configure_connector(self, connector_id: int, settings: ConnectorSettings) -> None:
         self._mirror(connector_id)

@@ -112,6 +112,8 @@ def layout(screen: Screen, last_duration_s: float = 0.0) -> tuple[int, list[str]
             f"Support: {screen.support_contact}" if screen.support_contact else "",
             "",
         ]
+    if extra.get("message"):  # an operator message on the page's free line (never over a fault's text)
+        lines[5 if state in (ScreenState.FAULT, ScreenState.UNAVAILABLE) else 4] = extra["message"]
     return PAGES[state], lines
 
 

@@ -39,6 +39,8 @@ from agent.station_api import (
     ConnectorSettings,
     ConnectorView,
     EnergyHold,
+    MessagePriority,
+    OperatorMessage,
     StationFacts,
     TaskView,
 )
@@ -83,6 +85,8 @@ VALUES: list[tuple[Any, Any]] = [
     (RESERVATION, ConnectorReservation),
     (ConnectorReservation(1, "A"), ConnectorReservation | None),
     (None, ConnectorReservation | None),
+    (OperatorMessage(7, "Free parking", MessagePriority.IN_FRONT, (ScreenState.IDLE, ScreenState.FAULT)),
+     OperatorMessage),
     (SESSION, Session),
     (STOPPED, Session | None),
     (SAMPLE, MeterSample),

@@ -36,7 +36,7 @@ from agent.ipc.control_server import ControlServer
 from agent.ipc.protocol import StationUnavailable
 from agent.ipc.station_proxy import LINK_TASK, StationProxy
 from agent.sessions import Session
-from agent.station_api import ConnectorReservation, ConnectorSettings, EnergyHold, StationPort
+from agent.station_api import ConnectorReservation, ConnectorSettings, EnergyHold, OperatorMessage, StationPort
 from hal.types import Fault
 from tests.integration.conftest import Bench, start_bench, stop_bench
 
@@ -545,6 +545,7 @@ def _random_frame(rng: random.Random) -> bytes:
             ConnectorReservation | None: [None, ConnectorReservation(3, "ABC")],
             ConnectorSettings: [ConnectorSettings(), ConnectorSettings(0.2, False, False)],
             tuple[tuple[str, str], ...]: [(), (("price", "1"),)],
+            tuple[OperatorMessage, ...]: [(), (OperatorMessage(1, "hello"),)],
         }
         name = rng.choice(sorted(COMMANDS))
         call_args = {p: encode(rng.choice(samples[tp])) for p, tp in COMMANDS[name].params.items()}
