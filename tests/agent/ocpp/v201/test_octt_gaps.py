@@ -101,6 +101,7 @@ async def test_tc_e_04_c_04_c_42_f_14_g_17_j_03_cs_card_first_then_other_cards_t
         octt: Octt201) -> None:
     octt.csms.id_token_infos.update({TAG: {"status": "Accepted", "groupIdToken": FLEET},
                                      "STOLEN": {"status": "Invalid", "groupIdToken": FLEET}})
+    octt.rig.connectors[1].plant.ev.pwm_reaction_s = 0.2  # a quick EV: S2 closed 0.2 s after the PWM
     agent = await octt.start_agent({"AlignedDataCtrlr/TxEndedInterval": 1})
     await octt.booted()
     # TC_E_04_CS: authorization first (Authorized local), then the cable (EnergyTransferStarted)
@@ -144,6 +145,7 @@ async def test_tc_e_04_c_04_c_42_f_14_g_17_j_03_cs_card_first_then_other_cards_t
 
 async def test_tc_e_13_f_04_f_02_f_03_cs_remote_start_first(octt: Octt201) -> None:
     central = {"idToken": TAG2, "type": "Central"}
+    octt.rig.connectors[1].plant.ev.pwm_reaction_s = 0.2  # a quick EV: S2 closed 0.2 s after the PWM
     agent = await octt.start_agent({"TxCtrlr/TxStartPoint": "Authorized", "TxCtrlr/EVConnectionTimeOut": 1})
     await octt.booted()
     # TC_E_13_CS: TxStartPoint Authorized, remote start: Authorize (AuthorizeRemoteStart true), then Started
@@ -191,6 +193,7 @@ async def test_tc_e_51_e_29_e_33_e_50_e_31_cs_transaction_event_retries_and_stat
         return json.dumps([4, unique_id, "InternalError", "refused by the test", {}])
 
     octt.csms.hostile_reply = hostile
+    octt.rig.connectors[1].plant.ev.pwm_reaction_s = 0.2  # a quick EV: S2 closed 0.2 s after the PWM
     agent = await octt.start_agent({"OCPPCommCtrlr/MessageAttempts.TransactionEvent": 3,
                                     "OCPPCommCtrlr/MessageAttemptInterval.TransactionEvent": 1})
     await octt.booted()
