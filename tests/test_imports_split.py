@@ -10,6 +10,8 @@ the bundled CSMS, each process writing its sys.modules as it stops (CPAGENT_DUMP
 
 from __future__ import annotations
 
+import asyncio
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -55,8 +57,14 @@ async def test_each_process_of_cpagent_run_imports_only_its_side(tmp_path: Path,
         world.agent.start()
         await world.csms.wait_for(CP, "BootNotification", within=30)
         await world.csms.wait_for(CP, "StatusNotification", within=30)
+        # SIGTERM: each process writes its modules as it stops. Waited for off the event loop, so that the
+        # rig and the CSMS in it keep answering while the agent says goodbye.
+        assert world.agent.proc is not None
+        world.agent.proc.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(world.agent.proc.wait, 30) == 0
+        world.agent.proc = None
     finally:
-        await close_world(world)  # SIGTERM: each process writes its modules as it stops
+        await close_world(world)
     modules = {role: (dumps / f"{role}.modules").read_text().split() for role in ("supervisor", "control", "network")}
     assert "agent.station" in modules["control"] and "agent.ocpp.v16.service" in modules["network"]
     assert offenders(modules["supervisor"], SUPERVISOR_NEVER) == []
