@@ -6,9 +6,13 @@ installer run and the pending-outcome record (agent/ocpp/v16/firmware.py) and th
 
 UpdateFirmware: the signing certificate must chain to an installed ManufacturerRootCertificate
 (InvalidCertificate + security event InvalidFirmwareSigningCertificate otherwise); a running update is
-cancelled by a new one (AcceptedCanceled). FirmwareStatusNotification: [DownloadScheduled] Downloading,
-Downloaded | DownloadFailed, SignatureVerified | InvalidSignature (+ InvalidFirmwareSignature event),
-[InstallScheduled] (after running transactions end) Installing, InstallRebooting, then after the restart
+cancelled by a new one (AcceptedCanceled, L01.FR.24: while DownloadScheduled, Downloading, ... or
+InstallScheduled; the cancelled one gets no further status, FirmwareStatusEnumType has no "cancelled", the
+AcceptedCanceled answer is its end), except while its installer runs (Installing, InstallRebooting): that
+cannot be cancelled safely, the new one is Rejected (L01.FR.27).
+FirmwareStatusNotification: [DownloadScheduled] Downloading, Downloaded | DownloadFailed, SignatureVerified |
+InvalidSignature (+ InvalidFirmwareSignature event), [InstallScheduled] (after running transactions end)
+Installing, InstallRebooting, then after the restart
 (BootNotification reason FirmwareUpdate) Installed + security event FirmwareUpdated; InstallationFailed /
 InstallVerificationFailed when it goes wrong. Status notifications are sent when online (not queued), the
 outcome after the restart until delivered.
@@ -151,6 +155,10 @@ class FirmwareManagement:
                 self._svc.security_event("InvalidFirmwareSigningCertificate", problem)
                 return {"status": "InvalidCertificate"}
         busy = self._update is not None and not self._update.done()
+        if busy and self.firmware_status in ("Installing", "InstallRebooting"):
+            log.warning("UpdateFirmware %d rejected: firmware %s is being installed (cannot be cancelled)",
+                        request_id, self.firmware_request_id)
+            return {"status": "Rejected", "statusInfo": {"reasonCode": "InstallInProgress"}}
         self._accepted_updates[request_id] = firmware
         return {"status": "AcceptedCanceled" if busy else "Accepted"}
 
@@ -199,7 +207,8 @@ class FirmwareManagement:
             await self._status("InstallScheduled")
             await asyncio.sleep(max(0.0, install_wall - self._svc.wall()))
         if any(c.session is not None for c in self._svc.station.connector_views().values()):
-            await self._status("InstallScheduled")  # L01.FR.xx: after the running transactions
+            if self.firmware_status != "InstallScheduled":
+                await self._status("InstallScheduled")  # after the running transactions
             await wait_until_no_transaction(self._svc.station)
         try:
             unchanged = await asyncio.to_thread(file_digest, file) == digest
