@@ -406,3 +406,40 @@ async def test_tc_b_27_c_32_cs_evse_reset_immediate_then_cache_after_reboot(
     second = await octt.wait_tx_event("Started", count=2)
     assert second["triggerReason"] == "Authorized" and second["idToken"]["idToken"] == TAG
     assert len(octt.msgs("Authorize")) == 1
+
+
+async def test_tc_e_45_c_16_cs_offline_group_stop_then_offline_start_refused_on_reconnect(octt: Octt201) -> None:
+    from agent.authcache import IdTagInfo
+
+    octt.csms.id_token_infos.update({TAG: {"status": "Accepted", "groupIdToken": FLEET},
+                                     "C16": {"status": "Invalid"}})
+    octt.rig.connectors[1].plant.ev.pwm_reaction_s = 0.2  # a quick EV: S2 closed 0.2 s after the PWM
+    agent = await octt.start_agent({"AuthCtrlr/LocalPreAuthorize": True, "TxCtrlr/StopTxOnInvalidId": True})
+    cache = agent.service.features["Transactions"].cache
+    # Memory state: TAG2 cached with the group of TAG (E_45), C16 cached Accepted (C_16)
+    cache.update(TAG2, IdTagInfo("Accepted", None, "FLEET"))
+    cache.update("C16", IdTagInfo("Accepted"))
+    await octt.booted()
+    first = await octt.charging(TAG)
+    tx1 = first["transactionInfo"]["transactionId"]
+    await eventually(lambda: agent.service.outbox.queued_for(tx1) == 0, what="online events acknowledged")
+    online = len(octt.tx_events())
+    await octt.csms.outage(2.0)
+    await eventually(lambda: not agent.service.online, what="offline")
+    # TC_E_45_CS: offline, another card of the same group (known from the cache) stops it; the EV leaves
+    assert (await agent.tap(TAG2)).accepted
+    octt.ctl("unplug", connector=1)
+    # TC_C_16_CS: offline, a cached Accepted card starts a transaction ...
+    await octt.plugged()
+    assert (await agent.tap("C16")).accepted
+    ended = await octt.wait_tx_event("Ended", within=15)  # delivered after the reconnect, offline true
+    assert ended["transactionInfo"]["transactionId"] == tx1 and ended["triggerReason"] == "StopAuthorized"
+    assert ended["idToken"]["idToken"] == TAG2 and ended["offline"] is True
+    assert all(p.get("offline") is True for p in octt.tx_events()[online:] if p["timestamp"] <= ended["timestamp"])
+    # ... the CSMS answers its Started with Invalid -> Deauthorized (StopTxOnInvalidId true)
+    started = await octt.wait_tx_event("Started", count=2, within=10)
+    assert started["idToken"]["idToken"] == "C16" and started["offline"] is True
+    deauthorized = await octt.wait_tx_event("Ended", count=2, within=10)
+    assert deauthorized["transactionInfo"]["transactionId"] == started["transactionInfo"]["transactionId"]
+    assert deauthorized["triggerReason"] == "Deauthorized"
+    assert deauthorized["transactionInfo"]["stoppedReason"] == "DeAuthorized"
