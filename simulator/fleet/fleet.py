@@ -186,6 +186,7 @@ class Fleet:
         self._template = self.dir / ".template" / "state.db"
         self._server: asyncio.AbstractServer | None = None
         self.all_booted_s: float | None = None
+        self.failed: list[str] = []  # stations that could not be built (logged)
         self.ramp_done_s: float | None = None
 
     # ----------------------------------------------------------------- persistence of the EVs' world
@@ -312,6 +313,7 @@ class Fleet:
                 self._start_station(index, cp_id, base, factories, saved.get(cp_id, {}))
             except Exception as exc:  # one station that cannot start is reported; the others go on
                 log.error("%s: cannot start: %s", cp_id, exc)
+                self.failed.append(cp_id)
             next_at += interval
             delay = next_at - time.monotonic()
             if delay > 0:
@@ -451,16 +453,14 @@ class Fleet:
             await self._persist_once()
 
     async def _boot_watch(self) -> None:
-        waiting = dict(self.stations)
         expected = len(station_ids(self.options.id_prefix, self.options.stations, self.options.shard))
         while True:
             await asyncio.sleep(0.1)
-            for cp_id, fs in list(self.stations.items()):
+            for fs in list(self.stations.values()):
                 if fs.booted_at is None and fs.booted():
                     fs.booted_at = time.monotonic() - self._started
-                    waiting.pop(cp_id, None)
                     self._booted(fs)
-            if self.all_booted_s is None and len(self.stations) == expected and all(
+            if self.all_booted_s is None and len(self.stations) + len(self.failed) == expected and all(
                     fs.booted_at is not None for fs in self.stations.values()):
                 self.all_booted_s = max(fs.booted_at or 0.0 for fs in self.stations.values())
                 # The stations' objects live as long as the fleet: out of the collector's way, so that a full
@@ -576,7 +576,8 @@ class Fleet:
 
     def report(self) -> dict[str, Any]:
         return {
-            "fleet": {"stations": len(self.stations), "shard": f"{self.options.shard[0]}/{self.options.shard[1]}",
+            "fleet": {"stations": len(self.stations), "failed_to_start": len(self.failed),
+                      "shard": f"{self.options.shard[0]}/{self.options.shard[1]}",
                       "ocpp": self.options.ocpp, "all_booted_s": self.all_booted_s,
                       "ramp_done_s": self.ramp_done_s, "run_s": round(time.monotonic() - self._started, 1)},
             **self.metrics.snapshot(),
