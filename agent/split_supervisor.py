@@ -4,7 +4,7 @@ and speaks sd_notify for both.
 
 It imports almost nothing on purpose (no asyncio and with it no ssl, no sqlite3, no configuration parser, no
 hal/: tests/test_imports_split.py checks): it is a third Python process for the whole life of the agent,
-and each module it does not import is memory it does not hold (~13 MB resident instead of ~24 MB with an
+and each module it does not import is memory it does not hold (~15 MB resident instead of ~24 MB with an
 asyncio loop). It never parses the configuration: each side does, and the network side reports a
 configuration error (or a failed pre-flight check) as its verdict, which is printed here once.
 """
