@@ -443,3 +443,31 @@ async def test_tc_e_45_c_16_cs_offline_group_stop_then_offline_start_refused_on_
     assert deauthorized["transactionInfo"]["transactionId"] == started["transactionInfo"]["transactionId"]
     assert deauthorized["triggerReason"] == "Deauthorized"
     assert deauthorized["transactionInfo"]["stoppedReason"] == "DeAuthorized"
+
+
+async def test_tc_e_22_j_08_cs_energy_transfer_stopped_by_the_ev_and_begin_values_once_the_evse_is_known(
+        octt: Octt201) -> None:
+    octt.rig.connectors[1].plant.ev.pwm_reaction_s = 0.2  # a quick EV: S2 closed 0.2 s after the PWM
+    agent = await octt.start_agent({"TxCtrlr/TxStartPoint": "Authorized", "TxCtrlr/TxStopPoint": "EnergyTransfer"})
+    await octt.booted()
+    # TC_J_08_CS: TxStartPoint Authorized, the card shown before the cable (no EVSE chosen) -> Started. On this
+    # one-EVSE station the EVSE is known at once, so the Started itself names it and carries the
+    # Transaction.Begin values (Part 6 expects them in the Updated that first names the EVSE)
+    assert (await agent.tap(TAG, None)).accepted
+    started = await octt.wait_tx_event("Started")
+    tx = started["transactionInfo"]["transactionId"]
+    assert started["evse"]["id"] == 1
+    assert started["meterValue"][0]["sampledValue"][0]["context"] == "Transaction.Begin"
+    await octt.plugged()
+    await octt.wait_charging_state("Charging")
+    # TC_E_22_CS: TxStopPoint EnergyTransfer, the EV suspends -> the transaction ends, StoppedByEV. Part 6
+    # pairs an Ended with chargingState EVConnected; the spec's SuspendedEV ("the EVSE is offering energy but
+    # the EV is not taking any") is what holds here (the PWM stays on), so it is accepted too: spec followed.
+    octt.ctl("ev", connector=1, action="pause")
+    ended = await octt.wait_tx_event("Ended")
+    assert ended["transactionInfo"]["transactionId"] == tx
+    assert ended["triggerReason"] == "ChargingStateChanged"
+    assert ended["transactionInfo"]["chargingState"] in ("EVConnected", "SuspendedEV")
+    assert ended["transactionInfo"]["stoppedReason"] == "StoppedByEV"
+    if ended["transactionInfo"]["chargingState"] == "SuspendedEV":
+        assert agent.station is not None and (agent.station.connector_view(1).duty_percent or 0) > 0
