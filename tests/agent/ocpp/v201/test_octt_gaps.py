@@ -471,3 +471,46 @@ async def test_tc_e_22_j_08_cs_energy_transfer_stopped_by_the_ev_and_begin_value
     assert ended["transactionInfo"]["stoppedReason"] == "StoppedByEV"
     if ended["transactionInfo"]["chargingState"] == "SuspendedEV":
         assert agent.station is not None and (agent.station.connector_view(1).duty_percent or 0) > 0
+
+
+async def test_tc_p_03_n_31_n_32_a_15_cs_custom_data_customer_information_and_sign_certificate_rejected(
+        octt: Octt201) -> None:
+    from agent.ocpp.v201.customer_information import NO_DATA
+
+    octt.csms.sign_certificate_status = "Rejected"
+    await octt.start_agent()
+    await octt.booted()
+    # TC_P_03_CS: requests with customData (vendor extension fields) are handled as without it
+    custom = {"vendorId": "org.openchargealliance.octt", "note": "ignore me"}
+    answer = await octt.send("SetVariables", {"customData": custom, "setVariableData": [
+        {**cv("OCPPCommCtrlr", "OfflineThreshold", attributeValue="200", attributeType="Actual"),
+         "customData": custom}]})
+    assert answer["setVariableResult"][0]["attributeStatus"] == "Accepted"
+    answer = await octt.send("GetVariables", {"customData": custom, "getVariableData": [
+        cv("OCPPCommCtrlr", "OfflineThreshold", attributeType="Actual")]})
+    result = answer["getVariableResult"][0]
+    assert (result["attributeStatus"], result.get("attributeType", "Actual"), result["attributeValue"]) == (
+        "Accepted", "Actual", "200")
+
+    def notes(request_id: int) -> list[dict[str, Any]]:
+        return [m.payload for m in octt.msgs("NotifyCustomerInformation") if m.payload["requestId"] == request_id]
+
+    stranger = {"idToken": "NEVERSEEN", "type": "ISO14443"}
+    # TC_N_31_CS: clear and report for an idToken we hold nothing of -> Accepted, "no data"
+    answer = await octt.send("CustomerInformation", {"requestId": 31, "report": True, "clear": True,
+                                                     "idToken": stranger})
+    assert answer["status"] == "Accepted"
+    await eventually(lambda: notes(31), what="NotifyCustomerInformation 31")
+    assert notes(31)[0]["data"] == NO_DATA and notes(31)[0]["tbc"] is False
+    # TC_N_32_CS: clear without report -> Accepted, a message that the data is cleared
+    answer = await octt.send("CustomerInformation", {"requestId": 32, "report": False, "clear": True,
+                                                     "idToken": {"idToken": TAG, "type": "ISO14443"}})
+    assert answer["status"] == "Accepted"
+    await eventually(lambda: notes(32), what="NotifyCustomerInformation 32")
+    assert notes(32)[0]["data"] == "Cleared"
+    # TC_A_15_CS: TriggerMessage SignChargingStationCertificate -> Accepted, SignCertificate; the CSMS
+    # rejects it: nothing breaks, the station goes on answering
+    answer = await octt.send("TriggerMessage", {"requestedMessage": "SignChargingStationCertificate"})
+    assert answer["status"] == "Accepted"
+    await octt.wait("SignCertificate")
+    assert (await octt.send("GetTransactionStatus", {}))["messagesInQueue"] is False
