@@ -2,12 +2,13 @@
 the driver who keeps tapping a card, the technician who clears latched faults) plus the OCPP 1.6J service
 as `cpagent run` starts it (logging set up the same way, to stderr, which the bench discards), connected
 to the hostile CSMS. It also samples its own event-loop lag (a 10 ms sleep's overshoot) and, on SIGTERM,
-writes the lag figures as JSON to the file named by its third argument."""
+writes the lag figures (and the CPU seconds each side used) as JSON to the file named by its third argument."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import statistics
 import subprocess
@@ -45,6 +46,15 @@ def lag_figures(lags: list[float]) -> dict[str, object]:
             "agent_loop_lag_samples": len(ordered)}
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), in seconds."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 async def main(config_path: Path, tag: str, split: bool) -> dict[str, object]:
     """``split``: as `cpagent run` runs it, the OCPP side in its own process (`cpagent network`) on the
     station socket this process serves; else both in this process and event loop (`--single-process`)."""
@@ -71,10 +81,14 @@ async def main(config_path: Path, tag: str, split: bool) -> dict[str, object]:
             elif c.controller.state is ChargeState.FAULT:
                 c.controller.clear_faults()
         await asyncio.sleep(0.05)
+    network_cpu = None if network is None else cpu_seconds(network.pid)
     if network is not None:
         network.terminate()
         network.wait(10)
     figures = lag_figures(lags)
+    figures["control_cpu_s"] = round(time.process_time(), 2)
+    if network_cpu is not None:
+        figures["network_cpu_s"] = network_cpu
     figures["agent_processes"] = 2 if split else 1
     for t in tasks:
         if t.done() and not t.cancelled() and t.exception() is not None:

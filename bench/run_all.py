@@ -1,6 +1,6 @@
 """`make bench`: run every benchmark in bench/, collect their JSON into bench/results.json and a table
 in the README (between the BENCH markers), with the machine described. Some scripts also run in other
-modes (MODES: safety_latency.py and safety_latency.py --hostile; boot_time, outbox_replay and footprint with
+modes (MODES: safety_latency.py and safety_latency.py --hostile [--ocpp 2.0.1]; boot_time, outbox_replay and footprint with
 --ocpp 2.0.1 beside 1.6); those are shown side by side.
 
 ``--only NAME ...`` runs just those benchmarks (all their modes) and merges them into the existing
@@ -24,7 +24,9 @@ BEGIN, END = "<!-- BENCH:BEGIN -->", "<!-- BENCH:END -->"
 # script -> (result name, extra arguments) of each run; scripts not listed run once without arguments.
 MODES: dict[str, list[tuple[str, list[str]]]] = {
     "safety_latency.py": [("safety_latency", []), ("safety_latency_hostile", ["--hostile"]),
-                          ("safety_latency_hostile_single", ["--hostile", "--single-process"])],
+                          ("safety_latency_hostile_single", ["--hostile", "--single-process"]),
+                          # issue 14: a 2.0.1 CSMS asking for the largest composite schedules and reports
+                          ("safety_latency_hostile_201", ["--hostile", "--ocpp", "2.0.1"])],
     # issue 13: the same figures with the agent speaking OCPP 2.0.1 (`--ocpp 2.0.1`), beside 1.6.
     **{f"{stem}.py": [(stem, []), (f"{stem}_201", ["--ocpp", "2.0.1"])]
        for stem in ("boot_time", "outbox_replay", "footprint")},
@@ -32,7 +34,8 @@ MODES: dict[str, list[tuple[str, list[str]]]] = {
 }
 # Result names shown in one table, one column each, instead of in the main table.
 SIDE_BY_SIDE = {"safety_latency": {"safety_latency": "default", "safety_latency_hostile": "--hostile",
-                                    "safety_latency_hostile_single": "--hostile --single-process"},
+                                    "safety_latency_hostile_single": "--hostile --single-process",
+                                    "safety_latency_hostile_201": "--hostile --ocpp 2.0.1"},
                 **{stem: {stem: "OCPP 1.6", f"{stem}_201": "OCPP 2.0.1"}
                    for stem in ("boot_time", "outbox_replay", "footprint", "send_path")}}
 

@@ -14,6 +14,10 @@ open within 5 s is counted (relay_open_timeouts) and its sample is the time wait
 at HOSTILE_DEADLINE_S (completed: false then) so that the run stays under 6 minutes.
 ``--events N`` overrides LATENCY_EVENTS (for trying it out); HOSTILE_LANES=triggers,frames,... runs only
 those parts of the hostile load (composite, frames, triggers, local_list, diagnostics; empty: none).
+``--hostile --ocpp 2.0.1`` (issue 14): the agent speaks OCPP 2.0.1 to bench/_hostile_csms201.py, which
+installs the most charging profiles the agent allows and asks back to back for the largest
+GetCompositeSchedule, GetChargingProfiles (-> ReportChargingProfiles) and GetBaseReport FullInventory
+(-> NotifyReport); their times are in the same JSON (lanes composite, profiles, base_report).
 """
 
 from __future__ import annotations
@@ -204,7 +208,7 @@ async def play_hostile(board: BoardPlayer, count: int, offset: int, stalls: list
                 board.trip_t0 = None
 
 
-async def run(hostile: bool = False, single_process: bool = False) -> dict[str, object]:
+async def run(hostile: bool = False, single_process: bool = False, ocpp: str = "1.6") -> dict[str, object]:
     loop = asyncio.get_running_loop()
     boards = [BoardPlayer(n) for n in range(1, CONNECTORS + 1)]
     meters = [MeterEmulator(Plant(), transport="tcp") for _ in boards]
@@ -225,12 +229,14 @@ async def run(hostile: bool = False, single_process: bool = False) -> dict[str, 
         agent_cmd = [sys.executable, str(Path(__file__).with_name("_latency_agent.py")), str(config), TAG]
         if hostile:
             csms = subprocess.Popen(  # noqa: ASYNC220 - started once, outside the measured path
-                [sys.executable, str(Path(__file__).with_name("_hostile_csms.py")), TAG, tmp],
+                [sys.executable, str(Path(__file__).with_name(
+                    "_hostile_csms201.py" if ocpp == "2.0.1" else "_hostile_csms.py")), TAG, tmp],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             )
             assert csms.stdout is not None
             port = json.loads(await asyncio.to_thread(csms.stdout.readline))["port"]
-            lines += ["[ocpp]", f'endpoint = "ws://127.0.0.1:{port}"', "reconnect_cap_s = 2", ""]
+            lines += ["[ocpp]", f'endpoint = "ws://127.0.0.1:{port}"', "reconnect_cap_s = 2",
+                      *([f'version = "{ocpp}"'] if ocpp == "2.0.1" else []), ""]
             agent_cmd = [sys.executable, str(Path(__file__).with_name("_hostile_agent.py")), str(config), TAG,
                          str(Path(tmp) / "lag.json"), *(["--single-process"] if single_process else [])]
         config.write_text("\n".join(lines))
@@ -283,7 +289,8 @@ async def run(hostile: bool = False, single_process: bool = False) -> dict[str, 
     samples = [s for b in boards for s in b.samples]
     result = summarize(samples, elapsed, sum(m.requests_served for m in meters))
     if hostile:
-        result = {"mode": "hostile", **result, "completed": completed, "sessions_not_started": len(stalls),
+        mode = "hostile" if ocpp != "2.0.1" else "hostile-201"
+        result = {"mode": mode, **result, "completed": completed, "sessions_not_started": len(stalls),
                   "relay_open_timeouts": len(timeouts), **extra}
     return result
 
@@ -328,9 +335,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--hostile", action="store_true", help="a hostile CSMS keeps the network side busy")
     parser.add_argument("--events", type=int, help=f"number of events (default LATENCY_EVENTS or {EVENTS})")
+    parser.add_argument("--ocpp", choices=("1.6", "2.0.1"), default="1.6",
+                        help="with --hostile: the protocol of the agent and the hostile CSMS")
     parser.add_argument("--single-process", action="store_true",
                         help="with --hostile: the OCPP side in the control side's process and loop (the old design)")
     args = parser.parse_args()
     if args.events:
         EVENTS = args.events
-    print(json.dumps(asyncio.run(run(hostile=args.hostile, single_process=args.single_process))))
+    print(json.dumps(asyncio.run(run(hostile=args.hostile, single_process=args.single_process, ocpp=args.ocpp))))
