@@ -1,7 +1,7 @@
 """`make bench`: run every benchmark in bench/, collect their JSON into bench/results.json and a table
 in the README (between the BENCH markers), with the machine described. Some scripts also run in other
-modes (MODES: safety_latency.py and safety_latency.py --hostile [--ocpp 2.0.1]; boot_time, outbox_replay and footprint with
---ocpp 2.0.1 beside 1.6); those are shown side by side.
+modes (MODES: safety_latency.py and safety_latency.py --hostile [--ocpp 2.0.1]; boot_time, outbox_replay and
+footprint with --ocpp 2.0.1 beside 1.6); those are shown side by side.
 
 ``--only NAME ...`` runs just those benchmarks (all their modes) and merges them into the existing
 results.json; the README then says which were measured on which day.
