@@ -514,3 +514,29 @@ async def test_tc_p_03_n_31_n_32_a_15_cs_custom_data_customer_information_and_si
     assert answer["status"] == "Accepted"
     await octt.wait("SignCertificate")
     assert (await octt.send("GetTransactionStatus", {}))["messagesInQueue"] is False
+
+
+async def test_tc_c_44_c_41_cs_group_members_from_the_cache(octt: Octt201) -> None:
+    from agent.authcache import IdTagInfo
+
+    octt.csms.id_token_infos.update({TAG: {"status": "Accepted", "groupIdToken": FLEET},
+                                     "STOLEN": {"status": "Invalid", "groupIdToken": FLEET}})
+    octt.rig.connectors[1].plant.ev.pwm_reaction_s = 0.2  # a quick EV: S2 closed 0.2 s after the PWM
+    agent = await octt.start_agent({"AuthCtrlr/LocalPreAuthorize": True})
+    cache = agent.service.features["Transactions"].cache
+    for token, status in ((TAG, "Accepted"), (TAG2, "Accepted"), ("STOLEN", "Invalid")):  # IdTokenCached
+        cache.update(token, IdTagInfo(status, None, "FLEET"))
+    await octt.booted()
+    started = await octt.charging(TAG)  # from the cache: no Authorize
+    assert started["triggerReason"] == "Authorized" and not octt.msgs("Authorize")
+    events = len(octt.tx_events())
+    # TC_C_44_CS: a card of the group cached Invalid -> asked again (Authorize), Invalid: no stop, no event
+    assert not (await agent.tap("STOLEN")).accepted
+    assert [m.payload["idToken"]["idToken"] for m in octt.msgs("Authorize")] == ["STOLEN"]
+    await asyncio.sleep(0.3)
+    assert len(octt.tx_events()) == events and agent.connector.session is not None
+    # TC_C_41_CS: another card of the group, Accepted in the cache -> stops it (StopAuthorized), no Authorize
+    assert (await agent.tap(TAG2)).accepted
+    ended = await octt.wait_tx_event("Ended")
+    assert ended["triggerReason"] == "StopAuthorized" and ended["transactionInfo"]["stoppedReason"] == "Local"
+    assert len(octt.msgs("Authorize")) == 1
