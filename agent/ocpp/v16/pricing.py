@@ -16,15 +16,15 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from ocpp.v16 import call
 
 from agent.authcache import IdTagInfo
 from agent.events import MeterUpdate, SessionStarted, StationEvent, StatusChanged, TokenPresented
+from agent.ocpp.money import MAX_AMOUNT, BadAmount, format_money, price_text, to_minor_units
 from agent.ocpp.v16 import meter_values as mv
 from agent.ocpp.v16.rpc import CallErrorReceived, CallTimeout, ConnectionLost, InvalidPayload
 from hal.clock import TimerHandle
@@ -35,51 +35,19 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("cpagent.ocpp.v16.pricing")
 
+__all__ = [
+    "MAX_AMOUNT", "BadMessage", "CaliforniaPricing", "format_money", "parse_data", "price_text", "to_minor_units",
+]
+
 VENDOR_ID = "org.openchargealliance.costmsg"
 MAX_TEXT = 255  # display texts from the CSMS are bounded
 FINAL_COST_SHOWN_S = 120.0  # how long the final cost stays on an idle connector's display
-# Largest money amount (and kWh / kW trigger value) accepted: a billion currency units is beyond any charging
-# session's cost or price, and keeps the minor-unit integers and display texts small ("1E+999999" would
-# overflow the decimal context or make a million-digit integer).
-MAX_AMOUNT = Decimal(10) ** 9
 
 
-class BadMessage(ValueError):
-    """A costmsg payload that cannot be used."""
+BadMessage = BadAmount  # a costmsg payload that cannot be used (the shared money functions raise it too)
 
 
-# -- money: pure functions ----------------------------------------------------------------------------
-
-
-def to_minor_units(value: object, decimals: int) -> int:
-    """A JSON number (already a Decimal or int) or decimal string -> integer minor units, half up."""
-    if isinstance(value, bool) or not isinstance(value, int | str | Decimal):
-        raise BadMessage(f"not a money amount: {value!r}")
-    try:
-        amount = Decimal(value)
-    except InvalidOperation as exc:
-        raise BadMessage(f"not a money amount: {value!r}") from exc
-    if not amount.is_finite() or amount < 0:
-        raise BadMessage(f"not a money amount: {value!r}")
-    if amount > MAX_AMOUNT:
-        raise BadMessage(f"amount out of range: {str(value)[:20]}")
-    return int((amount * (Decimal(10) ** decimals)).to_integral_value(rounding=ROUND_HALF_UP))
-
-
-def format_money(units: int, decimals: int) -> str:
-    if decimals == 0:
-        return str(units)
-    whole, frac = divmod(units, 10**decimals)
-    return f"{whole}.{frac:0{decimals}d}"
-
-
-def price_text(charging_price: Mapping[str, Any], decimals: int) -> str:
-    """chargingPrice {kWhPrice, hourPrice, flatFee} -> "0.25/kWh + 2.00/h + 1.00 flat"."""
-    parts = []
-    for key, suffix in (("kWhPrice", "/kWh"), ("hourPrice", "/h"), ("flatFee", " flat")):
-        if charging_price.get(key) is not None:
-            parts.append(format_money(to_minor_units(charging_price[key], decimals), decimals) + suffix)
-    return " + ".join(parts)
+# -- costmsg payloads (money itself: agent/ocpp/money.py) ----------------------------------------------
 
 
 def parse_data(data: str | None) -> dict[str, Any]:
