@@ -45,7 +45,7 @@ async def test_cpctl_status_sessions_outbox_config_on_201(octt: Octt201, capsys:
     code, text = await run_cpctl(capsys, socket, "status")
     assert "CSMS (OCPP 2.0.1): Connected" in text and f"session tx {tx}" in text, text
 
-    await octt.csms.outage(2.0)  # what happens now is queued: the outbox shows it
+    await octt.csms.outage(3.0)  # what happens now is queued: the outbox shows it
     octt.ctl("unplug")
 
     async def queued() -> list[dict[str, Any]]:
