@@ -217,7 +217,7 @@ def report_item(dm: DeviceModel, entry: Entry, *, characteristics: bool = True) 
         attributes.append(item)
     out: dict[str, Any] = {"component": component, "variable": variable, "variableAttribute": attributes}
     if characteristics:
-        chars: dict[str, Any] = {"dataType": spec.type.value, "supportsMonitoring": False}
+        chars: dict[str, Any] = {"dataType": spec.type.value, "supportsMonitoring": spec.monitorable}
         if spec.unit:
             chars["unit"] = spec.unit
         if spec.min is not None:

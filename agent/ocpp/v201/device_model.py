@@ -114,6 +114,7 @@ class VariableSpec:
     presettable: bool = False  # a ReadOnly limit the manufacturer may preset in [ocpp.variables]
     min_items: int = 0  # lists: at least this many members
     description: str = ""
+    monitorable: bool = False  # variableCharacteristics.supportsMonitoring (N04 monitors allowed, monitoring.py)
 
     @property
     def variable(self) -> str:
@@ -280,6 +281,22 @@ VARIABLES: tuple[VariableSpec, ...] = (
     _v("ReservationCtrlr", "Enabled", B, "true"),
     _v("ReservationCtrlr", "Available", B, "true", RO),
     _v("ReservationCtrlr", "NonEvseSpecific", B, "true"),
+    # --- MonitoringCtrlr (N04-N07, monitoring.py) ---------------------------------------------------------
+    _v("MonitoringCtrlr", "Enabled", B, "true"),
+    _v("MonitoringCtrlr", "Available", B, "true", RO),
+    _v("MonitoringCtrlr", "ItemsPerMessage", INT, "20", RO, instance="ClearVariableMonitoring", min=1, max=1000,
+       required=True, presettable=True),
+    _v("MonitoringCtrlr", "ItemsPerMessage", INT, "20", RO, instance="SetVariableMonitoring", min=1, max=1000,
+       required=True, presettable=True),
+    _v("MonitoringCtrlr", "BytesPerMessage", INT, "65000", RO, instance="ClearVariableMonitoring", unit="B",
+       min=1000, max=1_000_000, required=True, presettable=True),
+    _v("MonitoringCtrlr", "BytesPerMessage", INT, "65000", RO, instance="SetVariableMonitoring", unit="B",
+       min=1000, max=1_000_000, required=True, presettable=True),
+    _v("MonitoringCtrlr", "OfflineQueuingSeverity", INT, "4", min=0, max=9),
+    _v("MonitoringCtrlr", "MonitoringBase", OPT, "All", values=("All", "FactoryDefault", "HardWiredOnly")),
+    _v("MonitoringCtrlr", "MonitoringLevel", INT, "9", min=0, max=9),
+    _v("MonitoringCtrlr", "ActiveMonitoringBase", OPT, "All", RO, values=("All", "FactoryDefault", "HardWiredOnly")),
+    _v("MonitoringCtrlr", "ActiveMonitoringLevel", INT, "9", RO, min=0, max=9),
     # --- DisplayMessageCtrlr (O01-O06, display.py; DisplayMessages maxLimit = display.MAX_MESSAGES) --------
     _v("DisplayMessageCtrlr", "Enabled", B, "true"),
     _v("DisplayMessageCtrlr", "Available", B, "true", RO),
@@ -301,12 +318,12 @@ VARIABLES: tuple[VariableSpec, ...] = (
     _v("TariffCostCtrlr", "Currency", S, "EUR", min=3, max=3, required=True),
     # --- ChargingStation (physical, station tier) ------------------------------------------------------
     _v("ChargingStation", "AvailabilityState", OPT, None, RO, values=AVAILABILITY_STATES, source="availability_state",
-       required=True),
+       required=True, monitorable=True),
     _v("ChargingStation", "Available", B, None, RO, source="available", required=True),
     _v("ChargingStation", "SupplyPhases", INT, None, RO, source="supply_phases", min=0, max=3, required=True),
     _v("ChargingStation", "Model", S, None, RO, source="model", max=20),
     _v("ChargingStation", "VendorName", S, None, RO, source="vendor", max=50),
-    _v("ChargingStation", "Problem", B, None, RO, source="problem"),
+    _v("ChargingStation", "Problem", B, None, RO, source="problem", monitorable=True),
     # --- SmartChargingCtrlr: the site limit reported as an external limit (K11-K13, external_limits.py) -----
     _v("SmartChargingCtrlr", "LimitChangeSignificance", DEC, "10", unit="Percent", min=0, max=100, required=True),
     _v("SmartChargingCtrlr", "NotifyChargingLimitWithSchedules", B, "false"),
@@ -322,16 +339,17 @@ VARIABLES: tuple[VariableSpec, ...] = (
     _v("SmartChargingCtrlr", "ExternalControlSignalsEnabled", B, "true", RO),  # the site controller: always
     # --- EVSE (one per EVSE) -------------------------------------------------------------------------
     _v("EVSE", "AvailabilityState", OPT, None, RO, values=AVAILABILITY_STATES, source="availability_state",
-       scope=Scope.EVSE, required=True),
+       scope=Scope.EVSE, required=True, monitorable=True),
     _v("EVSE", "Available", B, None, RO, source="available", scope=Scope.EVSE, required=True),
     _v("EVSE", "Power", DEC, None, RO, unit="W", source="power", scope=Scope.EVSE, attributes=(ACTUAL, "MaxSet"),
-       required=True),
+       required=True, monitorable=True),
+    _v("EVSE", "Voltage", DEC, None, RO, unit="V", source="voltage", scope=Scope.EVSE, monitorable=True),
     _v("EVSE", "SupplyPhases", INT, None, RO, source="supply_phases", scope=Scope.EVSE, min=0, max=3, required=True),
     _v("EVSE", "AllowReset", B, "true", RO, scope=Scope.EVSE),
-    _v("EVSE", "Problem", B, None, RO, source="problem", scope=Scope.EVSE),
+    _v("EVSE", "Problem", B, None, RO, source="problem", scope=Scope.EVSE, monitorable=True),
     # --- Connector (one per connector of an EVSE) ------------------------------------------------------
     _v("Connector", "AvailabilityState", OPT, None, RO, values=AVAILABILITY_STATES, source="availability_state",
-       scope=Scope.CONNECTOR, required=True),
+       scope=Scope.CONNECTOR, required=True, monitorable=True),
     _v("Connector", "Available", B, None, RO, source="available", scope=Scope.CONNECTOR, required=True),
     _v("Connector", "ConnectorType", S, None, RO, source="connector_type", scope=Scope.CONNECTOR, required=True),
     _v("Connector", "SupplyPhases", INT, None, RO, source="supply_phases", scope=Scope.CONNECTOR, min=0, max=3,
@@ -807,6 +825,10 @@ class DeviceModel:
             return str(max(v.phases for v in views))
         if source == "connector_type":
             return "cType2" if views[0].fixed_cable else "sType2"
+        if source == "voltage":  # the meter's first phase voltage (monitoring.py watches it)
+            sample = views[0].meter_latest
+            volts = None if sample is None else next((v for v in sample.voltage_v if v is not None), None)
+            return None if volts is None else _number(round(volts, 1))
         if source == "power":
             sample = views[0].meter_latest or views[0].last_sample
             return _number(sample.power_w if sample is not None and views[0].relay_commanded_closed else 0.0)
