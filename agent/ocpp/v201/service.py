@@ -354,6 +354,8 @@ class OcppService:
     def _on_event(self, event: StationEvent) -> None:
         if isinstance(event, StatusChanged):
             self._queue_status(event.connector_id, connector_status(event.status))
+            if self.handlers.scheduled_reset is not None:  # a transaction without a session may have ended
+                asyncio.get_running_loop().call_soon(self.handlers.idle_check)
         elif isinstance(event, SessionStopped):
             # A scheduled change of availability takes effect once the transaction has ended (G03.FR.05);
             # so does a scheduled Reset (B11/B12 OnIdle).

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.agent.ocpp.v201.conftest import TAG, TAG2, Octt201, eventually
+from simulator.csms import Csms
+from simulator.rig import Rig, RigOptions
+from tests.agent.ocpp.v201.conftest import CP, TAG, TAG2, Octt201, eventually
 
 
 def cv(component: str, variable: str, **extra: Any) -> dict[str, Any]:
@@ -540,3 +543,35 @@ async def test_tc_c_44_c_41_cs_group_members_from_the_cache(octt: Octt201) -> No
     ended = await octt.wait_tx_event("Ended")
     assert ended["triggerReason"] == "StopAuthorized" and ended["transactionInfo"]["stoppedReason"] == "Local"
     assert len(octt.msgs("Authorize")) == 1
+
+
+async def test_tc_b_41_cs_reset_on_idle_with_two_transactions(tmp_path: Path, csms: Csms) -> None:
+    rig = Rig(RigOptions(directory=tmp_path / "two", csms_url=csms.url, charge_point_id=CP, ocpp_version="2.0.1",
+                         connectors=2))  # HFS-8 = 2: two EVSEs of one connector each
+    await rig.start()
+    octt = Octt201(csms, rig)
+    try:
+        agent = await octt.start_agent({"TxCtrlr/TxStartPoint": "EVConnected"})
+        await octt.booted()
+        await octt.wait_status("Available", evse_id=2)
+        octt.ctl("plug", connector=1)
+        octt.ctl("plug", connector=2)
+        await eventually(lambda: len(octt.transaction_ids()) == 2, what="a transaction on each EVSE")
+        assert {p["evse"]["id"] for p in octt.tx_events() if p["eventType"] == "Started"} == {1, 2}
+        # Reset OnIdle with two transactions -> Scheduled; the station resets only after the last one ended
+        assert (await octt.send("Reset", {"type": "OnIdle"}))["status"] == "Scheduled"
+        octt.ctl("unplug", connector=1)
+        await octt.wait_tx_event("Ended")
+        await asyncio.sleep(0.3)
+        assert not agent.service.restart_requested.is_set()
+        octt.ctl("unplug", connector=2)
+        await octt.wait_tx_event("Ended", count=2)
+        await asyncio.wait_for(agent.service.restart_requested.wait(), 5)
+        await octt.restart_agent()
+        boot = await octt.wait("BootNotification", count=2, within=10)
+        assert boot.payload["reason"] == "RemoteReset"
+        await octt.wait_status("Available", evse_id=2, count=2)
+    finally:
+        if octt.agent is not None:
+            await octt.agent.stop()
+        await rig.stop()
