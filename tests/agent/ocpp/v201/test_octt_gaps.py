@@ -575,3 +575,24 @@ async def test_tc_b_41_cs_reset_on_idle_with_two_transactions(tmp_path: Path, cs
         if octt.agent is not None:
             await octt.agent.stop()
         await rig.stop()
+
+
+async def test_tc_c_34_cs_cache_updated_by_the_transaction_event_response(octt: Octt201) -> None:
+    from agent.authcache import IdTagInfo
+
+    octt.rig.connectors[1].plant.ev.pwm_reaction_s = 0.2  # a quick EV: S2 closed 0.2 s after the PWM
+    agent = await octt.start_agent({"AuthCtrlr/LocalPreAuthorize": True})
+    agent.service.features["Transactions"].cache.update("C34", IdTagInfo("Accepted"))  # IdTokenCached
+    octt.csms.auth_list["C34"] = "Invalid"  # what the CSMS answers now, in the TransactionEventResponse too
+    await octt.booted()
+    await octt.plugged()
+    assert (await agent.tap("C34")).accepted  # from the cache
+    started = await octt.wait_tx_event("Started")
+    assert started["triggerReason"] == "Authorized" and started["idToken"]["idToken"] == "C34"
+    await octt.wait_tx_event("Ended")  # the response said Invalid (StopTxOnInvalidId)
+    octt.ctl("unplug", connector=1)
+    await octt.wait_status("Available", count=2)
+    await octt.plugged()
+    # the cache learnt Invalid from the TransactionEventResponse: the same card is asked again -> Invalid
+    assert not (await agent.tap("C34")).accepted
+    assert [m.payload["idToken"]["idToken"] for m in octt.msgs("Authorize")] == ["C34"]
