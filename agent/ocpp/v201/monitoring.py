@@ -275,6 +275,7 @@ class Monitoring:
             raise StorageError(f"OCPP 2.0.1 monitoring: cannot open the monitor store: {exc}") from exc
         self._builtin = self._builtin_monitors()
         self._custom: dict[int, Monitor] = {}
+        self._disabled_ids: set[int] | None = None  # preconfigured monitors cleared (cached table)
         self._load()
         self._states: dict[int, MonitorState] = {}
         self._faults: dict[int, dict[Fault, int]] = {}  # evse -> fault -> eventId of its notification
@@ -324,7 +325,9 @@ class Monitoring:
             self._custom[int(mid)] = Monitor(int(mid), entry, type_, float(value), int(severity), bool(tx))
 
     def _disabled(self) -> set[int]:
-        return {int(r[0]) for r in self.db.execute("SELECT id FROM ocpp201_monitor_disabled")}
+        if self._disabled_ids is None:
+            self._disabled_ids = {int(r[0]) for r in self.db.execute("SELECT id FROM ocpp201_monitor_disabled")}
+        return self._disabled_ids
 
     def active(self) -> list[Monitor]:
         """Every monitor in force: hard-wired, the preconfigured ones of the base, the custom ones."""
@@ -396,6 +399,7 @@ class Monitoring:
             return "Rejected"
         with self.db:
             self.db.execute("INSERT OR IGNORE INTO ocpp201_monitor_disabled(id) VALUES (?)", (mid,))
+        self._disabled_ids = None
         return "Accepted"
 
     def set_base(self, base: str) -> None:
@@ -403,6 +407,7 @@ class Monitoring:
             self.db.execute("DELETE FROM ocpp201_monitor_disabled")
             if base != "All":
                 self.db.execute("DELETE FROM ocpp201_monitors")
+        self._disabled_ids = None
         if base != "All":
             self._custom.clear()
         for variable in ("ActiveMonitoringBase", "MonitoringBase"):

@@ -180,3 +180,72 @@ async def test_tc_n_monitors_set_report_events_clear_base_level(octt: Octt201) -
     too_many = [monitor_item(EVSE1, "Power", "Delta", n, 9) for n in range(6)]
     with pytest.raises(Exception, match="OccurrenceConstraint"):
         await octt.send("SetVariableMonitoring", {"setMonitoringData": too_many})
+
+
+class FakeService:
+    """What Monitoring uses of OcppService (a unit test of the one class): the device model on an in-memory
+    database, a station with no connectors, a settable clock and link state, the queued messages."""
+
+    def __init__(self, db: Any) -> None:
+        from agent.ocpp.v201.device_model import DeviceModel
+
+        self.db = db
+        self.variables = DeviceModel(db, {}, evse_ids=(1,))
+        self.station = self
+        self.clock = self
+        self.now = 1_000.0
+        self.online = True
+        self.queued: list[dict[str, Any]] = []
+
+    def subscribe(self, listener: Any) -> None:
+        pass
+
+    def connector_views(self) -> dict[int, Any]:
+        return {}
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return self.now
+
+    def enqueue(self, action: str, payload: dict[str, Any]) -> int:
+        assert action == "NotifyEvent"
+        self.queued.extend(payload["eventData"])
+        return len(self.queued)
+
+
+def test_offline_severity_level_rate_and_persistence() -> None:
+    from agent.db import connect
+    from agent.ocpp.v201.monitoring import Event, Monitoring
+
+    service = FakeService(connect(":memory:", durable=False))
+    monitoring = Monitoring(service)  # type: ignore[arg-type]
+    dm = service.variables
+    set_data = {"component": {"name": "EVSE", "evse": {"id": 1}}, "variable": {"name": "Power"},
+                "type": "UpperThreshold", "value": 1000, "severity": 7}
+    custom = monitoring.set_monitor(set_data)
+
+    def events(*severities: int) -> list[Event]:
+        return [Event(custom, custom.entry, "Alerting", "2000", s) for s in severities]
+
+    service.online = False  # OfflineQueuingSeverity 4: a severity 7 event is dropped, a 2 queued
+    monitoring._send(events(7, 2), service.now)
+    assert [e["eventId"] for e in service.queued] == [1]
+    service.online = True
+    dm.set("MonitoringCtrlr", "MonitoringLevel", "5")  # SetVariables: same effect as SetMonitoringLevel
+    assert dm.value("MonitoringCtrlr", "ActiveMonitoringLevel") == 5
+    monitoring._send(events(7, 5), service.now)
+    assert len(service.queued) == 2
+    monitoring._send(events(*[0] * 30), service.now)  # burst 20, two of them used: 18 go, 12 dropped
+    assert len(service.queued) == 2 + 18
+    service.now += 1.0
+    monitoring._send(events(0), service.now)  # tokens come back at 10 per second
+    assert service.queued[-1]["eventId"] == service.queued[-2]["eventId"] + 1
+    # Persisted: a new Monitoring on the same database has the custom monitor; HardWiredOnly by SetVariables
+    # clears it.
+    again = Monitoring(service)  # type: ignore[arg-type]
+    assert custom.id in {m.id for m in again.active()}
+    dm.set("MonitoringCtrlr", "MonitoringBase", "HardWiredOnly")
+    assert dm.value("MonitoringCtrlr", "ActiveMonitoringBase") == "HardWiredOnly"
+    assert all(m.kind == "HardWiredMonitor" for m in Monitoring(service).active())  # type: ignore[arg-type]
