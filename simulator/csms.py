@@ -282,6 +282,9 @@ class Csms:
         # 2.0.1: a whole idTokenInfo (wire form) per idToken, wins over auth_list; SignCertificate's status
         # and, when a signer is set, the CertificateSigned sent after an accepted SignCertificate.
         self.id_token_infos: dict[str, dict[str, Any]] = {}
+        # 2.0.1: more fields of the TransactionEventResponse per eventType (wire form: totalCost,
+        # updatedPersonalMessage ...), e.g. {"Ended": {"totalCost": 4.7}}.
+        self.transaction_event_answers: dict[str, dict[str, Any]] = {}
         self.sign_certificate_status = "Accepted"
         self.certificate_signer: Callable[[str], str] | None = None
         self.certificate_signed_delay = 0.0

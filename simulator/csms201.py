@@ -135,10 +135,14 @@ class CentralSystemSide201(LibraryChargePoint):  # type: ignore[misc]
 
     @_on("TransactionEvent")
     async def on_transaction_event(
-        self, id_token: dict[str, Any] | None = None, **_: Any
+        self, event_type: str = "", id_token: dict[str, Any] | None = None, **_: Any
     ) -> call_result.TransactionEvent:
         # transactionId is the station's; the CSMS only judges the idToken when one is sent.
-        return call_result.TransactionEvent(id_token_info=self.id_token_info(id_token) if id_token else None)
+        more = self._csms.transaction_event_answers.get(event_type, {})
+        return call_result.TransactionEvent(id_token_info=self.id_token_info(id_token) if id_token else None,
+                                            total_cost=more.get("totalCost"), charging_priority=more.get(
+                                                "chargingPriority"),
+                                            updated_personal_message=more.get("updatedPersonalMessage"))
 
     @_on("MeterValues")
     async def on_meter_values(self, **_: Any) -> call_result.MeterValues:

@@ -132,6 +132,9 @@ class Authorizer201:
         self._wall = wall
         self._groups: dict[str, str | None] = {}  # idToken -> groupIdToken learnt from any answer
         self.types: dict[str, str] = {}  # idToken -> its IdTokenEnumType, when not the reader's
+        # Called with (idToken, idTokenInfo as received) for every answer that carries one (pricing.py: the
+        # personalMessage of I01); a listener's failure is logged and never changes the decision.
+        self.info_listeners: list[Callable[[str, Any], None]] = []
 
     def _flag(self, component: str, variable: str, default: bool) -> bool:
         try:
@@ -145,6 +148,11 @@ class Authorizer201:
 
     def learn(self, id_tag: str, info: Any) -> IdTagInfo | None:
         """An idTokenInfo from any CSMS answer (Authorize, TransactionEvent): cache it; None if unusable."""
+        for listener in self.info_listeners:
+            try:
+                listener(id_tag, info)
+            except Exception:
+                log.exception("idTokenInfo listener failed")
         try:
             lifetime = float(self._vars.integer("AuthCacheCtrlr", "LifeTime"))
         except Exception:

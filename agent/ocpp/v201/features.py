@@ -29,6 +29,7 @@ FEATURES: tuple[str, ...] = (
     "agent.ocpp.v201.local_list:LocalAuthListManagement",
     "agent.ocpp.v201.reservation:Reservation",
     "agent.ocpp.v201.display:DisplayMessages",
+    "agent.ocpp.v201.pricing:Pricing",
     "agent.ocpp.v201.monitoring:Monitoring",
 )
 

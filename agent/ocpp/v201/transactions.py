@@ -623,6 +623,9 @@ class Transactions:
         self._poke = asyncio.Event()
         # Other features add fields to each TransactionEvent payload (e.g. reservationId, reservation.py).
         self.payload_extras: list[Callable[[ConnectorView | None, dict[str, Any]], None]] = []
+        # Called with (the TransactionEvent payload sent, the CSMS's answer) once acknowledged (pricing.py:
+        # totalCost, updatedPersonalMessage); a listener's failure is logged, the delivery stands.
+        self.answer_listeners: list[Callable[[dict[str, Any], Any], None]] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._station.register_authority(self.authorizer)
         self._station.subscribe(self._on_event)
@@ -957,6 +960,11 @@ class Transactions:
             self.outbox.defer(entry.id, delay)
             return
         self.outbox.ack(entry.id)
+        for listener in self.answer_listeners:
+            try:
+                listener(payload, conf)
+            except Exception:
+                log.exception("TransactionEvent answer listener failed")
         info = getattr(conf, "id_token_info", None)
         token = payload.get("idToken")
         if info is not None and isinstance(token, dict) and token.get("idToken"):
