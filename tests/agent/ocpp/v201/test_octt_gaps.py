@@ -596,3 +596,26 @@ async def test_tc_c_34_cs_cache_updated_by_the_transaction_event_response(octt: 
     # the cache learnt Invalid from the TransactionEventResponse: the same card is asked again -> Invalid
     assert not (await agent.tap("C34")).accepted
     assert [m.payload["idToken"]["idToken"] for m in octt.msgs("Authorize")] == ["C34"]
+
+
+async def test_tc_j_06_e_07_cs_aligned_values_idle_and_in_the_transaction_power_path_stop_point(
+        octt: Octt201) -> None:
+    octt.rig.connectors[1].plant.ev.pwm_reaction_s = 0.2  # a quick EV: S2 closed 0.2 s after the PWM
+    agent = await octt.start_agent({"AlignedDataCtrlr/Interval": 1, "AlignedDataCtrlr/SendDuringIdle": True,
+                                    "TxCtrlr/TxStopPoint": "PowerPathClosed"})
+    await octt.booted()
+    # TC_J_06_CS: SendDuringIdle: clock-aligned MeterValues while idle; during the transaction the aligned
+    # values go in TransactionEvents (MeterValueClock), no MeterValues message
+    idle = (await octt.wait("MeterValues", within=3)).payload
+    assert idle["evseId"] == 1 and idle["meterValue"][0]["sampledValue"][0]["context"] == "Sample.Clock"
+    started = await octt.charging(TAG)
+    before = len(octt.msgs("MeterValues"))
+    clock = await octt.wait_tx_event("Updated", where=lambda p: p["triggerReason"] == "MeterValueClock"
+                                     and p["seqNo"] > started["seqNo"] + 1, within=3)
+    assert clock["meterValue"][0]["sampledValue"][0]["context"] == "Sample.Clock"
+    assert len(octt.msgs("MeterValues")) == before
+    # TC_E_07_CS: TxStopPoint PowerPathClosed, the card stops it -> Ended StopAuthorized, Local
+    assert (await agent.tap(TAG)).accepted
+    ended = await octt.wait_tx_event("Ended")
+    assert ended["transactionInfo"]["transactionId"] == started["transactionInfo"]["transactionId"]
+    assert (ended["triggerReason"], ended["transactionInfo"]["stoppedReason"]) == ("StopAuthorized", "Local")
