@@ -70,6 +70,7 @@ MIGRATIONS = [
     "severity INTEGER NOT NULL, tx INTEGER NOT NULL)",
     "CREATE TABLE ocpp201_monitor_disabled (id INTEGER PRIMARY KEY)",  # preconfigured monitors cleared
     "CREATE TABLE ocpp201_monitor_meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    "CREATE TABLE ocpp201_monitor_tripped (id INTEGER PRIMARY KEY)",  # thresholds exceeded (N07.FR.14)
 ]
 
 TYPES = ("UpperThreshold", "LowerThreshold", "Delta", "Periodic", "PeriodicClockAligned")
@@ -152,15 +153,15 @@ class Event:
 def validate_value(entry: Entry, type_: str, value: float) -> None:
     """MonitoringError if ``type_`` with ``value`` cannot watch ``entry``'s variable."""
     spec = entry.spec
-    if not spec.monitorable:
-        raise MonitoringError("Rejected", "UnsupportedParam", f"{spec.key} does not support monitoring")
+    if not spec.monitorable:  # N04.FR.05
+        raise MonitoringError("UnsupportedMonitorType", "UnsupportedParam", f"{spec.key} does not support monitoring")
     if type_ not in TYPES:
         raise MonitoringError("UnsupportedMonitorType", "UnsupportedParam", f"unknown monitor type {type_!r}")
     if not math.isfinite(value):
         raise MonitoringError("Rejected", "InvalidValue", "the value must be a finite number")
     if type_ in ("UpperThreshold", "LowerThreshold") and spec.type not in NUMERIC:
-        raise MonitoringError("Rejected", "UnsupportedParam", f"{spec.key} is not a number: no threshold")
-    if type_ == "Delta" and value < 0:
+        raise MonitoringError("UnsupportedMonitorType", "UnsupportedParam", f"{spec.key} is not a number: no threshold")
+    if type_ == "Delta" and value < 0:  # N04.FR.14
         raise MonitoringError("Rejected", "ValueOutOfRange", "a Delta must not be negative")
     if type_ in ("Periodic", "PeriodicClockAligned") and not MIN_PERIOD_S <= value <= MAX_PERIOD_S:
         raise MonitoringError("Rejected", "ValueOutOfRange",
@@ -277,7 +278,8 @@ class Monitoring:
         self._custom: dict[int, Monitor] = {}
         self._disabled_ids: set[int] | None = None  # preconfigured monitors cleared (cached table)
         self._load()
-        self._states: dict[int, MonitorState] = {}
+        self._states: dict[int, MonitorState] = {
+            int(r[0]): MonitorState(tripped=True) for r in self.db.execute("SELECT id FROM ocpp201_monitor_tripped")}
         self._faults: dict[int, dict[Fault, int]] = {}  # evse -> fault -> eventId of its notification
         self._limit = RateLimit(EVENTS_PER_S, EVENT_BURST)
         self._dropped = 0
@@ -355,7 +357,13 @@ class Monitoring:
         if not 0 <= severity <= 9:
             raise MonitoringError("Rejected", "ValueOutOfRange", "severity must be 0 to 9")
         validate_value(entry, type_, value)
+        if type_ in ("UpperThreshold", "LowerThreshold"):  # N04.FR.06: within the variable's range
+            low, high = entry.spec.min, self.dm.max_limit(entry)
+            if (low is not None and value < low) or (high is not None and value > high):
+                raise MonitoringError("Rejected", "ValueOutOfRange", f"{value:g} is outside {entry.spec.key}'s range")
         mid = data.get("id")
+        if mid is not None and int(mid) in self._custom and self._custom[int(mid)].entry != entry:  # N04.FR.16
+            raise MonitoringError("Rejected", "InvalidValue", f"monitor {mid} watches another variable")
         if mid is not None and int(mid) not in self._custom:
             if int(mid) in self._builtin:
                 raise MonitoringError("Rejected", "ReadOnly", f"monitor {mid} is not a custom monitor")
@@ -379,9 +387,16 @@ class Monitoring:
                     "UPDATE ocpp201_monitors SET component=?, evse=?, connector=?, variable=?, type=?, value=?, "
                     "severity=?, tx=? WHERE id=?", (*row, int(mid)))
         monitor = Monitor(int(mid), entry, type_, value, severity, tx)
+        previous = self._custom.get(monitor.id)
         self._custom[monitor.id] = monitor
-        # A Delta counts from the value when the monitor was set; the others start at the next evaluation.
-        self._states[monitor.id] = MonitorState(reference=self.dm.attribute_value(entry) if type_ == "Delta" else None)
+        # A Delta counts from the value when the monitor was set; the others start at the next evaluation. A
+        # threshold replaced by one of the same type keeps whether it was exceeded: the next evaluation says
+        # whether the new threshold clears it (N07.FR.11).
+        state = MonitorState(reference=self.dm.attribute_value(entry) if type_ == "Delta" else None)
+        old = self._states.get(monitor.id)
+        if previous is not None and previous.type == type_ and old is not None:
+            state.tripped = old.tripped
+        self._states[monitor.id] = state
         self._wake.set()
         return monitor
 
@@ -389,6 +404,7 @@ class Monitoring:
         if mid in self._custom:
             with self.db:
                 self.db.execute("DELETE FROM ocpp201_monitors WHERE id=?", (mid,))
+            self.db.execute("DELETE FROM ocpp201_monitor_tripped WHERE id=?", (mid,))
             del self._custom[mid]
             self._states.pop(mid, None)
             return "Accepted"
@@ -405,6 +421,7 @@ class Monitoring:
     def set_base(self, base: str) -> None:
         with self.db:
             self.db.execute("DELETE FROM ocpp201_monitor_disabled")
+            self.db.execute("DELETE FROM ocpp201_monitor_tripped")
             if base != "All":
                 self.db.execute("DELETE FROM ocpp201_monitors")
         self._disabled_ids = None
@@ -561,9 +578,12 @@ class Monitoring:
             if monitor.transaction and not _in_transaction(monitor.entry, views):
                 continue
             raw = self.dm.attribute_value(monitor.entry)
+            was = state.tripped
             event = evaluate(monitor, state, raw, now)
             if event is not None:
                 events.append(event)
+            if state.tripped != was:  # remembered over a restart: the clearing is reported after it (N07.FR.14)
+                self._remember_trip(monitor.id, state.tripped)
         events.extend(self._fault_events(views))
         self._send(events, now)
         return events
@@ -590,6 +610,16 @@ class Monitoring:
                                     tech_code=info.vendor_error_code, tech_info=f"cleared: {info.explanation}",
                                     cause=cause if cause >= 0 else None))
         return events
+
+    def _remember_trip(self, mid: int, tripped: bool) -> None:
+        try:
+            with self.db:
+                if tripped:
+                    self.db.execute("INSERT OR IGNORE INTO ocpp201_monitor_tripped(id) VALUES (?)", (mid,))
+                else:
+                    self.db.execute("DELETE FROM ocpp201_monitor_tripped WHERE id=?", (mid,))
+        except sqlite3.Error as exc:
+            log.error("monitor %d: cannot store its state: %s", mid, exc)
 
     def _next_event_id(self) -> int:
         row = self.db.execute("SELECT value FROM ocpp201_monitor_meta WHERE key='event_id'").fetchone()

@@ -59,10 +59,11 @@ def test_evaluate_thresholds_delta_and_periods() -> None:
 def test_monitor_validation_and_rate_limit() -> None:
     check_monitor(VOLTAGE, "LowerThreshold", 200)
     for entry_, type_, value, status in [
-        (STATE, "UpperThreshold", 1, "Rejected"),  # not a number
+        (STATE, "UpperThreshold", 1, "UnsupportedMonitorType"),  # not a number (N04.FR.05)
         (VOLTAGE, "Periodic", 0.1, "Rejected"),  # bounded cost: at least 1 s
         (VOLTAGE, "Sometimes", 1, "UnsupportedMonitorType"),
-        (entry("EVSE", "SupplyPhases"), "Delta", 1, "Rejected"),  # supportsMonitoring false
+        (entry("EVSE", "SupplyPhases"), "Delta", 1, "UnsupportedMonitorType"),  # supportsMonitoring false
+        (VOLTAGE, "Delta", -1, "Rejected"),  # N04.FR.14
         (VOLTAGE, "UpperThreshold", float("nan"), "Rejected"),
     ]:
         with pytest.raises(MonitoringError) as info:
@@ -111,7 +112,7 @@ async def test_tc_n_monitors_set_report_events_clear_base_level(octt: Octt201) -
     # TC_N_04/05/06/07-ish: SetVariableMonitoring, each refusal with its status.
     answer = await octt.send("SetVariableMonitoring", {"setMonitoringData": [
         monitor_item(EVSE1, "Voltage", "LowerThreshold", 200, 3),
-        monitor_item(EVSE1, "Power", "UpperThreshold", 100_000, 5, transaction=True),
+        monitor_item(EVSE1, "Power", "UpperThreshold", 20_000, 5, transaction=True),
         monitor_item({"name": "Connector", "evse": {"id": 1, "connectorId": 1}}, "AvailabilityState", "Delta", 0, 6),
         monitor_item(EVSE1, "Voltage", "LowerThreshold", 190, 3),  # same type and severity: Duplicate
         monitor_item({"name": "Nonsense"}, "Voltage", "Delta", 1, 3),
@@ -120,8 +121,12 @@ async def test_tc_n_monitors_set_report_events_clear_base_level(octt: Octt201) -
     assert statuses == ["Accepted", "Accepted", "Accepted", "Duplicate", "UnknownComponent"]
     ids = [r["id"] for r in answer["setMonitoringResult"][:3]]
     refused = await octt.send("SetVariableMonitoring", {"setMonitoringData": [
-        monitor_item(EVSE1, "SupplyPhases", "Delta", 1, 3), monitor_item(EVSE1, "Voltage", "Periodic", 0.2, 3)]})
-    assert [r["status"] for r in refused["setMonitoringResult"]] == ["Rejected", "Rejected"]
+        monitor_item(EVSE1, "SupplyPhases", "Delta", 1, 3), monitor_item(EVSE1, "Voltage", "Periodic", 0.2, 3),
+        monitor_item(EVSE1, "Power", "UpperThreshold", 10_000_000, 3),  # beyond the EVSE's power (N04.FR.06)
+        monitor_item(EVSE1, "Power", "Delta", 1, 3, id=ids[0]),  # id of a monitor on another variable (FR.16)
+        monitor_item(EVSE1, "Power", "Delta", 1, 3, id=4242)]})  # no such id (N04.FR.13)
+    assert [r["status"] for r in refused["setMonitoringResult"]] == [
+        "UnsupportedMonitorType", "Rejected", "Rejected", "Rejected", "Rejected"]
     # TC_N_02-ish: the report lists hard-wired, preconfigured (base All) and custom monitors, by criteria.
     listed = await report(octt, 11, monitoringCriteria=["ThresholdMonitoring"])
     assert {v["id"] for v in listed} >= {ids[0], ids[1]} and ids[2] not in {v["id"] for v in listed}
@@ -244,8 +249,15 @@ def test_offline_severity_level_rate_and_persistence() -> None:
     assert service.queued[-1]["eventId"] == service.queued[-2]["eventId"] + 1
     # Persisted: a new Monitoring on the same database has the custom monitor; HardWiredOnly by SetVariables
     # clears it.
+    monitoring._remember_trip(custom.id, True)  # exceeded before the restart: cleared after it (N07.FR.14)
     again = Monitoring(service)  # type: ignore[arg-type]
     assert custom.id in {m.id for m in again.active()}
+    back = evaluate(custom, again._states[custom.id], "500", service.now)
+    assert back is not None and back.cleared
+    # Replaced by a threshold of the same type, the exceeded state stays (N07.FR.11).
+    again._states[custom.id].tripped = True
+    replaced = again.set_monitor({**set_data, "id": custom.id, "value": 1500})
+    assert replaced.value == 1500 and again._states[custom.id].tripped
     dm.set("MonitoringCtrlr", "MonitoringBase", "HardWiredOnly")
     assert dm.value("MonitoringCtrlr", "ActiveMonitoringBase") == "HardWiredOnly"
     assert all(m.kind == "HardWiredMonitor" for m in Monitoring(service).active())  # type: ignore[arg-type]
