@@ -261,3 +261,22 @@ def test_offline_severity_level_rate_and_persistence() -> None:
     dm.set("MonitoringCtrlr", "MonitoringBase", "HardWiredOnly")
     assert dm.value("MonitoringCtrlr", "ActiveMonitoringBase") == "HardWiredOnly"
     assert all(m.kind == "HardWiredMonitor" for m in Monitoring(service).active())  # type: ignore[arg-type]
+
+
+async def test_tc_n_events_from_the_two_process_agent(octt: Octt201) -> None:
+    """``cpagent run`` as its two processes: the network side sees the control side's views over IPC; an
+    over-temperature and an undervoltage of the simulated board reach the CSMS as NotifyEvent."""
+    octt.start_process()
+    await octt.wait("BootNotification", within=20)
+    await octt.wait_status("Available", within=10)
+    answer = await octt.send("SetVariableMonitoring", {"setMonitoringData": [
+        monitor_item(EVSE1, "Voltage", "LowerThreshold", 215, 2)]})
+    monitor_id = answer["setMonitoringResult"][0]["id"]
+    octt.ctl("fault", name="overtemp")
+    hot = await wait_event(octt, "over-temperature", techCode="OVERTEMP")
+    assert hot["eventNotificationType"] == "HardWiredNotification" and hot["component"]["evse"] == {"id": 1}
+    octt.ctl("clear")
+    await wait_event(octt, "over-temperature gone", techCode="OVERTEMP", cleared=True)
+    octt.ctl("fault", name="undervoltage")
+    low = await wait_event(octt, "undervoltage", variableMonitoringId=monitor_id)
+    assert float(low["actualValue"]) < 215
