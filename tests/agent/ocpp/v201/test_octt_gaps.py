@@ -619,3 +619,21 @@ async def test_tc_j_06_e_07_cs_aligned_values_idle_and_in_the_transaction_power_
     ended = await octt.wait_tx_event("Ended")
     assert ended["transactionInfo"]["transactionId"] == started["transactionInfo"]["transactionId"]
     assert (ended["triggerReason"], ended["transactionInfo"]["stoppedReason"]) == ("StopAuthorized", "Local")
+
+
+async def test_tc_e_08_c_46_cs_energy_transfer_stop_point_card_stop_and_cache_lifetime(octt: Octt201) -> None:
+    octt.rig.connectors[1].plant.ev.pwm_reaction_s = 0.2  # a quick EV: S2 closed 0.2 s after the PWM
+    agent = await octt.start_agent({"TxCtrlr/TxStopPoint": "EnergyTransfer", "AuthCtrlr/LocalPreAuthorize": True,
+                                    "AuthCacheCtrlr/LifeTime": 1})
+    await octt.booted()
+    started = await octt.charging(TAG)  # Authorize online: cached for AuthCacheCtrlr.LifeTime = 1 s
+    assert len(octt.msgs("Authorize")) == 1
+    await asyncio.sleep(1.1)
+    # TC_E_08_CS: TxStopPoint EnergyTransfer, the card stops it -> Ended StopAuthorized, Local
+    await agent.tap(TAG)
+    ended = await octt.wait_tx_event("Ended")
+    assert ended["transactionInfo"]["transactionId"] == started["transactionInfo"]["transactionId"]
+    assert (ended["triggerReason"], ended["transactionInfo"]["stoppedReason"]) == ("StopAuthorized", "Local")
+    # TC_C_46_CS: the cached entry outlived AuthCacheLifeTime -> the card is authorized online again
+    assert (await agent.tap(TAG)).accepted
+    assert len(octt.msgs("Authorize")) == 2
