@@ -13,6 +13,7 @@ This module decides which messages are *current*:
 - ``transactionId``: an unknown (not running) transaction is answered UnknownTransaction; the message is
   shown only on that transaction's EVSE and removed when the transaction ends (O02);
 - ``display`` with an ``evse``: only that EVSE's display; without: every connector;
+- NormalCycle messages of a connector take turns every ``CYCLE_S`` (the order given to the station rotates);
 - a message with the id of a stored one replaces it; past ``DisplayMessages`` (``MAX_MESSAGES``) messages a
   new id is Rejected; format HTML / URI / QRCODE: NotSupportedMessageFormat (a text display);
   DisplayMessageCtrlr.Enabled false: Rejected.
@@ -44,6 +45,7 @@ log = logging.getLogger("cpagent.ocpp.v201.display")
 CONTROLLER = "DisplayMessageCtrlr"
 MAX_MESSAGES = 32  # DisplayMessageCtrlr.DisplayMessages (the device model's maxLimit)
 ITEMS_PER_NOTIFY = 10  # messageInfo entries per NotifyDisplayMessages
+CYCLE_S = 5.0  # each NormalCycle message is shown this long in turn
 TEXT_FORMATS = ("ASCII", "UTF8")
 PRIORITIES = {"AlwaysFront": MessagePriority.ALWAYS_FRONT, "InFront": MessagePriority.IN_FRONT,
               "NormalCycle": MessagePriority.NORMAL}
@@ -121,6 +123,8 @@ class DisplayMessages:
         self._station = service.station
         self.messages: dict[int, StoredMessage] = {}
         self._timer: TimerHandle | None = None
+        self._cycle = 0  # NormalCycle turn
+        self._cycle_timer: TimerHandle | None = None
         self._given: dict[int, tuple[OperatorMessage, ...]] = {}
         self._pending_reports: dict[int, list[dict[str, Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -242,14 +246,29 @@ class DisplayMessages:
             for cid in per:
                 if evse is None or evse == cid:
                     per[cid].append(m)
+        cycling = False
         for cid, messages in per.items():
-            self._give(cid, tuple(m.operator_message() for m in messages))
+            given = [m.operator_message() for m in messages]
+            urgent = [m for m in given if m.priority is not MessagePriority.NORMAL]
+            normal = [m for m in given if m.priority is MessagePriority.NORMAL]
+            if len(normal) > 1:  # NormalCycle: each in turn (the control side shows the first that applies)
+                cycling = True
+                turn = self._cycle % len(normal)
+                normal = normal[turn:] + normal[:turn]
+            self._give(cid, tuple(urgent + normal))
+        if cycling and self._cycle_timer is None:
+            self._cycle_timer = self._svc.clock.call_later(CYCLE_S, self._next_cycle)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if boundaries:
             delay = max(0.05, min(boundaries) - now + 0.05)
             self._timer = self._svc.clock.call_later(min(delay, 3600.0), self.refresh)
+
+    def _next_cycle(self) -> None:
+        self._cycle_timer = None
+        self._cycle += 1
+        self.refresh()
 
     def _give(self, connector_id: int, messages: tuple[OperatorMessage, ...]) -> None:
         if self._given.get(connector_id) == messages:

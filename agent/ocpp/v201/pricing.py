@@ -139,7 +139,7 @@ class Pricing:
 
     def _on_id_token_info(self, id_token: str, info: Any) -> None:
         key = id_token.upper()
-        text = message_text(_get(info, "personalMessage", "personal_message"))
+        text = self._personal_text(_get(info, "personalMessage", "personal_message"))
         if text:
             self._personal[key] = text
             if len(self._personal) > 1000:
@@ -154,6 +154,15 @@ class Pricing:
             if len(self._tariffs) > 1000:
                 self._tariffs.pop(next(iter(self._tariffs)))
 
+    def _personal_text(self, content: Any) -> str | None:
+        """A personal message cut to DisplayMessageCtrlr.PersonalMessageSize (0: none may be kept)."""
+        text = message_text(content)
+        try:
+            size = self._svc.variables.integer("DisplayMessageCtrlr", "PersonalMessageSize")
+        except Exception:
+            size = MAX_TEXT
+        return text[:size] if text and size > 0 else None
+
     def _on_transaction_answer(self, payload: dict[str, Any], conf: Any) -> None:
         tx_id = str(payload.get("transactionInfo", {}).get("transactionId", ""))
         event_type = payload.get("eventType")
@@ -165,7 +174,7 @@ class Pricing:
             price = None
         if price is not None:
             self._tx_tariff[tx_id] = price
-        updated = message_text(_get(conf, "updatedPersonalMessage", "updated_personal_message"))
+        updated = self._personal_text(_get(conf, "updatedPersonalMessage", "updated_personal_message"))
         if updated and cid is not None and self._flag("Tariff"):
             self._show(cid, price=updated)  # I06
         total = _get(conf, "totalCost", "total_cost")

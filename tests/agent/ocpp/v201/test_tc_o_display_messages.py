@@ -48,7 +48,7 @@ def hmi(octt: Octt201) -> NextionEmulator:
     return display
 
 
-async def test_tc_o_01_02_06_cs_messages_on_the_display(hmi_octt: Octt201) -> None:
+async def test_tc_o_01_02_06_cs_messages_on_the_display(hmi_octt: Octt201, monkeypatch: pytest.MonkeyPatch) -> None:
     """TC_O_01_CS (NormalCycle), TC_O_02/03 (AlwaysFront / InFront win), TC_O_06 (GetDisplayMessages),
     TC_O_05 (Clear), O01 states: a Charging-only message waits for charging; a fault screen stays."""
     octt = hmi_octt
@@ -59,6 +59,11 @@ async def test_tc_o_01_02_06_cs_messages_on_the_display(hmi_octt: Octt201) -> No
     assert (await octt.send("SetDisplayMessage", info(1, "Free coffee inside")))["status"] == "Accepted"
     await eventually(lambda: screen.texts["t4"] == "Free coffee inside", what="normal message on the HMI")
     assert "Tap card or plug in" in screen.shown()  # beside our own guidance
+    monkeypatch.setattr("agent.ocpp.v201.display.CYCLE_S", 0.3)
+    assert (await octt.send("SetDisplayMessage", info(7, "Wifi: guest")))["status"] == "Accepted"
+    await eventually(lambda: screen.texts["t4"] == "Wifi: guest", what="second NormalCycle message in turn")
+    await eventually(lambda: screen.texts["t4"] == "Free coffee inside", what="first NormalCycle message again")
+    assert (await octt.send("ClearDisplayMessage", {"id": 7}))["status"] == "Accepted"
     assert (await octt.send("SetDisplayMessage", info(2, "Closing at 22:00", "InFront")))["status"] == "Accepted"
     await eventually(lambda: screen.texts["t4"] == "Closing at 22:00", what="InFront before NormalCycle")
     assert (await octt.send("SetDisplayMessage", info(3, "Enjoy!", "AlwaysFront", state="Charging")))[
