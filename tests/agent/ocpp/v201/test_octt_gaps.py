@@ -637,3 +637,21 @@ async def test_tc_e_08_c_46_cs_energy_transfer_stop_point_card_stop_and_cache_li
     # TC_C_46_CS: the cached entry outlived AuthCacheLifeTime -> the card is authorized online again
     assert (await agent.tap(TAG)).accepted
     assert len(octt.msgs("Authorize")) == 2
+
+
+async def test_tc_e_44_cs_stop_by_the_same_card_while_offline(octt: Octt201) -> None:
+    octt.rig.connectors[1].plant.ev.pwm_reaction_s = 0.2  # a quick EV: S2 closed 0.2 s after the PWM
+    agent = await octt.start_agent()
+    await octt.booted()
+    started = await octt.charging(TAG)
+    tx = started["transactionInfo"]["transactionId"]
+    await eventually(lambda: agent.service.outbox.queued_for(tx) == 0, what="online events acknowledged")
+    online = len(octt.tx_events())
+    await octt.csms.outage(1.5)
+    await eventually(lambda: not agent.service.online, what="offline")
+    await agent.tap(TAG)  # the card that started it, while the CSMS is away
+    octt.ctl("unplug", connector=1)
+    ended = await octt.wait_tx_event("Ended", within=15)  # after the reconnect: every queued event offline
+    assert ended["transactionInfo"]["transactionId"] == tx and ended["triggerReason"] == "StopAuthorized"
+    later = octt.tx_events()[online:]
+    assert later and all(p.get("offline") is True for p in later)
