@@ -91,6 +91,8 @@ EVENT_BURST = 20
 EVENTS_PER_MESSAGE = 20
 BUILTIN_ID = 1_000_000  # hard-wired and preconfigured monitors have ids from here; custom ones below
 MAX_ACTUAL = 2500  # EventDataType.actualValue
+MAX_PENDING_REPORTS = 4  # GetMonitoringReport accepted and not yet sent
+REPORT_STALE_S = 60.0
 
 HARD_WIRED, PRECONFIGURED, CUSTOM = "HardWiredMonitor", "PreconfiguredMonitor", "CustomMonitor"
 HW_NOTIFICATION = "HardWiredNotification"
@@ -283,7 +285,8 @@ class Monitoring:
         self._faults: dict[int, dict[Fault, int]] = {}  # evse -> fault -> eventId of its notification
         self._limit = RateLimit(EVENTS_PER_S, EVENT_BURST)
         self._dropped = 0
-        self._reports: dict[int, list[dict[str, Any]]] = {}
+        # requestId -> (monotonic time accepted, the report's items) until its NotifyMonitoringReport is sent
+        self._reports: dict[int, tuple[float, list[dict[str, Any]]]] = {}
         self._wake = asyncio.Event()
         self._last_eval = -math.inf
         self.dm.on_change(self._on_variable)
@@ -511,18 +514,24 @@ class Monitoring:
         if component_variable and len(component_variable) > limit:
             raise OccurrenceConstraintViolationError(
                 description=f"{len(component_variable)} componentVariable entries, ItemsPerMessageGetReport is {limit}")
-        if request_id in self._reports or len(self._reports) >= 4:
+        now = self.service.clock.monotonic()
+        for stale in [rid for rid, (at, _) in self._reports.items() if now - at > REPORT_STALE_S]:
+            del self._reports[stale]  # accepted but the answer never went out (connection lost)
+        if request_id in self._reports:
             return {"status": "Rejected", "statusInfo": {"reasonCode": "DuplicateRequestId"}}
+        if len(self._reports) >= MAX_PENDING_REPORTS:
+            return {"status": "Rejected", "statusInfo": {"reasonCode": "OutOfMemory"}}
         monitors = self.select(monitoring_criteria, component_variable)
         if not monitors:
             return {"status": "EmptyResultSet"}
-        self._reports[request_id] = report_items(monitors)
+        self._reports[request_id] = (now, report_items(monitors))
         return {"status": "Accepted"}
 
     async def after_get_monitoring_report(self, request_id: int, **_: Any) -> None:
-        items = self._reports.pop(request_id, None)
-        if items is None:
+        pending = self._reports.pop(request_id, None)
+        if pending is None:
             return
+        items = pending[1]
         parts = chunks(items, self.dm.integer("DeviceDataCtrlr", "ItemsPerMessage", instance="GetReport"),
                        self.dm.integer("DeviceDataCtrlr", "BytesPerMessage", instance="GetReport"))
         generated = ocpp_time(self.service.wall())
