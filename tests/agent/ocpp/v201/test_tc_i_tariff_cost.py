@@ -71,7 +71,7 @@ async def test_tc_i_04_05_cs_offline_fallback_and_local_cost(octt: Octt201) -> N
     started = await octt.charging(TAG)
     tx = started["transactionInfo"]["transactionId"]
     await eventually(lambda: shown(octt).get("price") == "See the price sign", what="fallback tariff text (I04)")
-    await octt.csms.outage(4.0)
+    await octt.csms.outage(2.5)
     await eventually(lambda: not agent.service.online, what="offline")
     await eventually(lambda: shown(octt).get("cost", "").startswith("~"), what="local running cost")
     session = agent.connector.session

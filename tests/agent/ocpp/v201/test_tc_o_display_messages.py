@@ -108,7 +108,7 @@ async def test_tc_o_04_cs_validity_window_and_transaction_message(hmi_octt: Octt
     await octt.start_agent()
     await octt.booted()
     screen = hmi(octt)
-    window = info(10, "Happy hour", startDateTime=_iso(1.0), endDateTime=_iso(2.5))
+    window = info(10, "Happy hour", startDateTime=_iso(0.6), endDateTime=_iso(1.6))
     assert (await octt.send("SetDisplayMessage", window))["status"] == "Accepted"
     assert screen.texts["t4"] != "Happy hour"
     await eventually(lambda: screen.texts["t4"] == "Happy hour", what="message from startDateTime")
