@@ -120,6 +120,9 @@ async def test_tc_n_monitors_set_report_events_clear_base_level(octt: Octt201) -
     statuses = [r["status"] for r in answer["setMonitoringResult"]]
     assert statuses == ["Accepted", "Accepted", "Accepted", "Duplicate", "UnknownComponent"]
     ids = [r["id"] for r in answer["setMonitoringResult"][:3]]
+    periodic = await octt.send("SetVariableMonitoring", {"setMonitoringData": [
+        monitor_item(EVSE1, "Power", "Periodic", 1, 8)]})  # N08: every second, whatever the value
+    periodic_id = periodic["setMonitoringResult"][0]["id"]
     refused = await octt.send("SetVariableMonitoring", {"setMonitoringData": [
         monitor_item(EVSE1, "SupplyPhases", "Delta", 1, 3), monitor_item(EVSE1, "Voltage", "Periodic", 0.2, 3),
         monitor_item(EVSE1, "Power", "UpperThreshold", 10_000_000, 3),  # beyond the EVSE's power (N04.FR.06)
@@ -166,6 +169,11 @@ async def test_tc_n_monitors_set_report_events_clear_base_level(octt: Octt201) -
     silent = await wait_event(octt, "meter silent", techCode="METER_SILENT")
     assert silent["eventNotificationType"] == "HardWiredNotification" and not silent.get("cleared")
     octt.ctl("clear")
+    ticks = [e for e in events(octt) if e.get("variableMonitoringId") == periodic_id]
+    assert len(ticks) >= 2 and all(e["trigger"] == "Periodic" for e in ticks)
+    assert ticks[1]["timestamp"] > ticks[0]["timestamp"]
+    assert (await octt.send("ClearVariableMonitoring", {"id": [periodic_id]}))["clearMonitoringResult"][0][
+        "status"] == "Accepted"
     # TC_N_06-ish: ClearVariableMonitoring: a custom one goes, a hard-wired one stays, an unknown is NotFound.
     cleared = await octt.send("ClearVariableMonitoring", {"id": [ids[1], BUILTIN_ID, 999_999]})
     assert [r["status"] for r in cleared["clearMonitoringResult"]] == ["Accepted", "Rejected", "NotFound"]
