@@ -159,7 +159,10 @@ async def test_tc_n_monitors_set_report_events_clear_base_level(octt: Octt201) -
     assert (await octt.send("SetMonitoringLevel", {"severity": 3}))["status"] == "Accepted"
     octt.ctl("plug", connector=1)
     await octt.wait_status("Occupied")
-    await asyncio.sleep(0.6)  # two evaluation ticks
+    assert octt.agent is not None and octt.agent.service is not None
+    monitoring = octt.agent.service.features["Monitoring"]  # type: ignore[attr-defined]
+    await eventually(lambda: monitoring._states[ids[2]].reference == "Occupied", what="the monitor saw Occupied")
+    await asyncio.sleep(0.3)  # its event (if it were sent) reaches the CSMS
     assert not [e for e in events(octt) if e["actualValue"] == "Occupied"]
     assert (await octt.send("SetMonitoringLevel", {"severity": 9}))["status"] == "Accepted"
     octt.ctl("unplug", connector=1)
