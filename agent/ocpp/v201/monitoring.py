@@ -289,6 +289,13 @@ class Monitoring:
         self._reports: dict[int, tuple[float, list[dict[str, Any]]]] = {}
         self._wake = asyncio.Event()
         self._last_eval = -math.inf
+        # A preset ([ocpp.variables] MonitoringCtrlr/MonitoringBase or MonitoringLevel) takes effect once.
+        base = str(self.dm.value("MonitoringCtrlr", "MonitoringBase"))
+        if base != self.dm.value("MonitoringCtrlr", "ActiveMonitoringBase"):
+            self.set_base(base)
+        level = self.dm.integer("MonitoringCtrlr", "MonitoringLevel")
+        if level != self.dm.integer("MonitoringCtrlr", "ActiveMonitoringLevel"):
+            self.dm.set("MonitoringCtrlr", "ActiveMonitoringLevel", str(level), source="internal")
         self.dm.on_change(self._on_variable)
         service.station.subscribe(self._on_event)
 

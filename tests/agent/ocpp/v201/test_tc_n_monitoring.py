@@ -291,3 +291,18 @@ async def test_tc_n_events_from_the_two_process_agent(octt: Octt201) -> None:
     octt.ctl("fault", name="undervoltage")
     low = await wait_event(octt, "undervoltage", variableMonitoringId=monitor_id)
     assert float(low["actualValue"]) < 215
+
+
+def test_presets_of_base_and_level_take_effect_once() -> None:
+    from agent.db import connect
+    from agent.ocpp.v201.device_model import DeviceModel
+    from agent.ocpp.v201.monitoring import Monitoring
+
+    service = FakeService(connect(":memory:", durable=False))
+    service.variables = DeviceModel(service.db, {"MonitoringCtrlr/MonitoringBase": "FactoryDefault",
+                                                 "MonitoringCtrlr/MonitoringLevel": 4}, evse_ids=(1,))
+    monitoring = Monitoring(service)  # type: ignore[arg-type]
+    assert service.variables.value("MonitoringCtrlr", "ActiveMonitoringBase") == "FactoryDefault"
+    assert service.variables.value("MonitoringCtrlr", "ActiveMonitoringLevel") == 4
+    kinds = {(m.kind, m.type) for m in monitoring.active()}
+    assert ("PreconfiguredMonitor", "LowerThreshold") in kinds and ("PreconfiguredMonitor", "Delta") not in kinds
