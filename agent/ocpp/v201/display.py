@@ -90,7 +90,7 @@ class StoredMessage:
             start=parse_time(info["startDateTime"]) if info.get("startDateTime") else None,
             end=parse_time(info["endDateTime"]) if info.get("endDateTime") else None,
             transaction_id=info.get("transactionId"),
-            evse=int(evse["id"]) if isinstance(evse, dict) and "id" in evse else None,
+            evse=int(evse["id"]) or None if isinstance(evse, dict) and "id" in evse else None,  # 0: the station
         )
 
     def operator_message(self) -> OperatorMessage:

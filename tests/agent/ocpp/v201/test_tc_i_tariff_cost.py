@@ -1,6 +1,7 @@
 """OCPP 2.0.1 Tariff and Cost (I01-I06) over real websockets, checked on what the display shows (the console
 display driver's last screen): the personal tariff from Authorize, the running cost from CostUpdated, the
-final totalCost of the Ended answer kept with the transaction, and the local cost while the CSMS is away."""
+final totalCost of the Ended answer kept with the transaction, and the local cost while the CSMS is away.
+Named after the use cases: the OCTT Part 6 edition at hand (Core & Advanced Security) has no I test cases."""
 
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def test_money_units() -> None:
     assert currency_decimals("jpy") == 0 and currency_decimals("EUR") == 2
 
 
-async def test_tc_i_01_02_03_cs_tariff_running_and_final_cost(octt: Octt201) -> None:
+async def test_i01_i02_i03_i06_tariff_running_and_final_cost(octt: Octt201) -> None:
     octt.csms.id_token_infos[TAG] = {"status": "Accepted",
                                      "personalMessage": {"format": "UTF8", "content": "0.25 EUR/kWh for you"}}
     octt.csms.transaction_event_answers["Ended"] = {"totalCost": 4.7}
@@ -61,7 +62,7 @@ async def test_tc_i_01_02_03_cs_tariff_running_and_final_cost(octt: Octt201) -> 
     assert pricing.kept(tx) == {"total": Decimal("4.70"), "currency": "EUR", "source": "csms", "final": True}
 
 
-async def test_tc_i_04_05_cs_offline_fallback_and_local_cost(octt: Octt201) -> None:
+async def test_i04_i05_offline_fallback_and_local_cost(octt: Octt201) -> None:
     """With a known tariff (customData chargingPrice) the running and final cost are computed locally while
     the CSMS is unreachable; a later total of the CSMS wins over the local one."""
     octt.csms.id_token_infos[TAG] = {

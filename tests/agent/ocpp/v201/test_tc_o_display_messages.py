@@ -1,6 +1,7 @@
 """OCPP 2.0.1 Advanced User Interface (O01-O06) over real websockets, checked on the Nextion emulator's
 screen (the real serial driver on a pty): SetDisplayMessage with priorities, states, validity windows and a
-transaction, GetDisplayMessages -> NotifyDisplayMessages, ClearDisplayMessage; a fault screen stays."""
+transaction, GetDisplayMessages -> NotifyDisplayMessages, ClearDisplayMessage; a fault screen stays.
+Named after the use cases: the OCTT Part 6 edition at hand (Core & Advanced Security) has no O test cases."""
 
 from __future__ import annotations
 
@@ -48,9 +49,9 @@ def hmi(octt: Octt201) -> NextionEmulator:
     return display
 
 
-async def test_tc_o_01_02_06_cs_messages_on_the_display(hmi_octt: Octt201, monkeypatch: pytest.MonkeyPatch) -> None:
-    """TC_O_01_CS (NormalCycle), TC_O_02/03 (AlwaysFront / InFront win), TC_O_06 (GetDisplayMessages),
-    TC_O_05 (Clear), O01 states: a Charging-only message waits for charging; a fault screen stays."""
+async def test_o01_o03_o04_o05_o06_messages_on_the_display(hmi_octt: Octt201, monkeypatch: pytest.MonkeyPatch) -> None:
+    """O01 (priorities: AlwaysFront / InFront before NormalCycle, NormalCycle in turns; states: a Charging-only
+    message waits for charging; a fault screen stays), O06 replace by id, O03/O04 Get, O05 Clear."""
     octt = hmi_octt
     await octt.start_agent()
     await octt.booted()
@@ -59,6 +60,10 @@ async def test_tc_o_01_02_06_cs_messages_on_the_display(hmi_octt: Octt201, monke
     assert (await octt.send("SetDisplayMessage", info(1, "Free coffee inside")))["status"] == "Accepted"
     await eventually(lambda: screen.texts["t4"] == "Free coffee inside", what="normal message on the HMI")
     assert "Tap card or plug in" in screen.shown()  # beside our own guidance
+    assert (await octt.send("SetDisplayMessage", info(1, "Free tea inside")))["status"] == "Accepted"
+    await eventually(lambda: screen.texts["t4"] == "Free tea inside", what="O06 replaced by id")
+    assert (await octt.send("SetDisplayMessage", info(1, "Free coffee inside")))["status"] == "Accepted"
+    await eventually(lambda: screen.texts["t4"] == "Free coffee inside", what="O06 replaced back")
     monkeypatch.setattr("agent.ocpp.v201.display.CYCLE_S", 0.3)
     assert (await octt.send("SetDisplayMessage", info(7, "Wifi: guest")))["status"] == "Accepted"
     await eventually(lambda: screen.texts["t4"] == "Wifi: guest", what="second NormalCycle message in turn")
@@ -101,7 +106,7 @@ async def test_tc_o_01_02_06_cs_messages_on_the_display(hmi_octt: Octt201, monke
     assert screen.texts["t0"] == "Out of order" and "Welcome!" not in (screen.texts["t1"], screen.texts["t2"])
 
 
-async def test_tc_o_04_cs_validity_window_and_transaction_message(hmi_octt: Octt201) -> None:
+async def test_o01_o02_validity_window_and_transaction_message(hmi_octt: Octt201) -> None:
     """A message with startDateTime/endDateTime appears and goes by itself; one bound to the running
     transaction (O02) is shown with it and removed when it ends."""
     octt = hmi_octt
