@@ -291,7 +291,8 @@ class Csms:
         self.certificate_signed_results: list[dict[str, Any]] = []
         self._background: set[asyncio.Future[Any]] = set()
         # Tests of the station's robustness: ``hostile_reply(cp, action, unique_id, payload)`` may return
-        # the raw text answering a station CALL instead of the normal answer (None: answer normally);
+        # the raw text answering a station CALL instead of the normal answer (None: answer normally; "": never
+        # answer);
         # answers to CALLs put on the wire by ``send_raw`` are collected per unique id in ``raw_answers``.
         self.hostile_reply: Callable[[str, str, str, dict[str, Any]], str | None] | None = None
         self.raw_answers: dict[str, list[Any]] = defaultdict(list)
@@ -485,7 +486,8 @@ class Csms:
         if frame[0] == 2 and self.hostile_reply is not None and len(frame) == 4 and isinstance(frame[3], dict):
             text = self.hostile_reply(charge_point_id, str(frame[2]), frame[1], frame[3])
             if text is not None:
-                await send(text)
+                if text:  # "" : the CALL is never answered (the station's MessageTimeout runs out)
+                    await send(text)
                 return True
         return False
 
