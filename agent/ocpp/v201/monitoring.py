@@ -289,6 +289,7 @@ class Monitoring:
         self._reports: dict[int, tuple[float, list[dict[str, Any]]]] = {}
         self._wake = asyncio.Event()
         self._last_eval = -math.inf
+        self._last_error: str | None = None
         # A preset ([ocpp.variables] MonitoringCtrlr/MonitoringBase or MonitoringLevel) takes effect once.
         base = str(self.dm.value("MonitoringCtrlr", "MonitoringBase"))
         if base != self.dm.value("MonitoringCtrlr", "ActiveMonitoringBase"):
@@ -579,8 +580,12 @@ class Monitoring:
             self._last_eval = clock.monotonic()
             try:
                 self.tick()
-            except Exception:  # a bug must not stop the watching for good: logged, tried at the next tick
-                log.exception("monitor evaluation failed")
+            except Exception as exc:  # a bug must not stop the watching for good: logged once, tried again
+                if repr(exc) != self._last_error:
+                    self._last_error = repr(exc)
+                    log.exception("monitor evaluation failed (logged once until it changes)")
+            else:
+                self._last_error = None
 
     def tick(self) -> list[Event]:
         """Evaluate every monitor and our faults once; queue the events; returns them (tests)."""
@@ -588,7 +593,11 @@ class Monitoring:
             return []
         now = self.service.wall()
         events: list[Event] = []
-        views = self.service.station.connector_views()
+        try:
+            views = self.service.station.connector_views()
+        except Exception as exc:  # the control side not (yet) there: the monitors read no value now
+            log.debug("no station views: %s", exc)
+            views = {}
         for monitor in self.active():
             state = self._states.setdefault(monitor.id, MonitorState())
             if monitor.transaction and not _in_transaction(monitor.entry, views):
