@@ -549,9 +549,10 @@ class OcppSession:
                 self._awaiting_id = None
                 if not calling.done():
                     calling.cancel()
-                    # Whatever it ends with now (often the closed socket) is nobody's business any more:
-                    # retrieve it so asyncio does not log "Task exception was never retrieved".
-                    calling.add_done_callback(lambda f: f.cancelled() or f.exception())
+                # Whatever it ends with now (often the closed socket) is nobody's business any more: retrieve it
+                # so asyncio does not log "Task exception was never retrieved" (also when it failed in the same
+                # loop turn as this request was cancelled).
+                calling.add_done_callback(lambda f: f.cancelled() or f.exception())
             if not calling.done() or calling.cancelled():
                 raise ConnectionLost(f"{action}: connection closed while waiting for the answer")
             result = self._result_of(action, unique_id, calling)
