@@ -174,6 +174,8 @@ class Pricing:
             price = None
         if price is not None:
             self._tx_tariff[tx_id] = price
+            if len(self._tx_tariff) > 100:  # Ended answers that never came
+                self._tx_tariff.pop(next(iter(self._tx_tariff)))
         updated = self._personal_text(_get(conf, "updatedPersonalMessage", "updated_personal_message"))
         if updated and cid is not None and self._flag("Tariff"):
             self._show(cid, price=updated)  # I06
