@@ -381,6 +381,11 @@ class ChargeController:
     def site_limit_a(self) -> float | None:
         return self._site_limit
 
+    @property
+    def duty_change_due_s(self) -> float:
+        """Monotonic time from which the next PWM duty change is allowed (one per DUTY_CHANGE_INTERVAL_S)."""
+        return self._duty_changed_at + DUTY_CHANGE_INTERVAL_S
+
     def status(self) -> ControllerStatus:
         return ControllerStatus(
             state=self.state,

@@ -20,6 +20,9 @@ Each step:
 4. A connector whose EV still draws more than offered (+ ``FOLLOW_TOLERANCE_A``) ``EV_REACTION_S`` plus
    the meter's slack after its offer dropped, while the connection point is over the fuse, is paused
    (site limit 0) for ``NOT_FOLLOWING_PAUSE_S``.
+5. Over the fuse, a connector whose lowering would wait for its duty window (> ``URGENT_WAIT_S``) while
+   the lowerings that act now do not remove the excess is paused at once (X1, allowed at any time;
+   ``overload_pauses``); the charge controller offers its allocation again after T_STEP_X1.
 A connector with no session gets the current still free on its phases (0 when less than 6 A), so an EV
 that starts is never first offered more than the site has.
 """
@@ -51,6 +54,7 @@ EV_REACTION_S = 5.0  # IEC 61851-1 Table A.8: the EV follows a new duty within 5
 METER_SLACK_S = 1.5  # the connector meter's poll period and bus time on top of the EV's reaction
 FOLLOW_TOLERANCE_A = 1.0  # drawn above offer by more than this = not following
 NOT_FOLLOWING_PAUSE_S = 60.0
+URGENT_WAIT_S = 1.0  # over the fuse, a lowering whose duty window opens later than this pauses (X1) instead
 DRAWING_A = 1.0  # a phase carrying more than this is loaded by the EV
 NONSENSE_FACTOR = 10.0  # a grid current beyond 10 x the fuse is not a reading
 VOLTAGE_V = 230.0
@@ -74,6 +78,7 @@ class ConnectorLoad:
     started_s: float = 0.0  # session start (wall), for the pause order
     supply_phases: int = 3  # phases the board supplies now (a phase switch changes it)
     can_switch: bool = False  # the board can switch 1/3 phases for this session now (cap not reached)
+    duty_due_s: float = -math.inf  # monotonic time from which the pilot may change its duty again (IEC: 5 s)
 
 
 def load_of(connector: Connector) -> ConnectorLoad:
@@ -95,6 +100,7 @@ def load_of(connector: Connector) -> ConnectorLoad:
         started_s=session.start_wall if session is not None else 0.0,
         supply_phases=supply,
         can_switch=switcher.refusal(1 if supply == 3 else 3) is None,
+        duty_due_s=c.duty_change_due_s,
     )
 
 
@@ -186,6 +192,41 @@ def failsafe_limits(config: SiteConfig, loads: Sequence[ConnectorLoad]) -> dict[
         else:
             out[load.connector_id] = min(failsafe, idle_limit(capacity, allocations, demands, demand.phases))
     return out
+
+
+def overload_pauses(grid: GridSample, config: SiteConfig, loads: Sequence[ConnectorLoad],
+                    demands: Sequence[Demand], allocations: Sequence[Allocation], now: float) -> set[int]:
+    """Connectors to pause at once (X1, allowed at any time) because the site is over its fuse and the
+    lowerings that can act soon do not remove the excess: a lowering waits for the connector's duty window
+    (one change per 5 s), so without this an overload could last that wait + the meter + the EV's ramp.
+
+    Per site phase over the fuse, counted as relief: what EVs already draw above their offer (they follow
+    it), what connectors paused or lowered at once (window open within ``URGENT_WAIT_S``) give up. While
+    that is short of the excess, the latest-started connector whose lowering must wait is paused."""
+    excess = [grid.current_a[p] - config.main_fuse_a if p < config.phases else 0.0 for p in range(3)]
+    if all(e <= 0 for e in excess):
+        return set()
+    relief = [0.0, 0.0, 0.0]
+    waiting: list[tuple[ConnectorLoad, Demand, float]] = []
+    for load, demand, allocation in zip(loads, demands, allocations, strict=True):
+        if not load.relay_closed:
+            continue
+        amps = drawn(load)
+        now_a = load.offered_a if amps is None else amps
+        following = max(0.0, now_a - load.offered_a)  # already asked for: the EV ramps down by itself
+        further = max(0.0, min(now_a, load.offered_a) - allocation.current_a)
+        soon = load.offered_a <= 0 or allocation.current_a <= 0 or load.duty_due_s - now <= URGENT_WAIT_S
+        for site in demand.phases:
+            relief[site - 1] += following + (further if soon else 0.0)
+        if further > 0 and not soon:
+            waiting.append((load, demand, min(now_a, load.offered_a)))
+    pauses: set[int] = set()
+    for load, demand, amps in sorted(waiting, key=lambda w: (w[0].started_s, w[0].connector_id), reverse=True):
+        if any(excess[site - 1] > relief[site - 1] for site in demand.phases):
+            pauses.add(load.connector_id)
+            for site in demand.phases:
+                relief[site - 1] += amps
+    return pauses
 
 
 class SiteController:
@@ -313,10 +354,17 @@ class SiteController:
                 )
             )
         allocations = allocate(capacity, demands, min_current_a=IEC_MIN_A, binding_reason=reason)
+        urgent = overload_pauses(grid, cfg, loads, demands, allocations, now)
         for load, demand, allocation in zip(loads, demands, allocations, strict=True):
             cap = solar.get(load.connector_id) if solar is not None else None
             solar_binds = cap is not None and cap < load.own_limit_a and allocation.binding == "connector"
-            if demand.active:
+            if load.connector_id in urgent:  # X1 now; the controller offers the allocation after T_STEP_X1
+                log.warning(
+                    "site over its fuse (%s A) and connector %d cannot lower its duty for %.1f s: paused at once",
+                    grid.current_a, load.connector_id, load.duty_due_s - now,
+                )
+                self._set(load.connector_id, 0.0, REASON_FUSE, force=True)
+            elif demand.active:
                 self._set(load.connector_id, allocation.current_a, REASON_SOLAR if solar_binds else reason)
             elif load.active and cap == 0.0 and self._paused_until.get(load.connector_id, -math.inf) <= now:
                 self._set(load.connector_id, 0.0, REASON_SOLAR)  # no surplus: paused by the solar rules
