@@ -5,7 +5,7 @@ server and a real installer process (agent/ocpp/v201/firmware.py):
   Downloading at that time; a first download attempt that fails is retried after retryInterval (retries);
   installDateTime in the future -> InstallScheduled, Installing at that time, InstallRebooting; after the
   restart the BootNotification (reason FirmwareUpdate) carries the version the new image reports, then
-  Installed for that requestId.
+  Installed for that requestId. PublishFirmware (L03, a Local Controller's) is NotSupported.
 - TC_L_10_CS: a new UpdateFirmware while one is scheduled -> AcceptedCanceled; the old one never downloads
   (its URL is never fetched) and gets no more statuses; TC_L_07_CS: the new one's URL is missing ->
   DownloadFailed after its retries; L01.FR.27: an UpdateFirmware while an installer runs -> Rejected.
@@ -19,6 +19,9 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from simulator.csms import CsmsCallError
 from tests.agent.ocpp.fileservers import HttpFiles, http_server
 from tests.agent.ocpp.firmware_support import FIRMWARE, now_iso
 from tests.agent.ocpp.v201.conftest import Octt201, eventually
@@ -104,6 +107,11 @@ async def test_tc_l_02_l_03_cs_scheduled_unsigned_update_with_retry_and_activati
     assert boot["chargingStation"]["firmwareVersion"] == NEW_VERSION
     installed = octt.msgs(FSN)[-1]
     assert installed.at >= octt.msgs("BootNotification")[-1].at
+    # L03/L04 are a Local Controller's: a station does not publish firmware
+    with pytest.raises(CsmsCallError) as refused:
+        await octt.send("PublishFirmware", {"location": "http://127.0.0.1:1/fw.bin", "checksum": "0" * 32,
+                                            "requestId": 4})
+    assert refused.value.code == "NotSupported"
 
 
 async def test_tc_l_10_l_07_cs_new_update_cancels_the_scheduled_one_rejected_while_installing(
