@@ -124,6 +124,8 @@ class AgentProcess:
             self.proc = None
 
     def terminate(self) -> None:
+        """SIGTERM and wait, blocking: only outside an event loop that serves the agent (the CSMS, rig and
+        proxy of a World live in the test's loop and could not answer the agent's goodbye): use stop()."""
         if self.proc is not None:
             self.proc.terminate()
             try:
@@ -133,9 +135,31 @@ class AgentProcess:
                 self.proc.wait(10)
             self.proc = None
 
+    async def stop(self, within: float = 10.0) -> None:
+        """SIGTERM, then wait for the exit without blocking the event loop, so that the CSMS, the rig and the
+        proxy in this loop go on answering while the agent shuts down; SIGKILL after ``within`` seconds."""
+        proc = self.proc
+        if proc is None:
+            return
+        proc.terminate()
+        if not await _exited(proc, within):
+            proc.kill()
+            await _exited(proc, within)
+        self.proc = None
+
     @property
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+
+async def _exited(proc: subprocess.Popen[bytes], within: float) -> bool:
+    """Poll until ``proc`` has exited (True) or ``within`` seconds passed (False), yielding to the loop."""
+    deadline = time.monotonic() + within
+    while proc.poll() is None:
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.01)
+    return True
 
 
 class FaultProxy:
@@ -319,7 +343,7 @@ async def open_world(directory: Path, *, connectors: int = 1, proxy: bool = Fals
 
 
 async def close_world(world: World) -> None:
-    world.agent.terminate()
+    await world.agent.stop()
     if world.proxy is not None:
         await world.proxy.stop()
     await world.rig.stop()
