@@ -247,3 +247,52 @@ def ev_capacity(
         other = grid_a - ev_a
         out.append(max(0.0, fuse - margin - other) if fuse > 0 else 0.0)
     return (out[0], out[1], out[2])
+
+
+class Stabilizer:
+    """Hysteresis on ``allocate()``'s results, so an input that wavers between two splits does not make the
+    offers flip every step (each flip is a duty change and an EV ramp).
+
+    ``step`` returns the previous result again unless one of these holds, then the new one replaces it:
+    - it is the first, or the sessions changed (another connector set, one started, paused or resumed);
+    - the previous result would exceed the capacity on a phase or a connector's own ``limit_a`` (never kept
+      when that would exceed the fuse or a limit: decreases that are needed pass at once);
+    - ``hold_s`` has passed since the previous one was accepted and some current differs by more than
+      ``threshold_a``.
+    Pure: the time is passed in."""
+
+    def __init__(self, *, hold_s: float = 10.0, threshold_a: float = 0.5) -> None:
+        self.hold_s = hold_s
+        self.threshold_a = threshold_a
+        self._kept: list[Allocation] | None = None
+        self._since = -math.inf
+
+    def reset(self) -> None:
+        self._kept, self._since = None, -math.inf
+
+    def step(self, now_s: float, capacity_a: tuple[float, float, float], demands: Sequence[Demand],
+             allocations: Sequence[Allocation]) -> list[Allocation]:
+        new = list(allocations)
+        if self._must_replace(now_s, capacity_a, demands, new):
+            self._kept, self._since = new, now_s
+        assert self._kept is not None
+        return list(self._kept)
+
+    def _must_replace(self, now_s: float, capacity_a: tuple[float, float, float], demands: Sequence[Demand],
+                      new: list[Allocation]) -> bool:
+        kept = self._kept
+        if kept is None or [a.connector_id for a in kept] != [a.connector_id for a in new]:
+            return True
+        if any((k.current_a > 0) != (n.current_a > 0) for k, n in zip(kept, new, strict=True)):
+            return True  # a session starts, pauses or resumes
+        load = [0.0, 0.0, 0.0]
+        for allocation, demand in zip(kept, demands, strict=True):
+            if allocation.current_a > _sane(demand.limit_a) + _EPS:
+                return True
+            for phase in _phase_indexes(demand.phases):
+                load[phase] += allocation.current_a
+        capacity = [_sane(c) for c in tuple(capacity_a)[:3]] + [0.0] * (3 - len(tuple(capacity_a)[:3]))
+        if any(load[p] > capacity[p] + 1e-6 for p in range(3)):
+            return True
+        differs = any(abs(k.current_a - n.current_a) > self.threshold_a for k, n in zip(kept, new, strict=True))
+        return differs and (not math.isfinite(now_s) or now_s - self._since >= self.hold_s)

@@ -16,7 +16,10 @@ Each step:
 3. Apply each allocation as the connector's site limit (``Connector.set_site_limit``): the charge
    controller takes the minimum with its other limits, names the binding one, and keeps the IEC rules
    (one duty change per 5 s, pause below 6 A). Decreases are applied at once; an increase smaller than
-   ``INCREASE_DEADBAND_A`` is not (no duty change for noise).
+   ``INCREASE_DEADBAND_A`` is not (no duty change for noise). The split passes ``allocator.Stabilizer``
+   first: a new split replaces the previous one only after ``STABLE_HOLD_S`` (and when it differs by more
+   than ``STABLE_THRESHOLD_A``), unless the previous one no longer fits the fuse or a limit, or a session
+   starts, pauses or resumes (no flip-flop between two splits every step).
 4. A connector whose EV still draws more than offered (+ ``FOLLOW_TOLERANCE_A``) ``EV_REACTION_S`` plus
    the meter's slack after its offer dropped, while the connection point is over the fuse, is paused
    (site limit 0) for ``NOT_FOLLOWING_PAUSE_S``.
@@ -37,7 +40,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent.config import SiteConfig
-from agent.energy.allocator import Allocation, Demand, allocate, ev_capacity
+from agent.energy.allocator import Allocation, Demand, Stabilizer, allocate, ev_capacity
 from hal.clock import Clock
 from hal.roles import SiteMeter
 from hal.types import GridSample
@@ -54,6 +57,8 @@ EV_REACTION_S = 5.0  # IEC 61851-1 Table A.8: the EV follows a new duty within 5
 METER_SLACK_S = 1.5  # the connector meter's poll period and bus time on top of the EV's reaction
 FOLLOW_TOLERANCE_A = 1.0  # drawn above offer by more than this = not following
 NOT_FOLLOWING_PAUSE_S = 60.0
+STABLE_HOLD_S = 10.0  # a new split replaces the previous one after this, unless a fuse/limit needs it sooner
+STABLE_THRESHOLD_A = 0.5  # ... and only when some current differs by more than this
 URGENT_WAIT_S = 1.0  # over the fuse, a lowering whose duty window opens later than this pauses (X1) instead
 DRAWING_A = 1.0  # a phase carrying more than this is loaded by the EV
 NONSENSE_FACTOR = 10.0  # a grid current beyond 10 x the fuse is not a reading
@@ -259,6 +264,7 @@ class SiteController:
         self._applied: dict[int, tuple[float | None, str]] = {}
         self._offers: dict[int, tuple[float, float]] = {}  # id -> (offered A, monotonic when it changed)
         self._paused_until: dict[int, float] = {}
+        self.stable = Stabilizer(hold_s=STABLE_HOLD_S, threshold_a=STABLE_THRESHOLD_A)
         self.last_capacity: tuple[float, float, float] | None = None
         self.last_grid: GridSample | None = None
 
@@ -317,6 +323,7 @@ class SiteController:
         if detail is not None and not self.fault_raised:
             self.fault_raised = True
             self.on_fault(True, detail)
+        self.stable.reset()
         for connector_id, amps in failsafe_limits(self.config, loads).items():
             self._set(connector_id, amps, REASON_FAILSAFE, force=True)
 
@@ -354,6 +361,7 @@ class SiteController:
                 )
             )
         allocations = allocate(capacity, demands, min_current_a=IEC_MIN_A, binding_reason=reason)
+        allocations = self.stable.step(now, capacity, demands, allocations)  # no flip-flop between splits
         urgent = overload_pauses(grid, cfg, loads, demands, allocations, now)
         for load, demand, allocation in zip(loads, demands, allocations, strict=True):
             cap = solar.get(load.connector_id) if solar is not None else None
@@ -401,6 +409,8 @@ class SiteController:
                 if x.measured_a is not None else (x.offered_a * x.supply_phases * VOLTAGE_V if x.relay_closed else 0.0),
                 limit_a=x.own_limit_a,
                 phase_switching=x.can_switch,
+                offered_a=x.offered_a,
+                settled=self._settled(x, now),
             )
             for x in active
         ]

@@ -196,7 +196,8 @@ class SolarSession:
     drawn_w: float
     limit_a: float = 32.0
     phase_switching: bool = False
-
+    offered_a: float | None = None  # what the pilot offers now (None: taken to be the last grant)
+    settled: bool = True  # the EV has had its reaction time since the offer last changed
 
 def _split(available_w: float, items: list[tuple[float, float, int]], voltage: float) -> list[float]:
     """Per-phase currents (min_a <= I <= cap_a) with the same current for all, as far as their bounds allow,
@@ -277,7 +278,10 @@ class SolarSite:
             bounds.append((s.min_current_a, limit, phases))
             drawn_a = draws[x.connector_id] / (phases * s.voltage_v)
             granted = self._granted.get(x.connector_id)
-            if x.running and granted is not None and drawn_a < granted - self.UNUSED_BELOW_A:
+            # Unused only against what the EV is really offered (a grant waits for the duty window) and once
+            # the EV has had time to follow it: else the split flips between held and not held every step.
+            reference = granted if x.offered_a is None or granted is None else min(granted, x.offered_a)
+            if x.running and x.settled and reference is not None and drawn_a < reference - self.UNUSED_BELOW_A:
                 limit = min(limit, max(s.min_current_a, drawn_a + self.HOLD_HEADROOM_A))
             held.append((s.min_current_a, limit, phases))
         currents = _split(available, held, s.voltage_v)

@@ -3,9 +3,16 @@ the FakeClock with a scripted site meter)."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.energy.allocator import Allocation, Demand, Stabilizer, allocate
 from agent.energy.site import ConnectorLoad
+from agent.energy.solar import SolarSession, SolarSettings, SolarSite
 from tests.agent.test_site_controller import Harness
 
 
@@ -47,3 +54,77 @@ def test_no_pause_when_the_lowerings_that_act_soon_remove_the_excess() -> None:
     h = Harness([busy(1, 12.0), busy(2, 10.0, due=now_due, drawn=14.0, started=1.0)], fuse=35.0)
     h.run(0.5, answer=(37.0, 37.0, 37.0))
     assert h.applied[2][0] is not None and h.applied[2][0] > 0
+
+
+# ----------------------------------------------------------------------------- allocation hysteresis
+
+ONE_PHASE = [Demand(1, 32.0, (1,), None, True), Demand(2, 32.0, (1,), None, True, started_s=1.0)]
+
+
+def split(a: float, b: float) -> list[Allocation]:
+    return [Allocation(1, a, "site-fuse"), Allocation(2, b, "site-fuse")]
+
+
+def test_a_flip_flopping_split_is_held_and_a_needed_decrease_passes_at_once() -> None:
+    # The solar demo's input: the allocation alternated between 7.6/7.6 A and 6.0/13.6 A every 0.5 s.
+    stable = Stabilizer(hold_s=10.0, threshold_a=0.5)
+    capacity = (20.0, 20.0, 20.0)
+    out = []
+    for n in range(240):  # 2 minutes of steps
+        new = split(7.6, 7.6) if n % 2 == 0 else split(6.0, 13.6)
+        out.append([a.current_a for a in stable.step(n * 0.5, capacity, ONE_PHASE, new)])
+    changes = [n for n in range(1, len(out)) if out[n] != out[n - 1]]
+    assert len(changes) <= 120 / 10.0, f"{len(changes)} changes in 120 s"
+    assert all(b - a >= 20 for a, b in itertools.pairwise(changes)), "at most one change per hold time"
+    # The house load rises: the kept 6.0 + 13.6 A no longer fits 15 A: the new split replaces it at once.
+    kept = stable.step(120.0, capacity, ONE_PHASE, split(6.0, 13.6))
+    assert sum(a.current_a for a in kept) <= 20.0
+    assert [a.current_a for a in stable.step(120.5, (15.0, 15.0, 15.0), ONE_PHASE, split(7.5, 7.5))] == [7.5, 7.5]
+    # A connector's own limit drops below its kept current: replaced at once too.
+    lowered = [ONE_PHASE[0], Demand(2, 6.0, (1,), None, True, started_s=1.0)]
+    assert [a.current_a for a in stable.step(121.0, (15.0, 15.0, 15.0), lowered, split(9.0, 6.0))] == [9.0, 6.0]
+    # A session pausing is a new situation: at once.
+    assert [a.current_a for a in stable.step(121.5, (15.0, 15.0, 15.0), lowered, split(15.0, 0.0))] == [15.0, 0.0]
+
+
+demand_lists = st.lists(
+    st.builds(Demand, connector_id=st.integers(1, 8), limit_a=st.floats(0, 40), phases=st.sampled_from(
+        [(1,), (2,), (3,), (1, 2, 3)]), drawn_a=st.one_of(st.none(), st.floats(0, 40)), active=st.booleans(),
+        started_s=st.floats(0, 100)),
+    min_size=1, max_size=4, unique_by=lambda d: d.connector_id)
+capacities = st.tuples(st.floats(0, 80), st.floats(0, 80), st.floats(0, 80))
+
+
+@settings(max_examples=60, deadline=None)
+@given(capacity=capacities, demands=demand_lists)
+def test_a_constant_input_gives_a_constant_output(capacity: tuple[float, float, float],
+                                                   demands: list[Demand]) -> None:
+    stable = Stabilizer()
+    first = allocate(capacity, demands)
+    outputs = [stable.step(n * 0.5, capacity, demands, allocate(capacity, demands)) for n in range(100)]
+    assert all(o == first for o in outputs)
+
+
+@settings(max_examples=60, deadline=None)
+@given(steps=st.lists(capacities, min_size=2, max_size=30), demands=demand_lists)
+def test_the_held_result_never_exceeds_the_capacity_of_the_step(steps: list[tuple[float, float, float]],
+                                                                 demands: list[Demand]) -> None:
+    stable = Stabilizer()
+    for n, capacity in enumerate(steps):
+        out = stable.step(n * 0.5, capacity, demands, allocate(capacity, demands))
+        for phase in range(3):
+            used = sum(a.current_a for a, d in zip(out, demands, strict=True) if phase + 1 in d.phases)
+            assert used <= capacity[phase] + 1e-6
+
+
+def test_solar_split_holds_an_ev_only_against_its_real_offer_once_settled() -> None:
+    site = SolarSite(SolarSettings(solar_start_delay_s=0.0, solar_min_pause_s=0.0))
+    out = site.step(0.0, -4400.0, [SolarSession(1, True, 1, 0.0), SolarSession(2, False, 1, 0.0)])
+    assert out[1].current_a == pytest.approx(4400 / 460)  # 9.6 A each granted
+    # EV 1 still gets its old 6 A offer (the grant waits for its duty window) and draws it: not "unused".
+    waiting = [SolarSession(1, True, 1, 1380.0, offered_a=6.0), SolarSession(2, True, 1, 0.0, settled=False)]
+    out = site.step(0.5, -3020.0, waiting)
+    assert out[1].current_a == pytest.approx(out[2].current_a)
+    # Without the offer, the same input held EV 1 at its draw + 1.5 A: the split flipped every step.
+    out = site.step(1.0, -3020.0, [SolarSession(1, True, 1, 1380.0), SolarSession(2, True, 1, 0.0, settled=False)])
+    assert out[1].current_a == pytest.approx(7.5)
