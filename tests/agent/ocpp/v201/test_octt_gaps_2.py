@@ -60,3 +60,71 @@ async def test_tc_e_42_e_41_cs_transaction_event_unanswered_until_message_attemp
     # the connection stayed usable: a request after the give-up is answered
     assert (await octt.send("GetTransactionStatus", {"transactionId": tx})) == {
         "ongoingIndicator": False, "messagesInQueue": False}
+
+
+async def test_tc_c_18_c_15_cs_offline_start_from_the_cache_then_invalid_with_max_energy_on_invalid_id(
+        octt: Octt201) -> None:
+    """C12 (cache Accepted, CSMS Invalid) with MaxEnergyOnInvalidId > 0, the transaction started offline.
+    TC_C_18_CS (StopTxOnInvalidId true): the answer Invalid deauthorizes it at once (Deauthorized, offline
+    false), energy stops. TC_C_15_CS (StopTxOnInvalidId false): the transaction goes on and energy flows
+    until MaxEnergyOnInvalidId (counted from the start of the transaction, E05.FR.xx / the variable's
+    definition) is delivered, then stops (SuspendedEVSE) with the transaction kept. Part 6's main scenario of
+    C_15 names a Deauthorized event at step 5, its tool validations forbid one: the spec (StopTxOnInvalidId
+    false = the transaction is not stopped) is followed, no Deauthorized while energy may still flow."""
+    from agent.authcache import IdTagInfo
+
+    LIMIT_WH = 8
+    octt.csms.id_token_infos[TAG] = {"status": "Invalid"}
+    plant = octt.rig.connectors[1].plant
+    plant.ev.pwm_reaction_s = 0.2
+    agent = await octt.start_agent({"AuthCtrlr/LocalPreAuthorize": True, "AuthCtrlr/LocalAuthorizeOffline": True,
+                                    "TxCtrlr/StopTxOnInvalidId": True, "TxCtrlr/MaxEnergyOnInvalidId": 500})
+    cache = agent.service.features["Transactions"].cache
+    await octt.booted()
+
+    async def offline_start() -> dict[str, Any]:
+        cache.update(TAG, IdTagInfo("Accepted"))  # memory state: the card cached Accepted
+        known = len(octt.transaction_ids())
+        await octt.csms.outage(1.0)
+        await eventually(lambda: not agent.service.online, what="offline")
+        await octt.plugged()
+        assert (await agent.tap(TAG)).accepted
+        await eventually(lambda: plant.relay_closed, what="energy offered offline")
+        started = await octt.wait_tx_event("Started", count=known + 1, within=10)
+        assert started["offline"] is True and started["idToken"]["idToken"] == TAG
+        return started
+
+    # TC_C_18_CS
+    started = await offline_start()
+    tx = started["transactionInfo"]["transactionId"]
+    deauthorized = await octt.wait_tx_event("Ended", where=lambda p: p["transactionInfo"]["transactionId"] == tx)
+    offline = [p for p in octt.tx_events(tx) if p.get("offline")]
+    assert any(p["triggerReason"] == "ChargingStateChanged" for p in offline)
+    assert not any(p["triggerReason"] == "Deauthorized" for p in offline)
+    assert deauthorized["triggerReason"] == "Deauthorized" and deauthorized.get("offline") is not True
+    await eventually(lambda: not plant.relay_closed, what="energy stopped on Invalid")
+    octt.ctl("unplug", connector=1)
+    await octt.wait_status("Available", count=2)
+
+    # TC_C_15_CS: StopTxOnInvalidId false; MaxEnergyOnInvalidId small enough to be reached within the test
+    for name, value in (("StopTxOnInvalidId", "false"), ("MaxEnergyOnInvalidId", str(LIMIT_WH))):
+        answer = await octt.send("SetVariables", {"setVariableData": [{
+            "component": {"name": "TxCtrlr"}, "variable": {"name": name}, "attributeValue": value}]})
+        assert answer["setVariableResult"][0]["attributeStatus"] == "Accepted"
+    start_wh = plant.energy_wh
+    started = await offline_start()
+    tx = started["transactionInfo"]["transactionId"]
+    await octt.wait_tx_event("Started", where=lambda p: p["transactionInfo"]["transactionId"] == tx)
+    await eventually(lambda: agent.service.outbox.queued_for(tx) == 0, what="the Started answered Invalid")
+    assert plant.relay_closed and plant.energy_wh - start_wh < LIMIT_WH  # still below the limit: energy goes on
+    suspended = await octt.wait_tx_event(
+        "Updated", within=15, where=lambda p: p["transactionInfo"]["transactionId"] == tx
+        and p["transactionInfo"].get("chargingState") == "SuspendedEVSE")
+    assert suspended.get("offline") is not True
+    await eventually(lambda: plant.pwm_duty is None, what="energy withdrawn at MaxEnergyOnInvalidId")
+    delivered = plant.energy_wh - start_wh
+    # energy flowed past the Invalid answer up to the limit; the PWM goes off within the meter's poll (0.5 s)
+    # of reaching it (22 kW: about 6 Wh/s; margin for a loaded machine). The EV then ramps down (its side).
+    assert LIMIT_WH <= delivered < LIMIT_WH + 9, delivered
+    assert not any(p["triggerReason"] == "Deauthorized" or p["eventType"] == "Ended" for p in octt.tx_events(tx))
+    assert agent.connector.session is not None  # the transaction goes on
