@@ -104,8 +104,8 @@ class SiteConfig:
     failsafe_current_a: float = 6.0
     stale_after_s: float = 2.0
     solar_start_delay_s: float = 30.0
-    solar_stop_delay_s: float = 120.0
-    solar_min_run_s: float = 300.0
+    solar_stop_delay_s: float = 60.0  # with the min run: see agent.energy.solar.longest_import_s
+    solar_min_run_s: float = 100.0
     solar_min_pause_s: float = 120.0
     solar_import_margin_w: float = 200.0
 
@@ -466,10 +466,21 @@ def _site(table: _Reader, devices: Mapping[str, DeviceConfig]) -> SiteConfig:
         failsafe_current_a=failsafe,
         stale_after_s=table.number("stale_after_s", 2.0, low=0.5, high=2.0),
         solar_start_delay_s=table.number("solar_start_delay_s", 30.0, low=0.0, high=3600.0),
-        solar_stop_delay_s=table.number("solar_stop_delay_s", 120.0, low=0.0, high=3600.0),
-        solar_min_run_s=table.number("solar_min_run_s", 300.0, low=0.0, high=86400.0),
+        solar_stop_delay_s=table.number("solar_stop_delay_s", 60.0, low=0.0, high=3600.0),
+        solar_min_run_s=table.number("solar_min_run_s", 100.0, low=0.0, high=86400.0),
         solar_min_pause_s=table.number("solar_min_pause_s", 120.0, low=0.0, high=86400.0),
         solar_import_margin_w=table.number("solar_import_margin_w", 200.0, low=0.0, high=100_000.0),
     )
     table.reject_unknown()
+    if site.mode == "solar":
+        from agent.energy.solar import SOLAR_STOP_ALLOWANCE_S, longest_import_s
+
+        bound = longest_import_s(site.solar_stop_delay_s, site.solar_min_run_s)
+        if site.solar_min_pause_s < bound:
+            raise ConfigError(
+                table.key("solar_min_pause_s"),
+                f"must be at least max(solar_stop_delay_s, solar_min_run_s) + {SOLAR_STOP_ALLOWANCE_S:g} s (the EV's "
+                f"stop) = {bound:g} s in mode \"solar\": else charging can import beyond solar_import_margin_w "
+                "for longer than the minimum pause",
+            )
     return site

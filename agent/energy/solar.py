@@ -37,6 +37,17 @@ MODES = ("off", "grid-limit", "solar", "solar+min")
 SOLAR_MODES = ("solar", "solar+min")
 NOMINAL_VOLTAGE_V = 230.0
 SWITCH_TIMEOUT_S = 60.0  # a phase switch not reported done by then is given up (the reported phases count)
+# After the rules decide to stop: the EV stops within 6 s of X1 (else the contactor opens under it), plus the
+# site meter's poll and the controller's step that saw the import.
+SOLAR_STOP_ALLOWANCE_S = 8.0
+
+
+def longest_import_s(stop_delay_s: float, min_run_s: float) -> float:
+    """The longest charging import beyond ``solar_import_margin_w`` that the ``solar`` rules let happen: the
+    stop waits for the stop delay, or for the rest of the min run when the sun goes right after a start, then
+    the EV stops. The goal "no import beyond the margin for longer than the min pause" needs
+    ``solar_min_pause_s >= longest_import_s(...)`` (agent/config.py refuses a [site] that breaks it)."""
+    return max(stop_delay_s, min_run_s) + SOLAR_STOP_ALLOWANCE_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,8 +59,8 @@ class SolarSettings:
     phase_switching: bool = False
     max_phase_switches: int = 4
     solar_start_delay_s: float = 30.0
-    solar_stop_delay_s: float = 120.0
-    solar_min_run_s: float = 300.0
+    solar_stop_delay_s: float = 60.0
+    solar_min_run_s: float = 100.0
     solar_min_pause_s: float = 120.0
     solar_import_margin_w: float = 200.0
     voltage_v: float = NOMINAL_VOLTAGE_V

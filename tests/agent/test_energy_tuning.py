@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import itertools
 import math
+import random
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.config import ConfigError, parse
 from agent.energy.allocator import Allocation, Demand, Stabilizer, allocate
 from agent.energy.site import ConnectorLoad
-from agent.energy.solar import SolarSession, SolarSettings, SolarSite
+from agent.energy.solar import SolarPolicy, SolarSession, SolarSettings, SolarSite, longest_import_s
+from tests.agent.test_energy_solar import Ev as SolarEv
+from tests.agent.test_energy_solar import cloudy_pv
 from tests.agent.test_site_controller import Harness
 
 
@@ -128,3 +132,47 @@ def test_solar_split_holds_an_ev_only_against_its_real_offer_once_settled() -> N
     # Without the offer, the same input held EV 1 at its draw + 1.5 A: the split flipped every step.
     out = site.step(1.0, -3020.0, [SolarSession(1, True, 1, 1380.0), SolarSession(2, True, 1, 0.0, settled=False)])
     assert out[1].current_a == pytest.approx(7.5)
+
+
+# ----------------------------------------------------------------------------- the solar import goal
+
+SOLAR_SITE = {"station": {"id": "CP1"},
+              "devices": {"board": {"driver": "pilot-board-serial"}, "grid": {"driver": "modbus-meter"}},
+              "connectors": [{"pilot": "board"}]}
+
+
+def test_a_solar_site_whose_min_pause_cannot_bound_the_import_is_refused_naming_the_key() -> None:
+    site = parse({**SOLAR_SITE, "site": {"meter": "grid", "mode": "solar"}}).site  # the defaults fit
+    assert longest_import_s(site.solar_stop_delay_s, site.solar_min_run_s) <= site.solar_min_pause_s
+    for bad in ({"solar_min_run_s": 300}, {"solar_stop_delay_s": 120}, {"solar_min_pause_s": 60}):
+        with pytest.raises(ConfigError) as caught:
+            parse({**SOLAR_SITE, "site": {"meter": "grid", "mode": "solar", **bad}})
+        assert caught.value.key == "site.solar_min_pause_s" and "solar_min_run_s" in str(caught.value)
+    # solar+min imports its minimum by design: no such rule
+    parse({**SOLAR_SITE, "site": {"meter": "grid", "mode": "solar+min", "solar_min_run_s": 300}})
+
+
+@pytest.mark.parametrize("seed", [3, 15])
+def test_with_the_default_rules_import_never_outlasts_the_min_pause(seed: int) -> None:
+    site = parse({**SOLAR_SITE, "site": {"meter": "grid", "mode": "solar"}}).site
+    s = SolarSettings(solar_start_delay_s=site.solar_start_delay_s, solar_stop_delay_s=site.solar_stop_delay_s,
+                      solar_min_run_s=site.solar_min_run_s, solar_min_pause_s=site.solar_min_pause_s,
+                      solar_import_margin_w=site.solar_import_margin_w)
+    rng = random.Random(seed)
+    seconds = 3 * 3600
+    pv = cloudy_pv(rng, seconds, peak_w=6000.0)
+    policy, ev = SolarPolicy(s), SolarEv(phases=1)
+    since: int | None = None
+    longest = 0
+    for t in range(seconds):
+        ev_w = ev.current * ev.phases * 230.0
+        grid_w = 400.0 + ev_w - pv[t]
+        ev.apply(t, policy.step(float(t), -grid_w + ev_w, ev.closed and ev.current > 0.5, ev.phases, False))
+        if min(grid_w, ev_w) > s.solar_import_margin_w:
+            since = t if since is None else since
+            longest = max(longest, t - since + 1)
+        else:
+            since = None
+    assert ev.toggles and longest <= s.solar_min_pause_s
+    for (t_a, on_a), (t_b, _) in itertools.pairwise(ev.toggles):
+        assert t_b - t_a >= (s.solar_min_run_s if on_a else s.solar_min_pause_s) - 1
