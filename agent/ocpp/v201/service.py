@@ -353,7 +353,7 @@ class OcppService:
 
     def _on_event(self, event: StationEvent) -> None:
         if isinstance(event, StatusChanged):
-            self._queue_status(event.connector_id, connector_status(event.status))
+            self._queue_status(event.connector_id, self._status_201(event.connector_id, event.status))
             if self.handlers.scheduled_reset is not None:  # a transaction without a session may have ended
                 asyncio.get_running_loop().call_soon(self.handlers.idle_check)
         elif isinstance(event, SessionStopped):
@@ -390,7 +390,21 @@ class OcppService:
     # -- status notifications ----------------------------------------------------------------------
 
     def status_of(self, evse: int) -> str:
-        return connector_status(self.station.connector_view(evse).status)
+        return self._status_201(evse, self.station.connector_view(evse).status)
+
+    def _status_201(self, evse: int, status: ConnectorStatus) -> str:
+        """connectorStatus; a cable fixed to the station that the EV left while its transaction goes on
+        (StopTxOnEVSideDisconnect false) is Available again (E10, TC_E_27_CS step 3)."""
+        text = connector_status(status)
+        if text != "Occupied":
+            return text
+        try:
+            view = self.station.connector_view(evse)
+        except KeyError:
+            return text
+        if view.fixed_cable and view.session is not None and not view.plugged_in and not view.ev_connected:
+            return "Available"
+        return text
 
     def _queue_status(self, evse: int, status: str | None = None, *, force: bool = False) -> None:
         status = status or self.status_of(evse)

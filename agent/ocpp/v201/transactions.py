@@ -322,11 +322,16 @@ class TxMachine:
         self.state.evse_reported = False  # the first event after the EV connected names the EVSE
         return self._step(Trigger.CABLE_PLUGGED_IN, ev_connected=True, charging_state=charging_state)
 
-    def unplug(self) -> list[TxEvent]:
-        """The EV is gone (EVCommunicationLost); StopTxOnEVSideDisconnect ends the transaction."""
+    def unplug(self, *, fixed_cable: bool = False) -> list[TxEvent]:
+        """The EV is gone (EVCommunicationLost); StopTxOnEVSideDisconnect ends the transaction. A transaction
+        kept open on a cable fixed to the station waits EVConnectionTimeOut for the EV, then is deauthorized
+        (E10, TC_E_27_CS: EVConnectTimeout)."""
         if not self.state.ev_connected:
             return []
-        force = self._settings().stop_on_ev_side_disconnect
+        settings = self._settings()
+        force = settings.stop_on_ev_side_disconnect
+        if fixed_cable and not force and self.state.transaction_id is not None and self.state.id_token is not None:
+            self.state.auth_deadline = self._monotonic() + max(0.0, settings.ev_connection_timeout_s)
         return self._step(Trigger.EV_COMMUNICATION_LOST, ev_connected=False, charging_state=ChargingState.IDLE,
                           signed=False, end=force, id_token=None if force else self.state.id_token)
 
@@ -718,7 +723,7 @@ class Transactions:
         if ev_present(view) and not machine.state.ev_connected:
             self._emit(machine, machine.plug(state), view)
         elif not ev_present(view) and machine.state.ev_connected:
-            self._emit(machine, machine.unplug(), view)
+            self._emit(machine, machine.unplug(fixed_cable=view.fixed_cable), view)
         elif ev_present(view):
             self._emit(machine, machine.charging(state), view)
         self._poke.set()
@@ -1174,7 +1179,11 @@ class Transactions:
         for cid, machine in self.machines.items():
             for event_list in (machine.check_timeout(),):
                 if event_list:
-                    self._emit(machine, event_list, self._view(cid))
+                    view = self._view(cid)
+                    self._emit(machine, event_list, view)
+                    if machine.transaction_id is None and view is not None and view.session is not None:
+                        # the EV never came back to the fixed cable: the station's session ends with it
+                        self._station.stop_session(cid, StopReason.DEAUTHORIZED)
             deadline = machine.timeout_due()
             if deadline is not None:
                 nexts.append(deadline)

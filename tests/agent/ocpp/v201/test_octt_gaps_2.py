@@ -5,9 +5,12 @@ conftest.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from tests.agent.ocpp.v201.conftest import TAG, Octt201, eventually
+from simulator.csms import Csms
+from simulator.rig import Rig, RigOptions
+from tests.agent.ocpp.v201.conftest import CP, TAG, Octt201, eventually
 
 
 async def test_tc_e_42_e_41_cs_transaction_event_unanswered_until_message_attempts(octt: Octt201) -> None:
@@ -128,3 +131,43 @@ async def test_tc_c_18_c_15_cs_offline_start_from_the_cache_then_invalid_with_ma
     assert LIMIT_WH <= delivered < LIMIT_WH + 9, delivered
     assert not any(p["triggerReason"] == "Deauthorized" or p["eventType"] == "Ended" for p in octt.tx_events(tx))
     assert agent.connector.session is not None  # the transaction goes on
+
+
+async def test_tc_e_27_cs_tethered_cable_ev_gone_until_the_connection_timeout(tmp_path: Path, csms: Csms) -> None:
+    """TC_E_27_CS (E10, a cable fixed to the station, StopTxOnEVSideDisconnect false, TxStopPoint Authorized):
+    the EV leaves -> Updated EVCommunicationLost (chargingState Idle), the connector Available; the EV does not
+    come back within EVConnectionTimeOut -> the transaction is deauthorized: Ended, triggerReason
+    EVConnectTimeout, stoppedReason Timeout. Part 6's main scenario reconnects the EV "before the timeout"
+    and still expects EVConnectTimeout at step 5; its purpose (and the spec: the timeout deauthorizes) is
+    followed: the EV stays away."""
+    rig = Rig(RigOptions(directory=tmp_path / "tethered", csms_url=csms.url, charge_point_id=CP,
+                         ocpp_version="2.0.1", fixed_cable=True))
+    await rig.start()
+    octt = Octt201(csms, rig)
+    try:
+        rig.connectors[1].plant.ev.pwm_reaction_s = 0.2
+        agent = await octt.start_agent({"TxCtrlr/TxStopPoint": "Authorized", "TxCtrlr/EVConnectionTimeOut": 2,
+                                        "TxCtrlr/StopTxOnEVSideDisconnect": False,
+                                        "OCPPCommCtrlr/UnlockOnEVSideDisconnect": False})
+        assert agent.connector.config.fixed_cable
+        await octt.booted()
+        started = await octt.charging(TAG)
+        tx = started["transactionInfo"]["transactionId"]
+        octt.ctl("unplug", connector=1)
+        lost = await octt.wait_tx_event("Updated", where=lambda p: p["triggerReason"] == "EVCommunicationLost")
+        assert lost["transactionInfo"]["transactionId"] == tx and lost["transactionInfo"]["chargingState"] == "Idle"
+        # step 3: the connector is Available again while the transaction waits for the EV
+        available = await octt.wait_status("Available", count=2)
+        assert agent.connector.session is not None and not octt.tx_events(tx)[-1]["eventType"] == "Ended"
+        ended = await octt.wait_tx_event("Ended", within=8)
+        assert next(m for m in octt.msgs("TransactionEvent") if m.payload["eventType"] == "Ended").at > available.at
+        assert ended["transactionInfo"]["transactionId"] == tx
+        assert ended["triggerReason"] == "EVConnectTimeout"
+        assert ended["transactionInfo"]["stoppedReason"] == "Timeout"
+        at = {m.payload["triggerReason"]: m.at for m in octt.msgs("TransactionEvent")}
+        assert at["EVConnectTimeout"] - at["EVCommunicationLost"] >= 1.8  # EVConnectionTimeOut (2 s) ran out
+        await eventually(lambda: agent.connector.session is None, what="the station's session ended too")
+    finally:
+        if octt.agent is not None:
+            await octt.agent.stop()
+        await rig.stop()
