@@ -101,6 +101,11 @@ async def test_tc_m_and_a_11_a_14_cs_certificates_then_profile_3(
     stranger = await octt.send("InstallCertificate", {"certificateType": "CSMSRootCertificate",
                                                       "certificate": make_ca("Unrelated Root").pem})
     assert stranger["status"] == "Rejected"
+    # TC_M_09_CS step 4: the old CSMS root is still the only one installed
+    kept = await octt.send("GetInstalledCertificateIds", {"certificateType": ["CSMSRootCertificate"]})
+    assert kept["status"] == "Accepted"
+    assert [c["certificateHashData"] for c in kept["certificateHashDataChain"]] == [
+        hash_data(pki.ca.cert, pki.ca.cert).as_ocpp()]
     successor = await octt.send("InstallCertificate", {"certificateType": "CSMSRootCertificate",
                                                        "certificate": cross_signed_ca(pki, "Next CPO Root")})
     assert successor["status"] == "Accepted"
