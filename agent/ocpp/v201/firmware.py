@@ -249,7 +249,9 @@ class FirmwareManagement:
         name = self._accepted_logs.pop(request_id, None)
         if name is None:
             return
-        job = self._upload_log(request_id, name, log_type, log, retries, retry_interval)
+        busy = self._log is not None and not self._log.done() and not self._log_reported
+        canceled = self.log_request_id if busy else None
+        job = self._upload_log(request_id, name, log_type, log, retries, retry_interval, canceled)
         self._log_reported = False
         self._log = spawn(self._tasks, job, "ocpp201-log-upload", replaces=self._log)
 
@@ -259,7 +261,9 @@ class FirmwareManagement:
         await self._notify(call.LogStatusNotification(status=status, request_id=self.log_request_id))
 
     async def _upload_log(self, request_id: int, name: str, log_type: str, params: dict[str, Any],
-                          retries: int | None, retry_interval: int | None) -> None:
+                          retries: int | None, retry_interval: int | None, canceled: int | None = None) -> None:
+        if canceled is not None:  # N01.FR.12 / TC_N_36_CS: the upload this one replaced (stopped by now)
+            await self._notify(call.LogStatusNotification(status="AcceptedCanceled", request_id=canceled))
         self.log_request_id = request_id
         location = str(params["remote_location"])
         start = parse_ocpp_time(params.get("oldest_timestamp"))

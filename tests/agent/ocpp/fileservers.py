@@ -21,6 +21,7 @@ class HttpFiles:
     uploads: dict[str, bytes] = field(default_factory=dict)  # "PUT /path" or "POST /path" -> body
     put_status: int = 201  # 405 makes clients fall back to POST
     upload_status: int | None = None  # e.g. 500: every upload fails
+    upload_attempts: int = 0  # PUT and POST requests received
     port: int = 0
 
     def url(self, path: str) -> str:
@@ -45,6 +46,7 @@ def _handler(state: HttpFiles) -> type[BaseHTTPRequestHandler]:
         def _upload(self, method: str, status: int) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             body = self.rfile.read(length)
+            state.upload_attempts += 1
             if state.upload_status is not None:
                 status = state.upload_status
             elif method == "PUT" and state.put_status != 201:

@@ -10,6 +10,7 @@ from typing import Any
 
 from simulator.csms import Csms
 from simulator.rig import Rig, RigOptions
+from tests.agent.ocpp.fileservers import http_server
 from tests.agent.ocpp.v201.conftest import CP, TAG, Octt201, eventually
 
 
@@ -171,3 +172,35 @@ async def test_tc_e_27_cs_tethered_cable_ev_gone_until_the_connection_timeout(tm
         if octt.agent is not None:
             await octt.agent.stop()
         await rig.stop()
+
+
+async def test_tc_n_26_n_36_cs_log_upload_failed_then_second_request(octt: Octt201) -> None:
+    """TC_N_26_CS: GetLog with retries, every upload refused (HTTP 500): Uploading, then UploadFailure after
+    1 + retries attempts (same requestId). Part 6 asks for retries 3; 1 here (attempts are at least 1 s apart
+    in agent/ocpp/v16/transfer.py, the test budget is seconds). TC_N_36_CS: a second GetLog while the first
+    is uploading (retrying) -> AcceptedCanceled; LogStatusNotification AcceptedCanceled (first requestId),
+    then the second's Uploading and Uploaded."""
+    def log_statuses() -> list[tuple[str, int]]:
+        return [(m.payload["status"], m.payload["requestId"]) for m in octt.msgs("LogStatusNotification")]
+
+    await octt.start_agent()
+    await octt.booted()
+    with http_server() as web:
+        web.upload_status = 500
+        answer = await octt.send("GetLog", {"logType": "DiagnosticsLog", "requestId": 10, "retries": 1,
+                                            "retryInterval": 0, "log": {"remoteLocation": web.url("/logs/")}})
+        assert answer["status"] == "Accepted"
+        await eventually(lambda: log_statuses() == [("Uploading", 10), ("UploadFailure", 10)], 8, "UploadFailure")
+        assert web.upload_attempts == 2  # the first attempt and 1 retry
+        # TC_N_36_CS: the first upload keeps failing and retrying (1 s apart) when the second request comes
+        answer = await octt.send("GetLog", {"logType": "DiagnosticsLog", "requestId": 11, "retries": 3,
+                                            "retryInterval": 1, "log": {"remoteLocation": web.url("/logs/")}})
+        assert answer["status"] == "Accepted"
+        await eventually(lambda: log_statuses()[2:] == [("Uploading", 11)], 8, "the first upload running")
+        web.upload_status = None
+        answer = await octt.send("GetLog", {"logType": "DiagnosticsLog", "requestId": 12,
+                                            "log": {"remoteLocation": web.url("/logs/")}})
+        assert answer["status"] == "AcceptedCanceled"
+        await eventually(lambda: log_statuses()[3:] == [("AcceptedCanceled", 11), ("Uploading", 12),
+                                                         ("Uploaded", 12)], 8, "the second uploaded")
+        assert len(web.uploads) == 1
