@@ -174,18 +174,38 @@ async def test_tc_e_27_cs_tethered_cable_ev_gone_until_the_connection_timeout(tm
         await rig.stop()
 
 
-async def test_tc_n_26_n_36_cs_log_upload_failed_then_second_request(octt: Octt201) -> None:
+async def test_tc_n_26_n_36_f_16_f_19_cs_log_upload_failed_then_second_request(octt: Octt201) -> None:
     """TC_N_26_CS: GetLog with retries, every upload refused (HTTP 500): Uploading, then UploadFailure after
     1 + retries attempts (same requestId). Part 6 asks for retries 3; 1 here (attempts are at least 1 s apart
     in agent/ocpp/v16/transfer.py, the test budget is seconds). TC_N_36_CS: a second GetLog while the first
     is uploading (retrying) -> AcceptedCanceled; LogStatusNotification AcceptedCanceled (first requestId),
-    then the second's Uploading and Uploaded."""
+    then the second's Uploading and Uploaded. TC_F_16_CS / TC_F_19_CS: TriggerMessage LogStatusNotification /
+    FirmwareStatusNotification while an upload / a download (of a firmware the file server does not have,
+    retried) runs -> Uploading / Downloading with the requestId."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.agent.ocpp.test_octt_signed_firmware import Manufacturer
+    from tests.agent.ocpp.v201.test_tc_l_n_firmware_logs import install_root, update
     def log_statuses() -> list[tuple[str, int]]:
         return [(m.payload["status"], m.payload["requestId"]) for m in octt.msgs("LogStatusNotification")]
 
+    def firmware_statuses() -> list[dict[str, Any]]:
+        return [m.payload for m in octt.msgs("FirmwareStatusNotification")]
+
+    maker = Manufacturer(ec.generate_private_key(ec.SECP256R1()))
+    install_root(octt, maker)
     await octt.start_agent()
     await octt.booted()
     with http_server() as web:
+        # TC_F_19_CS (while TC_N_26_CS runs): the download fails (404) and is retried 1 s later
+        answer = await octt.send("UpdateFirmware", update(web.url("/missing.bin"), maker, maker.sign(b"fw"), 20))
+        assert answer["status"] == "Accepted"
+        await eventually(lambda: firmware_statuses() == [{"status": "Downloading", "requestId": 20}], 5,
+                         "Downloading")
+        answer = await octt.send("TriggerMessage", {"requestedMessage": "FirmwareStatusNotification"})
+        assert answer["status"] == "Accepted"
+        await eventually(lambda: len(firmware_statuses()) == 2, 5, "the triggered FirmwareStatusNotification")
+        assert firmware_statuses()[1] == {"status": "Downloading", "requestId": 20}
         web.upload_status = 500
         answer = await octt.send("GetLog", {"logType": "DiagnosticsLog", "requestId": 10, "retries": 1,
                                             "retryInterval": 0, "log": {"remoteLocation": web.url("/logs/")}})
@@ -197,10 +217,16 @@ async def test_tc_n_26_n_36_cs_log_upload_failed_then_second_request(octt: Octt2
                                             "retryInterval": 1, "log": {"remoteLocation": web.url("/logs/")}})
         assert answer["status"] == "Accepted"
         await eventually(lambda: log_statuses()[2:] == [("Uploading", 11)], 8, "the first upload running")
+        # TC_F_16_CS: triggered while it runs -> Uploading, its requestId
+        answer = await octt.send("TriggerMessage", {"requestedMessage": "LogStatusNotification"})
+        assert answer["status"] == "Accepted"
+        await eventually(lambda: log_statuses()[2:] == [("Uploading", 11), ("Uploading", 11)], 5, "triggered")
         web.upload_status = None
         answer = await octt.send("GetLog", {"logType": "DiagnosticsLog", "requestId": 12,
                                             "log": {"remoteLocation": web.url("/logs/")}})
         assert answer["status"] == "AcceptedCanceled"
-        await eventually(lambda: log_statuses()[3:] == [("AcceptedCanceled", 11), ("Uploading", 12),
+        await eventually(lambda: log_statuses()[4:] == [("AcceptedCanceled", 11), ("Uploading", 12),
                                                          ("Uploaded", 12)], 8, "the second uploaded")
         assert len(web.uploads) == 1
+        await eventually(lambda: firmware_statuses()[-1:] == [{"status": "DownloadFailed", "requestId": 20}], 5,
+                         "DownloadFailed")
