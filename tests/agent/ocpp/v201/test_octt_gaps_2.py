@@ -174,18 +174,30 @@ async def test_tc_e_27_cs_tethered_cable_ev_gone_until_the_connection_timeout(tm
         await rig.stop()
 
 
-async def test_tc_n_26_n_36_f_16_f_19_cs_log_upload_failed_then_second_request(octt: Octt201) -> None:
+async def test_tc_n_26_n_36_f_16_f_19_l_08_cs_log_upload_failed_then_second_request(
+        octt: Octt201, tmp_path: Path) -> None:
     """TC_N_26_CS: GetLog with retries, every upload refused (HTTP 500): Uploading, then UploadFailure after
     1 + retries attempts (same requestId). Part 6 asks for retries 3; 1 here (attempts are at least 1 s apart
     in agent/ocpp/v16/transfer.py, the test budget is seconds). TC_N_36_CS: a second GetLog while the first
     is uploading (retrying) -> AcceptedCanceled; LogStatusNotification AcceptedCanceled (first requestId),
     then the second's Uploading and Uploaded. TC_F_16_CS / TC_F_19_CS: TriggerMessage LogStatusNotification /
     FirmwareStatusNotification while an upload / a download (of a firmware the file server does not have,
-    retried) runs -> Uploading / Downloading with the requestId."""
+    retried) runs -> Uploading / Downloading with the requestId. TC_L_08_CS: a signed firmware whose installer
+    (a real process) exits 1 -> Installing, InstallationFailed, no restart."""
+    import json
+    import sys
+
     from cryptography.hazmat.primitives.asymmetric import ec
 
+    from tests.agent.ocpp.firmware_support import FIRMWARE, INSTALLER
     from tests.agent.ocpp.test_octt_signed_firmware import Manufacturer
     from tests.agent.ocpp.v201.test_tc_l_n_firmware_logs import install_root, update
+
+    script = tmp_path / "install.py"  # [firmware] installer: fails (exit 1) without installing anything
+    script.write_text(INSTALLER)
+    argv = [sys.executable, str(script), "{file}", str(tmp_path / "installed.bin"), "1"]
+    toml = octt.rig.dir / "agent.toml"
+    toml.write_text(toml.read_text() + "\n[firmware]\ninstaller = " + json.dumps(argv) + "\n")
     def log_statuses() -> list[tuple[str, int]]:
         return [(m.payload["status"], m.payload["requestId"]) for m in octt.msgs("LogStatusNotification")]
 
@@ -230,3 +242,12 @@ async def test_tc_n_26_n_36_f_16_f_19_cs_log_upload_failed_then_second_request(o
         assert len(web.uploads) == 1
         await eventually(lambda: firmware_statuses()[-1:] == [{"status": "DownloadFailed", "requestId": 20}], 5,
                          "DownloadFailed")
+        # TC_L_08_CS: the installer fails
+        web.files["/fw.bin"] = FIRMWARE
+        answer = await octt.send("UpdateFirmware", update(web.url("/fw.bin"), maker, maker.sign(FIRMWARE), 21))
+        assert answer["status"] == "Accepted"
+        await eventually(lambda: firmware_statuses()[-1:] == [{"status": "InstallationFailed", "requestId": 21}],
+                         8, "InstallationFailed")
+    assert [p["status"] for p in firmware_statuses()[3:]] == [
+        "Downloading", "Downloaded", "SignatureVerified", "Installing", "InstallationFailed"]
+    assert not (tmp_path / "installed.bin").exists() and not octt.agent.service.restart_requested.is_set()
