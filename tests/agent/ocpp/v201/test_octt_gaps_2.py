@@ -11,6 +11,8 @@ from typing import Any
 from simulator.csms import Csms
 from simulator.rig import Rig, RigOptions
 from tests.agent.ocpp.fileservers import http_server
+from tests.agent.ocpp.test_octt_security import Pki
+from tests.agent.ocpp.test_octt_security import pki as pki  # the fixture
 from tests.agent.ocpp.v201.conftest import CP, TAG, Octt201, eventually
 
 
@@ -251,3 +253,40 @@ async def test_tc_n_26_n_36_f_16_f_19_l_08_cs_log_upload_failed_then_second_requ
     assert [p["status"] for p in firmware_statuses()[3:]] == [
         "Downloading", "Downloaded", "SignatureVerified", "Installing", "InstallationFailed"]
     assert not (tmp_path / "installed.bin").exists() and not octt.agent.service.restart_requested.is_set()
+
+
+async def test_tc_a_06_cs_tls_version_too_low(tmp_path: Path, pki: Pki) -> None:
+    """TC_A_06_CS (A00.FR.314/316/416): security profile 2, NetworkProfileConnectionAttempts 1. The first
+    endpoint (slot 2, first in NetworkConfigurationPriority) answers the TLS handshake with TLS 1.1 only (a
+    blocking TLS server that sends the protocol_version alert): the station ends that connection, connects
+    with TLS 1.2+ to the CSMS (slot 1), boots and reports InvalidTLSVersion. Part 6 replays the second
+    handshake on the same address; one endpoint per behaviour here."""
+    from tests.agent.ocpp.test_octt_security import PASSWORD, unagreeable_tls_endpoint
+    from tests.agent.ocpp.v201.test_tc_a_b_security import network_profile, security_events, set_variable
+
+    csms = Csms(accept=[TAG], password=PASSWORD, version="2.0.1", ssl_context=pki.server_context())
+    await csms.start()
+    rig = Rig(RigOptions(directory=tmp_path / "rig", csms_url=csms.url, charge_point_id=CP, ocpp_version="2.0.1",
+                         security_profile=2, password=PASSWORD, ca_file=pki.ca_file))
+    await rig.start()
+    octt = Octt201(csms, rig)
+    try:
+        with unagreeable_tls_endpoint(pki, "version") as old_tls:
+            first = await octt.start_agent({"OCPPCommCtrlr/NetworkProfileConnectionAttempts": 1})
+            await octt.booted()
+            await eventually(lambda: not first.service.features["Security"].in_trial, 5, "slot 1 confirmed")
+            answer = await octt.send("SetNetworkProfile", {"configurationSlot": 2,
+                                                           "connectionData": network_profile(old_tls, 2)})
+            assert answer["status"] == "Accepted"
+            assert await set_variable(octt, "OCPPCommCtrlr", "NetworkConfigurationPriority", "2,1") == \
+                "RebootRequired"
+            agent = await octt.restart_agent()
+            await eventually(lambda: agent.service.online and agent.service.endpoint == csms.url, 10,
+                             "connected over TLS 1.2+ to slot 1")
+            await octt.wait("BootNotification", count=2)
+            await eventually(lambda: "InvalidTLSVersion" in security_events(octt), 8, "InvalidTLSVersion")
+    finally:
+        if octt.agent is not None:
+            await octt.agent.stop()
+        await rig.stop()
+        await csms.stop()
