@@ -5,8 +5,11 @@ conftest.py)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from simulator.csms import Csms
 from simulator.rig import Rig, RigOptions
@@ -255,12 +258,16 @@ async def test_tc_n_26_n_36_f_16_f_19_l_08_cs_log_upload_failed_then_second_requ
     assert not (tmp_path / "installed.bin").exists() and not octt.agent.service.restart_requested.is_set()
 
 
-async def test_tc_a_06_cs_tls_version_too_low(tmp_path: Path, pki: Pki) -> None:
+async def test_tc_a_06_b_49_cs_tls_version_too_low_then_fallback(
+        tmp_path: Path, pki: Pki, caplog: pytest.LogCaptureFixture) -> None:
     """TC_A_06_CS (A00.FR.314/316/416): security profile 2, NetworkProfileConnectionAttempts 1. The first
     endpoint (slot 2, first in NetworkConfigurationPriority) answers the TLS handshake with TLS 1.1 only (a
     blocking TLS server that sends the protocol_version alert): the station ends that connection, connects
     with TLS 1.2+ to the CSMS (slot 1), boots and reports InvalidTLSVersion. Part 6 replays the second
-    handshake on the same address; one endpoint per behaviour here."""
+    handshake on the same address; one endpoint per behaviour here. TC_B_49_CS (same CSMS root): the new
+    profile (slot 2) fails its NetworkProfileConnectionAttempts (1), the station goes back to the previous one
+    (slot 1), whose first dial is refused too (the CSMS is down for 1 s), waits RetryBackOffWaitMinimum (1 s)
+    and connects to slot 1 again (not to slot 2: slot 1 is the confirmed one)."""
     from tests.agent.ocpp.test_octt_security import PASSWORD, unagreeable_tls_endpoint
     from tests.agent.ocpp.v201.test_tc_a_b_security import network_profile, security_events, set_variable
 
@@ -280,9 +287,17 @@ async def test_tc_a_06_cs_tls_version_too_low(tmp_path: Path, pki: Pki) -> None:
             assert answer["status"] == "Accepted"
             assert await set_variable(octt, "OCPPCommCtrlr", "NetworkConfigurationPriority", "2,1") == \
                 "RebootRequired"
+            await csms.outage(1.0)  # TC_B_49_CS step 10: the fallback's first dial is refused as well
+            caplog.set_level(logging.WARNING, logger="cpagent")
+            caplog.clear()
             agent = await octt.restart_agent()
             await eventually(lambda: agent.service.online and agent.service.endpoint == csms.url, 10,
                              "connected over TLS 1.2+ to slot 1")
+            dials = [r.getMessage() for r in caplog.records if "cannot connect to" in r.getMessage()]
+            assert any("TLSV1_ALERT_PROTOCOL_VERSION" in d for d in dials), dials  # slot 2
+            refused = [d for d in dials if csms.url.rstrip("/") in d and "ConnectionRefused" in d]
+            assert refused, dials  # slot 1 refused once, then reached after the back-off
+            assert sum("TLSV1_ALERT_PROTOCOL_VERSION" in d for d in dials) == 1  # slot 2 not tried again
             await octt.wait("BootNotification", count=2)
             await eventually(lambda: "InvalidTLSVersion" in security_events(octt), 8, "InvalidTLSVersion")
     finally:
