@@ -257,8 +257,10 @@ class Stabilizer:
     - it is the first, or the sessions changed (another connector set, one started, paused or resumed);
     - the previous result would exceed the capacity on a phase or a connector's own ``limit_a`` (never kept
       when that would exceed the fuse or a limit: decreases that are needed pass at once);
+    - no current goes down by more than ``threshold_a`` while one goes up by more (more for some, less for
+      none: e.g. the sun rises), at once;
     - ``hold_s`` has passed since the previous one was accepted and some current differs by more than
-      ``threshold_a``.
+      ``threshold_a`` (a redistribution: some up, some down).
     Pure: the time is passed in."""
 
     def __init__(self, *, hold_s: float = 10.0, threshold_a: float = 0.5) -> None:
@@ -294,5 +296,8 @@ class Stabilizer:
         capacity = [_sane(c) for c in tuple(capacity_a)[:3]] + [0.0] * (3 - len(tuple(capacity_a)[:3]))
         if any(load[p] > capacity[p] + 1e-6 for p in range(3)):
             return True
-        differs = any(abs(k.current_a - n.current_a) > self.threshold_a for k, n in zip(kept, new, strict=True))
-        return differs and (not math.isfinite(now_s) or now_s - self._since >= self.hold_s)
+        up = any(n.current_a - k.current_a > self.threshold_a for k, n in zip(kept, new, strict=True))
+        down = any(k.current_a - n.current_a > self.threshold_a for k, n in zip(kept, new, strict=True))
+        if up and not down:
+            return True
+        return (up or down) and (not math.isfinite(now_s) or now_s - self._since >= self.hold_s)

@@ -89,6 +89,11 @@ def test_a_flip_flopping_split_is_held_and_a_needed_decrease_passes_at_once() ->
     assert [a.current_a for a in stable.step(121.0, (15.0, 15.0, 15.0), lowered, split(9.0, 6.0))] == [9.0, 6.0]
     # A session pausing is a new situation: at once.
     assert [a.current_a for a in stable.step(121.5, (15.0, 15.0, 15.0), lowered, split(15.0, 0.0))] == [15.0, 0.0]
+    # More for one and less for none (the sun rises): at once; a change within the threshold: kept.
+    stable = Stabilizer(hold_s=10.0, threshold_a=0.5)
+    stable.step(0.0, capacity, ONE_PHASE, split(7.0, 7.0))
+    assert [a.current_a for a in stable.step(0.5, capacity, ONE_PHASE, split(8.0, 7.2))] == [8.0, 7.2]
+    assert [a.current_a for a in stable.step(1.0, capacity, ONE_PHASE, split(8.3, 7.0))] == [8.0, 7.2]
 
 
 demand_lists = st.lists(
