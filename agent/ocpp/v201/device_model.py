@@ -324,6 +324,8 @@ VARIABLES: tuple[VariableSpec, ...] = (
     _v("ChargingStation", "Model", S, None, RO, source="model", max=20),
     _v("ChargingStation", "VendorName", S, None, RO, source="vendor", max=50),
     _v("ChargingStation", "Problem", B, None, RO, source="problem", monitorable=True),
+    # L01.FR.07 (firmware.py): new sessions while an install waits for the running transactions to end
+    _v("ChargingStation", "AllowNewSessionsPendingFirmwareUpdate", B, "false", monitorable=True),
     # --- SmartChargingCtrlr: the site limit reported as an external limit (K11-K13, external_limits.py) -----
     _v("SmartChargingCtrlr", "LimitChangeSignificance", DEC, "10", unit="Percent", min=0, max=100, required=True),
     _v("SmartChargingCtrlr", "NotifyChargingLimitWithSchedules", B, "false"),

@@ -190,6 +190,7 @@ class FirmwareManagement:
             await self._verify_and_install(request_id, firmware, file)
         finally:
             file.unlink(missing_ok=True)
+            self._lift_hold()  # cancelled (AcceptedCanceled) or failed: the EVSEs are available again
 
     async def _verify_and_install(self, request_id: int, firmware: dict[str, Any], file: Path) -> None:
         await self._status("Downloaded")
@@ -206,10 +207,10 @@ class FirmwareManagement:
         if install_wall is not None and install_wall > self._svc.wall():
             await self._status("InstallScheduled")
             await asyncio.sleep(max(0.0, install_wall - self._svc.wall()))
-        if any(c.session is not None for c in self._svc.station.connector_views().values()):
+        if self._transaction_running():
             if self.firmware_status != "InstallScheduled":
                 await self._status("InstallScheduled")  # after the running transactions
-            await wait_until_no_transaction(self._svc.station)
+            await self._wait_for_transactions()
         try:
             unchanged = await asyncio.to_thread(file_digest, file) == digest
         except OSError:
@@ -228,6 +229,28 @@ class FirmwareManagement:
         self.pending.set(PENDING_KIND, "Installed", request_id, why)
         await self._status("InstallRebooting")
         self._svc.request_restart("Firmware", boot_reason="FirmwareUpdate")
+
+    async def _wait_for_transactions(self) -> None:
+        """L01.FR.06/07: the install (it restarts the agent) waits until no transaction runs; meanwhile the free
+        EVSEs are Unavailable (and so is each EVSE whose transaction ends) unless the CSMS allows new sessions
+        (ChargingStation.AllowNewSessionsPendingFirmwareUpdate true)."""
+        allow = self._svc.variables.value("ChargingStation", "AllowNewSessionsPendingFirmwareUpdate") is True
+        svc = self._svc
+        svc.firmware_hold = not allow  # kept through the install (it ends in a restart); _update_firmware lifts it
+        svc.apply_availability()
+        await wait_until_no_transaction(svc.station)  # logs once; then the 2.0.1 transactions without a session
+        while self._transaction_running():  # noqa: ASYNC110 (ends with a TransactionEvent Ended, no event here)
+            await asyncio.sleep(ONLINE_POLL_S)
+
+    def _transaction_running(self) -> bool:
+        """A charging session or a 2.0.1 transaction without one (TxStartPoint EVConnected, ...) anywhere."""
+        svc = self._svc
+        return any(svc.handlers._busy(cid) for cid in svc.station.connector_ids())  # B11 OnIdle's check
+
+    def _lift_hold(self) -> None:
+        if self._svc.firmware_hold and self.firmware_status != "InstallRebooting":
+            self._svc.firmware_hold = False
+            self._svc.apply_availability()
 
     # -- GetLog (N01) -----------------------------------------------------------------------------
 

@@ -135,6 +135,7 @@ class OcppService:
         self.outbox = Outbox(self.db, self.clock)
         self.outbox.on_full = lambda detail: self.security_event("MemoryExhaustion", detail)
         self.availability = AvailabilityStore(self.db)
+        self.firmware_hold = False  # L01.FR.07: free EVSEs Unavailable while an install waits (firmware.py)
         self.boot_status = BootStatus.NONE
         self._boot_record = BootRecord(self.db)
         self._control_started = station.facts().started_wall
@@ -345,7 +346,7 @@ class OcppService:
     def apply_availability(self) -> None:
         """Bring each EVSE to its persisted operative state; Inoperative waits for a running transaction."""
         for cid, connector in self.station.connector_views().items():
-            want = self.availability.operative(cid)
+            want = self.availability.operative(cid) and not self.firmware_hold
             if connector.available != want and (want or connector.session is None):
                 self.station.set_available(cid, want)
 
