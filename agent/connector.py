@@ -458,6 +458,8 @@ class Connector:
     async def _signed_reading(self, meter: SignedMeter, ref: str, which: str) -> str | None:
         try:
             async with asyncio.timeout(SIGNING_TIMEOUT_S):
+                if which == "update":
+                    return await meter.update_signed(ref)  # an intermediate reading: not kept in the session
                 record = await (meter.start_signed(ref) if which == "start" else meter.stop_signed(ref))
         except Exception as exc:  # a meter that cannot sign must not disturb the session
             log.warning("connector %d: signed %s reading failed: %s", self.id, which, exc)
@@ -472,7 +474,12 @@ class Connector:
         return record
 
     def signed_reading(self, ref: str, which: str) -> asyncio.Task[str | None] | None:
-        """The signed "start"/"stop" reading of session ``ref`` in progress (or just done), if any."""
+        """The signed "start"/"stop" reading of session ``ref`` in progress (or just done), if any; for
+        "update" a fresh intermediate one (clock-aligned values) while ``ref`` is the running session."""
+        if which == "update":
+            running = self._signing.get((ref, which))
+            if (running is None or running.done()) and self.session is not None and self.session.ref == ref:
+                self._sign(ref, which)
         return self._signing.get((ref, which))
 
     async def switch_phases(self, phases: int) -> bool:

@@ -97,6 +97,13 @@ class SignedMeter(abc.ABC):
     async def stop_signed(self, tx_ref: str) -> str:
         """A signed reading for its end; raises DeviceError."""
 
+    async def update_signed(self, tx_ref: str) -> str:
+        """An intermediate signed reading during the transaction (e.g. clock-aligned); raises DeviceError
+        (hal.device) where the meter cannot, as this default does."""
+        from hal.device import DeviceError
+
+        raise DeviceError("this meter signs transaction start and end only")
+
 
 class SiteMeter(abc.ABC):
     """The meter at the grid connection point (local energy management)."""

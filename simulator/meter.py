@@ -33,6 +33,7 @@ from drivers.modbus.codec import RegisterMap, encode_register, load_map
 from drivers.modbus.ocmf import (
     COMMAND_BEGIN,
     COMMAND_END,
+    COMMAND_UPDATE,
     STATUS_ERROR,
     STATUS_READY,
     TX_REF_REGISTERS,
@@ -240,7 +241,7 @@ class OcmfSigner:
         if address != self.layout.command or not 1 <= len(values) <= 1 + TX_REF_REGISTERS:
             return ExcCodes.ILLEGAL_ADDRESS  # only the command (+ reference) is writable
         command, tx_ref = values[0], words_to_bytes(values[1:]).decode("ascii", "replace")
-        if command not in (COMMAND_BEGIN, COMMAND_END) or not tx_ref:
+        if command not in (COMMAND_BEGIN, COMMAND_END, COMMAND_UPDATE) or not tx_ref:
             self._set_status(STATUS_ERROR, 0)
             return None
         record = sign_ocmf(self.payload(command, tx_ref), self.private_key)
@@ -272,7 +273,7 @@ class OcmfSigner:
             "RD": [
                 {
                     "TM": stamp,
-                    "TX": "B" if command == COMMAND_BEGIN else "E",
+                    "TX": {COMMAND_BEGIN: "B", COMMAND_UPDATE: "C"}.get(command, "E"),
                     "RV": round((self.meter.plant.energy_wh if self.meter.plant else 0.0) / 1000.0, 4),
                     "RI": "1-b:1.8.0",
                     "RU": "kWh",

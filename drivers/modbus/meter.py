@@ -28,6 +28,7 @@ from drivers.modbus.codec import (
 from drivers.modbus.ocmf import (
     COMMAND_BEGIN,
     COMMAND_END,
+    COMMAND_UPDATE,
     STATUS_READY,
     OcmfError,
     SigningLayout,
@@ -195,6 +196,10 @@ class ModbusMeter(Device, Meter, SignedMeter):
     async def stop_signed(self, tx_ref: str) -> str:
         """Same for the transaction end (the record's reading has TX "E")."""
         return await self._signed(COMMAND_END, tx_ref)
+
+    async def update_signed(self, tx_ref: str) -> str:
+        """An intermediate signed reading during the transaction (TX "C"; clock-aligned values)."""
+        return await self._signed(COMMAND_UPDATE, tx_ref)
 
     async def public_key(self) -> bytes:
         """The meter's signing key, DER SubjectPublicKeyInfo (secp256r1)."""

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 COMMAND_BEGIN = 1
 COMMAND_END = 2
+COMMAND_UPDATE = 3  # an intermediate reading of the transaction (OCMF TX "C"), e.g. clock-aligned
 STATUS_IDLE, STATUS_BUSY, STATUS_READY, STATUS_ERROR = 0, 1, 2, 3
 TX_REF_REGISTERS = 16  # 32 ASCII characters
 SIGNATURE_ALGORITHM = "ECDSA-secp256r1-SHA256"

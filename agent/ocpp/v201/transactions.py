@@ -1267,7 +1267,30 @@ class Transactions:
                 if value:
                     self._svc.enqueue(METER_VALUES, {"evseId": cid, "meterValue": [value]})
                 continue
+            if view.session is not None and self._bool("AlignedDataCtrlr", "SignReadings", False):
+                self._spawn(self._aligned_signed(cid, view.session.ref, boundary, value))
+                continue
             self._emit(machine, machine.update(Trigger.METER_VALUE_CLOCK), view, meter=[value] if value else [])
+
+    async def _aligned_signed(self, cid: int, ref: str, boundary: float, value: dict[str, Any] | None) -> None:
+        """AlignedDataCtrlr.SignReadings (TC_J_04_CS): the clock-aligned energy register as the meter's signed
+        record (signedMeterValue); without one (the meter cannot sign, timeout) the values go unsigned."""
+        record: str | None = None
+        try:
+            async with asyncio.timeout(SIGNED_WAIT_S):
+                record = await self._station.signed_reading(cid, ref, "update")
+        except Exception as exc:
+            log.warning("EVSE %d: no signed clock-aligned reading: %s", cid, exc)
+        machine, view = self.machines.get(cid), self._view(cid)
+        if machine is None or machine.transaction_id is None:
+            return
+        if record is not None:
+            energy = view.last_sample.energy_import_wh if view is not None and view.last_sample else 0.0
+            sampled = [v for v in (value or {}).get("sampledValue", [])
+                       if not (v.get("measurand", mv.ENERGY) == mv.ENERGY and "phase" not in v)]
+            value = {"timestamp": mv.ocpp_time(boundary),
+                     "sampledValue": [*sampled, mv.signed_value(record, mv.CLOCK, energy)]}
+        self._emit(machine, machine.update(Trigger.METER_VALUE_CLOCK), view, meter=[value] if value else [])
 
     def _online(self) -> bool:
         try:
