@@ -85,6 +85,8 @@ class FirmwareConfig:
     installer: tuple[str, ...] | None = None
     # the agent's own log file, added (filtered by time) to diagnostics archives
     log_file: Path | None = None
+    # OCPP 2.0.1: an UpdateFirmware without signingCertificate and signature (L02) is Rejected (TC_L_18_CS)
+    require_signature: bool = False
 
 
 SITE_MODES = ("off", "grid-limit", "solar", "solar+min")
@@ -408,10 +410,12 @@ def _firmware(table: _Reader) -> FirmwareConfig:
         if not any("{file}" in arg for arg in installer):
             raise ConfigError(table.key("installer"), 'expected a "{file}" placeholder for the firmware file')
     log_file = table.string("log_file")
+    require_signature = table.boolean("require_signature", False)
     table.reject_unknown()
     return FirmwareConfig(
         installer=tuple(installer) if installer is not None else None,
         log_file=Path(log_file) if log_file is not None else None,
+        require_signature=require_signature,
     )
 
 

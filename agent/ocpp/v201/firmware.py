@@ -145,6 +145,11 @@ class FirmwareManagement:
             log.warning("UpdateFirmware %d rejected: %s", request_id, exc)
             return {"status": "Rejected", "statusInfo": {"reasonCode": "InvalidURL", "additionalInfo": str(exc)[:500]}}
         signing = firmware.get("signing_certificate")
+        if signing is None and firmware.get("signature") is None and self._svc.config.firmware.require_signature:
+            # TC_L_18_CS: a station doing secure updates (L01) refuses the unsigned L02 form when so configured
+            log.warning("UpdateFirmware %d rejected: no signing certificate and signature "
+                        "(firmware.require_signature)", request_id)
+            return {"status": "Rejected", "statusInfo": {"reasonCode": "MissingSignature"}}
         if signing is not None or firmware.get("signature") is not None:
             if not signing or not firmware.get("signature"):
                 return {"status": "Rejected", "statusInfo": {"reasonCode": "MissingSignature"}}

@@ -117,3 +117,29 @@ async def test_tc_l_12_l_14_cs_new_sessions_allowed_install_waits_for_all(two: O
         await eventually(lambda: fsn(octt)[-1:] == ["InstallRebooting"], 6, "InstallRebooting")
     assert marker.read_bytes() == FIRMWARE
     assert "Unavailable" not in statuses(octt, 1) + statuses(octt, 2)
+
+
+async def test_tc_l_18_cs_unsigned_update_rejected_when_signatures_are_required(octt: Octt201) -> None:
+    """Part 6 TC_L_18_CS wants Rejected or InvalidCertificate from a station that supports secure updates. The
+    spec text does not say so: L01.FR.11 (signing certificate included) binds the CSMS, and L02 (no signature)
+    is a use case of its own that a station may support. So refusing it is a choice: [firmware]
+    require_signature = true (default false keeps L02, test_tc_l_firmware_flow.py)."""
+    toml = octt.rig.dir / "agent.toml"
+    toml.write_text(toml.read_text() + "\n[firmware]\nrequire_signature = true\n")
+    await octt.start_agent()
+    await octt.booted()
+    answer = await octt.send("UpdateFirmware", {"requestId": 18, "firmware": {
+        "location": "http://127.0.0.1:9/fw.bin", "retrieveDateTime": "2020-01-01T00:00:00Z",
+        "installDateTime": "2020-01-01T00:00:00Z"}})  # signingCertificate and signature omitted
+    assert answer["status"] == "Rejected" and answer["statusInfo"]["reasonCode"] == "MissingSignature"
+    await asyncio.sleep(0.3)
+    assert octt.msgs(FSN) == []
+
+
+def test_firmware_require_signature_is_validated_naming_the_key(octt: Octt201) -> None:
+    from agent.config import ConfigError, load
+
+    toml = octt.rig.dir / "agent.toml"
+    toml.write_text(toml.read_text() + '\n[firmware]\nrequire_signature = "yes"\n')
+    with pytest.raises(ConfigError, match=r"firmware\.require_signature"):
+        load(toml)
