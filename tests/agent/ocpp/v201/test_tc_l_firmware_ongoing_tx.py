@@ -2,15 +2,15 @@
 ChargingStation.AllowNewSessionsPendingFirmwareUpdate) over real websockets, a real HTTP server and a real
 installer process, on a rig with two EVSEs (agent/ocpp/v201/firmware.py):
 
-- the download and verification go on while a transaction charges (TC_L_16_CS: the update is not refused and
-  does not stop the transaction); the install, which restarts the agent, waits (InstallScheduled) until no
-  transaction runs (TC_L_12_CS .. TC_L_15_CS).
-- AllowNewSessionsPendingFirmwareUpdate false (TC_L_13/L_15): the free EVSE is Unavailable while the install
-  waits (no new session there), and so becomes the EVSE whose transaction ends; true (TC_L_12/L_14): the free
-  EVSE stays Available, a new session starts there, and the install waits for it too.
-OCTT's L_12/L_13 ("unable to download/install") and L_14/L_15 ("unable to install") differ only in whether the
-station downloads during the transaction; the spec (L01.FR.06) only requires the install to wait, so this station
-downloads at once and both pairs are the same flow here.
+- the download and verification go on while a transaction charges (the update is not refused and does not
+  stop the transaction); the install, which restarts the agent, waits (InstallScheduled) until no transaction
+  runs (L01.FR.06).
+- AllowNewSessionsPendingFirmwareUpdate false (TC_L_15_CS): the free EVSE is Unavailable while the install
+  waits (no new session there), and so becomes the EVSE whose transaction ends; true (TC_L_14_CS): the free
+  EVSE stays Available, a new session starts there, and the install waits for it too. The order follows the
+  errata (2023-12) version of the cases: Downloading, Downloaded, InstallScheduled, then Unavailable.
+TC_L_12/L_13 are for a station unable to download during a transaction and TC_L_16 for one able to install
+during it (Part 6 prerequisites): this station is neither, so they do not apply.
 """
 
 from __future__ import annotations
@@ -76,12 +76,12 @@ async def start(octt: Octt201, tmp_path: Path, allow: bool) -> Path:
 async def update(octt: Octt201, url: str) -> None:
     answer = await octt.send("UpdateFirmware", {"requestId": 12, "firmware": {
         "location": url, "retrieveDateTime": "2020-01-01T00:00:00Z"}})
-    assert answer["status"] == "Accepted"  # TC_L_16_CS: not refused because a transaction runs
+    assert answer["status"] == "Accepted"  # not refused because a transaction runs
     await eventually(lambda: fsn(octt)[-1:] == ["InstallScheduled"], 6, "InstallScheduled")
     assert fsn(octt) == ["Downloading", "Downloaded", "InstallScheduled"]  # downloaded during the transaction
 
 
-async def test_tc_l_13_l_15_l_16_cs_install_waits_and_free_evses_unavailable(two: Octt201, tmp_path: Path) -> None:
+async def test_tc_l_15_cs_install_waits_and_free_evses_unavailable(two: Octt201, tmp_path: Path) -> None:
     octt = two
     marker = await start(octt, tmp_path, allow=False)
     with http_server(HttpFiles(files={"/fw.bin": FIRMWARE})) as web:
@@ -101,7 +101,7 @@ async def test_tc_l_13_l_15_l_16_cs_install_waits_and_free_evses_unavailable(two
     assert statuses(octt, 2)[-1] == "Unavailable" and len(octt.transaction_ids()) == 1
 
 
-async def test_tc_l_12_l_14_cs_new_sessions_allowed_install_waits_for_all(two: Octt201, tmp_path: Path) -> None:
+async def test_tc_l_14_cs_new_sessions_allowed_install_waits_for_all(two: Octt201, tmp_path: Path) -> None:
     octt = two
     marker = await start(octt, tmp_path, allow=True)
     with http_server(HttpFiles(files={"/fw.bin": FIRMWARE})) as web:
