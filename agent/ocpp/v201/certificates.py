@@ -19,6 +19,7 @@ agent on the same state directory share it).
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import logging
 from pathlib import Path
@@ -79,18 +80,19 @@ def _hash_data(data: Mapping[str, Any]) -> HashData:
     })
 
 
-class CertificateHandlers:
-    """Mixed into security.Security (which gives ``_svc``, ``certs``, ``event``, ``context_for``...)."""
+class CertificateHandlers(abc.ABC):
+    """Mixed into security.Security, which gives ``_svc``, ``certs``, ``context_for`` and implements the abstract
+    hooks below (security events, tasks, the root rollover trial and the reconnect with a new certificate)."""
 
     _svc: OcppService
     certs: CertificateStore
     _ca_file_problem: str | None = None
 
-    def event(self, kind: str, tech_info: str | None = None) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def event(self, kind: str, tech_info: str | None = None) -> None: ...
 
-    def _spawn(self, coroutine: Any) -> None:
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _spawn(self, coroutine: Any) -> None: ...
 
     def init_certificates(self) -> None:
         self._signed = asyncio.Event()
@@ -147,9 +149,9 @@ class CertificateHandlers:
                 self.root_rollover(successor)
         return {"status": status}
 
+    @abc.abstractmethod
     def root_rollover(self, new_root: x509.Certificate) -> None:
         """A CSMS root accepted under AdditionalRootCertificateCheck: the old one is the fallback."""
-        raise NotImplementedError
 
     async def on_get_installed_certificate_ids(self, certificate_type: Sequence[str] | None = None,
                                                **_: Any) -> dict[str, Any]:
@@ -256,9 +258,9 @@ class CertificateHandlers:
             self._relink_for_certificate = False
             self.certificate_changed()
 
+    @abc.abstractmethod
     def certificate_changed(self) -> None:
         """Profile 3: reconnect presenting the new certificate."""
-        raise NotImplementedError
 
     def client_not_after(self) -> float | None:
         chain = self.certs.client_chain()
