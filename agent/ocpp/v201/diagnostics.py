@@ -5,34 +5,18 @@ agent/ocpp/v16/diagnostics.py does for 1.6: ``config get/set`` address device mo
 
 from __future__ import annotations
 
-import time
 from typing import TYPE_CHECKING, Any
 
+from agent.ocpp.diagnostics import OcppDiagnosticsBase
 from agent.ocpp.v201.configuration import diag_config_get, diag_config_set
 
 if TYPE_CHECKING:
     from agent.ocpp.v201.service import OcppService
 
 
-class OcppDiagnosticsAdapter:
-    def __init__(self, service: OcppService) -> None:
-        self._service = service
-
-    def diag_status(self) -> dict[str, Any]:
-        s = self._service
-        last = s.link.last_contact_wall
-        return {
-            "version": "2.0.1",
-            "link": s.link.state.value,
-            "endpoint": s.config.ocpp.endpoint,
-            "last_contact_wall": last,
-            "last_contact_age_s": round(time.time() - last, 1) if last else None,
-            "last_error": s.link.last_error,
-            "boot_status": s.boot_status.value,
-            "outbox_depth": s.outbox.depth(),
-            "outbox_oldest_wall": s.outbox.oldest_wall(),
-            "clock_offset_s": round(s.clock_offset_s, 3),
-        }
+class OcppDiagnosticsAdapter(OcppDiagnosticsBase):
+    version = "2.0.1"
+    _service: OcppService
 
     def diag_config_get(self, keys: list[str] | None) -> dict[str, Any]:
         return diag_config_get(self._service.variables, keys)
@@ -40,17 +24,8 @@ class OcppDiagnosticsAdapter:
     def diag_config_set(self, key: str, value: str) -> str:
         return diag_config_set(self._service.variables, key, value)
 
-    def diag_outbox(self, limit: int) -> dict[str, Any]:
-        s = self._service
-        return {
-            "depth": s.outbox.depth(),
-            "oldest_wall": s.outbox.oldest_wall(),
-            "entries": [
-                {"id": e.id, "action": e.action, "tx_ref": e.tx_ref, "attempts": e.attempts,
-                 "created_wall": e.created_wall, **_transaction_fields(e.payload)}
-                for e in s.outbox.entries(limit)
-            ],
-        }
+    def entry_fields(self, payload: dict[str, Any]) -> dict[str, Any]:
+        return _transaction_fields(payload)
 
     async def diag_trigger(self, what: str) -> str:
         s = self._service
