@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.certificates import CENTRAL_SYSTEM_ROOT, CertificateStore
+from agent.ocpp.security_log import SecurityLog
 from agent.ocpp.v16.certificates import RECONFIGURED, CertificateHandlers
 from agent.ocpp.v16.configuration import SECURITY
 from agent.ocpp.v16.link import LinkState, basic_credentials
@@ -52,7 +53,6 @@ APPLY_LOCAL_CHANGE_AFTER_S = 1.0  # cpctl changes have no .conf to wait for
 # After the .conf, before closing: a CSMS busy with a crossing CALL may not have read the .conf yet, and
 # a close right behind it can make it drop the answer.
 REDIAL_GRACE_S = 0.5
-LOG_MAX_BYTES = 1_000_000  # then security.log becomes security.log.1
 INVALID_MESSAGES_EVERY_S = 60.0
 SECRET_KEYS = ("securityprofile", "authorizationkey")
 SECRET_LOGGERS = (
@@ -138,7 +138,7 @@ class Security(CertificateHandlers):
         service.security_profile = self.active.profile
         service.ssl_context = context
         service.password_source = self.password
-        service.security_sinks.append(self._append_log)
+        service.security_sinks.append(SecurityLog(self.log_path).append)
         service.handlers.change_guards.append(self._guard)
         store.subscribe(self._on_change)
         self.redaction = SecretsFilter(self.secrets)
@@ -335,18 +335,6 @@ class Security(CertificateHandlers):
     def event(self, kind: str, tech_info: str | None = None) -> None:
         """Queue a SecurityEventNotification (guaranteed delivery) and append it to security.log."""
         self._svc.security_event(kind, tech_info)
-
-    def _append_log(self, kind: str, tech_info: str | None, timestamp: str) -> None:
-        line = json.dumps({"timestamp": timestamp, "type": kind, "techInfo": tech_info}) + "\n"
-        with contextlib.suppress(OSError):
-            if self.log_path.stat().st_size > LOG_MAX_BYTES:
-                os.replace(self.log_path, self.log_path.with_name(self.log_path.name + ".1"))
-        fd = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, line.encode("utf-8"))
-        finally:
-            os.close(fd)
 
     def read_log(self) -> list[dict[str, Any]]:
         entries: list[dict[str, Any]] = []

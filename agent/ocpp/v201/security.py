@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent.certificates import CENTRAL_SYSTEM_ROOT, CertificateStore
 from agent.db import StorageError, migrate
+from agent.ocpp.security_log import SecurityLog
 from agent.ocpp.v16.tls import (
     FAILED_TO_AUTHENTICATE,
     INVALID_CENTRAL_SYSTEM_CERTIFICATE,
@@ -67,7 +68,6 @@ DIAL_EVENTS: Mapping[str, str] = {
 WATCH_TRIAL_S = 0.05  # how often the link is looked at while new settings are on trial
 WATCH_STEADY_S = 1.0
 REDIAL_GRACE_S = 0.3  # after the answer went out, before the connection is closed for new settings
-LOG_MAX_BYTES = 1_000_000
 DEFAULT_ATTEMPTS = 3
 
 
@@ -141,28 +141,6 @@ class NetworkSlots:
 
     def slots(self) -> list[int]:
         return [int(r[0]) for r in self._db.execute("SELECT slot FROM ocpp201_network_profiles ORDER BY slot")]
-
-
-class SecurityLog:
-    """The persistent security log (JSON lines, 0600, rotated once at LOG_MAX_BYTES)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def append(self, kind: str, tech_info: str | None, timestamp: str) -> None:
-        line = json.dumps({"timestamp": timestamp, "type": kind, "techInfo": tech_info}) + "\n"
-        with contextlib.suppress(OSError):
-            if self.path.stat().st_size > LOG_MAX_BYTES:
-                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-            os.write(fd, line.encode("utf-8"))
-        finally:
-            os.close(fd)
-
-    def files(self) -> list[Path]:
-        return [p for p in (self.path.with_name(self.path.name + ".1"), self.path) if p.exists()]
 
 
 def _write_private(path: Path, data: Mapping[str, Any]) -> None:
