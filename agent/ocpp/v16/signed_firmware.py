@@ -34,7 +34,7 @@ from agent.ocpp.v16.firmware import (
     spawn,
     wait_until_wall,
 )
-from agent.ocpp.v16.transfer import TransferError, check_url, download, redact, upload
+from agent.ocpp.v16.transfer import TransferError, check_url, download, redact, upload_log_archive
 from hal.tasks import cancel_and_wait
 
 # cryptography (~8 MB resident) is imported where a signature or certificate is checked, not to start.
@@ -306,24 +306,10 @@ class SignedFirmware:
         start = parse_ocpp_time(params.get("oldest_timestamp"))
         stop = parse_ocpp_time(params.get("latest_timestamp"))
         security = log_type == "SecurityLog"
-        try:
-            path = await build_archive(self._svc, name, start, stop, diagnostics=not security,
-                                       security_log=security)
-        except OSError as exc:
-            log.error("%s archive could not be written: %s", log_type, exc)
-            await self._log_status("UploadFailure")
-            return
-        await self._log_status("Uploading")
-        try:
-            target = await upload(location, path, retries=retries, retry_interval_s=retry_s(retry_interval))
-        except TransferError as exc:
-            log.warning("%s upload to %s failed: %s", log_type, redact(location), exc)
-            await self._log_status("UploadFailure")
-            return
-        finally:
-            await asyncio.to_thread(path.unlink, True)
-        log.info("%s uploaded to %s", log_type, target)
-        await self._log_status("Uploaded")
+        await upload_log_archive(
+            lambda: build_archive(self._svc, name, start, stop, diagnostics=not security, security_log=security),
+            location, log_type=log_type, report=self._log_status, retries=retries,
+            retry_interval_s=retry_s(retry_interval), logger=log)
 
     # -- ExtendedTriggerMessage -------------------------------------------------------------------
 

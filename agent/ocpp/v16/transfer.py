@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import ftplib
 import http.client
 import io
@@ -550,3 +551,35 @@ def _ftp_put(job: _Job, parts: SplitResult, data: bytes, timeout_s: float) -> No
             _ftp_close(client)
     except ftplib.all_errors as exc:
         raise TransferError(f"FTP upload failed: {exc}") from None
+
+
+async def upload_log_archive(
+    build: Callable[[], Awaitable[Path]],
+    location: str,
+    *,
+    log_type: str,
+    report: Callable[[str], Awaitable[None]],
+    retries: int | None,
+    retry_interval_s: float,
+    logger: logging.Logger,
+) -> None:
+    """GetLog's upload for both OCPP versions: build the archive, report Uploading, upload it, report Uploaded or
+    UploadFailure (also when the archive cannot be written); the archive is removed afterwards."""
+    try:
+        path = await build()
+    except OSError as exc:
+        logger.error("%s archive could not be written: %s", log_type, exc)
+        await report("UploadFailure")
+        return
+    await report("Uploading")
+    try:
+        target = await upload(location, path, retries=retries, retry_interval_s=retry_interval_s)
+    except TransferError as exc:
+        logger.warning("%s upload to %s failed: %s", log_type, redact(location), exc)
+        await report("UploadFailure")
+        return
+    finally:
+        with contextlib.suppress(OSError):
+            await asyncio.to_thread(path.unlink, True)
+    logger.info("%s uploaded to %s", log_type, target)
+    await report("Uploaded")

@@ -25,7 +25,6 @@ LogStatusNotification Uploading, Uploaded | UploadFailure (AcceptedCanceled when
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from datetime import UTC, datetime
 from pathlib import Path
@@ -45,7 +44,7 @@ from agent.ocpp.v16.firmware import (
     wait_until_no_transaction,
 )
 from agent.ocpp.v16.signed_firmware import certificate_problem, file_digest, load_roots, signature_valid
-from agent.ocpp.v16.transfer import TransferError, check_url, download, redact, upload
+from agent.ocpp.v16.transfer import TransferError, check_url, download, redact, upload_log_archive
 from agent.ocpp.v201.rpc import CallErrorReceived, CallTimeout, ConnectionLost, InvalidPayload
 from hal.tasks import cancel_and_wait
 
@@ -297,24 +296,9 @@ class FirmwareManagement:
         start = parse_ocpp_time(params.get("oldest_timestamp"))
         stop = parse_ocpp_time(params.get("latest_timestamp"))
         security = log_type == "SecurityLog"
-        try:
-            path = await self.build_archive(name, start, stop, security=security)
-        except OSError as exc:
-            log.error("%s archive could not be written: %s", log_type, exc)
-            await self._log_status_now("UploadFailure")
-            return
-        await self._log_status_now("Uploading")
-        try:
-            target = await upload(location, path, retries=retries, retry_interval_s=retry_s(retry_interval))
-        except TransferError as exc:
-            log.warning("%s upload to %s failed: %s", log_type, redact(location), exc)
-            await self._log_status_now("UploadFailure")
-            return
-        finally:
-            with contextlib.suppress(OSError):
-                await asyncio.to_thread(path.unlink, True)
-        log.info("%s uploaded to %s", log_type, target)
-        await self._log_status_now("Uploaded")
+        await upload_log_archive(lambda: self.build_archive(name, start, stop, security=security), location,
+                                 log_type=log_type, report=self._log_status_now, retries=retries,
+                                 retry_interval_s=retry_s(retry_interval), logger=log)
 
     async def build_archive(self, name: str, start: float | None, stop: float | None, *, security: bool) -> Path:
         """The archive of agent/ocpp/v16/diag_archive.py with the device model as the OCPP configuration."""
