@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,21 +147,26 @@ async def run_demo(
         return await run_solar_demo(keep_dir)
     with contextlib.ExitStack() as stack:
         directory = keep_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cpagent-sim-")))
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "agent.toml").unlink(missing_ok=True)
-        sim = subprocess.Popen(  # noqa: ASYNC220 - started once, before the agent runs
-            [sys.executable, "-m", "simulator.cli", "up", "--dir", str(directory), "--connectors", str(connectors),
-             "--ocpp", ocpp],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
+        with simulator_up(directory, "--connectors", str(connectors), "--ocpp", ocpp) as sim:
             return await _play(directory, charge_seconds, sim, ocpp)
-        finally:
-            sim.terminate()
-            try:
-                sim.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                sim.kill()
+
+
+@contextlib.contextmanager
+def simulator_up(directory: Path, *args: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`cpsim up --dir DIRECTORY ARGS...` as its own process for a demo (it writes a fresh agent.toml there),
+    stopped (terminate, then kill after 10 s) when the block ends."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "agent.toml").unlink(missing_ok=True)
+    sim = subprocess.Popen(
+        [sys.executable, "-m", "simulator.cli", "up", "--dir", str(directory), *args], stdout=subprocess.DEVNULL)
+    try:
+        yield sim
+    finally:
+        sim.terminate()
+        try:
+            sim.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            sim.kill()
 
 
 def _service(station: Station, config: AgentConfig, ocpp: str) -> Any:

@@ -19,7 +19,7 @@ from agent.config import load
 from agent.redact import mask
 from agent.station import Station
 from hal.tasks import cancel_and_wait
-from simulator.demo import DEMO_TAG, Timeline, _ctl, _show_wire, _wait_for
+from simulator.demo import DEMO_TAG, Timeline, _ctl, _show_wire, _wait_for, simulator_up
 
 LIMIT_A = 10.0
 FULL_POWER_S = 6.0
@@ -34,22 +34,12 @@ async def run_smart_charging_demo(connectors: int, keep_dir: Path | None) -> int
     with contextlib.ExitStack() as stack:
         directory = keep_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cpagent-sim-")))
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "agent.toml").unlink(missing_ok=True)
         csms = Csms(log_path=directory / "csms.jsonl", accept=[DEMO_TAG])
         await csms.start()
-        sim = subprocess.Popen(  # noqa: ASYNC220 - started once, before the agent runs
-            [sys.executable, "-m", "simulator.cli", "up", "--dir", str(directory), "--connectors", str(connectors),
-             "--csms", csms.url],
-            stdout=subprocess.DEVNULL,
-        )
         try:
-            return await _play(directory, csms, sim)
+            with simulator_up(directory, "--connectors", str(connectors), "--csms", csms.url) as sim:
+                return await _play(directory, csms, sim)
         finally:
-            sim.terminate()
-            try:
-                sim.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                sim.kill()
             await csms.stop()
 
 

@@ -21,7 +21,7 @@ from agent.config import load
 from agent.redact import mask
 from agent.station import Station
 from hal.tasks import cancel_and_wait
-from simulator.demo import DEMO_TAG, Timeline, _ctl, _show_wire, _wait_for
+from simulator.demo import DEMO_TAG, Timeline, _ctl, _show_wire, _wait_for, simulator_up
 
 SECOND_TAG = "04A1B2C3D4"
 STATION_MAX_A = 32.0  # shared by the two EVSEs charging: 16 A each
@@ -36,22 +36,12 @@ async def run_smart_charging201_demo(keep_dir: Path | None) -> int:
     with contextlib.ExitStack() as stack:
         directory = keep_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cpagent-sim-")))
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "agent.toml").unlink(missing_ok=True)
         csms = Csms(log_path=directory / "csms.jsonl", accept=[DEMO_TAG, SECOND_TAG], version="2.0.1")
         await csms.start()
-        sim = subprocess.Popen(  # noqa: ASYNC220 - started once, before the agent runs
-            [sys.executable, "-m", "simulator.cli", "up", "--dir", str(directory), "--connectors", "2",
-             "--csms", csms.url, "--ocpp", "2.0.1"],
-            stdout=subprocess.DEVNULL,
-        )
         try:
-            return await _play(directory, csms, sim)
+            with simulator_up(directory, "--connectors", "2", "--csms", csms.url, "--ocpp", "2.0.1") as sim:
+                return await _play(directory, csms, sim)
         finally:
-            sim.terminate()
-            try:
-                sim.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                sim.kill()
             await csms.stop()
 
 

@@ -37,7 +37,7 @@ from agent.events import SessionStarted, SessionStopped, StationEvent, StatusCha
 from agent.redact import mask
 from agent.station import Station
 from hal.tasks import cancel_and_wait
-from simulator.demo import Timeline, _ctl, _wait_for
+from simulator.demo import Timeline, _ctl, _wait_for, simulator_up
 
 FUSE_A = 25.0
 DAY_START_S = 8 * 3600  # the profile's first row is 08:00
@@ -182,21 +182,10 @@ async def run_solar_demo(keep_dir: Path | None) -> int:
     with contextlib.ExitStack() as stack:
         directory = keep_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cpagent-sim-")))
         out_dir = keep_dir or Path(tempfile.mkdtemp(prefix="cpagent-solar-"))  # the plot outlives the rig
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "agent.toml").unlink(missing_ok=True)
-        sim = subprocess.Popen(  # noqa: ASYNC220 - started once, before the agent runs
-            [sys.executable, "-m", "simulator.cli", "up", "--dir", str(directory), "--connectors", "2",
-             "--site-fuse", f"{FUSE_A:g}", "--site-meter", "tcp", "--site-mode", "solar"],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
+        # The simulator stops before the plot: the boards' keep-alive would time out meanwhile.
+        with simulator_up(directory, "--connectors", "2", "--site-fuse", f"{FUSE_A:g}", "--site-meter", "tcp",
+                          "--site-mode", "solar") as sim:
             played = await _play(directory, sim)
-        finally:
-            sim.terminate()  # before the plot: the boards' keep-alive would time out meanwhile
-            try:
-                sim.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                sim.kill()
         if played is None:
             return 1
         return _summary(*played, out_dir)
