@@ -79,6 +79,7 @@ class FirmwareManagement:
         self._accepted_updates: dict[int, dict[str, Any]] = {}
         self._accepted_logs: dict[int, str] = {}
         self._log_reported = False
+        self._update_reported = False
         service.register_trigger("FirmwareStatusNotification", lambda evse: "Accepted", self._send_firmware_status)
         service.register_trigger("LogStatusNotification", lambda evse: "Accepted", self._send_log_status)
 
@@ -121,6 +122,7 @@ class FirmwareManagement:
 
     async def _status(self, status: str) -> None:
         self.firmware_status = status if status in BUSY_FIRMWARE else "Idle"
+        self._update_reported = status not in BUSY_FIRMWARE  # over at its final status, not at its answer
         await self._notify(call.FirmwareStatusNotification(status=status, request_id=self.firmware_request_id))
 
     async def _send_firmware_status(self, evse: Mapping[str, Any] | None) -> None:
@@ -158,7 +160,7 @@ class FirmwareManagement:
                 log.warning("UpdateFirmware %d: %s", request_id, problem)
                 self._svc.security_event("InvalidFirmwareSigningCertificate", problem)
                 return {"status": "InvalidCertificate"}
-        busy = self._update is not None and not self._update.done()
+        busy = self._update is not None and not self._update.done() and not self._update_reported
         if busy and self.firmware_status in ("Installing", "InstallRebooting"):
             log.warning("UpdateFirmware %d rejected: firmware %s is being installed (cannot be cancelled)",
                         request_id, self.firmware_request_id)
@@ -172,6 +174,7 @@ class FirmwareManagement:
         if accepted is None:
             return
         job = self._update_firmware(request_id, accepted, retries, retry_interval)
+        self._update_reported = False
         self._update = spawn(self._tasks, job, "ocpp201-firmware-update", replaces=self._update)
 
     async def _update_firmware(self, request_id: int, firmware: dict[str, Any], retries: int | None,
