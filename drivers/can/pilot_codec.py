@@ -35,6 +35,7 @@ from drivers.serial.pilot_codec import (
     SetPhases,
     SetRelay,
     StatusRequest,
+    Telemetry,
 )
 from hal.device import DeviceError
 from hal.types import Fault
@@ -183,6 +184,15 @@ def _signals(message: Message) -> tuple[str, dict[str, int]]:
                 "RxUnknownFrames": min(message.rx_unknown_frames, 0xFFFF),
             }
     raise TypeError(f"not a pilot board message: {message!r}")
+
+
+def split_telemetry(telemetry: Telemetry) -> tuple[TelemetryLevels, TelemetryStatus]:
+    """The serial protocol's Telemetry as the two CAN frames that carry it."""
+    return (
+        TelemetryLevels(telemetry.cp_high_mv, telemetry.cp_low_mv, telemetry.temperature_dc, telemetry.supply_dv),
+        TelemetryStatus(telemetry.duty, telemetry.keepalive_lapsed, telemetry.rx_bad_frames,
+                        telemetry.rx_unknown_frames),
+    )
 
 
 def frame_id(db: Any, name: str, node_id: int) -> int:
