@@ -723,7 +723,14 @@ class Transactions:
         if ev_present(view) and not machine.state.ev_connected:
             self._emit(machine, machine.plug(state), view)
         elif not ev_present(view) and machine.state.ev_connected:
-            self._emit(machine, machine.unplug(fixed_cable=view.fixed_cable), view)
+            events = machine.unplug(fixed_cable=view.fixed_cable)
+            self._emit(machine, events, view)
+            if view.session is not None and any(e.event_type == ENDED for e in events):
+                # A TxStopPoint (EVConnected, PowerPathClosed) ended the transaction although
+                # StopTxOnEVSideDisconnect false keeps the station's session for the EV to come back: the
+                # authorization ended with it, so must the session (else the next EV to plug in would
+                # start a transaction on this idToken; TC_E_37_CS).
+                self._station.stop_session(cid, StopReason.EV_DISCONNECTED)
         elif ev_present(view):
             self._emit(machine, machine.charging(state), view)
         self._poke.set()
