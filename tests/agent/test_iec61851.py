@@ -177,6 +177,36 @@ def test_machine_that_never_settles_logs_and_stops(rig: Rig, caplog: pytest.LogC
     assert "does not settle" in caplog.text
 
 
+class _Flags:
+    """Guards as plain flags (every predicate of the table), for machines stepped without a controller."""
+
+    def __init__(self, **on: bool) -> None:
+        self.on = {"available": True, "current_available": True, "pwm_restart_allowed": True,
+                   "ev_requests_energy": True, "pwm_reported": True, **on}
+
+    def __getattr__(self, name: str) -> object:
+        if name.startswith("_") or name == "on":
+            raise AttributeError(name)
+        return lambda: self.on.get(name, False)
+
+
+def test_connectors_share_one_machine_and_keep_their_own_state() -> None:
+    entered: list[tuple[str, ChargeState]] = []
+    ga, gb = _Flags(), _Flags()
+    a = ChargeMachine(ga, on_enter=lambda s: entered.append(("a", s)))  # type: ignore[arg-type]
+    b = ChargeMachine(gb, on_enter=lambda s: entered.append(("b", s)))  # type: ignore[arg-type]
+    assert a._step is b._step  # one transitions.Machine for the table, not one per connector
+    ga.on.update(ev_connected=True, energy_allowed=True, ev_ready_for_power=True)
+    assert a.settle() is S.CHARGING
+    assert b.settle() is S.IDLE
+    assert entered == [("a", S.CONNECTED), ("a", S.READY), ("a", S.CHARGING)]
+    gb.on.update(fault_present=True)
+    assert b.settle() is S.FAULT and a.state is S.CHARGING
+    assert entered[-1] == ("b", S.FAULT)
+    with pytest.raises(AttributeError):
+        ChargeMachine(object(), table=(Row((S.IDLE,), S.CONNECTED, when=("ev_conected",)),))  # type: ignore[arg-type]
+
+
 # ----------------------------------------------------------------------------- relay opens in the call
 @pytest.mark.parametrize(
     ("cp", "state"),
