@@ -101,3 +101,39 @@ async def test_tc_e_37_cs_power_path_stop_point_ev_side_disconnect_while_suspend
     await asyncio.sleep(0.5)  # time for a wrong Started (it would follow the plug-in at once)
     assert [p["eventType"] for p in octt.tx_events()].count("Started") == 1  # no transaction without a card
     assert not plant.relay_closed and (plant.pwm_duty or 0) == 0
+
+
+async def test_tc_e_40_cs_connection_loss_during_transaction_updated_values_queued_offline(octt: Octt201) -> None:
+    # Before: TxUpdatedMeasurands / TxUpdatedInterval set, SampledDataCtrlr.Enabled true, OfflineThreshold
+    # RetryBackOffWaitMinimum + 60, RetryBackOffWaitMinimum (2 s) greater than the meter values interval (1 s),
+    # RetryBackOffRandomRange 0 (FAST_VARIABLES)
+    octt.rig.connectors[1].plant.ev.pwm_reaction_s = 0.2  # a quick EV: S2 closed 0.2 s after the PWM
+    agent = await octt.start_agent({
+        "SampledDataCtrlr/TxUpdatedMeasurands": "Energy.Active.Import.Register", "SampledDataCtrlr/Enabled": True,
+        "SampledDataCtrlr/TxUpdatedInterval": 1, "OCPPCommCtrlr/OfflineThreshold": 62,
+        "OCPPCommCtrlr/RetryBackOffWaitMinimum": 2})
+    await octt.booted()
+    started = await octt.charging()  # State EnergyTransferStarted
+    tx = started["transactionInfo"]["transactionId"]
+    await octt.wait_tx_event("Updated", where=lambda p: p["triggerReason"] == "MeterValuePeriodic")
+    # 1. the connection is lost and no reconnection accepted for a while (2.5 s: RetryBackOffWaitMinimum + 0.5)
+    await octt.csms.outage(2.5)
+    await eventually(lambda: not agent.service.online, what="offline")
+    # 3. back online, the queue is emptied: the TransactionEvents of the offline period are all Updated, with
+    # meter values, offline true
+    queued = await eventually(lambda: [p for p in octt.tx_events(tx) if p.get("offline")], within=15,
+                              what="TransactionEvents queued while offline")
+    await eventually(lambda: agent.service.online and agent.service.outbox.queued_for(tx) == 0, within=10,
+                     what="the queue emptied")
+    queued = [p for p in octt.tx_events(tx) if p.get("offline")]
+    assert queued, "no TransactionEvent was queued during the outage"
+    for event in queued:
+        assert event["eventType"] == "Updated" and event["offline"] is True
+        assert event["triggerReason"] == "MeterValuePeriodic"
+        assert event["meterValue"][0]["sampledValue"][0]["measurand"] == "Energy.Active.Import.Register"
+        assert event["meterValue"][0]["sampledValue"][0]["context"] == "Sample.Periodic"
+    stamps = [e["timestamp"] for e in queued]
+    assert stamps == sorted(stamps)  # delivered in the order they happened
+    await agent.tap(TAG)  # nothing lost or repeated around the outage
+    await octt.wait_tx_event("Ended")
+    check_sequence(octt.tx_events(tx))

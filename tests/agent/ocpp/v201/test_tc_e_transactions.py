@@ -114,7 +114,9 @@ async def test_tc_j_02_cs_periodic_values_and_trigger(octt: Octt201) -> None:
     assert all(v["context"] == "Sample.Periodic" and "unitOfMeasure" in v for v in values)
     answer = await octt.send("TriggerMessage", {"requestedMessage": "TransactionEvent", "evse": {"id": 1}})
     assert answer["status"] == "Accepted"
-    await octt.wait_tx_event("Updated", where=lambda p: p["triggerReason"] == "Trigger")
+    triggered_tx = await octt.wait_tx_event("Updated", where=lambda p: p["triggerReason"] == "Trigger")
+    assert triggered_tx["transactionInfo"]["chargingState"] == "Charging"  # TC_F_13_CS step 3
+    assert triggered_tx["meterValue"][0]["sampledValue"][0]["context"] == "Trigger"
     answer = await octt.send("TriggerMessage", {"requestedMessage": "MeterValues", "evse": {"id": 1}})
     assert answer["status"] == "Accepted"
     triggered = (await octt.wait("MeterValues")).payload

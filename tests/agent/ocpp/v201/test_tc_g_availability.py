@@ -31,9 +31,11 @@ async def test_g02_heartbeat_every_interval(octt: Octt201) -> None:
 async def test_tc_g_03_g_04_g_10_g_18_cs_change_availability_evse(octt: Octt201) -> None:
     """G03: an EVSE to Inoperative -> Unavailable; Inoperative again -> Accepted and its status reported anyway
     (G_10); it persists across a restart (G_18); back to Operative -> Available (G_04); an unknown EVSE is
-    Rejected."""
+    Rejected. First TC_G_09_CS: Operative to an EVSE already Operative -> Accepted."""
     await octt.start_agent()
     await octt.booted()
+    same = await octt.send("ChangeAvailability", {"operationalStatus": "Operative", "evse": {"id": 1}})
+    assert same["status"] == "Accepted"
     answer = await octt.send("ChangeAvailability", {"operationalStatus": "Inoperative", "evse": {"id": 1}})
     assert answer["status"] == "Accepted"
     await octt.wait_status("Unavailable", evse_id=1)
