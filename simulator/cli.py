@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     profile.add_argument("--speed", type=float, default=1.0, help="profile seconds per real second")
     site_sub.add_parser("silent").add_argument("on", choices=["on", "off"])
     csub.add_parser("state")
+    csub.add_parser("offline", help="fleet: cut the station's CSMS link, refuse its dials for SECONDS") \
+        .add_argument("seconds", type=float)
+    csub.add_parser("online", help="fleet: allow the station's dials again (ends an offline)")
     return p
 
 
@@ -152,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             request["value"] = args.value
     elif args.action == "fault":
         request.update(connector=args.connector, name=args.name)
+    elif args.action == "offline":
+        request["value"] = args.seconds
     elif args.action == "site":
         request["action"] = args.site_action
         if args.site_action in ("load", "pv"):

@@ -25,7 +25,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="every station plugs an EV and starts one long session 1-10 s after its boot")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus text on this port")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address of --metrics-port (0.0.0.0 in a pod)")
-    p.add_argument("--tag", default="FLEET-TAG", help="the card --start-sessions taps")
+    p.add_argument("--tag", default="FLEET-TAG", help="the card --start-sessions taps (and cases' {tag})")
+    p.add_argument("--case", action="append", default=[], metavar="NAME",
+                   help="run a built-in scripted case on every station (repeatable; 'all': every one, in order): "
+                        "cold-boot, regular-session, invalid-tag, offline-session, fault-during-session; "
+                        "the fleet stops once every station ran them (exit 0: all passed, 1: a failure)")
+    p.add_argument("--invalid-tag", default="FLEET-BAD", help="a card the CSMS refuses (cases' {invalid_tag})")
+    p.add_argument("--keep-running", action="store_true", help="with cases: do not stop once they have run")
     p.add_argument("--progress", type=float, default=5.0, metavar="S", help="progress line every S seconds")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -34,6 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
+    from simulator.fleet.cases import CaseError, CasePlan, resolve_case_names
     from simulator.fleet.fleet import FleetOptions, parse_shard, run_fleet
     from simulator.fleet.scenario import ScenarioError, load_scenario
 
@@ -52,13 +59,23 @@ def main(argv: list[str]) -> int:
         if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
             raise ValueError("--metrics-port must be 1..65535")
         scenario = load_scenario(args.scenario) if args.scenario else None
-    except (ValueError, ScenarioError) as exc:
+        cases = resolve_case_names(args.case, args.ocpp) + (scenario.cases if scenario else ())
+        if len({c.name for c in cases}) != len(cases):
+            raise ValueError("a [[case]] of --scenario has the name of a --case given too")
+        if cases and args.start_sessions:
+            raise ValueError("--start-sessions and scripted cases (--case, [[case]]) both drive connector 1: "
+                             "give one of them")
+        if scenario is not None and not scenario.generator:
+            scenario = None  # the file holds only cases
+        plan = CasePlan(cases, tag=args.tag, invalid_tag=args.invalid_tag,
+                        stop_when_done=not args.keep_running) if cases else None
+    except (ValueError, ScenarioError, CaseError) as exc:
         print(f"cpsim fleet: {exc}", file=sys.stderr)
         return 2
     options = FleetOptions(
         csms_url=args.csms, stations=args.stations, directory=args.dir.resolve(), connectors=args.connectors,
         ocpp=args.ocpp, id_prefix=args.id_prefix, shard=shard, ramp_per_s=args.ramp, scenario=scenario,
         start_sessions=args.start_sessions, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
-        progress_s=args.progress, tags=(args.tag,), quiet=args.quiet,
+        progress_s=args.progress, tags=(args.tag,), quiet=args.quiet, cases=plan,
     )
     return asyncio.run(run_fleet(options))

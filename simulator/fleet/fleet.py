@@ -43,6 +43,7 @@ from hal.tasks import cancel_and_wait
 from hal.types import Fault
 from simulator.fleet import devices as simdev
 from simulator.fleet import metrics as fm
+from simulator.fleet.cases import CasePlan, CaseRunner
 from simulator.fleet.scenario import Scenario
 from simulator.physics import EvMode, Plant
 
@@ -77,6 +78,7 @@ class FleetOptions:
     # stop takes the energy of the last one (the fleet pushes one before the stops it makes itself).
     meter_period_s: float = 60.0
     quiet: bool = False
+    cases: CasePlan | None = None  # --case / [[case]]: scripted cases (simulator/fleet/cases.py)
 
 
 def station_ids(prefix: str, n: int, shard: tuple[int, int]) -> list[tuple[int, str]]:
@@ -188,6 +190,7 @@ class Fleet:
         self.all_booted_s: float | None = None
         self.failed: list[str] = []  # stations that could not be built (logged)
         self.ramp_done_s: float | None = None
+        self.cases = CaseRunner(self, options.cases) if options.cases is not None else None
 
     # ----------------------------------------------------------------- persistence of the EVs' world
     @property
@@ -303,6 +306,8 @@ class Fleet:
         self._spawn(self._progress_loop())
         self._spawn(self._persist_loop())
         self._spawn(self._boot_watch())
+        if self.cases is not None:  # named scenario:*: the graceful stop cancels it first
+            self._spawn_named("scenario:cases", self.cases.run())
         ids = station_ids(self.options.id_prefix, self.options.stations, self.options.shard)
         interval = 1.0 / self.options.ramp_per_s if self.options.ramp_per_s > 0 else 0.0
         next_at = time.monotonic()
@@ -323,7 +328,7 @@ class Fleet:
         self.ramp_done_s = time.monotonic() - self._started
         await self._stopping.wait()
         await self._graceful_stop()
-        return 0
+        return 0 if self.cases is None else self.cases.exit_code()
 
     def _request_stop(self) -> None:
         if not self._stopping.is_set():
@@ -476,7 +481,7 @@ class Fleet:
         loop = asyncio.get_running_loop()
         if self.options.start_sessions:
             self._handles.append(loop.call_later(fs.rng.uniform(1.0, 10.0), self._start_long_session, fs))
-        if self.options.scenario is not None:
+        if self.options.scenario is not None and not (self.cases is not None and self.cases.selects(fs.id)):
             self._spawn_named(f"scenario:{fs.id}", self._generate(fs, self.options.scenario))
 
     def _spawn_named(self, name: str, coro: Any) -> None:
@@ -572,7 +577,8 @@ class Fleet:
             await asyncio.sleep(self.options.progress_s)
             self._refresh_gauges()
             if not self.options.quiet:
-                print(self.metrics.progress_line(time.monotonic() - self._started), file=sys.stderr, flush=True)
+                line = self.metrics.progress_line(time.monotonic() - self._started)
+                print(line + (self.cases.progress() if self.cases else ""), file=sys.stderr, flush=True)
 
     def report(self) -> dict[str, Any]:
         return {
@@ -581,6 +587,7 @@ class Fleet:
                       "ocpp": self.options.ocpp, "all_booted_s": self.all_booted_s,
                       "ramp_done_s": self.ramp_done_s, "run_s": round(time.monotonic() - self._started, 1)},
             **self.metrics.snapshot(),
+            **({"cases": self.cases.report()} if self.cases is not None else {}),
         }
 
     # ----------------------------------------------------------------- the EVs and the control API
@@ -649,6 +656,8 @@ class Fleet:
             for name in ("rcd", "ground", "diode", "overtemp", "undervoltage", "overvoltage", "weld", "lock",
                          "overcurrent", "meter-silent", "board-silent"):
                 self.fault(fs, n, name, False)
+        elif cmd == "online":
+            fs.offline_until = 0.0  # dials allowed again (the link's back-off decides when)
         elif cmd == "offline":
             self.go_offline(fs, float(request.get("value", 60.0)))
         elif cmd != "state":

@@ -15,6 +15,7 @@ import math
 import time
 from array import array
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
@@ -138,6 +139,9 @@ class FleetMetrics:
 
 
 METRICS: FleetMetrics | None = None  # the process's metrics; ObservedConnection reports here
+# cpsim fleet's scripted cases (simulator/fleet/cases.py) see every frame here when set:
+# (connection, "out" (station -> CSMS) | "in", the parsed frame)
+FRAME_OBSERVER: Callable[[ClientConnection, str, list[Any]], None] | None = None
 
 
 class ObservedConnection(ClientConnection):
@@ -154,6 +158,10 @@ class ObservedConnection(ClientConnection):
                 self._calls[str(frame[1])] = (str(frame[2]), time.monotonic())
                 METRICS.call_sent(str(frame[2]))
         await super().send(message, text=text)
+        if FRAME_OBSERVER is not None and isinstance(message, str):
+            sent = _frame(message)
+            if sent is not None:
+                FRAME_OBSERVER(self, "out", sent)  # on the wire (a failed send raised above)
 
     async def recv(self, decode: bool | None = None) -> Any:
         try:
@@ -172,6 +180,8 @@ class ObservedConnection(ClientConnection):
                     pending = self._calls.pop(str(frame[1]), None)
                     if pending is not None:
                         METRICS.answered(pending[0], time.monotonic() - pending[1], frame[0] == 4)
+                if FRAME_OBSERVER is not None:
+                    FRAME_OBSERVER(self, "in", frame)
         return raw
 
 

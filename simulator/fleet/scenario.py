@@ -12,6 +12,10 @@
     fault_s = 30
     seed = 1                      # per-station random streams derive from it and the station id
 
+    [[case]]                      # OCTT-style scripted cases (simulator/fleet/cases.py), run on the stations
+    name = "my-session"           # they select; the generator drives the others (a file may hold only cases)
+    steps = [{plug = 1}, {tap = "{tag}"}, {expect = "StartTransaction"}, {unplug = 1}]
+
 Every value is checked at load; an error names the key (exit 2).
 """
 
@@ -24,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from simulator.faults import FAULTS
+from simulator.fleet.cases import Case, CaseError, parse_cases
 
 
 class ScenarioError(Exception):
@@ -45,6 +50,8 @@ class Scenario:
     p_invalid_tag: float = 0.0
     seed: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
+    cases: tuple[Case, ...] = ()  # the file's [[case]] tables
+    generator: bool = True  # the file sets the transaction generator (False: it holds only [[case]] tables)
 
 
 _KNOWN = {"plug_in_per_hour", "session_minutes", "energy_kwh", "tags", "invalid_tags", "p_offline_start",
@@ -67,9 +74,17 @@ def load_scenario(path: Path) -> Scenario:
 
 
 def parse_scenario(data: dict[str, Any], where: str = "scenario") -> Scenario:
+    cases: tuple[Case, ...] = ()
+    if "case" in data:
+        try:
+            cases = parse_cases(data["case"], where)
+        except CaseError as exc:
+            raise ScenarioError(str(exc)) from None
+        data = {k: v for k, v in data.items() if k != "case"}
     unknown = set(data) - _KNOWN
     if unknown:
-        raise ScenarioError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_KNOWN))}")
+        raise ScenarioError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: case, "
+                            f"{', '.join(sorted(_KNOWN))}")
     out: dict[str, Any] = {}
 
     def number(key: str, low: float, high: float) -> None:
@@ -114,4 +129,4 @@ def parse_scenario(data: dict[str, Any], where: str = "scenario") -> Scenario:
         if isinstance(data["seed"], bool) or not isinstance(data["seed"], int):
             raise ScenarioError(f"{where}: seed: expected an integer")
         out["seed"] = data["seed"]
-    return Scenario(**out)
+    return Scenario(**out, cases=cases, generator=bool(data) or not cases)
