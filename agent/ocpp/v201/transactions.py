@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from ocpp.charge_point import camel_to_snake_case
+from ocpp.charge_point import remove_nones
 from ocpp.v201 import call
 
 from agent.authcache import AuthorizationCache, LocalAuthList
@@ -725,11 +725,12 @@ class Transactions:
         elif not ev_present(view) and machine.state.ev_connected:
             events = machine.unplug(fixed_cable=view.fixed_cable)
             self._emit(machine, events, view)
-            if view.session is not None and any(e.event_type == ENDED for e in events):
+            if view.session is not None and any(e.event_type == ENDED for e in events) and \
+                    not self.settings().stop_on_ev_side_disconnect:
                 # A TxStopPoint (EVConnected, PowerPathClosed) ended the transaction although
                 # StopTxOnEVSideDisconnect false keeps the station's session for the EV to come back: the
                 # authorization ended with it, so must the session (else the next EV to plug in would
-                # start a transaction on this idToken; TC_E_37_CS).
+                # start a transaction on this idToken; TC_E_37_CS). With it true the connector stops it.
                 self._station.stop_session(cid, StopReason.EV_DISCONNECTED)
         elif ev_present(view):
             self._emit(machine, machine.charging(state), view)
@@ -955,10 +956,9 @@ class Transactions:
         """Send one TransactionEvent; ack, retry (MessageAttempts / MessageAttemptInterval
         .TransactionEvent: wait interval x previous sends) or give up. ConnectionLost propagates."""
         payload = self.outbox.payload_for_send(entry)
-        request = call.TransactionEvent(**{_snake(k): v for k, v in payload.items()})
         attempts = self.outbox.record_attempt(entry.id)
-        try:
-            conf = await session.request(request)
+        try:  # the queued camelCase payload as it is (schema-checked by the session), no dataclass round trip
+            conf = await session.request_payload(TRANSACTION_EVENT, remove_nones(payload))
         except (CallErrorReceived, CallTimeout, InvalidPayload) as exc:
             limit = max(1, self._int("OCPPCommCtrlr", "MessageAttempts", 3, "TransactionEvent"))
             if attempts >= limit:
@@ -1030,7 +1030,7 @@ class Transactions:
             return
         attempts = self.outbox.record_attempt(head.id)
         try:
-            await session.request(call.MeterValues(**{_snake(k): v for k, v in head.payload.items()}))
+            await session.request_payload("MeterValues", remove_nones(dict(head.payload)))
         except (CallErrorReceived, CallTimeout, InvalidPayload) as exc:
             if attempts >= 3:
                 self.outbox.drop(head.id, f"{exc} (after {attempts} attempts)")
@@ -1355,7 +1355,3 @@ class Transactions:
                            else machine.abnormal(Reason.POWER_LOSS), view)
             if view.cp_state is not None:  # without a pilot reading yet, the station's first status tells
                 self._sync(cid, view)
-
-
-def _snake(key: str) -> str:
-    return str(next(iter(camel_to_snake_case({key: None}))))
