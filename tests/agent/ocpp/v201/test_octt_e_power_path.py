@@ -1,6 +1,7 @@
 """OCTT 2.0.1 transaction start/stop options that docs/octt-201-coverage.md had covered by a unit test of the
 TxMachine only: TC_E_02_CS (TxStartPoint EnergyTransfer), TC_E_35_CS (TxStopPoint PowerPathClosed, remote
-stop) and TC_E_37_CS (TxStopPoint PowerPathClosed, EV-side disconnect with StopTxOnEVSideDisconnect false).
+stop) and TC_E_37_CS (TxStopPoint PowerPathClosed, EV-side disconnect with StopTxOnEVSideDisconnect false);
+and TC_E_40_CS (connection lost during the transaction), which was covered by a loss before the start only.
 Over real websockets against the bundled CSMS, with the simulator's hardware underneath; TxStartPoint and
 TxStopPoint are set with SetVariables at run time, as the OCTT's "Before (Preparations)" does. Each step names
 the Part 6 (FINAL 2023-06-30) tool validation it checks."""
