@@ -26,10 +26,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, help="serve Prometheus text on this port")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address of --metrics-port (0.0.0.0 in a pod)")
     p.add_argument("--tag", default="FLEET-TAG", help="the card --start-sessions taps (and cases' {tag})")
-    p.add_argument("--case", action="append", default=[], metavar="NAME",
-                   help="run a built-in scripted case on every station (repeatable; 'all': every one, in order): "
-                        "cold-boot, regular-session, invalid-tag, offline-session, fault-during-session; "
-                        "the fleet stops once every station ran them (exit 0: all passed, 1: a failure)")
+    p.add_argument("--case", action="append", default=[], metavar="NAME[:STATIONS]",
+                   help="run a built-in scripted case on every station, or on STATIONS (e.g. 1-10,42,CP-000050) "
+                        "(repeatable; 'all': every one, in order): cold-boot, regular-session, invalid-tag, "
+                        "offline-session, fault-during-session; the fleet stops once every station ran its cases "
+                        "(exit 0: all passed, 1: a failure)")
     p.add_argument("--invalid-tag", default="FLEET-BAD", help="a card the CSMS refuses (cases' {invalid_tag})")
     p.add_argument("--keep-running", action="store_true", help="with cases: do not stop once they have run")
     p.add_argument("--progress", type=float, default=5.0, metavar="S", help="progress line every S seconds")
