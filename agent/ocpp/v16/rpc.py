@@ -1,9 +1,13 @@
 """OCPP 1.6J RPC over one websocket connection, on top of the mobilityhouse ``ocpp`` library.
 
-The library does the outgoing side (``ChargePoint.call`` with its call lock, schema validation of our
-requests and of the CSMS's responses). We do the incoming side ourselves because the library gets it
-wrong for 1.6: NotImplemented/NotSupported swapped, "FormatViolation" instead of "FormationViolation",
-no CALLERROR for unparseable frames, and a handler crash or a non-dataclass reply can kill its loop.
+The library gives the message classes, the JSON schemas and their validators and the snake/camelCase
+conversion. The session frames both sides itself. Incoming: the library gets it wrong for 1.6
+(NotImplemented/NotSupported swapped, "FormatViolation" instead of "FormationViolation", no CALLERROR for
+unparseable frames, and a handler crash or a non-dataclass reply can kill its loop). Outgoing: one CALL
+outstanding, the request and the answer each schema-validated once in the event-loop thread (the
+library's ``ChargePoint.call`` validates both in an executor thread: two thread hand-overs per CALL cost
+more CPU than the validation, and an outbox replay sends thousands), no task per CALL, and queued camelCase
+payloads go out without a dataclass round trip (``request_payload``).
 Incoming CALLs run in their own tasks, so the CSMS is answered while one of our CALLs is pending.
 
 Handlers come from an explicit registry keyed by OCPP action name. A handler is an async callable
@@ -57,11 +61,10 @@ from typing import Any, Protocol, TypeAlias
 
 from jsonschema.exceptions import ValidationError as SchemaError
 from jsonschema.exceptions import best_match
-from ocpp.charge_point import ChargePoint as LibraryBaseChargePoint
 from ocpp.charge_point import camel_to_snake_case, remove_nones, serialize_as_dict, snake_to_camel_case
-from ocpp.exceptions import OCPPError, UnknownCallErrorCodeError
+from ocpp.exceptions import OCPPError
 from ocpp.messages import Call, CallError, CallResult, MessageType, get_validator
-from ocpp.v16 import ChargePoint as LibraryChargePoint
+from ocpp.v16 import call_result as call_result16
 from ocpp.v16.enums import Action
 from websockets.exceptions import ConnectionClosed
 
@@ -363,9 +366,9 @@ class Dialect:
 
     version: str  # the library's name for the version (schemas): "1.6", "2.0.1"
     subprotocol: str  # the websocket subprotocol
-    # The version's actions and the library's ChargePoint (outgoing CALLs, response classes), imported on
-    # first use: a station speaking 1.6 never loads the 2.0.1 library (~3.4 MB, ~0.1-0.25 s at start).
-    load: Callable[[], tuple[frozenset[str], type[Any]]]
+    # The version's actions and the library's call_result module (the answers' classes), imported on first
+    # use: a station speaking 1.6 never loads the 2.0.1 library (~3.4 MB, ~0.1-0.25 s at start).
+    load: Callable[[], tuple[frozenset[str], Any]]
     wire_code: Callable[[str], str]  # an error code in any spelling -> this version's spelling
     answer_unknown_message_type: bool = False  # 2.0.1: CALLERROR MessageTypeNotSupported
     unreadable_id: str | None = None  # 2.0.1: "-1", the MessageId of an answer to a frame without a readable id
@@ -376,22 +379,18 @@ class Dialect:
         return self.load()[0]
 
     @cached_property
-    def library_charge_point(self) -> type[Any]:
+    def call_results(self) -> Any:
         return self.load()[1]
 
 
-def _load_201() -> tuple[frozenset[str], type[Any]]:
-    from ocpp.v201 import ChargePoint as LibraryChargePoint201
+def _load_201() -> tuple[frozenset[str], Any]:
+    from ocpp.v201 import call_result as call_result201
     from ocpp.v201.enums import Action as Action201
 
-    class _WireChargePoint201(_WireMixin, LibraryChargePoint201):  # type: ignore[misc]
-        pass
-
-    _WIRE_CLASSES[LibraryChargePoint201] = _WireChargePoint201
-    return frozenset(action.value for action in Action201), LibraryChargePoint201
+    return frozenset(action.value for action in Action201), call_result201
 
 
-V16 = Dialect("1.6", "ocpp1.6", lambda: (OCPP16_ACTIONS, LibraryChargePoint), to_16_error_code,
+V16 = Dialect("1.6", "ocpp1.6", lambda: (OCPP16_ACTIONS, call_result16), to_16_error_code,
               decimal_schemas=frozenset(_DECIMAL_SCHEMAS))
 V201 = Dialect("2.0.1", "ocpp2.0.1", _load_201,
                to_201_error_code, answer_unknown_message_type=True, unreadable_id="-1",
@@ -416,35 +415,6 @@ def handlers_from_object(
             if method is not None and callable(method):
                 registry[action] = method
     return handlers, after
-
-
-class _WireMixin:
-    """The library's ChargePoint used for outgoing CALLs; incoming frames are routed by the session."""
-
-    id: str
-    _connection: Connection
-
-    def __init__(self, charge_point_id: str, connection: Connection, session: OcppSession) -> None:
-        LibraryBaseChargePoint.__init__(self, charge_point_id, connection, response_timeout=30, logger=LOG)
-        self.route_map: dict[str, Any] = {}
-        self._session = session
-        self.last_call_error: CallError | None = None
-
-    async def route_message(self, raw_msg: str | bytes) -> None:
-        self._session._route(raw_msg)
-
-    async def _send(self, message: str) -> None:
-        # The library logs every outgoing frame at INFO; a replay of thousands of queued messages would
-        # format, redact and write each one. Frames are DEBUG here, like the incoming ones in serve().
-        LOG.debug("%s > %s", self.id, LoggedFrame(message))
-        await self._connection.send(message)
-
-
-class _WireChargePoint(_WireMixin, LibraryChargePoint):  # type: ignore[misc]
-    pass
-
-
-_WIRE_CLASSES: dict[type[Any], type[Any]] = {LibraryChargePoint: _WireChargePoint}  # + 2.0.1's (_load_201)
 
 
 @dataclass
@@ -481,15 +451,15 @@ class OcppSession:
         self._handlers = dict(handlers)
         self._after = dict(after or {})
         self._on_activity = on_activity
-        self._wire = _WIRE_CLASSES[dialect.library_charge_point](charge_point_id, connection, self)
         self._request_lock = asyncio.Lock()
         self._closed = asyncio.Event()
-        # Resolved when serve() ends; each request waits on it next to its CALL (no extra task per CALL).
-        self._closed_future: asyncio.Future[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._logged_bad_frame_kinds: set[str] = set()
-        # The unique id of our outstanding CALL while its answer is awaited; any other answer is a stray.
+        # The unique id and action of our outstanding CALL while its answer is awaited (any other answer is a
+        # stray), and the future the answer frame goes to (failed with ConnectionLost when serve() ends).
         self._awaiting_id: str | None = None
+        self._awaiting_action = ""
+        self._answer_future: asyncio.Future[Frame] | None = None
         # Why the answer to our outstanding CALL is unusable although it passes the schema (None: usable).
         self._answer_problem: str | None = None
         self._stray_logged_at: float | None = None
@@ -516,11 +486,11 @@ class OcppSession:
                 LOG.debug("%s < %s", self.charge_point_id, LoggedFrame(raw))
                 if self._on_activity is not None:
                     self._on_activity()
-                await self._wire.route_message(raw)
+                self._route(raw)
         finally:
             self._closed.set()
-            if self._closed_future is not None and not self._closed_future.done():
-                self._closed_future.set_result(None)
+            if self._answer_future is not None and not self._answer_future.done():
+                self._answer_future.set_exception(ConnectionLost("connection closed while waiting for the answer"))
             for task in list(self._tasks):
                 task.cancel()
 
@@ -530,59 +500,53 @@ class OcppSession:
 
         One CALL outstanding at a time: concurrent requests queue up here.
         """
-        action = type(payload).__name__
+        return await self.request_payload(type(payload).__name__, to_wire_payload(payload),
+                                          response_timeout=response_timeout)
+
+    async def request_payload(self, action: str, payload: Mapping[str, Any], *,
+                              response_timeout: float | None = None) -> Any:
+        """``request`` for a payload that is already the camelCase JSON object (a queued outbox message): put
+        on the wire as it is, without a round trip through the dataclass. Returns the ``call_result`` dataclass.
+
+        The request is checked against the dialect's schema before it is sent and the answer before it is
+        used (InvalidPayload), each once, in this thread: the library's ``ChargePoint.call`` validates in an
+        executor thread, two thread hand-overs per CALL that cost more CPU than the validation itself."""
         async with self._request_lock:
             if self.closed:
                 raise ConnectionLost(f"{action}: connection closed")
+            violation = schema_violation(MessageType.Call, action, payload, self.dialect)
+            if violation is not None:
+                raise InvalidPayload(f"{action}: our request breaks the schema: {violation.description}")
             unique_id = str(uuid.uuid4())
-            self._wire._response_timeout = self.message_timeout if response_timeout is None else response_timeout
-            self._wire.last_call_error = None
-            queue = self._wire._response_queue
-            while not queue.empty():  # nothing but the answer to this CALL may be waiting there
-                queue.get_nowait()
+            timeout = self.message_timeout if response_timeout is None else response_timeout
+            answer: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+            text = Call(unique_id, action, payload).to_json()
+            self._answer_future = answer
             self._awaiting_id = unique_id
+            self._awaiting_action = action
             self._answer_problem = None
-            calling = asyncio.ensure_future(self._wire.call(payload, suppress=False, unique_id=unique_id))
             try:
-                await asyncio.wait({calling, self._closing()}, return_when=asyncio.FIRST_COMPLETED)
+                LOG.debug("%s > %s", self.charge_point_id, LoggedFrame(text))
+                try:
+                    await self._connection.send(text)
+                except (OSError, ConnectionClosed) as exc:
+                    raise ConnectionLost(f"{action}: {exc}") from None
+                try:
+                    async with asyncio.timeout(timeout):
+                        frame = await answer
+                except TimeoutError:
+                    raise CallTimeout(f"{action}: no answer within {timeout}s") from None
             finally:
                 self._awaiting_id = None
-                if not calling.done():
-                    calling.cancel()
-                # Whatever it ends with now (often the closed socket) is nobody's business any more: retrieve it
-                # so asyncio does not log "Task exception was never retrieved" (also when it failed in the same
-                # loop turn as this request was cancelled).
-                calling.add_done_callback(lambda f: f.cancelled() or f.exception())
-            if not calling.done() or calling.cancelled():
-                raise ConnectionLost(f"{action}: connection closed while waiting for the answer")
-            result = self._result_of(action, unique_id, calling)
-            if self._answer_problem is not None:  # e.g. transactionId 2**70: schema "integer", no 1.6 integer
+                self._answer_future = None
+            if isinstance(frame, CallError):
+                raise CallErrorReceived(action, frame.error_code, frame.error_description, frame.error_details or {})
+            if self._answer_problem is not None:  # schema, or e.g. transactionId 2**70: no 1.6 integer
                 raise InvalidPayload(f"{action}: {self._answer_problem}")
-            return result
-
-    def _closing(self) -> asyncio.Future[None]:
-        if self._closed_future is None:
-            self._closed_future = asyncio.get_running_loop().create_future()
-            if self.closed:
-                self._closed_future.set_result(None)
-        return self._closed_future
-
-    def _result_of(self, action: str, unique_id: str, calling: asyncio.Future[Any]) -> Any:
-        try:
-            return calling.result()
-        except TimeoutError:
-            raise CallTimeout(f"{action}: no answer within {self._wire._response_timeout}s") from None
-        except (OCPPError, UnknownCallErrorCodeError) as exc:
-            error = self._wire.last_call_error
-            if error is not None and error.unique_id == unique_id:
-                raise CallErrorReceived(
-                    action, error.error_code, error.error_description, error.error_details or {}
-                ) from None
-            raise InvalidPayload(f"{action}: {exc}") from None
-        except (OSError, ConnectionClosed) as exc:
-            raise ConnectionLost(f"{action}: {exc}") from None
-        except Exception as exc:  # an answer we cannot use (the library failed to read it): like invalid
-            raise InvalidPayload(f"{action}: unusable answer ({type(exc).__name__})") from None
+            try:
+                return getattr(self.dialect.call_results, action)(**camel_to_snake_case(frame.payload))
+            except Exception as exc:  # an answer we cannot use although it passed the schema: like invalid
+                raise InvalidPayload(f"{action}: unusable answer ({type(exc).__name__})") from None
 
     # -- incoming ---------------------------------------------------------------------------------
 
@@ -602,12 +566,12 @@ class OcppSession:
             self._stray(frame)
             return
         self._awaiting_id = None  # a duplicate answer is a stray too
-        if isinstance(frame, CallError):
-            self._wire.last_call_error = frame
-        else:
-            violation = number_violation(frame.payload)
+        if not isinstance(frame, CallError):
+            violation = number_violation(frame.payload) or schema_violation(
+                MessageType.CallResult, self._awaiting_action, frame.payload, self.dialect)
             self._answer_problem = violation.description if violation is not None else None
-        self._wire._response_queue.put_nowait(frame)
+        if self._answer_future is not None and not self._answer_future.done():
+            self._answer_future.set_result(frame)
 
     def _stray(self, frame: Frame) -> None:
         """An answer to no CALL of ours (never sent, timed out, answered already): dropped at once; one
@@ -636,7 +600,8 @@ class OcppSession:
             # The answer to our CALL is unreadable: fail the request now (InvalidPayload), not at the timeout.
             self._awaiting_id = None
             self._answer_problem = f"unreadable answer: {error.description}"
-            self._wire._response_queue.put_nowait(CallResult(error.answers, {}))
+            if self._answer_future is not None and not self._answer_future.done():
+                self._answer_future.set_result(CallResult(error.answers, {}))
 
     def _spawn(self, coroutine: Awaitable[None]) -> None:
         task: asyncio.Task[None] = asyncio.ensure_future(coroutine)

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ocpp.charge_point import camel_to_snake_case
+from ocpp.charge_point import remove_nones
 from ocpp.v16 import call
 
 from agent.authcache import IdTagInfo
@@ -45,16 +44,13 @@ _CALLS: dict[str, Callable[..., Any]] = {
 }
 
 
-@functools.cache
-def _snake(key: str) -> str:
-    return str(next(iter(camel_to_snake_case({key: None}))))
-
-
-def outbox_call(action: str, payload: Mapping[str, Any]) -> Any:
-    """The ``ocpp.v16.call`` dataclass for a queued payload. Only top-level keys become field names; nested
-    keys stay camelCase: the library turns the dataclass back into camelCase, so converting them both
-    ways would be work without effect (a replay sends thousands)."""
-    return _CALLS[action](**{_snake(key): value for key, value in payload.items()})
+def outbox_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """What goes on the wire for a queued payload: the camelCase JSON object as queued, absent (None) fields
+    left out as the library leaves them out of a dataclass. It goes to ``OcppSession.request_payload``
+    as it is: no round trip through the ``ocpp.v16.call`` dataclass (asdict copy, camelCase again) per
+    message of a replay."""
+    result: dict[str, Any] = remove_nones(dict(payload))
+    return result
 
 
 @dataclass
@@ -404,10 +400,9 @@ class TransactionMessages:
             assert entry.tx_ref is not None
             self.outbox.start_dropped(entry.tx_ref)
             payload = self.outbox.payload_for_send(entry)
-        request = outbox_call(entry.action, payload)
         attempts = self.outbox.record_attempt(entry.id)
         try:
-            conf = await session.request(request)
+            conf = await session.request_payload(entry.action, outbox_payload(payload))
         except ConnectionLost:
             raise
         except (CallErrorReceived, CallTimeout, InvalidPayload) as exc:

@@ -1,6 +1,7 @@
 """The per-message replay path: outgoing frames are logged at DEBUG only, CALLs leave no tasks behind and
 still fail with ConnectionLost when the link goes, and the call built from a queued payload puts exactly
-that payload on the wire. Real websockets on 127.0.0.1; a raw server plays the CSMS."""
+that payload on the wire (checked against the schema first). Real websockets on 127.0.0.1; a raw server
+plays the CSMS."""
 
 from __future__ import annotations
 
@@ -11,14 +12,13 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from ocpp.charge_point import remove_nones, serialize_as_dict, snake_to_camel_case
 from ocpp.v16 import call
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.typing import Subprotocol
 
-from agent.ocpp.v16.rpc import ConnectionLost, OcppSession
-from agent.ocpp.v16.transactions import outbox_call
+from agent.ocpp.v16.rpc import ConnectionLost, InvalidPayload, OcppSession
+from agent.ocpp.v16.transactions import outbox_payload
 
 WAIT = 5.0
 OCPP16 = [Subprotocol("ocpp1.6")]
@@ -124,8 +124,30 @@ PAYLOADS: list[tuple[str, dict[str, Any]]] = [
 
 
 @pytest.mark.parametrize(("action", "payload"), PAYLOADS, ids=[a for a, _ in PAYLOADS])
-def test_call_from_a_queued_payload_puts_that_payload_on_the_wire(action: str, payload: dict[str, Any]) -> None:
-    request = outbox_call(action, payload)
-    assert type(request).__name__ == action
-    # What ChargePoint.call serializes before validating and sending:
-    assert snake_to_camel_case(remove_nones(serialize_as_dict(request))) == payload
+async def test_call_from_a_queued_payload_puts_that_payload_on_the_wire(
+    link: tuple[Csms, OcppSession], action: str, payload: dict[str, Any]
+) -> None:
+    csms, session = link
+    if action == "StartTransaction":  # the CSMS's {} lacks transactionId: the answer fails its schema, after the send
+        with pytest.raises(InvalidPayload, match="StartTransaction"):
+            await session.request_payload(action, outbox_payload(payload))
+    else:
+        await session.request_payload(action, outbox_payload(payload))
+    assert csms.frames[-1][2:] == [action, payload]
+
+
+def test_absent_fields_of_a_queued_payload_are_left_out_as_the_library_leaves_them_out() -> None:
+    queued = {"connectorId": 1, "reservationId": None, "meterValue": [{"timestamp": "t", "sampledValue": [
+        {"value": "1", "unit": None}]}]}
+    assert outbox_payload(queued) == {"connectorId": 1, "meterValue": [{"timestamp": "t", "sampledValue": [
+        {"value": "1"}]}]}
+    assert queued["reservationId"] is None  # the queued payload itself is not changed
+
+
+async def test_a_request_breaking_the_schema_is_refused_before_it_is_sent(link: tuple[Csms, OcppSession]) -> None:
+    csms, session = link
+    with pytest.raises(InvalidPayload, match="schema"):
+        await session.request_payload("MeterValues", {"connectorId": 1, "meterValue": [], "junk": 1})
+    assert csms.frames == []
+    await session.request(meter_values(1))  # the session goes on
+    assert len(csms.frames) == 1
