@@ -1,8 +1,9 @@
 """OCPP 2.0.1 firmware update (L01 secure, L02 without signature) and log upload (N01 GetLog), over the
 version-neutral pieces of the 1.6 side: transfers (agent/ocpp/v16/transfer.py: http/https/ftp/ftps, bounded
-retries and deadlines), the signature and signing-certificate checks (agent/ocpp/v16/signed_firmware.py), the
+retries and deadlines), the signature and signing-certificate checks (agent/ocpp/firmware_signature.py), the
 installer run and the pending-outcome record (agent/ocpp/v16/firmware.py) and the diagnostics archive
-(agent/ocpp/v16/diag_archive.py, id tokens masked, secrets removed).
+(agent/ocpp/v16/diag_archive.py, id tokens masked, secrets removed). The jobs, statuses, download, signature
+check and GetLog are shared with 1.6's SignedUpdateFirmware (agent/ocpp/firmware_jobs.py FirmwareJobs).
 
 UpdateFirmware: the signing certificate must chain to an installed ManufacturerRootCertificate
 (InvalidCertificate + security event InvalidFirmwareSigningCertificate otherwise); a running update is
@@ -26,27 +27,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from ocpp.v201 import call
 
+from agent.ocpp.firmware_jobs import FirmwareJobs, check_firmware_request
+from agent.ocpp.firmware_signature import file_digest
 from agent.ocpp.v16 import diag_archive
-from agent.ocpp.v16.firmware import (
-    PendingInstall,
-    archive_name,
-    parse_ocpp_time,
-    retry_s,
-    run_installer,
-    spawn,
-    wait_until_no_transaction,
-)
-from agent.ocpp.v16.signed_firmware import certificate_problem, file_digest, load_roots, signature_valid
-from agent.ocpp.v16.transfer import TransferError, check_url, download, redact, upload_log_archive
+from agent.ocpp.v16.firmware import PendingInstall, run_installer, spawn, wait_until_no_transaction
+from agent.ocpp.v16.transfer import TransferError
 from agent.ocpp.v201.rpc import CallErrorReceived, CallTimeout, ConnectionLost, InvalidPayload
-from hal.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -61,38 +53,18 @@ BUSY_FIRMWARE = frozenset({"DownloadScheduled", "Downloading", "Downloaded", "Si
 ONLINE_POLL_S = 0.5
 
 
-def _utc(wall: float) -> datetime:
-    return datetime.fromtimestamp(wall, UTC)
+class FirmwareManagement(FirmwareJobs):
+    pending_kind = PENDING_KIND
+    busy_firmware = BUSY_FIRMWARE
+    online_poll_s = ONLINE_POLL_S
+    task_prefix = "ocpp201-"
+    log = log
+    _svc: OcppService
 
-
-class FirmwareManagement:
     def __init__(self, service: OcppService) -> None:
-        self._svc = service
-        self.pending = PendingInstall(service.db)
-        self.firmware_status = "Idle"
-        self.firmware_request_id: int | None = None
-        self.log_status = "Idle"
-        self.log_request_id: int | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._update: asyncio.Task[None] | None = None
-        self._log: asyncio.Task[None] | None = None
-        self._accepted_updates: dict[int, dict[str, Any]] = {}
-        self._accepted_logs: dict[int, str] = {}
-        self._log_reported = False
-        self._update_reported = False
+        super().__init__(service, PendingInstall(service.db))
         service.register_trigger("FirmwareStatusNotification", lambda evse: "Accepted", self._send_firmware_status)
         service.register_trigger("LogStatusNotification", lambda evse: "Accepted", self._send_log_status)
-
-    @property
-    def roots_dir(self) -> Path:
-        return self._svc.config.state_dir / "certificates" / "ManufacturerRootCertificate"
-
-    async def run(self) -> None:
-        try:
-            await self._report_pending()
-            await asyncio.Event().wait()
-        finally:
-            await cancel_and_wait(*self._tasks)
 
     # -- notifications ----------------------------------------------------------------------------
 
@@ -104,47 +76,29 @@ class FirmwareManagement:
             log.warning("%s not delivered: %s", type(payload).__name__, exc)
             return False
 
-    async def _report_pending(self) -> None:
-        pending = self.pending.get(PENDING_KIND)
-        if pending is None:
-            return
-        outcome, request_id, detail = pending
-        log.info("reporting the firmware installation after the restart: %s (%s)", outcome, detail)
-        while True:
-            while not self._svc.online:  # noqa: ASYNC110 (the service offers no "online" event)
-                await asyncio.sleep(ONLINE_POLL_S)
-            if await self._notify(call.FirmwareStatusNotification(status=outcome, request_id=request_id)):
-                break
-            await asyncio.sleep(1.0)
-        if outcome == "Installed":
-            self._svc.security_event("FirmwareUpdated", f"firmware {self._svc.config.station.firmware_version}")
-        self.pending.clear(PENDING_KIND)
+    def _firmware_message(self, status: str, request_id: int | None) -> Any:
+        return call.FirmwareStatusNotification(status=status, request_id=request_id)
 
-    async def _status(self, status: str) -> None:
-        self.firmware_status = status if status in BUSY_FIRMWARE else "Idle"
-        self._update_reported = status not in BUSY_FIRMWARE  # over at its final status, not at its answer
-        await self._notify(call.FirmwareStatusNotification(status=status, request_id=self.firmware_request_id))
+    def _log_message(self, status: str, request_id: int | None) -> Any:
+        return call.LogStatusNotification(status=status, request_id=request_id)
+
+    def _rejected(self, reason_code: str, exc: Exception) -> dict[str, Any]:
+        return {"status": "Rejected", "statusInfo": {"reasonCode": reason_code, "additionalInfo": str(exc)[:500]}}
 
     async def _send_firmware_status(self, evse: Mapping[str, Any] | None) -> None:
-        busy = self.firmware_status != "Idle"
-        await self._svc.triggered(call.FirmwareStatusNotification(
-            status=self.firmware_status, request_id=self.firmware_request_id if busy else None))
+        await self._svc.triggered(self.firmware_trigger_message())
 
     async def _send_log_status(self, evse: Mapping[str, Any] | None) -> None:
-        busy = self.log_status != "Idle"
-        await self._svc.triggered(call.LogStatusNotification(
-            status=self.log_status, request_id=self.log_request_id if busy else None))
+        await self._svc.triggered(self.log_trigger_message())
 
     # -- UpdateFirmware (L01 / L02) ---------------------------------------------------------------
 
     async def on_update_firmware(self, request_id: int, firmware: dict[str, Any], **_: Any) -> dict[str, Any]:
         try:
-            check_url(firmware["location"])
-            parse_ocpp_time(firmware["retrieve_date_time"])
-            parse_ocpp_time(firmware.get("install_date_time"))
+            check_firmware_request(firmware)
         except (TransferError, ValueError) as exc:
             log.warning("UpdateFirmware %d rejected: %s", request_id, exc)
-            return {"status": "Rejected", "statusInfo": {"reasonCode": "InvalidURL", "additionalInfo": str(exc)[:500]}}
+            return self._rejected("InvalidURL", exc)
         signing = firmware.get("signing_certificate")
         if signing is None and firmware.get("signature") is None and self._svc.config.firmware.require_signature:
             # TC_L_18_CS: a station doing secure updates (L01) refuses the unsigned L02 form when so configured
@@ -154,13 +108,9 @@ class FirmwareManagement:
         if signing is not None or firmware.get("signature") is not None:
             if not signing or not firmware.get("signature"):
                 return {"status": "Rejected", "statusInfo": {"reasonCode": "MissingSignature"}}
-            roots = await asyncio.to_thread(load_roots, self.roots_dir)
-            problem = certificate_problem(signing, roots, _utc(self._svc.wall()))
-            if problem is not None:
-                log.warning("UpdateFirmware %d: %s", request_id, problem)
-                self._svc.security_event("InvalidFirmwareSigningCertificate", problem)
+            if await self._signing_certificate_problem("UpdateFirmware", request_id, signing) is not None:
                 return {"status": "InvalidCertificate"}
-        busy = self._update is not None and not self._update.done() and not self._update_reported
+        busy = self._update_busy()
         if busy and self.firmware_status in ("Installing", "InstallRebooting"):
             log.warning("UpdateFirmware %d rejected: firmware %s is being installed (cannot be cancelled)",
                         request_id, self.firmware_request_id)
@@ -179,19 +129,8 @@ class FirmwareManagement:
 
     async def _update_firmware(self, request_id: int, firmware: dict[str, Any], retries: int | None,
                                retry_interval: int | None) -> None:
-        self.firmware_request_id = request_id
-        location = str(firmware["location"])
-        retrieve_wall = parse_ocpp_time(firmware["retrieve_date_time"])
-        if retrieve_wall is not None and retrieve_wall > self._svc.wall():
-            await self._status("DownloadScheduled")
-            await asyncio.sleep(max(0.0, retrieve_wall - self._svc.wall()))
-        await self._status("Downloading")
-        try:
-            file = await download(location, self._svc.config.state_dir / "firmware", retries=retries,
-                                  retry_interval_s=retry_s(retry_interval))
-        except TransferError as exc:
-            log.warning("firmware download from %s failed: %s", redact(location), exc)
-            await self._status("DownloadFailed")
+        file = await self._download(request_id, firmware, retries, retry_interval)
+        if file is None:
             return
         try:
             await self._verify_and_install(request_id, firmware, file)
@@ -201,19 +140,13 @@ class FirmwareManagement:
 
     async def _verify_and_install(self, request_id: int, firmware: dict[str, Any], file: Path) -> None:
         await self._status("Downloaded")
-        digest = await asyncio.to_thread(file_digest, file)
-        signed = firmware.get("signature") is not None
-        if signed:
-            if not signature_valid(firmware["signing_certificate"], firmware["signature"], digest):
-                log.warning("firmware %d: the signature does not match the file", request_id)
-                self._svc.security_event("InvalidFirmwareSignature", f"requestId {request_id}")
-                await self._status("InvalidSignature")
+        if firmware.get("signature") is not None:
+            digest = await self._verified_digest(request_id, firmware, file)
+            if digest is None:
                 return
-            await self._status("SignatureVerified")
-        install_wall = parse_ocpp_time(firmware.get("install_date_time"))
-        if install_wall is not None and install_wall > self._svc.wall():
-            await self._status("InstallScheduled")
-            await asyncio.sleep(max(0.0, install_wall - self._svc.wall()))
+        else:
+            digest = await asyncio.to_thread(file_digest, file)
+        await self._wait_install_time(firmware)
         if self._transaction_running():
             if self.firmware_status != "InstallScheduled":
                 await self._status("InstallScheduled")  # after the running transactions
@@ -252,7 +185,7 @@ class FirmwareManagement:
     def _transaction_running(self) -> bool:
         """A charging session or a 2.0.1 transaction without one (TxStartPoint EVConnected, ...) anywhere."""
         svc = self._svc
-        return any(svc.handlers._busy(cid) for cid in svc.station.connector_ids())  # B11 OnIdle's check
+        return any(svc.handlers.transaction_running(cid) for cid in svc.station.connector_ids())  # B11 OnIdle's
 
     def _lift_hold(self) -> None:
         if self._svc.firmware_hold and self.firmware_status != "InstallRebooting":
@@ -261,49 +194,12 @@ class FirmwareManagement:
 
     # -- GetLog (N01) -----------------------------------------------------------------------------
 
-    async def on_get_log(self, log_type: str, request_id: int, log: dict[str, Any], **_: Any) -> dict[str, Any]:
-        try:
-            check_url(log["remote_location"])
-            parse_ocpp_time(log.get("oldest_timestamp"))
-            parse_ocpp_time(log.get("latest_timestamp"))
-        except (TransferError, ValueError) as exc:
-            return {"status": "Rejected", "statusInfo": {"reasonCode": "InvalidURL", "additionalInfo": str(exc)[:500]}}
-        kind = "securitylog" if log_type == "SecurityLog" else "diagnostics"
-        name = archive_name(self._svc.config.station.charge_point_id, self._svc.wall(), kind)
-        busy = self._log is not None and not self._log.done() and not self._log_reported
-        self._accepted_logs[request_id] = name
-        return {"status": "AcceptedCanceled" if busy else "Accepted", "filename": name}
+    async def _log_canceled(self, request_id: int) -> None:
+        """N01.FR.12 / TC_N_36_CS: the upload a new GetLog replaced (stopped by now) ends AcceptedCanceled."""
+        await self._notify(call.LogStatusNotification(status="AcceptedCanceled", request_id=request_id))
 
-    async def after_get_log(self, log_type: str, request_id: int, log: dict[str, Any], retries: int | None = None,
-                            retry_interval: int | None = None, **_: Any) -> None:
-        name = self._accepted_logs.pop(request_id, None)
-        if name is None:
-            return
-        busy = self._log is not None and not self._log.done() and not self._log_reported
-        canceled = self.log_request_id if busy else None
-        job = self._upload_log(request_id, name, log_type, log, retries, retry_interval, canceled)
-        self._log_reported = False
-        self._log = spawn(self._tasks, job, "ocpp201-log-upload", replaces=self._log)
-
-    async def _log_status_now(self, status: str) -> None:
-        self.log_status = "Uploading" if status == "Uploading" else "Idle"
-        self._log_reported = status != "Uploading"  # busy until the final status, not until its answer
-        await self._notify(call.LogStatusNotification(status=status, request_id=self.log_request_id))
-
-    async def _upload_log(self, request_id: int, name: str, log_type: str, params: dict[str, Any],
-                          retries: int | None, retry_interval: int | None, canceled: int | None = None) -> None:
-        if canceled is not None:  # N01.FR.12 / TC_N_36_CS: the upload this one replaced (stopped by now)
-            await self._notify(call.LogStatusNotification(status="AcceptedCanceled", request_id=canceled))
-        self.log_request_id = request_id
-        location = str(params["remote_location"])
-        start = parse_ocpp_time(params.get("oldest_timestamp"))
-        stop = parse_ocpp_time(params.get("latest_timestamp"))
-        security = log_type == "SecurityLog"
-        await upload_log_archive(lambda: self.build_archive(name, start, stop, security=security), location,
-                                 log_type=log_type, report=self._log_status_now, retries=retries,
-                                 retry_interval_s=retry_s(retry_interval), logger=log)
-
-    async def build_archive(self, name: str, start: float | None, stop: float | None, *, security: bool) -> Path:
+    async def build_log_archive(self, name: str, start: float | None, stop: float | None, *,
+                                security: bool) -> Path:
         """The archive of agent/ocpp/v16/diag_archive.py with the device model as the OCPP configuration."""
         svc = self._svc
         view = SimpleNamespace(station=svc.station, config=svc.config,

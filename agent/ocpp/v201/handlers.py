@@ -72,7 +72,7 @@ class CoreHandlers:
         if evse_id is not None and evse_id not in ids:
             return {"status": "Rejected", "statusInfo": {"reasonCode": "UnknownEvse"}}
         targets = list(ids) if evse_id is None else [evse_id]
-        busy = any(self._busy(cid) for cid in targets)
+        busy = any(self.transaction_running(cid) for cid in targets)
         if type == "OnIdle" and busy:
             self.scheduled_reset = (type, evse_id)
             return {"status": "Scheduled"}
@@ -89,12 +89,12 @@ class CoreHandlers:
             return
         kind, evse_id = self.scheduled_reset
         targets = list(self._station.connector_ids()) if evse_id is None else [evse_id]
-        if any(self._busy(cid) for cid in targets):
+        if any(self.transaction_running(cid) for cid in targets):
             return
         self.scheduled_reset = None
         self._spawn(self._reset(kind, evse_id))
 
-    def _busy(self, cid: int) -> bool:
+    def transaction_running(self, cid: int) -> bool:
         """A charging session, or a 2.0.1 transaction without one (e.g. TxStartPoint EVConnected), on ``cid``
         (B11.FR.01: OnIdle waits for every transaction; TC_B_41_CS)."""
         if self._station.connector_view(cid).session is not None:

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
-from agent.ocpp.v16.signed_firmware import signature_valid
+from agent.ocpp.firmware_signature import signature_valid
 
 IMAGE = b"firmware image bytes " * 100
 
