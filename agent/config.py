@@ -58,6 +58,10 @@ class ConnectorConfig:
 
 
 OCPP_VERSIONS = ("1.6", "2.0.1", "auto")
+# [ocpp] request_budget_ms_per_s (agent/ocpp/budget.py): default and bounds. Defined here, not there: the
+# control side reads the configuration and never imports agent.ocpp.
+REQUEST_BUDGET_MS_PER_S = 250.0
+REQUEST_BUDGET_RANGE = (10.0, 1000.0)  # 1000: a whole core, which no single-threaded side can overspend
 
 
 @dataclass(frozen=True)
@@ -77,6 +81,8 @@ class OcppConfig:
     # OCPP 2.0.1 device model presets "Component[.instance]/Variable[.instance]" -> value (as OCPP writes
     # it); validated against the variable table by agent.preflight (agent/ocpp/v201/device_model.py)
     variables: Mapping[str, str] = field(default_factory=dict)
+    # Network-side CPU the CSMS's requests may use per connection, ms per second (agent/ocpp/budget.py)
+    request_budget_ms_per_s: float = REQUEST_BUDGET_MS_PER_S
 
 
 @dataclass(frozen=True)
@@ -353,10 +359,12 @@ def parse(data: Mapping[str, Any]) -> AgentConfig:
         keys=keys,
         version=ocpp_version,
         variables=_ocpp_variables(ocpp_t.table_("variables")),
+        request_budget_ms_per_s=ocpp_t.number("request_budget_ms_per_s", REQUEST_BUDGET_MS_PER_S,
+                                              low=REQUEST_BUDGET_RANGE[0], high=REQUEST_BUDGET_RANGE[1]),
         **tls_files,
     )
     ocpp_t.reject_unknown({"endpoint", "password", "security_profile", "reconnect_cap_s", "keys", "version",
-                           "variables", *tls_files})
+                           "variables", "request_budget_ms_per_s", *tls_files})
 
     firmware = _firmware(root.table_("firmware"))
     site = _site(root.table_("site"), devices)

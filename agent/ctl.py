@@ -168,6 +168,11 @@ def render_status(data: dict[str, Any]) -> str:
         lines.append(f"CSMS{ocpp}: {o.get('link', '?')}  last contact {o.get('last_contact_age_s', '-')} s ago  "
                      f"boot {o.get('boot_status', '?')}  outbox {o.get('outbox_depth', '?')} "
                      f"(oldest {_when(o.get('outbox_oldest_wall'))})")
+        budget = o.get("request_budget") or {}
+        if budget.get("delayed") or budget.get("refused"):
+            lines.append(f"CSMS requests over budget ({budget.get('rate_ms_per_s', '?')} ms/s): "
+                         f"{budget.get('delayed', 0)} delayed, {budget.get('refused', 0)} refused "
+                         f"(last refused {_when(budget.get('last_refused_wall'))})")
     down = [n for n, s in st.get("tasks", {}).items() if s != "alive"]
     if down:
         lines.append("tasks not alive: " + ", ".join(f"{n} ({st['tasks'][n]})" for n in down))

@@ -27,6 +27,7 @@ class OcppDiagnosticsBase:
             "outbox_depth": s.outbox.depth(),
             "outbox_oldest_wall": s.outbox.oldest_wall(),
             "clock_offset_s": round(s.clock_offset_s, 3),
+            "request_budget": s.link.budget_stats.as_dict(),
         }
 
     def diag_outbox(self, limit: int) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import InvalidHandshake, InvalidStatus
 from websockets.typing import Subprotocol
 
+from agent.ocpp.budget import DEFAULT_MS_PER_S, BudgetStats, RequestBudget
 from agent.ocpp.v16.rpc import (
     MAX_FRAME_BYTES,
     V16,
@@ -135,6 +136,7 @@ class Link:
         subprotocols: Sequence[str] = (SUBPROTOCOL,),
         speaks: str = SUBPROTOCOL,
         on_other_version: OtherVersionHook | None = None,
+        request_budget_ms_per_s: float = DEFAULT_MS_PER_S,
     ) -> None:
         self.url = build_url(endpoint, charge_point_id)
         if speaks not in DIALECTS or speaks not in subprotocols or not set(subprotocols) <= set(DIALECTS):
@@ -163,6 +165,9 @@ class Link:
         self.close_timeout = close_timeout
         self.backoff = backoff or Backoff()
         self.counters = LinkCounters()
+        # Each connection's budget for the CSMS's requests (agent/ocpp/budget.py); the counts span connections.
+        self.request_budget_ms_per_s = request_budget_ms_per_s
+        self.budget_stats = BudgetStats(rate_ms_per_s=request_budget_ms_per_s)
         self.last_error: str | None = None
         self.last_contact_monotonic: float | None = None
         self.last_contact_wall: float | None = None
@@ -290,6 +295,7 @@ class Link:
             message_timeout=self.message_timeout,
             on_activity=self._touch,
             dialect=DIALECTS[self.speaks],
+            budget=RequestBudget(self.request_budget_ms_per_s, stats=self.budget_stats, name=self.charge_point_id),
         )
         self._session = session
         self._state = LinkState.CONNECTED

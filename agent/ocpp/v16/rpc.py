@@ -68,6 +68,7 @@ from ocpp.v16 import call_result as call_result16
 from ocpp.v16.enums import Action
 from websockets.exceptions import ConnectionClosed
 
+from agent.ocpp.budget import RequestBudget
 from agent.redact import LoggedFrame, redact_text
 
 LOG = logging.getLogger("cpagent.ocpp.v16.rpc")
@@ -439,6 +440,7 @@ class OcppSession:
         message_timeout: float = 30.0,
         on_activity: Callable[[], None] | None = None,
         dialect: Dialect = V16,
+        budget: RequestBudget | None = None,
     ) -> None:
         unknown = set(handlers) - dialect.actions
         if unknown:
@@ -464,6 +466,8 @@ class OcppSession:
         self._answer_problem: str | None = None
         self._stray_logged_at: float | None = None
         self._strays_unlogged = 0
+        # The CSMS's requests' CPU budget on this connection (agent/ocpp/budget.py); None: unmetered.
+        self.budget = budget
 
     @property
     def closed(self) -> bool:
@@ -560,7 +564,7 @@ class OcppSession:
             if len(self._tasks) >= MAX_CONCURRENT_INCOMING:
                 self._spawn(self._send_error(frame.unique_id, ErrorCode.GENERIC_ERROR, "too many CALLs"))
                 return
-            self._spawn(self._answer(frame))
+            self._spawn(self._answer(frame) if self.budget is None else self._budgeted(frame, self.budget))
             return
         if frame.unique_id != self._awaiting_id:
             self._stray(frame)
@@ -607,6 +611,14 @@ class OcppSession:
         task: asyncio.Task[None] = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _budgeted(self, call: Call, budget: RequestBudget) -> None:
+        """``_answer`` once the budget admits it (expensive requests may wait), its CPU time charged."""
+        refusal = await budget.admit(call.action, call.payload)
+        if refusal is not None:
+            await self._send_error(call.unique_id, ErrorCode.GENERIC_ERROR, refusal)
+            return
+        await budget.metered(self._answer(call))
 
     async def _answer(self, call: Call) -> None:
         try:

@@ -235,6 +235,7 @@ class OcppService:
             clock=self.clock,
             subprotocols=self.subprotocols,
             on_other_version=self.on_other_version,
+            request_budget_ms_per_s=self.config.ocpp.request_budget_ms_per_s,
         )
 
     async def relink(self) -> None:

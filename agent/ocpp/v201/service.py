@@ -298,6 +298,7 @@ class OcppService:
             subprotocols=self.subprotocols,
             speaks=SUBPROTOCOL,
             on_other_version=self.on_other_version,
+            request_budget_ms_per_s=self.config.ocpp.request_budget_ms_per_s,
         )
 
     def _wake(self) -> None:
