@@ -1,15 +1,19 @@
 """`cpsim fleet` scripted cases (simulator/fleet/cases.py): the step language and its errors, the frame log,
 and the built-in OCTT-style cases run by real stations against the bundled CSMS (its own process), 2.0.1,
-each case on a selection of the fleet, one [[case]] of a scenario file failing on purpose with its reason."""
+each case on a selection of the fleet, one [[case]] of a scenario file failing on purpose with its reason;
+meanwhile every `cpsim ctl` verb that makes sense for a fleet station drives one (--station CP-000009)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import re
 import shutil
 import sys
 import tempfile
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -139,9 +143,50 @@ def test_case_options_that_do_not_combine_exit_2(capsys: pytest.CaptureFixture[s
     assert "--start-sessions and scripted cases" in capsys.readouterr().err
 
 
+async def _ctl(directory: Path, *args: str) -> tuple[int, dict[str, Any]]:
+    """`cpsim ctl --dir DIR --station CP-000009 ARGS...`, in this process (its blocking socket client)."""
+    from simulator.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+        code = await asyncio.to_thread(main, ["ctl", "--dir", str(directory), "--station", "CP-000009", *args])
+    return code, json.loads(out.getvalue()) if out.getvalue() else {}
+
+
+async def _ctl_verbs_drive_one_station(directory: Path) -> None:
+    """Every `cpsim ctl` verb that makes sense for a fleet station, on CP-000009 (its only case, cold-boot, ran)
+    while the fleet's other stations run their cases."""
+    deadline = time.monotonic() + 30
+    while True:
+        with contextlib.suppress(ValueError, KeyError):
+            code, reply = await _ctl(directory, "state")
+            if code == 0 and reply["state"]["booted"]:
+                break
+        assert time.monotonic() < deadline, "CP-000009 not booted within 30 s"
+        await asyncio.sleep(0.3)
+    assert reply["state"]["station"] == "CP-000009"
+    code, reply = await _ctl(directory, "plug", "1")
+    assert code == 0 and reply["state"]["connectors"]["1"]["plugged"] is True
+    for verb in (("ev", "1", "soc", "40"), ("ev", "1", "phases", "1"), ("ev", "1", "pause"), ("ev", "1", "charge"),
+                 ("tap", "NOBODY")):  # the CSMS refuses NOBODY: no session
+        assert (await _ctl(directory, *verb))[0] == 0, verb
+    code, reply = await _ctl(directory, "fault", "1", "overtemp")
+    assert code == 0 and reply["state"]["connectors"]["1"]["faults"] == ["overtemp"]
+    code, reply = await _ctl(directory, "clear", "1")
+    assert code == 0 and reply["state"]["connectors"]["1"]["faults"] == []
+    code, reply = await _ctl(directory, "unplug", "1")
+    assert code == 0 and reply["state"]["connectors"]["1"]["plugged"] is False
+    assert (await _ctl(directory, "offline", "60"))[0] == 0
+    assert (await _ctl(directory, "online"))[0] == 0
+    code, reply = await _ctl(directory, "plug", "2")
+    assert code == 1 and reply["error"] == "no connector 2 (have 1..1)"
+    code, reply = await _ctl(directory, "site", "load", "3")
+    assert code == 1 and "unknown command 'site'" in reply["error"]
+
+
 @pytest.mark.timeout(90)
 async def test_builtin_cases_on_selections_of_a_201_fleet_and_a_failing_case_with_its_reason(tmp_path: Path) -> None:
-    n = 8
+    n = 9  # CP-000009 runs only cold-boot, then `cpsim ctl` drives it
     log = tmp_path / "csms.jsonl"
     csms = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "simulator.cli", "csms", "--ocpp", "2.0.1", "--port", "0", "--interval", "60",
@@ -162,10 +207,11 @@ async def test_builtin_cases_on_selections_of_a_201_fleet_and_a_failing_case_wit
             "--case", "invalid-tag:3-6", "--case", "fault-during-session:5-8",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=REPO,
         )
+        await _ctl_verbs_drive_one_station(directory)
         out, err = await asyncio.wait_for(fleet.communicate(), 75)  # it stops by itself once the cases ran
         assert fleet.returncode == 1, err.decode()[-3000:]  # the one failing case
         report = json.loads(out.decode().strip().splitlines()[-1])
-        assert re.search(r" cases \d+/23 pass \d+ fail [01]\n", err.decode())  # the progress line
+        assert re.search(r" cases \d+/24 pass \d+ fail [01]\n", err.decode())  # the progress line
     finally:
         for process in (fleet, csms):
             if process is not None and process.returncode is None:
@@ -173,9 +219,9 @@ async def test_builtin_cases_on_selections_of_a_201_fleet_and_a_failing_case_wit
                 await process.wait()
         shutil.rmtree(directory, ignore_errors=True)
     cases = report["cases"]
-    assert (cases["stations"], cases["stations_done"], cases["runs"], cases["passed"]) == (n, n, 23, 22)
+    assert (cases["stations"], cases["stations_done"], cases["runs"], cases["passed"]) == (n, n, 24, 23)
     by_case = {name: (c["passed"], c["failed"]) for name, c in cases["by_case"].items()}
-    assert by_case == {"cold-boot": (8, 0), "regular-session": (4, 0), "offline-session": (2, 0),
+    assert by_case == {"cold-boot": (9, 0), "regular-session": (4, 0), "offline-session": (2, 0),
                        "invalid-tag": (4, 0), "fault-during-session": (4, 0), "csms-starts-remotely": (0, 1)}, \
         json.dumps(cases)
     assert cases["by_case"]["csms-starts-remotely"]["first_failures"] == [
@@ -196,7 +242,8 @@ async def test_builtin_cases_on_selections_of_a_201_fleet_and_a_failing_case_wit
         kinds = [e["eventType"] for e in tx]
         assert kinds.count("Started") == 1 and kinds.count("Ended") == 1, (cp, kinds)
         assert sorted(e["seqNo"] for e in tx) == list(range(len(tx))), (cp, tx)
-    # 1-2: regular + offline, 3-4: regular, 5-6: fault, 7-8: fault; the invalid card starts nothing.
+    # 1-2: regular + offline, 3-4: regular, 5-6: fault, 7-8: fault; the invalid cards start nothing (CP-000009's
+    # NOBODY either).
     assert dict(per_station) == {"CP-000001": 2, "CP-000002": 2, "CP-000003": 1, "CP-000004": 1,
                                  "CP-000005": 1, "CP-000006": 1, "CP-000007": 1, "CP-000008": 1}
     offline = [e for (cp, _), tx in events.items() for e in tx if e["eventType"] == "Started" and e.get("offline")]
