@@ -22,13 +22,15 @@ from agent.ocpp.firmware_signature import certificate_problem, file_digest, load
 from agent.ocpp.v16.firmware import (
     PendingInstall,
     archive_name,
+    deliver_when_online,
     parse_ocpp_time,
+    report_pending_outcome,
     retry_s,
+    serve_jobs,
     spawn,
     wait_until_wall,
 )
 from agent.ocpp.v16.transfer import TransferError, check_url, download, redact, upload_log_archive
-from hal.tasks import cancel_and_wait
 
 
 def utc(wall: float) -> datetime:
@@ -99,28 +101,12 @@ class FirmwareJobs:
 
     async def run(self) -> None:
         """Report a pending outcome, then keep the jobs: they end (transfers stopped) with the service."""
-        try:
-            await self._report_pending()
-            await asyncio.Event().wait()
-        finally:
-            await cancel_and_wait(*self._tasks)
+        await serve_jobs(self._tasks, report_pending_outcome(self._svc, self.pending, self.pending_kind,
+                                                             self._deliver))
 
-    async def _report_pending(self) -> None:
-        """The outcome of the install that restarted the agent, once online, retried until delivered."""
-        pending = self.pending.get(self.pending_kind)
-        if pending is None:
-            return
-        outcome, request_id, detail = pending
-        self.log.info("reporting the firmware installation outcome after the restart: %s (%s)", outcome, detail)
-        while True:
-            while not self._svc.online:  # noqa: ASYNC110 (the service offers no "online" event)
-                await asyncio.sleep(self.online_poll_s)
-            if await self._notify(self._firmware_message(outcome, request_id)):
-                break
-            await asyncio.sleep(1.0)
-        if outcome == "Installed":
-            self._svc.security_event("FirmwareUpdated", f"firmware {self._svc.config.station.firmware_version}")
-        self.pending.clear(self.pending_kind)
+    async def _deliver(self, outcome: str, request_id: int | None) -> None:
+        payload = self._firmware_message(outcome, request_id)
+        await deliver_when_online(self._svc, self._notify, payload, self.online_poll_s)
 
     def firmware_trigger_message(self) -> Any:
         """What a triggered FirmwareStatusNotification says: the requestId only while an update runs."""
@@ -169,6 +155,24 @@ class FirmwareJobs:
             self.log.warning("firmware download from %s failed: %s", redact(location), exc)
             await self._status("DownloadFailed")
             return None
+
+    async def _update_firmware(self, request_id: int, firmware: dict[str, Any], retries: int | None,
+                               retry_interval: int | None) -> None:
+        file = await self._download(request_id, firmware, retries, retry_interval)
+        if file is None:
+            return
+        try:
+            await self._verify_and_install(request_id, firmware, file)
+        finally:  # installed (already gone), refused, failed, or replaced by a newer request
+            file.unlink(missing_ok=True)
+            self._update_over()
+
+    async def _verify_and_install(self, request_id: int, firmware: dict[str, Any], file: Path) -> None:
+        """From Downloaded to the restart (or a failure status)."""
+        raise NotImplementedError
+
+    def _update_over(self) -> None:
+        """The downloaded update ended here without a restart (failed, refused or replaced)."""
 
     async def _verified_digest(self, request_id: int, firmware: dict[str, Any], file: Path) -> bytes | None:
         """The file's SHA-256 after SignatureVerified; None after InvalidSignature (and its security event)."""

@@ -94,16 +94,41 @@ async def notify(service: OcppService, payload: Any) -> bool:
         return False
 
 
-async def notify_when_online(service: OcppService, payload: Any) -> None:
-    """For the report after a restart: wait until the CSMS accepted us, retry until it is delivered."""
-    while not await _try_when_online(service, payload):  # noqa: ASYNC110 - bounded by each attempt
+async def deliver_when_online(service: Any, send: Callable[[Any], Awaitable[bool]], payload: Any,
+                              poll_s: float = ONLINE_POLL_S) -> None:
+    """For the report after a restart: wait until the CSMS accepted us (``service.online``), then ``send``
+    (True once delivered), again 1 s later until it is delivered."""
+    while True:
+        while not service.online:  # noqa: ASYNC110 - the service offers no event for "online"
+            await asyncio.sleep(poll_s)
+        if await send(payload):
+            return
         await asyncio.sleep(1.0)
 
 
-async def _try_when_online(service: OcppService, payload: Any) -> bool:
-    while not service.online:  # noqa: ASYNC110 - the service offers no event for "online"
-        await asyncio.sleep(ONLINE_POLL_S)
-    return await notify(service, payload)
+async def report_pending_outcome(service: Any, pending: PendingInstall, kind: str,
+                                 deliver: Callable[[str, int | None], Awaitable[None]]) -> None:
+    """After a restart: the outcome of the install that caused it (``deliver``-ed until it arrives, then the
+    security event FirmwareUpdated if Installed), once; nothing if no install was pending."""
+    entry = pending.get(kind)
+    if entry is None:
+        return
+    outcome, request_id, detail = entry
+    log.info("reporting the firmware installation outcome after the restart: %s (%s)", outcome, detail)
+    await deliver(outcome, request_id)
+    if outcome == "Installed":
+        service.security_event("FirmwareUpdated", f"firmware {service.config.station.firmware_version}")
+    pending.clear(kind)
+
+
+async def serve_jobs(tasks: set[asyncio.Task[None]], first: Awaitable[None]) -> None:
+    """A firmware feature's run(): ``first`` (the report after a restart), then keep the jobs until the
+    service ends; they end with it (transfers stopped, files removed)."""
+    try:
+        await first
+        await asyncio.Event().wait()
+    finally:
+        await cancel_and_wait(*tasks)
 
 
 async def wait_until_wall(service: OcppService, wall: float | None) -> None:
@@ -180,6 +205,8 @@ async def install_and_restart(
     ok, why = await run_installer(service.config.firmware.installer, file)
     if not ok:
         pending.clear(kind)
+        with contextlib.suppress(OSError):  # gone before the final status: the job is over when it is reported
+            await asyncio.to_thread(file.unlink)
         await status("InstallationFailed")
         return False
     pending.set(kind, "Installed", request_id, why)
@@ -274,22 +301,11 @@ class FirmwareManagement:
 
     async def run(self) -> None:
         """Report a pending outcome, then keep the jobs: they end (transfers stopped) with the service."""
-        try:
-            await self._report_pending()
-            await asyncio.Event().wait()
-        finally:
-            await cancel_and_wait(*self._tasks)
+        await serve_jobs(self._tasks, report_pending_outcome(self._svc, self.pending, PLAIN, self._deliver))
 
-    async def _report_pending(self) -> None:
-        pending = self.pending.get(PLAIN)
-        if pending is None:
-            return
-        outcome, _, detail = pending
-        log.info("reporting the firmware installation outcome after the restart: %s (%s)", outcome, detail)
-        await notify_when_online(self._svc, call.FirmwareStatusNotification(status=outcome))
-        if outcome == "Installed":
-            self._svc.security_event("FirmwareUpdated", f"firmware {self._svc.config.station.firmware_version}")
-        self.pending.clear(PLAIN)
+    async def _deliver(self, outcome: str, request_id: int | None) -> None:
+        payload = call.FirmwareStatusNotification(status=outcome)
+        await deliver_when_online(self._svc, lambda p: notify(self._svc, p), payload)
 
     # -- UpdateFirmware ---------------------------------------------------------------------------
 

@@ -99,16 +99,6 @@ class SignedFirmware(FirmwareJobs):
         job = self._update_firmware(request_id, accepted, retries, retry_interval)
         self._update = spawn(self._tasks, job, "signed-firmware-update", replaces=self._update)
 
-    async def _update_firmware(self, request_id: int, firmware: dict[str, Any], retries: int | None,
-                               retry_interval: int | None) -> None:
-        file = await self._download(request_id, firmware, retries, retry_interval)
-        if file is None:
-            return
-        try:
-            await self._verify_and_install(request_id, firmware, file)
-        finally:  # installed (already gone), refused, failed, or replaced by a newer request
-            file.unlink(missing_ok=True)
-
     async def _verify_and_install(self, request_id: int, firmware: dict[str, Any], file: Path) -> None:
         await self._status("Downloaded")
         digest = await self._verified_digest(request_id, firmware, file)

@@ -127,16 +127,8 @@ class FirmwareManagement(FirmwareJobs):
         self._update_reported = False
         self._update = spawn(self._tasks, job, "ocpp201-firmware-update", replaces=self._update)
 
-    async def _update_firmware(self, request_id: int, firmware: dict[str, Any], retries: int | None,
-                               retry_interval: int | None) -> None:
-        file = await self._download(request_id, firmware, retries, retry_interval)
-        if file is None:
-            return
-        try:
-            await self._verify_and_install(request_id, firmware, file)
-        finally:
-            file.unlink(missing_ok=True)
-            self._lift_hold()  # cancelled (AcceptedCanceled) or failed: the EVSEs are available again
+    def _update_over(self) -> None:
+        self._lift_hold()  # cancelled (AcceptedCanceled) or failed: the EVSEs are available again
 
     async def _verify_and_install(self, request_id: int, firmware: dict[str, Any], file: Path) -> None:
         await self._status("Downloaded")
