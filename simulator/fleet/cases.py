@@ -12,10 +12,10 @@ case at those since the case began, or, with ``from_boot = true``, since the sta
 Strings ``{tag}`` / ``{invalid_tag}`` stand for the fleet's ``--tag`` / ``--invalid-tag``.
 
 Frames are seen on each station's websocket (``metrics.FRAME_OBSERVER``): what a check accepts is what the
-CSMS under test received and answered. Each station runs its cases one after the other; between two cases
-the fleet puts it back at rest (online, faults cleared, EVs unplugged, no session). Built-in cases (1.6 and
-2.0.1 variants, picked by the station's protocol version) are in ``builtin_cases``; a scenario file adds its
-own as ``[[case]]`` tables::
+CSMS under test received and answered. Each station runs its cases one after the other; before each (but
+``from_boot`` ones) the fleet puts it at rest: online, faults cleared, EVs unplugged, no session (e.g. one
+resumed after kill -9). Built-in cases (1.6 and 2.0.1 variants, picked by the station's protocol version) are
+in ``builtin_cases``; a scenario file adds its own as ``[[case]]`` tables::
 
     [[case]]
     name = "my-session"
@@ -580,12 +580,6 @@ class CaseRunner:
                 log.exception("%s: case %s", fs.id, case.name)
                 reason = f"{type(exc).__name__}: {exc}"
             self._record(fs.id, case, reason)
-            if case is not self.selected[fs.id][-1]:
-                problem = await self._at_rest(fs)
-                if problem:
-                    for later in self.selected[fs.id][self.selected[fs.id].index(case) + 1:]:
-                        self._record(fs.id, later, f"not run: the station was not back at rest ({problem})")
-                    break
         self.running.pop(fs.id, None)
         self.logs.pop(fs.id, None)  # no more recording for this station
         self.done += 1
@@ -618,6 +612,9 @@ class CaseRunner:
         if case.from_boot:
             mark = frames.base
         else:
+            problem = await self._at_rest(fs)
+            if problem:
+                return f"not run: the station could not be put at rest ({problem})"
             mark = frames.end
             frames.trim(mark)
         for number, step in enumerate(case.steps, 1):
@@ -713,7 +710,7 @@ class CaseRunner:
         return probe
 
     async def _at_rest(self, fs: FleetStation) -> str | None:
-        """Between two cases: online, no fault, EVs gone, no session (at most 60 s)."""
+        """Before a case: online, no fault, EVs gone, no session (at most 60 s; nothing to do at rest)."""
         from agent.ocpp.v16.link import LinkState
 
         fs.offline_until = 0.0
