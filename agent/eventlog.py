@@ -22,6 +22,9 @@ MIGRATIONS: list[db.Migration] = [
     );
     CREATE INDEX events_wall ON events(wall)
     """,
+    # The station a row belongs to: '' on a charger, which logs only its own events; `cpsim fleet` keeps
+    # all its stations' events in one fleet-wide log (one SQLite connection instead of one per station).
+    "ALTER TABLE events ADD COLUMN station TEXT NOT NULL DEFAULT ''",
 ]
 
 MAX_EVENTS = 50_000
@@ -42,16 +45,20 @@ class Event:
 
 
 class EventLog:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    """The events of one station. ``station`` names it in a log shared by several stations (cpsim fleet):
+    it writes and reads only its own rows; trimming keeps the newest MAX_EVENTS rows of the whole log."""
+
+    def __init__(self, conn: sqlite3.Connection, *, station: str = "") -> None:
         self._conn = conn
+        self._station = station
         db.migrate(conn, "eventlog", MIGRATIONS)
         self._since_trim = 0
 
     def add(self, wall: float, level: str, source: str, text: str, data: dict[str, Any] | None = None) -> None:
         try:
             self._conn.execute(
-                "INSERT INTO events(wall, level, source, text, data) VALUES (?,?,?,?,?)",
-                (wall, level, source, text, json.dumps(data or {}, default=str)),
+                "INSERT INTO events(wall, level, source, text, data, station) VALUES (?,?,?,?,?,?)",
+                (wall, level, source, text, json.dumps(data or {}, default=str), self._station),
             )
             self._since_trim += 1
             if self._since_trim >= 1000:
@@ -63,8 +70,8 @@ class EventLog:
             pass  # the event log is a convenience; never let it break charging
 
     def query(self, *, since_wall: float | None = None, after_id: int = 0, limit: int = 200) -> list[Event]:
-        sql = "SELECT id, wall, level, source, text, data FROM events WHERE id > ?"
-        args: list[Any] = [after_id]
+        sql = "SELECT id, wall, level, source, text, data FROM events WHERE station = ? AND id > ?"
+        args: list[Any] = [self._station, after_id]
         if since_wall is not None:
             sql += " AND wall >= ?"
             args.append(since_wall)

@@ -72,7 +72,10 @@ class Station:
         clock: Clock | None = None,
         devices: dict[str, Device] | None = None,
         authorizer: Authorizer | None = None,
+        eventlog: EventLog | None = None,
     ) -> None:
+        """``eventlog``: an event log the caller owns (cpsim fleet: one for all its stations, on one
+        connection); by default the station opens its own on state.db."""
         self.config = config
         self.clock: Clock = clock or SystemClock()
         self.devices = devices if devices is not None else build_devices(config)
@@ -84,8 +87,11 @@ class Station:
         self.sessions = SessionStore(self.db)
         # The event log is a convenience: its own connection without fsync per row, so logging a status
         # change never costs the loop a disk flush (transaction data keeps synchronous=FULL).
-        self._eventlog_db = db.connect(config.state_dir / "state.db", durable=False)
-        self.eventlog = EventLog(self._eventlog_db)
+        self._eventlog_db = None
+        if eventlog is None:
+            self._eventlog_db = db.connect(config.state_dir / "state.db", durable=False)
+            eventlog = EventLog(self._eventlog_db)
+        self.eventlog = eventlog
         self._listeners.append(self._record_event)
         self.authorizer: Authorizer = authorizer or AllowList(config.allowed_tokens)
         self.connectors: dict[int, Connector] = {}
@@ -399,7 +405,8 @@ class Station:
             except Exception:
                 log.exception("connector %d: could not open the relay on shutdown", connector.id)
         self.db.close()
-        self._eventlog_db.close()
+        if self._eventlog_db is not None:
+            self._eventlog_db.close()
 
 
 class _Delegate:

@@ -26,13 +26,16 @@ import os
 import random
 import shutil
 import signal
+import sqlite3
 import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from agent import db as agent_db
 from agent.config import AgentConfig, DeviceConfig, parse
+from agent.eventlog import EventLog
 from agent.events import SessionStarted, SessionStopped, StationEvent, StopReason
 from agent.ocpp.runner import VersionRunner
 from agent.ocpp.v16.link import LinkState
@@ -186,6 +189,7 @@ class Fleet:
         self._plants_lock = asyncio.Lock()
         self._lock_fd: int | None = None
         self._template = self.dir / ".template" / "state.db"
+        self._events_db: sqlite3.Connection | None = None  # DIR/fleet-events.db: every station's event log
         self._server: asyncio.AbstractServer | None = None
         self.all_booted_s: float | None = None
         self.failed: list[str] = []  # stations that could not be built (logged)
@@ -302,6 +306,9 @@ class Fleet:
         base = base_config(self.options)
         factories = {name: load_driver(name) for name in {d.driver for d in base.devices.values()}}
         saved = self._load_plants()
+        # One event log for the fleet (rows keyed by station): a station's own would be a second SQLite
+        # connection per station (~140 kB each). Not durable, as on a charger: a convenience for reading.
+        self._events_db = agent_db.connect(self.dir / "fleet-events.db", durable=False)
         self._template = self._make_template(base, factories)
         self._spawn(self._progress_loop())
         self._spawn(self._persist_loop())
@@ -353,7 +360,7 @@ class Fleet:
             simdev.PLANTS[f"{cp_id}/{n}"] = Plant()
         simdev.READERS[cp_id] = asyncio.Queue()
         config = self._station_config(base, cp_id, directory)
-        station = Station(config, clock=self.clock,
+        station = Station(config, clock=self.clock, eventlog=self._eventlog(cp_id),
                           devices={name: factories[d.driver](name, d.settings) for name, d in config.devices.items()})
         try:
             VersionRunner(station, config)  # the OCPP service's tables (outbox, configuration, ...)
@@ -363,6 +370,10 @@ class Fleet:
             simdev.PLANTS.pop(f"{cp_id}/{n}", None)
         simdev.READERS.pop(cp_id, None)
         return directory / "state.db"
+
+    def _eventlog(self, cp_id: str) -> EventLog:
+        assert self._events_db is not None
+        return EventLog(self._events_db, station=cp_id)
 
     def _station_config(self, base: AgentConfig, cp_id: str, directory: Path) -> AgentConfig:
         devices_cfg = {
@@ -399,10 +410,8 @@ class Fleet:
             shutil.copyfile(self._template, directory / "state.db")
             os.chmod(directory / "state.db", 0o600)
         devices = {name: factories[d.driver](name, d.settings) for name, d in config.devices.items()}
-        station = Station(config, clock=self.clock, devices=devices)
-        for conn in (station.db, getattr(station, "_eventlog_db", None)):
-            if conn is not None:
-                conn.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+        station = Station(config, clock=self.clock, devices=devices, eventlog=self._eventlog(cp_id))
+        station.db.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         fs.station = station
         station.subscribe(fs.on_event)
         fs.runner = VersionRunner(station, config)
@@ -441,6 +450,8 @@ class Fleet:
             await cancel_and_wait(*fs.tasks)
             if fs.station is not None:
                 fs.station.close()
+        if self._events_db is not None:
+            self._events_db.close()
         self.ticker.stop()
         self.save_plants()
         await cancel_and_wait(*self._tasks)
