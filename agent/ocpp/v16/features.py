@@ -14,6 +14,7 @@ Handlers of two features must not share an action name.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterable
 from typing import Any
 
 FEATURES: tuple[str, ...] = (
@@ -28,9 +29,14 @@ FEATURES: tuple[str, ...] = (
 )
 
 
-def load_feature_classes() -> list[type[Any]]:
+def load_classes(paths: Iterable[str]) -> list[type[Any]]:
+    """The classes named "module:Class", imported now (2.0.1's feature list uses it too)."""
     classes: list[type[Any]] = []
-    for path in FEATURES:
+    for path in paths:
         module, _, name = path.partition(":")
         classes.append(getattr(importlib.import_module(module), name))
     return classes
+
+
+def load_feature_classes() -> list[type[Any]]:
+    return load_classes(FEATURES)

@@ -15,8 +15,9 @@ ONE line for its class.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
+
+from agent.ocpp.v16.features import load_classes
 
 FEATURES: tuple[str, ...] = (
     "agent.ocpp.v201.configuration:Provisioning",
@@ -35,8 +36,4 @@ FEATURES: tuple[str, ...] = (
 
 
 def load_feature_classes() -> list[type[Any]]:
-    classes: list[type[Any]] = []
-    for path in FEATURES:
-        module, _, name = path.partition(":")
-        classes.append(getattr(importlib.import_module(module), name))
-    return classes
+    return load_classes(FEATURES)
