@@ -108,6 +108,21 @@ def read_pem_file(path: Path) -> list[x509.Certificate]:
     return parse_pem_chain(text)
 
 
+def read_ca_file(path: object, use: str, last_problem: str | None,
+                 logger: logging.Logger) -> tuple[list[x509.Certificate], str | None]:
+    """The roots of ``[ocpp] ca_file`` (``path``; not a Path: none) trusted as ``use``, and the problem that
+    made it unusable (then no roots), logged only when it differs from ``last_problem``. Read on each use (a
+    few kB), so a replaced file counts at once."""
+    if not isinstance(path, Path):
+        return [], None
+    try:
+        return read_pem_file(path), None
+    except CertificateError as exc:
+        if last_problem != str(exc):
+            logger.warning("ocpp.ca_file not usable as %s: %s", use, exc)
+        return [], str(exc)
+
+
 def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
     from cryptography.exceptions import InvalidSignature
 

@@ -6,12 +6,11 @@ GetInstalledCertificateIds, CertificateSigned, and the SignCertificate request w
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ocpp.v16 import call
 
-from agent.certificates import CENTRAL_SYSTEM_ROOT, CertificateError, CertificateStore, HashData, read_pem_file
+from agent.certificates import CENTRAL_SYSTEM_ROOT, CertificateError, CertificateStore, HashData, read_ca_file
 from agent.ocpp.v16.rpc import OcppRpcError
 
 if TYPE_CHECKING:
@@ -113,15 +112,6 @@ class CertificateHandlers:
         """The CentralSystemRootCertificates of ``[ocpp] ca_file``: trusted for CertificateSigned and listed
         by GetInstalledCertificateIds like installed ones, but never deleted over OCPP. Read on each use
         (a few kB), so a replaced file counts at once; an unreadable file is logged once and trusts nothing."""
-        path = self.config_ca_file()
-        if not isinstance(path, Path):
-            return []
-        try:
-            roots = read_pem_file(path)
-        except CertificateError as exc:
-            if self._ca_file_problem != str(exc):
-                log.warning("ocpp.ca_file not usable as CentralSystemRootCertificate: %s", exc)
-            self._ca_file_problem = str(exc)
-            return []
-        self._ca_file_problem = None
+        roots, self._ca_file_problem = read_ca_file(self.config_ca_file(), CENTRAL_SYSTEM_ROOT,
+                                                    self._ca_file_problem, log)
         return roots

@@ -22,7 +22,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.certificates import (
@@ -33,7 +32,7 @@ from agent.certificates import (
     HashData,
     issued_by,
     parse_pem_chain,
-    read_pem_file,
+    read_ca_file,
 )
 from agent.ocpp.v201.device_model import DeviceModelError
 from agent.ocpp.v201.rpc import CallErrorReceived, CallTimeout, ConnectionLost, InvalidPayload
@@ -105,17 +104,8 @@ class CertificateHandlers(abc.ABC):
     def configured_roots(self) -> list[x509.Certificate]:
         """The roots of ``[ocpp] ca_file`` (trusted, listed, never deleted over OCPP); unreadable: none, logged
         once."""
-        path = self._svc.config.ocpp.ca_file
-        if not isinstance(path, Path):
-            return []
-        try:
-            roots = read_pem_file(path)
-        except CertificateError as exc:
-            if self._ca_file_problem != str(exc):
-                log.warning("ocpp.ca_file not usable as CSMSRootCertificate: %s", exc)
-            self._ca_file_problem = str(exc)
-            return []
-        self._ca_file_problem = None
+        roots, self._ca_file_problem = read_ca_file(self._svc.config.ocpp.ca_file, "CSMSRootCertificate",
+                                                    self._ca_file_problem, log)
         return roots
 
     def _additional_check(self) -> bool:
