@@ -69,6 +69,7 @@ from ocpp.v16.enums import Action
 from websockets.exceptions import ConnectionClosed
 
 from agent.ocpp.budget import RequestBudget
+from agent.ocpp.fast_schema import surely_valid
 from agent.redact import LoggedFrame, redact_text
 
 LOG = logging.getLogger("cpagent.ocpp.v16.rpc")
@@ -295,6 +296,8 @@ def schema_violation(
     version = dialect.version if dialect is not None else OCPP_VERSION
     decimal_schemas = dialect.decimal_schemas if dialect is not None else _DECIMAL_SCHEMAS
     use_decimal = (message_type_id, action) in decimal_schemas
+    if surely_valid(version, message_type_id, action, payload, decimal=use_decimal):
+        return None  # the compiled check passed; anything else is decided and worded by jsonschema below
     try:
         validator = get_validator(
             message_type_id, action, version, parse_float=decimal.Decimal if use_decimal else float
