@@ -324,14 +324,7 @@ def parse(data: Mapping[str, Any]) -> AgentConfig:
     keys_t = ocpp_t.table_("keys")
     keys: dict[str, str] = {}
     for key, value in keys_t.table.items():
-        if isinstance(value, bool):
-            keys[key] = "true" if value else "false"
-        elif isinstance(value, int | float | str):
-            keys[key] = str(value)
-        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-            keys[key] = ",".join(value)
-        else:
-            raise ConfigError(f"ocpp.keys.{key}", "expected a string, number, boolean or list of strings")
+        keys[key] = _ocpp_text(value, f"ocpp.keys.{key}")
     def existing_file(name: str) -> Path | None:
         value = ocpp_t.string(name)
         if value is None:
@@ -399,15 +392,20 @@ def _ocpp_variables(table: _Reader) -> dict[str, str]:
     for key, value in table.table.items():
         if "/" not in key:
             raise ConfigError(table.key(key), 'expected a key "Component[.instance]/Variable[.instance]"')
-        if isinstance(value, bool):
-            variables[key] = "true" if value else "false"
-        elif isinstance(value, int | float | str):
-            variables[key] = str(value)
-        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
-            variables[key] = ",".join(value)
-        else:
-            raise ConfigError(table.key(key), "expected a string, number, boolean or list of strings")
+        variables[key] = _ocpp_text(value, table.key(key))
     return variables
+
+
+def _ocpp_text(value: object, key: str) -> str:
+    """A TOML value of [ocpp.keys] / [ocpp.variables] as OCPP's text: true/false, the number, the string, or a
+    comma-separated list."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float | str):
+        return str(value)
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return ",".join(value)
+    raise ConfigError(key, "expected a string, number, boolean or list of strings")
 
 
 def _firmware(table: _Reader) -> FirmwareConfig:
