@@ -107,6 +107,8 @@ class Step:
             return f"fault {self.connector} {self.value} {'on' if self.on else 'off'}"
         if self.kind in ("status", "session", "relay"):
             return f"{self.kind} {self.connector} = {self.value}"
+        if self.kind == "offline":
+            return "offline until online" if self.value >= FOREVER_S else f"offline {self.value:g} s"
         return f"{self.kind} {self.value}"
 
 
@@ -512,9 +514,7 @@ class CaseRunner:
         self.fleet = fleet
         self.plan = plan
         options = fleet.options
-        self.version = "2.0.1" if options.ocpp == "2.0.1" else "1.6"
-        # Built-in cases are picked per version; under --ocpp auto each station runs the variant of the version
-        # its connection speaks (see _variant).
+        # Under --ocpp auto each station runs the built-in cases in the version it speaks (see _variant).
         self.selected: dict[str, list[Case]] = {}
         for index, cp_id in station_ids(options.id_prefix, options.stations, options.shard):
             picked = [c for c in plan.cases if c.selects(index, cp_id)]
