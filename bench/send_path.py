@@ -5,7 +5,8 @@ and the bare client share the cores).
 
 Path: N TransactionEvents (2.0.1; MeterValues with ``--ocpp 1.6``) appended to a durable `Outbox` (WAL,
 synchronous=FULL, on this disk), drained as the agent drains it: head, attempt recorded (fsync), CALL
-through `OcppSession` (the agent's RPC: schema-validated request and answer), ack (fsync). Bare: the same
+through `OcppSession.request_payload` (the agent's RPC: the queued camelCase payload, schema-validated
+request and answer), ack. Bare: the same
 payloads through the library's ChargePoint (``await cp.call(...)``, nothing persisted). ROUNDS rounds
 alternate the two; the figures are the medians.
 
@@ -30,6 +31,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import websockets
+from ocpp.charge_point import remove_nones
 
 import bench.outbox_replay as replay
 from agent import db
@@ -74,7 +76,6 @@ async def bare(url: str, ocpp: str, messages: list[tuple[str, dict[str, Any]]]) 
 
 
 async def path(url: str, ocpp: str, messages: list[tuple[str, dict[str, Any]]], directory: Path) -> tuple[float, float]:
-    _, call = library(ocpp)
     conn = db.connect(directory / "state.db", durable=True)
     outbox = Outbox(conn, SystemClock())
     outbox.bind_transaction("bench-tx", 7)  # 1.6: as if its StartTransaction.conf had said 7 (outbox_replay.py)
@@ -91,7 +92,7 @@ async def path(url: str, ocpp: str, messages: list[tuple[str, dict[str, Any]]], 
         while (entry := outbox.head()) is not None:
             payload = outbox.payload_for_send(entry)
             outbox.record_attempt(entry.id)
-            await session.request(getattr(call, entry.action)(**snake(payload)))
+            await session.request_payload(entry.action, remove_nones(payload))  # as the agent's deliver does
             outbox.ack(entry.id)
         elapsed, cpu = time.perf_counter() - begin, time.process_time() - cpu
         serving.cancel()
