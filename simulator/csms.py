@@ -29,6 +29,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import decimal
 import json
 import logging
 import signal
@@ -621,6 +622,13 @@ async def _control_command(csms: Csms, request: Any) -> dict[str, Any]:
     return {"ok": False, "error": f"unknown cmd {command!r}"}
 
 
+def _json_number(value: object) -> float | int:
+    """Answers parsed with Decimal numbers (1.6 GetCompositeSchedule limits ...) as JSON numbers."""
+    if isinstance(value, decimal.Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
 async def _serve_control(csms: Csms, path: Path) -> asyncio.Server:
     async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(ConnectionError):
@@ -631,7 +639,7 @@ async def _serve_control(csms: Csms, path: Path) -> asyncio.Server:
                     reply: dict[str, Any] = {"ok": False, "error": "not JSON"}
                 else:
                     reply = await _control_command(csms, request)
-                writer.write(json.dumps(reply).encode() + b"\n")
+                writer.write(json.dumps(reply, default=_json_number).encode() + b"\n")
                 await writer.drain()
         writer.close()
 
