@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import Any
 
 from simulator.csms import Csms, Received
 from simulator.rig import Rig, RigOptions
+from tests.polling import eventually as eventually  # with an explicit within: trials take longer
 
 ROOT = Path(__file__).resolve().parents[2]
 SOAK = os.environ.get("CPAGENT_SOAK", "") not in ("", "0")
@@ -79,17 +80,6 @@ def write_agent_toml(directory: Path, keys: dict[str, str]) -> None:
     toml = path.read_text().replace("[ocpp]\n", "[ocpp]\nreconnect_cap_s = 1.0\n", 1)
     toml += "\n[ocpp.keys]\n" + "".join(f'{k} = "{v}"\n' for k, v in keys.items())
     path.write_text(toml)
-
-
-async def eventually(predicate: Callable[[], Any], within: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class AgentProcess:

@@ -4,13 +4,9 @@ state directory to play power losses and resets."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import dataclasses
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -20,8 +16,10 @@ from agent.ocpp.v16.service import OcppService
 from agent.station import Station
 from simulator.csms import Csms, Received
 from simulator.rig import Rig, RigOptions
+from tests.agent.ocpp.inprocess import CP as CP
+from tests.agent.ocpp.inprocess import InProcessAgent, OcttCase
+from tests.polling import eventually as eventually
 
-CP = "CP1"
 TAG = "DEADBEEF01"
 TAG2 = "04A1B2C3D4"
 
@@ -35,101 +33,34 @@ FAST_KEYS = {
 }
 
 
-async def eventually(predicate: Callable[[], Any], within: float = 8.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
-class Agent:
+class Agent(InProcessAgent):
     """One agent process: Station + OcppService on the rig's devices and state directory."""
 
     def __init__(self, rig: Rig, keys: dict[str, str]) -> None:
-        self.rig = rig
+        super().__init__(rig)
         self.keys = keys
-        self.station: Station | None = None
         self.service: OcppService | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
 
     def config(self) -> AgentConfig:
         config = load(self.rig.dir / "agent.toml")
         return dataclasses.replace(config, ocpp=dataclasses.replace(config.ocpp, keys={**FAST_KEYS, **self.keys}))
 
-    async def start(self) -> OcppService:
-        config = self.config()
-        self.station = Station(config)
-        self.service = OcppService(self.station, config, backoff=Backoff(base=0.05, cap=0.3, jitter=0.0))
-        self._tasks = [asyncio.create_task(self.station.run()), asyncio.create_task(self.service.run())]
-        return self.service
+    def make_service(self, station: Station, config: AgentConfig) -> OcppService:
+        return OcppService(station, config, backoff=Backoff(base=0.05, cap=0.3, jitter=0.0))
 
-    async def stop(self) -> None:
-        """Stop the process abruptly (as a power loss would): no goodbye, state stays on disk."""
-        for task in self._tasks:
-            task.cancel()
-        # Bounded: a hung shutdown must fail this test, not stall the suite.
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=10)
-        self._tasks = []
-        if self.service is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.service.stop(), 10)
-        if self.station is not None:
-            self.station.close()
-        self.station = None
-        self.service = None
-
-    @property
-    def connector(self) -> Any:
-        assert self.station is not None
-        return self.station.connectors[1]
-
-    async def tap(self, id_tag: str, connector_id: int | None = 1) -> Any:
-        assert self.station is not None
-        return await self.station.present_token(id_tag, connector_id)
+    def again(self) -> Agent:
+        return Agent(self.rig, self.keys)
 
 
-class Octt:
+class Octt(OcttCase):
     """What a test case drives: CSMS, rig and agent."""
 
-    def __init__(self, csms: Csms, rig: Rig) -> None:
-        self.csms = csms
-        self.rig = rig
-        self.agent: Agent | None = None
+    agent: Agent | None
 
     async def start_agent(self, **keys: str) -> Agent:
         self.agent = Agent(self.rig, {k: str(v) for k, v in keys.items()})
         await self.agent.start()
         return self.agent
-
-    async def restart_agent(self) -> Agent:
-        assert self.agent is not None
-        keys = self.agent.keys
-        await self.agent.stop()
-        self.agent = Agent(self.rig, keys)
-        await self.agent.start()
-        return self.agent
-
-    async def power_loss(self) -> None:
-        """The whole station loses power: the agent dies and the board drops the contactor and PWM."""
-        assert self.agent is not None
-        await self.agent.stop()
-        for sim in self.rig.connectors.values():
-            sim.plant.relay_commanded_closed = False
-            sim.plant.pwm_duty = None
-
-    def ctl(self, cmd: str, **args: Any) -> dict[str, Any]:
-        return self.rig.control({"cmd": cmd, **args})
-
-    def msgs(self, action: str | None = None) -> list[Received]:
-        return self.csms.messages(CP, action)
-
-    async def wait(self, action: str, count: int = 1, within: float = 8.0) -> Received:
-        return await self.csms.wait_for(CP, action, count=count, within=within)
 
     async def wait_status(self, status: str, connector_id: int = 1, within: float = 8.0) -> Received:
         def found() -> Received | None:
@@ -140,10 +71,6 @@ class Octt:
 
         result: Received = await eventually(found, within, f"StatusNotification {status} on {connector_id}")
         return result
-
-    async def booted(self) -> None:
-        await self.wait("BootNotification")
-        await self.wait_status("Available", 1)
 
     async def charging(self, id_tag: str = TAG) -> Received:
         """Plug in, present a card, and wait for the Start and for Charging."""

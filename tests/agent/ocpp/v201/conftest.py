@@ -17,14 +17,12 @@ Tests look like the 1.6 ones (tests/agent/ocpp/conftest.py)::
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -35,8 +33,10 @@ from agent.config import AgentConfig, load
 from agent.station import Station
 from simulator.csms import Csms, Received
 from simulator.rig import Rig, RigOptions
+from tests.agent.ocpp.inprocess import CP as CP
+from tests.agent.ocpp.inprocess import InProcessAgent, OcttCase
+from tests.polling import eventually as eventually
 
-CP = "CP1"
 TAG = "DEADBEEF01"
 TAG2 = "04A1B2C3D4"
 ISO14443 = "ISO14443"
@@ -53,17 +53,6 @@ FAST_VARIABLES: dict[str, object] = {
     "SampledDataCtrlr/TxUpdatedInterval": 0,  # no periodic meter values unless a test asks for them
     "TxCtrlr/EVConnectionTimeOut": 30,
 }
-
-
-async def eventually(predicate: Callable[[], Any], within: float = 8.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class NetworkSide(Protocol):
@@ -101,57 +90,23 @@ def write_config(rig: Rig, variables: Mapping[str, object], name: str = "agent20
     return path
 
 
-class Agent201:
+class Agent201(InProcessAgent):
     """One agent process: Station + the 2.0.1 OcppService on the rig's devices and state directory."""
 
     def __init__(self, rig: Rig, variables: Mapping[str, object]) -> None:
-        self.rig = rig
+        super().__init__(rig)
         self.variables = dict(variables)
-        self.station: Station | None = None
-        self.service: Any = None
-        self._tasks: list[asyncio.Task[Any]] = []
 
     def config(self) -> AgentConfig:
         config = load(write_config(self.rig, {**FAST_VARIABLES, **self.variables}))
         assert config.ocpp.version == "2.0.1"
         return config
 
-    async def start(self) -> Any:
-        config = self.config()
-        self.station = Station(config)
-        try:
-            self.service = make_service(self.station, config)
-        except BaseException:
-            self.station.close()
-            self.station = None
-            raise
-        self._tasks = [asyncio.create_task(self.station.run()), asyncio.create_task(self.service.run())]
-        return self.service
+    def make_service(self, station: Station, config: AgentConfig) -> Any:
+        return make_service(station, config)
 
-    async def stop(self) -> None:
-        """Stop the process abruptly (as a power loss would): no goodbye, state stays on disk."""
-        for task in self._tasks:
-            task.cancel()
-        if self._tasks:  # bounded: a hung shutdown must fail this test, not stall the suite
-            await asyncio.wait(self._tasks, timeout=10)
-        self._tasks = []
-        if self.service is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.service.stop(), 10)
-        if self.station is not None:
-            self.station.close()
-        self.station = None
-        self.service = None
-
-    @property
-    def connector(self) -> Any:
-        assert self.station is not None
-        return self.station.connectors[1]
-
-    async def tap(self, id_token: str, connector_id: int | None = 1) -> Any:
-        """Present a card at the reader's software entry (the rig's ``tap`` goes through the real reader)."""
-        assert self.station is not None
-        return await self.station.present_token(id_token, connector_id)
+    def again(self) -> Agent201:
+        return Agent201(self.rig, self.variables)
 
 
 class AgentProcess:
@@ -194,13 +149,13 @@ class AgentProcess:
         return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
 
 
-class Octt201:
+class Octt201(OcttCase):
     """What a 2.0.1 test case drives: CSMS, rig and agent."""
 
+    agent: Agent201 | None
+
     def __init__(self, csms: Csms, rig: Rig) -> None:
-        self.csms = csms
-        self.rig = rig
-        self.agent: Agent201 | None = None
+        super().__init__(csms, rig)
         self.process: AgentProcess | None = None
 
     # -- the agent --------------------------------------------------------------------------------
@@ -209,22 +164,6 @@ class Octt201:
         self.agent = Agent201(self.rig, variables or {})
         await self.agent.start()
         return self.agent
-
-    async def restart_agent(self) -> Agent201:
-        assert self.agent is not None
-        variables = self.agent.variables
-        await self.agent.stop()
-        self.agent = Agent201(self.rig, variables)
-        await self.agent.start()
-        return self.agent
-
-    async def power_loss(self) -> None:
-        """The whole station loses power: the agent dies and the board drops the contactor and PWM."""
-        assert self.agent is not None
-        await self.agent.stop()
-        for sim in self.rig.connectors.values():
-            sim.plant.relay_commanded_closed = False
-            sim.plant.pwm_duty = None
 
     def start_process(self, variables: Mapping[str, object] | None = None, *extra: str) -> AgentProcess:
         """``cpagent run`` as its own processes (the two-process agent) on this rig."""
@@ -235,18 +174,7 @@ class Octt201:
         self.process.start(*extra)
         return self.process
 
-    # -- the simulated hardware --------------------------------------------------------------------
-
-    def ctl(self, cmd: str, **args: Any) -> dict[str, Any]:
-        return self.rig.control({"cmd": cmd, **args})
-
     # -- the CSMS ---------------------------------------------------------------------------------
-
-    def msgs(self, action: str | None = None) -> list[Received]:
-        return self.csms.messages(CP, action)
-
-    async def wait(self, action: str, count: int = 1, within: float = 8.0) -> Received:
-        return await self.csms.wait_for(CP, action, count=count, within=within)
 
     async def send(self, action: str, payload: Mapping[str, Any], *, validate: bool = True) -> dict[str, Any]:
         """A CSMS -> station CALL (2.0.1, camelCase as on the wire); raises CsmsCallError on CALLERROR."""
@@ -266,10 +194,6 @@ class Octt201:
         result: Received = await eventually(
             found, within, f"StatusNotification {status} on EVSE {evse_id} connector {connector_id}")
         return result
-
-    async def booted(self) -> None:
-        await self.wait("BootNotification")
-        await self.wait_status("Available", 1)
 
     def tx_events(self, transaction_id: str | None = None) -> list[dict[str, Any]]:
         """TransactionEvent payloads as received (optionally of one transaction), in arrival order."""
