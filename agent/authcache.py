@@ -194,6 +194,13 @@ class LocalAuthList(_Tables):
             return "Failed"  # rolled back: list and version unchanged
         return "Accepted"
 
+    def update(self, version: int, entries: Mapping[str, IdTagInfo | None], *, full: bool) -> UpdateStatus:
+        """SendLocalList of either updateType: Full replaces the list with the entries that have an info
+        (``replace_all``), Differential applies them (``apply_differential``)."""
+        if full:
+            return self.replace_all(version, {tag: info for tag, info in entries.items() if info is not None})
+        return self.apply_differential(version, entries)
+
     def _row(self, id_tag: str) -> tuple[Any, ...] | None:
         with _storage("read the local list"):
             row: tuple[Any, ...] | None = self._conn.execute(

@@ -84,13 +84,7 @@ class LocalAuthListManagement:
             return {"status": "Failed"}
         full = update_type == "Full"
         try:
-            entries = parse_entries(items, full=full)
-            if full:
-                status = self._list.replace_all(
-                    list_version, {tag: info for tag, info in entries.items() if info is not None}
-                )
-            else:
-                status = self._list.apply_differential(list_version, entries)
+            status = self._list.update(list_version, parse_entries(items, full=full), full=full)
         except InvalidList as exc:
             log.warning("SendLocalList refused: %s", exc)
             return {"status": "Failed"}

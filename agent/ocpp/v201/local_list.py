@@ -143,12 +143,7 @@ class LocalAuthListManagement:
         full = update_type == "Full"
         try:
             entries = parse_entries(items, full=full, now_wall=self._svc.wall())
-            if full:
-                status = self.list.replace_all(
-                    version_number, {tag: info for tag, info in entries.items() if info is not None}
-                )
-            else:
-                status = self.list.apply_differential(version_number, entries)
+            status = self.list.update(version_number, entries, full=full)
         except InvalidList as exc:
             log.warning("SendLocalList refused: %s", exc)
             return _failed(exc.reason, str(exc))
