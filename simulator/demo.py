@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +169,46 @@ def simulator_up(directory: Path, *args: str) -> Iterator[subprocess.Popen[bytes
             sim.kill()
 
 
+@contextlib.asynccontextmanager
+async def csms_and_simulator(keep_dir: Path | None, csms_options: dict[str, Any],
+                             *args: str) -> AsyncIterator[tuple[Path, Any, subprocess.Popen[bytes]]]:
+    """For a scenario that makes the CSMS send: the bundled CSMS in this process (``csms_options``; its frames
+    logged to csms.jsonl) and `cpsim up ARGS... --csms URL` (``simulator_up``) in ``keep_dir`` or a temporary
+    directory; (directory, CSMS, simulator process), both stopped when the block ends."""
+    from simulator.csms import Csms
+
+    with contextlib.ExitStack() as stack:
+        directory = keep_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cpagent-sim-")))
+        directory.mkdir(parents=True, exist_ok=True)
+        csms = Csms(log_path=directory / "csms.jsonl", **csms_options)
+        await csms.start()
+        try:
+            with simulator_up(directory, *args, "--csms", csms.url) as sim:
+                yield directory, csms, sim
+        finally:
+            await csms.stop()
+
+
+async def simulator_config(directory: Path, sim: subprocess.Popen[bytes]) -> AgentConfig | None:
+    """The agent.toml the simulator writes once its devices are up; None (said on stderr) if it died first."""
+    await _wait_for(lambda: (directory / "agent.toml").exists() or sim.poll() is not None, 20, "the simulator")
+    if sim.poll() is not None:
+        print("simulator failed to start", file=sys.stderr)
+        return None
+    return load(directory / "agent.toml")
+
+
+async def show_changes(tl: Timeline, text: Callable[[], str], period_s: float = 0.5) -> None:
+    """A timeline line each time ``text()`` says something new (polled every ``period_s``), until cancelled."""
+    last = ""
+    while True:
+        line = text()
+        if line != last:
+            tl.line(line)
+            last = line
+        await asyncio.sleep(period_s)
+
+
 def _service(station: Station, config: AgentConfig, ocpp: str) -> Any:
     """The OCPP side for this version, over the station (as the agent's single-process path builds it)."""
     if not config.ocpp.endpoint:
@@ -184,11 +224,9 @@ def _service(station: Station, config: AgentConfig, ocpp: str) -> Any:
 
 async def _play(directory: Path, charge_seconds: float, sim: subprocess.Popen[bytes], ocpp: str = "1.6") -> int:
     tl = Timeline()
-    await _wait_for(lambda: (directory / "agent.toml").exists() or sim.poll() is not None, 20, "the simulator")
-    if sim.poll() is not None:
-        print("simulator failed to start", file=sys.stderr)
+    config = await simulator_config(directory, sim)
+    if config is None:
         return 1
-    config = load(directory / "agent.toml")
     station = Station(config)
     service = _service(station, config, ocpp)
     stopped: list[SessionStopped] = []

@@ -6,20 +6,25 @@ meter and the MeterValues the CSMS received both show the drop."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from agent.config import load
 from agent.redact import mask
 from agent.station import Station
 from hal.tasks import cancel_and_wait
-from simulator.demo import DEMO_TAG, Timeline, _ctl, _show_wire, _wait_for, simulator_up
+from simulator.demo import (
+    DEMO_TAG,
+    Timeline,
+    _ctl,
+    _show_wire,
+    _wait_for,
+    csms_and_simulator,
+    show_changes,
+    simulator_config,
+)
 
 LIMIT_A = 10.0
 FULL_POWER_S = 6.0
@@ -29,18 +34,8 @@ DEMO_KEYS = {"MeterValueSampleInterval": "2",
 
 
 async def run_smart_charging_demo(connectors: int, keep_dir: Path | None) -> int:
-    from simulator.csms import Csms
-
-    with contextlib.ExitStack() as stack:
-        directory = keep_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cpagent-sim-")))
-        directory.mkdir(parents=True, exist_ok=True)
-        csms = Csms(log_path=directory / "csms.jsonl", accept=[DEMO_TAG])
-        await csms.start()
-        try:
-            with simulator_up(directory, "--connectors", str(connectors), "--csms", csms.url) as sim:
-                return await _play(directory, csms, sim)
-        finally:
-            await csms.stop()
+    async with csms_and_simulator(keep_dir, {"accept": [DEMO_TAG]}, "--connectors", str(connectors)) as world:
+        return await _play(*world)
 
 
 def _csms_powers(csms: Any, charge_point_id: str) -> list[float]:
@@ -55,11 +50,9 @@ async def _play(directory: Path, csms: Any, sim: subprocess.Popen[bytes]) -> int
     from agent.ocpp.v16.service import OcppService
 
     tl = Timeline()
-    await _wait_for(lambda: (directory / "agent.toml").exists() or sim.poll() is not None, 20, "the simulator")
-    if sim.poll() is not None:
-        print("simulator failed to start", file=sys.stderr)
+    config = await simulator_config(directory, sim)
+    if config is None:
         return 1
-    config = load(directory / "agent.toml")
     config = dataclasses.replace(config, ocpp=dataclasses.replace(config.ocpp, keys={**config.ocpp.keys, **DEMO_KEYS}))
     cp_id = config.station.charge_point_id
     station = Station(config)
@@ -71,17 +64,10 @@ async def _play(directory: Path, csms: Any, sim: subprocess.Popen[bytes]) -> int
     def power() -> float:
         return connector.last_sample.power_w if connector.last_sample else 0.0
 
-    async def watch() -> None:
-        last = ""
-        while True:
-            c = connector.controller
-            text = f"offered={c.offered_current_a:4.1f} A  measured power={power() / 1000:6.2f} kW"
-            if text != last:
-                tl.line(text)
-                last = text
-            await asyncio.sleep(0.5)
+    def watched() -> str:
+        return f"offered={connector.controller.offered_current_a:4.1f} A  measured power={power() / 1000:6.2f} kW"
 
-    tasks.append(asyncio.create_task(watch()))
+    tasks.append(asyncio.create_task(show_changes(tl, watched)))
     result = {"full_w": 0.0, "limited_w": 0.0, "restored_w": 0.0, "csms_saw_drop": False}
     ok = False
     try:

@@ -8,20 +8,25 @@ show all three steps."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import subprocess
-import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
-from agent.config import load
 from agent.redact import mask
 from agent.station import Station
 from hal.tasks import cancel_and_wait
-from simulator.demo import DEMO_TAG, Timeline, _ctl, _show_wire, _wait_for, simulator_up
+from simulator.demo import (
+    DEMO_TAG,
+    Timeline,
+    _ctl,
+    _show_wire,
+    _wait_for,
+    csms_and_simulator,
+    show_changes,
+    simulator_config,
+)
 
 SECOND_TAG = "04A1B2C3D4"
 STATION_MAX_A = 32.0  # shared by the two EVSEs charging: 16 A each
@@ -31,18 +36,9 @@ VARIABLES = {"SampledDataCtrlr/TxUpdatedInterval": "2", "TxCtrlr/EVConnectionTim
 
 
 async def run_smart_charging201_demo(keep_dir: Path | None) -> int:
-    from simulator.csms import Csms
-
-    with contextlib.ExitStack() as stack:
-        directory = keep_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="cpagent-sim-")))
-        directory.mkdir(parents=True, exist_ok=True)
-        csms = Csms(log_path=directory / "csms.jsonl", accept=[DEMO_TAG, SECOND_TAG], version="2.0.1")
-        await csms.start()
-        try:
-            with simulator_up(directory, "--connectors", "2", "--csms", csms.url, "--ocpp", "2.0.1") as sim:
-                return await _play(directory, csms, sim)
-        finally:
-            await csms.stop()
+    csms_options = {"accept": [DEMO_TAG, SECOND_TAG], "version": "2.0.1"}
+    async with csms_and_simulator(keep_dir, csms_options, "--connectors", "2", "--ocpp", "2.0.1") as world:
+        return await _play(*world)
 
 
 def _profile(pid: int, purpose: str, limit: float, **extra: Any) -> dict[str, Any]:
@@ -55,11 +51,9 @@ async def _play(directory: Path, csms: Any, sim: subprocess.Popen[bytes]) -> int
     from agent.ocpp.v201.service import OcppService
 
     tl = Timeline()
-    await _wait_for(lambda: (directory / "agent.toml").exists() or sim.poll() is not None, 20, "the simulator")
-    if sim.poll() is not None:
-        print("simulator failed to start", file=sys.stderr)
+    config = await simulator_config(directory, sim)
+    if config is None:
         return 1
-    config = load(directory / "agent.toml")
     config = dataclasses.replace(config, ocpp=dataclasses.replace(
         config.ocpp, version="2.0.1", variables={**config.ocpp.variables, **VARIABLES}))
     cp_id = config.station.charge_point_id
@@ -76,17 +70,11 @@ async def _play(directory: Path, csms: Any, sim: subprocess.Popen[bytes]) -> int
         sample = station.connectors[evse].last_sample
         return sample.power_w if sample else 0.0
 
-    async def watch() -> None:
-        last = ""
-        while True:
-            text = "  ".join(f"EVSE {e}: offered {station.connectors[e].controller.offered_current_a:4.1f} A, "
-                             f"{power(e) / 1000:5.2f} kW" for e in (1, 2))
-            if text != last:
-                tl.line(text)
-                last = text
-            await asyncio.sleep(0.5)
+    def watched() -> str:
+        return "  ".join(f"EVSE {e}: offered {station.connectors[e].controller.offered_current_a:4.1f} A, "
+                         f"{power(e) / 1000:5.2f} kW" for e in (1, 2))
 
-    tasks.append(asyncio.create_task(watch()))
+    tasks.append(asyncio.create_task(show_changes(tl, watched)))
     result: dict[str, Any] = {}
     ok = False
     try:

@@ -24,7 +24,6 @@ import itertools
 import json
 import math
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -32,12 +31,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.config import AgentConfig, load
+from agent.config import AgentConfig
 from agent.events import SessionStarted, SessionStopped, StationEvent, StatusChanged
 from agent.redact import mask
 from agent.station import Station
 from hal.tasks import cancel_and_wait
-from simulator.demo import Timeline, _ctl, _wait_for, simulator_up
+from simulator.demo import Timeline, _ctl, _wait_for, simulator_config, simulator_up
 
 FUSE_A = 25.0
 DAY_START_S = 8 * 3600  # the profile's first row is 08:00
@@ -200,11 +199,10 @@ async def _play(directory: Path, sim: subprocess.Popen[bytes]
                 ) -> tuple[list[Sample], list[SessionStopped], bool] | None:
     """Play the day; (samples, stopped sessions, played to the end), None if the simulator did not start."""
     tl = Timeline()
-    await _wait_for(lambda: (directory / "agent.toml").exists() or sim.poll() is not None, 20, "the simulator")
-    if sim.poll() is not None:
-        print("simulator failed to start", file=sys.stderr)
+    rig_config = await simulator_config(directory, sim)
+    if rig_config is None:
         return None
-    config = demo_config(load(directory / "agent.toml"))
+    config = demo_config(rig_config)
     station = Station(config)
     connectors = [station.connectors[n] for n in sorted(EV_PHASES)]
     stopped: list[SessionStopped] = []
