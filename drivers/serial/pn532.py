@@ -6,13 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import serial
 
 from drivers.serial import pn532_codec as codec
-from hal import Device, DeviceError, DeviceFaultChanged, Fault, IdToken, Role, TokenReader
+from drivers.serial.card_reader import CardReader
+from hal import DeviceError, DeviceFaultChanged, Fault, IdToken
 
 log = logging.getLogger("cpagent.drivers.pn532")
 
@@ -20,7 +21,9 @@ TOKEN_KIND = "ISO14443"
 BACKOFF_S = (0.5, 10.0)
 
 
-class Pn532Reader(Device, TokenReader):
+class Pn532Reader(CardReader):
+    token_kind = TOKEN_KIND
+
     def __init__(
         self,
         name: str,
@@ -33,41 +36,24 @@ class Pn532Reader(Device, TokenReader):
         repeat_suppress_s: float = 1.0,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(name)
+        super().__init__(name, repeat_suppress_s=repeat_suppress_s)
         self.port = port
         self.baudrate = baudrate
         self.poll_interval_s = poll_interval_s
         self.answer_timeout_s = answer_timeout_s
         self.silence_timeout_s = silence_timeout_s
-        self.repeat_suppress_s = repeat_suppress_s
         self._monotonic = monotonic
         self.decoder = codec.Pn532Decoder()
         self.firmware: codec.FirmwareVersion | None = None
-        self._queues: list[asyncio.Queue[IdToken]] = []
         self._pending: asyncio.Future[codec.Frame] | None = None
         self._serial: Any = None
         self._port_error: Exception | None = None
         self._last_answer: float | None = None
         self._silent: bool | None = None  # None until the first verdict
-        self._last_uid: str | None = None
-        self._last_seen = 0.0
-        self._counters = {"tokens": 0, "repeats_suppressed": 0, "timeouts": 0, "port_errors": 0, "bad_answers": 0}
-
-    @property
-    def roles(self) -> frozenset[Role]:
-        return frozenset({Role.TOKEN_READER})
+        self._counters.update(timeouts=0, port_errors=0, bad_answers=0)
 
     def counters(self) -> Mapping[str, int]:
         return {**self._counters, **self.decoder.counters}
-
-    async def tokens(self) -> AsyncIterator[IdToken]:
-        queue: asyncio.Queue[IdToken] = asyncio.Queue()
-        self._queues.append(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._queues.remove(queue)
 
     # ------------------------------------------------------------------ cards
 
@@ -76,16 +62,9 @@ class Pn532Reader(Device, TokenReader):
         presented = []
         now = self._monotonic()
         for uid in uids[:1]:  # one card at a time, as the agent expects
-            held = uid == self._last_uid and now - self._last_seen < self.repeat_suppress_s
-            self._last_uid, self._last_seen = uid, now
-            if held:
-                self._counters["repeats_suppressed"] += 1
-                continue
-            token = IdToken(uid=uid, kind=TOKEN_KIND)
-            self._counters["tokens"] += 1
-            presented.append(token)
-            for queue in self._queues:
-                queue.put_nowait(token)
+            token = self._card_seen(uid, now)
+            if token is not None:
+                presented.append(token)
         return presented
 
     # ------------------------------------------------------------------ task

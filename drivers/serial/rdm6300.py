@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import serial
 
+from drivers.serial.card_reader import CardReader
 from drivers.serial.rdm6300_codec import Rdm6300Decoder
-from hal import Device, DeviceError, DeviceFaultChanged, Fault, IdToken, Role, TokenReader
+from hal import DeviceError, DeviceFaultChanged, Fault, IdToken
 from hal.clock import Clock, SystemClock
 
 log = logging.getLogger("cpagent.drivers.rdm6300")
@@ -21,7 +22,9 @@ BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 10.0
 
 
-class Rdm6300Reader(Device, TokenReader):
+class Rdm6300Reader(CardReader):
+    token_kind = TOKEN_KIND
+
     def __init__(
         self,
         name: str,
@@ -32,34 +35,17 @@ class Rdm6300Reader(Device, TokenReader):
         backoff_max_s: float = BACKOFF_MAX_S,
         clock: Clock | None = None,
     ) -> None:
-        super().__init__(name)
+        super().__init__(name, repeat_suppress_s=repeat_suppress_s)
         self.port = port
         self.baudrate = baudrate
-        self.repeat_suppress_s = repeat_suppress_s
         self.backoff_max_s = backoff_max_s
         self.clock: Clock = clock or SystemClock()
         self.decoder = Rdm6300Decoder()
-        self._queues: list[asyncio.Queue[IdToken]] = []
-        self._last_uid: str | None = None
-        self._last_seen = 0.0
         self._port_fault = False
-        self._counters = {"tokens": 0, "repeats_suppressed": 0, "port_errors": 0}
-
-    @property
-    def roles(self) -> frozenset[Role]:
-        return frozenset({Role.TOKEN_READER})
+        self._counters.update(port_errors=0)
 
     def counters(self) -> Mapping[str, int]:
         return {**self._counters, "frames": self.decoder.frames, "bad_frames": self.decoder.errors}
-
-    async def tokens(self) -> AsyncIterator[IdToken]:
-        queue: asyncio.Queue[IdToken] = asyncio.Queue()
-        self._queues.append(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._queues.remove(queue)
 
     # ------------------------------------------------------------------ input
 
@@ -67,17 +53,9 @@ class Rdm6300Reader(Device, TokenReader):
         """Bytes from the port -> tokens newly presented (also published to tokens() iterators)."""
         presented = []
         for read in self.decoder.feed(data):
-            now = self.clock.monotonic()
-            held = read.uid == self._last_uid and now - self._last_seen < self.repeat_suppress_s
-            self._last_uid, self._last_seen = read.uid, now
-            if held:
-                self._counters["repeats_suppressed"] += 1
-                continue
-            token = IdToken(uid=read.uid, kind=TOKEN_KIND)
-            self._counters["tokens"] += 1
-            presented.append(token)
-            for queue in self._queues:
-                queue.put_nowait(token)
+            token = self._card_seen(read.uid, self.clock.monotonic())
+            if token is not None:
+                presented.append(token)
         return presented
 
     # ------------------------------------------------------------------ task
