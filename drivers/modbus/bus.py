@@ -22,7 +22,7 @@ from typing import Any
 from pymodbus.client import AsyncModbusSerialClient
 from pymodbus.exceptions import ModbusException
 
-from drivers.modbus.transport import ROUND_TRIPS_KEPT, ModbusIOError, RtuLink
+from drivers.modbus.transport import ROUND_TRIPS_KEPT, ModbusIOError, RtuLink, open_client, rtu_client
 from hal.tasks import raise_if_cancelling
 
 LINE_SETTINGS = ("baudrate", "parity", "stopbits", "bytesize")
@@ -140,19 +140,8 @@ class SharedRtuBus:
             return
         self._drop_client()
         timeout = max((r.timeout_s for r in self._readers if r.is_open), default=1.0)
-        link = self.link
-        client = AsyncModbusSerialClient(
-            link.serial_port, baudrate=link.baudrate, parity=link.parity, stopbits=link.stopbits,
-            bytesize=link.bytesize, timeout=timeout, retries=0, reconnect_delay=0,
-        )  # fmt: skip
-        try:
-            ok = await client.connect()
-        except (OSError, ModbusException) as exc:
-            client.close()
-            raise ModbusIOError(f"cannot open {self.describe()}: {exc}") from exc
-        if not ok:
-            client.close()
-            raise ModbusIOError(f"cannot open {self.describe()}")
+        client = rtu_client(self.link, timeout)
+        await open_client(client, self.describe())
         self._client = client
 
     async def _timed(self, call: Awaitable[Any], request_bytes: int) -> Any:

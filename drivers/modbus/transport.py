@@ -55,6 +55,32 @@ class RtuLink:
 Link = TcpLink | RtuLink
 
 
+def rtu_client(link: RtuLink, timeout_s: float) -> AsyncModbusSerialClient:
+    """A pymodbus RTU client for ``link``, not connected; no retries of its own (the driver owns the back-off)."""
+    return AsyncModbusSerialClient(
+        link.serial_port,
+        baudrate=link.baudrate,
+        parity=link.parity,
+        stopbits=link.stopbits,
+        bytesize=link.bytesize,
+        timeout=timeout_s,
+        retries=0,
+        reconnect_delay=0,
+    )
+
+
+async def open_client(client: AsyncModbusTcpClient | AsyncModbusSerialClient, what: str) -> None:
+    """Connect ``client`` (``what`` names it in the error); ModbusIOError, the client closed, if it cannot."""
+    try:
+        ok = await client.connect()
+    except (OSError, ModbusException) as exc:
+        client.close()
+        raise ModbusIOError(f"cannot open {what}: {exc}") from exc
+    if not ok:
+        client.close()
+        raise ModbusIOError(f"cannot open {what}")
+
+
 class PymodbusReader:
     """One pymodbus client per connection attempt; pymodbus' own reconnect is off because the meter
     driver owns the back-off."""
@@ -80,28 +106,12 @@ class PymodbusReader:
             return AsyncModbusTcpClient(
                 self.link.host, port=self.link.port, timeout=self.timeout_s, retries=0, reconnect_delay=0
             )
-        return AsyncModbusSerialClient(
-            self.link.serial_port,
-            baudrate=self.link.baudrate,
-            parity=self.link.parity,
-            stopbits=self.link.stopbits,
-            bytesize=self.link.bytesize,
-            timeout=self.timeout_s,
-            retries=0,
-            reconnect_delay=0,
-        )
+        return rtu_client(self.link, self.timeout_s)
 
     async def connect(self) -> None:
         self.close()
         client = self._new_client()
-        try:
-            ok = await client.connect()
-        except (OSError, ModbusException) as exc:
-            client.close()
-            raise ModbusIOError(f"cannot open {self.describe()}: {exc}") from exc
-        if not ok:
-            client.close()
-            raise ModbusIOError(f"cannot open {self.describe()}")
+        await open_client(client, self.describe())
         self._client = client
 
     async def read(self, function: int, address: int, count: int) -> list[int]:
