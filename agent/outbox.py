@@ -117,6 +117,10 @@ class Outbox:
         self._clock = clock
         self.max_messages = max_messages
         self._not_before: dict[int, float] = {}
+        # The head as head() last read it: (id, action, tx_ref, ends its transaction). Its ack needs no read
+        # back (a replay acks thousands). Ids are never reused and only rewrite() changes a row's message
+        # (it clears this); the ack's DELETE still checks that the row is there.
+        self._head_seen: tuple[int, str, str | None, bool] | None = None
         # Called once each time the outbox fills up (re-armed when deliveries bring it below 90 %): the
         # service turns it into a MemoryExhaustion security event. Called after the append's transaction,
         # so it may append itself.
@@ -225,16 +229,28 @@ class Outbox:
         ):
             # Refused before touching the store (SQLite raised OverflowError beyond 64 bits, mid-ack).
             raise ValueError(f"transactionId {str(transaction_id)[:24]} is no OCPP 1.6 integer (32 bit)")
-        with self._storage(f"ack entry {entry_id}"):
-            row = self._conn.execute("SELECT action, tx_ref, payload FROM outbox WHERE id = ?", (entry_id,)).fetchone()
-        if row is None:
-            return  # already acked or thinned: acking twice is harmless
-        action, tx_ref, body = row
-        stop = action == STOP or (action == TRANSACTION_EVENT and is_stop(action, json.loads(body)))
-        durable = transaction_id is not None or action in (START, STOP) or stop
+        seen, self._head_seen = self._head_seen, None
+        if seen is not None and seen[0] == entry_id:
+            _, action, tx_ref, stop = seen
+        else:
+            with self._storage(f"ack entry {entry_id}"):
+                row = self._conn.execute(
+                    "SELECT action, tx_ref, payload FROM outbox WHERE id = ?", (entry_id,)
+                ).fetchone()
+            if row is None:
+                return  # already acked or thinned: acking twice is harmless
+            action, tx_ref, body = row
+            stop = action == STOP or (action == TRANSACTION_EVENT and is_stop(action, json.loads(body)))
+        if transaction_id is None and action not in (START, STOP) and not stop:
+            # Nothing to bind or mark: one autocommitted DELETE, without fsync.
+            with self._storage(f"ack entry {entry_id}"), self._unsynced():
+                deleted = self._conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,)).rowcount
+            if deleted:
+                self._removed(entry_id)
+            return
         # The read above and this transaction run with no await in between, on the one connection that
         # writes the outbox: the row cannot change in between; the DELETE's rowcount still checks it.
-        with self._storage(f"ack entry {entry_id}"), self._transaction(durable=durable):
+        with self._storage(f"ack entry {entry_id}"), self._transaction():
             if self._conn.execute("DELETE FROM outbox WHERE id = ?", (entry_id,)).rowcount == 0:
                 return
             if transaction_id is not None:
@@ -285,6 +301,7 @@ class Outbox:
         """Replace a queued entry's message in place (same place in the FIFO, same transaction): an entry
         queued under one OCPP version is sent in the other's form after a version change. ``seq_field``
         numbers it as ``append`` does."""
+        self._head_seen = None
         with self._storage(f"rewrite entry {entry_id}"), self._transaction():
             row = self._conn.execute("SELECT tx_ref FROM outbox WHERE id = ?", (entry_id,)).fetchone()
             if row is None:
@@ -318,7 +335,11 @@ class Outbox:
     def head(self) -> OutboxEntry | None:
         """The oldest entry not yet delivered (it may still be deferred: see ``not_before_mono``)."""
         entries = self.entries(1)
-        return entries[0] if entries else None
+        if not entries:
+            return None
+        head = entries[0]
+        self._head_seen = (head.id, head.action, head.tx_ref, is_stop(head.action, head.payload))
+        return head
 
     def entries(self, limit: int = 100) -> list[OutboxEntry]:
         with self._storage("read the outbox"):
