@@ -2,13 +2,14 @@
 
 A case is a named sequence of steps. Actions drive the station's world through the fleet's control API (the
 same verbs as `cpsim ctl`): ``plug``, ``unplug``, ``tap``, ``fault`` (``on = false`` clears it), ``clear``,
-``offline`` (seconds, or ``true``: until ``online``), ``online``, ``wait``. Checks wait (``within`` seconds) for:
-``expect = "Action"`` (a CALL the station sent and the CSMS received, its payload containing ``payload`` and,
-when given, the CSMS's CALLRESULT containing ``result``; ``from_csms = true``: a CALL the CSMS sent),
-``absent = "Action"`` (no such CALL for ``within`` seconds), ``status`` (the connector's status as the station
-reports it), ``session``, ``relay`` (contactor closed), ``connected``, ``booted``. An expectation looks at the
-frames since the last action (so the messages one action causes may come in any order), the first steps of a
-case at those since the case began, or, with ``from_boot = true``, since the station first connected.
+``offline`` (seconds, or ``true``: until ``online``), ``online``, ``wait``. Checks wait (``within`` seconds)
+for: ``expect = "Action"`` (a CALL the station sent and the CSMS received, its payload containing
+``payload`` and, when given, the CSMS's CALLRESULT containing ``result``: the answer to the first such CALL
+decides; ``from_csms = true``: a CALL the CSMS sent), ``absent = "Action"`` (no such CALL for ``within``
+seconds), ``status`` (the connector's status as the station reports it), ``session``, ``relay`` (contactor
+closed), ``connected``, ``booted``. An expectation looks at the frames since the last action (so the
+messages one action causes may come in any order), the first steps of a case at those since the case
+began, or, with ``from_boot = true``, since the station first connected.
 Strings ``{tag}`` / ``{invalid_tag}`` stand for the fleet's ``--tag`` / ``--invalid-tag``.
 
 Frames are seen on each station's websocket (``metrics.FRAME_OBSERVER``): what a check accepts is what the
@@ -486,6 +487,28 @@ class FrameLog:
             await asyncio.wait_for(waiter, max(0.0, within_s))
 
 
+def judge(entries: list[Entry], step: Step, payload: Any, result: Any) -> tuple[bool | None, str | None]:
+    """An ``expect`` / ``absent`` step over the CALLs seen so far: (True, None) it holds, (False, reason) it
+    failed, (None, None) not decided yet. For ``expect`` the first CALL of the action holding ``payload``
+    decides, by its answer when ``result`` is given."""
+    for entry in entries:
+        if entry.by_station == step.from_csms or entry.action != step.value:
+            continue
+        if payload is not None and not contains(entry.payload, payload):
+            continue
+        if step.kind == "absent":
+            return False, f"sent: {_compact(entry.payload)}"
+        if result is None:
+            return True, None
+        if not entry.answered:
+            return None, None
+        if not entry.error and contains(entry.result, result):
+            return True, None
+        return False, (f"{step.value} {_compact(entry.payload)} answered "
+                       f"{'CALLERROR ' if entry.error else ''}{_compact(entry.result)}")
+    return None, None
+
+
 def station_of(connection: Any) -> str | None:
     """The station id of a fleet connection: the last segment of the URL path it dialled."""
     request = getattr(connection, "request", None)
@@ -625,7 +648,7 @@ class CaseRunner:
             else:
                 reason = await self._check(fs, frames, mark, step)
             if reason is not None:
-                return f"step {number} ({step.describe()}): {reason}"
+                return f"step {number} ({substitute(step.describe(), self._names)}): {reason}"
         return None
 
     async def _act(self, fs: FleetStation, step: Step) -> str | None:
@@ -654,23 +677,14 @@ class CaseRunner:
             payload = substitute(step.payload, self._names) if step.payload else None
             result = substitute(step.result, self._names) if step.result else None
             while True:
-                seen: list[Entry] = []
-                for entry in frames.since(mark):
-                    if entry.by_station == step.from_csms or entry.action != step.value:
-                        continue
-                    seen.append(entry)
-                    if payload is not None and not contains(entry.payload, payload):
-                        continue
-                    if step.kind == "absent":
-                        return f"sent: {_compact(entry.payload)}"
-                    if result is None:
-                        return None
-                    if entry.answered and not entry.error and contains(entry.result, result):
-                        return None
+                held, reason = judge(frames.since(mark), step, payload, result)
+                if held is not None:
+                    return reason
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 await frames.changed(left)
+            seen = [e for e in frames.since(mark) if e.by_station != step.from_csms and e.action == step.value]
             if step.kind == "absent":
                 return None
             if not seen:
@@ -722,14 +736,18 @@ class CaseRunner:
         station = fs.station
         assert station is not None
 
-        def rested() -> bool:
+        def rested() -> bool:  # the station has seen it all: no session, every connector Available, online
             link = getattr(fs.service, "link", None)
-            return (all(v.session is None for v in station.connector_views().values())
+            return (all(v.session is None and v.status is ConnectorStatus.AVAILABLE
+                        for v in station.connector_views().values())
                     and link is not None and link.state is LinkState.CONNECTED)
 
         if await _until(rested, 60.0):
             return None
-        return "a session still runs or the link is down after 60 s"
+        views = station.connector_views().values()
+        return (f"after 60 s: connectors {', '.join(f'{v.id} {v.status.value}' for v in views)}, "
+                f"sessions {sum(v.session is not None for v in views)}, link "
+                f"{getattr(getattr(fs.service, 'link', None), 'state', None)}")
 
     # -- reports
     def report(self) -> dict[str, Any]:

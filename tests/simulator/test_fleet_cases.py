@@ -25,6 +25,7 @@ from simulator.fleet.cases import (
     FrameLog,
     builtin_cases,
     contains,
+    judge,
     parse_cases,
     parse_step,
     resolve_case_names,
@@ -133,6 +134,31 @@ async def test_frame_log_pairs_answers_even_early_ones_and_trims() -> None:
     frames.add("out", [3, "c1", {"status": "Accepted"}])
     await asyncio.wait_for(waiter, 1.0)
     assert r.answered and r.result == {"status": "Accepted"}
+
+
+def test_judge_the_first_matching_call_decides_by_its_answer() -> None:
+    frames = FrameLog()
+    expect = parse_step({"expect": "Authorize", "payload": {"idTag": "A"},
+                         "result": {"idTagInfo": {"status": "Accepted"}}}, "s")
+    absent = parse_step({"absent": "StartTransaction"}, "s")
+    frames.add("out", [2, "u0", "Authorize", {"idTag": "B"}])  # another card: not the one
+    frames.add("in", [3, "u0", {"idTagInfo": {"status": "Accepted"}}])
+    assert judge(frames.since(0), expect, expect.payload, expect.result) == (None, None)
+    frames.add("out", [2, "u1", "Authorize", {"idTag": "A"}])
+    assert judge(frames.since(0), expect, expect.payload, expect.result) == (None, None)  # unanswered yet
+    frames.add("out", [2, "u2", "Authorize", {"idTag": "A"}])
+    frames.add("in", [3, "u2", {"idTagInfo": {"status": "Accepted"}}])
+    assert judge(frames.since(0), expect, expect.payload, expect.result) == (None, None)  # u1 decides
+    frames.add("in", [3, "u1", {"idTagInfo": {"status": "Blocked"}}])
+    assert judge(frames.since(0), expect, expect.payload, expect.result) == (
+        False, 'Authorize {"idTag":"A"} answered {"idTagInfo":{"status":"Blocked"}}')
+    assert judge(frames.since(2), expect, expect.payload, expect.result) == (True, None)
+    assert judge(frames.since(0), expect, expect.payload, None) == (True, None)
+    assert judge(frames.since(0), absent, None, None) == (None, None)  # holds at its deadline
+    frames.add("out", [2, "u3", "StartTransaction", {"connectorId": 1}])
+    assert judge(frames.since(0), absent, None, None) == (False, 'sent: {"connectorId":1}')
+    from_csms = parse_step({"expect": "StartTransaction", "from_csms": True}, "s")
+    assert judge(frames.since(0), from_csms, None, None) == (None, None)  # the station sent it, not the CSMS
 
 
 def test_case_options_that_do_not_combine_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
