@@ -9,7 +9,6 @@ CP event -> agent -> ``open_relay()`` never awaits anything. Subclasses give ``k
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import Any
 
 from drivers.board_base import BoardDevice
@@ -30,7 +29,7 @@ from drivers.serial.pilot_codec import (
     StatusRequest,
 )
 from hal.clock import Clock
-from hal.roles import ConnectorLock, ControlPilot, PhaseSwitch, PowerSwitch
+from hal.roles import ConnectorLock, ControlPilot, PhaseSwitch, PowerSwitch, check_duty
 from hal.types import (
     CpState,
     Fault,
@@ -86,8 +85,7 @@ class PilotBoardBase(BoardDevice, ControlPilot, PowerSwitch, ConnectorLock, Phas
         return self._faults
 
     def set_duty(self, duty_percent: float) -> None:
-        if not (math.isfinite(duty_percent) and 0.0 < duty_percent < 100.0):
-            raise ValueError(f"PWM duty must be between 0 and 100 % (exclusive), got {duty_percent}")
+        check_duty(duty_percent)
         duty = min(max(round(duty_percent * 100), 1), DUTY_X1 - 1)
         self._send(SetDuty(duty))
 

@@ -4,6 +4,7 @@ write a frame at once, so the agent can react to a safety event without awaiting
 from __future__ import annotations
 
 import abc
+import math
 from collections.abc import AsyncIterator
 
 from hal.types import CpState, GridSample, IdToken, MeterSample, Screen
@@ -30,6 +31,12 @@ class ControlPilot(abc.ABC):
     @abc.abstractmethod
     def keep_alive(self) -> None:
         """Tell the MCU the host is alive (drivers also send it on their own schedule)."""
+
+
+def check_duty(duty_percent: float) -> None:
+    """What ``ControlPilot.set_duty`` accepts: ValueError unless 0 < duty < 100 (and finite)."""
+    if not (math.isfinite(duty_percent) and 0.0 < duty_percent < 100.0):
+        raise ValueError(f"PWM duty must be between 0 and 100 % (exclusive), got {duty_percent}")
 
 
 class PowerSwitch(abc.ABC):

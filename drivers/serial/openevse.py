@@ -60,7 +60,7 @@ from drivers.serial.port import NonBlockingPort
 from drivers.settings import DeviceSettings
 from hal.clock import Clock
 from hal.device import DeviceError
-from hal.roles import ControlPilot, Meter, PowerSwitch
+from hal.roles import ControlPilot, Meter, PowerSwitch, check_duty
 from hal.types import (
     CpState,
     Fault,
@@ -205,8 +205,7 @@ class OpenEvse(BoardDevice, ControlPilot, PowerSwitch, Meter):
         return self._faults
 
     def set_duty(self, duty_percent: float) -> None:
-        if not (math.isfinite(duty_percent) and 0.0 < duty_percent < 100.0):
-            raise ValueError(f"PWM duty must be between 0 and 100 % (exclusive), got {duty_percent}")
+        check_duty(duty_percent)
         amps = amps_from_duty(duty_percent)
         if amps != self._want_amps:
             self._want_amps = amps
