@@ -4,22 +4,19 @@ like the device: status codes per ``bkcmd``, 0x66 for ``sendme``, 0x70 for ``get
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import re
 
 from drivers.serial import nextion_codec as codec
-from simulator.pty import RawPty
+from simulator.pty import PtyPeripheral
 
 PAGE_NAMES = ("idle", "authorizing", "charging", "paused", "finished", "fault", "unavailable")
 COMPONENTS = {"t0": 24, "t1": 40, "t2": 40, "t3": 40, "t4": 40, "t5": 40}  # name -> txt_maxl
 _ASSIGN = re.compile(r"^([A-Za-z_]\w*)\.(\w+)=(.*)$", re.S)
 
 
-class NextionEmulator:
+class NextionEmulator(PtyPeripheral):
     def __init__(self) -> None:
-        self.silent = False
-        self.port_path: str | None = None
+        super().__init__()
         self.decoder = codec.InstructionDecoder()
         self.bkcmd = 2  # power-on default: report failures only
         self.page = 0
@@ -27,7 +24,6 @@ class NextionEmulator:
         self.history: list[tuple[str, dict[str, str]]] = []  # every page as it was when left (for tests)
         self.instructions: list[str] = []
         self.errors_sent = 0
-        self._pty: RawPty | None = None
 
     @property
     def page_name(self) -> str:
@@ -45,29 +41,6 @@ class NextionEmulator:
 
     # ------------------------------------------------------------------ transport
 
-    def open(self) -> None:
-        self._pty = RawPty()  # holding the slave keeps the pty alive between opens
-        self.port_path = self._pty.path
-
-    def close(self) -> None:
-        if self._pty is not None:
-            self._pty.close()
-        self._pty = None
-
-    async def run(self) -> None:
-        self.open()
-        assert self._pty is not None
-        self._pty.watch(asyncio.get_running_loop(), self._readable)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            self.close()
-
-    def _readable(self) -> None:
-        data = None if self._pty is None else self._pty.read()
-        if data is not None:
-            self.feed(data)
-
     def feed(self, data: bytes) -> None:
         if self.silent:
             return
@@ -81,13 +54,6 @@ class NextionEmulator:
 
     def send(self, reply: codec.Reply) -> None:
         self.write_raw(codec.encode_reply(reply))
-
-    def write_raw(self, data: bytes) -> None:
-        """Bytes towards the host (tests inject junk with it); nothing while silent."""
-        if self.silent or self._pty is None:
-            return
-        with contextlib.suppress(OSError):
-            self._pty.write(data)
 
     def _status(self, code: int | None) -> None:
         if code is None:

@@ -3,35 +3,22 @@ holds a card in the field for a moment; ``silent`` makes it ignore everything.""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 
 from drivers.serial import pn532_codec as codec
-from simulator.pty import RawPty
+from simulator.pty import PtyPeripheral
 
 FIRMWARE = b"\x32\x01\x06\x07"  # PN532, firmware 1.6, supports ISO 14443A/B and ISO 18092
 HOLD_S = 0.6  # how long a tapped card stays in the field
 
 
-class Pn532Emulator:
+class Pn532Emulator(PtyPeripheral):
     def __init__(self) -> None:
-        self.silent = False
-        self.port_path: str | None = None
+        super().__init__()
         self.decoder = codec.Pn532Decoder()
         self.commands: list[int] = []  # command codes received, in order (for tests)
         self.configured = False
         self._card: tuple[bytes, float] | None = None  # UID and when it leaves the field
-        self._pty: RawPty | None = None
-
-    def open(self) -> None:
-        self._pty = RawPty()  # holding the slave keeps the pty alive between opens
-        self.port_path = self._pty.path
-
-    def close(self) -> None:
-        if self._pty is not None:
-            self._pty.close()
-        self._pty = None
 
     def tap(self, uid_hex: str, hold_s: float = HOLD_S) -> None:
         """Hold an ISO 14443A card (4, 7 or 10 byte UID, hex) in the field for ``hold_s`` seconds."""
@@ -39,21 +26,6 @@ class Pn532Emulator:
         if len(uid) not in (4, 7, 10):
             raise ValueError(f"ISO 14443A UIDs have 4, 7 or 10 bytes, got {len(uid)}")
         self._card = (uid, time.monotonic() + hold_s)
-
-    async def run(self) -> None:
-        """Open the pty at once (``port_path`` is valid after the first await) and serve until cancelled."""
-        self.open()
-        assert self._pty is not None
-        self._pty.watch(asyncio.get_running_loop(), self._readable)
-        try:
-            await asyncio.Event().wait()
-        finally:
-            self.close()
-
-    def _readable(self) -> None:
-        data = None if self._pty is None else self._pty.read()
-        if data is not None:
-            self.feed(data)
 
     def feed(self, data: bytes) -> None:
         if self.silent:
@@ -83,10 +55,3 @@ class Pn532Emulator:
             return []
         uid = self._card[0]
         return [codec.TypeATarget(1, 0x0044 if len(uid) == 7 else 0x0004, 0x00 if len(uid) == 7 else 0x08, uid)]
-
-    def write_raw(self, data: bytes) -> None:
-        """Bytes towards the host (tests inject corruption with it); nothing while silent."""
-        if self.silent or self._pty is None:
-            return
-        with contextlib.suppress(OSError):
-            self._pty.write(data)

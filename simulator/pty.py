@@ -52,3 +52,47 @@ class RawPty:
         for fd in (self.master, self.slave):
             with contextlib.suppress(OSError):
                 os.close(fd)
+
+
+class PtyPeripheral:
+    """A serial peripheral that only answers the host (card reader, display): ``run()`` opens its pty
+    (``port_path`` is valid after the first await) and hands what the host writes to ``feed()`` until
+    cancelled; ``write_raw()`` sends towards the host (nothing while ``silent``, dropped if nobody reads)."""
+
+    def __init__(self) -> None:
+        self.silent = False  # fault injection: sends nothing, ignores all input
+        self.port_path: str | None = None
+        self._pty: RawPty | None = None
+
+    def feed(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def open(self) -> None:
+        self._pty = RawPty()  # holding the slave keeps the pty alive between opens
+        self.port_path = self._pty.path
+
+    def close(self) -> None:
+        if self._pty is not None:
+            self._pty.close()
+        self._pty = None
+
+    async def run(self) -> None:
+        self.open()
+        assert self._pty is not None
+        self._pty.watch(asyncio.get_running_loop(), self._readable)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.close()
+
+    def _readable(self) -> None:
+        data = None if self._pty is None else self._pty.read()
+        if data is not None:
+            self.feed(data)
+
+    def write_raw(self, data: bytes) -> None:
+        """Bytes towards the host (tests inject junk with it); nothing while silent."""
+        if self.silent or self._pty is None:
+            return
+        with contextlib.suppress(OSError):
+            self._pty.write(data)
