@@ -49,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="wire connector n's L1 to site phase n (mod 3), written as connectors[].site_phases")
     up.add_argument("-v", "--verbose", action="store_true")
 
+    # Listed for `cpsim --help` only: main() hands `csms` and `fleet` to their own parsers before this one.
+    sub.add_parser("csms", help="the bundled OCPP 1.6J / 2.0.1 central system (cpsim csms --help)")
+    sub.add_parser("fleet", help="N real agents in one process against one CSMS (cpsim fleet --help)")
     ctl = sub.add_parser("ctl", help="drive a running simulator")
     ctl.add_argument("--dir", required=True, type=Path)
     ctl.add_argument("--station", help="a station of a running `cpsim fleet` on DIR (e.g. CP-000042)")

@@ -53,6 +53,10 @@ def main(argv: list[str]) -> int:
             raise ValueError("--stations must be 1..1000000")
         if not 1 <= args.connectors <= 4:
             raise ValueError("--connectors must be 1..4")
+        longest_id = f"{args.id_prefix}{args.stations:06d}"
+        if len(longest_id) > 48 or any(c.isspace() for c in args.id_prefix):  # the agent's station.id rule
+            raise ValueError(f"--id-prefix: station ids must be at most 48 characters without spaces, "
+                             f"got {longest_id!r}")
         if args.ramp <= 0:
             raise ValueError("--ramp must be > 0")
         if not args.csms.startswith(("ws://", "wss://")):

@@ -134,8 +134,13 @@ class FleetMetrics:
                 f"conn {int(g.get('connected', 0))} sess {int(g.get('sessions_active', 0))} "
                 f"(+{int(g.get('sessions_started', 0))}/-{int(g.get('sessions_stopped', 0))}) "
                 f"queued {int(g.get('queued_messages', 0))} calls {sum(self.sent.values())} "
-                f"err {sum(self.call_errors.values())} p50 {lat['p50_ms']}ms p99 {lat['p99_ms']}ms "
-                f"max {lat['max_ms']}ms reconn {int(g.get('reconnects', 0))}")
+                f"err {sum(self.call_errors.values())} p50 {_ms(lat['p50_ms'])} p99 {_ms(lat['p99_ms'])} "
+                f"max {_ms(lat['max_ms'])} reconn {int(g.get('reconnects', 0))}")
+
+
+def _ms(value: float | None) -> str:
+    """A latency of the progress line: "-" before any answer (not "Nonems")."""
+    return "-" if value is None else f"{value}ms"
 
 
 METRICS: FleetMetrics | None = None  # the process's metrics; ObservedConnection reports here
