@@ -44,7 +44,9 @@ def fast_validator(version: str, message_type_id: int, action: str, decimal: boo
             return None
         schema = json.loads(text)
         schema["$schema"] = _DRAFT4
-        validate: Callable[[Any], Any] = fastjsonschema.compile(schema, use_formats=False)
+        # use_default=False: by default fastjsonschema writes the schema's defaults into the payload it checks
+        # (a 2.0.1 TransactionEvent went out with "offline": false, "multiplier": 0 it was never given).
+        validate: Callable[[Any], Any] = fastjsonschema.compile(schema, use_formats=False, use_default=False)
     except Exception:  # no fast path: jsonschema decides, as before
         return None
     return validate

@@ -17,7 +17,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.typing import Subprotocol
 
-from agent.ocpp.v16.rpc import ConnectionLost, InvalidPayload, OcppSession
+from agent.ocpp.v16.rpc import V201, ConnectionLost, InvalidPayload, OcppSession
 from agent.ocpp.v16.transactions import outbox_payload
 
 WAIT = 5.0
@@ -151,3 +151,26 @@ async def test_a_request_breaking_the_schema_is_refused_before_it_is_sent(link: 
     assert csms.frames == []
     await session.request(meter_values(1))  # the session goes on
     assert len(csms.frames) == 1
+
+
+async def test_a_queued_transaction_event_goes_out_exactly_as_queued() -> None:
+    """2.0.1: nothing added on the way (the schema's defaults, e.g. offline false, multiplier 0, are not ours
+    to send), and the queued payload itself is not changed by the checks."""
+    csms = Csms()
+    ocpp201 = [Subprotocol("ocpp2.0.1")]
+    queued = {"eventType": "Updated", "timestamp": "2026-01-01T00:00:00Z", "triggerReason": "MeterValuePeriodic",
+              "seqNo": 3, "transactionInfo": {"transactionId": "tx-1"}, "evse": {"id": 1, "connectorId": 1},
+              "meterValue": [{"timestamp": "2026-01-01T00:00:00Z", "sampledValue": [
+                  {"value": 5.0, "measurand": "Energy.Active.Import.Register", "unitOfMeasure": {"unit": "Wh"}}]}]}
+    before = json.dumps(queued, sort_keys=True)
+    async with serve(csms.handler, "127.0.0.1", 0, subprotocols=ocpp201) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}/CP1", subprotocols=ocpp201) as client:
+            session = OcppSession(client, "CP1", {}, message_timeout=WAIT, dialect=V201)
+            serving = asyncio.create_task(session.serve())
+            for _ in range(5):  # also once a compiled check is in use for it
+                await session.request_payload("TransactionEvent", outbox_payload(queued))
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+    assert [frame[3] for frame in csms.frames] == [queued] * 5
+    assert json.dumps(queued, sort_keys=True) == before
