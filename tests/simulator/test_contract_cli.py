@@ -29,3 +29,14 @@ def test_progress_line_before_any_answer() -> None:
     metrics = FleetMetrics()
     metrics.latencies.append(0.0125)
     assert "p50 12.5ms" in metrics.progress_line(2.0)
+
+
+def test_a_preset_of_an_unknown_component_instance_names_the_instance() -> None:
+    from agent.config import ConfigError
+    from agent.ocpp.v201.device_model import check_presets
+
+    with pytest.raises(ConfigError) as error:
+        check_presets({"OCPPCommCtrlr.x/HeartbeatInterval": 60})
+    assert error.value.key == "ocpp.variables.OCPPCommCtrlr.x/HeartbeatInterval"
+    assert error.value.problem == "unknown component 'OCPPCommCtrlr' instance 'x'"
+    check_presets({"OCPPCommCtrlr/MessageAttempts.TransactionEvent": 5})  # the variable-instance form is fine

@@ -848,7 +848,8 @@ class DeviceModel:
                 scoped = self._components.get(component.lower()) in ("EVSE", "Connector")
                 why = {
                     "UnknownComponent": "an EVSE or Connector variable (presets address station-wide variables)"
-                    if scoped else f"unknown component {component!r}",
+                    if scoped else f"unknown component {component!r}"
+                    + (f" instance {component_instance!r}" if component_instance else ""),
                     "UnknownVariable": f"{component} has no variable {variable!r}",
                 }.get(entry, entry)
                 raise ConfigError(where, why)
