@@ -17,7 +17,7 @@ from agent.station import Station
 from simulator.csms import Csms, Received
 from simulator.rig import Rig, RigOptions
 from tests.agent.ocpp.inprocess import CP as CP
-from tests.agent.ocpp.inprocess import InProcessAgent, OcttCase
+from tests.agent.ocpp.inprocess import InProcessAgent, OcttCase, harness_on
 from tests.polling import eventually as eventually
 
 TAG = "DEADBEEF01"
@@ -99,12 +99,5 @@ async def csms() -> AsyncIterator[Csms]:
 
 @pytest.fixture
 async def octt(tmp_path: Path, csms: Csms) -> AsyncIterator[Octt]:
-    rig = Rig(RigOptions(directory=tmp_path, csms_url=csms.url, charge_point_id=CP))
-    await rig.start()
-    harness = Octt(csms, rig)
-    try:
-        yield harness
-    finally:
-        if harness.agent is not None:
-            await harness.agent.stop()
-        await rig.stop()
+    async with harness_on(Octt, csms, RigOptions(directory=tmp_path, csms_url=csms.url, charge_point_id=CP)) as h:
+        yield h

@@ -6,14 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
 
 from agent.config import AgentConfig
 from agent.station import Station
 from simulator.csms import Csms, Received
-from simulator.rig import Rig
+from simulator.rig import Rig, RigOptions
 
 CP = "CP1"
+Case = TypeVar("Case", bound="OcttCase")
 
 
 class InProcessAgent:
@@ -81,6 +83,11 @@ class OcttCase:
         self.rig = rig
         self.agent: Any = None
 
+    async def shutdown(self) -> None:
+        """The end of a test: whatever agent still runs is stopped."""
+        if self.agent is not None:
+            await self.agent.stop()
+
     async def restart_agent(self) -> Any:
         assert self.agent is not None
         agent = self.agent.again()
@@ -112,3 +119,16 @@ class OcttCase:
     async def booted(self) -> None:
         await self.wait("BootNotification")
         await self.wait_status("Available", 1)
+
+
+@contextlib.asynccontextmanager
+async def harness_on(case: type[Case], csms: Csms, options: RigOptions) -> AsyncIterator[Case]:
+    """A test case's harness on a started rig against a started CSMS; agent and rig stopped at the end."""
+    rig = Rig(options)
+    await rig.start()
+    harness = case(csms, rig)
+    try:
+        yield harness
+    finally:
+        await harness.shutdown()
+        await rig.stop()

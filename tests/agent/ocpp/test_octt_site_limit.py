@@ -11,21 +11,16 @@ from typing import Any
 import pytest
 
 from simulator.csms import Csms
-from simulator.rig import Rig, RigOptions
+from simulator.rig import RigOptions
 from tests.agent.ocpp.conftest import CP, Octt, eventually
+from tests.agent.ocpp.inprocess import harness_on
 
 
 @pytest.fixture
 async def site_octt(tmp_path: Path, csms: Csms) -> AsyncIterator[Octt]:
-    rig = Rig(RigOptions(directory=tmp_path, csms_url=csms.url, charge_point_id=CP, site_fuse_a=16.0))
-    await rig.start()
-    harness = Octt(csms, rig)
-    try:
+    options = RigOptions(directory=tmp_path, csms_url=csms.url, charge_point_id=CP, site_fuse_a=16.0)
+    async with harness_on(Octt, csms, options) as harness:
         yield harness
-    finally:
-        if harness.agent is not None:
-            await harness.agent.stop()
-        await rig.stop()
 
 
 def connector_zero(octt: Octt) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ from agent.station import Station
 from simulator.csms import Csms, Received
 from simulator.rig import Rig, RigOptions
 from tests.agent.ocpp.inprocess import CP as CP
-from tests.agent.ocpp.inprocess import InProcessAgent, OcttCase
+from tests.agent.ocpp.inprocess import InProcessAgent, OcttCase, harness_on
 from tests.polling import eventually as eventually
 
 TAG = "DEADBEEF01"
@@ -158,6 +158,11 @@ class Octt201(OcttCase):
         super().__init__(csms, rig)
         self.process: AgentProcess | None = None
 
+    async def shutdown(self) -> None:
+        await super().shutdown()
+        if self.process is not None:
+            self.process.kill()
+
     # -- the agent --------------------------------------------------------------------------------
 
     async def start_agent(self, variables: Mapping[str, object] | None = None) -> Agent201:
@@ -251,19 +256,13 @@ def new_csms() -> Csms:
 
 
 @contextlib.asynccontextmanager
-async def octt_on(directory: Path, csms: Csms) -> AsyncIterator[Octt201]:
-    """The harness on a rig in ``directory`` against a started CSMS (for fixtures outside this directory)."""
-    rig = Rig(RigOptions(directory=directory, csms_url=csms.url, charge_point_id=CP, ocpp_version="2.0.1"))
-    await rig.start()
-    harness = Octt201(csms, rig)
-    try:
+async def octt_on(directory: Path, csms: Csms, **rig_options: Any) -> AsyncIterator[Octt201]:
+    """The harness on a rig in ``directory`` (``rig_options``: more RigOptions) against a started CSMS (for
+    fixtures outside this directory)."""
+    options = RigOptions(directory=directory, csms_url=csms.url, charge_point_id=CP, ocpp_version="2.0.1",
+                         **rig_options)
+    async with harness_on(Octt201, csms, options) as harness:
         yield harness
-    finally:
-        if harness.agent is not None:
-            await harness.agent.stop()
-        if harness.process is not None:
-            harness.process.kill()
-        await rig.stop()
 
 
 @pytest.fixture
