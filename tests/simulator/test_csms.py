@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import os
 import signal
 import sys
 import tempfile
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +49,50 @@ class RawChargePoint:
         else:
             await self.connection.send(json.dumps([3, request[1], payload or {}]))
         return request
+
+
+@dataclass
+class CsmsProcess:
+    """The bundled CSMS as its own process: its websocket URL (no path) and its control socket."""
+
+    process: asyncio.subprocess.Process
+    url: str
+    control: Path
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    async def command(self, request: Any) -> dict[str, Any]:
+        """One control-socket request (a JSON object, or raw text) and its reply."""
+        self.writer.write((request if isinstance(request, str) else json.dumps(request)).encode() + b"\n")
+        reply: dict[str, Any] = json.loads(await asyncio.wait_for(self.reader.readline(), WAIT))
+        return reply
+
+    async def stop(self) -> int:
+        """SIGTERM; the exit status."""
+        self.writer.close()
+        self.process.send_signal(signal.SIGTERM)
+        return await asyncio.wait_for(self.process.wait(), WAIT)
+
+
+@contextlib.asynccontextmanager
+async def csms_process(*args: str) -> AsyncIterator[CsmsProcess]:
+    """``python ARGS... --control SOCKET`` (a CSMS command line announcing its port as JSON), killed at the end
+    if still running."""
+    control = Path(tempfile.mkdtemp(dir="/tmp")) / "csms.sock"  # Unix socket paths must stay short
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, *args, "--control", str(control), stdout=asyncio.subprocess.PIPE, cwd=REPO)
+    try:
+        assert process.stdout is not None
+        announced = json.loads(await asyncio.wait_for(process.stdout.readline(), 20))
+        reader, writer = await asyncio.open_unix_connection(str(control))
+        yield CsmsProcess(process, f"ws://127.0.0.1:{announced['port']}", control, reader, writer)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        if control.exists():
+            os.unlink(control)
+        control.parent.rmdir()
 
 
 @pytest.fixture
@@ -177,26 +223,13 @@ async def test_outage_drops_connections_and_refuses_dials_for_a_while(csms: Csms
 
 
 async def test_process_with_control_socket(tmp_path: Path) -> None:
-    control = Path(tempfile.mkdtemp(dir="/tmp")) / "csms.sock"  # Unix socket paths must stay short
     log = tmp_path / "frames.jsonl"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", "import sys; from simulator.csms import main; sys.exit(main(sys.argv[1:]))",
-        "csms", "--port", "0", "--boot", "Rejected", "--interval", "7", "--accept", "TAG1",
-        "--log", str(log), "--control", str(control),
-        stdout=asyncio.subprocess.PIPE, cwd=REPO,
-    )
-    try:
-        assert process.stdout is not None
-        announced = json.loads(await asyncio.wait_for(process.stdout.readline(), 20))
-        url = f"ws://127.0.0.1:{announced['port']}/CP1"
-        reader, writer = await asyncio.open_unix_connection(str(control))
-
-        async def command(request: Any) -> dict[str, Any]:
-            writer.write((request if isinstance(request, str) else json.dumps(request)).encode() + b"\n")
-            reply: dict[str, Any] = json.loads(await asyncio.wait_for(reader.readline(), WAIT))
-            return reply
-
-        async with connect(url, subprotocols=OCPP16) as connection:
+    async with csms_process(
+        "-c", "import sys; from simulator.csms import main; sys.exit(main(sys.argv[1:]))",
+        "csms", "--port", "0", "--boot", "Rejected", "--interval", "7", "--accept", "TAG1", "--log", str(log),
+    ) as csms:
+        command = csms.command
+        async with connect(csms.url + "/CP1", subprotocols=OCPP16) as connection:
             charge_point = RawChargePoint(connection)
             boot = await charge_point.call("BootNotification", {"chargePointVendor": "V", "chargePointModel": "M"})
             assert boot[2]["status"] == "Rejected" and boot[2]["interval"] == 7
@@ -215,16 +248,7 @@ async def test_process_with_control_socket(tmp_path: Path) -> None:
             assert (await command({"cmd": "outage", "seconds": 0.2})) == {"ok": True}
             async with asyncio.timeout(WAIT):
                 await connection.wait_closed()
-        writer.close()
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), WAIT) == 0
-        assert not control.exists()
+        assert await csms.stop() == 0
+        assert not csms.control.exists()
         frames = [json.loads(line) for line in log.read_text().splitlines()]
         assert [f["dir"] for f in frames[:2]] == ["in", "out"] and frames[0]["frame"][2] == "BootNotification"
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        if control.exists():
-            os.unlink(control)
-        control.parent.rmdir()

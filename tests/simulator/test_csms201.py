@@ -5,10 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
-import signal
-import sys
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +21,7 @@ from websockets.typing import Subprotocol
 from simulator.csms import Csms, CsmsCallError
 from simulator.csms201 import CsrSigner
 from tests.agent.ocpp.conftest import eventually
-from tests.simulator.test_csms import REPO, WAIT, RawChargePoint
+from tests.simulator.test_csms import WAIT, RawChargePoint, csms_process
 
 OCPP201 = [Subprotocol("ocpp2.0.1")]
 BOTH = [Subprotocol("ocpp1.6"), Subprotocol("ocpp2.0.1")]
@@ -200,23 +196,9 @@ async def test_signs_the_csr_and_sends_certificate_signed(csms: Csms, station: R
 
 
 async def test_process_speaks_the_version_asked_for(tmp_path: Path) -> None:
-    control = Path(tempfile.mkdtemp(dir="/tmp")) / "csms.sock"  # Unix socket paths must stay short
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "simulator.cli", "csms", "--port", "0", "--ocpp", "auto", "--accept", "TAG1",
-        "--control", str(control), stdout=asyncio.subprocess.PIPE, cwd=REPO,
-    )
-    try:
-        assert process.stdout is not None
-        announced = json.loads(await asyncio.wait_for(process.stdout.readline(), 20))
-        url = f"ws://127.0.0.1:{announced['port']}/CS1"
-        reader, writer = await asyncio.open_unix_connection(str(control))
-
-        async def command(request: dict[str, Any]) -> dict[str, Any]:
-            writer.write(json.dumps(request).encode() + b"\n")
-            reply: dict[str, Any] = json.loads(await asyncio.wait_for(reader.readline(), WAIT))
-            return reply
-
-        async with connect(url, subprotocols=BOTH) as connection:
+    async with csms_process("-m", "simulator.cli", "csms", "--port", "0", "--ocpp", "auto", "--accept", "TAG1") as csms:
+        command = csms.command
+        async with connect(csms.url + "/CS1", subprotocols=BOTH) as connection:
             station = RawChargePoint(connection)
             assert connection.subprotocol == "ocpp2.0.1"
             assert (await station.call("BootNotification", BOOT))[2]["status"] == "Accepted"
@@ -229,18 +211,9 @@ async def test_process_speaks_the_version_asked_for(tmp_path: Path) -> None:
             assert refused["ok"] is False and "schema" in refused["error"]
         assert (await command({"cmd": "set", "ocpp": "1.6"})) == {"ok": True}
         assert (await command({"cmd": "set", "ocpp": "3"}))["ok"] is False
-        async with connect(url, subprotocols=BOTH) as connection:
+        async with connect(csms.url + "/CS1", subprotocols=BOTH) as connection:
             assert connection.subprotocol == "ocpp1.6"
-        writer.close()
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), WAIT) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        if control.exists():
-            os.unlink(control)
-        control.parent.rmdir()
+        assert await csms.stop() == 0
 
 
 async def test_hostile_replies_and_answers_to_raw_calls(csms: Csms, station: RawChargePoint) -> None:
