@@ -46,6 +46,7 @@ from hal.tasks import cancel_and_wait
 from hal.types import Fault
 from simulator.fleet import devices as simdev
 from simulator.fleet import metrics as fm
+from simulator.fleet import tuning
 from simulator.fleet.cases import CasePlan, CaseRunner
 from simulator.fleet.scenario import Scenario
 from simulator.physics import EvMode, Plant
@@ -54,7 +55,6 @@ log = logging.getLogger("cpsim.fleet")
 
 DEFAULT_TAG = "FLEET-TAG"
 SQLITE_CACHE_KIB = 64  # per connection (the default is 2 MB): a station's working set is a few pages
-SECURITY_WATCH_S = 10.0  # see Fleet._tune_agent
 STATEMENT_CACHE = 16  # prepared statements per SQLite connection (sqlite3's default 128: ~100 kB per station)
 _PLANT_FAULTS = {"rcd": Fault.RCD, "ground": Fault.GROUND, "diode": Fault.DIODE, "overtemp": Fault.OVERTEMP,
                  "undervoltage": Fault.UNDERVOLTAGE, "overvoltage": Fault.OVERVOLTAGE}
@@ -253,14 +253,11 @@ class Fleet:
     def _tune_agent(self) -> None:
         """Per-station costs that are settings of the agent's modules (read where they are used):
         - two SQLite connections per station: a small statement cache (agent.db reads it at each connect);
-        - the 1.6 security watch looks at a connected link every SECURITY_WATCH_S instead of every second
-          (a dial failure is still counted and reported, at most that much later): 1000 wake-ups a second
-          would be most of an idle fleet's CPU."""
+        - longer fleet-only periods of the agent's watchers (simulator/fleet/tuning.py says which and why)."""
         import agent.db
-        import agent.ocpp.v16.security as security
 
         agent.db.STATEMENT_CACHE = STATEMENT_CACHE
-        security.WATCH_STEADY_S = max(security.WATCH_STEADY_S, SECURITY_WATCH_S)
+        tuning.tune_agent_periods()
 
     def _take_lock(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)

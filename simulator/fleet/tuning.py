@@ -1,0 +1,33 @@
+"""CPU settings of the agent's modules that `cpsim fleet` changes for its N stations in one process.
+
+Each is a module-level period the agent reads where it uses it (nothing here changes how a charger runs: the
+real agent never imports this module). What a longer period costs is said next to it; README "Fleet mode"
+lists them too.
+"""
+
+from __future__ import annotations
+
+# Smart charging re-applies the composite limits at least this often even when nothing changed (the charger's
+# 30 s covers a voltage change or a wall-clock step under W-unit or absolute-time profiles). Every change the
+# agent knows of (a profile set or cleared, a session started or stopped, the next period of a schedule)
+# still applies at once; in the fleet the voltage is constant and the stations share one clock. At 30 s it
+# was 2 wake-ups per station-minute, each building every connector's view.
+SMART_CHARGING_MAX_WAIT_S = 300.0
+# The security watch looks at a connected link every second on a charger (1.6: to count and report failed
+# dials, SecurityEventNotification; 2.0.1: also to fall back to the next network profile after the attempts).
+# In the fleet a dial failure is still counted and reported, at most this much later: 1000 stations at 1 s
+# would be 1000 wake-ups a second, most of an idle fleet's CPU.
+SECURITY_WATCH_S = 30.0
+
+
+def tune_agent_periods() -> None:
+    """Lengthen the periods above (never shorten: a test may have set a longer one)."""
+    import agent.ocpp.v16.security as sec16
+    import agent.ocpp.v16.smart_charging as sc16
+    import agent.ocpp.v201.security as sec201
+    import agent.ocpp.v201.smart_charging as sc201
+
+    sc16.MAX_WAIT_S = max(sc16.MAX_WAIT_S, SMART_CHARGING_MAX_WAIT_S)
+    sc201.MAX_WAIT_S = max(sc201.MAX_WAIT_S, SMART_CHARGING_MAX_WAIT_S)
+    sec16.WATCH_STEADY_S = max(sec16.WATCH_STEADY_S, SECURITY_WATCH_S)
+    sec201.WATCH_STEADY_S = max(sec201.WATCH_STEADY_S, SECURITY_WATCH_S)

@@ -1,0 +1,32 @@
+"""The fleet's CPU settings (simulator/fleet/tuning.py) and what they must leave alone."""
+
+from __future__ import annotations
+
+import pytest
+
+import agent.ocpp.v16.security as sec16
+import agent.ocpp.v16.smart_charging as sc16
+import agent.ocpp.v201.security as sec201
+import agent.ocpp.v201.smart_charging as sc201
+from simulator.fleet import tuning
+
+_PERIODS = [(sc16, "MAX_WAIT_S"), (sc201, "MAX_WAIT_S"), (sec16, "WATCH_STEADY_S"), (sec201, "WATCH_STEADY_S")]
+
+
+@pytest.fixture
+def restore_periods():
+    saved = [(module, name, getattr(module, name)) for module, name in _PERIODS]
+    yield
+    for module, name, value in saved:
+        setattr(module, name, value)
+
+
+def test_fleet_lengthens_the_watchers_periods_and_never_shortens_one(restore_periods: None) -> None:
+    sc16.MAX_WAIT_S = sc201.MAX_WAIT_S = 30.0  # the charger's own
+    sec16.WATCH_STEADY_S = sec201.WATCH_STEADY_S = 1.0
+    tuning.tune_agent_periods()
+    assert sc16.MAX_WAIT_S == sc201.MAX_WAIT_S == tuning.SMART_CHARGING_MAX_WAIT_S
+    assert sec16.WATCH_STEADY_S == sec201.WATCH_STEADY_S == tuning.SECURITY_WATCH_S
+    sec201.WATCH_STEADY_S = 900.0  # set longer by someone else: kept
+    tuning.tune_agent_periods()
+    assert sec201.WATCH_STEADY_S == 900.0
