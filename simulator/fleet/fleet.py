@@ -546,12 +546,13 @@ class Fleet:
             self.plug(fs, 1, False)
 
     def go_offline(self, fs: FleetStation, seconds: float) -> None:
-        """The station loses its CSMS link for ``seconds`` (its dials are refused until then)."""
+        """The station loses its CSMS link for ``seconds`` (its dials are refused until then): the TCP
+        connection is dropped, no closing handshake (that waits for a busy CSMS up to its close timeout)."""
         fs.offline_until = time.monotonic() + seconds
         link = getattr(fs.service, "link", None)
         connection = getattr(link, "_connection", None)
         if connection is not None:
-            self._spawn(connection.close(1001, "offline (scenario)"))
+            connection.transport.abort()
 
     def queued(self) -> int:
         total = 0
