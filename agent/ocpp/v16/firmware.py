@@ -25,7 +25,7 @@ from agent.db import Migration, migrate
 from agent.ocpp.v16 import diag_archive
 from agent.ocpp.v16.configuration import FIRMWARE
 from agent.ocpp.v16.rpc import OcppRpcError
-from agent.ocpp.v16.transfer import TransferError, check_url, download, redact, upload
+from agent.ocpp.v16.transfer import TransferError, check_url, download, redact, upload_log_archive
 from hal.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -381,21 +381,8 @@ class FirmwareManagement:
             start, stop = parse_ocpp_time(start_time), parse_ocpp_time(stop_time)
         except ValueError:
             start = stop = None
-        try:
-            path = await build_archive(self._svc, name, start, stop, security_log=False)
-        except OSError as exc:  # disk full, state dir unwritable: the CSMS was promised a file, so say so
-            log.error("diagnostics archive could not be written: %s", exc)
-            await self._diagnostics_status("UploadFailed")
-            return
-        await self._diagnostics_status("Uploading")
-        try:
-            target = await upload(location, path, retries=retries,
-                                  retry_interval_s=retry_s(retry_interval))
-        except TransferError as exc:
-            log.warning("diagnostics upload to %s failed: %s", redact(location), exc)
-            await self._diagnostics_status("UploadFailed")
-            return
-        finally:
-            await asyncio.to_thread(path.unlink, True)
-        log.info("diagnostics uploaded to %s", target)
-        await self._diagnostics_status("Uploaded")
+        # the CSMS was promised a file: an archive that cannot be written (disk full, ...) is UploadFailed
+        await upload_log_archive(
+            lambda: build_archive(self._svc, name, start, stop, security_log=False), location,
+            log_type="diagnostics", report=self._diagnostics_status, retries=retries,
+            retry_interval_s=retry_s(retry_interval), logger=log, failure="UploadFailed")

@@ -562,21 +562,23 @@ async def upload_log_archive(
     retries: int | None,
     retry_interval_s: float,
     logger: logging.Logger,
+    failure: str = "UploadFailure",
 ) -> None:
-    """GetLog's upload for both OCPP versions: build the archive, report Uploading, upload it, report Uploaded or
-    UploadFailure (also when the archive cannot be written); the archive is removed afterwards."""
+    """GetLog's upload for both OCPP versions (and 1.6 GetDiagnostics, whose ``failure`` is "UploadFailed"):
+    build the archive, report Uploading, upload it, report Uploaded or ``failure`` (also when the archive
+    cannot be written); the archive is removed afterwards."""
     try:
         path = await build()
     except OSError as exc:
         logger.error("%s archive could not be written: %s", log_type, exc)
-        await report("UploadFailure")
+        await report(failure)
         return
     await report("Uploading")
     try:
         target = await upload(location, path, retries=retries, retry_interval_s=retry_interval_s)
     except TransferError as exc:
         logger.warning("%s upload to %s failed: %s", log_type, redact(location), exc)
-        await report("UploadFailure")
+        await report(failure)
         return
     finally:
         with contextlib.suppress(OSError):
