@@ -36,7 +36,7 @@ from drivers.serial.openevse_codec import (
 )
 from hal.types import Fault
 from simulator.physics import EvMode, Plant
-from simulator.pty import RawPty
+from simulator.pty import PtyWire, RawPty
 
 log = logging.getLogger("cpsim.openevse")
 
@@ -57,7 +57,7 @@ def duty_for_amps(amps: float) -> float:
     return amps / 0.6 if amps <= 51 else amps / 2.5 + 64
 
 
-class OpenEvseEmulator:
+class OpenEvseEmulator(PtyWire):
     def __init__(
         self,
         plant: Plant,
@@ -108,9 +108,6 @@ class OpenEvseEmulator:
                 await asyncio.sleep(self.tick_s)
         finally:
             self._pty.unwatch()
-
-    def close(self) -> None:
-        self._pty.close()
 
     # ------------------------------------------------------------------------------------ J1772 logic
 
@@ -222,11 +219,6 @@ class OpenEvseEmulator:
 
     # ------------------------------------------------------------------------------------ input
 
-    def _on_readable(self) -> None:
-        data = self._pty.read()
-        if data is not None:
-            self.feed(data)
-
     def feed(self, data: bytes) -> None:
         """Bytes from the host, as if they arrived on the UART."""
         if self.silent:
@@ -287,10 +279,3 @@ class OpenEvseEmulator:
             return
         self.write_raw(encode(token, *args, seq=seq))
         self.lines_sent += 1
-
-    def write_raw(self, data: bytes) -> None:
-        """Put bytes on the wire towards the host (tests use it to inject corruption)."""
-        try:
-            self._pty.write(data)
-        except OSError:
-            self.tx_dropped += 1

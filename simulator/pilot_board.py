@@ -13,12 +13,12 @@ import logging
 from drivers.serial.pilot_codec import BoardMessage, FrameDecoder, Sender, encode
 from simulator.physics import Plant
 from simulator.pilot_board_mcu import PilotBoardMcu
-from simulator.pty import RawPty
+from simulator.pty import PtyWire, RawPty
 
 log = logging.getLogger("cpsim.pilot_board")
 
 
-class PilotBoardEmulator(PilotBoardMcu):
+class PilotBoardEmulator(PilotBoardMcu, PtyWire):
     log = log
 
     def __init__(
@@ -50,20 +50,11 @@ class PilotBoardEmulator(PilotBoardMcu):
         finally:
             self._pty.unwatch()
 
-    def close(self) -> None:
-        """Close the pty: the driver then sees its port fail."""
-        self._pty.close()
-
     @property
     def counters(self) -> dict[str, int]:
         return {**self.decoder.counters, "bad_frames": self.decoder.bad_frames, "frames_sent": self.frames_sent}
 
     # ------------------------------------------------------------------------------------ input
-
-    def _on_readable(self) -> None:
-        data = self._pty.read()
-        if data is not None:
-            self.feed(data)
 
     def feed(self, data: bytes) -> None:
         """Bytes from the host, as if they arrived on the UART."""
@@ -91,11 +82,3 @@ class PilotBoardEmulator(PilotBoardMcu):
         self.write_raw(encode(message, seq=self._tx_seq))
         self._tx_seq = (self._tx_seq + 1) & 0xFF
         self.frames_sent += 1
-
-    def write_raw(self, data: bytes) -> None:
-        """Put bytes on the wire towards the host (tests use it to inject corruption)."""
-        try:
-            self._pty.write(data)
-        except OSError:
-            # Nobody is reading (agent not running): the pty buffer is full; a real UART drops too.
-            self.tx_dropped += 1

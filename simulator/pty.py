@@ -96,3 +96,31 @@ class PtyPeripheral:
             return
         with contextlib.suppress(OSError):
             self._pty.write(data)
+
+
+class PtyWire:
+    """The wire of a board emulator that makes its RawPty (``_pty``) when built and counts ``tx_dropped``:
+    what the host writes goes to ``feed()``; what nobody reads is dropped, as a real UART drops it."""
+
+    _pty: RawPty
+    tx_dropped: int
+
+    def feed(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Close the pty: the driver then sees its port fail."""
+        self._pty.close()
+
+    def _on_readable(self) -> None:
+        data = self._pty.read()
+        if data is not None:
+            self.feed(data)
+
+    def write_raw(self, data: bytes) -> None:
+        """Put bytes on the wire towards the host (tests use it to inject corruption)."""
+        try:
+            self._pty.write(data)
+        except OSError:
+            # Nobody is reading (agent not running): the pty buffer is full; a real UART drops too.
+            self.tx_dropped += 1
