@@ -385,6 +385,9 @@ def _times(
             yield t
 
 
+MEMO_ENTRIES = 4096  # change times remembered per ``composite`` memo
+
+
 @dataclass(frozen=True)
 class Composite:
     """A composite schedule: ``periods[i].start`` is ``begin`` + a whole number of seconds, strictly
@@ -401,21 +404,32 @@ def composite(
     begin: float,
     duration_s: int | float,
     max_periods: int = MAX_COMPOSITE_PERIODS,
+    memo: dict[float, CompositePeriod] | None = None,
 ) -> Composite:
     """The composite schedule from ``begin`` for ``duration_s`` seconds, clipped to ``MAX_COMPOSITE_S`` and
     to ``max_periods`` periods (then it covers up to where the next period would start). A limit that
     changes within a second counts from the nearest whole second; the last change within one second wins.
-    Cost: O(change points up to where it stops), never O(duration)."""
+    Cost: O(change points up to where it stops), never O(duration).
+
+    ``memo``: the limits at change times found by earlier calls with the same profiles and situation (the
+    caller keys it so; at most ``MEMO_ENTRIES`` are kept). Without a Relative profile the limit at a time
+    does not depend on ``begin``, so a repeated request only evaluates the times it has not seen."""
     wanted = int(min(duration_s, MAX_COMPOSITE_S)) if duration_s > 0 else 0  # NaN: 0
     cap = max(1, min(max_periods, MAX_COMPOSITE_PERIODS))
     relevant = _applicable(profiles, situation)
+    if memo is not None and any(p.kind is Kind.RELATIVE for p in relevant):
+        memo = None  # a Relative profile without a transaction starts at ``begin``
     out: list[CompositePeriod] = []
     covered = wanted
     for t in _times(relevant, begin, situation.tx_start, begin):
         offset = math.floor(t - begin + 0.5)
         if offset >= wanted and out:
             break
-        found = limit_at(relevant, situation, t + _SETTLE_S, anchor=begin)
+        found = memo.get(t) if memo is not None else None
+        if found is None:
+            found = limit_at(relevant, situation, t + _SETTLE_S, anchor=begin)
+            if memo is not None and t != begin and len(memo) < MEMO_ENTRIES:  # ``begin`` itself: new each time
+                memo[t] = found
         period = CompositePeriod(begin + offset, found.amps, found.phases)
         if out and out[-1].start == period.start:
             out.pop()  # the later change within the same second wins

@@ -63,6 +63,7 @@ MIGRATIONS: list[Migration] = [
 CTRLR = "SmartChargingCtrlr"
 MAX_PROFILES = 32  # SmartChargingCtrlr.Entries[ChargingProfiles] maxLimit (device_model.py says the same)
 REPORT_CHUNK = 8  # profiles per ReportChargingProfiles message
+MEMO_KEYS = 16  # composite memos kept (one per EVSE situation)
 MAX_WAIT_S = 30.0  # re-evaluate at least this often (voltage, wall clock steps)
 MIN_WAIT_S = 0.05
 SOURCE_CSO = "CSO"
@@ -257,6 +258,9 @@ class SmartCharging:
         # EVSE -> (idToken, TxProfile body, profile) of a RequestStartTransaction until its session starts
         self._remote_start: dict[int, tuple[str, dict[str, Any], sc.Profile, float]] = {}
         self._changed = asyncio.Event()
+        # GetCompositeSchedule: (EVSE situation, enabled) -> the limits at change times evaluated so far for the
+        # installed set (sc.composite's memo); cleared whenever the set changes, at most MEMO_KEYS kept.
+        self._memos: dict[tuple[sc.Situation, bool], dict[float, sc.CompositePeriod]] = {}
         self._vars.bind("charging_profile_entries", lambda: len(self.profiles))
         self._vars.on_change(self._on_variable)
         self._station.subscribe(self._on_event)
@@ -314,6 +318,7 @@ class SmartCharging:
             return False
         self.profiles = profiles
         self.bodies = {p.id: bodies[p.id] for p in profiles}
+        self._memos.clear()  # the limits remembered for GetCompositeSchedule were for the old set
         self._changed.set()
         return True
 
@@ -476,7 +481,8 @@ class SmartCharging:
         now = round(self._svc.wall(), 3)
         situation = self.situation(evse_id)
         profiles = self.profiles if settings.enabled else []
-        schedule = sc.capped(sc.composite(profiles, situation, now, duration, settings.max_periods),
+        schedule = sc.capped(sc.composite(profiles, situation, now, duration, settings.max_periods,
+                                          memo=self._memo(situation, settings.enabled)),
                              self.site_limit(evse_id))
         try:
             start = ocpp_time(now)
@@ -485,6 +491,18 @@ class SmartCharging:
             return {"status": "Rejected", "statusInfo": {"reasonCode": "InternalError"}}
         return {"status": "Accepted",
                 "schedule": composite_payload(schedule, evse_id, unit, situation.electrical, start)}
+
+    def _memo(self, situation: sc.Situation, enabled: bool) -> dict[float, sc.CompositePeriod]:
+        """The composite memo for this situation of the installed set (a CSMS asking again and again for the
+        largest composite schedule makes the agent evaluate each change time once, not once per request)."""
+        key = (situation, enabled)
+        memo = self._memos.pop(key, None)
+        if memo is None:
+            memo = {}
+            if len(self._memos) >= MEMO_KEYS:
+                del self._memos[next(iter(self._memos))]  # the least recently used
+        self._memos[key] = memo
+        return memo
 
     def hold_for_remote_start(self, evse_id: int, id_token: str, charging_profile: Mapping[str, Any]) -> str | None:
         """RequestStartTransaction with a chargingProfile (F01.FR.08-12): None if it is taken (installed
