@@ -131,6 +131,7 @@ class VersionRunner:
                 self.speaks = subprotocol
                 remember(self.station.shared.db, subprotocol)
                 self.service = self._make(subprotocol)
+                self.service.startup_reported = True  # one StartupOfTheDevice per start, queued by the old side
                 self.service.link.adopt(connection)
                 continue
             if service.restart_kind:

@@ -355,7 +355,8 @@ class Security(CertificateHandlers):
 
     async def run(self) -> None:
         undo = self._install_redaction()
-        if not self._svc.boot_resumed:  # a restart of the network side alone is not a startup of the device
+        # a restart of the network side alone is not a startup of the device, nor is a version switch
+        if not self._svc.boot_resumed and not self._svc.startup_reported:
             self.event("StartupOfTheDevice", f"firmware {self._svc.config.station.firmware_version}")
         try:
             await asyncio.gather(self._watch_link(), self._watch_reset())

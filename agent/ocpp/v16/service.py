@@ -136,6 +136,7 @@ class OcppService:
         self._boot_record = BootRecord(db)
         self._control_started = station.facts().started_wall
         self.boot_resumed = self._boot_record.accepted_for(self._control_started, self._boot_fields())
+        self.startup_reported = False  # set by the runner on a version switch (see the 2.0.1 service)
         self.clock_offset_s = 0.0  # CSMS time - local wall time; the system clock is never set
         self._clock_refusal_logged = False  # one warning per run of unusable currentTimes
         self.restart_requested = asyncio.Event()

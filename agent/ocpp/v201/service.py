@@ -140,6 +140,9 @@ class OcppService:
         self._boot_record = BootRecord(self.db)
         self._control_started = station.facts().started_wall
         self.boot_resumed = self._boot_record.accepted_for(self._control_started, self._boot_fields())
+        # The runner sets this when the CSMS made it switch versions: the other side already queued this run's
+        # StartupOfTheDevice (it reaches the CSMS through the shared outbox).
+        self.startup_reported = False
         if self.boot_resumed:
             self.boot_status = BootStatus.ACCEPTED
         self.clock_offset_s = 0.0  # CSMS time - local wall time; the system clock is never set
@@ -308,7 +311,8 @@ class OcppService:
 
     async def run(self) -> None:
         self.apply_availability()
-        if not self.boot_resumed:  # a restart of the network side alone is not a startup of the device (A04)
+        # a restart of the network side alone is not a startup of the device (A04), nor is a version switch
+        if not self.boot_resumed and not self.startup_reported:
             self.security_event("StartupOfTheDevice", f"firmware {self.config.station.firmware_version}")
         tasks = [
             asyncio.create_task(self._run_link(), name="ocpp201-link"),
