@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +15,7 @@ from drivers.modbus.transport import ModbusIOError, PymodbusReader, RtuLink
 from hal import DeviceFaultChanged, Fault, HalEvent, MeterSample
 from simulator.meter import MeterEmulator
 from simulator.physics import Plant
+from tests.drivers.helpers import wait_for
 
 
 @dataclass
@@ -29,14 +30,6 @@ class Recorder:
 
     def faults(self) -> list[tuple[Fault, bool]]:
         return [(e.fault, e.active) for _, e in self.events if isinstance(e, DeviceFaultChanged)]
-
-
-async def wait_for(condition: Callable[[], bool], within_s: float = 3.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -115,7 +108,7 @@ async def test_silent_meter_and_recovery(link: tuple[MeterEmulator, ModbusMeter]
     meter.subscribe(recorder)
     await wait_for(lambda: meter.latest is not None)
     emulator.silent = True
-    await wait_for(lambda: (Fault.METER_SILENT, True) in recorder.faults(), within_s=5.0)
+    await wait_for(lambda: (Fault.METER_SILENT, True) in recorder.faults(), limit_s=5.0)
     last_sample_at = max(t for t, e in recorder.events if isinstance(e, MeterSample))
     fault_at = next(t for t, e in recorder.events if isinstance(e, DeviceFaultChanged))
     assert fault_at - last_sample_at <= 3.2
@@ -126,7 +119,7 @@ async def test_silent_meter_and_recovery(link: tuple[MeterEmulator, ModbusMeter]
     assert meter.counters()["polls_failed"] >= 2
 
     emulator.silent = False
-    await wait_for(lambda: (Fault.METER_SILENT, False) in recorder.faults(), within_s=5.0)
+    await wait_for(lambda: (Fault.METER_SILENT, False) in recorder.faults(), limit_s=5.0)
     await wait_for(lambda: meter.latest is not None)
     assert recorder.faults() == [(Fault.METER_SILENT, True), (Fault.METER_SILENT, False)]
 

@@ -4,8 +4,7 @@ own poll period; the emulator answers several device ids on that pty."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,14 +15,7 @@ from drivers.modbus.transport import ModbusIOError, RtuLink
 from hal import DeviceFaultChanged, Fault, HalEvent
 from simulator.meter import MeterEmulator, RtuBusEmulator
 from simulator.physics import Plant
-
-
-async def wait_for(condition: Callable[[], bool], within_s: float = 5.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+from tests.drivers.helpers import wait_for
 
 
 def make_plant(energy_wh: float, current_a: float) -> Plant:

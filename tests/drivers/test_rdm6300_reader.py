@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +16,7 @@ from hal import DeviceError, DeviceFaultChanged, Fault, HalEvent, IdToken
 from hal.clock import FakeClock
 from hal.registry import load_driver
 from simulator.rdm6300 import Rdm6300Emulator
-
-
-async def wait_for(condition: Callable[[], bool], within_s: float = 3.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
+from tests.drivers.helpers import wait_for
 
 
 class Collector:
@@ -142,7 +134,7 @@ async def test_port_loss_is_reader_silent_and_reopen_recovers(tmp_path: Path) ->
         assert second.port_path is not None
         link.unlink()
         os.symlink(second.port_path, link)
-        await wait_for(lambda: any(isinstance(e, DeviceFaultChanged) and not e.active for e in events), within_s=5.0)
+        await wait_for(lambda: any(isinstance(e, DeviceFaultChanged) and not e.active for e in events), limit_s=5.0)
         await asyncio.sleep(0.05)
         second.tap("62E3086CED")
         await wait_for(lambda: len(collector.tokens) == 1)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 
 import pytest
 
@@ -24,6 +23,7 @@ from drivers.modbus.meter import create
 from hal import GridSample, Role, SiteMeter
 from simulator.meter import MeterEmulator, RtuBusEmulator
 from simulator.physics import Plant
+from tests.drivers.helpers import wait_for
 
 
 def three_phase(**values: float | None) -> dict[str, float | None]:
@@ -80,14 +80,6 @@ def test_abb_b23_per_phase_power_is_signed_int32_hundredths() -> None:
     assert grid.current_a[0] == pytest.approx(-16.0) and grid.current_a[1] == 0.0
 
 
-async def wait_for(condition: Callable[[], bool], within_s: float = 5.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
 def exporting(emulator: MeterEmulator) -> None:
     """A connection point exporting on L1 (PV), importing on L2 and L3."""
     emulator.overrides.update(
@@ -113,7 +105,7 @@ async def test_site_meter_role_over_modbus_tcp() -> None:
             assert abs(grid.timestamp - time.time()) < 2.0
             emulator.silent = True  # a dead meter: the role goes None with the driver's silence rule (< 3 s)
             silenced = time.monotonic()
-            await wait_for(lambda: site.latest() is None, within_s=3.5)
+            await wait_for(lambda: site.latest() is None, limit_s=3.5)
             assert time.monotonic() - silenced <= 3.0
             emulator.silent = False
             await wait_for(lambda: site.latest() is not None)
