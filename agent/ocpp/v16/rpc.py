@@ -546,6 +546,10 @@ class OcppSession:
             finally:
                 self._awaiting_id = None
                 self._answer_future = None
+                if answer.done() and not answer.cancelled():
+                    answer.exception()  # serve() failed it while the send failed too: retrieved, not leaked
+                else:
+                    answer.cancel()
             if isinstance(frame, CallError):
                 raise CallErrorReceived(action, frame.error_code, frame.error_description, frame.error_details or {})
             if self._answer_problem is not None:  # schema, or e.g. transactionId 2**70: no 1.6 integer
