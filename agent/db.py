@@ -46,9 +46,14 @@ def _private_files(path: Path | str) -> None:
             pass
 
 
-# Prepared statements sqlite3 keeps per connection (its default): cpsim fleet, which opens two connections per
+# Prepared statements sqlite3 keeps per connection (its default): cpsim fleet, which opens a connection per
 # simulated station, lowers it (each cached statement costs a few kB).
 STATEMENT_CACHE = 128
+# Page cache per connection in KiB (None: SQLite's default, 2 MB). Whatever it is, SQLite allocates 20 pages at
+# once at the connection's first read; cpsim fleet lowers both (a station's working set is a few pages).
+PAGE_CACHE_KIB: int | None = None
+# Page size of a database this process creates (None: SQLite's default, 4096; existing files keep theirs).
+PAGE_SIZE: int | None = None
 
 
 def connect(path: Path | str, *, durable: bool = True) -> sqlite3.Connection:
@@ -58,6 +63,10 @@ def connect(path: Path | str, *, durable: bool = True) -> sqlite3.Connection:
     _private_files(path)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=5.0,
                            cached_statements=STATEMENT_CACHE)
+    if PAGE_SIZE is not None:
+        conn.execute(f"PRAGMA page_size={int(PAGE_SIZE)}")  # a no-op once the file has its first page
+    if PAGE_CACHE_KIB is not None:
+        conn.execute(f"PRAGMA cache_size=-{int(PAGE_CACHE_KIB)}")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute(f"PRAGMA synchronous={'FULL' if durable else 'NORMAL'}")
     conn.execute("PRAGMA foreign_keys=ON")

@@ -54,6 +54,7 @@ from simulator.physics import EvMode, Plant
 log = logging.getLogger("cpsim.fleet")
 
 DEFAULT_TAG = "FLEET-TAG"
+SQLITE_PAGE_SIZE = 1024  # of the stations' files: SQLite allocates 20 pages per connection at its first read
 SQLITE_CACHE_KIB = 64  # per connection (the default is 2 MB): a station's working set is a few pages
 STATEMENT_CACHE = 16  # prepared statements per SQLite connection (sqlite3's default 128: ~100 kB per station)
 _PLANT_FAULTS = {"rcd": Fault.RCD, "ground": Fault.GROUND, "diode": Fault.DIODE, "overtemp": Fault.OVERTEMP,
@@ -252,11 +253,14 @@ class Fleet:
     # ----------------------------------------------------------------- lifecycle
     def _tune_agent(self) -> None:
         """Per-station costs that are settings of the agent's modules (read where they are used):
-        - two SQLite connections per station: a small statement cache (agent.db reads it at each connect);
+        - one SQLite connection per station (its event log is the fleet's, see run): a small statement cache,
+          a small page cache and 1 KiB pages for new files (agent.db reads them at each connect);
         - longer fleet-only periods of the agent's watchers (simulator/fleet/tuning.py says which and why)."""
         import agent.db
 
         agent.db.STATEMENT_CACHE = STATEMENT_CACHE
+        agent.db.PAGE_CACHE_KIB = SQLITE_CACHE_KIB
+        agent.db.PAGE_SIZE = SQLITE_PAGE_SIZE
         tuning.tune_agent_periods()
 
     def _take_lock(self) -> None:
@@ -408,7 +412,6 @@ class Fleet:
             os.chmod(directory / "state.db", 0o600)
         devices = {name: factories[d.driver](name, d.settings) for name, d in config.devices.items()}
         station = Station(config, clock=self.clock, devices=devices, eventlog=self._eventlog(cp_id))
-        station.db.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
         fs.station = station
         station.subscribe(fs.on_event)
         fs.runner = VersionRunner(station, config)
