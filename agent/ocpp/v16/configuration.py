@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Literal
 
 from agent.config import ConfigError
@@ -234,6 +235,19 @@ class TooManyKeys(ValueError):
 Listener = Callable[[str, str], None]
 
 
+# Key specs by lowercase name, per (spec table, enabled profiles): read-only and shared by every store built from
+# the same table and profiles (cpsim fleet builds one per station; each would hold its own ~6 kB dict).
+_SPEC_TABLES: dict[tuple[int, frozenset[str]], tuple[Sequence[KeySpec], Mapping[str, KeySpec]]] = {}
+
+
+def _spec_table(specs: Sequence[KeySpec], profiles: frozenset[str]) -> Mapping[str, KeySpec]:
+    hit = _SPEC_TABLES.get((id(specs), profiles))
+    if hit is None or hit[0] is not specs:  # the table itself is kept in the entry: its id is not reused
+        hit = (specs, MappingProxyType({s.name.lower(): s for s in specs if s.profile in profiles}))
+        _SPEC_TABLES[(id(specs), profiles)] = hit
+    return hit[1]
+
+
 class ConfigurationStore:
     def __init__(
         self,
@@ -256,7 +270,7 @@ class ConfigurationStore:
         if unknown_profiles:
             raise ValueError(f"unknown OCPP profiles: {sorted(unknown_profiles)}")
         self._measurands = frozenset(supported_measurands) if supported_measurands is not None else MEASURANDS
-        self._specs = {s.name.lower(): s for s in specs if s.profile in self._profiles}
+        self._specs = _spec_table(specs, self._profiles)
         self._derived = {
             "NumberOfConnectors": str(number_of_connectors),
             "SupportedFeatureProfiles": ",".join(p for p in FEATURE_PROFILES if p in self._profiles),
