@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -23,6 +22,7 @@ from hal.types import (
 )
 from simulator.openevse import OpenEvseEmulator
 from simulator.physics import EvMode, Plant
+from tests.drivers.helpers import wait_for
 
 
 @dataclass
@@ -32,13 +32,7 @@ class Rig:
     driver: OpenEvse
     events: list[HalEvent] = field(default_factory=list)
 
-    async def wait_for(self, predicate: Callable[[], object], limit_s: float = 5.0, what: str = "condition") -> float:
-        start = time.monotonic()
-        while not predicate():
-            if time.monotonic() - start > limit_s:
-                raise AssertionError(f"timed out after {limit_s} s waiting for {what}")
-            await asyncio.sleep(0.01)
-        return time.monotonic() - start
+    wait_for = staticmethod(wait_for)
 
     def pilot_states(self) -> list[CpState]:
         return [e.state for e in self.events if isinstance(e, PilotStateChanged)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +18,7 @@ from simulator.cli import main
 from simulator.physics import Plant
 from simulator.rig import Rig, RigOptions
 from simulator.site import Profile, ProfileError, Site, parse_profiles
+from tests.drivers.helpers import wait_for
 
 V = 230.0
 
@@ -89,14 +89,6 @@ def test_profiles_play_compressed_and_energy_is_integrated() -> None:
         site.set_profile(day, None, now=0.0, speed=0.0)
 
 
-async def wait_for(condition: Callable[[], bool], within_s: float = 5.0) -> None:
-    deadline = time.monotonic() + within_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
-
-
 async def _read_site_meter(config: dict[str, Any], check: Callable[[tuple[float, float, float]], bool]) -> None:
     grid = dict(config["devices"]["grid"])
     driver = grid.pop("driver")
@@ -106,7 +98,7 @@ async def _read_site_meter(config: dict[str, Any], check: Callable[[tuple[float,
     assert isinstance(site, SiteMeter)
     task = asyncio.create_task(meter.run())
     try:
-        await wait_for(lambda: (s := site.latest()) is not None and check(s.current_a), within_s=15.0)
+        await wait_for(lambda: (s := site.latest()) is not None and check(s.current_a), limit_s=15.0)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
