@@ -327,6 +327,8 @@ class Fleet:
             except Exception as exc:  # one station that cannot start is reported; the others go on
                 log.error("%s: cannot start: %s", cp_id, exc)
                 self.failed.append(cp_id)
+            if len(self.stations) % tuning.GC_FREEZE_EVERY == 0:
+                gc.freeze()  # the stations built so far: out of the next full collections (see tuning.py)
             next_at += interval
             delay = next_at - time.monotonic()
             if delay > 0:
