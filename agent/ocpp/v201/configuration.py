@@ -410,11 +410,12 @@ class Provisioning:
         await self._send_report(request_id)
 
     async def _request(self, message: call.NotifyReport) -> Any:
-        if self.service.accepted:
-            return await self.service.request(message)
+        # The report items are camelCase already: sent as they are, not through the dataclass and back.
+        payload = {"requestId": message.request_id, "generatedAt": message.generated_at, "seqNo": message.seq_no,
+                   "tbc": message.tbc, "reportData": message.report_data}
         # B02 (TC_B_02_CS): while the boot is Pending the CSMS may ask for reports, and the station sends
         # the NotifyReport messages it asked for (handlers are never reached while Rejected).
-        return await self.service.triggered(message)
+        return await self.service.request_payload("NotifyReport", payload, while_pending=not self.service.accepted)
 
     def _accept(self, request_id: int, entries: list[Entry], *, summary: bool) -> dict[str, Any]:
         if request_id in self._reports or request_id in self._in_flight:

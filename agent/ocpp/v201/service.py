@@ -665,6 +665,14 @@ class OcppService:
             raise ConnectionLost("not connected to the CSMS")
         return await session.request(payload)
 
+    async def request_payload(self, action: str, payload: Mapping[str, Any], *, while_pending: bool = False) -> Any:
+        """``request`` (``triggered`` with ``while_pending``) for a payload built as camelCase JSON, such as the
+        large reports: sent as it is, without the round trip through a dataclass and back (issue 14 budget)."""
+        session = self._current_session() if while_pending else self.link.session
+        if session is None or session.closed or not (while_pending or self.accepted):
+            raise ConnectionLost("not connected to the CSMS")
+        return await session.request_payload(action, payload)
+
     def enqueue(self, action: str, payload: dict[str, Any], tx_ref: str | None = None) -> int:
         """Queue a message (camelCase payload) in the durable outbox; sent in order once accepted."""
         entry = self.outbox.append(action, payload, tx_ref=tx_ref)

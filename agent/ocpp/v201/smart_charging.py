@@ -42,7 +42,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from ocpp.charge_point import camel_to_snake_case, snake_to_camel_case
+from ocpp.charge_point import snake_to_camel_case
 
 from agent import smart_charging as sc
 from agent.db import Migration, migrate
@@ -438,20 +438,18 @@ class SmartCharging:
 
     async def after_get_charging_profiles(self, request_id: int, charging_profile: dict[str, Any],
                                           evse_id: int | None = None, **_: Any) -> None:
-        """K09: one ReportChargingProfiles per EVSE and chunk of ``REPORT_CHUNK``, tbc on all but the last."""
-        from ocpp.v201 import call
-
+        """K09: one ReportChargingProfiles per EVSE and chunk of ``REPORT_CHUNK``, tbc on all but the last; the
+        profiles are sent camelCase as the CSMS sent them (no round trip through the dataclass)."""
         found = self.selected(evse_id, snake_to_camel_case(charging_profile))
         messages: list[tuple[int, list[dict[str, Any]]]] = []
         for evse in sorted({p.connector_id for p in found}):
             bodies = [self._report_body(p) for p in found if p.connector_id == evse]
             messages += [(evse, chunk) for chunk in chunks(bodies)]
         for index, (evse, chunk) in enumerate(messages):
-            request = call.ReportChargingProfiles(
-                request_id=request_id, charging_limit_source=SOURCE_CSO, evse_id=evse,
-                charging_profile=[camel_to_snake_case(b) for b in chunk], tbc=index < len(messages) - 1)
+            request = {"requestId": request_id, "chargingLimitSource": SOURCE_CSO, "evseId": evse,
+                       "chargingProfile": chunk, "tbc": index < len(messages) - 1}
             try:
-                await self._svc.request(request)
+                await self._svc.request_payload("ReportChargingProfiles", request)
             except Exception as exc:  # offline, CALLERROR, timeout: the report is not resumable
                 log.warning("ReportChargingProfiles %d not delivered: %s", request_id, exc)
                 return
