@@ -20,6 +20,7 @@ from typing import Any
 import serial
 
 from drivers.serial import nextion_codec as codec
+from drivers.settings import DeviceSettings
 from hal import Device, DeviceError, Display, Role, Screen, ScreenState
 
 log = logging.getLogger("cpagent.drivers.nextion")
@@ -268,17 +269,10 @@ class NextionDisplay(Device, Display):
 
 
 def create(name: str, settings: Mapping[str, Any]) -> NextionDisplay:
-    known = ("port", "baudrate", "connector_id")
-    unknown = sorted(set(settings) - set(known))
-    if unknown:
-        raise DeviceError(f"devices.{name}.{unknown[0]}: unknown setting (known: {', '.join(known)})")
-    port = settings.get("port")
-    if not isinstance(port, str) or not port:
-        raise DeviceError(f"devices.{name}.port: expected a serial port path such as '/dev/ttyS3', got {port!r}")
-    baudrate = settings.get("baudrate", 9600)
-    if isinstance(baudrate, bool) or not isinstance(baudrate, int) or not 2400 <= baudrate <= 921_600:
-        raise DeviceError(f"devices.{name}.baudrate: expected an integer baud rate (9600), got {baudrate!r}")
+    s = DeviceSettings(name, settings, ("port", "baudrate", "connector_id"))
     connector = settings.get("connector_id")
     if connector is not None and (isinstance(connector, bool) or not isinstance(connector, int) or connector < 1):
-        raise DeviceError(f"devices.{name}.connector_id: expected a connector number (1, 2, ...), got {connector!r}")
-    return NextionDisplay(name, port, baudrate=baudrate, connector_id=connector)
+        raise DeviceError(f"{s.key('connector_id')}: expected a connector number (1, 2, ...), got {connector!r}")
+    return NextionDisplay(name, s.serial_port(),
+                          baudrate=s.integer("baudrate", 9600, 2400, 921_600, noun="an integer baud rate"),
+                          connector_id=connector)

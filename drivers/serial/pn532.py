@@ -13,7 +13,8 @@ import serial
 
 from drivers.serial import pn532_codec as codec
 from drivers.serial.card_reader import CardReader
-from hal import DeviceError, DeviceFaultChanged, Fault, IdToken
+from drivers.settings import DeviceSettings
+from hal import DeviceFaultChanged, Fault, IdToken
 
 log = logging.getLogger("cpagent.drivers.pn532")
 
@@ -182,27 +183,12 @@ class Pn532Reader(CardReader):
 
 def create(name: str, settings: Mapping[str, Any]) -> Pn532Reader:
     known = ("port", "baudrate", "poll_interval_s", "silence_timeout_s", "repeat_suppress_s")
-    unknown = sorted(set(settings) - set(known))
-    if unknown:
-        raise DeviceError(f"devices.{name}.{unknown[0]}: unknown setting (known: {', '.join(known)})")
-    port = settings.get("port")
-    if not isinstance(port, str) or not port:
-        raise DeviceError(f"devices.{name}.port: expected a serial port path such as '/dev/ttyS2', got {port!r}")
-    baudrate = settings.get("baudrate", 115200)
-    if isinstance(baudrate, bool) or not isinstance(baudrate, int) or not 9600 <= baudrate <= 1_000_000:
-        raise DeviceError(f"devices.{name}.baudrate: expected an integer baud rate (115200), got {baudrate!r}")
-
-    def seconds(key: str, default: float, low: float, high: float) -> float:
-        value = settings.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-            raise DeviceError(f"devices.{name}.{key}: expected seconds {low}..{high}, got {value!r}")
-        return float(value)
-
+    s = DeviceSettings(name, settings, known)
     return Pn532Reader(
         name,
-        port,
-        baudrate=baudrate,
-        poll_interval_s=seconds("poll_interval_s", 0.25, 0.05, 5.0),
-        silence_timeout_s=seconds("silence_timeout_s", 2.0, 0.5, 30.0),
-        repeat_suppress_s=seconds("repeat_suppress_s", 1.0, 0.0, 60.0),
+        s.serial_port(),
+        baudrate=s.integer("baudrate", 115200, 9600, 1_000_000, noun="an integer baud rate"),
+        poll_interval_s=s.seconds("poll_interval_s", 0.25, 0.05, 5.0),
+        silence_timeout_s=s.seconds("silence_timeout_s", 2.0, 0.5, 30.0),
+        repeat_suppress_s=s.seconds("repeat_suppress_s", 1.0, 0.0, 60.0),
     )

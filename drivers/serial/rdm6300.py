@@ -12,7 +12,8 @@ import serial
 
 from drivers.serial.card_reader import CardReader
 from drivers.serial.rdm6300_codec import Rdm6300Decoder
-from hal import DeviceError, DeviceFaultChanged, Fault, IdToken
+from drivers.settings import DeviceSettings
+from hal import DeviceFaultChanged, Fault, IdToken
 from hal.clock import Clock, SystemClock
 
 log = logging.getLogger("cpagent.drivers.rdm6300")
@@ -116,17 +117,10 @@ class Rdm6300Reader(CardReader):
 
 
 def create(name: str, settings: Mapping[str, Any]) -> Rdm6300Reader:
-    known = {"port", "baudrate", "repeat_suppress_s", "driver"}
-    unknown = sorted(set(settings) - known)
-    if unknown:
-        raise DeviceError(f"devices.{name}.{unknown[0]}: unknown setting (known: port, baudrate, repeat_suppress_s)")
-    port = settings.get("port")
-    if not isinstance(port, str) or not port:
-        raise DeviceError(f"devices.{name}.port: expected a serial port path such as '/dev/ttyS1', got {port!r}")
-    baudrate = settings.get("baudrate", 9600)
-    if isinstance(baudrate, bool) or not isinstance(baudrate, int) or not 300 <= baudrate <= 1_000_000:
-        raise DeviceError(f"devices.{name}.baudrate: expected an integer baud rate (9600), got {baudrate!r}")
-    suppress = settings.get("repeat_suppress_s", 2.0)
-    if isinstance(suppress, bool) or not isinstance(suppress, int | float) or not 0 <= suppress <= 60:
-        raise DeviceError(f"devices.{name}.repeat_suppress_s: expected seconds 0..60, got {suppress!r}")
-    return Rdm6300Reader(name, port, baudrate=baudrate, repeat_suppress_s=float(suppress))
+    s = DeviceSettings(name, settings, ("port", "baudrate", "repeat_suppress_s", "driver"))
+    return Rdm6300Reader(
+        name,
+        s.serial_port(),
+        baudrate=s.integer("baudrate", 9600, 300, 1_000_000, noun="an integer baud rate"),
+        repeat_suppress_s=s.seconds("repeat_suppress_s", 2.0, 0.0, 60.0),
+    )
