@@ -15,9 +15,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--csms", required=True, help="CSMS endpoint (ws:// or wss://); each station dials URL/<id>")
     p.add_argument("--stations", required=True, type=int, help="N: the fleet's size (all shards together)")
     p.add_argument("--connectors", type=int, default=1, help="connectors per station (1..4)")
-    p.add_argument("--ocpp", choices=["1.6", "2.0.1", "auto"], default="1.6")
+    p.add_argument("--ocpp", choices=["1.6", "2.0.1", "auto"], default="1.6",
+                   help="what every station speaks (default 1.6; auto: offers both, speaks what the CSMS selects)")
     p.add_argument("--id-prefix", default="CP-", help="station ids are PREFIX000001 ... (index 1..N)")
-    p.add_argument("--dir", type=Path, default=Path("fleet"), help="state: one SQLite file per station, the EVs")
+    p.add_argument("--dir", type=Path, default=Path("fleet"),
+                   help="state: one SQLite file per station, the EVs (default ./fleet)")
     p.add_argument("--shard", default="0/1", help="I/K: run the stations whose index %% K == I")
     p.add_argument("--ramp", type=float, default=200.0, metavar="PER_S", help="stations started per second")
     p.add_argument("--scenario", type=Path, help="automatic transaction generator (TOML or JSON)")
@@ -57,6 +59,9 @@ def main(argv: list[str]) -> int:
         if len(longest_id) > 48 or any(c.isspace() for c in args.id_prefix):  # the agent's station.id rule
             raise ValueError(f"--id-prefix: station ids must be at most 48 characters without spaces, "
                              f"got {longest_id!r}")
+        for flag, tag in (("--tag", args.tag), ("--invalid-tag", args.invalid_tag)):
+            if not 0 < len(tag) <= 20 or any(c.isspace() for c in tag):  # 1.6 idTag, as the scenario's tags
+                raise ValueError(f"{flag}: expected 1..20 characters without spaces, got {tag!r}")
         if args.ramp <= 0:
             raise ValueError("--ramp must be > 0")
         if not args.csms.startswith(("ws://", "wss://")):

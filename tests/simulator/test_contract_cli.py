@@ -40,3 +40,10 @@ def test_a_preset_of_an_unknown_component_instance_names_the_instance() -> None:
     assert error.value.key == "ocpp.variables.OCPPCommCtrlr.x/HeartbeatInterval"
     assert error.value.problem == "unknown component 'OCPPCommCtrlr' instance 'x'"
     check_presets({"OCPPCommCtrlr/MessageAttempts.TransactionEvent": 5})  # the variable-instance form is fine
+
+
+@pytest.mark.parametrize(("flag", "tag"), [("--tag", "T" * 21), ("--invalid-tag", "A B")])
+def test_fleet_refuses_a_card_the_agent_cannot_send(flag: str, tag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # a 21-character --tag was tapped, dropped by the agent and --start-sessions silently started nothing
+    assert fleet_main(["--csms", "ws://127.0.0.1:9", "--stations", "1", flag, tag]) == 2
+    assert f"{flag}: expected 1..20 characters without spaces" in capsys.readouterr().err
