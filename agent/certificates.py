@@ -189,9 +189,19 @@ class CertificateStore:
     def __init__(self, root: Path, *, max_entries: int = 50) -> None:
         self.root = root
         self.max_entries = max_entries
-        for use in (*ROOT_USES, CHARGE_POINT):
-            (root / use).mkdir(parents=True, exist_ok=True, mode=0o750)
-        os.chmod(root / CHARGE_POINT, 0o700)
+        # A folder is made when the first file goes into it (_folder): a store that is only read costs no
+        # directory at each start (4 mkdirs, most of a `cpsim fleet` station's construction on a busy disk).
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(root / CHARGE_POINT, 0o700)
+
+    def _folder(self, use: str) -> Path:
+        """The folder of ``use``, made now if it is not there (the client identity's 0700, the roots' 0750)."""
+        folder = self.root / use
+        if not folder.is_dir():
+            folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+            if use == CHARGE_POINT:
+                os.chmod(folder, 0o700)
+        return folder
 
     # -- root certificates --------------------------------------------------------------------------
 
@@ -238,6 +248,7 @@ class CertificateStore:
             log.info("InstallCertificate %s failed: CertificateStoreMaxLength %d reached", use, self.max_entries)
             return "Failed"
         try:
+            self._folder(use)
             _write_atomic(path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
         except OSError as exc:
             log.error("InstallCertificate %s: cannot write %s: %s", use, path, exc)
@@ -324,6 +335,15 @@ class CertificateStore:
     def has_client_certificate(self) -> bool:
         return bool(self.client_chain()) and self.key_path.exists()
 
+    def client_files(self, configured_cert: Path | None, configured_key: Path | None) -> tuple[Path, Path] | None:
+        """(certificate chain, key) files to present in TLS: the installed ChargePointCertificate, else the
+        configured pair ([ocpp] client_cert / client_key), else None."""
+        if self.has_client_certificate():
+            return self.cert_path, self.key_path
+        if configured_cert is not None and configured_key is not None:
+            return configured_cert, configured_key
+        return None
+
     def private_key_pems(self) -> list[str]:
         """Key material that must never be logged (for the redaction filter, which asks on every log
         record): files are re-read only when their modification time or size changed."""
@@ -350,6 +370,7 @@ class CertificateStore:
         from cryptography.x509.oid import NameOID
 
         key = ec.generate_private_key(ec.SECP256R1())
+        self._folder(CHARGE_POINT)
         _write_atomic(
             self.pending_key_path,
             key.private_bytes(

@@ -162,12 +162,8 @@ class Security(CertificateHandlers):
         return bool(self.certs.installed(CENTRAL_SYSTEM_ROOT)) or self._svc.config.ocpp.ca_file is not None
 
     def _client_files(self) -> tuple[Path, Path] | None:
-        if self.certs.has_client_certificate():
-            return self.certs.cert_path, self.certs.key_path
         ocpp = self._svc.config.ocpp
-        if ocpp.client_cert is not None and ocpp.client_key is not None:
-            return ocpp.client_cert, ocpp.client_key
-        return None
+        return self.certs.client_files(ocpp.client_cert, ocpp.client_key)
 
     def _context_for(self, profile: int) -> ssl.SSLContext | None:
         endpoint = self._svc.config.ocpp.endpoint or ""

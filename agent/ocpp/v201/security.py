@@ -298,12 +298,8 @@ class Security(CertificateHandlers):
         self._spawn(self._relink())
 
     def client_files(self) -> tuple[Path, Path] | None:
-        if self.certs.has_client_certificate():
-            return self.certs.cert_path, self.certs.key_path
         ocpp = self._svc.config.ocpp
-        if ocpp.client_cert is not None and ocpp.client_key is not None:
-            return ocpp.client_cert, ocpp.client_key
-        return None
+        return self.certs.client_files(ocpp.client_cert, ocpp.client_key)
 
     def _usable(self, slot: int) -> Connection | None:
         connection = self.slot_data(slot)
