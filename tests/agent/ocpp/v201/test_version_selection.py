@@ -16,6 +16,7 @@ from agent.config import load
 from agent.ocpp.runner import V16, V201, VersionRunner, remembered
 from agent.ocpp.v16.link import Link
 from agent.station import Station
+from simulator.schema_audit import check_payload
 from tests.agent.ocpp.v201.conftest import CP, FAST_VARIABLES, Octt201, eventually, write_config
 
 
@@ -64,6 +65,11 @@ async def test_auto_speaks_2_0_1_then_1_6_as_the_csms_selects(octt: Octt201) -> 
         await asyncio.sleep(1.0)  # what the 1.6 side queued at its start has left by now
         startups = [m for m in octt.msgs("SecurityEventNotification") if m.payload["type"] == "StartupOfTheDevice"]
         assert len(startups) == 1, startups
+        # Every CALL the station sent, in either version, passes the official schema strictly (additional
+        # properties, lengths, RFC 3339 times with Z: simulator/schema_audit.py).
+        problems = [problem for m in octt.msgs() for problem in check_payload(
+            "1.6" if m.at >= boot16.at else "2.0.1", "request", m.action, m.payload)]
+        assert problems == []
 
 
 async def test_auto_speaks_1_6_with_a_1_6_csms(octt: Octt201) -> None:
