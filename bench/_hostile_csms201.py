@@ -14,7 +14,10 @@ most expensive reports of functional blocks K and B, back to back:
 - base_report: GetBaseReport FullInventory, timed until the last NotifyReport (tbc false) has arrived.
 
 Each time is from sending the CALL to the answer (composite) or to the last report: the network side's
-work plus two loopback hops. HOSTILE_LANES=composite,profiles,... runs only those lanes.
+work plus two loopback hops, plus the wait the agent's request budget imposes ([ocpp] request_budget_ms_per_s,
+agent/ocpp/budget.py: expensive requests wait, one at a time, while the CSMS is over budget, so the lanes'
+rates show the budget; a refusal is a CALLERROR GenericError, counted in ``callerrors``).
+HOSTILE_LANES=composite,profiles,... runs only those lanes.
 Prints {"port": P} when listening; on SIGTERM the figures as one JSON line. Usage: python
 bench/_hostile_csms201.py TAG WORKDIR
 """
