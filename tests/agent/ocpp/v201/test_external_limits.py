@@ -14,8 +14,7 @@ import pytest
 
 from agent.ocpp.v201.external_limits import ExternalLimit, external_limit, notify_payload, significant
 from simulator.csms import Csms
-from simulator.rig import Rig, RigOptions
-from tests.agent.ocpp.v201.conftest import CP, Octt201, eventually
+from tests.agent.ocpp.v201.conftest import Octt201, eventually, octt_on
 
 FUSE_A = 40.0  # 39 A for the EV: the connector's own 32 A binds while the house is quiet
 
@@ -49,16 +48,8 @@ def test_what_is_significant() -> None:
 
 @pytest.fixture
 async def site_octt(tmp_path: Path, csms: Csms) -> AsyncIterator[Octt201]:
-    rig = Rig(RigOptions(directory=tmp_path, csms_url=csms.url, charge_point_id=CP, ocpp_version="2.0.1",
-                         site_fuse_a=FUSE_A, site_meter="tcp"))
-    await rig.start()
-    harness = Octt201(csms, rig)
-    try:
+    async with octt_on(tmp_path, csms, site_fuse_a=FUSE_A, site_meter="tcp") as harness:
         yield harness
-    finally:
-        if harness.agent is not None:
-            await harness.agent.stop()
-        await rig.stop()
 
 
 async def test_site_limit_notified_when_it_binds_and_changes_significantly_cleared_when_lifted(

@@ -16,8 +16,9 @@ from agent.ocpp import outbox_convert as convert
 from agent.outbox import METER_VALUES, START, STOP, TRANSACTION_EVENT, Outbox
 from hal.clock import SystemClock
 from simulator.csms import Csms
-from simulator.rig import Rig, RigOptions
+from simulator.rig import RigOptions
 from tests.agent.ocpp.conftest import Octt as Octt16
+from tests.agent.ocpp.inprocess import harness_on
 from tests.agent.ocpp.v201.conftest import TAG, Agent201, Octt201, eventually
 
 STAMP = "2026-01-01T10:00:00.000Z"
@@ -104,15 +105,11 @@ async def test_queued_under_1_6_delivered_under_2_0_1(octt: Octt201) -> None:
 async def octt16(tmp_path: Path) -> AsyncIterator[Octt16]:
     csms = Csms(accept=[TAG], heartbeat_interval=300)
     await csms.start()
-    rig = Rig(RigOptions(directory=tmp_path / "rig16", csms_url=csms.url, charge_point_id="CP1"))
-    await rig.start()
-    harness = Octt16(csms, rig)
     try:
-        yield harness
+        options = RigOptions(directory=tmp_path / "rig16", csms_url=csms.url, charge_point_id="CP1")
+        async with harness_on(Octt16, csms, options) as harness:
+            yield harness
     finally:
-        if harness.agent is not None:
-            await harness.agent.stop()
-        await rig.stop()
         await csms.stop()
 
 

@@ -23,10 +23,9 @@ from pathlib import Path
 import pytest
 
 from simulator.csms import Csms
-from simulator.rig import Rig, RigOptions
 from tests.agent.ocpp.fileservers import HttpFiles, http_server
 from tests.agent.ocpp.firmware_support import FIRMWARE
-from tests.agent.ocpp.v201.conftest import CP, Octt201, eventually
+from tests.agent.ocpp.v201.conftest import Octt201, eventually, octt_on
 
 FSN = "FirmwareStatusNotification"
 INSTALLER = "import shutil, sys\nshutil.copyfile(sys.argv[1], sys.argv[2])\n"
@@ -34,16 +33,8 @@ INSTALLER = "import shutil, sys\nshutil.copyfile(sys.argv[1], sys.argv[2])\n"
 
 @pytest.fixture
 async def two(tmp_path: Path, csms: Csms) -> AsyncIterator[Octt201]:
-    rig = Rig(RigOptions(directory=tmp_path / "two", csms_url=csms.url, charge_point_id=CP, ocpp_version="2.0.1",
-                         connectors=2))
-    await rig.start()
-    octt = Octt201(csms, rig)
-    try:
+    async with octt_on(tmp_path / "two", csms, connectors=2) as octt:
         yield octt
-    finally:
-        if octt.agent is not None:
-            await octt.agent.stop()
-        await rig.stop()
 
 
 def fsn(octt: Octt201) -> list[str]:

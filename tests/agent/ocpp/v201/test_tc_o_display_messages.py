@@ -15,22 +15,13 @@ import pytest
 from agent.ocpp.v201.display import StoredMessage
 from simulator.csms import Csms
 from simulator.nextion import NextionEmulator
-from simulator.rig import Rig, RigOptions
-from tests.agent.ocpp.v201.conftest import CP, TAG, Octt201, eventually
+from tests.agent.ocpp.v201.conftest import TAG, Octt201, eventually, octt_on
 
 
 @pytest.fixture
 async def hmi_octt(tmp_path: Path, csms: Csms) -> AsyncIterator[Octt201]:
-    rig = Rig(RigOptions(directory=tmp_path, csms_url=csms.url, charge_point_id=CP, ocpp_version="2.0.1",
-                         display="nextion"))
-    await rig.start()
-    harness = Octt201(csms, rig)
-    try:
+    async with octt_on(tmp_path, csms, display="nextion") as harness:
         yield harness
-    finally:
-        if harness.agent is not None:
-            await harness.agent.stop()
-        await rig.stop()
 
 
 def _iso(seconds_from_now: float) -> str:
