@@ -144,7 +144,15 @@ class FleetStation:
         self.started = 0
         self.stopped = 0
         self.offline_until = 0.0
-        self.rng = random.Random()
+        self.seed = cp_id  # of the station's random stream (the scenario's seed and its id)
+        self._rng: random.Random | None = None
+
+    @property
+    def rng(self) -> random.Random:
+        """The station's random stream, made when first used (a Random is 2.5 kB: only scenarios keep one)."""
+        if self._rng is None:
+            self._rng = random.Random(self.seed)
+        return self._rng
 
     @property
     def service(self) -> Any:
@@ -405,7 +413,7 @@ class Fleet:
         simdev.READERS[cp_id] = asyncio.Queue()
         fs = FleetStation(index, cp_id, plants)
         seed = self.options.scenario.seed if self.options.scenario else 1
-        fs.rng = random.Random(f"{seed}/{cp_id}")
+        fs.seed = f"{seed}/{cp_id}"
         directory = self.dir / cp_id
         config = self._station_config(base, cp_id, directory)
         if not (directory / "state.db").exists():
@@ -493,7 +501,9 @@ class Fleet:
     def _booted(self, fs: FleetStation) -> None:
         loop = asyncio.get_running_loop()
         if self.options.start_sessions:
-            self._handles.append(loop.call_later(fs.rng.uniform(1.0, 10.0), self._start_long_session, fs))
+            # The stream's first value, as before; without a scenario the stream is not kept for later.
+            rng = fs.rng if self.options.scenario is not None else random.Random(fs.seed)
+            self._handles.append(loop.call_later(rng.uniform(1.0, 10.0), self._start_long_session, fs))
         if self.options.scenario is not None and not (self.cases is not None and self.cases.selects(fs.id)):
             self._spawn_named(f"scenario:{fs.id}", self._generate(fs, self.options.scenario))
 

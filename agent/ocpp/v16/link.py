@@ -50,6 +50,8 @@ from hal.clock import Clock, SystemClock
 
 LOG = logging.getLogger("cpagent.ocpp.v16.link")
 SUBPROTOCOL = Subprotocol("ocpp1.6")
+# Reconnect jitter: one stream for every link of the process (a Random is 2.5 kB; cpsim fleet runs many links).
+_JITTER = random.Random()
 # Every version we can speak, by websocket subprotocol (OCPP-J Part 4 section 3.1.2).
 DIALECTS: dict[str, Dialect] = {V16.subprotocol: V16, V201.subprotocol: V201}
 # What the CSMS selected when it is one we offered but not the one this link speaks; the link hands the open
@@ -179,7 +181,7 @@ class Link:
         self._ssl_context = ssl_context if scheme == "wss" else None
         self._clock: Clock = clock or SystemClock()
         self._sleep: Sleeper = sleep or asyncio.sleep
-        self._rng = rng or random.Random()
+        self._rng = rng or _JITTER
         self._state = LinkState.DISCONNECTED
         self._connection: ClientConnection | None = None
         self._session: OcppSession | None = None
