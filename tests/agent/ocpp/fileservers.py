@@ -107,9 +107,17 @@ def ftp_server(root: Path, user: str = "cp", password: str = "ftp-secret") -> It
     Handler.masquerade_address = None
     server = FTPServer(("127.0.0.1", 0), Handler)
     site = FtpSite(root, user, password, server.socket.getsockname()[1])
+    with serving(server):
+        yield site
+
+
+@contextmanager
+def serving(server: FTPServer) -> Iterator[None]:
+    """Run a pyftpdlib server in a thread for the block. Its loop is not thread-safe: it is stopped from its
+    own thread."""
     stop = threading.Event()
 
-    def serve() -> None:  # pyftpdlib's loop is not thread-safe: stop it from its own thread
+    def serve() -> None:
         while not stop.is_set():
             server.serve_forever(timeout=0.05, blocking=False, handle_exit=False)
         server.close_all()
@@ -117,7 +125,7 @@ def ftp_server(root: Path, user: str = "cp", password: str = "ftp-secret") -> It
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
-        yield site
+        yield
     finally:
         stop.set()
         thread.join(5)

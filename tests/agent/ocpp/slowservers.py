@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.agent.ocpp.fileservers import serving
+
 
 @dataclass
 class SlowServer:
@@ -126,17 +128,5 @@ def lying_ftp_server(root: Path, extra: int = 400, user: str = "cp", password: s
 
     Handler.authorizer = authorizer
     server = FTPServer(("127.0.0.1", 0), Handler)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            server.serve_forever(timeout=0.05, blocking=False, handle_exit=False)
-        server.close_all()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield server.socket.getsockname()[1]
-    finally:
-        stop.set()
-        thread.join(5)
