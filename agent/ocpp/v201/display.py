@@ -18,20 +18,27 @@ This module decides which messages are *current*:
   new id is Rejected; format HTML / URI / QRCODE: NotSupportedMessageFormat (a text display);
   DisplayMessageCtrlr.Enabled false: Rejected.
 
-Messages are held in memory by the network side (a restart of it clears them from the displays, which is
-the safe side: no stale operator text). Every request's cost is bounded by ``MAX_MESSAGES``.
+Messages persist (table ``ocpp201_display_messages``, the MessageInfo as received): an Accepted message is
+a promise to show it in its window, and nothing tells the CSMS that a reboot lost it (no NotifyDisplayMessages
+at boot), so a restart of the network side or of the station shows them again; the window and the
+transaction rule are applied again then (a message whose transaction did not survive the restart goes).
+A message that cannot be stored is still shown until the restart (logged). Every request's cost is bounded
+by ``MAX_MESSAGES``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ocpp.v201 import call
 
+from agent.db import Migration, StorageError, migrate
 from agent.events import SessionStopped, StationEvent, StatusChanged
 from agent.station_api import MessagePriority, OperatorMessage
 from hal.clock import TimerHandle
@@ -43,6 +50,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("cpagent.ocpp.v201.display")
 
 CONTROLLER = "DisplayMessageCtrlr"
+COMPONENT = "ocpp201_display_messages"
+MIGRATIONS: list[Migration] = [
+    # seq: the order of first setting (a replaced message keeps its place), as the in-memory dict keeps it
+    "CREATE TABLE ocpp201_display_messages (id INTEGER PRIMARY KEY, seq INTEGER NOT NULL, info TEXT NOT NULL)",
+]
 MAX_MESSAGES = 32  # DisplayMessageCtrlr.DisplayMessages (the device model's maxLimit)
 ITEMS_PER_NOTIFY = 10  # messageInfo entries per NotifyDisplayMessages
 CYCLE_S = 5.0  # each NormalCycle message is shown this long in turn
@@ -128,10 +140,54 @@ class DisplayMessages:
         self._given: dict[int, tuple[OperatorMessage, ...]] = {}
         self._pending_reports: dict[int, list[dict[str, Any]]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._db: sqlite3.Connection = service.db
+        migrate(self._db, COMPONENT, MIGRATIONS)
+        self._load()
         service.variables.bind("display_message_entries", lambda: len(self.messages))
         service.station.subscribe(self._on_event)
-        for cid in self._station.connector_ids():  # nothing stale from an earlier network side
-            self._give(cid, ())
+
+    async def run(self) -> None:
+        # Once every feature exists and the transactions feature has recovered its machines (its run() began
+        # first): each connector gets what is current now, nothing stale from an earlier network side.
+        await asyncio.sleep(0)
+        self.refresh()
+
+    # -- storage -------------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        try:
+            rows = self._db.execute("SELECT id, info FROM ocpp201_display_messages ORDER BY seq LIMIT ?",
+                                    (MAX_MESSAGES,)).fetchall()
+        except sqlite3.Error as exc:
+            log.error("stored display messages not read: %s", exc)
+            return
+        for message_id, text in rows:
+            try:
+                info = json.loads(text)
+                stored = StoredMessage.from_info(info)
+                stored.operator_message()
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                log.warning("stored display message %s unreadable, dropped: %s", message_id, str(exc)[:200])
+                self._forget(int(message_id))
+                continue
+            self.messages[stored.id] = stored
+        if self.messages:
+            log.info("%d display message(s) restored", len(self.messages))
+
+    def _store(self, stored: StoredMessage) -> None:
+        try:
+            self._db.execute(
+                "INSERT INTO ocpp201_display_messages(id, seq, info) VALUES (?, (SELECT COALESCE(MAX(seq), 0) + 1 "
+                "FROM ocpp201_display_messages), ?) ON CONFLICT(id) DO UPDATE SET info = excluded.info",
+                (stored.id, json.dumps(stored.info, separators=(",", ":"))))
+        except (sqlite3.Error, StorageError, TypeError, ValueError) as exc:
+            log.warning("display message %d not stored (shown until a restart): %s", stored.id, exc)
+
+    def _forget(self, message_id: int) -> None:
+        try:
+            self._db.execute("DELETE FROM ocpp201_display_messages WHERE id = ?", (message_id,))
+        except (sqlite3.Error, StorageError) as exc:
+            log.warning("display message %d not removed from storage: %s", message_id, exc)
 
     # -- the running transactions (the transactions feature's state machines) ------------------------
 
@@ -170,6 +226,7 @@ class DisplayMessages:
         if stored.id not in self.messages and len(self.messages) >= MAX_MESSAGES:
             return {"status": "Rejected", "statusInfo": {"reasonCode": "OutOfMemory"}}
         self.messages[stored.id] = stored
+        self._store(stored)
         log.info("display message %d (%s%s) set", stored.id, stored.priority,
                  f", transaction {stored.transaction_id}" if stored.transaction_id else "")
         self.refresh()
@@ -178,6 +235,7 @@ class DisplayMessages:
     async def on_clear_display_message(self, id: int, **_: Any) -> dict[str, Any]:
         if self.messages.pop(id, None) is None:
             return {"status": "Unknown"}
+        self._forget(id)
         log.info("display message %d cleared", id)
         self.refresh()
         return {"status": "Accepted"}
@@ -227,6 +285,7 @@ class DisplayMessages:
             log.info("display message %d removed (%s)", message_id,
                      "transaction ended" if self.messages[message_id].transaction_id else "endDateTime passed")
             del self.messages[message_id]
+            self._forget(message_id)
 
     def refresh(self) -> None:
         """Give every connector its current messages (most urgent first, the newest set first within a
