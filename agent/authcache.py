@@ -127,16 +127,27 @@ class _Tables:
             migrate(conn, COMPONENT, MIGRATIONS)
 
     @contextmanager
-    def _transaction(self, what: str) -> Iterator[None]:
+    def _transaction(self, what: str, *, durable: bool = True) -> Iterator[None]:
+        """BEGIN IMMEDIATE .. COMMIT. ``durable=False`` (the cache, which only saves asking the CSMS again)
+        commits without an fsync: safe against a process crash, may be rolled back by an OS crash or power
+        cut. The connection's own level comes back after."""
         with _storage(what):
-            self._conn.execute("BEGIN IMMEDIATE")
+            level = None
+            if not durable:
+                level = int(self._conn.execute("PRAGMA synchronous").fetchone()[0])
+                self._conn.execute("PRAGMA synchronous=NORMAL")
             try:
-                yield
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+                self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield
+                    self._conn.execute("COMMIT")
+                except BaseException:
+                    if self._conn.in_transaction:
+                        self._conn.execute("ROLLBACK")
+                    raise
+            finally:
+                if level is not None:
+                    self._conn.execute(f"PRAGMA synchronous={level}")
 
 
 class _ListTooLong(Exception):
@@ -239,7 +250,7 @@ class AuthorizationCache(_Tables):
         ids). Status and expiry are the latest answer's; a known parentIdTag stays unless a new one is given."""
         if id_tag in self._local_list:
             return
-        with self._transaction("update the cache"):
+        with self._transaction("update the cache", durable=not self._loses_nothing(id_tag, info)):
             self._conn.execute(
                 "INSERT INTO auth_cache(id_tag, status, expiry_wall, parent_id_tag, last_used) "
                 "VALUES (?, ?, ?, ?, (SELECT COALESCE(MAX(last_used), 0) + 1 FROM auth_cache)) "
@@ -255,9 +266,27 @@ class AuthorizationCache(_Tables):
                 (self.max_entries,),
             )
 
+    def _loses_nothing(self, id_tag: str, info: IdTagInfo) -> bool:
+        """Whether this answer may be learnt without an fsync: if an OS crash or power cut rolls it back, the
+        cache must not be looser than the CSMS said. True for an Accepted that does not shorten the expiry of
+        a stored Accepted (rolled back: no entry, an earlier rejection, or the same Accepted); a rejection
+        (Blocked, Expired, Invalid, ...) or a shorter expiry is written durably."""
+        if info.status != "Accepted":
+            return False
+        with _storage("read the cache"):
+            row = self._conn.execute(
+                "SELECT status, expiry_wall FROM auth_cache WHERE id_tag = ?", (id_tag,)
+            ).fetchone()
+        if row is None or row[0] != "Accepted":
+            return True
+        old, new = row[1], info.expiry_wall
+        if old is None:  # stored without expiry: only the same may go unsynced
+            return new is None
+        return new is None or new >= old
+
     def lookup(self, id_tag: str) -> IdTagInfo | None:
         """The cached idTagInfo (status Expired once past its expiry), or None. A hit counts as a use."""
-        with self._transaction("read the cache"):
+        with self._transaction("read the cache", durable=False):
             row = self._conn.execute(
                 "SELECT status, expiry_wall, parent_id_tag FROM auth_cache WHERE id_tag = ?", (id_tag,)
             ).fetchone()
