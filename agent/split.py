@@ -251,6 +251,13 @@ async def run_network(config: AgentConfig) -> int:
     if stop.is_set():
         return 0
     proxy = StationProxy(path, config.state_dir / "state.db")
+
+    def on_signal() -> None:  # at the signal itself, before the control side's close (same signal) arrives
+        proxy.stopping()
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, on_signal)
     await proxy.start()
     waiting = asyncio.create_task(proxy.wait_connected(3600))
     await asyncio.wait([waiting, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)

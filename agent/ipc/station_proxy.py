@@ -78,6 +78,9 @@ RECONNECT_MIN_S = 0.1
 RECONNECT_MAX_S = 5.0
 MAX_BUFFER = 1024 * 1024
 LINK_TASK = "control-link"
+# A stop of the whole agent (one SIGTERM to both sides) shows here first as the control side closing: the loss is
+# reported (every connector Faulted) only if this side is not stopping by then.
+LOST_REPORT_DELAY_S = 0.5
 
 
 class StationProxy:
@@ -118,6 +121,7 @@ class StationProxy:
         # views that arrive meanwhile (a refresh already in flight must not undo it in the mirror)
         self._reserving: dict[int, tuple[int, ConnectorReservation | None]] = {}
         self._closing = False
+        self._lost_report: asyncio.TimerHandle | None = None
         self.last_error = "not connected yet"
         self.connects = 0  # hellos received so far
 
@@ -129,8 +133,16 @@ class StationProxy:
         if timeout_s is not None:
             await asyncio.wait_for(self._ready.wait(), timeout_s)
 
+    def stopping(self) -> None:
+        """This side is stopping (SIGTERM or SIGINT, which systemd and a terminal send the control side at the
+        same moment): the connection closing from now on is the station stopping too, not a failure to report
+        to the CSMS as every connector Faulted (InternalError)."""
+        self._closing = True
+
     async def close(self) -> None:
         self._closing = True
+        if self._lost_report is not None:
+            self._lost_report.cancel()
         if self._task is not None:
             await cancel_and_wait(self._task)
             self._task = None
@@ -320,7 +332,8 @@ class StationProxy:
             self._write(message)
 
     def _lost(self, why: str) -> None:
-        """The connection is gone: fail what waits, mark every connector Faulted (InternalError)."""
+        """The connection is gone: fail what waits; LOST_REPORT_DELAY_S later, unless this side is stopping
+        or the control side is back, mark every connector Faulted (InternalError)."""
         was_connected = self._ready.is_set()
         self._writer = None
         self._ready.clear()
@@ -330,6 +343,14 @@ class StationProxy:
             if future is not None and not future.done():
                 future.set_exception(StationUnavailable(f"{op}: the control side went away ({why})"))
         if not was_connected or self._closing:
+            return
+        if self._lost_report is not None:
+            self._lost_report.cancel()
+        self._lost_report = asyncio.get_running_loop().call_later(LOST_REPORT_DELAY_S, self._report_lost, why)
+
+    def _report_lost(self, why: str) -> None:
+        self._lost_report = None
+        if self._closing or self._ready.is_set():  # stopping with the control side, or it is back already
             return
         log.error("station proxy: lost the control side (%s); connectors reported Faulted", why)
         for cid, view in list(self._views.items()):
