@@ -450,8 +450,11 @@ class SmartCharging:
                        "chargingProfile": chunk, "tbc": index < len(messages) - 1}
             try:
                 await self._svc.request_payload("ReportChargingProfiles", request)
-            except Exception as exc:  # offline, CALLERROR, timeout: the report is not resumable
-                log.warning("ReportChargingProfiles %d not delivered: %s", request_id, exc)
+            except Exception as exc:  # offline, CALLERROR, timeout: the rest is dropped, never resumed later
+                # (K09 has no resumption; the CSMS saw the connection go and asks again: a pure read). Bounded:
+                # at most Entries (32) profiles, one warning per report.
+                log.warning("ReportChargingProfiles %d: messages %d-%d of %d not sent (%s); report dropped",
+                            request_id, index + 1, len(messages), len(messages), exc)
                 return
 
     def _report_body(self, profile: sc.Profile) -> dict[str, Any]:
