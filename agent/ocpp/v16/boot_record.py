@@ -31,11 +31,18 @@ class BootRecord:
         return row is not None and row[0] == control_started and row[1] == json.dumps(fields, sort_keys=True)
 
     def save(self, control_started: float, fields: dict[str, str]) -> None:
+        """Committed without an fsync (synchronous=NORMAL for this statement): it matters only while the
+        control side's run goes on, and an OS crash or power cut that could roll it back ends that run."""
         try:
-            self._conn.execute(
-                "INSERT INTO ocpp16_boot(id, control_started, fields) VALUES (1, ?, ?) "
-                "ON CONFLICT(id) DO UPDATE SET control_started = excluded.control_started, fields = excluded.fields",
-                (control_started, json.dumps(fields, sort_keys=True)),
-            )
+            level = int(self._conn.execute("PRAGMA synchronous").fetchone()[0])
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self._conn.execute(
+                    "INSERT INTO ocpp16_boot(id, control_started, fields) VALUES (1, ?, ?) ON CONFLICT(id) "
+                    "DO UPDATE SET control_started = excluded.control_started, fields = excluded.fields",
+                    (control_started, json.dumps(fields, sort_keys=True)),
+                )
+            finally:
+                self._conn.execute(f"PRAGMA synchronous={level}")
         except sqlite3.Error as exc:
             raise StorageError(f"cannot store the accepted boot: {exc}") from exc
