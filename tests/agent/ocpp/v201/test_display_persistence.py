@@ -5,6 +5,7 @@ at the restart (unit test of DisplayMessages on a real SQLite database)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -131,3 +132,23 @@ async def test_display_message_shown_again_after_a_restart(hmi_octt: Octt201) ->
     assert (await octt.send("GetDisplayMessages", {"requestId": 5}))["status"] == "Accepted"
     notify = (await octt.wait("NotifyDisplayMessages")).payload
     assert [m["id"] for m in notify["messageInfo"]] == [21]
+
+
+async def test_console_display_logs_the_message_beside_the_guidance(
+        octt: Octt201, caplog: pytest.LogCaptureFixture) -> None:
+    """The console display driver (the rig's default) logs a SetDisplayMessage text on its screen line, our own
+    guidance text kept (an InFront message is not AlwaysFront)."""
+    caplog.set_level(logging.INFO, logger="cpagent.display")
+    agent = await octt.start_agent()
+    await octt.booted()
+    answer = await octt.send("SetDisplayMessage", {"message": info(31, "Pay at the kiosk")})
+    assert answer["status"] == "Accepted"
+
+    def line() -> str:
+        lines = [r.getMessage() for r in caplog.records if r.name == "cpagent.display"]
+        return lines[-1] if lines else ""
+
+    await eventually(lambda: "message=Pay at the kiosk" in line(), what="message on the console display's line")
+    assert line().startswith("connector 1: idle | 'Tap card or plug in")
+    assert agent.connector.display is not None
+    assert ("message", "Pay at the kiosk") in agent.connector.display.screens[1].extra
