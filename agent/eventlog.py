@@ -10,6 +10,13 @@ from typing import Any
 
 from agent import db
 
+
+def _add_station_column(conn: sqlite3.Connection) -> None:
+    """Idempotent: in the split agent both sides open the event log at start and may both run this step."""
+    if "station" not in {row[1] for row in conn.execute("PRAGMA table_info(events)")}:
+        conn.execute("ALTER TABLE events ADD COLUMN station TEXT NOT NULL DEFAULT ''")
+
+
 MIGRATIONS: list[db.Migration] = [
     """
     CREATE TABLE events (
@@ -24,7 +31,7 @@ MIGRATIONS: list[db.Migration] = [
     """,
     # The station a row belongs to: '' on a charger, which logs only its own events; `cpsim fleet` keeps
     # all its stations' events in one fleet-wide log (one SQLite connection instead of one per station).
-    "ALTER TABLE events ADD COLUMN station TEXT NOT NULL DEFAULT ''",
+    _add_station_column,
 ]
 
 MAX_EVENTS = 50_000

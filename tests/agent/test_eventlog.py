@@ -29,3 +29,16 @@ def test_a_charger_log_of_schema_v1_keeps_its_rows_as_its_own(tmp_path: Path) ->
     assert [e.text for e in log.query()] == ["before v2", "after v2"]
     assert db.schema_version(conn, "eventlog") == len(eventlog.MIGRATIONS)
     conn.close()
+
+
+def test_adding_the_station_column_twice_is_harmless(tmp_path: Path) -> None:
+    """The split agent's two sides may both run the step at their first start."""
+    conn = db.connect(tmp_path / "state.db", durable=False)
+    db.migrate(conn, "eventlog", eventlog.MIGRATIONS[:1])
+    step = eventlog.MIGRATIONS[1]
+    assert callable(step)
+    step(conn)
+    step(conn)
+    EventLog(conn).add(1.0, "info", "diag", "ok")
+    assert [e.text for e in EventLog(conn).query()] == ["ok"]
+    conn.close()
