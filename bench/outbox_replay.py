@@ -10,7 +10,11 @@ Rates come from the CSMS's receive timestamps (first -> last message of each). T
 but do not end together (the agent boots first, the faster one finishes alone), so the rates within the
 window where both were sending are printed too ("overlap_*"): that is the strictly like-for-like figure.
 
-Prints JSON: {"agent_msgs_per_s", "bare_msgs_per_s", "ratio", "overlap_...", "goals"}. Goal: ratio >= 0.8.
+Prints JSON: {"agent_msgs_per_s", "bare_msgs_per_s", "ratio", "overlap_...", "network_cpu_us_per_msg", "goals"}.
+Goal: ratio >= 0.8. ``network_cpu_us_per_msg``: CPU time of the agent's network side (the process that replays)
+from its first to its last replayed message, per message (sampled from /proc every 0.2 s, interpolated at
+the CSMS's receive times): the steadier figure on a loaded machine, where the rates depend on who gets the
+cores (the network side runs at nice +5).
 
 ``--ocpp 2.0.1``: the same with OCPP 2.0.1 TransactionEvent messages of one transaction (Started, Updated x
 N-2, Ended; the agent's outbox numbers seqNo 0..N-1 as it does for a real transaction): the agent (configured
@@ -23,10 +27,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
+import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -122,6 +129,57 @@ async def bare_library(url: str) -> None:
         listener.cancel()
 
 
+def network_side(supervisor: int) -> int | None:
+    """The pid of the agent's network side: the supervisor's child whose command line says ``network``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == supervisor and b"network" in (entry / "cmdline").read_bytes():
+                return int(entry.name)
+        except (OSError, ValueError, IndexError):
+            continue
+    return None
+
+
+def cpu_seconds(pid: int) -> float | None:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+async def sample_cpu(agent: AgentProcess, samples: list[tuple[float, float]]) -> None:
+    """(wall time, CPU seconds of the network side) every 0.2 s until cancelled."""
+    pid = None
+    while True:
+        if pid is None and agent.proc is not None:
+            pid = network_side(agent.proc.pid)
+        used = cpu_seconds(pid) if pid is not None else None
+        if used is not None:
+            samples.append((time.time(), used))
+        await asyncio.sleep(0.2)
+
+
+def cpu_per_message(samples: list[tuple[float, float]], messages: list[dict[str, Any]]) -> float | None:
+    """CPU seconds of the network side per replayed message, between its first and last message."""
+    times = sorted(m["t"] for m in messages)
+
+    def at(t: float) -> float | None:
+        for (t0, c0), (t1, c1) in itertools.pairwise(samples):
+            if t0 <= t <= t1:
+                return c0 + (c1 - c0) * (t - t0) / (t1 - t0) if t1 > t0 else c0
+        return None
+
+    begin, end = at(times[0]), at(times[-1])
+    if begin is None or end is None or len(times) < 2:
+        return None
+    return (end - begin) / (len(times) - 1)
+
+
 def rate(messages: list[dict[str, Any]]) -> float:
     times = [m["t"] for m in messages]
     return (len(times) - 1) / (max(times) - min(times))
@@ -173,9 +231,13 @@ async def main(ocpp: str = "1.6") -> None:
             conn.close()
             agent = AgentProcess(directory / "rig" / "agent.toml", directory / "agent.log")
             agent.start()  # the agent and the bare client replay side by side
+            samples: list[tuple[float, float]] = []
+            sampler = asyncio.create_task(sample_cpu(agent, samples))
             await (bare_library_201(url) if v201 else bare_library(url))
             bare = await wait_count(ctl, "BARE", N, 120)
             replayed = await wait_count(ctl, "AGENT", N, 300)
+            await asyncio.sleep(0.3)  # one sample after the last message
+            sampler.cancel()
             agent.terminate()
             await rig.stop()
         finally:
@@ -188,6 +250,7 @@ async def main(ocpp: str = "1.6") -> None:
     else:
         assert all(m["payload"]["transactionId"] == 7 for m in replayed), "the bound transactionId was not filled in"
     overlap_agent, overlap_bare, overlap_s = overlap_rates(replayed, bare)
+    per_message = cpu_per_message(samples, replayed)
     print(json.dumps({
         "agent_msgs_per_s": round(agent_rate, 1),
         "bare_msgs_per_s": round(bare_rate, 1),
@@ -196,6 +259,7 @@ async def main(ocpp: str = "1.6") -> None:
         "overlap_agent_msgs_per_s": round(overlap_agent, 1),
         "overlap_bare_msgs_per_s": round(overlap_bare, 1),
         "overlap_ratio": round(overlap_agent / overlap_bare, 3) if overlap_bare else None,
+        "network_cpu_us_per_msg": round(1e6 * per_message) if per_message is not None else None,
         "n": N,
         "goals": {"ratio": ">= 0.8"},
     }))
