@@ -7,6 +7,7 @@ migration: append a new one.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -34,7 +35,17 @@ def _private_files(path: Path | str) -> None:
     if name in ("", ":memory:") or name.startswith("file:"):
         return
     for suffix in _CREATED_SUFFIXES:
-        fd = os.open(name + suffix, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_MODE)
+        try:
+            fd = os.open(name + suffix, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, PRIVATE_MODE)
+        except FileExistsError:
+            # Never open and close an existing one: closing any descriptor of a file drops every POSIX lock
+            # this process holds on it, SQLite's too. A second connection in a process that had one open
+            # dropped its lock on the -shm; the other side's process then took the -shm for its own,
+            # truncated it, and the first connection's next access to its mapping was a SIGBUS (the control
+            # side died at start, 2 of 13 starts in the contract audit).
+            with contextlib.suppress(FileNotFoundError):
+                os.chmod(name + suffix, PRIVATE_MODE)
+            continue
         try:
             os.fchmod(fd, PRIVATE_MODE)
         finally:
