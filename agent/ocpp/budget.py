@@ -18,8 +18,9 @@ milliseconds per second up to ``BURST_S`` seconds' worth:
 - cheap requests (Reset, RemoteStop / RequestStopTransaction, ChangeAvailability, TriggerMessage, ...) are
   charged too but never delayed nor refused.
 
-The first delay or refusal of a burst is logged once (WARNING), its end with the counts (INFO); the counts
-since start (``BudgetStats``, kept by the link across connections) are in `cpctl status`.
+The first delay or refusal of a burst is logged once (WARNING), its end -- an expensive request admitted
+with the bucket at least half full again -- with the counts (INFO); the counts since start (``BudgetStats``,
+kept by the link across connections) are in `cpctl status`.
 
     budget = RequestBudget(250.0, stats=link_stats)
     refusal = await budget.admit("GetBaseReport", payload)   # None: go on; else the CALLERROR description
@@ -194,7 +195,8 @@ class RequestBudget:
             async with self._turn:
                 debt = -self.tokens
                 if debt <= 0.0:
-                    self._recovered()
+                    if self._tokens >= self.capacity / 2:  # hysteresis: one burst, not one per request
+                        self._recovered()
                     return None
                 wait = debt / self.rate
                 waited = self._monotonic() - started

@@ -99,7 +99,10 @@ async def test_a_debt_beyond_the_longest_delay_is_refused_with_when_to_retry(cap
     assert b.stats.bursts == 1 and b.stats.last_refused_wall is not None
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "GetBaseReport" in warnings[0].getMessage()  # once per burst
-    clock.now += 20.0
+    clock.now += 10.2  # out of debt (0.02 s), but the bucket (0.1 s) is not half full: still the same burst
+    assert await b.admit("GetBaseReport", {}) is None
+    assert [r for r in caplog.records if r.levelno == logging.INFO] == []
+    clock.now += 1.0
     assert await b.admit("GetBaseReport", {}) is None
     recovered = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert recovered == ["CP1: the CSMS's requests are within their budget again (0 delayed, 3 refused meanwhile)"]
