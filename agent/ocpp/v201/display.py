@@ -36,10 +36,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from ocpp.v201 import call
-
 from agent.db import Migration, StorageError, migrate
 from agent.events import SessionStopped, StationEvent, StatusChanged
+from agent.ocpp.v201.reports import send_report
 from agent.station_api import MessagePriority, OperatorMessage
 from hal.clock import TimerHandle
 from hal.types import ScreenState
@@ -258,14 +257,11 @@ class DisplayMessages:
         if not found:
             return
         chunks = [found[i:i + ITEMS_PER_NOTIFY] for i in range(0, len(found), ITEMS_PER_NOTIFY)]
-        try:
-            for n, chunk in enumerate(chunks):
-                await self._svc.request(call.NotifyDisplayMessages(
-                    request_id=request_id, message_info=chunk, tbc=n < len(chunks) - 1))
+        if await send_report(self._svc, "NotifyDisplayMessages", request_id, [
+                {"requestId": request_id, "messageInfo": chunk, "tbc": n < len(chunks) - 1}
+                for n, chunk in enumerate(chunks)]):
             log.info("display messages reported for request %d: %d in %d messages", request_id, len(found),
                      len(chunks))
-        except Exception as exc:  # offline or refused: not queued, the CSMS asks again
-            log.warning("NotifyDisplayMessages for request %d not completed: %s", request_id, exc)
 
     # -- what each connector shows -------------------------------------------------------------------
 

@@ -48,7 +48,6 @@ from typing import TYPE_CHECKING, Any
 
 from ocpp.charge_point import snake_to_camel_case
 from ocpp.exceptions import FormatViolationError, OccurrenceConstraintViolationError
-from ocpp.v201 import call
 
 from agent import faults
 from agent.db import StorageError, migrate
@@ -56,6 +55,7 @@ from agent.events import MeterUpdate, StationEvent, StatusChanged
 from agent.ocpp.v16.meter_values import ocpp_time
 from agent.ocpp.v201.configuration import chunks
 from agent.ocpp.v201.device_model import DataType, DeviceModel, Entry
+from agent.ocpp.v201.reports import send_report
 from hal.types import Fault
 
 if TYPE_CHECKING:
@@ -543,15 +543,9 @@ class Monitoring:
         parts = chunks(items, self.dm.integer("DeviceDataCtrlr", "ItemsPerMessage", instance="GetReport"),
                        self.dm.integer("DeviceDataCtrlr", "BytesPerMessage", instance="GetReport"))
         generated = ocpp_time(self.service.wall())
-        try:
-            for seq, part in enumerate(parts):
-                await self.service.request(call.NotifyMonitoringReport(
-                    request_id=request_id, seq_no=seq, generated_at=generated, monitor=part,
-                    tbc=seq < len(parts) - 1))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # offline or refused: not queued (the CSMS asks again)
-            log.warning("monitoring report %d not completed: %s", request_id, exc)
+        await send_report(self.service, "NotifyMonitoringReport", request_id, [
+            {"requestId": request_id, "seqNo": seq, "generatedAt": generated, "monitor": part,
+             "tbc": seq < len(parts) - 1} for seq, part in enumerate(parts)])
 
     # -- watching -------------------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ from agent.db import Migration, migrate
 from agent.events import SessionStarted, SessionStopped, StationEvent
 from agent.ocpp.v16.meter_values import ocpp_time
 from agent.ocpp.v201.device_model import DeviceModelError
+from agent.ocpp.v201.reports import send_report
 
 if TYPE_CHECKING:
     from agent.station_api import ConnectorView
@@ -439,23 +440,16 @@ class SmartCharging:
     async def after_get_charging_profiles(self, request_id: int, charging_profile: dict[str, Any],
                                           evse_id: int | None = None, **_: Any) -> None:
         """K09: one ReportChargingProfiles per EVSE and chunk of ``REPORT_CHUNK``, tbc on all but the last; the
-        profiles are sent camelCase as the CSMS sent them (no round trip through the dataclass)."""
+        profiles are sent camelCase as the CSMS sent them (no round trip through the dataclass); a report cut by
+        the connection: ``agent.ocpp.v201.reports``."""
         found = self.selected(evse_id, snake_to_camel_case(charging_profile))
         messages: list[tuple[int, list[dict[str, Any]]]] = []
         for evse in sorted({p.connector_id for p in found}):
             bodies = [self._report_body(p) for p in found if p.connector_id == evse]
             messages += [(evse, chunk) for chunk in chunks(bodies)]
-        for index, (evse, chunk) in enumerate(messages):
-            request = {"requestId": request_id, "chargingLimitSource": SOURCE_CSO, "evseId": evse,
-                       "chargingProfile": chunk, "tbc": index < len(messages) - 1}
-            try:
-                await self._svc.request_payload("ReportChargingProfiles", request)
-            except Exception as exc:  # offline, CALLERROR, timeout: the rest is dropped, never resumed later
-                # (K09 has no resumption; the CSMS saw the connection go and asks again: a pure read). Bounded:
-                # at most Entries (32) profiles, one warning per report.
-                log.warning("ReportChargingProfiles %d: messages %d-%d of %d not sent (%s); report dropped",
-                            request_id, index + 1, len(messages), len(messages), exc)
-                return
+        await send_report(self._svc, "ReportChargingProfiles", request_id, [
+            {"requestId": request_id, "chargingLimitSource": SOURCE_CSO, "evseId": evse, "chargingProfile": chunk,
+             "tbc": index < len(messages) - 1} for index, (evse, chunk) in enumerate(messages)])
 
     def _report_body(self, profile: sc.Profile) -> dict[str, Any]:
         body = dict(self.bodies[profile.id])
