@@ -327,7 +327,8 @@ def _human(cmd: str, data: Any) -> str:
     if cmd == "sessions":
         return "\n".join(
             f"{_when(s['start'])}  connector {s['connector']}  {s['id_tag']}  {s['energy_wh']:.0f} Wh  "
-            f"{s['reason'] or 'running'}  tx {s['transaction_id'] or '-'}" for s in data) or "no sessions"
+            f"{s['reason'] or 'running'}  tx {s['transaction_id'] or '-'}"
+            + (f"  cost {s['cost']}" if s.get("cost") else "") for s in data) or "no sessions"
     if cmd == "selftest":
         return "\n".join(f"{'PASS' if c['ok'] else 'FAIL'}  {c['check']}: {c['detail']}" for c in data["checks"])
     if cmd == "meter":

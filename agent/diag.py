@@ -250,9 +250,13 @@ class DiagServer:
 
     async def _sessions(self, request: dict[str, Any]) -> list[dict[str, Any]]:
         last = int(request.get("last", 10))
+        ocpp = self.ocpp
         return [{"ref": s.ref, "connector": s.connector_id, "id_tag": mask(s.id_tag), "start": s.start_wall,
                  "stop": s.stop_wall, "energy_wh": round(s.energy_wh, 1), "reason": s.stop_reason,
-                 "transaction_id": s.transaction_id} for s in self.station.shared.sessions.recent(last)]
+                 "transaction_id": s.transaction_id,
+                 # the cost the CSMS gave (or the station computed offline), kept with the transaction
+                 "cost": ocpp.diag_session_cost(str(s.transaction_id)) if ocpp and s.transaction_id else None}
+                for s in self.station.shared.sessions.recent(last)]
 
     def _need_ocpp(self) -> OcppDiagnostics:
         if self.ocpp is None:

@@ -45,3 +45,7 @@ class OcppDiagnosticsBase:
     def entry_fields(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Version-specific fields `cpctl outbox` shows of a queued message (none by default)."""
         return {}
+
+    def diag_session_cost(self, transaction_id: str) -> str | None:
+        """The cost kept with a transaction, as `cpctl sessions` shows it (none by default)."""
+        return None

@@ -27,6 +27,11 @@ class OcppDiagnosticsAdapter(OcppDiagnosticsBase):
     def entry_fields(self, payload: dict[str, Any]) -> dict[str, Any]:
         return _transaction_fields(payload)
 
+    def diag_session_cost(self, transaction_id: str) -> str | None:
+        pricing = self._service.features.get("Pricing")
+        text: str | None = pricing.cost_text(transaction_id) if pricing is not None else None
+        return text
+
     async def diag_trigger(self, what: str) -> str:
         s = self._service
         if what == "boot":

@@ -320,6 +320,20 @@ class Pricing:
         return {"total": Decimal(row[0]).scaleb(-row[1]), "currency": row[2], "source": row[3],
                 "final": bool(row[4])}
 
+    def cost_text(self, transaction_id: str) -> str | None:
+        """The kept cost as `cpctl sessions` shows it: "4.70 EUR", "~4.70 EUR (local)"; "running" until the
+        final one."""
+        try:
+            kept = self.kept(transaction_id)
+        except sqlite3.Error as exc:
+            log.warning("transaction %s: kept cost not read: %s", transaction_id[:36], exc)
+            return None
+        if kept is None:
+            return None
+        local = kept["source"] == "local"
+        return (f"{'~' if local else ''}{kept['total']} {kept['currency']}{' (local)' if local else ''}"
+                f"{'' if kept['final'] else ' running'}")
+
     # -- lookups -------------------------------------------------------------------------------------
 
     def _machines(self) -> dict[int, Any]:

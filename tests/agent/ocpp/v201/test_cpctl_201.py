@@ -30,6 +30,7 @@ async def as_json(capsys: pytest.CaptureFixture[str], socket: str, *argv: str) -
 
 async def test_cpctl_status_sessions_outbox_config_on_201(octt: Octt201, capsys: pytest.CaptureFixture[str]) -> None:
     socket = str(octt.rig.dir / "diag.sock")
+    octt.csms.transaction_event_answers["Ended"] = {"totalCost": 4.7}  # I03: kept with the session
     octt.start_process({"OCPPCommCtrlr/OfflineThreshold": 600})
     await octt.wait("BootNotification", within=20)
     await octt.wait_status("Available", within=10)
@@ -65,8 +66,12 @@ async def test_cpctl_status_sessions_outbox_config_on_201(octt: Octt201, capsys:
     await octt.wait_tx_event("Ended", within=15)  # delivered after the reconnect
     sessions = await as_json(capsys, socket, "sessions")
     assert sessions[0]["transaction_id"] == tx and sessions[0]["reason"]
+    for _ in range(50):  # the answer's totalCost is kept once the Ended is acknowledged
+        if (await as_json(capsys, socket, "sessions"))[0]["cost"]:
+            break
+        await asyncio.sleep(0.1)
     code, text = await run_cpctl(capsys, socket, "sessions")
-    assert f"tx {tx}" in text.splitlines()[0], text
+    assert f"tx {tx}  cost 4.70 EUR" in text.splitlines()[0], text
 
     code, text = await run_cpctl(capsys, socket, "config", "set", "OCPPCommCtrlr/HeartbeatInterval", "77")
     assert code == 0 and "Accepted" in text, text

@@ -83,7 +83,9 @@ async def test_i04_i05_offline_fallback_and_local_cost(octt: Octt201) -> None:
     kept = pricing.kept(tx)
     assert kept is not None and kept["source"] == "local" and kept["total"] >= Decimal("1.00")
     assert shown(octt)["cost"] == f"~{kept['total']} EUR"
+    assert pricing.cost_text(tx) == f"~{kept['total']} EUR (local)"  # as `cpctl sessions` shows it
     octt.csms.transaction_event_answers["Ended"] = {"totalCost": 2}
     await octt.wait_tx_event("Ended", within=15)
     await eventually(lambda: (pricing.kept(tx) or {}).get("source") == "csms", within=10, what="CSMS total")
     assert pricing.kept(tx)["total"] == Decimal("2.00") and shown(octt)["cost"] == "2.00 EUR"
+    assert pricing.cost_text(tx) == "2.00 EUR" and pricing.cost_text("unknown") is None
