@@ -18,6 +18,10 @@ SMART_CHARGING_MAX_WAIT_S = 300.0
 # In the fleet a dial failure is still counted and reported, at most this much later: 1000 stations at 1 s
 # would be 1000 wake-ups a second, most of an idle fleet's CPU.
 SECURITY_WATCH_S = 30.0
+# 2.0.1: the external-limits loop looks every second whether a transaction's charging rate changed (a site
+# limit or a CSMS profile: TransactionEvent ChargingRateChanged, NotifyChargingLimit), building every EVSE's
+# view each time. In the fleet such a change is reported at most this much later.
+EXTERNAL_LIMITS_POLL_S = 10.0
 
 # While the ramp builds the stations, every GC_FREEZE_EVERY of them the objects alive so far are moved out of
 # the collector's generations (gc.freeze): a station's objects live as long as the fleet, and without it each
@@ -30,6 +34,7 @@ def tune_agent_periods() -> None:
     """Lengthen the periods above (never shorten: a test may have set a longer one)."""
     import agent.ocpp.v16.security as sec16
     import agent.ocpp.v16.smart_charging as sc16
+    import agent.ocpp.v201.external_limits as ext201
     import agent.ocpp.v201.security as sec201
     import agent.ocpp.v201.smart_charging as sc201
 
@@ -37,3 +42,4 @@ def tune_agent_periods() -> None:
     sc201.MAX_WAIT_S = max(sc201.MAX_WAIT_S, SMART_CHARGING_MAX_WAIT_S)
     sec16.WATCH_STEADY_S = max(sec16.WATCH_STEADY_S, SECURITY_WATCH_S)
     sec201.WATCH_STEADY_S = max(sec201.WATCH_STEADY_S, SECURITY_WATCH_S)
+    ext201.POLL_S = max(ext201.POLL_S, EXTERNAL_LIMITS_POLL_S)
