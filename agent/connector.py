@@ -656,6 +656,7 @@ class Connector:
             effective_limit_a=c.current_limit_a,
             binding_limit=c.binding_limit,
             site_limit_a=c.site_limit_a,
+            temperature_c=self.pilot.temperature_c,
         )
 
 

@@ -161,6 +161,7 @@ class ConnectorView:
     effective_limit_a: float = 0.0  # the effective limit: min of connector, cable, OCPP and site limits
     binding_limit: str = "connector"  # which one sets it: connector | cable | ocpp | site-fuse | solar | failsafe
     site_limit_a: float | None = None  # the site allocation (local energy management), None = none
+    temperature_c: float | None = None  # the pilot board's temperature sensor (None: none or not fresh)
 
     def admits(self, id_tag: str, parent_id_tag: str | None = None) -> bool:
         """May this idTag start here (no reservation, or one that admits it)?"""

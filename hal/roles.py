@@ -32,6 +32,11 @@ class ControlPilot(abc.ABC):
     def keep_alive(self) -> None:
         """Tell the MCU the host is alive (drivers also send it on their own schedule)."""
 
+    @property
+    def temperature_c(self) -> float | None:
+        """The board's own temperature sensor (degrees Celsius); None without one or without a fresh value."""
+        return None
+
 
 def check_duty(duty_percent: float) -> None:
     """What ``ControlPilot.set_duty`` accepts: ValueError unless 0 < duty < 100 (and finite)."""

@@ -127,6 +127,11 @@ class CanPilotBoard(PilotBoardBase):
 
     # ------------------------------------------------------------------------------------ protocol
 
+    @property
+    def temperature_c(self) -> float | None:
+        levels = self.telemetry_levels
+        return None if levels is None else levels.temperature_dc / 10
+
     def receive(self, arbitration_id: int, data: bytes, is_extended_id: bool = False) -> None:
         """One frame from the bus (the Notifier's callback; usable by unit tests)."""
         message = self._decoder.decode(arbitration_id, data, is_extended_id)

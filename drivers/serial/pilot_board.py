@@ -69,6 +69,10 @@ class PilotBoard(PilotBoardBase):
     def keep_alive(self) -> None:
         self._send(KeepAlive())
 
+    @property
+    def temperature_c(self) -> float | None:
+        return None if self.telemetry is None else self.telemetry.temperature_dc / 10
+
     def counters(self) -> Mapping[str, int]:
         decoder = self._decoder.counters
         return {

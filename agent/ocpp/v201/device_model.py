@@ -349,6 +349,9 @@ VARIABLES: tuple[VariableSpec, ...] = (
     _v("EVSE", "SupplyPhases", INT, None, RO, source="supply_phases", scope=Scope.EVSE, min=0, max=3, required=True),
     _v("EVSE", "AllowReset", B, "true", RO, scope=Scope.EVSE),
     _v("EVSE", "Problem", B, None, RO, source="problem", scope=Scope.EVSE, monitorable=True),
+    # the EVSE's pilot board temperature (the standard TemperatureSensor component, one per EVSE here)
+    _v("TemperatureSensor", "Temperature", DEC, None, RO, unit="Celsius", source="temperature", scope=Scope.EVSE,
+       monitorable=True),
     # --- Connector (one per connector of an EVSE) ------------------------------------------------------
     _v("Connector", "AvailabilityState", OPT, None, RO, values=AVAILABILITY_STATES, source="availability_state",
        scope=Scope.CONNECTOR, required=True, monitorable=True),
@@ -831,6 +834,9 @@ class DeviceModel:
             sample = views[0].meter_latest
             volts = None if sample is None else next((v for v in sample.voltage_v if v is not None), None)
             return None if volts is None else _number(round(volts, 1))
+        if source == "temperature":
+            celsius = views[0].temperature_c
+            return None if celsius is None else _number(round(celsius, 1))
         if source == "power":
             sample = views[0].meter_latest or views[0].last_sample
             return _number(sample.power_w if sample is not None and views[0].relay_commanded_closed else 0.0)
