@@ -306,7 +306,7 @@ VARIABLES: tuple[VariableSpec, ...] = (
        required=True),
     _v("DisplayMessageCtrlr", "SupportedPriorities", MEM, "AlwaysFront,InFront,NormalCycle", RO,
        values=("AlwaysFront", "InFront", "NormalCycle"), required=True),
-    _v("DisplayMessageCtrlr", "PersonalMessageSize", INT, "255", RO, min=1, max=512, presettable=True),
+    _v("DisplayMessageCtrlr", "PersonalMessageSize", INT, "255", RO, min=0, max=512, presettable=True),  # 0: none kept
     # --- TariffCostCtrlr (I01-I08, pricing.py) ------------------------------------------------------------
     _v("TariffCostCtrlr", "Enabled", B, "true", instance="Tariff"),
     _v("TariffCostCtrlr", "Enabled", B, "true", instance="Cost"),

@@ -152,3 +152,21 @@ async def test_console_display_logs_the_message_beside_the_guidance(
     assert line().startswith("connector 1: idle | 'Tap card or plug in")
     assert agent.connector.display is not None
     assert ("message", "Pay at the kiosk") in agent.connector.display.screens[1].extra
+
+
+def test_personal_message_size_0_means_none_kept() -> None:
+    """Appendices: PersonalMessageSize "0 specifies no personal data may be stored": 0 can be preset, and the
+    tariff text of an idTokenInfo is then not kept (pricing shows the fallback instead)."""
+    from agent.ocpp.v201.device_model import DeviceModel
+    from agent.ocpp.v201.pricing import Pricing
+
+    dm = DeviceModel(connect(":memory:", durable=False), {"DisplayMessageCtrlr/PersonalMessageSize": "0"},
+                     evse_ids=(1,))
+    assert dm.integer("DisplayMessageCtrlr", "PersonalMessageSize") == 0
+    pricing = Pricing.__new__(Pricing)
+    pricing._svc = SimpleNamespace(variables=dm)  # type: ignore[assignment]
+    assert pricing._personal_text({"format": "UTF8", "content": "0.25 EUR/kWh"}) is None
+    dm2 = DeviceModel(connect(":memory:", durable=False), {"DisplayMessageCtrlr/PersonalMessageSize": "4"},
+                      evse_ids=(1,))
+    pricing._svc = SimpleNamespace(variables=dm2)  # type: ignore[assignment]
+    assert pricing._personal_text({"format": "UTF8", "content": "0.25 EUR/kWh"}) == "0.25"
