@@ -656,7 +656,8 @@ class Connector:
             effective_limit_a=c.current_limit_a,
             binding_limit=c.binding_limit,
             site_limit_a=c.site_limit_a,
-            temperature_c=self.pilot.temperature_c,
+            # optional in a driver (hal.roles.ControlPilot gives None; roles are duck-typed)
+            temperature_c=getattr(self.pilot, "temperature_c", None),
         )
 
 
