@@ -341,12 +341,7 @@ class OcppService:
 
     def _gated(self, handler: Handler) -> Handler:
         """After a Rejected boot the charge point answers nothing until the retry interval has passed."""
-
-        async def gated(**kwargs: Any) -> Any:
-            await self._not_rejected.wait()
-            return await handler(**kwargs)
-
-        return gated
+        return _Gated(self._not_rejected, handler)
 
     # -- status notifications ----------------------------------------------------------------------
 
@@ -603,6 +598,21 @@ class OcppService:
         if session is None or session.closed or not self.accepted:
             raise ConnectionLost("not connected to the CSMS")
         return await session.request(payload)
+
+
+class _Gated:
+    """A handler that waits for ``gate`` first: a small object, not a closure (~50 instead of ~300 bytes; a
+    service wraps every handler, cpsim fleet holds ~30 per station)."""
+
+    __slots__ = ("gate", "handler")
+
+    def __init__(self, gate: asyncio.Event, handler: Handler) -> None:
+        self.gate = gate
+        self.handler = handler
+
+    async def __call__(self, **kwargs: Any) -> Any:
+        await self.gate.wait()
+        return await self.handler(**kwargs)
 
 
 def _chain(first: Handler, second: Handler) -> Handler:
