@@ -391,7 +391,7 @@ class Station:
         if ready:
             ready()
         try:
-            await asyncio.Event().wait()
+            await asyncio.get_running_loop().create_future()  # until cancelled (a bare future: no Event)
         finally:
             await self.supervisor.stop()
             if diag is not None:

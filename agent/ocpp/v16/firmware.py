@@ -126,7 +126,7 @@ async def serve_jobs(tasks: set[asyncio.Task[None]], first: Awaitable[None]) -> 
     service ends; they end with it (transfers stopped, files removed)."""
     try:
         await first
-        await asyncio.Event().wait()
+        await asyncio.get_running_loop().create_future()  # until cancelled (a bare future: no Event)
     finally:
         await cancel_and_wait(*tasks)
 
