@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import getpass
 import json
 import os
 import re
@@ -16,9 +17,10 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from agent.config import DEFAULT_DIAG_SOCKET
+from agent.redact import is_secret_name
 
 EXIT_OK, EXIT_PROBLEM, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -129,7 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     st = csub.add_parser("set")
     st.add_argument("key")
-    st.add_argument("value")
+    st.add_argument("value", help="the new value; '-' reads it from stdin (one line; not echoed on a terminal), "
+                                  "which keeps a secret out of ps and the shell history")
     st.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
     add("outbox", "queued transaction messages")
     se = add("sessions", "recent charging sessions")
@@ -149,6 +152,32 @@ def _parser() -> argparse.ArgumentParser:
     t = add("trigger", "ask the agent to send an OCPP message now")
     t.add_argument("what", choices=["boot", "status", "heartbeat"])
     return p
+
+
+def config_value(key: str, value: str, stdin: TextIO | None = None) -> str | None:
+    """The value of `config set`: as given, or for "-" one line from stdin (a terminal is asked without
+    echo). None (after a message) when stdin gave nothing."""
+    if value != "-":
+        if is_secret_name(key):
+            print(f"cpctl: note: {key} given on the command line stays in the shell history and shows in ps; "
+                  f"`cpctl config set {key} -` reads it from stdin", file=sys.stderr)
+        return value
+    stream = stdin if stdin is not None else sys.stdin
+    line = getpass.getpass(f"{key}: ") if stream.isatty() else stream.readline()
+    line = line.rstrip("\r\n")
+    if not line:
+        print(f"cpctl: config set {key} -: no value on stdin", file=sys.stderr)
+        return None
+    return line
+
+
+def shown_value(row: dict[str, Any]) -> str:
+    """A configuration row's value as `config get` prints it; a write-only one only says whether it is set."""
+    if row.get("secret"):
+        marker = "<set, not shown>" if row.get("set") else "<not set>"
+        return marker + (f" ({row['note']})" if row.get("note") else "")
+    value = row.get("value")
+    return "<no value>" if value is None else str(value)
 
 
 def _when(wall: float | None) -> str:
@@ -272,7 +301,10 @@ def _run(args: argparse.Namespace, client: Client, as_json: bool) -> int:
         if args.config_action == "get":
             request = {"cmd": "config_get", "keys": [args.key] if args.key else None}
         else:
-            request = {"cmd": "config_set", "key": args.key, "value": args.value}
+            value = config_value(args.key, args.value)
+            if value is None:
+                return EXIT_USAGE
+            request = {"cmd": "config_set", "key": args.key, "value": value}
     elif cmd == "outbox":
         request = {"cmd": "outbox"}
     elif cmd == "sessions":
@@ -342,7 +374,7 @@ def _human(cmd: str, data: Any) -> str:
         left = ", ".join(data["faults"]) or "none"
         return f"connector {data['connector']}: {data['status']}, faults still active: {left}"
     if cmd == "config" and isinstance(data, dict) and "configurationKey" in data:
-        rows = [f"{k['key']} = {k.get('value', '')}{' (read-only)' if k.get('readonly') else ''}"
+        rows = [f"{k['key']} = {shown_value(k)}{' (read-only)' if k.get('readonly') else ''}"
                 for k in data["configurationKey"]]
         rows += [f"{k}: unknown key" for k in data.get("unknownKey", [])]
         return "\n".join(rows)

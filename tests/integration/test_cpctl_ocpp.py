@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -51,12 +52,23 @@ async def test_config_get_set_same_rules_as_change_configuration(online: tuple[B
     assert code == 1 and "Rejected" in err
     code, _, err = await cpctl(bench, "config", "set", "NoSuchKey", "1")
     assert code == 1 and "NotSupported" in err
-    code, out, _ = await cpctl(bench, "config", "set", "AuthorizationKey", "0123456789abcdef0123")
-    assert code == 0
+    code, out, err = await cpctl(bench, "config", "set", "AuthorizationKey", "0123456789abcdef0123")
+    assert code == 0 and "config set AuthorizationKey -" in err  # works, and says how to keep it out of ps
     code, out, _ = await cpctl(bench, "--json", "config", "get")
     listing = json.loads(out)
     assert "0123456789abcdef0123" not in out  # write-only
-    assert all(k["key"] != "AuthorizationKey" or "value" not in k for k in listing["configurationKey"])
+    assert [k for k in listing["configurationKey"] if k["key"] == "AuthorizationKey"] == [
+        {"key": "AuthorizationKey", "readonly": False, "secret": True, "set": True}]
+    # from stdin: never on the command line
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent.ctl", "--socket", str(bench.station.config.diag_socket),
+        "config", "set", "AuthorizationKey", "-", stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out_b, _ = await asyncio.wait_for(proc.communicate(b"fedcba9876543210fedc\n"), 30)
+    assert proc.returncode == 0 and out_b.decode().strip() == "AuthorizationKey: Accepted"
+    assert service.store.get_str("AuthorizationKey") == "fedcba9876543210fedc"
+    code, out, _ = await cpctl(bench, "config", "get", "AuthorizationKey")
+    assert code == 0 and out.strip() == "AuthorizationKey = <set, not shown>"
 
 
 async def test_trigger_and_outbox(online: tuple[Bench, OcppService]) -> None:

@@ -371,6 +371,10 @@ class ConfigurationStore:
             raise TypeError(f"{spec.name} is {spec.type}, not a list")
         return _items(self.get_str(spec.name))
 
+    def secret_keys(self) -> list[tuple[str, bool]]:
+        """The write-only keys as (name, readonly): for cpctl to say whether they are set."""
+        return [(s.name, s.readonly) for s in self._specs.values() if s.secret]
+
     def export(self) -> dict[str, str]:
         """Effective values for diagnostics and cpctl; secrets left out."""
         return {s.name: self._effective(s) for s in self._specs.values() if not s.secret}

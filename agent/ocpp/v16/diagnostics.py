@@ -16,14 +16,28 @@ class OcppDiagnosticsAdapter(OcppDiagnosticsBase):
     _service: OcppService
 
     def diag_config_get(self, keys: list[str] | None) -> dict[str, Any]:
-        known, unknown = self._service.store.get(keys)
-        return {
-            "configurationKey": [
-                {"key": kv.key, "readonly": kv.readonly, **({"value": kv.value} if kv.value is not None else {})}
-                for kv in known
-            ],
-            "unknownKey": unknown,
-        }
+        """Known keys with values; a write-only key (AuthorizationKey) as ``secret`` and whether it is
+        ``set``, never its value, by name and in the full listing (which GetConfiguration leaves it out of)."""
+        store = self._service.store
+        known, unknown = store.get(keys)
+        rows: list[dict[str, Any]] = []
+        for kv in known:
+            spec = store.spec(kv.key)
+            if spec is not None and spec.secret:
+                rows.append(self._secret_row(kv.key, kv.readonly))
+            else:
+                rows.append({"key": kv.key, "readonly": kv.readonly,
+                             **({"value": kv.value} if kv.value is not None else {})})
+        if keys is None:
+            rows += [self._secret_row(name, readonly) for name, readonly in store.secret_keys()]
+        return {"configurationKey": rows, "unknownKey": unknown}
+
+    def _secret_row(self, key: str, readonly: bool) -> dict[str, Any]:
+        row: dict[str, Any] = {"key": key, "readonly": readonly, "secret": True,
+                               "set": bool(self._service.store.get_str(key))}
+        if not row["set"] and key == "AuthorizationKey" and self._service.config.ocpp.password:
+            row["note"] = "[ocpp] password used"
+        return row
 
     def diag_config_set(self, key: str, value: str) -> str:
         # Same validation as ChangeConfiguration; a local technician may do what the CSMS may.

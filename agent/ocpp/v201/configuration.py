@@ -286,9 +286,11 @@ def _diag_entry(dm: DeviceModel, key: str) -> Entry | str:
 
 
 def diag_config_get(dm: DeviceModel, keys: Sequence[str] | None) -> dict[str, Any]:
-    """cpctl config get: every readable variable, or the ones named (write-only ones without a value)."""
+    """cpctl config get: every readable variable, or the ones named; a write-only one (BasicAuthPassword) as
+    ``secret`` and whether it is ``set``, never its value."""
     if not keys:
         rows = [{"key": key, "readonly": _readonly(dm, key), "value": value} for key, value in dm.export().items()]
+        rows += [_secret_row(dm, entry) for entry in dm.entries() if entry.spec.secret]
         return {"configurationKey": rows, "unknownKey": []}
     known: list[dict[str, Any]] = []
     unknown: list[str] = []
@@ -297,12 +299,19 @@ def diag_config_get(dm: DeviceModel, keys: Sequence[str] | None) -> dict[str, An
         if not isinstance(entry, Entry):
             unknown.append(key)
             continue
+        if entry.spec.secret:
+            known.append(_secret_row(dm, entry))
+            continue
         row: dict[str, Any] = {"key": entry.storage_key, "readonly": entry.spec.mutability is Mutability.READ_ONLY}
         got = dm.get_entry(entry)
         if got.value is not None:
             row["value"] = got.value
         known.append(row)
     return {"configurationKey": known, "unknownKey": unknown}
+
+
+def _secret_row(dm: DeviceModel, entry: Entry) -> dict[str, Any]:
+    return {"key": entry.storage_key, "readonly": False, "secret": True, "set": bool(dm.attribute_value(entry))}
 
 
 def _readonly(dm: DeviceModel, key: str) -> bool:

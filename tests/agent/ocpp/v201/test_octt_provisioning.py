@@ -160,9 +160,10 @@ async def test_cpctl_config_get_set_reach_the_device_model(octt: Octt201, capsys
     code, out, _ = await cpctl("config", "get", "LocalAuthListCtrlr/Entries")
     assert code == 0 and out.strip() == "LocalAuthListCtrlr/Entries = 2 (read-only)"
     code, out, _ = await cpctl("--json", "config", "get")
-    keys = {row["key"] for row in json.loads(out)["configurationKey"]}
-    assert {"TxCtrlr/TxStartPoint", "Connector@1.1/ConnectorType"} <= keys
-    assert "SecurityCtrlr/BasicAuthPassword" not in keys
+    keys = {row["key"]: row for row in json.loads(out)["configurationKey"]}
+    assert {"TxCtrlr/TxStartPoint", "Connector@1.1/ConnectorType"} <= keys.keys()
+    # write-only: whether it is set, never its value
+    assert "value" not in keys["SecurityCtrlr/BasicAuthPassword"] and keys["SecurityCtrlr/BasicAuthPassword"]["secret"]
 
 
 async def test_tc_b_02_cs_pending_the_csms_configures_and_reads_the_device_model(octt: Octt201) -> None:
