@@ -41,6 +41,20 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def tag_limit(ocpp: str) -> int:
+    """The longest card the agent sends: a 2.0.1 idToken (CiString36), a 1.6 idTag (CiString20); auto may
+    end up speaking 1.6."""
+    return 36 if ocpp == "2.0.1" else 20
+
+
+def check_tag(what: str, tag: str, ocpp: str) -> None:
+    limit = tag_limit(ocpp)
+    if not 0 < len(tag) <= limit or any(c.isspace() for c in tag):
+        kind = "idToken of OCPP 2.0.1" if ocpp == "2.0.1" else "idTag of OCPP 1.6" + (" (auto may speak 1.6)"
+                                                                                       if ocpp == "auto" else "")
+        raise ValueError(f"{what}: expected 1..{limit} characters without spaces (the {kind}), got {tag!r}")
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from simulator.fleet.cases import CaseError, CasePlan, resolve_case_names
@@ -60,8 +74,7 @@ def main(argv: list[str]) -> int:
             raise ValueError(f"--id-prefix: station ids must be at most 48 characters without spaces, "
                              f"got {longest_id!r}")
         for flag, tag in (("--tag", args.tag), ("--invalid-tag", args.invalid_tag)):
-            if not 0 < len(tag) <= 20 or any(c.isspace() for c in tag):  # 1.6 idTag, as the scenario's tags
-                raise ValueError(f"{flag}: expected 1..20 characters without spaces, got {tag!r}")
+            check_tag(flag, tag, args.ocpp)
         if args.ramp <= 0:
             raise ValueError("--ramp must be > 0")
         if not args.csms.startswith(("ws://", "wss://")):
@@ -69,6 +82,8 @@ def main(argv: list[str]) -> int:
         if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
             raise ValueError("--metrics-port must be 1..65535")
         scenario = load_scenario(args.scenario) if args.scenario else None
+        for tag in (scenario.tags + scenario.invalid_tags) if scenario else ():
+            check_tag(f"{args.scenario}: tags", tag, args.ocpp)
         cases = resolve_case_names(args.case, args.ocpp) + (scenario.cases if scenario else ())
         if len({c.name for c in cases}) != len(cases):
             raise ValueError("a [[case]] of --scenario has the name of a --case given too")

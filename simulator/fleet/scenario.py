@@ -107,9 +107,11 @@ def parse_scenario(data: dict[str, Any], where: str = "scenario") -> Scenario:
     def strings(key: str, allowed: set[str] | None = None) -> None:
         if key in data:
             value = data[key]
-            if not isinstance(value, list) or not value or not all(isinstance(v, str) and 0 < len(v) <= 20
+            # 36: a 2.0.1 idToken; cpsim fleet holds a 1.6 (or auto) fleet to the idTag's 20
+            if not isinstance(value, list) or not value or not all(isinstance(v, str) and 0 < len(v) <= 36
                                                                     for v in value):
-                raise ScenarioError(f"{where}: {key}: expected a non-empty list of tags (1..20 characters)")
+                raise ScenarioError(f"{where}: {key}: expected a non-empty list of tags (1..36 characters, "
+                                    f"1..20 for OCPP 1.6)")
             if allowed is not None and not set(value) <= allowed:
                 raise ScenarioError(f"{where}: {key}: unknown name(s) {sorted(set(value) - allowed)}; "
                                     f"known: {', '.join(sorted(allowed))}")
