@@ -15,16 +15,32 @@ import math
 import time
 from array import array
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
 from prometheus_client import Counter as PromCounter
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from websockets.asyncio.client import ClientConnection
 
 log = logging.getLogger("cpsim.fleet.metrics")
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# What the fleet's refresh reports (``set_gauges``; the JSON report's keys): levels are Prometheus gauges
+# ``cpsim_fleet_<name>``, running totals counters ``cpsim_fleet_<name>_total``.
+GAUGES = (
+    ("stations", "stations in this process"),
+    ("booted", "stations whose BootNotification was accepted"),
+    ("connected", "stations connected to the CSMS"),
+    ("queued_messages", "transaction messages waiting in the stations' outboxes"),
+    ("sessions_active", "sessions running now"),
+)
+TOTALS = (
+    ("reconnects", "connections beyond the first, summed over stations"),
+    ("sessions_started", "sessions started by this process"),
+    ("sessions_stopped", "sessions stopped by this process"),
+)
 
 
 def percentile(values: array[float] | list[float], q: float) -> float | None:
@@ -56,19 +72,9 @@ class FleetMetrics:
                                          ["action"], registry=self.registry)
             self._p_latency = Histogram("cpsim_fleet_ocpp_call_latency_seconds", "CALL -> CALLRESULT/CALLERROR",
                                         ["action"], buckets=LATENCY_BUCKETS, registry=self.registry)
-            self._p_gauges = {
-                name: Gauge(f"cpsim_fleet_{name}", help_, registry=self.registry)
-                for name, help_ in (
-                    ("stations", "stations in this process"),
-                    ("booted", "stations whose BootNotification was accepted"),
-                    ("connected", "stations connected to the CSMS"),
-                    ("reconnects", "connections beyond the first, summed over stations"),
-                    ("queued_messages", "transaction messages waiting in the stations' outboxes"),
-                    ("sessions_active", "sessions running now"),
-                    ("sessions_started", "sessions started by this process"),
-                    ("sessions_stopped", "sessions stopped by this process"),
-                )
-            }
+            self._p_gauges = {name: Gauge(f"cpsim_fleet_{name}", help_, registry=self.registry)
+                              for name, help_ in GAUGES}
+            self.registry.register(_Totals(self))
 
     # -- frames
     def call_sent(self, action: str) -> None:
@@ -136,6 +142,18 @@ class FleetMetrics:
                 f"queued {int(g.get('queued_messages', 0))} calls {sum(self.sent.values())} "
                 f"err {sum(self.call_errors.values())} p50 {_ms(lat['p50_ms'])} p99 {_ms(lat['p99_ms'])} "
                 f"max {_ms(lat['max_ms'])} reconn {int(g.get('reconnects', 0))}")
+
+
+class _Totals(Collector):
+    """The running totals the fleet counts itself (summed over its stations at every refresh) as Prometheus
+    counters: a scrape reads the last refresh's sums."""
+
+    def __init__(self, metrics: FleetMetrics) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        for name, help_ in TOTALS:
+            yield CounterMetricFamily(f"cpsim_fleet_{name}", help_, value=self._metrics.gauges.get(name, 0.0))
 
 
 def _ms(value: float | None) -> str:
