@@ -27,7 +27,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="every station plugs an EV and starts one long session 1-10 s after its boot")
     p.add_argument("--metrics-port", type=int, help="serve Prometheus text on this port")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address of --metrics-port (0.0.0.0 in a pod)")
-    p.add_argument("--tag", default="FLEET-TAG", help="the card --start-sessions taps (and cases' {tag})")
+    p.add_argument("--tag", default="FLEET-TAG", help="the card --start-sessions taps (and cases' {tag}): "
+                                                      "1..20 characters, 1..36 with --ocpp 2.0.1")
     p.add_argument("--case", action="append", default=[], metavar="NAME[:STATIONS]",
                    help="run a built-in scripted case on every station, or on STATIONS (e.g. 1-10,42,CP-000050) "
                         "(repeatable; 'all': every one, in order): cold-boot, regular-session, invalid-tag, "
