@@ -186,7 +186,8 @@ class SimBoard(Device, ControlPilot, PowerSwitch, ConnectorLock):
         self.due = now + (self.ticker.settled_period_s if settled and not force else 0.0)
         if self.silent:
             return
-        self._report()
+        if force or not settled:  # settled: nothing a report carries can have moved (commands force a tick)
+            self._report()
         meter = self.ticker.meters.get(id(plant))
         if meter is not None:
             # An over-current (fault injection) is measured every tick, as the agent's trip needs 7 s of samples.

@@ -33,3 +33,33 @@ def test_fleet_lengthens_the_watchers_periods_and_never_shortens_one(restore_per
     sec201.WATCH_STEADY_S = 900.0  # set longer by someone else: kept
     tuning.tune_agent_periods()
     assert sec201.WATCH_STEADY_S == 900.0
+
+
+def test_a_settled_board_tick_builds_no_reports_and_a_command_does() -> None:
+    from hal.types import CpState, Fault, FaultFlagsChanged, PilotStateChanged
+    from simulator.fleet import devices
+    from simulator.physics import Plant
+
+    plant = Plant()
+    plant.plugged = True
+    board = devices.SimBoard("board1", plant, devices.Ticker(period_s=3600.0))
+    events: list[object] = []
+    board.subscribe(events.append)
+    board.tick(0.0, force=True)
+    assert PilotStateChanged(CpState.B1) in events
+    reports = 0
+    report = board._report
+
+    def counting() -> None:
+        nonlocal reports
+        reports += 1
+        report()
+
+    board._report = counting  # type: ignore[method-assign]
+    for t in (10.0, 20.0, 30.0):  # plugged, no PWM: nothing moves
+        board.tick(t)
+    assert reports == 0
+    plant.faults.add(Fault.RCD)  # as Fleet.fault: then the board is told (changed -> forced tick)
+    events.clear()
+    board.tick(40.0, force=True)
+    assert reports == 1 and FaultFlagsChanged(frozenset({Fault.RCD})) in events
