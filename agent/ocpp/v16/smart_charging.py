@@ -10,7 +10,6 @@ duty at most once per 5 s.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from agent import smart_charging as sc
 from agent.db import migrate
 from agent.events import SessionStarted, SessionStopped, StationEvent
+from agent.ocpp.limit_loop import MAX_WAIT_S, MIN_WAIT_S, keep_limits, push_limit
 from agent.ocpp.v16.meter_values import ocpp_time
 
 if TYPE_CHECKING:
@@ -32,8 +32,6 @@ COMPONENT = "ocpp_smart_charging"
 MIGRATIONS = [
     "CREATE TABLE charging_profiles (id INTEGER PRIMARY KEY, body TEXT NOT NULL)",
 ]
-MAX_WAIT_S = 30.0  # re-evaluate at least this often (voltage, wall clock steps, learnt transaction ids)
-MIN_WAIT_S = 0.05
 _UNITS = {"Current": sc.RateUnit.AMPS, "Power": sc.RateUnit.WATTS}
 
 
@@ -350,25 +348,12 @@ class SmartCharging:
         for cid, connector in self._connectors.items():
             situation = self.situation(cid)
             amps = sc.limit_at(self.profiles, situation, now).amps
-            limit = None if amps >= connector.max_current_a else round(amps, 1)
-            if cid not in self.applied or self.applied[cid] != limit:
-                self.applied[cid] = limit
-                log.info("connector %d: charging limit %s", cid, "none" if limit is None else f"{limit} A")
-                self._svc.station.set_current_limit(cid, limit)
+            push_limit(self._svc.station, self.applied, cid, amps, connector.max_current_a, "connector", log)
             upcoming = sc.next_change(self.profiles, situation, now)
             if upcoming is not None:
                 wait = min(wait, upcoming - now)
         return max(MIN_WAIT_S, wait)
 
     async def run(self) -> None:
-        while True:
-            self._changed.clear()
-            try:
-                wait = self.apply()
-            except Exception:  # a bad profile must not end the loop that keeps the limits
-                log.exception("applying charging profiles failed")
-                wait = MAX_WAIT_S
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._changed.wait()
+        await keep_limits(self.apply, self._changed, log)
 

@@ -34,7 +34,6 @@ Below 6 A the control side pauses (the transaction goes on); it changes the PWM 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -47,6 +46,7 @@ from ocpp.charge_point import snake_to_camel_case
 from agent import smart_charging as sc
 from agent.db import Migration, migrate
 from agent.events import SessionStarted, SessionStopped, StationEvent
+from agent.ocpp.limit_loop import MAX_WAIT_S, MIN_WAIT_S, keep_limits, push_limit
 from agent.ocpp.v16.meter_values import ocpp_time
 from agent.ocpp.v201.device_model import DeviceModelError
 from agent.ocpp.v201.reports import send_report
@@ -65,8 +65,6 @@ CTRLR = "SmartChargingCtrlr"
 MAX_PROFILES = 32  # SmartChargingCtrlr.Entries[ChargingProfiles] maxLimit (device_model.py says the same)
 REPORT_CHUNK = 8  # profiles per ReportChargingProfiles message
 MEMO_KEYS = 16  # composite memos kept (one per EVSE situation)
-MAX_WAIT_S = 30.0  # re-evaluate at least this often (voltage, wall clock steps)
-MIN_WAIT_S = 0.05
 SOURCE_CSO = "CSO"
 
 PURPOSES: dict[str, sc.Purpose] = {
@@ -583,24 +581,11 @@ class SmartCharging:
                 amps = sc.limit_at([*profiles, held[2]], situation, now).amps
             else:
                 amps = sc.limit_at(profiles, situation, now).amps
-            limit = None if amps >= view.max_current_a else round(amps, 1)
-            if evse_id not in self.applied or self.applied[evse_id] != limit:
-                self.applied[evse_id] = limit
-                log.info("EVSE %d: charging limit %s", evse_id, "none" if limit is None else f"{limit} A")
-                self._station.set_current_limit(evse_id, limit)
+            push_limit(self._station, self.applied, evse_id, amps, view.max_current_a, "EVSE", log)
             upcoming = sc.next_change(profiles, situation, now)
             if upcoming is not None:
                 wait = min(wait, upcoming - now)
         return max(MIN_WAIT_S, wait)
 
     async def run(self) -> None:
-        while True:
-            self._changed.clear()
-            try:
-                wait = self.apply()
-            except Exception:  # a bad profile must not end the loop that keeps the limits
-                log.exception("applying charging profiles failed")
-                wait = MAX_WAIT_S
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._changed.wait()
+        await keep_limits(self.apply, self._changed, log)

@@ -1,0 +1,51 @@
+"""The limit loop both smart-charging features (1.6 and 2.0.1) run: apply the composite limit of every
+connector / EVSE now, then sleep until the next period boundary (what ``apply`` returns) or until something
+changed (``changed`` set: a profile installed or cleared, a transaction started or stopped).
+
+What differs between the versions -- which profiles count, how the situation is built, the remote-start hold
+of 2.0.1 -- stays in the version's ``apply``; this module keeps the loop and the push to the station.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+
+from agent.station_api import StationPort
+
+MAX_WAIT_S = 30.0  # re-evaluate at least this often (voltage, wall clock steps, learnt transaction ids)
+MIN_WAIT_S = 0.05
+
+
+def controller_limit(amps: float, max_current_a: float) -> float | None:
+    """The limit given to a controller for a composite limit of ``amps``: None when it does not limit the
+    connector (at or above its rating), else rounded to 0.1 A."""
+    return None if amps >= max_current_a else round(amps, 1)
+
+
+def push_limit(
+    station: StationPort, applied: dict[int, float | None], cid: int, amps: float, max_current_a: float,
+    what: str, log: logging.Logger,
+) -> None:
+    """Give connector / EVSE ``cid`` its limit unless ``applied`` says it has it already (logged once a change)."""
+    limit = controller_limit(amps, max_current_a)
+    if cid not in applied or applied[cid] != limit:
+        applied[cid] = limit
+        log.info("%s %d: charging limit %s", what, cid, "none" if limit is None else f"{limit} A")
+        station.set_current_limit(cid, limit)
+
+
+async def keep_limits(apply: Callable[[], float], changed: asyncio.Event, log: logging.Logger) -> None:
+    """Run ``apply`` now and again after the seconds it returns, or sooner when ``changed`` is set; forever."""
+    while True:
+        changed.clear()
+        try:
+            wait = apply()
+        except Exception:  # a bad profile must not end the loop that keeps the limits
+            log.exception("applying charging profiles failed")
+            wait = MAX_WAIT_S
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(wait):
+                await changed.wait()
