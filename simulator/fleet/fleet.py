@@ -597,6 +597,8 @@ class Fleet:
         })
 
     async def _progress_loop(self) -> None:
+        if self.options.quiet and self.options.metrics_port is None:
+            return  # no reader between refreshes (the control API's "state" and the final report refresh)
         while True:
             await asyncio.sleep(self.options.progress_s)
             self._refresh_gauges()
