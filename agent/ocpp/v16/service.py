@@ -19,8 +19,6 @@ import logging
 import ssl
 from collections import deque
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any
 
 from ocpp.v16 import call
@@ -37,6 +35,8 @@ from agent.events import (
     StatusChanged,
 )
 from agent.faults import info as fault_info
+from agent.ocpp.service_base import BOOT_RETRY_S, BootStatus, OcppServiceBase, merge_handlers
+from agent.ocpp.service_base import parse_time as parse_time  # re-exported: the smart-charging modules use it
 from agent.ocpp.v16.authorization import OcppAuthorizer
 from agent.ocpp.v16.availability import AvailabilityStore
 from agent.ocpp.v16.boot_record import BootRecord
@@ -49,7 +49,6 @@ from agent.ocpp.v16.meter_values import SUPPORTED_MEASURANDS, ocpp_time
 from agent.ocpp.v16.rpc import (
     CallErrorReceived,
     CallTimeout,
-    ConnectionLost,
     Handler,
     InvalidPayload,
     OcppSession,
@@ -69,33 +68,13 @@ log = logging.getLogger("cpagent.ocpp.v16.service")
 CONNECTOR_KEYS = frozenset({"ConnectionTimeOut", "StopTransactionOnEVSideDisconnect",
                             "UnlockConnectorOnEVSideDisconnect"})
 
-BOOT_RETRY_S = 30.0  # when the CSMS gives no usable interval or does not answer BootNotification
-MAX_HEARTBEAT_S = 86400  # a heartbeat at least daily, for the clock
-SETTING_SYSTEM_TIME_S = 60.0  # a CSMS clock jump beyond this is a SettingSystemTime security event
-# A CSMS currentTime outside [2020, 2100) is refused (the offset stays as it was). The bound is on the CSMS's
-# time, not on the offset: a board whose RTC lost power wakes in 1970 and legitimately needs an offset of
-# decades, but no charge point running this software sees a real time before 2020 or after 2100, and
-# "9999-12-31T23:59:59-12:00" (schema-valid) would push every timestamp past year 9999.
-CSMS_TIME_MIN = datetime(2020, 1, 1, tzinfo=UTC).timestamp()
-CSMS_TIME_MAX = datetime(2100, 1, 1, tzinfo=UTC).timestamp()
 RESTART_EXIT_STATUS = EXIT_RESTART_REQUESTED  # `cpagent run` exits with this after Reset.req; systemd restarts it
 
 
-class BootStatus(StrEnum):
-    NONE = "None"  # not (yet) accepted in this process
-    PENDING = "Pending"
-    ACCEPTED = "Accepted"
-    REJECTED = "Rejected"
+class OcppService(OcppServiceBase):
+    _log = log
+    _task_prefix = "ocpp"
 
-
-def parse_time(text: str) -> float:
-    parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
-
-
-class OcppService:
     def __init__(
         self,
         station: StationPort,
@@ -115,6 +94,7 @@ class OcppService:
         self.station = station
         self.config = config
         self.clock: Clock = clock or station.shared.clock
+        self._init_shared()
         self.boot_retry_s = boot_retry_s
         db = station.shared.db
         feature_classes = load_feature_classes()
@@ -137,22 +117,15 @@ class OcppService:
         self._control_started = station.facts().started_wall
         self.boot_resumed = self._boot_record.accepted_for(self._control_started, self._boot_fields())
         self.startup_reported = False  # set by the runner on a version switch (see the 2.0.1 service)
-        self.clock_offset_s = 0.0  # CSMS time - local wall time; the system clock is never set
-        self._clock_refusal_logged = False  # one warning per run of unusable currentTimes
-        self.restart_requested = asyncio.Event()
-        self.restart_kind: str | None = None
         self._booted_fields: dict[str, str] | None = None
         if self.boot_resumed:
             self.boot_status = BootStatus.ACCEPTED
             self._booted_fields = self._boot_fields()
         self._not_rejected = asyncio.Event()
         self._not_rejected.set()
-        self._wake_event = asyncio.Event()
-        self._heartbeat_changed = asyncio.Event()
         self._reported: dict[int, tuple[str, str]] = {}
         # (connector id, payload, monotonic time queued, held: a change that must last MinimumStatusDuration)
         self._status_queue: deque[tuple[int, dict[str, Any], float, bool]] = deque()
-        self._stopping = False
 
         self.authorizer = OcppAuthorizer(
             self.store, self.local_list, self.cache, online=lambda: self.online, request=self._request
@@ -172,22 +145,12 @@ class OcppService:
         self.security_profile = config.ocpp.security_profile
         self.ssl_context: ssl.SSLContext | None = None
         self.password_source: Callable[[], str | None] = self._configured_password
-        self.security_sinks: list[Callable[[str, str | None, str], None]] = []  # (kind, techInfo, timestamp)
-        self._relink = False
         self._backoff = backoff or Backoff(cap=config.ocpp.reconnect_cap_s)
         self._link_handlers: dict[str, Handler] = {}
         self._link_after: dict[str, Handler] = {}
         self.features: dict[str, Any] = {cls.__name__: cls(self) for cls in feature_classes}
         station.attach_network_diagnostics(OcppDiagnosticsAdapter(self))
-        on, after = handlers_from_object(self.handlers)
-        for feature in self.features.values():
-            more_on, more_after = handlers_from_object(feature)
-            clash = set(on) & set(more_on)
-            if clash:
-                raise RuntimeError(f"{type(feature).__name__} redefines handlers for {sorted(clash)}")
-            on.update(more_on)
-            for action, hook in more_after.items():
-                after[action] = _chain(after[action], hook) if action in after else hook
+        on, after = merge_handlers(handlers_from_object, self.handlers, self.features.values())
         self._link_handlers = {action: self._gated(h) for action, h in on.items()}
         self._link_after = after
         self.link = self._make_link()
@@ -197,22 +160,6 @@ class OcppService:
         station.subscribe(self._on_event)
 
     # -- state -------------------------------------------------------------------------------------
-
-    @property
-    def accepted(self) -> bool:
-        return self.boot_status is BootStatus.ACCEPTED
-
-    @property
-    def online(self) -> bool:
-        session = self.link.session
-        return self.accepted and session is not None and not session.closed
-
-    def wall(self) -> float:
-        """Wall time as the CSMS sees it (local clock + the offset learnt from its currentTime)."""
-        return self.clock.wall() + self.clock_offset_s
-
-    def _password(self) -> str | None:
-        return self.password_source()
 
     def _configured_password(self) -> str | None:
         key = self.store.get_str("AuthorizationKey")
@@ -239,61 +186,25 @@ class OcppService:
             request_budget_ms_per_s=self.config.ocpp.request_budget_ms_per_s,
         )
 
-    async def relink(self) -> None:
-        """Close the connection and dial again with the current security_profile / ssl_context /
-        password (SecurityProfile or AuthorizationKey changed). The outbox and boot state stay."""
-        self._relink = True
-        await self.link.stop()
-
-    async def _run_link(self) -> None:
-        while True:
-            await self.link.run()
-            if self._stopping or not self._relink:
-                return
-            self._relink = False
-            self.link = self._make_link()
-
-    def _wake(self) -> None:
-        self._wake_event.set()
-
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    def _starting(self) -> None:
         self.tx.recover()
         self.apply_availability()
-        tasks = [
-            asyncio.create_task(self._run_link(), name="ocpp-link"),
+
+    def _side_tasks(self) -> list[asyncio.Task[None]]:
+        return [
             asyncio.create_task(self.tx.aligned_sampler(), name="ocpp-aligned"),
             *(
                 asyncio.create_task(self.tx.periodic_sampler(cid), name=f"ocpp-sampler-{cid}")
                 for cid in self.station.connector_ids()
             ),
-            *(
-                asyncio.create_task(feature.run(), name=f"ocpp-{name}")
-                for name, feature in self.features.items()
-                if hasattr(feature, "run")
-            ),
         ]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            await cancel_and_wait(*tasks)
-
-    async def stop(self) -> None:
-        self._stopping = True
-        await self.link.stop()
 
     def request_restart(self, kind: str) -> None:
         log.warning("%s reset requested by the CSMS: restarting the agent", kind)
         self.restart_kind = kind
         self.restart_requested.set()
-
-    async def wait_delivered(self, timeout_s: float) -> None:
-        """Wait (bounded) until the Outbox is empty, if we are online at all."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while self.online and self.outbox.depth() > 0 and loop.time() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
 
     def apply_availability(self) -> None:
         """Bring each connector to its persisted operative state; Inoperative waits for a running session."""
@@ -436,20 +347,6 @@ class OcppService:
             "firmware_version": s.firmware_version,
         }
 
-    async def _connected(self, session: OcppSession) -> None:
-        try:
-            fresh_boot = await self._boot(session)
-            self._refresh_statuses(fresh_boot)
-            self._wake()
-            heartbeat = asyncio.create_task(self._heartbeat(session))
-            try:
-                await self._sender(session)
-            finally:
-                heartbeat.cancel()
-                await asyncio.gather(heartbeat, return_exceptions=True)
-        except ConnectionLost:
-            log.info("connection lost; the outbox keeps %d message(s)", self.outbox.depth())
-
     async def _boot(self, session: OcppSession) -> bool:
         """Run BootNotification until Accepted. Returns True if this was a (new) boot, False if a plain
         reconnect with the same fields skipped it."""
@@ -488,28 +385,6 @@ class OcppService:
             else:  # Pending: stay connected, answer the CSMS, send nothing but the next BootNotification
                 await asyncio.sleep(wait)
 
-    def _sync_clock(self, current_time: str) -> None:
-        """Follow the CSMS clock (currentTime of Boot/Heartbeat.conf), unless its time is unusable."""
-        try:
-            csms_wall = parse_time(current_time)
-            usable = CSMS_TIME_MIN <= csms_wall < CSMS_TIME_MAX
-        except (ValueError, TypeError, OverflowError, AttributeError):
-            usable = False
-        if not usable:
-            if not self._clock_refusal_logged:
-                log.warning("CSMS sent an unusable currentTime %.40r (outside 2020..2099); keeping the clock "
-                            "offset of %.0f s", current_time, self.clock_offset_s)
-                self._clock_refusal_logged = True
-            return
-        self._clock_refusal_logged = False
-        offset = csms_wall - self.clock.wall()
-        jump = offset - self.clock_offset_s
-        if abs(jump) > 2.0:
-            log.info("CSMS clock differs from ours by %.1f s; timestamps follow the CSMS", offset)
-        self.clock_offset_s = offset
-        if abs(jump) > SETTING_SYSTEM_TIME_S:
-            self.security_event("SettingSystemTime", f"time set from the CSMS clock: moved by {jump:+.0f} s")
-
     async def _sender(self, session: OcppSession) -> None:
         """One loop, one outstanding CALL: Outbox entries first (in order), then status notifications."""
         while not session.closed:
@@ -529,41 +404,16 @@ class OcppService:
                 async with asyncio.timeout(wait):
                     await self._wake_event.wait()
 
-    async def _heartbeat(self, session: OcppSession) -> None:
-        while not session.closed:
-            interval = self.store.get_int("HeartbeatInterval")
-            period = min(interval, MAX_HEARTBEAT_S) if interval > 0 else MAX_HEARTBEAT_S
-            self._heartbeat_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(period):
-                    await self._heartbeat_changed.wait()
-                continue  # interval changed: start the new period now
-            try:
-                conf = await session.request(call.Heartbeat())
-            except (CallErrorReceived, CallTimeout, InvalidPayload) as exc:
-                log.warning("Heartbeat failed: %s", exc)
-                continue
-            self._sync_clock(conf.current_time)
+    def _heartbeat_interval(self) -> int:
+        return self.store.get_int("HeartbeatInterval")
 
-    # -- security events -------------------------------------------------------------------------
-
-    def security_event(self, kind: str, tech_info: str | None = None) -> None:
-        """Queue a SecurityEventNotification (whitepaper type name, e.g. "StartupOfTheDevice") through the
-        durable outbox: it is delivered once the CSMS has accepted us, in order, surviving restarts."""
-        payload: dict[str, Any] = {"type": kind, "timestamp": ocpp_time(self.wall())}
-        if tech_info:
-            payload["techInfo"] = tech_info[:255]
-        for sink in self.security_sinks:  # the persistent security log
-            try:
-                sink(kind, tech_info, payload["timestamp"])
-            except Exception:
-                log.exception("security log sink failed for %s", kind)
+    async def _send_heartbeat(self, session: OcppSession) -> None:
         try:
-            self.outbox.append("SecurityEventNotification", payload)
-        except StorageError as exc:
-            log.error("security event %s could not be queued: %s", kind, exc)
-        log.info("security event %s%s", kind, f": {tech_info}" if tech_info else "")
-        self._wake()
+            conf = await session.request(call.Heartbeat())
+        except (CallErrorReceived, CallTimeout, InvalidPayload) as exc:
+            log.warning("Heartbeat failed: %s", exc)
+            return
+        self._sync_clock(conf.current_time)
 
     # -- on demand (cpctl trigger; TriggerMessage) -------------------------------------------------
 
@@ -592,12 +442,7 @@ class OcppService:
         conf = await self._request(call.DataTransfer(vendor_id=vendor_id, message_id=message_id, data=data))
         return str(conf.status), conf.data
 
-    async def _request(self, payload: Any) -> Any:
-        """One CALL outside the sender loop (Authorize); ConnectionLost when not online."""
-        session = self.link.session
-        if session is None or session.closed or not self.accepted:
-            raise ConnectionLost("not connected to the CSMS")
-        return await session.request(payload)
+    _request = OcppServiceBase.request  # one CALL outside the sender loop (Authorize, features)
 
 
 class _Gated:
@@ -613,16 +458,6 @@ class _Gated:
     async def __call__(self, **kwargs: Any) -> Any:
         await self.gate.wait()
         return await self.handler(**kwargs)
-
-
-def _chain(first: Handler, second: Handler) -> Handler:
-    """Two features acting after the same .conf (e.g. Core and Security after ChangeConfiguration)."""
-
-    async def both(**kwargs: Any) -> Any:
-        await first(**kwargs)
-        return await second(**kwargs)
-
-    return both
 
 
 async def run_until_stopped(

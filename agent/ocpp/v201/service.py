@@ -25,7 +25,6 @@ import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from ocpp.charge_point import camel_to_snake_case
@@ -36,8 +35,8 @@ from websockets.asyncio.client import ClientConnection
 from agent.config import AgentConfig, ConfigError
 from agent.db import StorageError
 from agent.events import ConnectorStatus, SessionStopped, StationEvent, StatusChanged
+from agent.ocpp.service_base import BOOT_RETRY_S, BootStatus, OcppServiceBase, merge_handlers
 from agent.ocpp.v16.meter_values import ocpp_time
-from agent.ocpp.v16.service import CSMS_TIME_MAX, CSMS_TIME_MIN, MAX_HEARTBEAT_S, SETTING_SYSTEM_TIME_S, parse_time
 from agent.ocpp.v16.tls import TlsSetupError, build_client_context
 from agent.ocpp.v201.availability import AvailabilityStore
 from agent.ocpp.v201.boot_record import BootRecord
@@ -59,11 +58,9 @@ from agent.outbox import Outbox, OutboxEntry
 from agent.sdnotify import EXIT_RESTART_REQUESTED
 from agent.station_api import StationPort
 from hal.clock import Clock
-from hal.tasks import cancel_and_wait
 
 log = logging.getLogger("cpagent.ocpp.v201.service")
 
-BOOT_RETRY_S = 30.0  # when the CSMS gives no usable interval or does not answer BootNotification
 MESSAGE_ATTEMPTS = 3  # a non-transaction outbox message (SecurityEventNotification) is sent at most this often
 MESSAGE_RETRY_S = 30.0
 DELIVERER_RETRY_S = 30.0  # a deliverer that raised (a bug) tries its entry again after this
@@ -81,13 +78,6 @@ CONNECTOR_STATUS: Mapping[ConnectorStatus, str] = {
     ConnectorStatus.UNAVAILABLE: "Unavailable",
     ConnectorStatus.FAULTED: "Faulted",
 }
-
-
-class BootStatus(StrEnum):
-    NONE = "None"  # not (yet) accepted in this process
-    PENDING = "Pending"
-    ACCEPTED = "Accepted"
-    REJECTED = "Rejected"
 
 
 # TriggerMessage hooks: ``accept(evse)`` says Accepted / Rejected / NotImplemented before the answer goes
@@ -109,8 +99,10 @@ def connector_status(status: ConnectorStatus) -> str:
     return CONNECTOR_STATUS[status]
 
 
-class OcppService:
+class OcppService(OcppServiceBase):
     version = "2.0.1"
+    _log = log
+    _task_prefix = "ocpp201"
 
     def __init__(
         self,
@@ -128,6 +120,7 @@ class OcppService:
         self.station = station
         self.config = config
         self.clock: Clock = clock or station.shared.clock
+        self._init_shared()
         self.db = station.shared.db
         self.boot_retry_s = boot_retry_s
         presets: Mapping[str, object] = getattr(config.ocpp, "variables", None) or {}
@@ -145,20 +138,12 @@ class OcppService:
         self.startup_reported = False
         if self.boot_resumed:
             self.boot_status = BootStatus.ACCEPTED
-        self.clock_offset_s = 0.0  # CSMS time - local wall time; the system clock is never set
-        self._clock_refusal_logged = False
-        self.restart_requested = asyncio.Event()
-        self.restart_kind: str | None = None
-        self._wake_event = asyncio.Event()
-        self._heartbeat_changed = asyncio.Event()
         self._accepted_event = asyncio.Event()
         # (evse, connector) -> connectorStatus the CSMS last acknowledged on this connection's watch
         self._reported: dict[tuple[int, int], str] = {}
         # (evse, connectorStatus, forced: sent even if the CSMS has it, e.g. TriggerMessage)
         self._status_queue: deque[tuple[int, str, bool]] = deque()
         self._offline_since: float | None = None  # monotonic, when the last connection ended
-        self._stopping = False
-        self.security_sinks: list[Callable[[str, str | None, str], None]] = []
         self.connection_listeners: list[Callable[[], None]] = []  # each new connection, first thing (security.py)
         self.triggers: dict[str, Trigger] = {}
         self.deliverers: dict[str, Deliverer] = {}
@@ -167,15 +152,7 @@ class OcppService:
         self.on_other_version = on_other_version
         self.handlers = CoreHandlers(self)
         self.features: dict[str, Any] = {cls.__name__: cls(self) for cls in load_feature_classes()}
-        on, after = handlers_from_object(self.handlers)
-        for feature in self.features.values():
-            more_on, more_after = handlers_from_object(feature)
-            clash = set(on) & set(more_on)
-            if clash:
-                raise RuntimeError(f"{type(feature).__name__} redefines handlers for {sorted(clash)}")
-            on.update(more_on)
-            for action, hook in more_after.items():
-                after[action] = _chain(after[action], hook) if action in after else hook
+        on, after = merge_handlers(handlers_from_object, self.handlers, self.features.values())
         self._link_handlers = {action: self._gated(action, h) for action, h in on.items()}
         self._link_after = after
         # Transport security (A00): profile 0-3 from [ocpp]; TLS trusts ocpp.ca_file, profile 3 presents
@@ -184,7 +161,6 @@ class OcppService:
         self.security_profile = config.ocpp.security_profile
         self.ssl_context: ssl.SSLContext | None = self._tls_context()
         self.password_source: Callable[[], str | None] = self._configured_password
-        self._relink = False
         self.endpoint: str = config.ocpp.endpoint
         for feature in self.features.values():  # network profiles (security.py) may choose another transport
             configure = getattr(feature, "configure_transport", None)
@@ -196,24 +172,11 @@ class OcppService:
 
     # -- state -------------------------------------------------------------------------------------
 
-    @property
-    def accepted(self) -> bool:
-        return self.boot_status is BootStatus.ACCEPTED
-
-    @property
-    def online(self) -> bool:
-        session = self.link.session
-        return self.accepted and session is not None and not session.closed
-
     def session_idle(self) -> bool:
         """Online with nothing to send and no CALL outstanding (everything so far was answered)."""
         session = self.link.session
         return (self.online and session is not None and not session.busy and not self._status_queue
                 and self.outbox.depth() == 0)
-
-    def wall(self) -> float:
-        """Wall time as the CSMS sees it (local clock + the offset learnt from its currentTime)."""
-        return self.clock.wall() + self.clock_offset_s
 
     def setting(self, component: str, variable: str, default: int) -> int:
         """An integer setting of the device model (``default`` if it has none)."""
@@ -232,9 +195,6 @@ class OcppService:
             repeat_times=self.setting("OCPPCommCtrlr", "RetryBackOffRepeatTimes", 5),
             cap=self.config.ocpp.reconnect_cap_s,
         )
-
-    def _password(self) -> str | None:
-        return self.password_source()
 
     def _configured_password(self) -> str | None:
         try:
@@ -268,20 +228,6 @@ class OcppService:
                 raise ConfigError("ocpp.client_cert", f"cannot load {ocpp.client_cert}: {exc}") from None
         return context
 
-    async def relink(self) -> None:
-        """Close the connection and dial again with the current security_profile / ssl_context / password.
-        The outbox and the boot state stay."""
-        self._relink = True
-        await self.link.stop()
-
-    async def _run_link(self) -> None:
-        while True:
-            await self.link.run()
-            if self._stopping or not self._relink:
-                return
-            self._relink = False
-            self.link = self._make_link()
-
     def _make_link(self) -> Link:
         ping = self.setting("OCPPCommCtrlr", "WebSocketPingInterval", 60)
         return Link(
@@ -304,32 +250,13 @@ class OcppService:
             request_budget_ms_per_s=self.config.ocpp.request_budget_ms_per_s,
         )
 
-    def _wake(self) -> None:
-        self._wake_event.set()
-
     # -- lifecycle ---------------------------------------------------------------------------------
 
-    async def run(self) -> None:
+    def _starting(self) -> None:
         self.apply_availability()
         # a restart of the network side alone is not a startup of the device (A04), nor is a version switch
         if not self.boot_resumed and not self.startup_reported:
             self.security_event("StartupOfTheDevice", f"firmware {self.config.station.firmware_version}")
-        tasks = [
-            asyncio.create_task(self._run_link(), name="ocpp201-link"),
-            *(
-                asyncio.create_task(feature.run(), name=f"ocpp201-{name}")
-                for name, feature in self.features.items()
-                if hasattr(feature, "run")
-            ),
-        ]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            await cancel_and_wait(*tasks)
-
-    async def stop(self) -> None:
-        self._stopping = True
-        await self.link.stop()
 
     def request_restart(self, kind: str, boot_reason: str = "RemoteReset") -> None:
         log.warning("%s reset requested by the CSMS: restarting the agent", kind)
@@ -340,13 +267,6 @@ class OcppService:
             log.error("%s", exc)
         self.restart_kind = kind
         self.restart_requested.set()
-
-    async def wait_delivered(self, timeout_s: float) -> None:
-        """Wait (bounded) until the outbox is empty, if we are online at all."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout_s
-        while self.online and self.outbox.depth() > 0 and loop.time() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
 
     def apply_availability(self) -> None:
         """Bring each EVSE to its persisted operative state; Inoperative waits for a running transaction."""
@@ -476,21 +396,9 @@ class OcppService:
     def _disconnected(self, reason: str) -> None:
         self._offline_since = self.clock.monotonic()
 
-    async def _connected(self, session: OcppSession) -> None:
+    def _on_connection(self) -> None:
         for listener in self.connection_listeners:
             listener()
-        try:
-            fresh_boot = await self._boot(session)
-            self._refresh_statuses(fresh_boot)
-            self._wake()
-            heartbeat = asyncio.create_task(self._heartbeat(session))
-            try:
-                await self._sender(session)
-            finally:
-                heartbeat.cancel()
-                await asyncio.gather(heartbeat, return_exceptions=True)
-        except ConnectionLost:
-            log.info("connection lost; the outbox keeps %d message(s)", self.outbox.depth())
 
     async def _boot(self, session: OcppSession) -> bool:
         """BootNotification until Accepted. True if this was a (new) boot, False for a reconnect."""
@@ -541,26 +449,6 @@ class OcppService:
         self._accepted_event.set()
         self._wake()
         return True
-
-    def _sync_clock(self, current_time: str) -> None:
-        """Follow the CSMS clock (currentTime of Boot/Heartbeat answers), unless its time is unusable."""
-        try:
-            csms_wall = parse_time(current_time)
-            usable = CSMS_TIME_MIN <= csms_wall < CSMS_TIME_MAX
-        except (ValueError, TypeError, OverflowError, AttributeError):
-            usable = False
-        if not usable:
-            if not self._clock_refusal_logged:
-                log.warning("CSMS sent an unusable currentTime %.40r; keeping the clock offset of %.0f s",
-                            current_time, self.clock_offset_s)
-                self._clock_refusal_logged = True
-            return
-        self._clock_refusal_logged = False
-        offset = csms_wall - self.clock.wall()
-        jump = offset - self.clock_offset_s
-        self.clock_offset_s = offset
-        if abs(jump) > SETTING_SYSTEM_TIME_S:
-            self.security_event("SettingSystemTime", f"time set from the CSMS clock: moved by {jump:+.0f} s")
 
     async def _sender(self, session: OcppSession) -> None:
         """One loop, one outstanding CALL: outbox entries first (in order), then status notifications."""
@@ -626,16 +514,11 @@ class OcppService:
             sent = entry.payload
             self._reported[(sent["evseId"], sent["connectorId"])] = sent["connectorStatus"]
 
-    async def _heartbeat(self, session: OcppSession) -> None:
-        while not session.closed:
-            interval = self.setting("OCPPCommCtrlr", "HeartbeatInterval", 3600)
-            period = min(interval, MAX_HEARTBEAT_S) if interval > 0 else MAX_HEARTBEAT_S
-            self._heartbeat_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(period):
-                    await self._heartbeat_changed.wait()
-                continue  # interval changed: start the new period now
-            await self.heartbeat(session)
+    def _heartbeat_interval(self) -> int:
+        return self.setting("OCPPCommCtrlr", "HeartbeatInterval", 3600)
+
+    async def _send_heartbeat(self, session: OcppSession) -> None:
+        await self.heartbeat(session)
 
     async def heartbeat(self, session: OcppSession | None = None) -> None:
         try:
@@ -657,14 +540,6 @@ class OcppService:
         """A CALL the CSMS asked for with TriggerMessage: allowed while Pending too (B02)."""
         return await self._current_session().request(payload)
 
-    async def request(self, payload: Any) -> Any:
-        """One CALL (an ``ocpp.v201.call`` dataclass) now; ConnectionLost when not online. One outstanding
-        CALL: it waits for the sender's. Raises CallErrorReceived / CallTimeout / InvalidPayload."""
-        session = self.link.session
-        if session is None or session.closed or not self.accepted:
-            raise ConnectionLost("not connected to the CSMS")
-        return await session.request(payload)
-
     async def request_payload(self, action: str, payload: Mapping[str, Any], *, while_pending: bool = False) -> Any:
         """``request`` (``triggered`` with ``while_pending``) for a payload built as camelCase JSON, such as the
         large reports: sent as it is, without the round trip through a dataclass and back (issue 14 budget)."""
@@ -683,24 +558,6 @@ class OcppService:
         """TriggerMessage for ``message`` (MessageTriggerEnum) is answered by ``accept`` and then ``send``."""
         self.triggers[message] = Trigger(accept, send)
 
-    def security_event(self, kind: str, tech_info: str | None = None) -> None:
-        """Queue a SecurityEventNotification (A04) through the durable outbox: delivered once the CSMS has
-        accepted us, in order, surviving restarts."""
-        payload: dict[str, Any] = {"type": kind[:50], "timestamp": ocpp_time(self.wall())}
-        if tech_info:
-            payload["techInfo"] = tech_info[:255]
-        for sink in self.security_sinks:
-            try:
-                sink(kind, tech_info, payload["timestamp"])
-            except Exception:
-                log.exception("security log sink failed for %s", kind)
-        try:
-            self.outbox.append("SecurityEventNotification", payload)
-        except StorageError as exc:
-            log.error("security event %s could not be queued: %s", kind, exc)
-        log.info("security event %s%s", kind, f": {tech_info}" if tech_info else "")
-        self._wake()
-
     async def data_transfer(
         self, vendor_id: str, message_id: str | None = None, data: Any = None
     ) -> tuple[str, Any]:
@@ -716,11 +573,3 @@ class OcppService:
             log.warning("triggered BootNotification failed: %s", exc)
             return
         self._boot_answer(conf)
-
-
-def _chain(first: Handler, second: Handler) -> Handler:
-    async def both(**kwargs: Any) -> Any:
-        await first(**kwargs)
-        return await second(**kwargs)
-
-    return both
