@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -25,7 +25,7 @@ from hal.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from agent.config import AgentConfig
-    from agent.ocpp.v16.link import Link
+    from agent.ocpp.v16.link import Link, OtherVersionHook
     from agent.outbox import Outbox
     from agent.station_api import StationPort
     from hal.clock import Clock
@@ -98,7 +98,18 @@ class OcppServiceBase:
     features: dict[str, Any]
     password_source: Callable[[], str | None]
 
-    def _init_shared(self) -> None:
+    def _init_shared(
+        self, station: StationPort, config: AgentConfig, clock: Clock | None, subprotocols: Sequence[str],
+        on_other_version: OtherVersionHook | None,
+    ) -> None:
+        if not config.ocpp.endpoint:
+            raise ValueError("OcppService needs ocpp.endpoint in the configuration")
+        self.station = station
+        self.config = config
+        self.clock = clock or station.shared.clock
+        # What the link offers ("auto": the other version too) and whom it hands a connection of the other one.
+        self.subprotocols = tuple(subprotocols)
+        self.on_other_version = on_other_version
         self.clock_offset_s = 0.0  # CSMS time - local wall time; the system clock is never set
         self._clock_refusal_logged = False  # one warning per run of unusable currentTimes
         self.restart_requested = asyncio.Event()

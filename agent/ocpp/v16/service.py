@@ -86,15 +86,7 @@ class OcppService(OcppServiceBase):
         subprotocols: Sequence[str] = (SUBPROTOCOL,),
         on_other_version: OtherVersionHook | None = None,
     ) -> None:
-        if not config.ocpp.endpoint:
-            raise ValueError("OcppService needs ocpp.endpoint in the configuration")
-        # What the link offers ("auto": ocpp2.0.1 too) and whom it hands a connection of the other version.
-        self.subprotocols = tuple(subprotocols)
-        self.on_other_version = on_other_version
-        self.station = station
-        self.config = config
-        self.clock: Clock = clock or station.shared.clock
-        self._init_shared()
+        self._init_shared(station, config, clock, subprotocols, on_other_version)
         self.boot_retry_s = boot_retry_s
         db = station.shared.db
         feature_classes = load_feature_classes()

@@ -115,12 +115,7 @@ class OcppService(OcppServiceBase):
         subprotocols: Sequence[str] = (SUBPROTOCOL,),
         on_other_version: Callable[[str, ClientConnection], None] | None = None,
     ) -> None:
-        if not config.ocpp.endpoint:
-            raise ValueError("OcppService needs ocpp.endpoint in the configuration")
-        self.station = station
-        self.config = config
-        self.clock: Clock = clock or station.shared.clock
-        self._init_shared()
+        self._init_shared(station, config, clock, subprotocols, on_other_version)
         self.db = station.shared.db
         self.boot_retry_s = boot_retry_s
         presets: Mapping[str, object] = getattr(config.ocpp, "variables", None) or {}
@@ -148,8 +143,6 @@ class OcppService(OcppServiceBase):
         self.triggers: dict[str, Trigger] = {}
         self.deliverers: dict[str, Deliverer] = {}
         self.data_transfer_handlers: dict[str, Callable[[str | None, Any], Awaitable[dict[str, Any]]]] = {}
-        self.subprotocols = tuple(subprotocols)
-        self.on_other_version = on_other_version
         self.handlers = CoreHandlers(self)
         self.features: dict[str, Any] = {cls.__name__: cls(self) for cls in load_feature_classes()}
         on, after = merge_handlers(handlers_from_object, self.handlers, self.features.values())
@@ -161,6 +154,7 @@ class OcppService(OcppServiceBase):
         self.security_profile = config.ocpp.security_profile
         self.ssl_context: ssl.SSLContext | None = self._tls_context()
         self.password_source: Callable[[], str | None] = self._configured_password
+        assert config.ocpp.endpoint is not None  # _init_shared refuses a configuration without one
         self.endpoint: str = config.ocpp.endpoint
         for feature in self.features.values():  # network profiles (security.py) may choose another transport
             configure = getattr(feature, "configure_transport", None)
