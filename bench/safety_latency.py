@@ -12,6 +12,7 @@ uploads over HTTP and FTP. The agent (bench/_hostile_agent.py) runs the OCPP ser
 does. Same JSON, plus the load the CSMS achieved and the agent's event-loop lag; a relay that does not
 open within 5 s is counted (relay_open_timeouts) and its sample is the time waited. The events stop
 at HOSTILE_DEADLINE_S (completed: false then) so that the run stays under 6 minutes.
+``HOSTILE_BUDGET_MS_PER_S=N`` sets the agent's [ocpp] request_budget_ms_per_s (1000: no budget; default 250).
 ``--events N`` overrides LATENCY_EVENTS (for trying it out); HOSTILE_LANES=triggers,frames,... runs only
 those parts of the hostile load (composite, frames, triggers, local_list, diagnostics; empty: none).
 ``--hostile --ocpp 2.0.1`` (issue 14): the agent speaks OCPP 2.0.1 to bench/_hostile_csms201.py, which
@@ -235,7 +236,9 @@ async def run(hostile: bool = False, single_process: bool = False, ocpp: str = "
             )
             assert csms.stdout is not None
             port = json.loads(await asyncio.to_thread(csms.stdout.readline))["port"]
+            budget = os.environ.get("HOSTILE_BUDGET_MS_PER_S")  # e.g. 1000: the agent without the request budget
             lines += ["[ocpp]", f'endpoint = "ws://127.0.0.1:{port}"', "reconnect_cap_s = 2",
+                      *([f"request_budget_ms_per_s = {float(budget)}"] if budget else []),
                       *([f'version = "{ocpp}"'] if ocpp == "2.0.1" else []), ""]
             agent_cmd = [sys.executable, str(Path(__file__).with_name("_hostile_agent.py")), str(config), TAG,
                          str(Path(tmp) / "lag.json"), *(["--single-process"] if single_process else [])]
