@@ -120,6 +120,7 @@ async def test_rig_site_meter_read_by_the_driver(tmp_path: Path, transport: str)
         for n, amps in ((1, 16.0), (2, 10.0)):  # 1-phase EVs: site L1 and, rotated, site L2
             plant = rig.connectors[n].plant
             plant.plugged = plant.relay_commanded_closed = True
+            plant.ev.ramp_a_per_s = 0.0  # no pilot here: the physics ticker would ramp the current down
             plant.current_a = amps
         assert rig.control({"cmd": "site", "action": "load", "value": 6.9})["ok"]
         reply = rig.control({"cmd": "site", "action": "pv", "value": 13.8})  # -10 A per phase net of the house
