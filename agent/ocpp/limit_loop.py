@@ -37,15 +37,18 @@ def push_limit(
         station.set_current_limit(cid, limit)
 
 
-async def keep_limits(apply: Callable[[], float], changed: asyncio.Event, log: logging.Logger) -> None:
-    """Run ``apply`` now and again after the seconds it returns, or sooner when ``changed`` is set; forever."""
+async def keep_limits(
+    apply: Callable[[], float], changed: asyncio.Event, log: logging.Logger, error_wait_s: float = MAX_WAIT_S
+) -> None:
+    """Run ``apply`` now and again after the seconds it returns (``error_wait_s`` after it raised), or sooner
+    when ``changed`` is set; forever."""
     while True:
         changed.clear()
         try:
             wait = apply()
         except Exception:  # a bad profile must not end the loop that keeps the limits
             log.exception("applying charging profiles failed")
-            wait = MAX_WAIT_S
+            wait = error_wait_s
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(wait):
                 await changed.wait()

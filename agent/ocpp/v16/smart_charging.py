@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from agent import smart_charging as sc
 from agent.db import migrate
 from agent.events import SessionStarted, SessionStopped, StationEvent
-from agent.ocpp.limit_loop import MAX_WAIT_S, MIN_WAIT_S, keep_limits, push_limit
+from agent.ocpp.limit_loop import MAX_WAIT_S as MAX_WAIT_S  # this module's: the cpsim fleet lengthens it
+from agent.ocpp.limit_loop import MIN_WAIT_S, keep_limits, push_limit
 from agent.ocpp.v16.meter_values import ocpp_time
 
 if TYPE_CHECKING:
@@ -355,5 +356,5 @@ class SmartCharging:
         return max(MIN_WAIT_S, wait)
 
     async def run(self) -> None:
-        await keep_limits(self.apply, self._changed, log)
+        await keep_limits(self.apply, self._changed, log, MAX_WAIT_S)
 

@@ -46,7 +46,8 @@ from ocpp.charge_point import snake_to_camel_case
 from agent import smart_charging as sc
 from agent.db import Migration, migrate
 from agent.events import SessionStarted, SessionStopped, StationEvent
-from agent.ocpp.limit_loop import MAX_WAIT_S, MIN_WAIT_S, keep_limits, push_limit
+from agent.ocpp.limit_loop import MAX_WAIT_S as MAX_WAIT_S  # this module's: the cpsim fleet lengthens it
+from agent.ocpp.limit_loop import MIN_WAIT_S, keep_limits, push_limit
 from agent.ocpp.v16.meter_values import ocpp_time
 from agent.ocpp.v201.device_model import DeviceModelError
 from agent.ocpp.v201.reports import send_report
@@ -588,4 +589,4 @@ class SmartCharging:
         return max(MIN_WAIT_S, wait)
 
     async def run(self) -> None:
-        await keep_limits(self.apply, self._changed, log)
+        await keep_limits(self.apply, self._changed, log, MAX_WAIT_S)
