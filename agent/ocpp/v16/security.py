@@ -355,15 +355,11 @@ class Security(CertificateHandlers):
         if not self._svc.boot_resumed and not self._svc.startup_reported:
             self.event("StartupOfTheDevice", f"firmware {self._svc.config.station.firmware_version}")
         try:
-            await asyncio.gather(self._watch_link(), self._watch_reset())
+            await self._watch_link()  # ResetOrReboot: queued by the service's request_restart
         finally:
             undo()
             for task in list(self._tasks):
                 task.cancel()
-
-    async def _watch_reset(self) -> None:
-        await self._svc.restart_requested.wait()
-        self.event("ResetOrReboot", f"{self._svc.restart_kind} reset requested by the CSMS")
 
     async def _watch_link(self) -> None:
         loop = asyncio.get_running_loop()

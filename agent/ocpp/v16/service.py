@@ -196,6 +196,8 @@ class OcppService(OcppServiceBase):
     def request_restart(self, kind: str) -> None:
         log.warning("%s reset requested by the CSMS: restarting the agent", kind)
         self.restart_kind = kind
+        # queued before anything wakes on the request (as 2.0.1 does; a watcher task per station cost more)
+        self.security_event("ResetOrReboot", f"{kind} reset requested by the CSMS")
         self.restart_requested.set()
 
     def apply_availability(self) -> None:
