@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 
 from agent.station_api import StationPort
+from hal.flag import Flag
 
 MAX_WAIT_S = 30.0  # re-evaluate at least this often (voltage, wall clock steps, learnt transaction ids)
 MIN_WAIT_S = 0.05
@@ -38,7 +39,7 @@ def push_limit(
 
 
 async def keep_limits(
-    apply: Callable[[], float], changed: asyncio.Event, log: logging.Logger, error_wait_s: float = MAX_WAIT_S
+    apply: Callable[[], float], changed: asyncio.Event | Flag, log: logging.Logger, error_wait_s: float = MAX_WAIT_S
 ) -> None:
     """Run ``apply`` now and again after the seconds it returns (``error_wait_s`` after it raised), or sooner
     when ``changed`` is set; forever."""

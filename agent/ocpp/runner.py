@@ -27,6 +27,7 @@ from agent.db import Migration, migrate
 from agent.events import EventListener, StationEvent
 from agent.sdnotify import EXIT_RESTART_REQUESTED
 from agent.station_api import StationPort
+from hal.flag import Flag
 from hal.tasks import cancel_and_wait
 
 log = logging.getLogger("cpagent.ocpp.runner")
@@ -89,7 +90,7 @@ class VersionRunner:
         # selecting ocpp2.0.1 costs one hand-over at the first connection, then it is remembered.
         self.speaks = last if last in self.offer else (V16 if V16 in self.offer else self.offer[0])
         self._switch: tuple[str, ClientConnection] | None = None
-        self._switched = asyncio.Event()
+        self._switched = Flag()
         self.port = DetachablePort(station)
         self.service: Any = self._make(self.speaks)
 

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from agent.db import StorageError
 from agent.ocpp.v16.meter_values import ocpp_time
 from agent.ocpp.v16.rpc import ConnectionLost, Handler, OcppSession
+from hal.flag import Flag
 from hal.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
@@ -112,10 +113,10 @@ class OcppServiceBase:
         self.on_other_version = on_other_version
         self.clock_offset_s = 0.0  # CSMS time - local wall time; the system clock is never set
         self._clock_refusal_logged = False  # one warning per run of unusable currentTimes
-        self.restart_requested = asyncio.Event()
+        self.restart_requested = Flag()
         self.restart_kind: str | None = None
-        self._wake_event = asyncio.Event()
-        self._heartbeat_changed = asyncio.Event()
+        self._wake_event = Flag()
+        self._heartbeat_changed = Flag()
         self._stopping = False
         self._relink = False
         self.security_sinks: list[SecuritySink] = []  # the persistent security log

@@ -59,6 +59,7 @@ from agent.outbox import Outbox
 from agent.sdnotify import EXIT_RESTART_REQUESTED
 from agent.station_api import NON_BLOCKING_FAULTS, ConnectorSettings, StationPort
 from hal.clock import Clock
+from hal.flag import Flag
 from hal.tasks import cancel_and_wait
 from hal.types import Fault
 
@@ -113,7 +114,7 @@ class OcppService(OcppServiceBase):
         if self.boot_resumed:
             self.boot_status = BootStatus.ACCEPTED
             self._booted_fields = self._boot_fields()
-        self._not_rejected = asyncio.Event()
+        self._not_rejected = Flag()
         self._not_rejected.set()
         self._reported: dict[int, tuple[str, str]] = {}
         # (connector id, payload, monotonic time queued, held: a change that must last MinimumStatusDuration)
@@ -445,7 +446,7 @@ class _Gated:
 
     __slots__ = ("gate", "handler")
 
-    def __init__(self, gate: asyncio.Event, handler: Handler) -> None:
+    def __init__(self, gate: asyncio.Event | Flag, handler: Handler) -> None:
         self.gate = gate
         self.handler = handler
 

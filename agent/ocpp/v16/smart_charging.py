@@ -9,7 +9,6 @@ duty at most once per 5 s.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
@@ -22,6 +21,7 @@ from agent.events import SessionStarted, SessionStopped, StationEvent
 from agent.ocpp.limit_loop import MAX_WAIT_S as MAX_WAIT_S  # this module's: the cpsim fleet lengthens it
 from agent.ocpp.limit_loop import MIN_WAIT_S, keep_limits, push_limit
 from agent.ocpp.v16.meter_values import ocpp_time
+from hal.flag import Flag
 
 if TYPE_CHECKING:
     from agent.ocpp.v16.service import OcppService
@@ -115,7 +115,7 @@ class SmartCharging:
         self.profiles: list[sc.Profile] = self._load()
         self.applied: dict[int, float | None] = {}  # connector -> limit last given to its controller
         self._remote_start: dict[int, tuple[str, sc.Profile]] = {}  # RemoteStartTransaction's TxProfile
-        self._changed = asyncio.Event()
+        self._changed = Flag()
         service.station.subscribe(self._on_event)
 
     # -- persistence -------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from agent.outbox import METER_VALUES, START, STOP, DuplicateStop, Outbox, Outbo
 from agent.sessions import Session, SessionStore
 from agent.station_api import ConnectorView, EnergyHold, StationPort
 from hal.clock import Clock
+from hal.flag import Flag
 
 log = logging.getLogger("cpagent.ocpp.v16.transactions")
 
@@ -89,7 +90,7 @@ class TransactionMessages:
         # Session ref -> energy register (Wh) at which energy stops: MaxEnergyOnInvalidId after an invalid id.
         self._energy_caps: dict[str, float] = {}
         # One wake-up per running sampler: set when a sampling key changes or a transaction starts.
-        self._sampler_events: dict[str, asyncio.Event] = {}
+        self._sampler_events: dict[str, Flag] = {}
         store.subscribe(self._on_sampling_key)
 
     # -- events -> outbox -----------------------------------------------------------------------------
@@ -288,7 +289,7 @@ class TransactionMessages:
         for event in self._sampler_events.values():
             event.set()
 
-    async def _nap(self, event: asyncio.Event, delay: float | None) -> bool:
+    async def _nap(self, event: Flag, delay: float | None) -> bool:
         """Wait ``delay`` seconds (None: until poked; long waits in slices of a day). True if poked."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(None if delay is None else min(max(0.0, delay), mv.MAX_NAP_S)):
@@ -300,7 +301,7 @@ class TransactionMessages:
         """Sample.Periodic MeterValues of the connector's transaction every MeterValueSampleInterval seconds
         counted from the transaction's start; a changed interval (or a new transaction) is picked up at once
         and applies from the next sample. Runs online and offline alike (the outbox keeps the values)."""
-        event = self._sampler_events.setdefault(f"periodic-{connector_id}", asyncio.Event())
+        event = self._sampler_events.setdefault(f"periodic-{connector_id}", Flag())
         ref: str | None = None
         start_mono = 0.0
         due: tuple[int, float] | None = None  # (interval it was computed for, monotonic due time)
@@ -338,7 +339,7 @@ class TransactionMessages:
     async def aligned_sampler(self) -> None:
         """Sample.Clock MeterValues at midnight UTC (CSMS clock) + k x ClockAlignedDataInterval; a changed
         interval recomputes the next boundary at once. Each value carries its boundary as timestamp."""
-        event = self._sampler_events.setdefault("aligned", asyncio.Event())
+        event = self._sampler_events.setdefault("aligned", Flag())
         last: float | None = None  # the boundary sampled last (wall)
         failing = False
         while True:

@@ -58,6 +58,7 @@ from agent.outbox import Outbox, OutboxEntry
 from agent.sdnotify import EXIT_RESTART_REQUESTED
 from agent.station_api import StationPort
 from hal.clock import Clock
+from hal.flag import Flag
 
 log = logging.getLogger("cpagent.ocpp.v201.service")
 
@@ -133,7 +134,7 @@ class OcppService(OcppServiceBase):
         self.startup_reported = False
         if self.boot_resumed:
             self.boot_status = BootStatus.ACCEPTED
-        self._accepted_event = asyncio.Event()
+        self._accepted_event = Flag()
         # (evse, connector) -> connectorStatus the CSMS last acknowledged on this connection's watch
         self._reported: dict[tuple[int, int], str] = {}
         # (evse, connectorStatus, forced: sent even if the CSMS has it, e.g. TriggerMessage)

@@ -33,7 +33,6 @@ Below 6 A the control side pauses (the transaction goes on); it changes the PWM 
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
@@ -51,6 +50,7 @@ from agent.ocpp.limit_loop import MIN_WAIT_S, keep_limits, push_limit
 from agent.ocpp.v16.meter_values import ocpp_time
 from agent.ocpp.v201.device_model import DeviceModelError
 from agent.ocpp.v201.reports import send_report
+from hal.flag import Flag
 
 if TYPE_CHECKING:
     from agent.station_api import ConnectorView
@@ -257,7 +257,7 @@ class SmartCharging:
         self.applied: dict[int, float | None] = {}  # EVSE -> limit last given to its controller
         # EVSE -> (idToken, TxProfile body, profile) of a RequestStartTransaction until its session starts
         self._remote_start: dict[int, tuple[str, dict[str, Any], sc.Profile, float]] = {}
-        self._changed = asyncio.Event()
+        self._changed = Flag()
         # GetCompositeSchedule: (EVSE situation, enabled) -> the limits at change times evaluated so far for the
         # installed set (sc.composite's memo); cleared whenever the set changes, at most MEMO_KEYS kept.
         self._memos: dict[tuple[sc.Situation, bool], dict[float, sc.CompositePeriod]] = {}

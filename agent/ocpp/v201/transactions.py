@@ -63,6 +63,7 @@ from agent.ocpp.v201.authorization import READER_TYPE, Authorizer201, IdToken
 from agent.outbox import METER_VALUES, START, STOP, TRANSACTION_EVENT, DuplicateStop, Outbox, OutboxEntry
 from agent.sessions import Session
 from agent.station_api import ConnectorView, EnergyHold, StationPort
+from hal.flag import Flag
 from hal.types import CpState
 
 
@@ -625,7 +626,7 @@ class Transactions:
         self._held: dict[int, list[StationEvent]] = {}  # EVSE -> its events while a stop awaits its signature
         self._aligned_last: dict[str, float] = {}  # AlignedDataCtrlr variable -> the last boundary handled
         self._energy_caps: dict[str, float] = {}  # session ref -> register (Wh) at which energy stops
-        self._poke = asyncio.Event()
+        self._poke = Flag()
         # Other features add fields to each TransactionEvent payload (e.g. reservationId, reservation.py).
         self.payload_extras: list[Callable[[ConnectorView | None, dict[str, Any]], None]] = []
         # Called with (the TransactionEvent payload sent, the CSMS's answer) once acknowledged (pricing.py:
