@@ -410,15 +410,54 @@ def _snake_name(action: str) -> str:
 def handlers_from_object(
     service: object, actions: Iterable[str] = OCPP16_ACTIONS
 ) -> tuple[dict[str, Handler], dict[str, Handler]]:
-    """Collect ``on_<snake_action>`` and ``after_<snake_action>`` methods for every action (default 1.6)."""
+    """Collect ``on_<snake_action>`` and ``after_<snake_action>`` methods for every action (default 1.6).
+
+    The names a class defines are looked up once per class (cpsim fleet builds thousands of services; the
+    full scan was ~260 getattr per object); handlers set on the instance itself are still found, and a class
+    with ``__getattr__`` still gets the full scan."""
     handlers: dict[str, Handler] = {}
     after: dict[str, Handler] = {}
-    for action in sorted(actions):
-        for prefix, registry in (("on_", handlers), ("after_", after)):
-            method = getattr(service, prefix + _snake_name(action), None)
-            if method is not None and callable(method):
-                registry[action] = method
+    wanted = actions if isinstance(actions, frozenset) else frozenset(actions)
+    cls = type(service)
+    names = _class_handler_names(cls, wanted)
+    if names is None:  # the class answers names of its own: ask for all of them
+        names = _handler_names(wanted)
+    else:
+        own = getattr(service, "__dict__", None)
+        if own:
+            every = _handler_names(wanted)
+            position = _handler_positions(wanted)
+            extra = {position[key] for key in own if key in position}
+            if extra:
+                names = tuple(every[i] for i in sorted(extra | {position[e[2]] for e in names}))
+    for action, is_after, name in names:
+        method = getattr(service, name, None)
+        if method is not None and callable(method):
+            (after if is_after else handlers)[action] = method
     return handlers, after
+
+
+@cache
+def _handler_names(actions: frozenset[str]) -> tuple[tuple[str, bool, str], ...]:
+    return tuple((action, is_after, prefix + _snake_name(action))
+                 for action in sorted(actions) for prefix, is_after in (("on_", False), ("after_", True)))
+
+
+@cache
+def _handler_positions(actions: frozenset[str]) -> dict[str, int]:
+    return {entry[2]: i for i, entry in enumerate(_handler_names(actions))}
+
+
+_CLASS_HANDLER_NAMES: dict[tuple[type, frozenset[str]], tuple[tuple[str, bool, str], ...] | None] = {}
+
+
+def _class_handler_names(cls: type, actions: frozenset[str]) -> tuple[tuple[str, bool, str], ...] | None:
+    """The handler names the class defines; None if it has ``__getattr__`` (then every name may answer)."""
+    key = (cls, actions)
+    if key not in _CLASS_HANDLER_NAMES:
+        _CLASS_HANDLER_NAMES[key] = None if hasattr(cls, "__getattr__") else tuple(
+            entry for entry in _handler_names(actions) if hasattr(cls, entry[2]))
+    return _CLASS_HANDLER_NAMES[key]
 
 
 @dataclass
@@ -731,15 +770,80 @@ class RedactingFilter(logging.Filter):
 REDACTED_LOGGERS = ("ocpp", "websockets.client", "websockets.server", LOG.name, "cpagent.ocpp.v16.link")
 
 
-def install_redaction(log_filter: logging.Filter, loggers: Iterable[str] = REDACTED_LOGGERS) -> Callable[[], None]:
-    """Add the filter to the named loggers; return a function that removes it again."""
-    targets = [logging.getLogger(name) for name in loggers]
+class SharedRedaction(logging.Filter):
+    """The one redaction filter on a logger or handler, for every ``RedactingFilter`` installed there.
+
+    Each installed filter joins as a member. A record is redacted once per filter class present (a
+    ``SecretsFilter`` does more than a plain ``RedactingFilter``), each time with the secrets of ALL members,
+    asked afresh for every record as each filter alone did: so a record is redacted at least as much as the
+    members' filters one after the other did, at the cost of one pass instead of one per member (a process
+    with many stations, cpsim fleet, had one filter per station on every logger: each record went through
+    N filters and installing grew with N^2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._members: dict[int, RedactingFilter] = {}
+
+    def add(self, member: RedactingFilter) -> None:
+        self._members[id(member)] = member
+
+    def remove(self, member: RedactingFilter) -> bool:
+        """Drop the member; True when none is left."""
+        self._members.pop(id(member), None)
+        return not self._members
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        members = list(self._members.values())
+        secrets: set[str] = set()
+        kinds: dict[type[RedactingFilter], str] = {}
+        for member in members:
+            secrets.update(member._secrets())
+            kinds.setdefault(type(member), member._replacement)
+        for kind, replacement in kinds.items():  # built per record: safe with records from several threads
+            kind(lambda: secrets, replacement).filter(record)
+        return True
+
+
+def _shared_on(target: logging.Filterer, create: bool) -> SharedRedaction | None:
+    for existing in target.filters:
+        if isinstance(existing, SharedRedaction):
+            return existing
+    if not create:
+        return None
+    shared = SharedRedaction()
+    target.addFilter(shared)
+    return shared
+
+
+def install_redaction(
+    log_filter: logging.Filter,
+    loggers: Iterable[str] = REDACTED_LOGGERS,
+    *,
+    handlers: Iterable[logging.Handler] = (),
+) -> Callable[[], None]:
+    """Add the filter to the named loggers (and handlers); return a function that removes it again.
+    A ``RedactingFilter`` joins the one ``SharedRedaction`` of each target instead of being added itself."""
+    targets: list[logging.Filterer] = [logging.getLogger(name) for name in loggers]
+    targets.extend(handlers)
     for target in targets:
-        target.addFilter(log_filter)
+        if isinstance(log_filter, RedactingFilter):
+            shared = _shared_on(target, create=True)
+            assert shared is not None
+            shared.add(log_filter)
+        else:
+            target.addFilter(log_filter)
 
     def uninstall() -> None:
         for target in targets:
-            target.removeFilter(log_filter)
+            if isinstance(log_filter, RedactingFilter):
+                shared = _shared_on(target, create=False)
+                if shared is not None and shared.remove(log_filter):
+                    target.removeFilter(shared)
+            else:
+                target.removeFilter(log_filter)
 
     return uninstall
 

@@ -314,17 +314,7 @@ class Security(CertificateHandlers):
         return sorted(values)
 
     def _install_redaction(self) -> Callable[[], None]:
-        uninstall = install_redaction(self.redaction, SECRET_LOGGERS)
-        handlers = list(logging.getLogger().handlers)
-        for handler in handlers:
-            handler.addFilter(self.redaction)
-
-        def undo() -> None:
-            uninstall()
-            for handler in handlers:
-                handler.removeFilter(self.redaction)
-
-        return undo
+        return install_redaction(self.redaction, SECRET_LOGGERS, handlers=list(logging.getLogger().handlers))
 
     # -- security events and log --------------------------------------------------------------------
 
