@@ -55,3 +55,24 @@ class Flag:
     def __repr__(self) -> str:
         waiting = len(self._waiters) if self._waiters else 0
         return f"<Flag {'set' if self._value else 'unset'} waiters={waiting}>"
+
+
+async def first_set(*flags: Flag) -> None:
+    """Wait until any of ``flags`` is set: one future in every flag's waiters instead of a task per flag
+    (asyncio.wait over their wait()s would make one each)."""
+    if any(flag.is_set() for flag in flags):
+        return
+    fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    for flag in flags:
+        if flag._waiters is None:
+            flag._waiters = []
+        flag._waiters.append(fut)
+    try:
+        await fut
+    finally:
+        for flag in flags:
+            waiters = flag._waiters
+            if waiters is not None and fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    flag._waiters = None

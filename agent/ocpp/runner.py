@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+from collections.abc import Callable
 from typing import Any, cast
 
 from websockets.asyncio.client import ClientConnection
@@ -27,7 +28,7 @@ from agent.db import Migration, migrate
 from agent.events import EventListener, StationEvent
 from agent.sdnotify import EXIT_RESTART_REQUESTED
 from agent.station_api import StationPort
-from hal.flag import Flag
+from hal.flag import Flag, first_set
 from hal.tasks import cancel_and_wait
 
 log = logging.getLogger("cpagent.ocpp.runner")
@@ -108,16 +109,24 @@ class VersionRunner:
         self._switch = (subprotocol, connection)
         self._switched.set()
 
-    async def run_until_stopped(self, stop: asyncio.Event) -> int:
+    async def run_until_stopped(self, stop: asyncio.Event | Flag) -> int:
         """Run the service until ``stop`` is set or the CSMS asks for a Reset. Returns the exit status:
         RESTART_EXIT_STATUS after a Reset, 1 when the service ended by itself (a bug), else 0."""
         while True:
             service = self.service
             running = asyncio.create_task(service.run(), name="ocpp")
-            waits = [asyncio.create_task(stop.wait()), asyncio.create_task(service.restart_requested.wait()),
-                     asyncio.create_task(self._switched.wait()), running]
+            # The first of: stop, a Reset, a version switch, the service ending; one wait for all (no task each).
+            ended = Flag()
+            running.add_done_callback(_sets(ended))
+            waits = [running]
+            if isinstance(stop, Flag):
+                flags = [stop, service.restart_requested, self._switched, ended]
+            else:  # an asyncio.Event (cpagent run's): its own wait task
+                waits.append(asyncio.create_task(stop.wait()))
+                waits[-1].add_done_callback(_sets(ended))
+                flags = [service.restart_requested, self._switched, ended]
             try:
-                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                await first_set(*flags)
             finally:
                 with contextlib.suppress(Exception):
                     await service.stop()
@@ -143,6 +152,10 @@ class VersionRunner:
                              "agent", failure, exc_info=failure)
                 return 1
             return 0
+
+
+def _sets(flag: Flag) -> Callable[[object], None]:
+    return lambda _done: flag.set()
 
 
 def make_runner(station: StationPort, config: AgentConfig) -> VersionRunner | None:

@@ -41,6 +41,7 @@ from agent.ocpp.runner import VersionRunner
 from agent.ocpp.v16.link import LinkState
 from agent.station import Station
 from hal.clock import SystemClock
+from hal.flag import Flag
 from hal.registry import load_driver
 from hal.tasks import cancel_and_wait
 from hal.types import Fault
@@ -190,7 +191,7 @@ class Fleet:
         self.ticker = simdev.TICKER
         self.ticker.meter_period_s = options.meter_period_s
         self.stations: dict[str, FleetStation] = {}
-        self.stop = asyncio.Event()  # every station's OCPP runner ends when it is set
+        self.stop = Flag()  # every station's OCPP runner ends when it is set (a Flag: no wait task per station)
         self._started = time.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handles: list[asyncio.TimerHandle] = []

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import tracemalloc
 
-from hal.flag import Flag
+from hal.flag import Flag, first_set
 
 
 async def test_set_wakes_every_waiter_and_stays_set_until_cleared() -> None:
@@ -73,3 +73,19 @@ def test_an_unwaited_flag_costs_a_tenth_of_an_event() -> None:
     per_event = sum(s.size_diff for s in middle.compare_to(before, "lineno")) / len(events)
     per_flag = sum(s.size_diff for s in after.compare_to(middle, "lineno")) / len(flags)
     assert per_flag * 5 < per_event, (per_flag, per_event)
+
+
+async def test_first_set_returns_on_any_flag_and_leaves_no_waiter_behind() -> None:
+    a, b, c = Flag(), Flag(), Flag()
+    task = asyncio.create_task(first_set(a, b, c))
+    await asyncio.sleep(0)
+    assert not task.done()
+    b.set()
+    await asyncio.wait_for(task, 1)
+    assert a._waiters is None and c._waiters is None
+    await asyncio.wait_for(first_set(a, b), 1)  # one already set: at once
+    cancelled = asyncio.create_task(first_set(a, c))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    assert cancelled.cancelled() and a._waiters is None and c._waiters is None
