@@ -99,8 +99,13 @@ class FirmwareJobs:
     def roots_dir(self) -> Path:
         return Path(self._svc.config.state_dir) / "certificates" / "ManufacturerRootCertificate"
 
+    @property
+    def jobs(self) -> set[asyncio.Task[None]]:
+        """The running jobs: the service cancels them when it ends."""
+        return self._tasks
+
     async def run(self) -> None:
-        """Report a pending outcome, then keep the jobs: they end (transfers stopped) with the service."""
+        """Report a pending outcome; the jobs (started later) end (transfers stopped) with the service."""
         await serve_jobs(self._tasks, report_pending_outcome(self._svc, self.pending, self.pending_kind,
                                                              self._deliver))
 

@@ -201,9 +201,11 @@ class OcppServiceBase:
             ),
         ]
         try:
-            await asyncio.gather(*tasks)
+            await asyncio.gather(*tasks)  # a feature's run() may end early (nothing to wait for): the others go on
         finally:
             await cancel_and_wait(*tasks)
+            # jobs outliving their CALL (firmware, log uploads) end with the service
+            await cancel_and_wait(*(job for feature in self.features.values() for job in getattr(feature, "jobs", ())))
 
     async def stop(self) -> None:
         self._stopping = True

@@ -122,13 +122,14 @@ async def report_pending_outcome(service: Any, pending: PendingInstall, kind: st
 
 
 async def serve_jobs(tasks: set[asyncio.Task[None]], first: Awaitable[None]) -> None:
-    """A firmware feature's run(): ``first`` (the report after a restart), then keep the jobs until the
-    service ends; they end with it (transfers stopped, files removed)."""
+    """A firmware feature's run(): ``first`` (the report after a restart), then return (no task waits for
+    jobs that may never come): the jobs started later end with the service (transfers stopped, files
+    removed), which cancels every feature's ``jobs`` when it ends (OcppServiceBase.run)."""
     try:
         await first
-        await asyncio.get_running_loop().create_future()  # until cancelled (a bare future: no Event)
-    finally:
+    except BaseException:
         await cancel_and_wait(*tasks)
+        raise
 
 
 async def wait_until_wall(service: OcppService, wall: float | None) -> None:
@@ -277,6 +278,11 @@ def spawn(tasks: set[asyncio.Task[None]], coroutine: Coroutine[Any, Any, None], 
 
 
 class FirmwareManagement:
+    @property
+    def jobs(self) -> set[asyncio.Task[None]]:
+        """The running jobs: the service cancels them when it ends."""
+        return self._tasks
+
     profile = FIRMWARE
 
     def __init__(self, service: OcppService) -> None:
