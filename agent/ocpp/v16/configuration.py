@@ -26,6 +26,13 @@ log = logging.getLogger("cpagent.ocpp.v16.configuration")
 
 COMPONENT = "ocpp16_configuration"
 
+# Keys committed without an fsync (synchronous=NORMAL for that statement; safe against a process crash, an
+# OS crash or power cut may roll the change back, and the next fsynced commit of the same WAL makes it durable).
+# HeartbeatInterval: every accepted BootNotification sets it again (the agent stores the CSMS's interval at
+# each boot, cpsim fleet's N stations at once), so a lost change is restored by the next boot; no transaction
+# message depends on it.
+UNSYNCED_KEYS = frozenset({"HeartbeatInterval"})
+
 MIGRATIONS: list[Migration] = [
     "CREATE TABLE ocpp16_config (key TEXT PRIMARY KEY, value TEXT NOT NULL, changed_wall REAL NOT NULL)",
 ]
@@ -325,11 +332,19 @@ class ConfigurationStore:
             log.info("ChangeConfiguration %s=%r rejected: %s", spec.name, REDACTED if spec.secret else value, problem)
             return "Rejected"
         with self._storage(f"store {spec.name}"):
-            self._conn.execute(
-                "INSERT INTO ocpp16_config(key, value, changed_wall) VALUES (?, ?, ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value, changed_wall = excluded.changed_wall",
-                (spec.name, value, self._clock.wall() if self._clock else 0.0),
-            )
+            unsynced = spec.name in UNSYNCED_KEYS
+            if unsynced:
+                level = int(self._conn.execute("PRAGMA synchronous").fetchone()[0])
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+            try:
+                self._conn.execute(
+                    "INSERT INTO ocpp16_config(key, value, changed_wall) VALUES (?, ?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value, changed_wall = excluded.changed_wall",
+                    (spec.name, value, self._clock.wall() if self._clock else 0.0),
+                )
+            finally:
+                if unsynced:
+                    self._conn.execute(f"PRAGMA synchronous={level}")
         self._overrides[spec.name] = value
         if spec.reboot_required:
             return "RebootRequired"

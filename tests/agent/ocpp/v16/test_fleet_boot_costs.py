@@ -1,5 +1,9 @@
-"""install_redaction: one SharedRedaction per logger/handler however many stations install their filters;
-every member's secrets are still hidden, a SecretsFilter's extra rules still apply, uninstall leaves nothing."""
+"""What many stations in one process (cpsim fleet) cost at boot, kept cheap without losing a guarantee.
+
+install_redaction: one SharedRedaction per logger/handler however many stations install their filters;
+every member's secrets are still hidden, a SecretsFilter's extra rules still apply, uninstall leaves nothing.
+handlers_from_object: the per-class cache still finds handlers set on the instance.
+HeartbeatInterval: committed without an fsync, other keys still with one."""
 
 from __future__ import annotations
 
@@ -94,3 +98,27 @@ def _snake(action: str) -> str:
     import re
 
     return re.sub(r"(?<!^)(?=[A-Z])", "_", action).lower()
+
+
+def test_heartbeat_interval_is_stored_without_fsync_other_keys_with(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from agent import db
+    from agent.ocpp.v16.configuration import ConfigurationStore
+
+    path = Path(str(tmp_path)) / "state.db"
+    conn = db.connect(path)  # durable: synchronous=FULL
+    store = ConfigurationStore(conn, {}, number_of_connectors=1)
+    statements: list[str] = []
+    conn.set_trace_callback(statements.append)
+    assert store.change("HeartbeatInterval", "60", source="local") == "Accepted"
+    unsynced = [s for s in statements if "synchronous" in s.lower() or "INSERT" in s]
+    assert [s.split()[0] for s in unsynced] == ["PRAGMA", "PRAGMA", "INSERT", "PRAGMA"]
+    assert unsynced[1].endswith("NORMAL") and unsynced[3].endswith("=2")
+    statements.clear()
+    assert store.change("MeterValueSampleInterval", "30", source="local") == "Accepted"
+    assert not [s for s in statements if "synchronous" in s.lower()]
+    assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2
+    conn.close()
+    again = ConfigurationStore(db.connect(path), {}, number_of_connectors=1)
+    assert again.get_int("HeartbeatInterval") == 60 and again.get_int("MeterValueSampleInterval") == 30
