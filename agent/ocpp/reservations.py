@@ -184,8 +184,8 @@ class ReservationBook:
             if zero and len(idle) <= len(zero):
                 for c, held in zip(idle, zero, strict=False):
                     want[c.id] = held.hold
-            for cid, hold in want.items():
-                if self._station.connector_view(cid).reservation != hold:
+            for cid, hold in want.items():  # set_reservation(cid) changes only cid's view: no second snapshot
+                if views[cid].reservation != hold:
                     self._station.set_reservation(cid, hold)
         finally:
             self._applying = False
