@@ -24,6 +24,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from hal.device import Device, DeviceError
+from hal.flag import Flag
 from hal.roles import ConnectorLock, ControlPilot, Meter, PowerSwitch, TokenReader
 from hal.types import (
     CpState,
@@ -47,7 +48,30 @@ SENSED_FAULTS = frozenset({Fault.RCD, Fault.OVERTEMP, Fault.GROUND, Fault.UNDERV
 PP_AMPACITY = {1500.0: 13.0, 680.0: 20.0, 220.0: 32.0, 100.0: 63.0}
 
 PLANTS: dict[str, Plant] = {}  # "CP-000001/1" -> the plant behind that connector
-READERS: dict[str, asyncio.Queue[str]] = {}  # "CP-000001" -> tags tapped on that station's reader
+
+
+class Taps:
+    """The tags tapped on one station's reader, in order (asyncio.Queue's put_nowait / get): a list and a
+    Flag, some 2 kB less per station than an asyncio.Queue and its three deques."""
+
+    __slots__ = ("_ready", "_tags")
+
+    def __init__(self) -> None:
+        self._tags: list[str] = []
+        self._ready = Flag()
+
+    def put_nowait(self, tag: str) -> None:
+        self._tags.append(tag)
+        self._ready.set()
+
+    async def get(self) -> str:
+        while not self._tags:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._tags.pop(0)
+
+
+READERS: dict[str, Taps] = {}  # "CP-000001" -> tags tapped on that station's reader
 
 
 class Ticker:
@@ -294,7 +318,7 @@ class SimMeter(Device, Meter):
 class SimReader(Device, TokenReader):
     """The station's card reader: tags put on its queue (the control API, a scenario) are presented."""
 
-    def __init__(self, name: str, queue: asyncio.Queue[str]) -> None:
+    def __init__(self, name: str, queue: Taps) -> None:
         super().__init__(name)
         self.queue = queue
 

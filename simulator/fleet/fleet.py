@@ -370,7 +370,7 @@ class Fleet:
         cp_id = "TEMPLATE"
         for n in range(1, self.options.connectors + 1):
             simdev.PLANTS[f"{cp_id}/{n}"] = Plant()
-        simdev.READERS[cp_id] = asyncio.Queue()
+        simdev.READERS[cp_id] = simdev.Taps()
         config = self._station_config(base, cp_id, directory)
         station = Station(config, clock=self.clock, eventlog=self._eventlog(cp_id),
                           devices={name: factories[d.driver](name, d.settings) for name, d in config.devices.items()})
@@ -411,7 +411,7 @@ class Fleet:
                 plant.plugged, plant.energy_wh, plant.ev.soc_percent = bool(state[0]), float(state[1]), float(state[2])
             plants[n] = plant
             simdev.PLANTS[f"{cp_id}/{n}"] = plant
-        simdev.READERS[cp_id] = asyncio.Queue()
+        simdev.READERS[cp_id] = simdev.Taps()
         fs = FleetStation(index, cp_id, plants)
         seed = self.options.scenario.seed if self.options.scenario else 1
         fs.seed = f"{seed}/{cp_id}"
