@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, ClassVar
@@ -45,7 +46,7 @@ SENSED_FAULTS = frozenset({Fault.RCD, Fault.OVERTEMP, Fault.GROUND, Fault.UNDERV
 CP_HIGH_MV = {"A": 12_000, "B": 9_000, "C": 6_000, "D": 3_000, "E": 0, "F": -12_000}
 
 
-class PilotBoardMcu:
+class PilotBoardMcu(ABC):
     """The board's behaviour; subclasses set ``decoder`` (with ``counters`` and ``bad_frames``) and ``log``."""
 
     label: ClassVar[str] = "pilot board emulator"  # how the log names this board
@@ -83,10 +84,12 @@ class PilotBoardMcu:
 
     # ------------------------------------------------------------------------------------ transport
 
+    @abstractmethod
     def _send(self, message: Any) -> None:
         """One board message towards the host (subclasses record it in ``_last_reported`` once sent)."""
         raise NotImplementedError
 
+    @abstractmethod
     def _telemetry_messages(self) -> list[Any]:
         """The telemetry part of the status, as this transport carries it (never reported on change)."""
         raise NotImplementedError

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import tty
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 
 
@@ -54,7 +55,7 @@ class RawPty:
                 os.close(fd)
 
 
-class PtyPeripheral:
+class PtyPeripheral(ABC):
     """A serial peripheral that only answers the host (card reader, display): ``run()`` opens its pty
     (``port_path`` is valid after the first await) and hands what the host writes to ``feed()`` until
     cancelled; ``write_raw()`` sends towards the host (nothing while ``silent``, dropped if nobody reads)."""
@@ -64,6 +65,7 @@ class PtyPeripheral:
         self.port_path: str | None = None
         self._pty: RawPty | None = None
 
+    @abstractmethod
     def feed(self, data: bytes) -> None:
         raise NotImplementedError
 
@@ -98,13 +100,14 @@ class PtyPeripheral:
             self._pty.write(data)
 
 
-class PtyWire:
+class PtyWire(ABC):
     """The wire of a board emulator that makes its RawPty (``_pty``) when built and counts ``tx_dropped``:
     what the host writes goes to ``feed()``; what nobody reads is dropped, as a real UART drops it."""
 
     _pty: RawPty
     tx_dropped: int
 
+    @abstractmethod
     def feed(self, data: bytes) -> None:
         raise NotImplementedError
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from abc import ABC, abstractmethod
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -51,7 +52,7 @@ def check_log_request(log: dict[str, Any]) -> None:
     parse_ocpp_time(log.get("latest_timestamp"))
 
 
-class FirmwareJobs:
+class FirmwareJobs(ABC):
     pending_kind: ClassVar[str]  # the PendingInstall kind of this version's installs
     busy_firmware: ClassVar[frozenset[str]]  # firmware statuses of an update still running
     online_poll_s: ClassVar[float]
@@ -75,20 +76,25 @@ class FirmwareJobs:
 
     # -- the version's part -----------------------------------------------------------------------
 
+    @abstractmethod
     async def _notify(self, payload: Any) -> bool:
         """Send a status notification now (not queued); False if it was not delivered."""
         raise NotImplementedError
 
+    @abstractmethod
     def _firmware_message(self, status: str, request_id: int | None) -> Any:
         raise NotImplementedError
 
+    @abstractmethod
     def _log_message(self, status: str, request_id: int | None) -> Any:
         raise NotImplementedError
 
+    @abstractmethod
     def _rejected(self, reason_code: str, exc: Exception) -> dict[str, Any]:
         """The answer to a request refused for ``reason_code`` (the 2.0.1 statusInfo's)."""
         raise NotImplementedError
 
+    @abstractmethod
     async def build_log_archive(self, name: str, start: float | None, stop: float | None, *,
                                 security: bool) -> Path:
         raise NotImplementedError
@@ -172,11 +178,12 @@ class FirmwareJobs:
             file.unlink(missing_ok=True)
             self._update_over()
 
+    @abstractmethod
     async def _verify_and_install(self, request_id: int, firmware: dict[str, Any], file: Path) -> None:
         """From Downloaded to the restart (or a failure status)."""
         raise NotImplementedError
 
-    def _update_over(self) -> None:
+    def _update_over(self) -> None:  # noqa: B027 - an optional hook: nothing to do by default
         """The downloaded update ended here without a restart (failed, refused or replaced)."""
 
     async def _verified_digest(self, request_id: int, firmware: dict[str, Any], file: Path) -> bytes | None:
@@ -224,7 +231,7 @@ class FirmwareJobs:
         self._log_reported = False
         self._log = spawn(self._tasks, job, f"{self.task_prefix}log-upload", replaces=self._log)
 
-    async def _log_canceled(self, request_id: int) -> None:
+    async def _log_canceled(self, request_id: int) -> None:  # noqa: B027 - optional hook
         """The upload ``request_id`` was replaced by a new GetLog (stopped by now); 1.6 says nothing."""
 
     async def _log_status(self, status: str) -> None:

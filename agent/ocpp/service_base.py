@@ -5,7 +5,7 @@ scaffold (boot, statuses, heartbeat beside the sender loop), the security-event 
 The version-specific bodies stay in each service: how the link is made, the boot exchange, the sender loop,
 status notifications, how a heartbeat is sent and how long its interval is. A subclass sets ``_log`` (its own
 logger, so log lines keep their logger name) and ``_task_prefix``, calls ``_init_shared()`` early in its
-``__init__`` (before its features are made) and implements the hooks below that raise NotImplementedError.
+``__init__`` (before its features are made) and implements the abstract hooks below.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -87,7 +88,7 @@ def merge_handlers(
     return on, after
 
 
-class OcppServiceBase:
+class OcppServiceBase(ABC):
     _log: ClassVar[logging.Logger]
     _task_prefix: ClassVar[str]  # names the service's tasks: "<prefix>-link", "<prefix>-<feature>"
     station: StationPort
@@ -123,31 +124,37 @@ class OcppServiceBase:
 
     # -- hooks -------------------------------------------------------------------------------------
 
+    @abstractmethod
     def _make_link(self) -> Link:
         raise NotImplementedError
 
-    def _starting(self) -> None:
+    def _starting(self) -> None:  # noqa: B027 - optional hook
         """First thing in run()."""
 
     def _side_tasks(self) -> list[asyncio.Task[None]]:
         """Tasks run() keeps beside the link and the features."""
         return []
 
-    def _on_connection(self) -> None:
+    def _on_connection(self) -> None:  # noqa: B027 - optional hook
         """First thing on each new connection."""
 
+    @abstractmethod
     async def _boot(self, session: OcppSession) -> bool:
         raise NotImplementedError
 
+    @abstractmethod
     def _refresh_statuses(self, fresh_boot: bool) -> None:
         raise NotImplementedError
 
+    @abstractmethod
     async def _sender(self, session: OcppSession) -> None:
         raise NotImplementedError
 
+    @abstractmethod
     def _heartbeat_interval(self) -> int:
         raise NotImplementedError
 
+    @abstractmethod
     async def _send_heartbeat(self, session: OcppSession) -> None:
         raise NotImplementedError
 

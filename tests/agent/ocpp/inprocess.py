@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
@@ -18,7 +19,7 @@ CP = "CP1"
 Case = TypeVar("Case", bound="OcttCase")
 
 
-class InProcessAgent:
+class InProcessAgent(ABC):
     """One agent process; a subclass gives its version's ``config()``, ``make_service()`` and ``again()``."""
 
     def __init__(self, rig: Rig) -> None:
@@ -27,12 +28,15 @@ class InProcessAgent:
         self.service: Any = None
         self._tasks: list[asyncio.Task[Any]] = []
 
+    @abstractmethod
     def config(self) -> AgentConfig:
         raise NotImplementedError
 
+    @abstractmethod
     def make_service(self, station: Station, config: AgentConfig) -> Any:
         raise NotImplementedError
 
+    @abstractmethod
     def again(self) -> InProcessAgent:
         """A new agent with the same settings (for a restart on the same state directory)."""
         raise NotImplementedError
@@ -75,7 +79,7 @@ class InProcessAgent:
         return await self.station.present_token(id_token, connector_id)
 
 
-class OcttCase:
+class OcttCase(ABC):
     """What a test case drives: CSMS, rig and agent (the version's harness adds its messages' helpers)."""
 
     def __init__(self, csms: Csms, rig: Rig) -> None:
@@ -113,6 +117,7 @@ class OcttCase:
     async def wait(self, action: str, count: int = 1, within: float = 8.0) -> Received:
         return await self.csms.wait_for(CP, action, count=count, within=within)
 
+    @abstractmethod
     async def wait_status(self, status: str, *args: Any, **kwargs: Any) -> Received:
         raise NotImplementedError
 
