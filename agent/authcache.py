@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from agent.db import Migration, StorageError, migrate
+from agent.db import Migration, StorageError, migrate, transaction, unsynced
 from hal.clock import Clock
 
 COMPONENT = "authcache"
@@ -131,23 +131,8 @@ class _Tables:
         """BEGIN IMMEDIATE .. COMMIT. ``durable=False`` (the cache, which only saves asking the CSMS again)
         commits without an fsync: safe against a process crash, may be rolled back by an OS crash or power
         cut. The connection's own level comes back after."""
-        with _storage(what):
-            level = None
-            if not durable:
-                level = int(self._conn.execute("PRAGMA synchronous").fetchone()[0])
-                self._conn.execute("PRAGMA synchronous=NORMAL")
-            try:
-                self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    yield
-                    self._conn.execute("COMMIT")
-                except BaseException:
-                    if self._conn.in_transaction:
-                        self._conn.execute("ROLLBACK")
-                    raise
-            finally:
-                if level is not None:
-                    self._conn.execute(f"PRAGMA synchronous={level}")
+        with _storage(what), nullcontext() if durable else unsynced(self._conn), transaction(self._conn):
+            yield
 
 
 class _ListTooLong(Exception):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 Migration = str | Callable[[sqlite3.Connection], None]
@@ -92,6 +92,32 @@ def schema_version(conn: sqlite3.Connection, component: str) -> int:
     return int(row[0]) if row else 0
 
 
+@contextlib.contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE .. COMMIT; any exception inside rolls the transaction back and goes on. The commit is
+    as durable as the connection's synchronous level (see ``unsynced``)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+@contextlib.contextmanager
+def unsynced(conn: sqlite3.Connection) -> Iterator[None]:
+    """Commits inside go without an fsync (WAL, synchronous=NORMAL): safe against a process crash, may be
+    rolled back by an OS crash or power cut. The connection's own level comes back after."""
+    level = int(conn.execute("PRAGMA synchronous").fetchone()[0])
+    conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        yield
+    finally:
+        conn.execute(f"PRAGMA synchronous={level}")
+
+
 def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[Migration]) -> int:
     """Bring ``component`` to ``len(migrations)``; each step runs in its own transaction."""
     current = schema_version(conn, component)
@@ -101,8 +127,7 @@ def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[Migra
         )
     for version in range(current + 1, len(migrations) + 1):
         step = migrations[version - 1]
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(conn):
             if isinstance(step, str):
                 for statement in step.split(";"):
                     if statement.strip():
@@ -114,8 +139,4 @@ def migrate(conn: sqlite3.Connection, component: str, migrations: Sequence[Migra
                 "ON CONFLICT(component) DO UPDATE SET version = excluded.version",
                 (component, version),
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
     return len(migrations)

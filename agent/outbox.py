@@ -22,7 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from agent.db import Migration, StorageError, migrate
+from agent.db import Migration, StorageError, migrate, transaction
 from hal.clock import Clock
 
 log = logging.getLogger("cpagent.outbox")
@@ -499,15 +499,8 @@ class Outbox:
     def _transaction(self, *, durable: bool = True) -> Iterator[None]:
         """BEGIN IMMEDIATE .. COMMIT; ``durable=False`` commits without fsync (WAL, synchronous=NORMAL):
         safe against a process crash, may be rolled back by an OS crash or power cut."""
-        with contextlib.nullcontext() if durable else self._unsynced():
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-                self._conn.execute("COMMIT")
-            except BaseException:
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+        with contextlib.nullcontext() if durable else self._unsynced(), transaction(self._conn):
+            yield
 
     @contextmanager
     def _unsynced(self) -> Iterator[None]:

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from agent import smart_charging as sc
-from agent.db import migrate
+from agent.db import migrate, transaction
 from agent.events import SessionStarted, SessionStopped, StationEvent
 from agent.ocpp.limit_loop import MAX_WAIT_S as MAX_WAIT_S  # this module's: the cpsim fleet lengthens it
 from agent.ocpp.limit_loop import MIN_WAIT_S, keep_limits, push_limit
@@ -132,17 +132,12 @@ class SmartCharging:
     def _store(self, profiles: list[sc.Profile]) -> bool:
         """Persist the whole (small) set in one transaction; only then is it in force."""
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(self._db):
                 self._db.execute("DELETE FROM charging_profiles")
                 self._db.executemany(
                     "INSERT INTO charging_profiles(id, body) VALUES (?, ?)",
                     [(p.id, profile_to_json(p)) for p in profiles],
                 )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
         except Exception as exc:  # sqlite3.Error and friends: keep the old set
             log.error("charging profiles not stored: %s", exc)
             return False

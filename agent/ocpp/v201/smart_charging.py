@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from ocpp.charge_point import snake_to_camel_case
 
 from agent import smart_charging as sc
-from agent.db import Migration, migrate
+from agent.db import Migration, migrate, transaction
 from agent.events import SessionStarted, SessionStopped, StationEvent
 from agent.ocpp.limit_loop import MAX_WAIT_S as MAX_WAIT_S  # this module's: the cpsim fleet lengthens it
 from agent.ocpp.limit_loop import MIN_WAIT_S, keep_limits, push_limit
@@ -302,17 +302,12 @@ class SmartCharging:
     def _store(self, profiles: list[sc.Profile], bodies: dict[int, dict[str, Any]]) -> bool:
         """Persist the whole (small, bounded) set in one transaction; only then is it in force."""
         try:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
+            with transaction(self._db):
                 self._db.execute("DELETE FROM ocpp201_charging_profiles")
                 self._db.executemany(
                     "INSERT INTO ocpp201_charging_profiles(id, evse_id, installed_wall, body) VALUES (?, ?, ?, ?)",
                     [(p.id, p.connector_id, p.installed_at, json.dumps(bodies[p.id])) for p in profiles],
                 )
-                self._db.execute("COMMIT")
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
         except Exception as exc:  # sqlite3.Error and friends: keep the old set
             log.error("charging profiles not stored: %s", exc)
             return False
