@@ -29,6 +29,7 @@ from ocpp.v201 import call
 
 from agent.authcache import LocalAuthList
 from agent.ocpp.v201.device_model import ACTUAL, DeviceModel, Entry, GetResult, Mutability, SetResult
+from agent.ocpp.v201.reports import send_report
 
 if TYPE_CHECKING:
     from agent.ocpp.v201.service import OcppService
@@ -418,13 +419,11 @@ class Provisioning:
     async def after_get_report(self, request_id: int, **_: Any) -> None:
         await self._send_report(request_id)
 
-    async def _request(self, message: call.NotifyReport) -> Any:
+    @staticmethod
+    def _payload(message: call.NotifyReport) -> dict[str, Any]:
         # The report items are camelCase already: sent as they are, not through the dataclass and back.
-        payload = {"requestId": message.request_id, "generatedAt": message.generated_at, "seqNo": message.seq_no,
-                   "tbc": message.tbc, "reportData": message.report_data}
-        # B02 (TC_B_02_CS): while the boot is Pending the CSMS may ask for reports, and the station sends
-        # the NotifyReport messages it asked for (handlers are never reached while Rejected).
-        return await self.service.request_payload("NotifyReport", payload, while_pending=not self.service.accepted)
+        return {"requestId": message.request_id, "generatedAt": message.generated_at, "seqNo": message.seq_no,
+                "tbc": message.tbc, "reportData": message.report_data}
 
     def _accept(self, request_id: int, entries: list[Entry], *, summary: bool) -> dict[str, Any]:
         if request_id in self._reports or request_id in self._in_flight:
@@ -444,13 +443,16 @@ class Provisioning:
             async with self._sending:
                 entries, summary = pending
                 messages = notify_reports(self.dm, request_id, entries, _iso(self.service.wall()), summary=summary)
-                for message in messages:
-                    await self._request(message)
-                log.info("report %d sent: %d entries in %d NotifyReport", request_id, len(entries), len(messages))
+                # A cut report: dropped with one warning, or queued with QueueAllMessages (agent/ocpp/v201/
+                # reports.py, as the other reports). B02 (TC_B_02_CS): while the boot is Pending the CSMS may
+                # ask for reports, and the station sends them (handlers are never reached while Rejected).
+                if await send_report(self.service, "NotifyReport", request_id,
+                                     [self._payload(m) for m in messages], while_pending=not self.service.accepted):
+                    log.info("report %d sent: %d entries in %d NotifyReport", request_id, len(entries), len(messages))
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # offline or refused: a report is not queued (the CSMS asks again)
-            log.warning("report %d not completed: %s", request_id, exc)
+        except Exception as exc:  # building the report failed: logged once, the feature goes on
+            log.warning("report %d not built: %s", request_id, exc)
         finally:
             self._in_flight.discard(request_id)
 

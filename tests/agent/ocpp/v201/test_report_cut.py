@@ -32,8 +32,9 @@ class FakeService:
         self.fail_at, self.error, self.queue_all = fail_at, error, queue_all
         self.variables = SimpleNamespace(boolean=lambda component, variable: self.queue_all)
         self.outbox = SimpleNamespace(has_action=lambda action: waiting)
+        self.link = SimpleNamespace(session=None)
 
-    async def request_payload(self, action: str, payload: dict[str, Any]) -> None:
+    async def request_payload(self, action: str, payload: dict[str, Any], *, while_pending: bool = False) -> None:
         if len(self.sent) >= self.fail_at:
             raise self.error
         self.sent.append(payload)
