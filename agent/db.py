@@ -65,12 +65,20 @@ STATEMENT_CACHE = 128
 PAGE_CACHE_KIB: int | None = None
 # Page size of a database this process creates (None: SQLite's default, 4096; existing files keep theirs).
 PAGE_SIZE: int | None = None
+# None on a charger. cpsim fleet sets it: called first by ``connect`` with (path, durable), it returns the
+# connection to use (the fleet's stations get a view of one shared connection, simulator/fleet/shared_db.py)
+# or None for ``connect``'s own.
+CONNECT_HOOK: Callable[[Path | str, bool], sqlite3.Connection | None] | None = None
 
 
 def connect(path: Path | str, *, durable: bool = True) -> sqlite3.Connection:
     """Open the database in WAL mode; the database and its -wal/-shm are 0600 from the start.
     ``durable`` makes every commit fsync (synchronous=FULL), which is what transaction messages need
     to survive power loss."""
+    if CONNECT_HOOK is not None:
+        hooked = CONNECT_HOOK(path, durable)
+        if hooked is not None:
+            return hooked
     _private_files(path)
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=5.0,
                            cached_statements=STATEMENT_CACHE)

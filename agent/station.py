@@ -83,7 +83,8 @@ class Station:
         self._listeners: list[EventListener] = []
         config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
         self.db = db.connect(config.state_dir / "state.db")
-        os.chmod(config.state_dir / "state.db", 0o600)  # holds the AuthorizationKey; SQLite's -wal/-shm follow
+        if db.CONNECT_HOOK is None:  # (cpsim fleet: a view of the fleet's one file, no state.db of its own)
+            os.chmod(config.state_dir / "state.db", 0o600)  # holds the AuthorizationKey; SQLite's -wal/-shm follow
         self.sessions = SessionStore(self.db)
         # The event log is a convenience: its own connection without fsync per row, so logging a status
         # change never costs the loop a disk flush (transaction data keeps synchronous=FULL).

@@ -47,7 +47,7 @@ from hal.tasks import cancel_and_wait
 from hal.types import Fault
 from simulator.fleet import devices as simdev
 from simulator.fleet import metrics as fm
-from simulator.fleet import tuning
+from simulator.fleet import shared_db, tuning
 from simulator.fleet.cases import CasePlan, CaseRunner
 from simulator.fleet.scenario import Scenario
 from simulator.physics import EvMode, Plant
@@ -200,6 +200,7 @@ class Fleet:
         self._plants_lock = asyncio.Lock()
         self._lock_fd: int | None = None
         self._template = self.dir / ".template" / "state.db"
+        self._state_db: shared_db.SharedStateDb | None = None  # DIR/fleet-state.db: every station's tables
         self._events_db: sqlite3.Connection | None = None  # DIR/fleet-events.db: every station's event log
         self._server: asyncio.AbstractServer | None = None
         self.all_booted_s: float | None = None
@@ -321,12 +322,16 @@ class Fleet:
         # connection per station (~140 kB each). Not durable, as on a charger: a convenience for reading.
         self._events_db = agent_db.connect(self.dir / "fleet-events.db", durable=False)
         self._template = self._make_template(base, factories)
+        # Every station's tables in one SQLite file on one connection (simulator/fleet/shared_db.py).
+        self._state_db = shared_db.SharedStateDb.open(self.dir, self._template)
+        self._state_db.install()
         self._spawn(self._progress_loop())
         self._spawn(self._persist_loop())
         self._spawn(self._boot_watch())
         if self.cases is not None:  # named scenario:*: the graceful stop cancels it first
             self._spawn_named("scenario:cases", self.cases.run())
         ids = station_ids(self.options.id_prefix, self.options.stations, self.options.shard)
+        self._state_db.provision(cp_id for _, cp_id in ids)  # new stations' tables, a batch per transaction
         interval = 1.0 / self.options.ramp_per_s if self.options.ramp_per_s > 0 else 0.0
         next_at = time.monotonic()
         for index, cp_id in ids:
@@ -418,10 +423,6 @@ class Fleet:
         fs.seed = f"{seed}/{cp_id}"
         directory = self.dir / cp_id
         config = self._station_config(base, cp_id, directory)
-        if not (directory / "state.db").exists():
-            directory.mkdir(parents=True, exist_ok=True, mode=0o750)
-            shutil.copyfile(self._template, directory / "state.db")
-            os.chmod(directory / "state.db", 0o600)
         devices = {name: factories[d.driver](name, d.settings) for name, d in config.devices.items()}
         station = Station(config, clock=self.clock, devices=devices, eventlog=self._eventlog(cp_id))
         fs.station = station
@@ -464,6 +465,8 @@ class Fleet:
                 fs.station.close()
         if self._events_db is not None:
             self._events_db.close()
+        if self._state_db is not None:
+            self._state_db.close()
         self.ticker.stop()
         self.save_plants()
         await cancel_and_wait(*self._tasks)
