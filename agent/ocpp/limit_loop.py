@@ -11,13 +11,53 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from typing import TYPE_CHECKING
 
 from agent.station_api import StationPort
 from hal.flag import Flag
 
+if TYPE_CHECKING:
+    from agent.smart_charging import CompositePeriod
+
 MAX_WAIT_S = 30.0  # re-evaluate at least this often (voltage, wall clock steps, learnt transaction ids)
 MIN_WAIT_S = 0.05
+MEMO_KEYS = 16  # composite memos kept (one per connector / EVSE situation)
+
+
+class CompositeMemos:
+    """GetCompositeSchedule's remembered limits (``agent.smart_charging.composite``'s ``memo``), one memo per
+    situation of the installed profile set: a CSMS asking again and again for the largest composite schedule
+    makes the agent evaluate each change time once, not once per request.
+
+    What invalidates a memo: the profile set changing (installed, cleared, a TxProfile removed at the end of
+    its transaction: the owner calls ``clear`` where it stores the set); a session starting or stopping, its
+    transaction id learnt, the voltage or the sharing connectors changing (all in the key, the
+    ``Situation``: another key, another memo). Time needs nothing: a memo holds the limits at absolute change
+    times (the next schedule period, validFrom/validTo, the next recurrence: each its own time), never the
+    limit at the request's own start, and none at all with a Relative profile. At most ``keys`` memos, the
+    least recently used dropped; each holds at most ``agent.smart_charging.MEMO_ENTRIES`` times."""
+
+    def __init__(self, keys: int = MEMO_KEYS) -> None:
+        self._keys = keys
+        self._memos: dict[Hashable, dict[float, CompositePeriod]] = {}
+
+    def get(self, key: Hashable) -> dict[float, CompositePeriod]:
+        """The memo for ``key`` (a new, empty one the first time)."""
+        memo = self._memos.pop(key, None)
+        if memo is None:
+            memo = {}
+            if len(self._memos) >= self._keys:
+                del self._memos[next(iter(self._memos))]  # the least recently used
+        self._memos[key] = memo
+        return memo
+
+    def clear(self) -> None:
+        """The profile set changed: nothing remembered holds any more."""
+        self._memos.clear()
+
+    def __len__(self) -> int:
+        return len(self._memos)
 
 
 def controller_limit(amps: float, max_current_a: float) -> float | None:

@@ -19,7 +19,7 @@ from agent import smart_charging as sc
 from agent.db import migrate, transaction
 from agent.events import SessionStarted, SessionStopped, StationEvent
 from agent.ocpp.limit_loop import MAX_WAIT_S as MAX_WAIT_S  # this module's: the cpsim fleet lengthens it
-from agent.ocpp.limit_loop import MIN_WAIT_S, keep_limits, push_limit
+from agent.ocpp.limit_loop import MIN_WAIT_S, CompositeMemos, keep_limits, push_limit
 from agent.ocpp.v16.meter_values import ocpp_time
 from hal.flag import Flag
 
@@ -116,6 +116,9 @@ class SmartCharging:
         self.applied: dict[int, float | None] = {}  # connector -> limit last given to its controller
         self._remote_start: dict[int, tuple[str, sc.Profile]] = {}  # RemoteStartTransaction's TxProfile
         self._changed = Flag()
+        # GetCompositeSchedule: the limits at change times evaluated so far, per connector situation of the
+        # installed set (as 2.0.1); cleared whenever the set changes (_store).
+        self._memos = CompositeMemos()
         service.station.subscribe(self._on_event)
 
     # -- persistence -------------------------------------------------------------------------------
@@ -142,6 +145,7 @@ class SmartCharging:
             log.error("charging profiles not stored: %s", exc)
             return False
         self.profiles = profiles
+        self._memos.clear()  # the limits remembered for GetCompositeSchedule were for the old set
         self._changed.set()
         return True
 
@@ -278,7 +282,8 @@ class SmartCharging:
             return {"status": "Rejected"}
         now = round(self._svc.wall(), 3)  # as scheduleStart says it
         situation = self.situation(connector_id)
-        schedule = sc.capped(sc.composite(self.profiles, situation, now, duration, limits.max_periods),
+        schedule = sc.capped(sc.composite(self.profiles, situation, now, duration, limits.max_periods,
+                                          memo=self._memos.get(situation)),
                              self._site_limit(connector_id))
         try:
             start = ocpp_time(now)

@@ -46,7 +46,7 @@ from agent import smart_charging as sc
 from agent.db import Migration, migrate, transaction
 from agent.events import SessionStarted, SessionStopped, StationEvent
 from agent.ocpp.limit_loop import MAX_WAIT_S as MAX_WAIT_S  # this module's: the cpsim fleet lengthens it
-from agent.ocpp.limit_loop import MIN_WAIT_S, keep_limits, push_limit
+from agent.ocpp.limit_loop import MIN_WAIT_S, CompositeMemos, keep_limits, push_limit
 from agent.ocpp.v16.meter_values import ocpp_time
 from agent.ocpp.v201.device_model import DeviceModelError
 from agent.ocpp.v201.reports import send_report
@@ -65,7 +65,6 @@ MIGRATIONS: list[Migration] = [
 CTRLR = "SmartChargingCtrlr"
 MAX_PROFILES = 32  # SmartChargingCtrlr.Entries[ChargingProfiles] maxLimit (device_model.py says the same)
 REPORT_CHUNK = 8  # profiles per ReportChargingProfiles message
-MEMO_KEYS = 16  # composite memos kept (one per EVSE situation)
 SOURCE_CSO = "CSO"
 
 PURPOSES: dict[str, sc.Purpose] = {
@@ -259,8 +258,8 @@ class SmartCharging:
         self._remote_start: dict[int, tuple[str, dict[str, Any], sc.Profile, float]] = {}
         self._changed = Flag()
         # GetCompositeSchedule: (EVSE situation, enabled) -> the limits at change times evaluated so far for the
-        # installed set (sc.composite's memo); cleared whenever the set changes, at most MEMO_KEYS kept.
-        self._memos: dict[tuple[sc.Situation, bool], dict[float, sc.CompositePeriod]] = {}
+        # installed set (sc.composite's memo, agent/ocpp/limit_loop.py); cleared whenever the set changes.
+        self._memos = CompositeMemos()
         self._vars.bind("charging_profile_entries", lambda: len(self.profiles))
         self._vars.on_change(self._on_variable)
         self._station.subscribe(self._on_event)
@@ -471,7 +470,7 @@ class SmartCharging:
         situation = self.situation(evse_id)
         profiles = self.profiles if settings.enabled else []
         schedule = sc.capped(sc.composite(profiles, situation, now, duration, settings.max_periods,
-                                          memo=self._memo(situation, settings.enabled)),
+                                          memo=self._memos.get((situation, settings.enabled))),
                              self.site_limit(evse_id))
         try:
             start = ocpp_time(now)
@@ -480,18 +479,6 @@ class SmartCharging:
             return {"status": "Rejected", "statusInfo": {"reasonCode": "InternalError"}}
         return {"status": "Accepted",
                 "schedule": composite_payload(schedule, evse_id, unit, situation.electrical, start)}
-
-    def _memo(self, situation: sc.Situation, enabled: bool) -> dict[float, sc.CompositePeriod]:
-        """The composite memo for this situation of the installed set (a CSMS asking again and again for the
-        largest composite schedule makes the agent evaluate each change time once, not once per request)."""
-        key = (situation, enabled)
-        memo = self._memos.pop(key, None)
-        if memo is None:
-            memo = {}
-            if len(self._memos) >= MEMO_KEYS:
-                del self._memos[next(iter(self._memos))]  # the least recently used
-        self._memos[key] = memo
-        return memo
 
     def hold_for_remote_start(self, evse_id: int, id_token: str, charging_profile: Mapping[str, Any]) -> str | None:
         """RequestStartTransaction with a chargingProfile (F01.FR.08-12): None if it is taken (installed
