@@ -192,11 +192,14 @@ class Fleet:
         self.ticker = simdev.TICKER
         self.ticker.meter_period_s = options.meter_period_s
         self.stations: dict[str, FleetStation] = {}
+        self._boot_pending: list[FleetStation] = []  # started, BootNotification not accepted yet (_boot_watch)
         self.stop = Flag()  # every station's OCPP runner ends when it is set (a Flag: no wait task per station)
         self._started = time.monotonic()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._handles: list[asyncio.TimerHandle] = []
         self._plants_dirty = False
+        self._plant_rows: dict[str, dict[str, list[Any]]] = {}  # fleet-plants.json's rows (_plants_snapshot)
+        self._plants_touched: set[str] = set()  # stations whose plug changed since the last write
         self._plants_lock = asyncio.Lock()
         self._lock_fd: int | None = None
         self._template = self.dir / ".template" / "state.db"
@@ -221,18 +224,26 @@ class Fleet:
         return data if isinstance(data, dict) else {}
 
     def save_plants(self) -> None:
-        self._write_plants(self._plants_json())
+        self._write_plants(self._plants_snapshot())
 
-    def _plants_json(self) -> str:
+    @staticmethod
+    def _plant_row(fs: FleetStation) -> dict[str, list[Any]]:
+        return {str(n): [p.plugged, round(p.energy_wh, 3), round(p.ev.soc_percent, 3)] for n, p in fs.plants.items()}
+
+    def _plants_snapshot(self, *, full: bool = True) -> dict[str, dict[str, list[Any]]]:
+        """Every station's row, fresh (``full``) or fresh only for the stations whose plug changed since the
+        last write (the others as of the last full one, at most 10 s old: what the file promises for energy
+        and SoC). A row is replaced, never changed in place, so the copy stays consistent in another thread;
+        a plug change no longer rebuilds all N rows (N = 5000: ~9 ms of the loop, every 0.2 s of the ramp)."""
         self._plants_dirty = False
-        data = {
-            fs.id: {str(n): [p.plugged, round(p.energy_wh, 3), round(p.ev.soc_percent, 3)]
-                    for n, p in fs.plants.items()}
-            for fs in self.stations.values()
-        }
-        return json.dumps(data, separators=(",", ":"))
+        touched, self._plants_touched = self._plants_touched, set()
+        rows = self._plant_rows
+        for fs in self.stations.values() if full else (self.stations[i] for i in touched if i in self.stations):
+            rows[fs.id] = self._plant_row(fs)
+        return dict(rows)
 
-    def _write_plants(self, text: str) -> None:
+    def _write_plants(self, rows: dict[str, dict[str, list[Any]]]) -> None:
+        text = json.dumps(rows, separators=(",", ":"))
         tmp = self.plants_file.with_name(self.plants_file.name + ".tmp")
         with open(tmp, "w") as f:
             f.write(text)
@@ -240,24 +251,25 @@ class Fleet:
             os.fsync(f.fileno())
         os.replace(tmp, self.plants_file)
 
-    async def _save_plants_async(self) -> None:
-        """The snapshot in the loop (consistent), the write and its fsync in a thread (the loop goes on)."""
+    async def _save_plants_async(self, *, full: bool = True) -> None:
+        """The snapshot in the loop (consistent), the JSON, the write and its fsync in a thread."""
         async with self._plants_lock:
-            await asyncio.to_thread(self._write_plants, self._plants_json())
+            await asyncio.to_thread(self._write_plants, self._plants_snapshot(full=full))
 
-    def plants_changed(self) -> None:
-        """A plug state changed: written within 0.2 s (energy and SoC are written every 10 s anyway)."""
+    def plants_changed(self, fs: FleetStation) -> None:
+        """A plug state of ``fs`` changed: written within 0.2 s (energy and SoC are written every 10 s anyway)."""
+        self._plants_touched.add(fs.id)
         if not self._plants_dirty:
             self._plants_dirty = True
             self._handles.append(asyncio.get_running_loop().call_later(0.2, self._save_if_dirty))
 
     def _save_if_dirty(self) -> None:
         if self._plants_dirty:
-            self._spawn(self._persist_once())
+            self._spawn(self._persist_once(full=False))
 
-    async def _persist_once(self) -> None:
+    async def _persist_once(self, *, full: bool = True) -> None:
         try:
-            await self._save_plants_async()
+            await self._save_plants_async(full=full)
         except OSError as exc:
             log.error("cannot save %s: %s", self.plants_file, exc)
 
@@ -272,7 +284,7 @@ class Fleet:
         agent.db.STATEMENT_CACHE = STATEMENT_CACHE
         agent.db.PAGE_CACHE_KIB = SQLITE_CACHE_KIB
         agent.db.PAGE_SIZE = SQLITE_PAGE_SIZE
-        tuning.tune_agent_periods()
+        tuning.tune_agent_periods(with_201=self.options.ocpp != "1.6")  # a 1.6 fleet never builds 2.0.1
 
     def _take_lock(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -429,6 +441,8 @@ class Fleet:
         station.subscribe(fs.on_event)
         fs.runner = VersionRunner(station, config)
         self.stations[cp_id] = fs
+        self._plant_rows[cp_id] = self._plant_row(fs)
+        self._boot_pending.append(fs)
         loop = asyncio.get_running_loop()
         fs.tasks.append(loop.create_task(station.run(serve_diag=False), name=f"{cp_id}:station"))
         fs.tasks.append(loop.create_task(fs.runner.run_until_stopped(self.stop), name=f"{cp_id}:ocpp"))
@@ -487,12 +501,16 @@ class Fleet:
         expected = len(station_ids(self.options.id_prefix, self.options.stations, self.options.shard))
         while True:
             await asyncio.sleep(0.1)
-            for fs in list(self.stations.values()):
-                if fs.booted_at is None and fs.booted():
+            # Only the stations not booted yet are looked at (a scan of all N every 0.1 s was O(N^2) in all).
+            waiting: list[FleetStation] = []
+            for fs in self._boot_pending:
+                if fs.booted():
                     fs.booted_at = time.monotonic() - self._started
                     self._booted(fs)
-            if self.all_booted_s is None and len(self.stations) + len(self.failed) == expected and all(
-                    fs.booted_at is not None for fs in self.stations.values()):
+                else:
+                    waiting.append(fs)
+            self._boot_pending = waiting
+            if self.all_booted_s is None and len(self.stations) + len(self.failed) == expected and not waiting:
                 self.all_booted_s = max(fs.booted_at or 0.0 for fs in self.stations.values())
                 # The stations' objects live as long as the fleet: out of the collector's way, so that a full
                 # collection does not walk a million long-lived objects every few minutes (CPU, latency).
@@ -627,7 +645,7 @@ class Fleet:
             fs.meter(connector).push()  # the session's last energy, fresh
         fs.plants[connector].plugged = on
         fs.board(connector).changed()
-        self.plants_changed()
+        self.plants_changed(fs)
 
     def tap(self, fs: FleetStation, id_tag: str) -> None:
         simdev.READERS[fs.id].put_nowait(id_tag)

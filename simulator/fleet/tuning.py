@@ -30,16 +30,21 @@ EXTERNAL_LIMITS_POLL_S = 10.0
 GC_FREEZE_EVERY = 50
 
 
-def tune_agent_periods() -> None:
-    """Lengthen the periods above (never shorten: a test may have set a longer one)."""
+def tune_agent_periods(*, with_201: bool = True) -> None:
+    """Lengthen the periods above (never shorten: a test may have set a longer one). ``with_201=False`` (a
+    fleet that speaks only 1.6, whose stations never build a 2.0.1 service) leaves the 2.0.1 modules
+    unimported: importing them loads the 2.0.1 library, ~0.5 s of CPU inside the fleet's boot time."""
     import agent.ocpp.v16.security as sec16
     import agent.ocpp.v16.smart_charging as sc16
+
+    sc16.MAX_WAIT_S = max(sc16.MAX_WAIT_S, SMART_CHARGING_MAX_WAIT_S)
+    sec16.WATCH_STEADY_S = max(sec16.WATCH_STEADY_S, SECURITY_WATCH_S)
+    if not with_201:
+        return
     import agent.ocpp.v201.external_limits as ext201
     import agent.ocpp.v201.security as sec201
     import agent.ocpp.v201.smart_charging as sc201
 
-    sc16.MAX_WAIT_S = max(sc16.MAX_WAIT_S, SMART_CHARGING_MAX_WAIT_S)
     sc201.MAX_WAIT_S = max(sc201.MAX_WAIT_S, SMART_CHARGING_MAX_WAIT_S)
-    sec16.WATCH_STEADY_S = max(sec16.WATCH_STEADY_S, SECURITY_WATCH_S)
     sec201.WATCH_STEADY_S = max(sec201.WATCH_STEADY_S, SECURITY_WATCH_S)
     ext201.POLL_S = max(ext201.POLL_S, EXTERNAL_LIMITS_POLL_S)
