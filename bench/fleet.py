@@ -16,12 +16,14 @@ per station-minute), and the largest N measured with every CALL answered within 
 
 --tmpfs puts the stations' SQLite files on /dev/shm (kill -9 of the fleet still loses nothing: the files
 outlive the process; only a crash of the machine would), to separate the disk's fsync cost from ours.
-Prints JSON.
+Prints JSON. The CSMS and the fleet never outlive the bench: SIGTERM / SIGHUP / Ctrl-C / an exception stop them
+in its finally blocks, and the kernel kills them if the bench dies otherwise (kill -9: PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import shutil
@@ -60,13 +62,39 @@ def fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
     return my - b * mx, b
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: no dlopen between fork and exec
+_PR_SET_PDEATHSIG = 1
+_BENCH_PID = os.getpid()
+
+
+def _die_with_the_bench() -> None:
+    """preexec_fn of the CSMS and the fleet: SIGKILL when the bench ends, however (kill -9 included)."""
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != _BENCH_PID:  # the bench already gone before the line above
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _stop_on_signals() -> None:
+    """SIGTERM / SIGHUP end the bench as Ctrl-C does: by an exception, so every finally stops what it started."""
+    def stop(signum: int, _: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
+
+
 def start_csms() -> tuple[subprocess.Popen[str], str]:
     csms = subprocess.Popen(
         [sys.executable, "-m", "simulator.cli", "csms", "--port", "0", "--interval", "60", "--accept", "FLEET-TAG"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, preexec_fn=_die_with_the_bench,
     )
-    assert csms.stdout is not None
-    return csms, json.loads(csms.stdout.readline())["url"]
+    try:
+        assert csms.stdout is not None
+        return csms, json.loads(csms.stdout.readline())["url"]
+    except BaseException:
+        csms.kill()
+        csms.wait()
+        raise
 
 
 def run_one(n: int, url: str, csms_pid: int, window_s: float, tmpfs: bool) -> dict[str, Any]:
@@ -74,7 +102,7 @@ def run_one(n: int, url: str, csms_pid: int, window_s: float, tmpfs: bool) -> di
     fleet = subprocess.Popen(
         [sys.executable, "-m", "simulator.cli", "fleet", "--csms", url, "--stations", str(n), "--dir", str(base),
          "--start-sessions", "--ramp", "1000", "--quiet", "--tag", "FLEET-TAG"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=ROOT, preexec_fn=_die_with_the_bench,
     )
     lines: list[str] = []
     booted = threading.Event()
@@ -140,6 +168,7 @@ def main() -> int:
     p.add_argument("--window", type=float, default=60.0, help="steady window in seconds")
     p.add_argument("--tmpfs", action="store_true", help="stations' SQLite files on /dev/shm")
     args = p.parse_args()
+    _stop_on_signals()
     ns = sorted(set(args.n + ([5000] if args.with_5000 else [])))
     runs = []
     for n in ns:
