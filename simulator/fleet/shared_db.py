@@ -1,13 +1,14 @@
-"""`cpsim fleet`: every station's state database as a *station view* of one SQLite connection per fleet process.
+"""`cpsim fleet`: every station's state database as a *station view* of a SQLite connection shared by stations.
 
 On a charger each store (outbox, sessions, authorization cache, the OCPP services' tables, ...) gets the
 ``sqlite3.Connection`` of ``agent.db.connect(DIR/state.db)`` and uses plain table names. A connection costs
 some 110 kB (pager, page cache, prepared statements, the 32 kB WAL index), which at 1000 stations in one
-process was half of the fleet's memory. Here the fleet opens ONE connection to ``DIR/fleet-state.db`` and
-``agent.db.CONNECT_HOOK`` gives each station a ``StationView`` of it instead: the Connection methods the stores
-use (``execute``, ``executemany``, ``in_transaction``, ``with``, ``close``), every name of the agent's schema (tables,
-indexes, triggers, views) rewritten to the station's own (``s000123_outbox``). The prefix of a station id is
-kept in ``fleet_stations`` so a rerun on the same DIR finds every station's rows again.
+process was half of the fleet's memory. Here the fleet keeps GROUP_SLOTS stations per file and connection
+(``DIR/fleet-state-001.db``, ...) and ``agent.db.CONNECT_HOOK`` gives each station a ``StationView`` of one
+instead: the Connection methods the stores use (``execute``, ``executemany``, ``in_transaction``, ``with``,
+``close``), every name of the agent's schema (tables, indexes, triggers, views) rewritten to the station's
+own (``s000012_outbox``). Which station has which prefix of which file is kept in the file's
+``fleet_stations``, so a rerun on the same DIR finds every station's rows again.
 
 Rewriting: the schema's names come from the template the agent's own migrations made (``DIR/.template``), so
 a table a later migration adds is covered; a name no template had (a ``CREATE`` at run time) is learned when
@@ -19,7 +20,7 @@ the template is read (the fleet refuses to start, naming the column).
 
 Everything runs on the fleet's one event-loop thread and no store holds a transaction across an ``await``
 (each is a ``with transaction(conn):`` block in synchronous code), so the stations' BEGIN .. COMMIT never
-interleave on the shared connection. Durability is the charger's: the connection is synchronous=FULL (WAL),
+interleave on a shared connection. Durability is the charger's: each connection is synchronous=FULL (WAL),
 ``agent.db.unsynced`` and the stores' own switches set the level for their block and restore it.
 """
 
@@ -28,7 +29,9 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import os
 import re
+import shutil
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -38,14 +41,14 @@ from agent import db as agent_db
 
 log = logging.getLogger("cpsim.fleet.db")
 
-FILE = "fleet-state.db"
-# Prepared statements of the shared connection: every station's statement is its own text (its prefix), so
-# the cache holds the hot statements of a few stations at a time (see README "Fleet": measured).
-STATEMENT_CACHE = 256
-# Page cache of the shared connection (KiB): a station's working set is a few 1 KiB pages.
-PAGE_CACHE_KIB = 2048
-# New stations created per transaction (one fsync) before the ramp.
-PROVISION_BATCH = 100
+GROUP_GLOB = "fleet-state-*.db"
+# Stations per file and connection (see SharedStateDb: why not all in one).
+GROUP_SLOTS = 50
+# Prepared statements per connection: every station's statement is its own text (its prefix), so the cache
+# holds the hot statements of a few stations at a time (see README "Fleet": measured).
+STATEMENT_CACHE = 64
+# Page cache per connection (KiB): a station's working set is a few 1 KiB pages.
+PAGE_CACHE_KIB = 256
 # Distinct SQL texts kept by the rewriter (a text built with values in it would otherwise grow it forever).
 MAX_TEXTS = 4096
 
@@ -214,63 +217,145 @@ class Template:
                                         "the fleet's shared state database cannot rename it apart")
 
 
-class SharedStateDb:
-    """``DIR/fleet-state.db``: one connection, every station's tables under its own prefix."""
+class StateFile:
+    """One ``DIR/fleet-state-NNN.db`` and its connection: ``GROUP_SLOTS`` stations' tables, made by copying
+    the group template (``fleet_slots`` lists its prefixes, ``fleet_stations`` which station has which)."""
 
-    def __init__(self, directory: Path, template: Template) -> None:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.conn = _connect(path)
+        taken = dict(self.conn.execute("SELECT cp_id, prefix FROM fleet_stations"))
+        self.stations: dict[str, str] = taken
+        used = set(taken.values())
+        self.free = [str(r[0]) for r in self.conn.execute("SELECT prefix FROM fleet_slots ORDER BY prefix")
+                     if r[0] not in used]
+
+    def assign(self, cp_ids: Sequence[str]) -> None:
+        """The next free slots to these stations, in one transaction (one fsync)."""
+        chosen = list(zip(cp_ids, self.free, strict=False))
+        with agent_db.transaction(self.conn):
+            self.conn.executemany("INSERT INTO fleet_stations(cp_id, prefix) VALUES (?, ?)", chosen)
+        del self.free[:len(chosen)]
+        self.stations.update(chosen)
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    """As a charger's state database (WAL, synchronous=FULL, 0600), with the fleet's cache sizes."""
+    saved = agent_db.STATEMENT_CACHE  # the fleet's setting for its other connections
+    agent_db.STATEMENT_CACHE = STATEMENT_CACHE
+    try:
+        conn = agent_db.connect(path)
+    finally:
+        agent_db.STATEMENT_CACHE = saved
+    conn.execute(f"PRAGMA cache_size=-{int(PAGE_CACHE_KIB)}")
+    return conn
+
+
+class SharedStateDb:
+    """Every station's tables under its own prefix, ``GROUP_SLOTS`` stations per file and connection
+    (``DIR/fleet-state-NNN.db``).
+
+    Why groups and not one file: SQLite re-reads its schema table once per CREATE (a full scan), so creating
+    a station's 25 tables and indexes costs in proportion to the stations already in the file (1000 stations
+    one by one: 400 s). Instead the group template (``DIR/.template/fleet-state.db``, GROUP_SLOTS stations'
+    tables made once per run by the agent's schema, ~0.5 s) is copied for each new group: a station's
+    provisioning is then one row in ``fleet_stations``."""
+
+    def __init__(self, directory: Path, template: Template, *, slots: int = GROUP_SLOTS) -> None:
         self.directory = directory
-        self.path = directory / FILE
         self.template = template
+        self.slots = slots
         self.rewriter = SqlRewriter(template.names)
-        saved = agent_db.STATEMENT_CACHE  # the fleet's setting for its other connections
-        agent_db.STATEMENT_CACHE = STATEMENT_CACHE
-        try:
-            self.conn = agent_db.connect(self.path)  # durable: synchronous=FULL, WAL, 0600
-        finally:
-            agent_db.STATEMENT_CACHE = saved
-        self.conn.execute(f"PRAGMA cache_size=-{int(PAGE_CACHE_KIB)}")
-        self.conn.execute("DROP TABLE IF EXISTS schema_version")  # connect's; each station has its own
-        self.conn.execute(
-            "CREATE TABLE IF NOT EXISTS fleet_stations (cp_id TEXT PRIMARY KEY, prefix TEXT NOT NULL UNIQUE)"
-        )
-        self.prefixes: dict[str, str] = dict(self.conn.execute("SELECT cp_id, prefix FROM fleet_stations"))
-        self._next = 1 + int(self.conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM fleet_stations").fetchone()[0])
+        self.files = [StateFile(p) for p in sorted(directory.glob(GROUP_GLOB))]
+        self.where: dict[str, tuple[StateFile, str]] = {
+            cp_id: (f, prefix) for f in self.files for cp_id, prefix in f.stations.items()
+        }
+        self._group_template: Path | None = None
         self._hook_installed = False
 
     @classmethod
-    def open(cls, directory: Path, template_file: Path) -> SharedStateDb:
+    def open(cls, directory: Path, template_file: Path, *, slots: int = GROUP_SLOTS) -> SharedStateDb:
         refuse_old_layout(directory)
         with contextlib.closing(sqlite3.connect(f"{template_file.resolve().as_uri()}?mode=ro", uri=True)) as conn:
             template = Template.read(conn)
-        return cls(directory, template)
+        return cls(directory, template, slots=slots)
+
+    @property
+    def prefixes(self) -> dict[str, str]:
+        return {cp_id: prefix for cp_id, (_, prefix) in self.where.items()}
 
     # ----------------------------------------------------------------- stations
-    def provision(self, cp_ids: Iterable[str], *, batch: int = PROVISION_BATCH) -> int:
-        """Create the tables (and the template's rows: schema_version, ...) of every station not yet in the
-        file, ``batch`` stations per transaction. Returns how many were created."""
-        missing = [cp_id for cp_id in cp_ids if cp_id not in self.prefixes]
-        for start in range(0, len(missing), batch):
-            with agent_db.transaction(self.conn):
-                for cp_id in missing[start:start + batch]:
-                    self._create(cp_id)
+    def provision(self, cp_ids: Iterable[str]) -> int:
+        """A slot for every station not yet in a file: the free slots of the existing files first, then new
+        files. Returns how many stations got one."""
+        missing = [cp_id for cp_id in dict.fromkeys(cp_ids) if cp_id not in self.where]
+        left = missing
+        for f in [*self.files]:
+            if not left:
+                break
+            if f.free:
+                taken, left = left[:len(f.free)], left[len(f.free):]
+                self._assign(f, taken)
+        while left:
+            f = self._new_file()
+            taken, left = left[:len(f.free)], left[len(f.free):]
+            self._assign(f, taken)
         return len(missing)
 
-    def _create(self, cp_id: str) -> None:
-        prefix = f"s{self._next:06d}_"
-        execute = self.conn.execute
-        for statement in self.template.statements:
-            execute(self.rewriter.rewrite(statement, prefix))
-        for table, rows in self.template.rows.items():
-            marks = ", ".join("?" * len(rows[0]))
-            self.conn.executemany(f'INSERT INTO "{prefix}{table}" VALUES ({marks})', rows)
-        execute("INSERT INTO fleet_stations(rowid, cp_id, prefix) VALUES (?, ?, ?)", (self._next, cp_id, prefix))
-        self._next += 1
-        self.prefixes[cp_id] = prefix
+    def _assign(self, f: StateFile, cp_ids: Sequence[str]) -> None:
+        f.assign(cp_ids)
+        for cp_id in cp_ids:
+            self.where[cp_id] = (f, f.stations[cp_id])
+
+    def _new_file(self) -> StateFile:
+        if self._group_template is None:
+            self._group_template = self._make_group_template()
+        number = 1 + max((int(p.stem.rsplit("-", 1)[1]) for p in self.directory.glob(GROUP_GLOB)), default=0)
+        path = self.directory / f"fleet-state-{number:03d}.db"
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.copyfile(self._group_template, tmp)
+        os.chmod(tmp, agent_db.PRIVATE_MODE)
+        with open(tmp, "rb+") as out:
+            os.fsync(out.fileno())  # the copy on disk before its stations' rows are committed in it
+        os.replace(tmp, path)
+        f = StateFile(path)
+        self.files.append(f)
+        return f
+
+    def _make_group_template(self) -> Path:
+        """``slots`` stations' tables (the template's statements and rows under s000001_ .. prefixes) in one
+        transaction; closed, so the file holds everything (no -wal left)."""
+        path = self.directory / ".template" / "fleet-state.db"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{path}{suffix}")
+        conn = agent_db.connect(path)
+        try:
+            conn.execute("DROP TABLE IF EXISTS schema_version")  # connect's; each station has its own
+            conn.execute("CREATE TABLE fleet_slots (prefix TEXT PRIMARY KEY)")
+            conn.execute("CREATE TABLE fleet_stations (cp_id TEXT PRIMARY KEY, prefix TEXT NOT NULL UNIQUE)")
+            with agent_db.transaction(conn):
+                for slot in range(1, self.slots + 1):
+                    prefix = f"s{slot:06d}_"
+                    for statement in self.template.statements:
+                        conn.execute(self.rewriter.rewrite(statement, prefix))
+                    for table, rows in self.template.rows.items():
+                        marks = ", ".join("?" * len(rows[0]))
+                        conn.executemany(f'INSERT INTO "{prefix}{table}" VALUES ({marks})', rows)
+                    conn.execute("INSERT INTO fleet_slots(prefix) VALUES (?)", (prefix,))
+        finally:
+            conn.close()
+        return path
 
     def view(self, cp_id: str) -> StationView:
-        if cp_id not in self.prefixes:
+        if cp_id not in self.where:
             self.provision([cp_id])
-        return StationView(self.conn, self.rewriter, cp_id, self.prefixes[cp_id])
+        f, prefix = self.where[cp_id]
+        return StationView(f.conn, self.rewriter, cp_id, prefix)
 
     # ----------------------------------------------------------------- agent.db hook
     def connect_hook(self, path: Path | str, durable: bool) -> sqlite3.Connection | None:
@@ -279,7 +364,7 @@ class SharedStateDb:
         if p.name != "state.db" or p.parent.parent != self.directory or p.parent.name.startswith("."):
             return None
         if not durable:
-            raise SharedDbError(f"{p}: the fleet's stations share one durable connection (asked for a "
+            raise SharedDbError(f"{p}: the fleet's stations share durable connections (asked for a "
                                 "non-durable one: give the station the fleet's event log)")
         return cast(sqlite3.Connection, self.view(p.parent.name))
 
@@ -293,7 +378,8 @@ class SharedStateDb:
         if self._hook_installed and agent_db.CONNECT_HOOK == self.connect_hook:
             agent_db.CONNECT_HOOK = None
         self._hook_installed = False
-        self.conn.close()
+        for f in self.files:
+            f.close()
 
 
 def refuse_old_layout(directory: Path) -> None:
@@ -302,7 +388,7 @@ def refuse_old_layout(directory: Path) -> None:
     for old in _old_files(directory):
         raise SharedDbError(
             f"{directory} holds per-station state databases of an older cpsim fleet (e.g. {old}); this fleet keeps "
-            f"every station in {directory / FILE}: run it on a new --dir (or let the old version deliver "
+            f"every station in {directory}/fleet-state-NNN.db: run it on a new --dir (or let the old version deliver "
             "what those outboxes hold first)"
         )
 

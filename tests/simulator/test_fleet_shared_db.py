@@ -73,25 +73,27 @@ def _template(tmp_path: Path) -> Path:
 
 def test_two_stations_on_one_connection_never_see_each_others_rows(tmp_path: Path) -> None:
     template = _template(tmp_path)
-    shared = SharedStateDb.open(tmp_path, template)
-    assert shared.provision(["CP-1", "CP-2"]) == 2
+    shared = SharedStateDb.open(tmp_path, template, slots=2)
+    assert shared.provision(["CP-1", "CP-2", "CP-3"]) == 3
+    assert sorted(p.name for p in tmp_path.glob("fleet-state-*.db")) == ["fleet-state-001.db", "fleet-state-002.db"]
     shared.install()
     try:
         a = agent_db.connect(tmp_path / "CP-1" / "state.db")
-        b = agent_db.connect(tmp_path / "CP-2" / "state.db")
+        b = agent_db.connect(tmp_path / "CP-2" / "state.db")  # same file and connection as CP-1
+        c = agent_db.connect(tmp_path / "CP-3" / "state.db")  # the second file
         events = agent_db.connect(tmp_path / "other.db")  # any other file is opened as on a charger
         assert isinstance(events, sqlite3.Connection)
         events.close()
         with pytest.raises(SharedDbError, match="non-durable"):
             agent_db.connect(tmp_path / "CP-1" / "state.db", durable=False)
         clock = SystemClock()
-        out_a, out_b = Outbox(a, clock), Outbox(b, clock)  # migrations find nothing to do
+        out_a, out_b, out_c = Outbox(a, clock), Outbox(b, clock), Outbox(c, clock)  # nothing to migrate
         sess_a, sess_b = SessionStore(a), SessionStore(b)
         out_a.append("StartTransaction", {"connectorId": 1}, tx_ref="t1")
         out_a.append("MeterValues", {"connectorId": 1}, tx_ref="t1")
         out_b.append("Heartbeat", {})
         started = sess_a.begin(1, "TAG-A", 100.0, 0.0)
-        assert (out_a.depth(), out_b.depth()) == (2, 1)
+        assert (out_a.depth(), out_b.depth(), out_c.depth()) == (2, 1, 0)
         assert out_b.head() is not None and out_b.head().action == "Heartbeat"  # type: ignore[union-attr]
         assert sess_b.open_session(1) is None and sess_a.open_session(1) == started
         rows = a.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'sessions'")
@@ -105,9 +107,11 @@ def test_two_stations_on_one_connection_never_see_each_others_rows(tmp_path: Pat
     assert agent_db.CONNECT_HOOK is None
     assert not (tmp_path / "CP-1" / "state.db").exists()
 
-    again = SharedStateDb.open(tmp_path, template)  # a rerun on the same DIR
+    again = SharedStateDb.open(tmp_path, template, slots=2)  # a rerun on the same DIR
     try:
         assert again.prefixes == shared.prefixes
+        assert again.provision(["CP-3", "CP-4", "CP-5"]) == 2  # CP-4 in the free slot, CP-5 in a new file
+        assert len(again.files) == 3 and again.where["CP-4"][0] is again.where["CP-3"][0]
         assert Outbox(again.view("CP-1"), SystemClock()).depth() == 2
         assert SessionStore(again.view("CP-2")).open_session(1) is None
         assert SessionStore(again.view("CP-1")).open_session(1) == started
