@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import IO, Any, TypeVar
 from urllib.parse import unquote
 
+from ocpp import messages as ocpp_messages
 from ocpp.charge_point import camel_to_snake_case, remove_nones, serialize_as_dict, snake_to_camel_case
 from ocpp.exceptions import OCPPError, UnknownCallErrorCodeError
 from ocpp.routing import on
@@ -304,6 +305,7 @@ class Csms:
         self._server: Server | None = None
         self._transaction_id = 0
         self._changed = asyncio.Condition()
+        self._waiters = 0  # callers inside wait_for / wait_connected
         self._reject_status: int | None = None
         self._outage_task: asyncio.Task[None] | None = None
 
@@ -365,13 +367,21 @@ class Csms:
         self, charge_point_id: str, action: str, *, count: int = 1, within: float = 5.0
     ) -> Received:
         """The count-th message of this action from this charge point (waits up to ``within`` s)."""
-        async with asyncio.timeout(within), self._changed:
-            await self._changed.wait_for(lambda: len(self.messages(charge_point_id, action)) >= count)
+        self._waiters += 1
+        try:
+            async with asyncio.timeout(within), self._changed:
+                await self._changed.wait_for(lambda: len(self.messages(charge_point_id, action)) >= count)
+        finally:
+            self._waiters -= 1
         return self.messages(charge_point_id, action)[count - 1]
 
     async def wait_connected(self, charge_point_id: str, *, within: float = 5.0) -> None:
-        async with asyncio.timeout(within), self._changed:
-            await self._changed.wait_for(lambda: charge_point_id in self._peers)
+        self._waiters += 1
+        try:
+            async with asyncio.timeout(within), self._changed:
+                await self._changed.wait_for(lambda: charge_point_id in self._peers)
+        finally:
+            self._waiters -= 1
 
     # -- CS -> CP ---------------------------------------------------------------------------------
 
@@ -493,6 +503,9 @@ class Csms:
         return False
 
     def _notify(self) -> None:
+        if not self._waiters:  # nobody in wait_for / wait_connected (always so for `cpsim csms`): no wake task
+            return  # per frame (a waiter checks its predicate before it waits, so it misses nothing)
+
         async def wake() -> None:
             async with self._changed:
                 self._changed.notify_all()
@@ -648,6 +661,10 @@ async def _serve_control(csms: Csms, path: Path) -> asyncio.Server:
 
 
 async def _run(args: argparse.Namespace) -> None:
+    # Its own process, nothing else on its loop: each payload is validated in the loop, not in an executor
+    # thread (the library's default). A BootNotification is validated in ~0.1 ms; the thread hop (submit,
+    # wake-up through the self-pipe, GIL hand-overs) cost more than that, per message both ways.
+    ocpp_messages.ASYNC_VALIDATION = False
     csms = Csms(args.host, args.port, log_path=args.log, boot_status=args.boot,
                 heartbeat_interval=args.interval, accept=args.accept, password=args.password, version=args.ocpp)
     await csms.start()
