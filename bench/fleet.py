@@ -4,7 +4,9 @@ Per N, a fresh --dir, `cpsim fleet --start-sessions` (one transaction per statio
 boot), HeartbeatInterval 60 (the CSMS's BootNotification interval), MeterValues every 60 s
 (Energy.Active.Import.Register + Power.Active.Import, MeterValueSampleInterval 60), no WebSocket
 compression. Measured from /proc: peak RSS while booting (VmHWM when the last station is booted), time until
-every station is booted (the fleet's own line), then after a settle of 15 s a steady window of --window
+every station is booted (the fleet's own line) and the CPU seconds each process used until then (the fleet's
+from its start, imports included, sessions started by then included; the CSMS's, fresh for each N), then
+after a settle of 15 s a steady window of --window
 seconds (default 60: one heartbeat and one MeterValues per station): mean RSS and CPU (utime+stime, % of one
 core) of the fleet process, and of the CSMS process apart. The fleet then gets SIGTERM (every session stopped)
 and its final JSON gives the CALL -> CALLRESULT latency (p50/p99/max) and the CALLs answered later than 1 s.
@@ -120,6 +122,7 @@ def run_one(n: int, url: str, csms_pid: int, window_s: float, tmpfs: bool) -> di
     try:
         if not booted.wait(timeout=600):
             raise RuntimeError(f"N={n}: not all stations booted within 600 s")
+        boot_cpu_s, csms_boot_cpu_s = cpu_s(fleet.pid), cpu_s(csms_pid)  # the CSMS is fresh for each N
         boot_line = next(line for line in lines if "stations booted in" in line)
         all_booted_s = float(boot_line.split(" in ")[1].split()[0])
         peak_boot_kb = status_kb(fleet.pid, "VmHWM")
@@ -146,6 +149,8 @@ def run_one(n: int, url: str, csms_pid: int, window_s: float, tmpfs: bool) -> di
     return {
         "n": n,
         "all_booted_s": round(all_booted_s, 1),
+        "boot_cpu_s": round(boot_cpu_s, 2), "csms_boot_cpu_s": round(csms_boot_cpu_s, 2),
+        "boot_cpu_ms_per_station": round(1000.0 * boot_cpu_s / n, 2),
         "peak_rss_boot_mb": round(peak_boot_kb / 1024, 1),
         "peak_rss_run_mb": round(peak_kb / 1024, 1),
         "steady_rss_mb": round(sum(samples) / len(samples) / 1024, 1),
