@@ -5,6 +5,7 @@ nobody waits. Pure unit tests: no websocket, no station built."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,6 @@ from typing import Any
 import pytest
 
 from simulator import csms as csms_module
-from simulator.fleet import fleet as fleet_module
 from simulator.fleet.fleet import Fleet, FleetOptions, FleetStation
 from simulator.physics import Plant
 
@@ -42,8 +42,8 @@ def make_fleet(tmp_path: Path, n: int) -> tuple[Fleet, list[CountingStation]]:
 
 async def test_boot_watch_asks_only_the_stations_not_booted_yet(tmp_path: Path,
                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(fleet_module.gc, "freeze", lambda: None)  # not this test process's heap
-    monkeypatch.setattr(fleet_module.gc, "collect", lambda: 0)
+    monkeypatch.setattr(gc, "freeze", lambda: None)  # not this test process's heap
+    monkeypatch.setattr(gc, "collect", lambda: 0)
     fleet, stations = make_fleet(tmp_path, 50)
     for fs in stations[:-1]:
         fs.accepted = True
