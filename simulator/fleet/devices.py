@@ -7,12 +7,13 @@ A device finds its ``Plant`` by the ``plant`` setting in ``PLANTS`` (filled by t
 the devices), and a reader its tag queue by ``reader``.
 
 One ``Ticker`` for the whole process advances every plant that is not at rest (plugged, PWM on or relay
-closed) once per ``period_s`` (a settled one, charging steadily or idle, every ``settled_period_s``) and
-reports what changed as HAL events, like the board's change reports; commands (duty, relay, lock) step the
-plant and report on the next loop turn (``call_soon``), never inside the caller's own call chain. The meter
-answers ``latest`` from the plant itself (always fresh) and pushes a sample when the current changed by more
-than 0.5 A, else every ``meter_period_s`` (every tick during an over-current); the fleet pushes one before it
-ends a session itself (unplug, SIGTERM).
+closed) once per ``period_s`` (a settled one, charging steadily or idle, only at its next meter sample or when
+its EV gets full: ``SimBoard.settled_due``) and reports what changed as HAL events, like the board's change
+reports; commands (duty, relay, lock) step the plant and report on the next loop turn (``call_soon``), never
+inside the caller's own call chain. The meter answers ``latest`` from the plant itself (its energy integrated
+up to now: ``energy_now``) and pushes a sample when the current changed by more than 0.5 A, else every
+``meter_period_s`` (every tick during an over-current); the fleet pushes one before it ends a session itself
+(unplug, SIGTERM).
 """
 
 from __future__ import annotations
@@ -71,13 +72,22 @@ class Taps:
         return self._tags.pop(0)
 
 
+def energy_now(plant: Plant, now: float) -> float:
+    """The plant's energy at loop time ``now`` without stepping it: a settled plant is stepped only when
+    something can change (``SimBoard.settled_due``), its power constant in between."""
+    last = plant._last_step
+    if last is None or not plant.relay_closed or plant.current_a <= 0.0:
+        return plant.energy_wh
+    return plant.energy_wh + plant.power_w() * max(0.0, now - last) / 3600.0
+
+
 READERS: dict[str, Taps] = {}  # "CP-000001" -> tags tapped on that station's reader
 
 
 class Ticker:
     """Steps the plants of every in-process board of this process (one timer, no task per device)."""
 
-    def __init__(self, period_s: float = 1.0, meter_period_s: float = 60.0, settled_period_s: float = 10.0) -> None:
+    def __init__(self, period_s: float = 1.0, meter_period_s: float = 60.0, settled_period_s: float = 60.0) -> None:
         self.period_s = period_s
         self.meter_period_s = meter_period_s
         self.settled_period_s = settled_period_s
@@ -204,15 +214,13 @@ class SimBoard(Device, ControlPilot, PowerSwitch, ConnectorLock):
         if force or not self.at_rest():
             plant.step(now)
         # Settled (nothing moved, the EV is not about to react to a new PWM, no over-current to measure): the
-        # next step in settled_period_s (energy integrates exactly over any step: the power is constant).
+        # plant is stepped next when something can happen (see settled_due); else on the next tick.
         waiting = plant._pwm_seen_since is not None and not plant.s2_closed
         settled = (plant.current_a, plant.s2_closed) == before and not waiting and not plant.ev.extra_draw_a
-        self.due = now + (self.ticker.settled_period_s if settled and not force else 0.0)
-        if self.silent:
-            return
-        if force or not settled:  # settled: nothing a report carries can have moved (commands force a tick)
+        settled = settled and not force
+        meter = None if self.silent else self.ticker.meters.get(id(plant))
+        if not self.silent and not settled:  # settled: nothing a report carries can have moved
             self._report()
-        meter = self.ticker.meters.get(id(plant))
         if meter is not None:
             # An over-current (fault injection) is measured every tick, as the agent's trip needs 7 s of samples.
             period = self.period_for(plant)
@@ -220,6 +228,23 @@ class SimBoard(Device, ControlPilot, PowerSwitch, ConnectorLock):
                 self._last_meter_push = now
                 self._pushed_current = plant.current_a
                 meter.push()
+        self.due = self.settled_due(now, meter is not None) if settled else now
+
+    def settled_due(self, now: float, metered: bool) -> float:
+        """When a settled plant must be stepped again: its next meter sample, the moment its EV is full (it
+        then stops drawing), at the latest ``settled_period_s`` from now. In between nothing changes but the
+        energy and SoC, and those integrate exactly over one long step (the power is constant); commands and
+        the control API step it at once (``changed``), so a settled plant costs one step per meter sample
+        instead of one per 10 s (cpsim fleet: 6 -> 1 per station-minute)."""
+        plant = self.plant
+        due = now + self.ticker.settled_period_s
+        if metered:
+            due = min(due, self._last_meter_push + self.period_for(plant))
+        power_w = plant.power_w() if plant.relay_closed else 0.0
+        if power_w > 0.0 and plant.ev.soc_percent < 100.0:
+            full_in_s = (100.0 - plant.ev.soc_percent) / 100.0 * plant.ev.battery_wh * 3600.0 / power_w
+            due = min(due, now + full_in_s)
+        return max(due, now)
 
     def period_for(self, plant: Plant) -> float:
         if plant.ev.extra_draw_a > 0:
@@ -286,8 +311,12 @@ class SimMeter(Device, Meter):
         p = self.plant
         v = p.voltage_v
         phases = p.phase_currents()
+        try:
+            energy_wh = energy_now(p, asyncio.get_running_loop().time())
+        except RuntimeError:  # no loop: as of the plant's last step
+            energy_wh = p.energy_wh
         return MeterSample(
-            energy_import_wh=round(p.energy_wh, 1),
+            energy_import_wh=round(energy_wh, 1),
             power_w=round(p.power_w() if p.relay_closed else 0.0, 1),
             voltage_v=(v, v, v),
             current_a=(round(phases[0], 2), round(phases[1], 2), round(phases[2], 2)),

@@ -567,12 +567,13 @@ class Fleet:
                 self.plug(fs, 1, False)
                 continue
             plant = fs.plants[1]
-            start_wh = plant.energy_wh
+            start_wh = simdev.energy_now(plant, asyncio.get_running_loop().time())
             length_s = rng.uniform(*sc.session_minutes) * 60.0
             target_wh = rng.uniform(*sc.energy_kwh) * 1000.0
             fault_at = rng.uniform(0.1, 0.9) * length_s if rng.random() < sc.p_fault else None
             began = time.monotonic()
-            while time.monotonic() - began < length_s and plant.energy_wh - start_wh < target_wh:
+            while time.monotonic() - began < length_s and (
+                    simdev.energy_now(plant, asyncio.get_running_loop().time()) - start_wh < target_wh):
                 if fault_at is not None and time.monotonic() - began >= fault_at:
                     name = rng.choice(sc.faults)
                     self.fault(fs, 1, name, True)
