@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import resource
 import sys
 from pathlib import Path
 
@@ -56,6 +57,28 @@ def check_tag(what: str, tag: str, ocpp: str) -> None:
         raise ValueError(f"{what}: expected 1..{limit} characters without spaces (the {kind}), got {tag!r}")
 
 
+# Open files a fleet process needs: one per station (its websocket; the SQLite files are the fleet's, shared by
+# every station) and the fleet's own (its SQLite files, control socket, metrics server, a file being written).
+FDS_PER_STATION = 1
+FDS_SPARE = 64
+
+
+def ensure_open_files(stations: int) -> int:
+    """Raise the soft RLIMIT_NOFILE (towards the hard one) when ``stations`` need more open files than it allows;
+    ValueError naming the limit when even the hard one is too low: the stations past it could not dial (EMFILE)
+    and would redial with back-off for ever, never booting (N = 5000 at 4 files per station hit 20000)."""
+    need = stations * FDS_PER_STATION + FDS_SPARE
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return soft
+    if hard == resource.RLIM_INFINITY or hard >= need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+        return need
+    raise ValueError(f"--stations: {stations} stations in this process need about {need} open files "
+                     f"({FDS_PER_STATION} per station + {FDS_SPARE}), the limit is {soft} (hard {hard}): "
+                     "raise `ulimit -n` or split the fleet with --shard I/K")
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     from simulator.fleet.cases import CaseError, CasePlan, resolve_case_names
@@ -68,6 +91,7 @@ def main(argv: list[str]) -> int:
         shard = parse_shard(args.shard)
         if not 1 <= args.stations <= 1_000_000:
             raise ValueError("--stations must be 1..1000000")
+        ensure_open_files(sum(1 for index in range(1, args.stations + 1) if index % shard[1] == shard[0]))
         if not 1 <= args.connectors <= 4:
             raise ValueError("--connectors must be 1..4")
         longest_id = f"{args.id_prefix}{args.stations:06d}"

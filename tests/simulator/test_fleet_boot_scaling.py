@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,18 @@ async def test_csms_makes_no_wake_task_per_frame_unless_someone_waits() -> None:
     with pytest.raises(TimeoutError):  # a waiter whose message never comes still times out and leaves
         await csms.wait_for("CP-1", "Authorize", within=0.05)
     assert csms._waiters == 0
+
+
+def test_open_files_limit_raised_or_refused_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    from simulator.fleet import cli as fleet_cli
+
+    limits = {"soft": 1024, "hard": 20000}
+    monkeypatch.setattr(resource, "getrlimit", lambda _: (limits["soft"], limits["hard"]))
+    monkeypatch.setattr(resource, "setrlimit", lambda _, pair: limits.update(soft=pair[0]))
+    assert fleet_cli.ensure_open_files(900) == 1024  # enough: unchanged
+    assert fleet_cli.ensure_open_files(5000) == 5064 and limits["soft"] == 5064  # raised towards the hard limit
+    with pytest.raises(ValueError, match=r"30000 stations .* need about 30064 open files .* limit is 5064 "
+                                         r"\(hard 20000\).*--shard"):
+        fleet_cli.ensure_open_files(30000)
+    code = fleet_cli.main(["--csms", "ws://127.0.0.1:9/", "--stations", "30000", "--dir", "/nonexistent"])
+    assert code == 2  # refused before anything starts
