@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from array import array
 from collections import Counter
@@ -176,7 +177,7 @@ class ObservedConnection(ClientConnection):
 
     async def send(self, message: Any, text: bool | None = None) -> None:
         if METRICS is not None and isinstance(message, str):
-            frame = _frame(message)
+            frame = _head(message)
             if frame is not None and frame[0] == 2 and len(frame) >= 3:
                 self._calls[str(frame[1])] = (str(frame[2]), time.monotonic())
                 METRICS.call_sent(str(frame[2]))
@@ -195,7 +196,7 @@ class ObservedConnection(ClientConnection):
                 self._calls.clear()
             raise
         if METRICS is not None:
-            frame = _frame(raw)
+            frame = _frame(raw) if FRAME_OBSERVER is not None else _head(raw)
             if frame is not None and len(frame) >= 2:
                 if frame[0] == 2 and len(frame) >= 3:
                     METRICS.call_received(str(frame[2]))
@@ -206,6 +207,24 @@ class ObservedConnection(ClientConnection):
                 if FRAME_OBSERVER is not None:
                     FRAME_OBSERVER(self, "in", frame)
         return raw
+
+
+# The head of an OCPP-J frame: [MessageTypeId, "UniqueId"(, "Action" | "ErrorCode")...; ids and actions without
+# escapes (a frame whose head does not match is parsed in full).
+_HEAD = re.compile(r'\s*\[\s*([2-4])\s*,\s*"([^"\\]*)"\s*(?:,\s*"([^"\\]*)")?')
+
+
+def _head(raw: str | bytes) -> list[Any] | None:
+    """What the metrics need of a frame (type, unique id, action) without decoding its payload: the JSON
+    decoding of every frame both ways was ~10 % of a steady fleet's CPU. A frame that is not complete JSON
+    still counts if its head is well-formed (the stations' own frames always are; the CSMS's answers are
+    decoded again by the agent, which rejects a bad one)."""
+    if isinstance(raw, str):
+        m = _HEAD.match(raw)
+        if m is not None and raw.rstrip().endswith("]"):
+            kind, unique_id, action = m.groups()
+            return [int(kind), unique_id] if action is None else [int(kind), unique_id, action]
+    return _frame(raw)
 
 
 def _frame(raw: str | bytes) -> list[Any] | None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import agent.connector as connector
 import agent.ocpp.v16.security as sec16
 import agent.ocpp.v16.smart_charging as sc16
 import agent.ocpp.v201.external_limits as ext201
@@ -12,7 +13,7 @@ import agent.ocpp.v201.smart_charging as sc201
 from simulator.fleet import tuning
 
 _PERIODS = [(sc16, "MAX_WAIT_S"), (sc201, "MAX_WAIT_S"), (sec16, "WATCH_STEADY_S"), (sec201, "WATCH_STEADY_S"),
-            (ext201, "POLL_S")]
+            (ext201, "POLL_S"), (connector, "PROGRESS_PERSIST_S")]
 
 
 @pytest.fixture
@@ -26,8 +27,10 @@ def restore_periods():
 def test_fleet_lengthens_the_watchers_periods_and_never_shortens_one(restore_periods: None) -> None:
     sc16.MAX_WAIT_S = sc201.MAX_WAIT_S = 30.0  # the charger's own
     sec16.WATCH_STEADY_S = sec201.WATCH_STEADY_S = ext201.POLL_S = 1.0
+    connector.PROGRESS_PERSIST_S = 5.0
     tuning.tune_agent_periods()
     assert sc16.MAX_WAIT_S == sc201.MAX_WAIT_S == tuning.SMART_CHARGING_MAX_WAIT_S
+    assert connector.PROGRESS_PERSIST_S == tuning.SESSION_PROGRESS_S
     assert sec16.WATCH_STEADY_S == sec201.WATCH_STEADY_S == tuning.SECURITY_WATCH_S
     assert ext201.POLL_S == tuning.EXTERNAL_LIMITS_POLL_S
     sec201.WATCH_STEADY_S = 900.0  # set longer by someone else: kept

@@ -85,3 +85,29 @@ def test_readings_between_steps_carry_the_energy_up_to_now() -> None:
     plant.relay_commanded_closed = False  # no current: nothing more flows
     assert devices.energy_now(plant, 36.0) == stepped_wh
 
+
+
+@pytest.mark.parametrize("raw", [
+    '[2,"a1","Heartbeat",{}]',
+    ' [ 2 , "x-9" , "MeterValues", {"meterValue": [{"sampledValue": [{"value": "1"}]}]} ] ',
+    '[3,"a1",{"currentTime":"2026-12-04T00:00:00Z"}]',
+    '[3,"a1","unexpected"]',
+    '[4,"a1","NotImplemented","",{}]',
+    '[2,"a\\"b","Escaped",{}]',  # an escape in the id: decoded in full
+    b'[3,"q",{}]',
+])
+def test_the_metrics_read_a_frames_head_as_the_full_decoding_does(raw: str | bytes) -> None:
+    from simulator.fleet.metrics import _frame, _head
+
+    full, head = _frame(raw), _head(raw)
+    assert full is not None and head is not None
+    assert head[:2] == full[:2]  # type and unique id
+    assert full[0] == 3 or head[2] == full[2]  # the action of a CALL, the code of a CALLERROR
+
+
+@pytest.mark.parametrize("raw", ['[3,"id",{}', "not json", "[]", '{"a": 1}', '[9,"id",{}]'])
+def test_the_metrics_count_no_frame_that_is_not_one(raw: str) -> None:
+    from simulator.fleet.metrics import _head
+
+    head = _head(raw)
+    assert head is None or head[0] not in (2, 3, 4)
