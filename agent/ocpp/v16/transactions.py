@@ -329,6 +329,9 @@ class TransactionMessages:
                 due = (interval, mv.next_sample_due(start_mono, interval, max(now, due[1])))
                 self.sample(connector, mv.PERIODIC)
                 failing = False
+                # Straight to the nap until the next sample (a new transaction or a changed interval pokes; an
+                # ended one is seen when it wakes): one view of the connector per sample instead of two.
+                await self._nap(event, due[1] - self._clock.monotonic())
             except Exception:
                 if not failing:
                     log.exception("connector %d: periodic meter values failed", connector_id)
