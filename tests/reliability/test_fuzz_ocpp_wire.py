@@ -9,7 +9,21 @@ CALLERRORs for ids never sent (up to 60 kB each, under the 64 KiB frame cap) arr
 charging underneath, so the durable outbox is exercised by the fuzzed replies.
 
 Budgets checked after every batch: every CSMS CALL answered exactly once; the agent's event-loop lag; the
-agent thread's CPU time per frame; RSS growth; bytes logged. After the fuzzing the CSMS turns honest and the
+agent thread's CPU time per frame; RSS growth; bytes logged.
+
+The event-loop lag counted is the part the agent's process caused, not the part the machine's scheduler
+caused (``StallMeter``): in a full `make test` (2 xdist workers, the agents other tests start, on 2 cores)
+the loop thread was seen late by up to 1.2 s (1.55 s once) of which all but ~0.1 s it spent runnable in the
+kernel's run queue, waiting for a CPU (its /proc schedstat), with ~0.1 s on a CPU: starvation of the whole
+process, which no agent code can prevent, and it made the test fail now and then. So a late wake-up counts
+its wall time minus the loop thread's run-queue wait (and, of the time the loop thread was blocked, minus
+the longest run-queue wait of another thread of the process: a starved GIL holder blocks the loop). What
+is left is time on a CPU running callbacks plus time blocked in a syscall (an fsync, a disk read, a lock):
+a blocking call of ours on the loop shows as either, and is still caught with the same 1.0 s bound (checked
+by injecting a 1.2 s time.sleep and a 1.2 s busy loop into the loop under load: 1.19 / 1.20 s counted out
+of 1.3 / 9.4 s wall). Where /proc has no schedstat the whole wall lag counts. Intervals that began while
+the loop was not running at all (between two batches, while hypothesis draws the next one) are not the
+agent's lag and do not count. After the fuzzing the CSMS turns honest and the
 agent must show that nothing was wedged or killed: its clock is re-synced, the heartbeat task beats at a new
 interval, status timestamps are sane, and the outbox drains to empty."""
 
@@ -296,6 +310,60 @@ class ByteCounter(logging.Handler):
             self.text.append(message[:300])
 
 
+class StallMeter:
+    """Where the loop thread's time went between two probes: (on a CPU, waiting in the run queue) of the
+    calling thread, and the run-queue wait of every other thread of the process (the kernel's
+    /proc/self/task/<tid>/schedstat: ns on a CPU, ns runnable but waiting, timeslices)."""
+
+    def __init__(self) -> None:
+        self.own = threading.get_native_id()
+        self._fds: dict[int, int] = {}
+        self.available = self._fd(self.own) is not None
+
+    def _fd(self, tid: int) -> int | None:
+        if tid not in self._fds:
+            try:
+                self._fds[tid] = os.open(f"/proc/self/task/{tid}/schedstat", os.O_RDONLY)
+            except OSError:
+                return None
+        return self._fds[tid]
+
+    def sample(self) -> tuple[float, float, dict[int, float]]:
+        """(own seconds on a CPU, own seconds waiting for one, {other thread: seconds waiting for one})."""
+        if not self.available:
+            return 0.0, 0.0, {}
+        for name in os.listdir("/proc/self/task"):
+            self._fd(int(name))
+        waits: dict[int, float] = {}
+        on_cpu = 0.0
+        for tid, fd in list(self._fds.items()):
+            try:
+                fields = os.pread(fd, 128, 0).split()
+            except OSError:  # the thread ended
+                os.close(self._fds.pop(tid))
+                continue
+            if tid == self.own:
+                on_cpu = int(fields[0]) / 1e9
+            waits[tid] = int(fields[1]) / 1e9
+        return on_cpu, waits.pop(self.own, 0.0), waits
+
+    @staticmethod
+    def ours(lag: float, before: tuple[float, float, dict[int, float]],
+             after: tuple[float, float, dict[int, float]]) -> float:
+        """The part of ``lag`` (wall) that was not the loop thread waiting for a CPU, nor blocked while
+        another thread of the process (a GIL holder, say) waited for one: of the time the loop thread was
+        blocked, the longest run-queue wait of one other thread does not count."""
+        on_cpu, waiting = after[0] - before[0], after[1] - before[1]
+        blocked = max(0.0, lag - on_cpu - waiting)
+        others = max((after[2][tid] - before[2][tid] for tid in after[2] if tid in before[2]), default=0.0)
+        return max(0.0, lag - waiting - min(blocked, others))
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
 def rss_mb() -> float:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1e6
@@ -314,7 +382,11 @@ class Target:
         for logger in self.watched[1:]:
             logger.setLevel(logging.DEBUG)  # debug frames on: where a secret would leak
         logging.getLogger().addHandler(self.counter)
-        self.max_lag = 0.0
+        self.max_lag = 0.0  # the agent's part of the worst lag since lag_from (StallMeter.ours)
+        self.max_wall_lag = 0.0
+        self.lag_parts = ""  # how the worst lag splits, for a failure's message
+        self.lag_from = 0.0  # loop time: intervals that began earlier (loop not running) do not count
+        self.stalls = StallMeter()
         self.frames = 0
         self.calls = 0
         self.next_id = 0
@@ -340,9 +412,20 @@ class Target:
     async def _lag_probe(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            before = loop.time()
+            before, sched = loop.time(), self.stalls.sample()
             await asyncio.sleep(0.01)
-            self.max_lag = max(self.max_lag, loop.time() - before - 0.01)
+            lag = loop.time() - before - 0.01
+            if before < self.lag_from:
+                continue
+            self.max_wall_lag = max(self.max_wall_lag, lag)
+            if lag <= self.max_lag:
+                continue  # ours <= lag: cannot be a new worst
+            after = self.stalls.sample()
+            ours = StallMeter.ours(lag, sched, after) if self.stalls.available else lag
+            if ours > self.max_lag:
+                self.max_lag = ours
+                self.lag_parts = (f"wall {lag:.2f} s, on a CPU {after[0] - sched[0]:.2f} s, waiting for a CPU "
+                                  f"{after[1] - sched[1]:.2f} s")
 
     async def _until(self, predicate: Any, within: float, what: str) -> None:
         deadline = time.monotonic() + within
@@ -380,6 +463,7 @@ class Target:
         self.calls += len(expected)
         cpu0 = time.thread_time()
         self.max_lag = 0.0
+        self.lag_from = asyncio.get_running_loop().time()
         await asyncio.get_running_loop().run_in_executor(None, self.csms.send, texts)
         answers = self.csms.answers
         try:
@@ -394,7 +478,7 @@ class Target:
         assert all(answers[uid] == 1 for uid in expected), {u: answers[u] for u in expected}
         assert not self.csms.bad_answers, self.csms.bad_answers[:3]
         assert cpu / len(batch) <= MAX_CPU_PER_FRAME_S, f"agent CPU {cpu:.2f} s for {len(batch)} frames"
-        assert self.max_lag <= MAX_LOOP_LAG_S, f"event loop lag {self.max_lag:.2f} s"
+        assert self.max_lag <= MAX_LOOP_LAG_S, f"event loop lag {self.max_lag:.2f} s ({self.lag_parts})"
         growth = rss_mb() - self.rss0
         assert growth <= MAX_RSS_GROWTH_MB, f"RSS grew {growth:.0f} MB"
         assert self.counter.bytes <= MAX_LOG_BYTES, f"{self.counter.bytes} bytes logged at INFO and above"
@@ -436,6 +520,7 @@ class Target:
         self.loop.run_until_complete(cancel_and_wait(*self.tasks))
         self.loop.run_until_complete(asyncio.wait_for(self.service.stop(), 10))
         self.station.close()
+        self.stalls.close()
         self.loop.run_until_complete(self.rig.stop())
         self.loop.close()
         self.csms.stop()
