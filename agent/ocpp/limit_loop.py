@@ -8,8 +8,6 @@ of 2.0.1 -- stays in the version's ``apply``; this module keeps the loop and the
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
@@ -79,7 +77,7 @@ def push_limit(
 
 
 async def keep_limits(
-    apply: Callable[[], float], changed: asyncio.Event | Flag, log: logging.Logger, error_wait_s: float = MAX_WAIT_S
+    apply: Callable[[], float], changed: Flag, log: logging.Logger, error_wait_s: float = MAX_WAIT_S
 ) -> None:
     """Run ``apply`` now and again after the seconds it returns (``error_wait_s`` after it raised), or sooner
     when ``changed`` is set; forever."""
@@ -90,6 +88,4 @@ async def keep_limits(
         except Exception:  # a bad profile must not end the loop that keeps the limits
             log.exception("applying charging profiles failed")
             wait = error_wait_s
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(wait):
-                await changed.wait()
+        await changed.wait_for(wait)  # one future and a timer: no Timeout per wait (cpsim fleet: per station)

@@ -11,10 +11,9 @@ logger, so log lines keep their logger name) and ``_task_prefix``, calls ``_init
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -86,6 +85,30 @@ def merge_handlers(
         for action, hook in more_after.items():
             after[action] = chain(after[action], hook) if action in after else hook
     return on, after
+
+
+class WrappedHandlers(Mapping[str, Handler]):
+    """``{action: wrap(action, handler)}`` whose wrapper (the boot gate) is made when the action is looked up,
+    once per CSMS request, instead of one wrapper kept per handler for the service's life (cpsim fleet: ~30
+    per station, ~3 kB 1.6 and ~12 kB 2.0.1). The Link and each OcppSession keep this mapping, not copies."""
+
+    __slots__ = ("_handlers", "_wrap")
+
+    def __init__(self, handlers: Mapping[str, Handler], wrap: Callable[[str, Handler], Handler]) -> None:
+        self._handlers = handlers
+        self._wrap = wrap
+
+    def __getitem__(self, action: str) -> Handler:
+        return self._wrap(action, self._handlers[action])
+
+    def __contains__(self, action: object) -> bool:
+        return action in self._handlers
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._handlers)
+
+    def __len__(self) -> int:
+        return len(self._handlers)
 
 
 class OcppServiceBase(ABC):
@@ -247,9 +270,7 @@ class OcppServiceBase(ABC):
             interval = self._heartbeat_interval()
             period = min(interval, MAX_HEARTBEAT_S) if interval > 0 else MAX_HEARTBEAT_S
             self._heartbeat_changed.clear()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(period):
-                    await self._heartbeat_changed.wait()
+            if await self._heartbeat_changed.wait_for(period):
                 continue  # interval changed: start the new period now
             await self._send_heartbeat(session)
 

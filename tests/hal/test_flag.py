@@ -89,3 +89,45 @@ async def test_first_set_returns_on_any_flag_and_leaves_no_waiter_behind() -> No
     cancelled.cancel()
     await asyncio.gather(cancelled, return_exceptions=True)
     assert cancelled.cancelled() and a._waiters is None and c._waiters is None
+
+
+async def test_wait_for_answers_as_wait_under_asyncio_timeout() -> None:
+    flag = Flag()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await flag.wait_for(0.05) is False  # timed out: False, no TimeoutError
+    assert loop.time() - started >= 0.04
+    assert flag._waiters is None
+    assert await flag.wait_for(0) is False and await flag.wait_for(-1.0) is False  # as asyncio.timeout(<= 0)
+    waiting = asyncio.create_task(flag.wait_for(30.0))
+    await asyncio.sleep(0)
+    flag.set()
+    flag.clear()  # set then cleared before the waiter runs: still woken, as by Event
+    assert await asyncio.wait_for(waiting, 1) is True
+    flag.set()
+    assert await flag.wait_for(0) is True and await flag.wait_for(None) is True  # set: at once
+    flag.clear()
+    unbounded = asyncio.create_task(flag.wait_for(None))
+    await asyncio.sleep(0.02)
+    assert not unbounded.done()
+    flag.set()
+    assert await asyncio.wait_for(unbounded, 1) is True
+
+
+async def test_wait_for_cancelled_leaves_no_waiter_and_no_timer() -> None:
+    flag = Flag()
+    loop = asyncio.get_running_loop()
+    timers = len(loop._scheduled)  # type: ignore[attr-defined]
+    task = asyncio.create_task(flag.wait_for(30.0))
+    await asyncio.sleep(0)
+    assert flag._waiters is not None and len(flag._waiters) == 1
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert task.cancelled()
+    assert flag._waiters is None
+    assert all(h.cancelled() for h in list(loop._scheduled)[timers:])  # type: ignore[attr-defined]
+    other = asyncio.create_task(flag.wait())  # the flag still works for the next waiter
+    await asyncio.sleep(0)
+    flag.set()
+    assert await asyncio.wait_for(other, 1) is True

@@ -175,8 +175,9 @@ class Link:
         self.last_contact_wall: float | None = None
         self._on_connected = on_connected
         self._on_disconnected = on_disconnected
-        self._handlers = dict(handlers or {})
-        self._after = dict(after or {})
+        # Kept, not copied (the service's tables: every connection's OcppSession shares them too).
+        self._handlers: Mapping[str, Handler] = {} if handlers is None else handlers
+        self._after: Mapping[str, Handler] = {} if after is None else after
         self._password = password
         self._ssl_context = ssl_context if scheme == "wss" else None
         self._clock: Clock = clock or SystemClock()

@@ -492,8 +492,8 @@ class OcppSession:
         self.message_timeout = message_timeout
         self.stats = SessionStats()
         self._connection = connection
-        self._handlers = dict(handlers)
-        self._after = dict(after or {})
+        self._handlers = handlers  # the caller's tables, not copies (a Link gives the same ones to each session)
+        self._after: Mapping[str, Handler] = {} if after is None else after
         self._on_activity = on_activity
         self._request_lock = asyncio.Lock()
         self._closed = asyncio.Event()

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import ssl
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ocpp.v16 import call
@@ -35,7 +35,7 @@ from agent.events import (
     StatusChanged,
 )
 from agent.faults import info as fault_info
-from agent.ocpp.service_base import BOOT_RETRY_S, BootStatus, OcppServiceBase, merge_handlers
+from agent.ocpp.service_base import BOOT_RETRY_S, BootStatus, OcppServiceBase, WrappedHandlers, merge_handlers
 from agent.ocpp.service_base import parse_time as parse_time  # re-exported: the smart-charging modules use it
 from agent.ocpp.v16.authorization import OcppAuthorizer
 from agent.ocpp.v16.availability import AvailabilityStore
@@ -139,12 +139,12 @@ class OcppService(OcppServiceBase):
         self.ssl_context: ssl.SSLContext | None = None
         self.password_source: Callable[[], str | None] = self._configured_password
         self._backoff = backoff or Backoff(cap=config.ocpp.reconnect_cap_s)
-        self._link_handlers: dict[str, Handler] = {}
+        self._link_handlers: Mapping[str, Handler] = {}
         self._link_after: dict[str, Handler] = {}
         self.features: dict[str, Any] = {cls.__name__: cls(self) for cls in feature_classes}
         station.attach_network_diagnostics(OcppDiagnosticsAdapter(self))
         on, after = merge_handlers(handlers_from_object, self.handlers, self.features.values())
-        self._link_handlers = {action: self._gated(h) for action, h in on.items()}
+        self._link_handlers = WrappedHandlers(on, self._gated)  # each gate made per request
         self._link_after = after
         self.link = self._make_link()
         station.register_authority(self.authorizer)
@@ -245,7 +245,7 @@ class OcppService(OcppServiceBase):
         elif key == "MinimumStatusDuration":
             self._wake()  # held status changes are judged by the new duration now
 
-    def _gated(self, handler: Handler) -> Handler:
+    def _gated(self, action: str, handler: Handler) -> Handler:
         """After a Rejected boot the charge point answers nothing until the retry interval has passed."""
         return _Gated(self._not_rejected, handler)
 
@@ -394,10 +394,7 @@ class OcppService(OcppServiceBase):
                 continue
             if status_wait is not None:
                 wait = status_wait if wait is None else min(wait, status_wait)
-            # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation.
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._wake_event.wait()
+            await self._wake_event.wait_for(wait)  # (Flag.wait_for, not asyncio.wait_for: no cancellation swallowed)
 
     def _heartbeat_interval(self) -> int:
         return self.store.get_int("HeartbeatInterval")

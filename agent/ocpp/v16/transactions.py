@@ -10,7 +10,6 @@ TransactionMessageRetryInterval x previous sends; then the entry is dropped and 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -291,11 +290,7 @@ class TransactionMessages:
 
     async def _nap(self, event: Flag, delay: float | None) -> bool:
         """Wait ``delay`` seconds (None: until poked; long waits in slices of a day). True if poked."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(None if delay is None else min(max(0.0, delay), mv.MAX_NAP_S)):
-                await event.wait()
-                return True
-        return False
+        return await event.wait_for(None if delay is None else min(max(0.0, delay), mv.MAX_NAP_S))
 
     async def periodic_sampler(self, connector_id: int) -> None:
         """Sample.Periodic MeterValues of the connector's transaction every MeterValueSampleInterval seconds

@@ -19,7 +19,6 @@ What features get (see features.py): ``station``, ``variables`` (the device mode
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import ssl
 from collections import deque
@@ -35,7 +34,7 @@ from websockets.asyncio.client import ClientConnection
 from agent.config import AgentConfig, ConfigError
 from agent.db import StorageError
 from agent.events import ConnectorStatus, SessionStopped, StationEvent, StatusChanged
-from agent.ocpp.service_base import BOOT_RETRY_S, BootStatus, OcppServiceBase, merge_handlers
+from agent.ocpp.service_base import BOOT_RETRY_S, BootStatus, OcppServiceBase, WrappedHandlers, merge_handlers
 from agent.ocpp.v16.meter_values import ocpp_time
 from agent.ocpp.v16.tls import TlsSetupError, build_client_context
 from agent.ocpp.v201.availability import AvailabilityStore
@@ -147,7 +146,7 @@ class OcppService(OcppServiceBase):
         self.handlers = CoreHandlers(self)
         self.features: dict[str, Any] = {cls.__name__: cls(self) for cls in load_feature_classes()}
         on, after = merge_handlers(handlers_from_object, self.handlers, self.features.values())
-        self._link_handlers = {action: self._gated(action, h) for action, h in on.items()}
+        self._link_handlers = WrappedHandlers(on, self._gated)  # each gate made per request
         self._link_after = after
         # Transport security (A00): profile 0-3 from [ocpp]; TLS trusts ocpp.ca_file, profile 3 presents
         # ocpp.client_cert; the Basic-auth password is SecurityCtrlr.BasicAuthPassword once set, else
@@ -410,9 +409,7 @@ class OcppService(OcppServiceBase):
                 return True
             wait = float(conf.interval) if int(conf.interval) > 0 else self.boot_retry_s
             self._accepted_event.clear()
-            with contextlib.suppress(TimeoutError):  # a triggered BootNotification may be Accepted meanwhile
-                async with asyncio.timeout(wait):
-                    await self._accepted_event.wait()
+            await self._accepted_event.wait_for(wait)  # a triggered BootNotification may be Accepted meanwhile
             if self.accepted:
                 return True
             self.boot_status = BootStatus.PENDING if self.boot_status is BootStatus.PENDING else BootStatus.NONE
@@ -457,9 +454,7 @@ class OcppService(OcppServiceBase):
                 evse, status, force = self._status_queue.popleft()
                 await self._send_status(session, evse, status, force)
                 continue
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._wake_event.wait()
+            await self._wake_event.wait_for(wait)
 
     def _ready_head(self) -> tuple[OutboxEntry | None, float | None]:
         head = self.outbox.head()

@@ -30,7 +30,6 @@ own state is persisted by the caller after every step (``TxState.to_json``), in 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sqlite3
@@ -1323,9 +1322,7 @@ class Transactions:
                 failing = True
                 due = self._clock.monotonic() + 1.0
             wait = MAX_NAP_S if due is None else min(MAX_NAP_S, max(0.0, due - self._clock.monotonic()) + 0.001)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(wait):
-                    await self._poke.wait()
+            await self._poke.wait_for(wait)
 
     # -- restart -------------------------------------------------------------------------------------
 
