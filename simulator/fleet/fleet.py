@@ -4,9 +4,9 @@ Each station is the agent's own ``Station`` (connectors, IEC 61851 controller, c
 with the real OCPP service of the chosen version (``agent.ocpp.runner.VersionRunner``) and its durable
 outbox, over in-process devices (``simulator/fleet/devices.py``: drivers ``sim-board``, ``sim-meter``,
 ``sim-reader``, found through the driver registry like any other). Shared by all stations: the event loop,
-one clock, one physics ticker, the imported modules; per station: its SQLite file ``DIR/<id>/state.db``
-(synchronous=FULL for transaction data: kill -9 of the fleet loses nothing a station had accepted; a small
-page cache) and its websocket.
+one clock, one physics ticker, the imported modules, the SQLite files (``DIR/fleet-state-NNN.db``, 50
+stations' tables each under their own prefix, simulator/fleet/shared_db.py; synchronous=FULL for transaction
+data: kill -9 of the fleet loses nothing a station had accepted); per station: its websocket.
 
 Station ids are ``<prefix><index:06d>`` for index 1..N; ``--shard I/K`` runs the indices with
 ``index % K == I`` (I in 0..K-1), so K processes (or K pods) with the same N and K run the whole fleet
@@ -276,7 +276,7 @@ class Fleet:
     # ----------------------------------------------------------------- lifecycle
     def _tune_agent(self) -> None:
         """Per-station costs that are settings of the agent's modules (read where they are used):
-        - one SQLite connection per station (its event log is the fleet's, see run): a small statement cache,
+        - SQLite connections (the events' and the shared state files', see run): a small statement cache,
           a small page cache and 1 KiB pages for new files (agent.db reads them at each connect);
         - longer fleet-only periods of the agent's watchers (simulator/fleet/tuning.py says which and why)."""
         import agent.db
