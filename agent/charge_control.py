@@ -128,6 +128,15 @@ def _sane(amps: float | None) -> float | None:
 
 
 class ChargeController:
+    # Slots for the attributes set at start (a __dict__ past 30 keys is a full table per instance: ~1.2 kB more per
+    # station in cpsim fleet); __dict__ and __weakref__ keep everything else (new attributes, tests' patches) working.
+    __slots__ = ("__dict__", "__weakref__", "_ampacity", "_board_flags", "_clock", "_cp", "_cp_seen", "_currents",
+                 "_device_faults", "_duty", "_duty_changed_at", "_ev_present", "_external_limit", "_failsafe_pause",
+                 "_fault_hold_until", "_feedback", "_holds", "_last_status", "_latched", "_machine", "_manual_pilot",
+                 "_manual_relay", "_on_change", "_pilot", "_pwm_restart_at", "_pwm_seen", "_relay_closed",
+                 "_relay_opened_at", "_rerun", "_running", "_signalled_a", "_site_limit", "_site_reason",
+                 "_stop_deadline", "_switch", "_timers", "_until_unplug", "_was_connected", "limits")
+
     def __init__(
         self,
         clock: Clock,

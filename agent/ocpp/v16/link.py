@@ -114,6 +114,15 @@ class OtherVersionSelected(Exception):
 
 
 class Link:
+    # Slots for the attributes set at start (a __dict__ past 30 keys is a full table per instance: ~1.2 kB more per
+    # station in cpsim fleet); __dict__ and __weakref__ keep everything else (new attributes, tests' patches) working.
+    __slots__ = ("__dict__", "__weakref__", "_adopted", "_after", "_body", "_clock", "_connection", "_handlers",
+                 "_message_timeout", "_on_connected", "_on_disconnected", "_password", "_rng", "_session", "_sleep",
+                 "_ssl_context", "_state", "_stopping", "_tls_probe_note", "backoff", "budget_stats",
+                 "charge_point_id", "close_timeout", "counters", "last_contact_monotonic", "last_contact_wall",
+                 "last_error", "on_other_version", "open_timeout", "ping_interval", "ping_timeout",
+                 "redacting_filter", "request_budget_ms_per_s", "security_profile", "speaks", "subprotocols", "url")
+
     def __init__(
         self,
         endpoint: str,

@@ -73,6 +73,16 @@ RESTART_EXIT_STATUS = EXIT_RESTART_REQUESTED  # `cpagent run` exits with this af
 
 
 class OcppService(OcppServiceBase):
+    # Slots for the attributes set at start (a __dict__ past 30 keys is a full table per instance: ~1.2 kB more per
+    # station in cpsim fleet); the base's __dict__ keeps everything else (new attributes, tests' patches) working.
+    __slots__ = ("_backoff", "_boot_record", "_booted_fields", "_clock_refusal_logged", "_control_started",
+                 "_heartbeat_changed", "_link_after", "_link_handlers", "_not_rejected", "_relink", "_reported",
+                 "_status_queue", "_stopping", "_wake_event", "authorizer", "availability", "boot_resumed",
+                 "boot_retry_s", "boot_status", "cache", "clock", "clock_offset_s", "config", "features", "handlers",
+                 "link", "local_list", "on_other_version", "outbox", "password_source", "restart_kind",
+                 "restart_requested", "security_profile", "security_sinks", "ssl_context", "startup_reported",
+                 "station", "store", "subprotocols", "tx")
+
     _log = log
     _task_prefix = "ocpp"
 
