@@ -387,7 +387,9 @@ async def test_tc_b_27_c_32_cs_evse_reset_immediate_then_cache_after_reboot(
     from agent.ocpp.v201 import handlers
 
     monkeypatch.setattr(handlers, "EVSE_RESET_OFF_S", 0.1)  # the EVSE's out-of-service moment, shortened
-    agent = await octt.start_agent({"AuthCtrlr/LocalPreAuthorize": True})
+    # TxStartPoint Authorized: Part 6 runs TC_C_32 step 2 (the card's own TransactionEvent) only "when
+    # TxStartPoint contains Authorized OR the transaction already started"
+    agent = await octt.start_agent({"AuthCtrlr/LocalPreAuthorize": True, "TxCtrlr/TxStartPoint": "Authorized"})
     await octt.booted()
     await octt.plugged()
     assert (await agent.tap(TAG)).accepted  # online: Authorize Accepted -> cached
@@ -401,10 +403,16 @@ async def test_tc_b_27_c_32_cs_evse_reset_immediate_then_cache_after_reboot(
     assert (ended["triggerReason"], ended["transactionInfo"]["stoppedReason"]) == ("ResetCommand", "ImmediateReset")
     assert ended["transactionInfo"]["chargingState"] == "EVConnected"
     assert not agent.service.restart_requested.is_set()
-    # TC_C_32_CS: the cache survives a reboot: after the restart the cached card starts a transaction at once
-    # (LocalPreAuthorize, no AuthorizeRequest), triggerReason Authorized
+    # TC_C_32_CS: the cache survives a reboot. In Part 6's order (a card shown while the restarted station had
+    # not yet seen a cable still in made the cable, not the card, start the transaction): the EV of TC_B_27
+    # leaves; reboot to Booted (waited for: the connector reported Available after the boot); the cached card
+    # starts a transaction at once (LocalPreAuthorize, no AuthorizeRequest), triggerReason Authorized. Steps 4-5
+    # (EVConnectedPreSession, EnergyTransferStarted) have no tool validation and are not played here.
+    octt.ctl("unplug", connector=1)
     agent = await octt.restart_agent()
-    await octt.wait("BootNotification", count=2, within=10)
+    boot = await octt.wait("BootNotification", count=2, within=10)
+    await eventually(lambda: any(m.at >= boot.at and m.payload.get("connectorStatus") == "Available"
+                                 for m in octt.msgs("StatusNotification")), what="Booted: the connector Available")
     assert (await agent.tap(TAG)).accepted
     second = await octt.wait_tx_event("Started", count=2)
     assert second["triggerReason"] == "Authorized" and second["idToken"]["idToken"] == TAG
