@@ -253,6 +253,8 @@ class HostileCsms:
     def stop(self) -> None:
         self.loop.call_soon_threadsafe(lambda: self._stop and not self._stop.done() and self._stop.set_result(None))
         self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()
 
     async def _handle(self, ws: Any) -> None:
         self.connections += 1

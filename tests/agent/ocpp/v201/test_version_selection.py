@@ -62,7 +62,9 @@ async def test_auto_speaks_2_0_1_then_1_6_as_the_csms_selects(octt: Octt201) -> 
                                      for m in octt.msgs("StatusNotification")), what="1.6 status")
         # One start of the station, one StartupOfTheDevice, whichever side queued it: the sides a switch
         # hands over to do not report another (they did, once per switch).
-        await asyncio.sleep(1.0)  # what the 1.6 side queued at its start has left by now
+        await asyncio.sleep(1.0)  # what the 1.6 side queued at its start is queued by now ...
+        # ... and has left once the shared outbox is empty (a loaded machine may take longer than the 1 s)
+        await eventually(lambda: runner.service.outbox.depth() == 0, 10, "the shared outbox drained")
         startups = [m for m in octt.msgs("SecurityEventNotification") if m.payload["type"] == "StartupOfTheDevice"]
         assert len(startups) == 1, startups
         # Every CALL the station sent, in either version, passes the official schema strictly (additional
