@@ -549,3 +549,34 @@ def test_hostile_csms_over_a_websocket_within_budgets(tmp_path: Path) -> None:
               f"log (INFO+) {target.counter.bytes} B, RSS +{rss_mb() - target.rss0:.0f} MB")
     finally:
         target.close()
+
+
+def test_stall_meter_counts_the_agents_part_of_a_lag() -> None:
+    ours = StallMeter.ours
+    zero: tuple[float, float, dict[int, float]] = (0.0, 0.0, {7: 0.0, 8: 0.0})
+    # starved: 1.5 s late, 1.4 s of it waiting for a CPU -> 0.1 s is ours
+    assert ours(1.5, zero, (0.1, 1.4, {7: 0.0, 8: 0.0})) == pytest.approx(0.1)
+    # a busy callback: 1.2 s on a CPU, late by that plus 0.3 s of waiting -> 1.2 s
+    assert ours(1.5, zero, (1.2, 0.3, {7: 0.0, 8: 0.0})) == pytest.approx(1.2)
+    # blocked 1.2 s (an fsync, a sleep) while no other thread waited for a CPU -> all of it
+    assert ours(1.2, zero, (0.0, 0.0, {7: 0.05, 8: 0.0})) == pytest.approx(1.15)
+    # blocked while a GIL holder waited 0.9 s for a CPU: that much is not ours; a second starved thread
+    # does not add up (one holds the GIL at a time), a thread that appeared meanwhile does not count
+    assert ours(1.2, zero, (0.0, 0.0, {7: 0.9, 8: 0.8, 9: 5.0})) == pytest.approx(0.3)
+    # others' waiting never takes away time on a CPU or more than the blocked time
+    assert ours(1.2, zero, (1.0, 0.0, {7: 5.0, 8: 0.0})) == pytest.approx(1.0)
+
+
+def test_stall_meter_reads_this_threads_cpu_time() -> None:
+    meter = StallMeter()
+    try:
+        if not meter.available:
+            pytest.skip("no /proc/self/task/<tid>/schedstat here: the lag probe counts the whole wall lag")
+        before = meter.sample()
+        end = time.thread_time() + 0.05
+        while time.thread_time() < end:
+            pass
+        after = meter.sample()
+        assert after[0] - before[0] >= 0.04 and after[1] >= before[1]
+    finally:
+        meter.close()
