@@ -383,20 +383,35 @@ class Station:
             except OSError as exc:
                 # The charger must charge even if the technician's socket cannot be created.
                 log.error("diagnostic socket %s unavailable: %s", self.config.diag_socket, exc)
-        for name, device in self.devices.items():
-            self.supervisor.spawn(f"device:{name}", device.run)
-        if self.reader is not None:
-            self.supervisor.spawn("tokens", self._read_tokens, critical=False)
-        if self.site is not None:
-            self.supervisor.spawn("site", self.site.run)
+        self.start_devices()
         if ready:
             ready()
         try:
             await asyncio.get_running_loop().create_future()  # until cancelled (a bare future: no Event)
         finally:
-            await self.supervisor.stop()
+            await self.stop_devices()
             if diag is not None:
                 await diag.stop()
+
+    def start_devices(self) -> None:
+        """Start the devices (a supervised task each, or ``start()`` for one that needs no task), the token
+        reader and the site controller: run() without its own task and the diagnostic socket, for a caller
+        that keeps no task per station (cpsim fleet). stop_devices() ends them."""
+        for name, device in self.devices.items():
+            if device.needs_task:
+                self.supervisor.spawn(f"device:{name}", device.run)
+            else:
+                device.start()
+        if self.reader is not None:
+            self.supervisor.spawn("tokens", self._read_tokens, critical=False)
+        if self.site is not None:
+            self.supervisor.spawn("site", self.site.run)
+
+    async def stop_devices(self) -> None:
+        await self.supervisor.stop()
+        for device in self.devices.values():
+            if not device.needs_task:
+                device.stop()
 
     def close(self) -> None:
         # Leave the hardware safe: nothing energised when the agent stops.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from hal.types import HalEvent, Role
 
@@ -21,7 +21,13 @@ class Device(abc.ABC):
 
     Events are delivered synchronously to listeners from inside the device's own task, so the
     safety path (board event -> agent decision -> board command) is one direct call chain.
+
+    A device with no transport of its own to serve (``needs_task = False``: cpsim fleet's in-process devices,
+    driven by a shared ticker) is started with ``start()`` and ended with ``stop()`` instead of a task running
+    ``run()``; every bus driver keeps ``needs_task = True``.
     """
+
+    needs_task: ClassVar[bool] = True
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -43,6 +49,14 @@ class Device(abc.ABC):
     async def run(self) -> None:
         """Open the transport and serve the device until cancelled. Must not return early on bad
         input from the bus; communication loss is reported as a DeviceFaultChanged event."""
+
+    def start(self) -> None:
+        """(``needs_task = False`` only) what ``run()`` does before it waits: set up, first reports."""
+        raise NotImplementedError(f"device {self.name!r} runs in a task of its own (needs_task)")
+
+    def stop(self) -> None:
+        """(``needs_task = False`` only) what ``run()`` does when it is cancelled."""
+        raise NotImplementedError(f"device {self.name!r} runs in a task of its own (needs_task)")
 
     def role(self, role: Role) -> Any:
         if role not in self.roles:

@@ -280,15 +280,23 @@ class SimBoard(Device, ControlPilot, PowerSwitch, ConnectorLock):
         if not on:
             self.report_all()
 
-    async def run(self) -> None:
+    needs_task = False  # the ticker does the work: started in place, no task per board (hal Device.needs_task)
+
+    def start(self) -> None:
         self.ticker.add(self)
         self.plant.step(asyncio.get_running_loop().time())
         self.emit(DeviceFaultChanged(Fault.BOARD_SILENT, False))
         self.report_all()
+
+    def stop(self) -> None:
+        self.ticker.discard(self)
+
+    async def run(self) -> None:
+        self.start()
         try:
             await asyncio.get_running_loop().create_future()  # until cancelled: the ticker does the work
         finally:
-            self.ticker.discard(self)
+            self.stop()
 
 
 class SimMeter(Device, Meter):
@@ -334,14 +342,22 @@ class SimMeter(Device, Meter):
             self.silent = on
             self.emit(DeviceFaultChanged(Fault.METER_SILENT, on, "in-process meter silent" if on else ""))
 
-    async def run(self) -> None:
+    needs_task = False  # pushed by the ticker: no task per meter
+
+    def start(self) -> None:
         self.ticker.meters[id(self.plant)] = self
         self.emit(DeviceFaultChanged(Fault.METER_SILENT, False))
         self.push()
+
+    def stop(self) -> None:
+        self.ticker.meters.pop(id(self.plant), None)
+
+    async def run(self) -> None:
+        self.start()
         try:
             await asyncio.get_running_loop().create_future()
         finally:
-            self.ticker.meters.pop(id(self.plant), None)
+            self.stop()
 
 
 class SimReader(Device, TokenReader):
@@ -359,8 +375,16 @@ class SimReader(Device, TokenReader):
         while True:
             yield IdToken(await self.queue.get())
 
-    async def run(self) -> None:
+    needs_task = False  # the station's token task reads its taps: nothing to serve of its own
+
+    def start(self) -> None:
         self.emit(DeviceFaultChanged(Fault.READER_SILENT, False))
+
+    def stop(self) -> None:
+        pass
+
+    async def run(self) -> None:
+        self.start()
         await asyncio.get_running_loop().create_future()
 
 

@@ -444,7 +444,7 @@ class Fleet:
         self._plant_rows[cp_id] = self._plant_row(fs)
         self._boot_pending.append(fs)
         loop = asyncio.get_running_loop()
-        fs.tasks.append(loop.create_task(station.run(serve_diag=False), name=f"{cp_id}:station"))
+        station.start_devices()  # Station.run without a task of its own (the in-process devices need none either)
         fs.tasks.append(loop.create_task(fs.runner.run_until_stopped(self.stop), name=f"{cp_id}:ocpp"))
 
     async def _graceful_stop(self) -> None:
@@ -476,6 +476,7 @@ class Fleet:
         for fs in self.stations.values():
             await cancel_and_wait(*fs.tasks)
             if fs.station is not None:
+                await fs.station.stop_devices()
                 fs.station.close()
         if self._events_db is not None:
             self._events_db.close()
