@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from ocpp.v201 import call
 
 from agent.authcache import AuthorizationCache, LocalAuthList
-from agent.db import StorageError
+from agent.db import StorageError, transaction
 from agent.ocpp.v201.rpc import CallErrorReceived, CallTimeout, ConnectionLost, InvalidPayload
 from agent.redact import mask
 
@@ -114,7 +114,7 @@ class CustomerInformation:
         """Remove ``token`` from the local list and the cache; anonymise the finished sessions."""
         db = self._svc.db
         try:
-            with db:
+            with transaction(db):
                 db.execute("DELETE FROM auth_cache WHERE id_tag = ?", (token,))
                 db.execute("DELETE FROM local_auth_list WHERE id_tag = ?", (token,))
                 with_sessions = db.execute(

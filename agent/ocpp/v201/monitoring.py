@@ -50,7 +50,7 @@ from ocpp.charge_point import snake_to_camel_case
 from ocpp.exceptions import FormatViolationError, OccurrenceConstraintViolationError
 
 from agent import faults
-from agent.db import StorageError, migrate
+from agent.db import StorageError, migrate, transaction
 from agent.events import MeterUpdate, StationEvent, StatusChanged
 from agent.ocpp.v16.meter_values import ocpp_time
 from agent.ocpp.v201.configuration import chunks
@@ -386,7 +386,7 @@ class Monitoring:
             raise MonitoringError("Rejected", "TooManyElements", f"at most {MAX_CUSTOM_MONITORS} custom monitors")
         tx = bool(data.get("transaction", False))
         row = (entry.spec.component, entry.evse, entry.connector, entry.spec.variable, type_, value, severity, int(tx))
-        with self.db:
+        with transaction(self.db):
             if mid is None:
                 cursor = self.db.execute(
                     "INSERT INTO ocpp201_monitors(component, evse, connector, variable, type, value, severity, tx) "
@@ -413,9 +413,9 @@ class Monitoring:
 
     def clear_monitor(self, mid: int) -> str:
         if mid in self._custom:
-            with self.db:
+            with transaction(self.db):
                 self.db.execute("DELETE FROM ocpp201_monitors WHERE id=?", (mid,))
-            self.db.execute("DELETE FROM ocpp201_monitor_tripped WHERE id=?", (mid,))
+                self.db.execute("DELETE FROM ocpp201_monitor_tripped WHERE id=?", (mid,))
             del self._custom[mid]
             self._states.pop(mid, None)
             return "Accepted"
@@ -424,13 +424,13 @@ class Monitoring:
             return "NotFound"
         if builtin.kind == HARD_WIRED:
             return "Rejected"
-        with self.db:
+        with transaction(self.db):
             self.db.execute("INSERT OR IGNORE INTO ocpp201_monitor_disabled(id) VALUES (?)", (mid,))
         self._disabled_ids = None
         return "Accepted"
 
     def set_base(self, base: str) -> None:
-        with self.db:
+        with transaction(self.db):
             self.db.execute("DELETE FROM ocpp201_monitor_disabled")
             self.db.execute("DELETE FROM ocpp201_monitor_tripped")
             if base != "All":
@@ -632,7 +632,7 @@ class Monitoring:
 
     def _remember_trip(self, mid: int, tripped: bool) -> None:
         try:
-            with self.db:
+            with transaction(self.db):
                 if tripped:
                     self.db.execute("INSERT OR IGNORE INTO ocpp201_monitor_tripped(id) VALUES (?)", (mid,))
                 else:
@@ -643,7 +643,7 @@ class Monitoring:
     def _next_event_id(self) -> int:
         row = self.db.execute("SELECT value FROM ocpp201_monitor_meta WHERE key='event_id'").fetchone()
         value = (int(row[0]) if row else 0) % (2**31 - 1) + 1
-        with self.db:
+        with transaction(self.db):
             self.db.execute("INSERT INTO ocpp201_monitor_meta(key, value) VALUES ('event_id', ?) "
                             "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (value,))
         return value

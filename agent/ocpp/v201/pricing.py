@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
-from agent.db import Migration, StorageError, migrate
+from agent.db import Migration, StorageError, migrate, transaction
 from agent.events import MeterUpdate, SessionStarted, SessionStopped, StationEvent, TokenPresented
 from agent.ocpp.money import BadAmount, decimal_to_minor, format_money, local_cost_minor, to_decimal
 from hal.clock import TimerHandle
@@ -294,7 +294,7 @@ class Pricing:
     def _keep(self, transaction_id: str, minor: int, source: str, final: bool) -> None:
         currency = self.currency
         try:
-            with self._db:
+            with transaction(self._db):
                 if source == "local":  # never over a total the CSMS gave
                     row = self._db.execute("SELECT source FROM ocpp201_costs WHERE transaction_id = ?",
                                            (transaction_id,)).fetchone()

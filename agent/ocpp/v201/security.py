@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent.certificates import CENTRAL_SYSTEM_ROOT, CertificateStore
-from agent.db import StorageError, migrate
+from agent.db import StorageError, migrate, transaction
 from agent.ocpp.security_log import SecurityLog
 from agent.ocpp.v16.tls import (
     FAILED_TO_AUTHENTICATE,
@@ -130,7 +130,7 @@ class NetworkSlots:
 
     def put(self, slot: int, data: Mapping[str, Any]) -> None:
         try:
-            with self._db:
+            with transaction(self._db):
                 self._db.execute(
                     "INSERT INTO ocpp201_network_profiles(slot, data) VALUES (?, ?) "
                     "ON CONFLICT(slot) DO UPDATE SET data = excluded.data",
