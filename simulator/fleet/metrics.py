@@ -174,6 +174,9 @@ class ObservedConnection(ClientConnection):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._calls: dict[str, tuple[str, float]] = {}  # unique id -> (action, monotonic sent)
+        # websockets only appends, iterates and removes its drain waiters (none unless the socket's buffer is
+        # full): a list, not an empty 760-byte deque per station.
+        self.drain_waiters = []  # type: ignore[assignment]
 
     async def send(self, message: Any, text: bool | None = None) -> None:
         if METRICS is not None and isinstance(message, str):

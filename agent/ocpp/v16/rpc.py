@@ -71,6 +71,7 @@ from websockets.exceptions import ConnectionClosed
 from agent.ocpp.budget import RequestBudget
 from agent.ocpp.fast_schema import surely_valid
 from agent.redact import LoggedFrame, redact_text
+from hal.flag import Flag
 
 LOG = logging.getLogger("cpagent.ocpp.v16.rpc")
 
@@ -496,7 +497,7 @@ class OcppSession:
         self._after: Mapping[str, Handler] = {} if after is None else after
         self._on_activity = on_activity
         self._request_lock = asyncio.Lock()
-        self._closed = asyncio.Event()
+        self._closed = Flag()  # only set and read (a Flag: no 760 B deque of waiters)
         self._tasks: set[asyncio.Task[None]] = set()
         self._logged_bad_frame_kinds: set[str] = set()
         # The unique id and action of our outstanding CALL while its answer is awaited (any other answer is a

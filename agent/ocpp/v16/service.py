@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -128,7 +127,7 @@ class OcppService(OcppServiceBase):
         self._not_rejected.set()
         self._reported: dict[int, tuple[str, str]] = {}
         # (connector id, payload, monotonic time queued, held: a change that must last MinimumStatusDuration)
-        self._status_queue: deque[tuple[int, dict[str, Any], float, bool]] = deque()
+        self._status_queue: list[tuple[int, dict[str, Any], float, bool]] = []  # a few: a list, not a 760 B deque
 
         self.authorizer = OcppAuthorizer(
             self.store, self.local_list, self.cache, online=lambda: self.online, request=self._request
@@ -305,7 +304,7 @@ class OcppService(OcppServiceBase):
             wait = due - self.clock.monotonic()
             if wait > 0:
                 return None, wait
-            self._status_queue.popleft()
+            del self._status_queue[0]
             # A status that did not last MinimumStatusDuration is not reported (0: every change is).
             if not any(c == cid and queued < due for c, _, queued, _ in self._status_queue):
                 return (cid, payload), None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,6 +52,9 @@ def outbox_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
     return result
 
 
+DELIVERED_KEPT = 1000  # TransactionMessages.delivered
+
+
 @dataclass
 class _TxData:
     """meterValues collected for StopTransaction.transactionData (in memory: lost on a reboot)."""
@@ -82,7 +84,8 @@ class TransactionMessages:
         self._wake = wake
         self._on_id_tag_info = on_id_tag_info
         self._tx_data: dict[str, _TxData] = {}
-        self.delivered: deque[str] = deque(maxlen=1000)  # recent actions delivered, for diagnostics
+        # Recent actions delivered, for diagnostics: the last DELIVERED_KEPT (a list: an empty deque is 760 bytes)
+        self.delivered: list[str] = []
         # Features add StartTransaction fields here (e.g. reservationId for a session that used a reservation).
         self.start_extras: list[Callable[[Session], Mapping[str, Any]]] = []
         self._signing_tasks: dict[str, asyncio.Task[None]] = {}  # session ref -> its signed Begin MeterValues
@@ -434,6 +437,8 @@ class TransactionMessages:
 
     def _delivered(self, entry: OutboxEntry, payload: dict[str, Any], conf: Any) -> None:
         self.delivered.append(entry.action)
+        if len(self.delivered) > DELIVERED_KEPT:
+            del self.delivered[0]
         if entry.action == START:
             assert entry.tx_ref is not None
             transaction_id = int(conf.transaction_id)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -137,7 +136,7 @@ class OcppService(OcppServiceBase):
         # (evse, connector) -> connectorStatus the CSMS last acknowledged on this connection's watch
         self._reported: dict[tuple[int, int], str] = {}
         # (evse, connectorStatus, forced: sent even if the CSMS has it, e.g. TriggerMessage)
-        self._status_queue: deque[tuple[int, str, bool]] = deque()
+        self._status_queue: list[tuple[int, str, bool]] = []  # a few: a list, not a 760 B deque
         self._offline_since: float | None = None  # monotonic, when the last connection ended
         self.connection_listeners: list[Callable[[], None]] = []  # each new connection, first thing (security.py)
         self.triggers: dict[str, Trigger] = {}
@@ -451,7 +450,7 @@ class OcppService(OcppServiceBase):
                 await self._deliver(session, entry)
                 continue
             if self._status_queue:
-                evse, status, force = self._status_queue.popleft()
+                evse, status, force = self._status_queue.pop(0)
                 await self._send_status(session, evse, status, force)
                 continue
             await self._wake_event.wait_for(wait)
