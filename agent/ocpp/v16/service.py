@@ -34,7 +34,14 @@ from agent.events import (
     StatusChanged,
 )
 from agent.faults import info as fault_info
-from agent.ocpp.service_base import BOOT_RETRY_S, BootStatus, OcppServiceBase, WrappedHandlers, merge_handlers
+from agent.ocpp.service_base import (
+    BOOT_RETRY_S,
+    BootStatus,
+    OcppServiceBase,
+    WrappedHandlers,
+    compact_handlers,
+    merge_handlers,
+)
 from agent.ocpp.service_base import parse_time as parse_time  # re-exported: the smart-charging modules use it
 from agent.ocpp.v16.authorization import OcppAuthorizer
 from agent.ocpp.v16.availability import AvailabilityStore
@@ -153,7 +160,9 @@ class OcppService(OcppServiceBase):
         self.features: dict[str, Any] = {cls.__name__: cls(self) for cls in feature_classes}
         station.attach_network_diagnostics(OcppDiagnosticsAdapter(self))
         on, after = merge_handlers(handlers_from_object, self.handlers, self.features.values())
-        self._link_handlers = WrappedHandlers(on, self._gated)  # each gate made per request
+        # each gate made per request, each method bound per request (the action table shared by the process)
+        self._link_handlers = WrappedHandlers(compact_handlers(on, (self.handlers, *self.features.values())),
+                                              self._gated)
         self._link_after = after
         self.link = self._make_link()
         station.register_authority(self.authorizer)

@@ -33,7 +33,14 @@ from websockets.asyncio.client import ClientConnection
 from agent.config import AgentConfig, ConfigError
 from agent.db import StorageError
 from agent.events import ConnectorStatus, SessionStopped, StationEvent, StatusChanged
-from agent.ocpp.service_base import BOOT_RETRY_S, BootStatus, OcppServiceBase, WrappedHandlers, merge_handlers
+from agent.ocpp.service_base import (
+    BOOT_RETRY_S,
+    BootStatus,
+    OcppServiceBase,
+    WrappedHandlers,
+    compact_handlers,
+    merge_handlers,
+)
 from agent.ocpp.v16.meter_values import ocpp_time
 from agent.ocpp.v16.tls import TlsSetupError, build_client_context
 from agent.ocpp.v201.availability import AvailabilityStore
@@ -145,7 +152,9 @@ class OcppService(OcppServiceBase):
         self.handlers = CoreHandlers(self)
         self.features: dict[str, Any] = {cls.__name__: cls(self) for cls in load_feature_classes()}
         on, after = merge_handlers(handlers_from_object, self.handlers, self.features.values())
-        self._link_handlers = WrappedHandlers(on, self._gated)  # each gate made per request
+        # each gate made per request, each method bound per request (the action table shared by the process)
+        self._link_handlers = WrappedHandlers(compact_handlers(on, (self.handlers, *self.features.values())),
+                                              self._gated)
         self._link_after = after
         # Transport security (A00): profile 0-3 from [ocpp]; TLS trusts ocpp.ca_file, profile 3 presents
         # ocpp.client_cert; the Basic-auth password is SecurityCtrlr.BasicAuthPassword once set, else
