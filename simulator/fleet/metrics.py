@@ -15,8 +15,8 @@ import math
 import re
 import time
 from array import array
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, start_http_server
@@ -168,6 +168,28 @@ METRICS: FleetMetrics | None = None  # the process's metrics; ObservedConnection
 FRAME_OBSERVER: Callable[[ClientConnection, str, list[Any]], None] | None = None
 
 
+class _FrameQueue:
+    """The deque operations websockets' SimpleQueue uses (append, popleft, extendleft, len) over a list."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self) -> None:
+        self._items: list[Any] = []
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def append(self, item: Any) -> None:
+        self._items.append(item)
+
+    def popleft(self) -> Any:
+        return self._items.pop(0)
+
+    def extendleft(self, items: Iterable[Any]) -> None:
+        for item in items:  # as deque.extendleft: each item goes to the front in turn
+            self._items.insert(0, item)
+
+
 class ObservedConnection(ClientConnection):
     """A client connection that reports every OCPP frame it carries to ``METRICS``."""
 
@@ -177,6 +199,13 @@ class ObservedConnection(ClientConnection):
         # websockets only appends, iterates and removes its drain waiters (none unless the socket's buffer is
         # full): a list, not an empty 760-byte deque per station.
         self.drain_waiters = []  # type: ignore[assignment]
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)  # makes recv_messages
+        frames: Any = getattr(getattr(self, "recv_messages", None), "frames", None)
+        queue = getattr(frames, "queue", None)
+        if isinstance(queue, deque) and not queue:  # (websockets 15-17 layout)
+            frames.queue = _FrameQueue()  # its incoming frames: a list (one or two at a time), not a 760 B deque
 
     async def send(self, message: Any, text: bool | None = None) -> None:
         if METRICS is not None and isinstance(message, str):

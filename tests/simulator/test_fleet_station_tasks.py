@@ -52,3 +52,19 @@ async def test_start_devices_spawns_only_the_token_task_and_stop_devices_ends_ev
     assert asyncio.all_tasks() - before == set()
     assert board not in simdev.TICKER.boards and id(plant) not in simdev.TICKER.meters
     simdev.TICKER.stop()
+
+
+def test_the_fleet_connections_frame_queue_behaves_as_the_deque_it_replaces() -> None:
+    from collections import deque
+
+    from simulator.fleet.metrics import _FrameQueue
+
+    ours, theirs = _FrameQueue(), deque[int]()
+    for q in (ours, theirs):
+        assert not q
+        q.append(1)
+        q.append(2)
+        q.extendleft(reversed([8, 9]))  # websockets' SimpleQueue.put_back
+    assert len(ours) == len(theirs) == 4
+    assert [ours.popleft() for _ in range(4)] == [theirs.popleft() for _ in range(4)] == [8, 9, 1, 2]
+    assert not ours
