@@ -456,6 +456,8 @@ class SiteController:
         if previous == (amps, reason):
             return
         self._applied[connector_id] = (amps, reason)
+        log.debug("connector %d: site limit %s -> %s A (%s)", connector_id,
+                  None if previous is None else previous[0], amps, reason)
         self.apply(connector_id, amps, reason)
 
 
