@@ -71,6 +71,13 @@ def test_an_overload_pause_is_notified_before_the_allocation() -> None:
     share = external_limit(*h.applied[1])
     assert share is not None and share.reason == "site-fuse" and 25.0 < share.amps < 26.0
     assert significant(None, paused, 10.0) and significant(paused, share, 10.0)
+    # The same house load with the duty window open (unloaded, the EV still at its first 6 A is the usual
+    # case): the lowering acts now, no pause, the allocation is the first external limit.
+    h = Harness([ev(32.0, 28.6, -math.inf)], fuse=FUSE_A)
+    h.run(0.5, answer=(28.6, 28.6, 28.6))
+    h.run(0.5, answer=(41.9, 41.9, 41.9))
+    first = external_limit(*h.applied[1])
+    assert first is not None and first.reason == "site-fuse" and 25.0 < first.amps < 26.0
 
 
 @pytest.fixture
