@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--invalid-tag", default="FLEET-BAD", help="a card the CSMS refuses (cases' {invalid_tag})")
     p.add_argument("--keep-running", action="store_true", help="with cases: do not stop once they have run")
     p.add_argument("--progress", type=float, default=5.0, metavar="S", help="progress line every S seconds")
+    p.add_argument("--fsync", action="store_true",
+                   help="fsync every durable commit, as a charger does (survives a power cut of this machine, not "
+                        "only kill -9 of the fleet; slower on a real disk)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -127,5 +130,6 @@ def main(argv: list[str]) -> int:
         ocpp=args.ocpp, id_prefix=args.id_prefix, shard=shard, ramp_per_s=args.ramp, scenario=scenario,
         start_sessions=args.start_sessions, metrics_port=args.metrics_port, metrics_host=args.metrics_host,
         progress_s=args.progress, tags=(args.tag,), quiet=args.quiet, cases=plan,
+        fsync=args.fsync,
     )
     return asyncio.run(run_fleet(options))

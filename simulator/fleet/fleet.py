@@ -85,6 +85,7 @@ class FleetOptions:
     meter_period_s: float = 60.0
     quiet: bool = False
     cases: CasePlan | None = None  # --case / [[case]]: scripted cases (simulator/fleet/cases.py)
+    fsync: bool = False  # --fsync: every durable commit fsynced, as on a charger (shared_db.SYNCHRONOUS)
 
 
 def station_ids(prefix: str, n: int, shard: tuple[int, int]) -> list[tuple[int, str]]:
@@ -278,12 +279,16 @@ class Fleet:
         """Per-station costs that are settings of the agent's modules (read where they are used):
         - SQLite connections (the events' and the shared state files', see run): a small statement cache,
           a small page cache and 1 KiB pages for new files (agent.db reads them at each connect);
-        - longer fleet-only periods of the agent's watchers (simulator/fleet/tuning.py says which and why)."""
+        - longer fleet-only periods of the agent's watchers (simulator/fleet/tuning.py says which and why);
+        - without --fsync, commits written but not fsynced (shared_db.SYNCHRONOUS says what that keeps)."""
         import agent.db
+        import agent.outbox
 
         agent.db.STATEMENT_CACHE = STATEMENT_CACHE
         agent.db.PAGE_CACHE_KIB = SQLITE_CACHE_KIB
         agent.db.PAGE_SIZE = SQLITE_PAGE_SIZE
+        shared_db.SYNCHRONOUS = "FULL" if self.options.fsync else "NORMAL"
+        agent.outbox.MIN_SYNCHRONOUS = 2 if self.options.fsync else 1
         tuning.tune_agent_periods(with_201=self.options.ocpp != "1.6")  # a 1.6 fleet never builds 2.0.1
 
     def _take_lock(self) -> None:

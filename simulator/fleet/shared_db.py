@@ -20,8 +20,10 @@ the template is read (the fleet refuses to start, naming the column).
 
 Everything runs on the fleet's one event-loop thread and no store holds a transaction across an ``await``
 (each is a ``with transaction(conn):`` block in synchronous code), so the stations' BEGIN .. COMMIT never
-interleave on a shared connection. Durability is the charger's: each connection is synchronous=FULL (WAL),
-``agent.db.unsynced`` and the stores' own switches set the level for their block and restore it.
+interleave on a shared connection. Durability: `cpsim fleet` runs them at synchronous=NORMAL (kill -9 of
+the fleet loses nothing: each commit is in the WAL before the call returns; a crash of the machine may lose the
+last ones), at the charger's synchronous=FULL with ``--fsync`` (SYNCHRONOUS); ``agent.db.unsynced`` and the
+stores' own switches set the level for their block and restore it.
 """
 
 from __future__ import annotations
@@ -242,8 +244,15 @@ class StateFile:
         self.conn.close()
 
 
+# synchronous level of the shared files: FULL as on a charger (an fsync per durable commit), which `cpsim fleet`
+# keeps only with --fsync; otherwise it sets NORMAL (with agent.outbox.MIN_SYNCHRONOUS): a commit is written to the
+# WAL, not fsynced, so kill -9 of the fleet loses nothing and a crash of the machine may lose the last commits.
+# Fsyncs on the fleet's one loop thread were most of its boot at N = 5000 on a real disk (docs/fleet-boot.md).
+SYNCHRONOUS = "FULL"
+
+
 def _connect(path: Path) -> sqlite3.Connection:
-    """As a charger's state database (WAL, synchronous=FULL, 0600), with the fleet's cache sizes."""
+    """As a charger's state database (WAL, 0600, synchronous=SYNCHRONOUS), with the fleet's cache sizes."""
     saved = agent_db.STATEMENT_CACHE  # the fleet's setting for its other connections
     agent_db.STATEMENT_CACHE = STATEMENT_CACHE
     try:
@@ -251,6 +260,7 @@ def _connect(path: Path) -> sqlite3.Connection:
     finally:
         agent_db.STATEMENT_CACHE = saved
     conn.execute(f"PRAGMA cache_size=-{int(PAGE_CACHE_KIB)}")
+    conn.execute(f"PRAGMA synchronous={'FULL' if SYNCHRONOUS == 'FULL' else 'NORMAL'}")
     return conn
 
 
