@@ -223,7 +223,9 @@ class Outbox:
                 or 0
             )
             if tx_ref is not None:
-                self._conn.execute("INSERT INTO outbox_tx(tx_ref) VALUES (?) ON CONFLICT(tx_ref) DO NOTHING", (tx_ref,))
+                if tx_ref not in self._bound:  # a remembered id was read from its row: the row is there
+                    self._conn.execute(
+                        "INSERT INTO outbox_tx(tx_ref) VALUES (?) ON CONFLICT(tx_ref) DO NOTHING", (tx_ref,))
                 if stop:
                     self._conn.execute("UPDATE outbox_tx SET stop_queued = 1 WHERE tx_ref = ?", (tx_ref,))
         self._depth += 1 - thinned
@@ -388,6 +390,8 @@ class Outbox:
         row = self._tx_row(tx_ref, "transaction_id")
         if row is None or row[0] is None:
             return None
+        if self._conn.in_transaction:  # read inside a transaction that may still roll back: not remembered
+            return int(row[0])
         if len(self._bound) >= _BOUND_KEPT:
             self._bound.clear()
         self._bound[tx_ref] = int(row[0])

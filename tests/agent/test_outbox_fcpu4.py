@@ -86,3 +86,19 @@ def test_transaction_id_read_once_then_remembered_and_rebinding_wins(tmp_path: P
         conn.execute("SELECT * FROM no_such_table")
     assert box.transaction_id("t1") == 8
     assert Outbox(conn, FakeClock()).transaction_id("t1") == 8
+
+
+def test_append_of_a_bound_transaction_skips_the_row_insert_and_a_stop_still_marks_it(tmp_path: Path) -> None:
+    conn = db.connect(tmp_path / "s.db")
+    box = Outbox(conn, FakeClock())
+    box.append("StartTransaction", {"connectorId": 1, "idTag": "A"}, tx_ref="t1")
+    box.ack(box.entries()[0].id, transaction_id=7)
+    assert box.transaction_id("t1") == 7
+    seen = traced(conn)
+    box.append("MeterValues", mv(1), tx_ref="t1")
+    assert not any("INSERT INTO outbox_tx" in s for s in seen)
+    box.append("StopTransaction", {"meterStop": 1, "timestamp": "t", "reason": "Local"}, tx_ref="t1")
+    assert box.has_stop("t1")
+    send_one(box)
+    send_one(box)
+    assert box.depth() == 0
