@@ -8,6 +8,7 @@ import asyncio
 import logging
 import resource
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -41,6 +42,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--fsync", action="store_true",
                    help="fsync every durable commit, as a charger does (survives a power cut of this machine, not "
                         "only kill -9 of the fleet; slower on a real disk)")
+    p.add_argument("--loop", choices=["auto", "uvloop", "asyncio"], default="auto",
+                   help="event loop: uvloop (libuv, about 15 %% less CPU per station) or the standard asyncio "
+                        "loop; auto: uvloop when installed (the 'fleet' extra)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
     p.add_argument("-v", "--verbose", action="store_true")
     return p
@@ -132,4 +136,29 @@ def main(argv: list[str]) -> int:
         progress_s=args.progress, tags=(args.tag,), quiet=args.quiet, cases=plan,
         fsync=args.fsync,
     )
-    return asyncio.run(run_fleet(options))
+    try:
+        loop_factory = choose_loop(args.loop)
+    except RuntimeError as exc:
+        print(f"cpsim fleet: {exc}", file=sys.stderr)
+        return 2
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(run_fleet(options))
+
+
+def choose_loop(choice: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event loop the fleet runs on: None is asyncio's own. The stations' code is the same either way
+    (it uses only the asyncio API); uvloop runs its timers, callbacks and sockets in C, which is most of
+    what N stations that each send a few frames a minute spend outside their own logic."""
+    if choice == "asyncio":
+        return None
+    try:
+        import uvloop
+    except ImportError:
+        if choice == "uvloop":
+            raise RuntimeError("--loop uvloop: the uvloop package is not installed "
+                               "(pip install 'chargepoint-agent[fleet]')") from None
+        logging.getLogger(__name__).warning("uvloop is not installed: the standard asyncio loop "
+                                            "(pip install 'chargepoint-agent[fleet]' for less CPU)")
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory

@@ -641,7 +641,9 @@ class Fleet:
             "fleet": {"stations": len(self.stations), "failed_to_start": len(self.failed),
                       "shard": f"{self.options.shard[0]}/{self.options.shard[1]}",
                       "ocpp": self.options.ocpp, "all_booted_s": self.all_booted_s,
-                      "ramp_done_s": self.ramp_done_s, "run_s": round(time.monotonic() - self._started, 1)},
+                      "ramp_done_s": self.ramp_done_s, "run_s": round(time.monotonic() - self._started, 1),
+                      "loop": "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop")
+                      else "asyncio"},
             **self.metrics.snapshot(),
             **({"cases": self.cases.report()} if self.cases is not None else {}),
         }

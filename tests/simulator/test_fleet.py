@@ -118,7 +118,7 @@ async def test_fifty_stations_kill_9_and_rerun_lose_nothing_and_start_nothing_tw
     try:
         assert csms.stdout is not None
         url = json.loads(await asyncio.wait_for(csms.stdout.readline(), 20))["url"]
-        fleet = await _fleet(url, directory)
+        fleet = await _fleet(url, directory, "--loop", "uvloop")  # the dev extra installs it
         # Mid-run: every station booted, some sessions started, others not yet (they start 1-10 s after boot).
         state = await _until(sock, lambda s: s["sessions_started"] >= 10, 30)
         assert state["booted"] == N
@@ -127,7 +127,8 @@ async def test_fifty_stations_kill_9_and_rerun_lose_nothing_and_start_nothing_tw
         assert fleet.returncode == -signal.SIGKILL
 
         port = _free_port()
-        fleet = await _fleet(url, directory, "--metrics-port", str(port))
+        # The rerun on asyncio's own loop: the same stations and state files on either loop.
+        fleet = await _fleet(url, directory, "--metrics-port", str(port), "--loop", "asyncio")
         await _until(sock, lambda s: s["sessions_active"] == N and s["queued_messages"] == 0, 40)
         # The control API addresses one station; Prometheus text from prometheus_client on --metrics-port.
         one = await _control(sock, {"cmd": "state", "station": "CP-000007"})
@@ -143,6 +144,7 @@ async def test_fifty_stations_kill_9_and_rerun_lose_nothing_and_start_nothing_tw
         report = json.loads(out.decode().strip().splitlines()[-1])
         assert report["queued_messages"] == 0 and report["call_errors"] == {}
         assert report["fleet"]["stations"] == N and report["stopped_sessions_at_exit"] == N
+        assert report["fleet"]["loop"] == "asyncio"
     finally:
         for process in (fleet, csms):
             if process is not None and process.returncode is None:
