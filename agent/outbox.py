@@ -106,6 +106,8 @@ class OutboxEntry:
     created_wall: float
     # In memory only: do not send before this monotonic time (retry back-off). None = send now.
     not_before_mono: float | None = None
+    # False when the stored JSON has no ``null`` anywhere: nothing for the send path to strip (no None walk).
+    may_hold_nulls: bool = True
 
 
 def _is_stop_flagged(row: tuple[Any, ...] | None) -> bool:
@@ -372,6 +374,7 @@ class Outbox:
                 attempts=row[4],
                 created_wall=row[5],
                 not_before_mono=self._not_before.get(row[0]),
+                may_hold_nulls="null" in row[2],  # also inside a string or a key: then merely walked
             )
             for row in rows
         ]

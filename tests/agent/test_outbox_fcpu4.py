@@ -102,3 +102,19 @@ def test_append_of_a_bound_transaction_skips_the_row_insert_and_a_stop_still_mar
     send_one(box)
     send_one(box)
     assert box.depth() == 0
+
+
+def test_the_send_path_walks_for_nones_only_when_the_stored_json_has_a_null(tmp_path: Path) -> None:
+    from agent.ocpp.v16.transactions import outbox_payload
+
+    box = Outbox(db.connect(tmp_path / "s.db"), FakeClock())
+    box.append("MeterValues", mv(1), tx_ref="t1")
+    box.append("MeterValues", {**mv(2), "transactionId": None}, tx_ref="t1")
+    box.append("DataTransfer", {"vendorId": "x", "data": "null island"})
+    first, second, third = box.entries()
+    assert first.may_hold_nulls is False
+    assert outbox_payload(first.payload, first.may_hold_nulls) == mv(1)
+    assert second.may_hold_nulls is True
+    assert outbox_payload(second.payload, second.may_hold_nulls) == mv(2)  # the None left out
+    assert third.may_hold_nulls is True  # "null" inside a string: walked, nothing removed
+    assert outbox_payload(third.payload, third.may_hold_nulls) == {"vendorId": "x", "data": "null island"}

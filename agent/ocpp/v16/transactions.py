@@ -43,11 +43,13 @@ _CALLS: dict[str, Callable[..., Any]] = {
 }
 
 
-def outbox_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
+def outbox_payload(payload: Mapping[str, Any], may_hold_nulls: bool = True) -> dict[str, Any]:
     """What goes on the wire for a queued payload: the camelCase JSON object as queued, absent (None) fields
     left out as the library leaves them out of a dataclass. It goes to ``OcppSession.request_payload``
     as it is: no round trip through the ``ocpp.v16.call`` dataclass (asdict copy, camelCase again) per
-    message of a replay."""
+    message of a replay. ``may_hold_nulls`` False (the stored JSON has no null): nothing to walk."""
+    if not may_hold_nulls:
+        return dict(payload)
     result: dict[str, Any] = remove_nones(dict(payload))
     return result
 
@@ -404,7 +406,7 @@ class TransactionMessages:
             payload = self.outbox.payload_for_send(entry)
         attempts = self.outbox.record_attempt(entry.id)
         try:
-            conf = await session.request_payload(entry.action, outbox_payload(payload))
+            conf = await session.request_payload(entry.action, outbox_payload(payload, entry.may_hold_nulls))
         except ConnectionLost:
             raise
         except (CallErrorReceived, CallTimeout, InvalidPayload) as exc:

@@ -958,7 +958,8 @@ class Transactions:
         payload = self.outbox.payload_for_send(entry)
         attempts = self.outbox.record_attempt(entry.id)
         try:  # the queued camelCase payload as it is (schema-checked by the session), no dataclass round trip
-            conf = await session.request_payload(TRANSACTION_EVENT, remove_nones(payload))
+            conf = await session.request_payload(TRANSACTION_EVENT,
+                                                  remove_nones(payload) if entry.may_hold_nulls else payload)
         except (CallErrorReceived, CallTimeout, InvalidPayload) as exc:
             limit = max(1, self._int("OCPPCommCtrlr", "MessageAttempts", 3, "TransactionEvent"))
             if attempts >= limit:

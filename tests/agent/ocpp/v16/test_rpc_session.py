@@ -250,6 +250,49 @@ async def test_timeout_is_configurable_and_typed(wire: Wire) -> None:
     await wire.next_frame()  # it was sent
 
 
+async def test_the_answer_timer_goes_with_the_call_and_a_late_answer_is_a_stray(wire: Wire) -> None:
+    # One call_later per CALL fails the answer (no asyncio.timeout); answered, cancelled or expired, the
+    # timer is cancelled and the session serves the next CALL.
+    loop = asyncio.get_running_loop()
+    timers: list[asyncio.TimerHandle] = []
+    real_call_later = loop.call_later
+
+    def spy(delay: float, callback: Any, *args: Any) -> asyncio.TimerHandle:
+        handle = real_call_later(delay, callback, *args)
+        timers.append(handle)
+        return handle
+
+    loop.call_later = spy  # type: ignore[method-assign]
+    try:
+        pending = asyncio.create_task(wire.session.request(call.Heartbeat()))
+        frame = await wire.next_frame()
+        await wire.send([3, frame[1], {"currentTime": "2026-12-04T10:00:00Z"}])
+        assert (await asyncio.wait_for(pending, WAIT)).current_time == "2026-12-04T10:00:00Z"
+        assert timers and all(t.cancelled() for t in timers)
+
+        timers.clear()
+        pending = asyncio.create_task(wire.session.request(call.Heartbeat()))
+        await wire.next_frame()
+        pending.cancel()  # e.g. the sender task stopped mid-CALL
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        assert timers and all(t.cancelled() for t in timers)
+
+        timers.clear()
+        with pytest.raises(CallTimeout, match=r"Heartbeat: no answer within 0\.1s"):
+            await wire.session.request(call.Heartbeat(), response_timeout=0.1)
+        late = await wire.next_frame()
+        await wire.send([3, late[1], {"currentTime": "2026-12-04T10:00:00Z"}])
+        await asyncio.sleep(0.1)
+        assert wire.session.stats.stray_results == 1
+    finally:
+        del loop.call_later  # type: ignore[method-assign]
+    pending = asyncio.create_task(wire.session.request(call.Heartbeat()))
+    frame = await wire.next_frame()
+    await wire.send([3, frame[1], {"currentTime": "2026-12-04T10:00:01Z"}])
+    assert (await asyncio.wait_for(pending, WAIT)).current_time == "2026-12-04T10:00:01Z"
+
+
 async def test_connection_loss_fails_the_pending_call_fast(wire: Wire) -> None:
     pending = asyncio.create_task(wire.session.request(call.Heartbeat()))
     await wire.next_frame()
