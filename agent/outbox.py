@@ -17,10 +17,12 @@ import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+from ocpp.charge_point import remove_nones
 
 from agent.db import Migration, StorageError, migrate, transaction
 from hal.clock import Clock
@@ -108,6 +110,18 @@ class OutboxEntry:
     not_before_mono: float | None = None
     # False when the stored JSON has no ``null`` anywhere: nothing for the send path to strip (no None walk).
     may_hold_nulls: bool = True
+
+
+def outbox_payload(payload: Mapping[str, Any], may_hold_nulls: bool = True) -> dict[str, Any]:
+    """What goes on the wire for a queued payload (1.6 and 2.0.1): the camelCase JSON object as queued, absent
+    (None) fields left out as the library leaves them out of a dataclass. It goes to
+    ``OcppSession.request_payload`` as it is: no round trip through the call dataclass (asdict copy, camelCase
+    again) per message of a replay. ``may_hold_nulls`` False (the entry's stored JSON has no null, see
+    ``OutboxEntry.may_hold_nulls``): nothing to walk."""
+    if not may_hold_nulls:
+        return dict(payload)
+    result: dict[str, Any] = remove_nones(dict(payload))
+    return result
 
 
 def _is_stop_flagged(row: tuple[Any, ...] | None) -> bool:

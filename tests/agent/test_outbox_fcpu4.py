@@ -105,7 +105,7 @@ def test_append_of_a_bound_transaction_skips_the_row_insert_and_a_stop_still_mar
 
 
 def test_the_send_path_walks_for_nones_only_when_the_stored_json_has_a_null(tmp_path: Path) -> None:
-    from agent.ocpp.v16.transactions import outbox_payload
+    from agent.outbox import outbox_payload
 
     box = Outbox(db.connect(tmp_path / "s.db"), FakeClock())
     box.append("MeterValues", mv(1), tx_ref="t1")

@@ -15,7 +15,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ocpp.charge_point import remove_nones
 from ocpp.v16 import call
 
 from agent.authcache import IdTagInfo
@@ -24,7 +23,16 @@ from agent.ocpp import outbox_convert as convert
 from agent.ocpp.v16 import meter_values as mv
 from agent.ocpp.v16.configuration import ConfigurationStore
 from agent.ocpp.v16.rpc import CallErrorReceived, CallTimeout, ConnectionLost, InvalidPayload, OcppSession
-from agent.outbox import METER_VALUES, START, STOP, DuplicateStop, Outbox, OutboxEntry, UnboundTransaction
+from agent.outbox import (
+    METER_VALUES,
+    START,
+    STOP,
+    DuplicateStop,
+    Outbox,
+    OutboxEntry,
+    UnboundTransaction,
+    outbox_payload,
+)
 from agent.sessions import Session, SessionStore
 from agent.station_api import ConnectorView, EnergyHold, StationPort
 from hal.clock import Clock
@@ -41,17 +49,6 @@ _CALLS: dict[str, Callable[..., Any]] = {
     METER_VALUES: call.MeterValues,
     "SecurityEventNotification": call.SecurityEventNotification,  # guaranteed delivery (whitepaper A04.FR.02)
 }
-
-
-def outbox_payload(payload: Mapping[str, Any], may_hold_nulls: bool = True) -> dict[str, Any]:
-    """What goes on the wire for a queued payload: the camelCase JSON object as queued, absent (None) fields
-    left out as the library leaves them out of a dataclass. It goes to ``OcppSession.request_payload``
-    as it is: no round trip through the ``ocpp.v16.call`` dataclass (asdict copy, camelCase again) per
-    message of a replay. ``may_hold_nulls`` False (the stored JSON has no null): nothing to walk."""
-    if not may_hold_nulls:
-        return dict(payload)
-    result: dict[str, Any] = remove_nones(dict(payload))
-    return result
 
 
 DELIVERED_KEPT = 1000  # TransactionMessages.delivered

@@ -39,7 +39,6 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from typing import Any
 
-from ocpp.charge_point import remove_nones
 from ocpp.v201 import call
 
 from agent.authcache import AuthorizationCache, LocalAuthList
@@ -59,7 +58,16 @@ from agent.ocpp.v16.meter_values import ocpp_time
 from agent.ocpp.v16.rpc import CallErrorReceived, CallTimeout, InvalidPayload
 from agent.ocpp.v201 import meter_values as mv
 from agent.ocpp.v201.authorization import READER_TYPE, Authorizer201, IdToken
-from agent.outbox import METER_VALUES, START, STOP, TRANSACTION_EVENT, DuplicateStop, Outbox, OutboxEntry
+from agent.outbox import (
+    METER_VALUES,
+    START,
+    STOP,
+    TRANSACTION_EVENT,
+    DuplicateStop,
+    Outbox,
+    OutboxEntry,
+    outbox_payload,
+)
 from agent.sessions import Session
 from agent.station_api import ConnectorView, EnergyHold, StationPort
 from hal.flag import Flag
@@ -958,8 +966,7 @@ class Transactions:
         payload = self.outbox.payload_for_send(entry)
         attempts = self.outbox.record_attempt(entry.id)
         try:  # the queued camelCase payload as it is (schema-checked by the session), no dataclass round trip
-            conf = await session.request_payload(TRANSACTION_EVENT,
-                                                  remove_nones(payload) if entry.may_hold_nulls else payload)
+            conf = await session.request_payload(TRANSACTION_EVENT, outbox_payload(payload, entry.may_hold_nulls))
         except (CallErrorReceived, CallTimeout, InvalidPayload) as exc:
             limit = max(1, self._int("OCPPCommCtrlr", "MessageAttempts", 3, "TransactionEvent"))
             if attempts >= limit:
@@ -1031,7 +1038,7 @@ class Transactions:
             return
         attempts = self.outbox.record_attempt(head.id)
         try:
-            await session.request_payload("MeterValues", remove_nones(dict(head.payload)))
+            await session.request_payload("MeterValues", outbox_payload(head.payload, head.may_hold_nulls))
         except (CallErrorReceived, CallTimeout, InvalidPayload) as exc:
             if attempts >= 3:
                 self.outbox.drop(head.id, f"{exc} (after {attempts} attempts)")

@@ -18,7 +18,7 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.typing import Subprotocol
 
 from agent.ocpp.v16.rpc import V201, ConnectionLost, InvalidPayload, OcppSession
-from agent.ocpp.v16.transactions import outbox_payload
+from agent.outbox import outbox_payload
 
 WAIT = 5.0
 OCPP16 = [Subprotocol("ocpp1.6")]
